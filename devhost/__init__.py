@@ -1,0 +1,11 @@
+"""A local stand-in for `func start` that serves a v2 Python app's queue triggers from Azurite.
+
+It reads the app the way the Functions host does (`function_app.py`, `get_functions()`, the
+bindings JSON) and applies host.json queue semantics, so code that works here behaves the same
+under the real host. See devhost/README.md for what is and is not emulated.
+"""
+
+from devhost.host import LocalHost
+from devhost.indexing import FunctionInfo, load_functions
+
+__all__ = ["FunctionInfo", "LocalHost", "load_functions"]

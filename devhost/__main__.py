@@ -1,0 +1,77 @@
+"""`python -m devhost`: serve an app's queue triggers from Azurite until SIGTERM or Ctrl+C."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from devhost.host import HostStartError, LocalHost
+from devhost.indexing import IndexingError
+
+READY_LINE = "devhost ready"
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m devhost",
+        description="Run a v2 Python function app's queue triggers locally, against Azurite.",
+    )
+    parser.add_argument(
+        "--app-dir", type=Path, default=Path("."), help="directory holding function_app.py"
+    )
+    parser.add_argument(
+        "--settings",
+        type=Path,
+        help="local.settings.json to read (default: APP_DIR/local.settings.json if present)",
+    )
+    parser.add_argument(
+        "--functions",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        help="comma-separated names of the only functions to load",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s] %(message)s", stream=sys.stdout, force=True
+    )
+    logging.getLogger("azure").setLevel(logging.WARNING)
+
+    stop_requested = threading.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda *_: stop_requested.set())
+
+    host = LocalHost(
+        arguments.app_dir, settings_file=arguments.settings, functions=arguments.functions
+    )
+    try:
+        host.start()
+    except (HostStartError, IndexingError) as error:
+        logging.getLogger("devhost").error(
+            "devhost cannot start: %s", error, exc_info=error.__cause__
+        )
+        return 1
+
+    print("Functions:", *(f"  {function.describe()}" for function in host.functions), sep="\n")
+    print(READY_LINE, flush=True)
+    while not stop_requested.wait(timeout=1):
+        pass
+
+    logging.getLogger("devhost").info("Stopping: waiting for in-flight invocations")
+    if not host.stop():
+        # Threads still running user code would keep the interpreter from exiting.
+        sys.stdout.flush()
+        os._exit(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

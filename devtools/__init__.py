@@ -1,0 +1,1 @@
+"""Developer tools: local services, sample segments and the demo. Not deployed."""

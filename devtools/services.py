@@ -1,0 +1,93 @@
+"""Start and stop the local services the demo uses: Azurite and the Braze sandbox.
+
+They listen on fixed loopback ports (Azurite's defaults 10000-10002, the sandbox on 8480) and
+keep running after the demo so you can explore with `python -m shared runs`; `make stop` ends them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".local"
+SANDBOX_PORT = 8480
+SANDBOX_URL = f"http://127.0.0.1:{SANDBOX_PORT}"
+SANDBOX_KEY = "demo-sandbox-key"
+AZURITE_PORTS = (10000, 10001, 10002)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _spawn(name: str, command: list[str], ports: tuple[int, ...]) -> None:
+    if all(_listening(p) for p in ports):
+        print(f"{name}: already running")
+        return
+    STATE.mkdir(exist_ok=True)
+    log = (STATE / f"{name}.log").open("ab")
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    (STATE / f"{name}.pid").write_text(str(process.pid))
+    deadline = time.monotonic() + 60
+    while not all(_listening(p) for p in ports):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{name} did not start; see {STATE / (name + '.log')}")
+        time.sleep(0.1)
+    print(f"{name}: started (pid {process.pid}, log {STATE / (name + '.log')})")
+
+
+def start() -> None:
+    _spawn(
+        "azurite",
+        [
+            str(ROOT / "node_modules" / ".bin" / "azurite"),
+            "--silent",
+            "--skipApiVersionCheck",
+            "--loose",
+            f"--location={STATE / 'azurite'}",
+            "--blobHost=127.0.0.1",
+            "--queueHost=127.0.0.1",
+            "--tableHost=127.0.0.1",
+        ],
+        AZURITE_PORTS,
+    )
+    _spawn(
+        "braze-sandbox",
+        [
+            sys.executable,
+            "-m",
+            "braze_sandbox",
+            "--port",
+            str(SANDBOX_PORT),
+            "--api-key",
+            SANDBOX_KEY,
+        ],
+        (SANDBOX_PORT,),
+    )
+
+
+def stop() -> None:
+    for name in ("braze-sandbox", "azurite"):
+        pid_file = STATE / f"{name}.pid"
+        if not pid_file.exists():
+            continue
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+            print(f"{name}: stopped")
+        except ProcessLookupError:
+            pass
+        pid_file.unlink()
+
+
+if __name__ == "__main__":
+    {"start": start, "stop": stop}[sys.argv[1] if len(sys.argv) > 1 else "start"]()

@@ -1,0 +1,17 @@
+"""Queue trigger: plan an export run (read the segment, cut chunks, enqueue them)."""
+
+import azure.functions as func
+
+from shared.config import JOBS_QUEUE, STORAGE_CONNECTION
+from shared.messages import ExportJob
+from shared.planner import plan_run
+from shared.services import app_services
+
+bp = func.Blueprint()
+
+
+@bp.function_name("plan_export")
+@bp.queue_trigger(arg_name="msg", queue_name=JOBS_QUEUE, connection=STORAGE_CONNECTION)
+def plan_export(msg: func.QueueMessage) -> None:
+    """Plan one run. Failures raise, so the host retries and, after maxDequeueCount, poisons."""
+    plan_run(ExportJob.from_json(msg.get_body()), app_services())

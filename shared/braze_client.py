@@ -1,0 +1,188 @@
+"""Braze `/users/track` client: batching-friendly, retrying, and honest about per-object errors.
+
+Requests are prepared once and sent with `trust_env=False`: the usual `session.post` re-reads
+proxy and certificate settings from the environment on every call, which doubles the CPU cost
+of a request at Braze's 1,000 requests/s.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import requests
+
+log = logging.getLogger(__name__)
+
+NON_RETRYABLE = {400, 401, 403, 404, 413, 415}
+EPOCH_THRESHOLD = 1_000_000_000
+
+
+class BrazeUnavailable(Exception):
+    """Braze kept failing (5xx, timeouts, dropped connections); retry the chunk later."""
+
+
+@dataclass(frozen=True)
+class TrackOutcome:
+    """What Braze did with one request.
+
+    `failure` is set when the whole request was refused (every object rejected for that
+    reason); otherwise `object_errors` maps an index in `attributes` to Braze's error type.
+    """
+
+    status: int
+    object_errors: dict[int, str] = field(default_factory=dict)
+    failure: str | None = None
+
+
+def reset_wait_seconds(value: str | None, now: float) -> float | None:
+    """Seconds until a rate-limit window resets, from either form Braze sends.
+
+    `X-RateLimit-Reset` is UTC epoch seconds on most plans and seconds remaining on MAU plans;
+    an epoch-sized number can only be the former.
+    """
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    wait = number - now if number >= EPOCH_THRESHOLD else number
+    return max(0.0, wait)
+
+
+def tracking_body(objects_json: Sequence[str]) -> bytes:
+    """A /users/track body from already-serialized attribute objects."""
+    return ('{"attributes":[' + ",".join(objects_json) + "]}").encode("utf-8")
+
+
+class BrazeClient:
+    """Sends attribute batches to one Braze workspace."""
+
+    def __init__(
+        self,
+        rest_endpoint: str,
+        api_key: Callable[[bool], str],
+        *,
+        max_attempts: int = 6,
+        max_rate_limit_waits: int = 30,
+        timeout: tuple[float, float] = (3.05, 30.0),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._url = rest_endpoint.rstrip("/") + "/users/track"
+        self._api_key = api_key
+        self._max_attempts = max_attempts
+        self._max_rate_limit_waits = max_rate_limit_waits
+        self._timeout = timeout
+        self._sleep = sleep
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._blocked_until = 0.0
+        self._template = self._prepare(api_key(False))
+
+    def _prepare(self, key: str) -> requests.PreparedRequest:
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        return requests.Request("POST", self._url, headers=headers).prepare()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False
+            self._local.session = session
+        return session
+
+    def track(self, objects_json: Sequence[str]) -> TrackOutcome:
+        """Send one batch of attribute objects; retry what is worth retrying."""
+        body = tracking_body(objects_json)
+        failures = rate_limit_waits = 0
+        refreshed_key = False
+        while True:
+            self._wait_for_window()
+            request = self._template.copy()
+            request.prepare_body(data=body, files=None)
+            try:
+                response = self._session().send(request, timeout=self._timeout)
+            except (requests.ConnectionError, requests.Timeout) as error:
+                failures += 1
+                self._backoff(failures, f"{type(error).__name__}: {error}")
+                continue
+            self._note_rate_limit(response.headers)
+            status = response.status_code
+            if 200 <= status < 300:
+                return TrackOutcome(status, _object_errors(response))
+            if status == 429:
+                rate_limit_waits += 1
+                if rate_limit_waits > self._max_rate_limit_waits:
+                    raise BrazeUnavailable(f"still rate limited after {rate_limit_waits} waits")
+                self._wait_after_429(response.headers, rate_limit_waits)
+                continue
+            if status == 401 and not refreshed_key:
+                refreshed_key = True
+                self._template = self._prepare(self._api_key(True))
+                continue
+            if status in NON_RETRYABLE or 400 <= status < 500:
+                return TrackOutcome(status, _object_errors(response), _describe_failure(response))
+            failures += 1
+            self._backoff(failures, f"HTTP {status}")
+
+    def _backoff(self, failures: int, what: str) -> None:
+        if failures >= self._max_attempts:
+            raise BrazeUnavailable(f"Braze failed {failures} times in a row; last: {what}")
+        delay = random.uniform(0, min(8.0, 0.25 * 2**failures))
+        log.warning("Braze request failed (%s); retry %d in %.2fs", what, failures, delay)
+        self._sleep(delay)
+
+    def _note_rate_limit(self, headers: Mapping[str, str]) -> None:
+        """When Braze says the window is used up, hold every thread until it resets."""
+        if headers.get("X-RateLimit-Remaining") != "0":
+            return
+        wait = reset_wait_seconds(headers.get("X-RateLimit-Reset"), time.time())
+        if wait:
+            self._block_for(wait)
+
+    def _wait_after_429(self, headers: Mapping[str, str], attempt: int) -> None:
+        wait = reset_wait_seconds(headers.get("X-Ratelimit-Retry-After"), time.time())
+        if wait is None:
+            wait = reset_wait_seconds(headers.get("X-RateLimit-Reset"), time.time())
+        if wait is None:
+            wait = min(8.0, 0.5 * 2**attempt)
+        self._block_for(wait)
+
+    def _block_for(self, seconds: float) -> None:
+        with self._lock:
+            self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
+
+    def _wait_for_window(self) -> None:
+        with self._lock:
+            wait = self._blocked_until - time.monotonic()
+        if wait > 0:
+            self._sleep(wait)
+
+
+def _object_errors(response: requests.Response) -> dict[int, str]:
+    try:
+        payload = response.json()
+    except ValueError:
+        return {}
+    errors: dict[int, str] = {}
+    for item in payload.get("errors", []) if isinstance(payload, dict) else []:
+        if isinstance(item, dict) and item.get("input_array", "attributes") == "attributes":
+            index = item.get("index")
+            if isinstance(index, int):
+                errors[index] = str(item.get("type", "unknown error"))
+    return errors
+
+
+def _describe_failure(response: requests.Response) -> str:
+    try:
+        payload = response.json()
+        message = payload.get("message") if isinstance(payload, dict) else None
+    except ValueError:
+        message = None
+    detail = message or response.text[:200] or response.reason
+    return f"Braze refused the request (HTTP {response.status_code}): {detail}"

@@ -1,0 +1,192 @@
+"""`python -m shared`: run, watch and inspect exports from a terminal.
+
+`export` enqueues a run into the configured storage and follows it to the end. Against the
+local emulator it also starts the local Functions host (`python -m devhost`) for the duration,
+so one command runs the whole pipeline through the real queues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shared.config import ConfigurationError, apply_local_settings, load_settings
+from shared.definitions import DefinitionsError, json_schema, parse_definitions
+from shared.planner import start_run
+from shared.reporting import build_report
+from shared.runs import Run, Status
+from shared.services import Services
+
+EXIT_CODES = {Status.SUCCEEDED: 0, Status.PARTIALLY_SUCCEEDED: 1, Status.FAILED: 2}
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="run one export end to end and print its report")
+    export.add_argument("name")
+    export.add_argument(
+        "--host",
+        choices=["auto", "local", "none"],
+        default="auto",
+        help="start the local Functions host for this run (auto: when storage is the emulator)",
+    )
+    export.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the run")
+    export.add_argument("--no-progress", action="store_true", help="no progress bar")
+    runs = commands.add_parser("runs", help="list recent runs, newest first")
+    runs.add_argument("--export", dest="export_name")
+    runs.add_argument("--limit", type=int, default=20)
+    status = commands.add_parser("status", help="show one run and its report")
+    status.add_argument("run_id")
+    validate = commands.add_parser("validate", help="check the export definitions document")
+    validate.add_argument("--file", type=Path, help="a definitions file (default: from settings)")
+    commands.add_parser("schema", help="print the JSON Schema of the definitions document")
+    args = parser.parse_args(argv)
+
+    local_settings = Path("local.settings.json")
+    if local_settings.exists():
+        apply_local_settings(local_settings)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ConfigurationError, DefinitionsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    services = Services(load_settings())
+    try:
+        run = start_run(args.name, "cli", services)
+    except KeyError as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 2
+    print(f"run {run.run_id} queued for export '{run.export_name}' (segment '{run.segment}')")
+    start_host = args.host == "local" or (
+        args.host == "auto" and services.settings.storage.is_local_emulator
+    )
+    host = _start_local_host() if start_host else None
+    try:
+        final = _follow(services, run.run_id, args.timeout, host, not args.no_progress)
+    finally:
+        if host:
+            host.terminate()
+            host.wait(timeout=60)
+    if final is None:
+        return 2
+    print(json.dumps(build_report(final), indent=2, ensure_ascii=False))
+    return EXIT_CODES[Status(final.status)]
+
+
+def _start_local_host() -> subprocess.Popen[bytes]:
+    """Start `python -m devhost`, logging to .devhost.log, and wait until its listeners are up."""
+    log_path = PROJECT_ROOT / ".devhost.log"
+    with log_path.open("wb") as log_file:
+        host = subprocess.Popen(
+            [sys.executable, "-m", "devhost", "--app-dir", str(PROJECT_ROOT)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=PROJECT_ROOT,
+        )
+    while b"devhost ready" not in log_path.read_bytes():
+        if host.poll() is not None:
+            raise ConfigurationError(
+                f"the local host exited with code {host.returncode}; see {log_path}"
+            )
+        time.sleep(0.1)
+    print(f"local Functions host started (log: {log_path})")
+    return host
+
+
+def _follow(
+    services: Services,
+    run_id: str,
+    timeout: float,
+    host: subprocess.Popen[bytes] | None,
+    progress: bool,
+) -> Run | None:
+    """Poll the run until it is final, showing profiles delivered against profiles planned."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc="profiles", unit=" profiles", disable=not progress, dynamic_ncols=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            run = services.runs.get(run_id)
+            assert run is not None
+            delivered = sum(r.rows for r in services.runs.chunk_results(run_id))
+            if run.chunks_total is not None:
+                bar.total = run.rows_valid
+            bar.set_postfix_str(f"{run.status}, {run.rows_read} rows read")
+            bar.n = delivered
+            bar.refresh()
+            if run.is_final:
+                return run
+            if host is not None and host.poll() is not None:
+                print(
+                    f"\nerror: the local host exited with code {host.returncode}", file=sys.stderr
+                )
+                return None
+            if time.monotonic() > deadline:
+                print(f"\nerror: run {run_id} not finished after {timeout:.0f}s", file=sys.stderr)
+                return None
+            time.sleep(0.5)
+    finally:
+        bar.close()
+
+
+def _runs(args: argparse.Namespace) -> int:
+    services = Services(load_settings())
+    for run in services.runs.list_runs(args.export_name, args.limit):
+        print(
+            f"{run.run_id}  {run.status:<20} rows {run.rows_read:>9}  accepted "
+            f"{run.profiles_accepted:>9}  {run.created_at:%Y-%m-%d %H:%M:%S}Z  {run.trigger}"
+        )
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    services = Services(load_settings())
+    run = services.runs.get(args.run_id)
+    if run is None:
+        print(f"error: no run {args.run_id}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            build_report(run) if run.is_final else run.public(), indent=2, ensure_ascii=False
+        )
+    )
+    return EXIT_CODES.get(Status(run.status), 0)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    if args.file:
+        definitions = parse_definitions(args.file.read_bytes(), str(args.file))
+    else:
+        definitions = Services(load_settings()).definitions()
+    for export in definitions.exports:
+        print(
+            f"ok: export '{export.name}' -> connection '{export.connection}', "
+            f"segment '{export.segment}'"
+        )
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+_COMMANDS = {
+    "export": _export,
+    "runs": _runs,
+    "status": _status,
+    "validate": _validate,
+    "schema": _schema,
+}

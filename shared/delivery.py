@@ -1,0 +1,90 @@
+"""Delivering one chunk: batch its profiles into /users/track requests and account for each row."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+
+from shared.config import RUNS_CONTAINER
+from shared.messages import ChunkJob
+from shared.profiles import open_lines
+from shared.reporting import maybe_finalize, rejected_prefix
+from shared.runs import ChunkResult
+from shared.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def batches(items: list[tuple[int, str]], size: int) -> list[list[tuple[int, str]]]:
+    """Fixed batches of at most `size`: the same chunk always yields the same batches."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def read_chunk(services: Services, blob_name: str) -> list[tuple[int, str]]:
+    """(source line, serialized attributes object) pairs from a chunk blob."""
+    items = []
+    for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, blob_name)):
+        line, _, obj = text.rstrip("\n").partition("\t")
+        if obj:
+            items.append((int(line), obj))
+    return items
+
+
+def deliver_chunk(job: ChunkJob, services: Services) -> None:
+    """Send one chunk to Braze and record its outcome; a redelivered, finished chunk is skipped."""
+    run = services.runs.get(job.run_id)
+    if run is None or run.is_final:
+        log.warning("run %s is missing or finished; dropping chunk %d", job.run_id, job.chunk_index)
+        return
+    if services.runs.chunk_done(job.run_id, job.chunk_index):
+        log.info("run %s chunk %d was already delivered", job.run_id, job.chunk_index)
+        maybe_finalize(job.run_id, services)
+        return
+    connection = services.definitions().connection(run.connection)
+    client = services.braze(connection)
+    items = read_chunk(services, job.blob_name)
+    accepted = requests = 0
+    reasons: Counter[str] = Counter()
+    rejected_lines: list[str] = []
+    for batch in batches(items, connection.objects_per_request):
+        outcome = client.track([obj for _, obj in batch])
+        requests += 1
+        for index, (line, obj) in enumerate(batch):
+            error = outcome.object_errors.get(index)
+            if error is None and outcome.failure is None:
+                accepted += 1
+                continue
+            code = error or f"http_{outcome.status}"
+            reasons[code] += 1
+            rejected_lines.append(_rejection(line, obj, code, error or outcome.failure or code))
+    rejected_blob = ""
+    if rejected_lines:
+        rejected_blob = f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}.jsonl"
+        services.storage.write_bytes(
+            RUNS_CONTAINER, rejected_blob, "\n".join(rejected_lines) + "\n", "application/x-ndjson"
+        )
+    result = ChunkResult(
+        chunk_index=job.chunk_index,
+        rows=len(items),
+        accepted=accepted,
+        rejected=len(rejected_lines),
+        requests=requests,
+        rejected_blob=rejected_blob,
+        rejections=dict(reasons),
+    )
+    services.runs.record_chunk(job.run_id, result)
+    maybe_finalize(job.run_id, services)
+
+
+def _rejection(line: int, obj_json: str, code: str, reason: str) -> str:
+    obj = json.loads(obj_json)
+    entry = {
+        "line": line,
+        "customer_id": obj.get("external_id"),
+        "stage": "braze",
+        "codes": [code],
+        "reasons": [f"Braze rejected the profile: {reason}" if code == reason else reason],
+        "object": obj,
+    }
+    return json.dumps(entry, ensure_ascii=False)

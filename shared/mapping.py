@@ -1,0 +1,24 @@
+"""Turn a valid profile into the Braze `/users/track` attributes object for an export."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.definitions import Export
+from shared.validation import Profile
+
+
+def braze_attributes(profile: Profile, export: Export) -> dict[str, Any]:
+    """The attributes object: identity, email, mapped attributes and the segment membership."""
+    obj: dict[str, Any] = {"external_id": profile.customer_id, "email": profile.email}
+    obj.update(profile.attributes)
+    obj[export.membership_attribute] = {"add": [export.segment]}
+    if not export.create_missing_users:
+        obj["_update_existing_only"] = True
+    return obj
+
+
+def encode_object(obj: dict[str, Any]) -> str:
+    """Compact JSON, UTF-8 kept as is (Braze accepts it, and it is smaller than \\u escapes)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

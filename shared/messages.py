@@ -1,0 +1,66 @@
+"""Typed messages that cross the queues. They carry references only, never profile data.
+
+A Storage queue message is capped at 64 KB, and profile data on a queue would leak into poison
+queues and logs; chunk contents live in blobs (claim-check pattern).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+M = TypeVar("M", bound="_Message")
+
+
+class MessageError(ValueError):
+    """A queue message that is not one this version understands."""
+
+
+@dataclass(frozen=True)
+class _Message:
+    kind: ClassVar[str]
+    version: ClassVar[int] = 1
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "version": self.version, **asdict(self)})
+
+    @classmethod
+    def from_json(cls: type[M], text: str | bytes) -> M:
+        try:
+            data: dict[str, Any] = json.loads(text)
+        except ValueError as error:
+            raise MessageError(f"not JSON: {error}") from error
+        if not isinstance(data, dict) or data.get("kind") != cls.kind:
+            raise MessageError(f"expected a {cls.kind!r} message, got {str(text)[:200]!r}")
+        if data.get("version") != cls.version:
+            raise MessageError(
+                f"{cls.kind} message version {data.get('version')!r} is not supported "
+                f"(this code reads version {cls.version})"
+            )
+        names = {f.name for f in fields(cls)}
+        missing = names - data.keys()
+        if missing:
+            raise MessageError(f"{cls.kind} message lacks {', '.join(sorted(missing))}")
+        return cls(**{name: data[name] for name in names})
+
+
+@dataclass(frozen=True)
+class ExportJob(_Message):
+    """Plan one run of an export: read its source and cut it into chunks."""
+
+    kind: ClassVar[str] = "export-job"
+    run_id: str
+    export_name: str
+
+
+@dataclass(frozen=True)
+class ChunkJob(_Message):
+    """Deliver one chunk blob of a run to Braze."""
+
+    kind: ClassVar[str] = "chunk-job"
+    run_id: str
+    export_name: str
+    chunk_index: int
+    blob_name: str
+    rows: int

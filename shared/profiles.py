@@ -1,0 +1,157 @@
+"""Streaming readers for segment files: CSV (RFC 4180) and JSON Lines, optionally gzip.
+
+Input is consumed as a byte stream and decoded incrementally, so a file of any size is read in
+constant memory. Every record keeps the line it started on, for the rejected-rows report.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Literal
+
+MAX_FIELD_BYTES = 16 * 1024 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class SourceError(Exception):
+    """The source as a whole cannot be read (bad encoding, missing column): the run fails."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One record: its values by column, or the structural problem that makes it unusable."""
+
+    line: int
+    values: dict[str, Any]
+    problem: str | None = None
+
+
+class _ChunkStream(io.RawIOBase):
+    """A readable file over an iterator of byte chunks (e.g. a blob download)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = chunk
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def open_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Decode a byte stream line by line as UTF-8, dropping a BOM and un-gzipping gzip input.
+
+    Decoding each physical line on its own (UTF-8 never splits a character across a newline
+    byte) lets an encoding error name its exact line.
+    """
+    raw = io.BufferedReader(_ChunkStream(chunks), buffer_size=1024 * 1024)
+    binary: BinaryIO = raw
+    if raw.peek(2)[:2] == GZIP_MAGIC:
+        binary = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
+    number = 0
+    while True:
+        try:
+            line = binary.readline()
+        except (OSError, EOFError) as error:
+            raise SourceError(
+                f"the file cannot be decompressed after line {number}: {error}"
+            ) from None
+        if not line:
+            return
+        number += 1
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise SourceError(
+                f"line {number} is not valid UTF-8 (byte {error.start + 1} of the line: "
+                f"{error.reason}); re-save the file as UTF-8"
+            ) from None
+        yield text.removeprefix("\ufeff") if number == 1 else text
+
+
+class RecordReader:
+    """Reads records from decoded text; `columns` is known before the first record is read."""
+
+    def __init__(self, lines: Iterator[str], fmt: Literal["csv", "jsonl"]) -> None:
+        self._lines = lines
+        self._format = fmt
+        self.columns: list[str] | None = None
+        if fmt == "csv":
+            csv.field_size_limit(MAX_FIELD_BYTES)
+            self._csv = csv.reader(lines, strict=True)
+            header = self._next_csv_row()
+            if header is None:
+                raise SourceError("the file is empty: a CSV segment needs a header row")
+            self.columns = [name.strip() for name in header]
+            dupes = sorted({c for c in self.columns if self.columns.count(c) > 1 and c})
+            if dupes:
+                raise SourceError(f"the header names these columns more than once: {dupes}")
+
+    def require_columns(self, needed: Iterable[str]) -> None:
+        """Fail before anything is sent when a mapped column is not in the CSV header."""
+        if self.columns is None:
+            return
+        missing = [c for c in needed if c not in self.columns]
+        if missing:
+            raise SourceError(
+                f"mapped column(s) {missing} not in the CSV header; the header has {self.columns}"
+            )
+
+    def __iter__(self) -> Iterator[SourceRecord]:
+        return self._csv_records() if self._format == "csv" else self._jsonl_records()
+
+    def _next_csv_row(self, start: int = 1) -> list[str] | None:
+        try:
+            return next(self._csv, None)
+        except csv.Error as error:
+            hint = " (a quote is opened and never closed)" if "end of data" in str(error) else ""
+            raise SourceError(
+                f"CSV syntax error in the record starting at line {start}: {error}{hint}"
+            ) from None
+
+    def _csv_records(self) -> Iterator[SourceRecord]:
+        assert self.columns is not None
+        width = len(self.columns)
+        while True:
+            start = self._csv.line_num + 1
+            row = self._next_csv_row(start)
+            if row is None:
+                return
+            if not row:
+                continue
+            if len(row) != width:
+                values = {f"field {i + 1}": v for i, v in enumerate(row)}
+                problem = f"has {len(row)} fields but the header has {width}"
+                yield SourceRecord(start, values, problem)
+                continue
+            yield SourceRecord(start, dict(zip(self.columns, row, strict=True)))
+
+    def _jsonl_records(self) -> Iterator[SourceRecord]:
+        for number, line in enumerate(self._lines, start=1):
+            stripped = line.strip()
+            if not stripped:
+                continue
+            try:
+                value = json.loads(stripped)
+            except ValueError as error:
+                yield SourceRecord(number, {"raw": stripped}, f"is not valid JSON: {error}")
+                continue
+            if not isinstance(value, dict):
+                yield SourceRecord(number, {"raw": stripped}, "is not a JSON object")
+                continue
+            yield SourceRecord(number, value)

@@ -1,0 +1,164 @@
+"""Finalizing a run, exactly once: sum the chunks, merge rejected rows, write the report.
+
+Any worker that finishes the last piece of work may call `maybe_finalize`; an ETag-guarded
+claim on the run entity lets exactly one of them do it, even when the last chunks finish together.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from shared.config import RUNS_CONTAINER
+from shared.profiles import open_lines
+from shared.runs import ChunkResult, Run, RunConflict, Status, utcnow
+from shared.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def rejected_prefix(run_id: str) -> str:
+    return f"runs/{run_id}/rejected/"
+
+
+def report_blob_name(run_id: str) -> str:
+    return f"runs/{run_id}/report.json"
+
+
+def rejected_blob_name(run_id: str) -> str:
+    return f"runs/{run_id}/rejected.jsonl"
+
+
+def maybe_finalize(run_id: str, services: Services) -> bool:
+    """Finalize the run if all chunks are done and nobody else has; True for the one that did."""
+    store = services.runs
+    run = store.get(run_id)
+    if run is None or run.is_final or run.chunks_total is None or run.finalize_claim:
+        return False
+    results = store.chunk_results(run_id)
+    if len(results) < run.chunks_total:
+        return False
+    run.finalize_claim = uuid.uuid4().hex
+    try:
+        store.update(run, if_unchanged=True)
+    except RunConflict:
+        return False
+    _finalize(run, results, services)
+    return True
+
+
+def final_status(run: Run) -> Status:
+    """failed: planning failed or nothing got through; partially: some rejected; else succeeded."""
+    rejected = run.rows_rejected + run.profiles_rejected_by_braze
+    if run.planning_failed or (run.profiles_accepted == 0 and rejected > 0):
+        return Status.FAILED
+    return Status.PARTIALLY_SUCCEEDED if rejected else Status.SUCCEEDED
+
+
+def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
+    run.profiles_accepted = sum(r.accepted for r in results)
+    run.profiles_rejected_by_braze = sum(r.rejected for r in results)
+    run.requests_sent = sum(r.requests for r in results)
+    tally = Counter(run.rejections)
+    for result in results:
+        tally.update(result.rejections)
+    run.rejections = dict(tally)
+    run.rejected_blob = rejected_blob_name(run.run_id)
+    run.report_blob = report_blob_name(run.run_id)
+    _merge_rejected(run.run_id, services)
+    run.status = final_status(run)
+    if not run.message:
+        run.message = _summary(run)
+    run.finished_at = utcnow()
+    services.storage.write_bytes(
+        RUNS_CONTAINER, run.report_blob, json.dumps(build_report(run), indent=2), "application/json"
+    )
+    services.runs.update(run)
+    log.info("run %s finished: %s (%s)", run.run_id, run.status, run.message)
+
+
+def _summary(run: Run) -> str:
+    rejected = run.rows_rejected + run.profiles_rejected_by_braze
+    return (
+        f"{run.profiles_accepted} of {run.rows_read} rows accepted by Braze; "
+        f"{run.rows_rejected} rejected by validation, {run.profiles_rejected_by_braze} by Braze"
+        if rejected
+        else f"all {run.profiles_accepted} profiles accepted by Braze"
+    )
+
+
+def build_report(run: Run) -> dict[str, Any]:
+    """The run report: counts that add up, timings and throughput, and why rows were rejected."""
+    seconds = (
+        (run.finished_at - run.created_at).total_seconds()
+        if run.finished_at and run.created_at
+        else None
+    )
+    planning = (
+        (run.planning_finished_at - run.planning_started_at).total_seconds()
+        if run.planning_finished_at and run.planning_started_at
+        else None
+    )
+    return {
+        "run_id": run.run_id,
+        "export": run.export_name,
+        "segment": run.segment,
+        "connection": run.connection,
+        "source": run.source,
+        "trigger": run.trigger,
+        "status": run.status,
+        "message": run.message,
+        "counts": {
+            "rows_read": run.rows_read,
+            "rows_valid": run.rows_valid,
+            "rows_rejected_by_validation": run.rows_rejected,
+            "profiles_accepted_by_braze": run.profiles_accepted,
+            "profiles_rejected_by_braze": run.profiles_rejected_by_braze,
+            "requests_sent": run.requests_sent,
+            "chunks": run.chunks_total,
+        },
+        "rejections_by_reason": dict(sorted(run.rejections.items(), key=lambda kv: -kv[1])),
+        "timings": {
+            "created_at": run.created_at.isoformat(),
+            "planning_started_at": _iso(run.planning_started_at),
+            "planning_finished_at": _iso(run.planning_finished_at),
+            "finished_at": _iso(run.finished_at),
+            "planning_seconds": planning,
+            "total_seconds": seconds,
+            "profiles_per_second": round(run.rows_valid / seconds, 1) if seconds else None,
+        },
+        "blobs": {
+            "container": RUNS_CONTAINER,
+            "report": run.report_blob,
+            "rejected_rows": run.rejected_blob,
+        },
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _merge_rejected(run_id: str, services: Services) -> None:
+    """Merge the planner's and every chunk's rejected rows into one file ordered by source line.
+
+    Each part is already in line order, so a streaming k-way merge keeps memory flat.
+    """
+    storage = services.storage
+    parts = storage.list_names(RUNS_CONTAINER, rejected_prefix(run_id))
+    streams = [_entries(services, name) for name in parts]
+    writer = storage.line_writer(RUNS_CONTAINER, rejected_blob_name(run_id))
+    writer.write_all(text for _, text in heapq.merge(*streams, key=lambda item: item[0]))
+    writer.close()
+
+
+def _entries(services: Services, name: str) -> Iterator[tuple[int, str]]:
+    for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, name)):
+        text = text.rstrip("\n")
+        if text:
+            yield json.loads(text)["line"], text

@@ -1,0 +1,86 @@
+"""The process-wide set of clients the triggers share, built lazily on first use.
+
+Flex Consumption gives an app 30 seconds to start, so nothing here connects at import time;
+the first invocation pays for the clients and later ones reuse them.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from pathlib import Path
+
+from shared.braze_client import BrazeClient
+from shared.config import RUNS_TABLE, ConfigurationError, Settings, load_settings
+from shared.definitions import Connection, Definitions, parse_definitions
+from shared.runs import RunStore
+from shared.secrets import SecretProvider
+from shared.storage import Storage
+
+
+class Services:
+    """Storage, run store, definitions, secrets and Braze clients for one set of settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._braze: dict[str, BrazeClient] = {}
+        self._lock = threading.Lock()
+        self._resources_ready = False
+
+    @cached_property
+    def storage(self) -> Storage:
+        return Storage(self.settings.storage)
+
+    @cached_property
+    def runs(self) -> RunStore:
+        return RunStore(self.storage.table(RUNS_TABLE))
+
+    @cached_property
+    def secrets(self) -> SecretProvider:
+        return SecretProvider(self.settings)
+
+    def ensure_resources(self) -> None:
+        """Create containers, queues and the table once per process (idempotent)."""
+        if not self._resources_ready:
+            self.storage.ensure_resources()
+            self._resources_ready = True
+
+    def definitions(self) -> Definitions:
+        """Read the definitions fresh, so an edit applies to the next run without a restart."""
+        if self.settings.definitions_blob:
+            container, _, name = self.settings.definitions_blob.partition("/")
+            text = self.storage.read_bytes(container, name)
+            return parse_definitions(text, f"blob {self.settings.definitions_blob}")
+        if self.settings.definitions_path:
+            path = Path(self.settings.definitions_path)
+            return parse_definitions(path.read_bytes(), str(path))
+        raise ConfigurationError(
+            "no export definitions: set EXPORT_DEFINITIONS_PATH (a file) or "
+            "EXPORT_DEFINITIONS_BLOB (container/name in the storage account)"
+        )
+
+    def braze(self, connection: Connection) -> BrazeClient:
+        """One client per connection, so its rate-limit state is shared by all threads."""
+        with self._lock:
+            client = self._braze.get(connection.name)
+            if client is None:
+                secret = connection.api_key_secret
+                client = BrazeClient(
+                    connection.rest_endpoint,
+                    lambda refresh: self.secrets.get(secret, refresh=refresh),
+                )
+                self._braze[connection.name] = client
+            return client
+
+
+_services: Services | None = None
+_services_lock = threading.Lock()
+
+
+def app_services() -> Services:
+    """The services for this process's environment (created on first call)."""
+    global _services
+    with _services_lock:
+        if _services is None:
+            _services = Services(load_settings())
+        return _services

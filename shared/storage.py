@@ -1,0 +1,168 @@
+"""Azure Storage access: blobs, queues and tables through one lazily built set of clients.
+
+Locally a connection string (Azurite); in Azure the function app's managed identity and the
+service URIs, the same settings the Functions host uses for `AzureWebJobsStorage`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from base64 import b64encode
+from collections.abc import Iterable, Iterator
+from functools import cached_property
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableServiceClient
+from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.queue import (
+    QueueClient,
+    QueueServiceClient,
+    TextBase64DecodePolicy,
+    TextBase64EncodePolicy,
+)
+
+from shared.config import CHUNKS_QUEUE, JOBS_QUEUE, RUNS_CONTAINER, RUNS_TABLE, StorageSettings
+
+BLOCK_BYTES = 4 * 1024 * 1024
+
+
+class BlobNotFound(Exception):
+    """A blob the exporter needs is missing; the message names it."""
+
+
+class Storage:
+    """The storage account, with clients created on first use and shared by all threads."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self._settings = settings
+        self._queues: dict[str, QueueClient] = {}
+        self._lock = threading.Lock()
+
+    @cached_property
+    def _credential(self) -> Any:
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential(managed_identity_client_id=self._settings.client_id)
+
+    @cached_property
+    def blobs(self) -> BlobServiceClient:
+        if self._settings.connection_string:
+            return BlobServiceClient.from_connection_string(self._settings.connection_string)
+        return BlobServiceClient(self._settings.blob_service_uri or "", credential=self._credential)
+
+    @cached_property
+    def _queue_service(self) -> QueueServiceClient:
+        if self._settings.connection_string:
+            return QueueServiceClient.from_connection_string(self._settings.connection_string)
+        return QueueServiceClient(
+            self._settings.queue_service_uri or "", credential=self._credential
+        )
+
+    @cached_property
+    def _table_service(self) -> TableServiceClient:
+        if self._settings.connection_string:
+            return TableServiceClient.from_connection_string(self._settings.connection_string)
+        return TableServiceClient(
+            endpoint=self._settings.table_service_uri or "", credential=self._credential
+        )
+
+    def container(self, name: str) -> ContainerClient:
+        return self.blobs.get_container_client(name)
+
+    def queue(self, name: str) -> QueueClient:
+        """A queue client speaking base64, the Functions host's default message encoding."""
+        with self._lock:
+            if name not in self._queues:
+                self._queues[name] = self._queue_service.get_queue_client(
+                    name,
+                    message_encode_policy=TextBase64EncodePolicy(),
+                    message_decode_policy=TextBase64DecodePolicy(),
+                )
+            return self._queues[name]
+
+    def table(self, name: str) -> TableClient:
+        return self._table_service.get_table_client(name)
+
+    def ensure_resources(self) -> None:
+        """Create the containers, queues and table if absent (Bicep creates them in Azure)."""
+        _ignore_exists(lambda: self.blobs.create_container(RUNS_CONTAINER))
+        for queue in (JOBS_QUEUE, CHUNKS_QUEUE, f"{JOBS_QUEUE}-poison", f"{CHUNKS_QUEUE}-poison"):
+            _ignore_exists(lambda q=queue: self._queue_service.create_queue(q))
+        _ignore_exists(lambda: self._table_service.create_table(RUNS_TABLE))
+
+    def read_chunks(self, container: str, name: str) -> Iterator[bytes]:
+        """Stream a blob's bytes in pieces; raise BlobNotFound naming it when absent."""
+        try:
+            downloader = self.container(container).download_blob(name, max_concurrency=1)
+        except ResourceNotFoundError:
+            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
+        return downloader.chunks()
+
+    def read_bytes(self, container: str, name: str) -> bytes:
+        return b"".join(self.read_chunks(container, name))
+
+    def write_bytes(self, container: str, name: str, data: bytes | str, content_type: str) -> None:
+        from azure.storage.blob import ContentSettings
+
+        self.container(container).upload_blob(
+            name, data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
+        )
+
+    def exists(self, container: str, name: str) -> bool:
+        return self.container(container).get_blob_client(name).exists()
+
+    def list_names(self, container: str, prefix: str) -> list[str]:
+        return sorted(b.name for b in self.container(container).list_blobs(name_starts_with=prefix))
+
+    def line_writer(self, container: str, name: str) -> BlobLineWriter:
+        return BlobLineWriter(self.container(container), name)
+
+
+class BlobLineWriter:
+    """Writes a large blob line by line in 4 MiB blocks, so memory stays bounded.
+
+    Nothing is visible until `close()` commits the block list; a writer abandoned by a crash
+    leaves no partial blob behind.
+    """
+
+    def __init__(self, container: ContainerClient, name: str) -> None:
+        self._blob = container.get_blob_client(name)
+        self._buffer = bytearray()
+        self._blocks: list[str] = []
+        self.lines = 0
+
+    def write(self, line: str) -> None:
+        self._buffer += line.encode("utf-8")
+        self._buffer += b"\n"
+        self.lines += 1
+        if len(self._buffer) >= BLOCK_BYTES:
+            self._flush()
+
+    def write_all(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        block_id = b64encode(uuid.uuid4().bytes).decode()
+        self._blob.stage_block(block_id, bytes(self._buffer))
+        self._blocks.append(block_id)
+        self._buffer.clear()
+
+    def close(self) -> None:
+        from azure.storage.blob import BlobBlock, ContentSettings
+
+        self._flush()
+        self._blob.commit_block_list(
+            [BlobBlock(block_id=b) for b in self._blocks],
+            content_settings=ContentSettings(content_type="application/x-ndjson"),
+        )
+
+
+def _ignore_exists(create: Any) -> None:
+    with contextlib.suppress(ResourceExistsError):
+        create()

@@ -1,0 +1,174 @@
+"""End to end on real parts: Azurite, the local Functions host, and the Braze sandbox over HTTP."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from typing import Any
+
+from devtools.sample import demo_definitions, make_segment
+from shared.planner import start_run
+from shared.reporting import maybe_finalize
+from shared.runs import ChunkResult, Run, Status
+from tests.integration.conftest import BLOCKLISTED, App
+
+
+def _export(name: str, path: str, segment: str, **overrides: Any) -> dict[str, Any]:
+    export = demo_definitions("http://unused", "segments", path, segment)["exports"][0]
+    export.update(name=name, **overrides)
+    return export
+
+
+def _rejected(app: App, run: Run) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in app.blob_text(run.rejected_blob).splitlines()]
+
+
+def test_messy_segment_lands_in_braze_exactly(app: App) -> None:
+    sample = make_segment(1_300, invalid_every=23, segment="VIP – Zoë's 🎉")
+    app.upload("e2e/vip.csv", sample.data)
+    app.define([_export("vip", "e2e/vip.csv", sample.segment, chunk_size=200)])
+
+    run = app.wait_for_final(start_run("vip", "test", app.services).run_id)
+
+    # Every valid profile is in Braze with exactly the mapped attributes and membership.
+    users = app.braze_users()
+    assert set(users) == set(sample.expected)
+    for customer_id, expected in sample.expected.items():
+        assert users[customer_id] == expected, customer_id
+
+    # Every invalid row is reported with its line and reason; no valid row is.
+    rejected = _rejected(app, run)
+    assert {r["line"]: r["codes"][0] for r in rejected} == sample.invalid_lines
+    assert [r["line"] for r in rejected] == sorted(r["line"] for r in rejected)
+    assert all(r["reasons"] and r["stage"] == "validation" for r in rejected)
+
+    # Counts add up, and the report says the same as the run record.
+    assert run.status == Status.PARTIALLY_SUCCEEDED
+    assert run.rows_read == sample.rows == run.rows_valid + run.rows_rejected
+    assert run.rows_valid == run.profiles_accepted + run.profiles_rejected_by_braze
+    assert run.profiles_accepted == len(sample.expected)
+    assert run.chunks_total == -(-run.rows_valid // 200)
+    report = json.loads(app.blob_text(run.report_blob))
+    assert report["counts"]["rows_read"] == sample.rows
+    assert sum(report["rejections_by_reason"].values()) == len(sample.invalid_lines)
+
+    # No request carried more than the combined-object limit.
+    sizes = [len(body["attributes"]) for body in app.sandbox_requests()]
+    assert max(sizes) == 75 and sum(sizes) == len(sample.expected)
+    assert run.requests_sent == len(sizes)
+
+
+def test_braze_per_object_errors_map_back_to_their_rows(app: App) -> None:
+    rows = [
+        "CustomerId,Email,FirstName,LoyaltyPoints,IsVip,BirthDate,Note",
+        "ok-1,ok1@example.com,Ann,1,true,1990-01-01,",
+        f"{BLOCKLISTED},blocked@example.com,Bob,2,false,1990-01-02,",
+        "ok-2,ok2@example.com,Cy,3,1,1990-01-03,",
+    ]
+    app.upload("e2e/blocked.csv", ("\n".join(rows) + "\n").encode())
+    app.define([_export("blocked", "e2e/blocked.csv", "S")])
+
+    run = app.wait_for_final(start_run("blocked", "test", app.services).run_id)
+
+    assert run.status == Status.PARTIALLY_SUCCEEDED
+    assert (run.profiles_accepted, run.profiles_rejected_by_braze) == (2, 1)
+    (entry,) = _rejected(app, run)
+    assert entry["line"] == 3 and entry["stage"] == "braze"
+    assert entry["codes"] == ["BLACKLISTED_EXTERNAL_USER_ID"]
+    assert entry["object"]["external_id"] == BLOCKLISTED
+    assert set(app.braze_users()) == {"ok-1", "ok-2"}
+
+
+def test_missing_column_fails_the_run_before_anything_is_sent(app: App) -> None:
+    app.upload("e2e/nocol.csv", b"CustomerId,Mail\n1,a@example.com\n")
+    app.define([_export("nocol", "e2e/nocol.csv", "S")])
+
+    run = app.wait_for_final(start_run("nocol", "test", app.services).run_id)
+
+    assert run.status == Status.FAILED
+    assert "['Email', 'FirstName'," in run.message and "'Mail'" in run.message
+    assert app.sandbox_requests() == []
+
+
+def test_missing_source_blob_fails_with_its_name(app: App) -> None:
+    app.define([_export("ghost", "e2e/does-not-exist.csv", "S")])
+    run = app.wait_for_final(start_run("ghost", "test", app.services).run_id)
+    assert run.status == Status.FAILED
+    assert "e2e/does-not-exist.csv" in run.message
+
+
+def test_gzipped_json_lines_source(app: App) -> None:
+    records = [
+        {"CustomerId": 101, "Email": "a@example.com", "LoyaltyPoints": 7, "IsVip": True},
+        {"CustomerId": "102", "Email": "b@example.com", "Note": 'line\nbreak, "quoted" ✓'},
+        {"CustomerId": "103", "Email": "c@example.com", "LoyaltyPoints": {"x": 1}},
+    ]
+    data = gzip.compress("\n".join(json.dumps(r) for r in records).encode())
+    app.upload("e2e/people.jsonl.gz", data)
+    app.define([_export("jsonl", "e2e/people.jsonl.gz", "J")])
+
+    run = app.wait_for_final(start_run("jsonl", "test", app.services).run_id)
+
+    users = app.braze_users()
+    assert users["101"]["loyalty_points"] == 7 and users["101"]["is_vip"] is True
+    assert users["102"]["note"] == 'line\nbreak, "quoted" ✓'
+    assert "103" not in users
+    assert [r["codes"] for r in _rejected(app, run)] == [["attribute_type"]]
+
+
+def test_update_existing_only_does_not_create_users(app: App) -> None:
+    header = "CustomerId,Email,FirstName,LoyaltyPoints,IsVip,BirthDate,Note\n"
+    app.upload("e2e/first.csv", (header + "known,k@example.com,K,1,true,1990-01-01,\n").encode())
+    app.upload(
+        "e2e/update.csv",
+        (
+            header
+            + "known,k@example.com,K2,1,true,1990-01-01,\nnew,n@example.com,N,1,1,1990-01-01,\n"
+        ).encode(),
+    )
+    app.define(
+        [
+            _export("create", "e2e/first.csv", "A"),
+            _export("update", "e2e/update.csv", "B", create_missing_users=False),
+        ]
+    )
+    app.wait_for_final(start_run("create", "test", app.services).run_id)
+    run = app.wait_for_final(start_run("update", "test", app.services).run_id)
+
+    users = app.braze_users()
+    assert set(users) == {"known"}
+    assert users["known"]["first_name"] == "K2"
+    assert users["known"]["segments"] == ["A", "B"]
+    assert run.profiles_accepted == 2  # Braze accepts both; it silently skips the unknown one
+    bodies = app.sandbox_requests()
+    assert all(o["_update_existing_only"] is True for o in bodies[-1]["attributes"])
+
+
+def test_finalization_happens_once_when_the_last_chunks_finish_together(app: App) -> None:
+    store = app.services.runs
+    run = Run("race-run-1", "race", "S", "sandbox", "segments/x.csv", "test")
+    store.create(run)
+    run.status, run.rows_read, run.rows_valid, run.chunks_total = Status.DELIVERING, 4, 4, 2
+    store.update(run)
+    store.record_chunk(run.run_id, ChunkResult(0, rows=2, accepted=2, rejected=0, requests=1))
+    store.record_chunk(run.run_id, ChunkResult(1, rows=2, accepted=2, rejected=0, requests=1))
+
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def finish() -> None:
+        barrier.wait()
+        results.append(maybe_finalize(run.run_id, app.services))
+
+    threads = [threading.Thread(target=finish) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert results.count(True) == 1
+    final = store.get(run.run_id)
+    assert final is not None and final.status == Status.SUCCEEDED
+    assert final.profiles_accepted == 4 and final.requests_sent == 2
+    assert maybe_finalize(run.run_id, app.services) is False

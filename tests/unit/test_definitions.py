@@ -1,0 +1,127 @@
+"""The definitions document: accepted shapes, and every problem reported with its path."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.definitions import DefinitionsError, json_schema, parse_definitions
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _doc(**export_overrides: object) -> dict:
+    export = {
+        "name": "weekly-vip",
+        "connection": "prod",
+        "segment": "VIP – weekly 🎉",
+        "source": {"container": "segments", "path": "ci/VIP/2026/vip_1.csv.gz"},
+        "mapping": {
+            "customer_id": "CustomerId",
+            "email": "PrimaryEmail",
+            "attributes": [{"column": "Points", "attribute": "loyalty_points", "type": "number"}],
+        },
+    }
+    export.update(export_overrides)
+    return {
+        "connections": [
+            {
+                "name": "prod",
+                "rest_endpoint": "https://rest.iad-03.braze.com/",
+                "api_key_secret": "braze-prod-key",
+            }
+        ],
+        "exports": [export],
+    }
+
+
+def test_valid_document_gets_defaults() -> None:
+    definitions = parse_definitions(json.dumps(_doc()))
+    export = definitions.export("weekly-vip")
+    assert export.membership_attribute == "segments"
+    assert export.create_missing_users is True
+    assert export.source.resolved_format() == "csv"
+    connection = definitions.connection("prod")
+    assert connection.objects_per_request == 75
+    assert connection.rest_endpoint == "https://rest.iad-03.braze.com"
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    doc = _doc(name="Weekly VIP", chunk_size=10, surprise=True)
+    doc["connections"][0]["rest_endpoint"] = "http://rest.iad-03.braze.com"
+    doc["connections"][0]["objects_per_request"] = 100
+    del doc["exports"][0]["mapping"]["email"]
+    doc["exports"][0]["mapping"]["attributes"][0]["type"] = "money"
+    with pytest.raises(DefinitionsError) as caught:
+        parse_definitions(json.dumps(doc), "exports.json")
+    problems = caught.value.problems
+    assert len(problems) == 7, problems
+    text = "\n".join(problems)
+    assert "connections[0] (prod).rest_endpoint: must start with https://" in text
+    assert "connections[0] (prod).objects_per_request:" in text
+    assert "exports[0] (Weekly VIP).name: must be lower-case" in text
+    assert "exports[0] (Weekly VIP).mapping.email: is required" in text
+    assert "exports[0] (Weekly VIP).mapping.attributes[0].type:" in text
+    assert "exports[0] (Weekly VIP).chunk_size:" in text
+    assert "exports[0] (Weekly VIP).surprise: is not a known field" in text
+    assert str(caught.value).startswith("exports.json has 7 problem(s)")
+
+
+def test_cross_references_and_duplicates() -> None:
+    doc = _doc(connection="staging")
+    doc["exports"].append(dict(doc["exports"][0]))
+    with pytest.raises(DefinitionsError) as caught:
+        parse_definitions(json.dumps(doc))
+    text = " ".join(caught.value.problems)
+    assert "export name 'weekly-vip' is used twice" in text
+    assert "uses connection 'staging', which is not defined" in text
+
+
+def test_reserved_and_clashing_attribute_names_are_refused() -> None:
+    doc = _doc(membership_attribute="loyalty_points")
+    doc["exports"][0]["mapping"]["attributes"].append({"column": "Mail", "attribute": "email"})
+    with pytest.raises(DefinitionsError) as caught:
+        parse_definitions(json.dumps(doc))
+    text = " ".join(caught.value.problems)
+    assert "'email' is a reserved Braze field" in text
+
+
+def test_attribute_used_twice() -> None:
+    with pytest.raises(
+        DefinitionsError, match="attribute names used more than once: loyalty_points"
+    ):
+        parse_definitions(json.dumps(_doc(membership_attribute="loyalty_points")))
+
+
+def test_plain_http_only_for_loopback() -> None:
+    doc = _doc()
+    doc["connections"][0]["rest_endpoint"] = "http://127.0.0.1:8480"
+    assert (
+        parse_definitions(json.dumps(doc)).connections[0].rest_endpoint == "http://127.0.0.1:8480"
+    )
+    doc["connections"][0]["rest_endpoint"] = "https://rest.iad-03.braze.com/users/track"
+    with pytest.raises(DefinitionsError, match="must be a bare host"):
+        parse_definitions(json.dumps(doc))
+
+
+def test_not_json_names_the_position() -> None:
+    with pytest.raises(DefinitionsError, match=r"not valid JSON: .*line 1 column 18"):
+        parse_definitions('{"connections": [}')
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [("a.csv", "csv"), ("a.CSV.gz", "csv"), ("a.jsonl", "jsonl"), ("a.ndjson.gz", "jsonl")],
+)
+def test_format_is_inferred_from_the_name(path: str, expected: str) -> None:
+    export = parse_definitions(json.dumps(_doc(source={"container": "seg", "path": path})))
+    assert export.exports[0].source.resolved_format() == expected
+
+
+def test_published_schema_is_current_and_accepts_the_example() -> None:
+    published = json.loads((ROOT / "schema" / "export-definitions.schema.json").read_text())
+    assert published == json_schema(), (
+        "run: python -m shared schema > schema/export-definitions.schema.json"
+    )
+    example = (ROOT / "examples" / "exports.json").read_text()
+    assert parse_definitions(example).exports[0].name == "demo-vip"

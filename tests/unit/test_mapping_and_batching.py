@@ -1,0 +1,68 @@
+"""Braze objects, batching at the object limit, and error indexes mapped back to rows."""
+
+import json
+
+import pytest
+
+from shared.braze_client import reset_wait_seconds, tracking_body
+from shared.definitions import Export
+from shared.delivery import batches
+from shared.mapping import braze_attributes, encode_object
+from shared.validation import Profile
+
+EXPORT = {
+    "name": "vip",
+    "connection": "prod",
+    "segment": "VIP – 🎉",
+    "source": {"container": "segments", "path": "vip.csv"},
+    "mapping": {"customer_id": "id", "email": "email"},
+}
+
+
+def test_object_carries_identity_email_attributes_and_membership() -> None:
+    export = Export.model_validate(EXPORT)
+    obj = braze_attributes(Profile("c-1", "z@example.com", {"points": 3}), export)
+    assert obj == {
+        "external_id": "c-1",
+        "email": "z@example.com",
+        "points": 3,
+        "segments": {"add": ["VIP – 🎉"]},
+    }
+
+
+def test_update_existing_only_and_custom_membership_attribute() -> None:
+    export = Export.model_validate(
+        {**EXPORT, "create_missing_users": False, "membership_attribute": "audiences"}
+    )
+    obj = braze_attributes(Profile("c-1", "z@example.com", {}), export)
+    assert obj["_update_existing_only"] is True
+    assert obj["audiences"] == {"add": ["VIP – 🎉"]}
+    assert "segments" not in obj
+
+
+def test_encoded_objects_make_a_valid_body() -> None:
+    objects = [encode_object({"external_id": f"é-{n}", "note": 'a "q",\n'}) for n in range(3)]
+    body = json.loads(tracking_body(objects))
+    assert [o["external_id"] for o in body["attributes"]] == ["é-0", "é-1", "é-2"]
+    assert body["attributes"][0]["note"] == 'a "q",\n'
+
+
+@pytest.mark.parametrize(
+    ("count", "size", "expected"),
+    [(0, 75, []), (1, 75, [1]), (75, 75, [75]), (150, 75, [75, 75]), (151, 75, [75, 75, 1]),
+     (3000, 75, [75] * 40), (101, 50, [50, 50, 1])],
+)  # fmt: skip
+def test_batches_never_exceed_the_limit(count: int, size: int, expected: list[int]) -> None:
+    items = [(n, f"o{n}") for n in range(count)]
+    result = batches(items, size)
+    assert [len(b) for b in result] == expected
+    assert [item for batch in result for item in batch] == items
+
+
+@pytest.mark.parametrize(
+    ("value", "now", "expected"),
+    [("1764324003", 1764324000.5, 2.5), ("2", 1764324000.0, 2.0), ("0", 5.0, 0.0),
+     ("1764323000", 1764324000.0, 0.0), (None, 0.0, None), ("soon", 0.0, None)],
+)  # fmt: skip
+def test_reset_header_in_both_forms(value: str | None, now: float, expected: float | None) -> None:
+    assert reset_wait_seconds(value, now) == expected

@@ -1,0 +1,121 @@
+"""Row validation: each Braze rule, with messy values, trimmed but otherwise untouched."""
+
+import pytest
+
+from shared.definitions import Mapping
+from shared.validation import Profile, email_problem, validate_record
+
+MAPPING = Mapping.model_validate(
+    {
+        "customer_id": "id",
+        "email": "email",
+        "attributes": [
+            {"column": "name", "attribute": "first_name"},
+            {"column": "points", "attribute": "points", "type": "number"},
+            {"column": "vip", "attribute": "vip", "type": "boolean"},
+            {"column": "born", "attribute": "born", "type": "date"},
+        ],
+    }
+)
+
+
+def _row(**values: object) -> dict:
+    row = {"id": "c-1", "email": "zoe@example.com", "name": "", "points": "", "vip": "", "born": ""}
+    row.update(values)
+    return row
+
+
+def _codes(result: object) -> list[str]:
+    assert not isinstance(result, Profile), result
+    return [p.code for p in result]  # type: ignore[attr-defined]
+
+
+def test_valid_row_is_trimmed_typed_and_blank_attributes_left_out() -> None:
+    result = validate_record(
+        _row(id="  c-1 ", email=" zoe@example.com\t", name=' Zoë "Z" 🎉, Jr. ', points=" 42 "),
+        MAPPING,
+    )
+    assert result == Profile(
+        "c-1", "zoe@example.com", {"first_name": 'Zoë "Z" 🎉, Jr.', "points": 42}
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"points": "-3.5"}, {"points": -3.5}),
+        ({"points": "1e3"}, {"points": 1000.0}),
+        ({"vip": "TRUE"}, {"vip": True}),
+        ({"vip": "0"}, {"vip": False}),
+        ({"born": "1990-05-17"}, {"born": "1990-05-17"}),
+        ({"born": "2026-11-28T10:00:00Z"}, {"born": "2026-11-28T10:00:00Z"}),
+        ({"born": "2026-11-28T10:00:00+01:00"}, {"born": "2026-11-28T10:00:00+01:00"}),
+    ],
+)
+def test_type_conversions(values: dict, expected: dict) -> None:
+    result = validate_record(_row(**values), MAPPING)
+    assert isinstance(result, Profile)
+    assert result.attributes == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "code", "words"),
+    [
+        ({"id": "   "}, "customer_id_blank", "customer id (column 'id') is blank"),
+        ({"id": None}, "customer_id_blank", "is blank"),
+        ({"id": "é" * 494}, "customer_id_too_long", "988 bytes; Braze allows at most 987"),
+        ({"id": 12.5}, "customer_id_type", "must be text, got a number"),
+        ({"email": ""}, "email_blank", "email (column 'email') is blank"),
+        ({"email": "zoe smith@example.com"}, "email_invalid", "contains whitespace"),
+        ({"email": "zoe@@example.com"}, "email_invalid", "exactly one @"),
+        ({"email": "zoë@example.com"}, "email_invalid", "non-ASCII characters before the @"),
+        ({"email": "zoe@bücher.de"}, "email_invalid", "Punycode"),
+        ({"email": "zoe@example"}, "email_invalid", "invalid domain"),
+        ({"email": "zoe@example.123"}, "email_invalid", "numeric top-level domain"),
+        ({"email": "zoe..x@example.com"}, "email_invalid", "dots before the @"),
+        ({"email": "zoe@-example.com"}, "email_invalid", "invalid domain"),
+        ({"name": "x" * 256}, "attribute_too_long", "256 characters; Braze allows at most 255"),
+        ({"points": "1,000"}, "attribute_not_number", "is not a number: '1,000'"),
+        ({"points": "NaN"}, "attribute_not_number", "not a finite number"),
+        ({"points": True}, "attribute_not_number", "got a boolean"),
+        ({"vip": "maybe"}, "attribute_not_boolean", "true/false/1/0"),
+        ({"born": "31/12/1990"}, "attribute_not_date", "ISO 8601"),
+        ({"name": {"nested": 1}}, "attribute_type", "must be a single value, got an object"),
+        ({"name": 7}, "attribute_not_string", "must be text, got a number"),
+    ],
+)
+def test_each_rule_rejects_with_a_clear_reason(values: dict, code: str, words: str) -> None:
+    result = validate_record(_row(**values), MAPPING)
+    assert _codes(result) == [code]
+    assert words in result[0].message  # type: ignore[index]
+
+
+def test_all_problems_of_a_row_are_reported() -> None:
+    result = validate_record(_row(id="", email="bad", points="x", vip="?"), MAPPING)
+    assert _codes(result) == [
+        "customer_id_blank",
+        "email_invalid",
+        "attribute_not_number",
+        "attribute_not_boolean",
+    ]
+
+
+def test_id_of_exactly_987_bytes_is_accepted() -> None:
+    result = validate_record(_row(id="é" * 493 + "x"), MAPPING)
+    assert isinstance(result, Profile)
+    assert len(result.customer_id.encode()) == 987
+
+
+def test_numeric_json_ids_become_text_and_huge_values_are_not_echoed() -> None:
+    result = validate_record(_row(id=123456), MAPPING)
+    assert isinstance(result, Profile) and result.customer_id == "123456"
+    rejected = validate_record(_row(points="9" * 100_000 + "x"), MAPPING)
+    assert len(rejected[0].message) < 200  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["a@b.co", "first.last+tag@sub.example.co.uk", "o'brien@example.ie", "x@xn--bcher-kva.de"],
+)
+def test_valid_emails(address: str) -> None:
+    assert email_problem(address) is None
