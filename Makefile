@@ -32,6 +32,7 @@ format: install
 
 bench: install
 	$(PY) bench/sandbox_bench.py
+	$(PY) bench/export_bench.py --profiles 100000
 
 stop:
 	$(PY) -m devtools.services stop

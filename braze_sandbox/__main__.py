@@ -136,6 +136,11 @@ def sandbox_from_args(args: argparse.Namespace) -> BrazeSandbox:
 
 async def serve(app: web.Application, host: str, port: int) -> None:
     """Run until SIGTERM/SIGINT, then close connections and return."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Before the ready line: a fixture may signal as soon as it has read it.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -145,10 +150,6 @@ async def serve(app: web.Application, host: str, port: int) -> None:
         if ":" in bound_host:
             bound_host = f"[{bound_host}]"
         print(f"braze-sandbox listening on http://{bound_host}:{bound_port}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
         await stop.wait()
     finally:
         await runner.cleanup()

@@ -93,7 +93,9 @@ class Source(_Strict):
     """Where the segment file lives in the app's storage account."""
 
     container: str = Field(
-        pattern=r"^[a-z0-9](?:[a-z0-9]|-[a-z0-9]){1,31}$|^[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9]$",
+        pattern=r"^[a-z0-9](?:[a-z0-9]|-[a-z0-9])+$",
+        min_length=3,
+        max_length=63,
         description="Blob container name (3-63 lower-case letters, digits, hyphens).",
     )
     path: str = Field(min_length=1, max_length=1024)
@@ -226,9 +228,17 @@ def _describe(error: Any, data: Any) -> str:
         message = "is required"
     elif error["type"] == "extra_forbidden":
         message = "is not a known field"
-    elif error["type"] == "string_pattern_mismatch" and path.endswith("name"):
-        message = "must be lower-case letters, digits and inner hyphens (at most 63 characters)"
+    elif error["type"] == "string_pattern_mismatch":
+        message = _PATTERN_WORDS.get(str(error["loc"][-1]), message)
     return f"{path or 'document'}: {message}"
+
+
+_PATTERN_WORDS = {
+    "name": "must be lower-case letters, digits and inner hyphens (at most 63 characters)",
+    "container": "must be a blob container name: lower-case letters, digits and single "
+    "inner hyphens",
+    "api_key_secret": "must be a Key Vault secret name: letters, digits and hyphens",
+}
 
 
 def is_valid_name(name: str) -> bool:

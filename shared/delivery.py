@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from typing import Any
 
+from shared.braze_client import TrackOutcome
 from shared.config import RUNS_CONTAINER
 from shared.messages import ChunkJob
 from shared.profiles import open_lines
@@ -50,14 +52,10 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
     for batch in batches(items, connection.objects_per_request):
         outcome = client.track([obj for _, obj in batch])
         requests += 1
-        for index, (line, obj) in enumerate(batch):
-            error = outcome.object_errors.get(index)
-            if error is None and outcome.failure is None:
-                accepted += 1
-                continue
-            code = error or f"http_{outcome.status}"
-            reasons[code] += 1
-            rejected_lines.append(_rejection(line, obj, code, error or outcome.failure or code))
+        rejections = rejected_rows(batch, outcome)
+        accepted += len(batch) - len(rejections)
+        reasons.update(r["codes"][0] for r in rejections)
+        rejected_lines.extend(json.dumps(r, ensure_ascii=False) for r in rejections)
     rejected_blob = ""
     if rejected_lines:
         rejected_blob = f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}.jsonl"
@@ -77,14 +75,24 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
     maybe_finalize(job.run_id, services)
 
 
-def _rejection(line: int, obj_json: str, code: str, reason: str) -> str:
-    obj = json.loads(obj_json)
-    entry = {
-        "line": line,
-        "customer_id": obj.get("external_id"),
-        "stage": "braze",
-        "codes": [code],
-        "reasons": [f"Braze rejected the profile: {reason}" if code == reason else reason],
-        "object": obj,
-    }
-    return json.dumps(entry, ensure_ascii=False)
+def rejected_rows(batch: list[tuple[int, str]], outcome: TrackOutcome) -> list[dict[str, Any]]:
+    """Map Braze's answer back to source rows: `errors[].index` is the position in the batch."""
+    rejected = []
+    for index, (line, obj_json) in enumerate(batch):
+        error = outcome.object_errors.get(index)
+        if error is None and outcome.failure is None:
+            continue
+        obj = json.loads(obj_json)
+        rejected.append(
+            {
+                "line": line,
+                "customer_id": obj.get("external_id"),
+                "stage": "braze",
+                "codes": [error or f"http_{outcome.status}"],
+                "reasons": [
+                    f"Braze rejected the profile: {error}" if error else str(outcome.failure)
+                ],
+                "object": obj,
+            }
+        )
+    return rejected

@@ -17,10 +17,10 @@ import pytest
 import requests
 from azure.core.exceptions import ResourceExistsError
 
+from devtools.processes import ROOT, Azurite, Sandbox, start_sandbox
 from shared.config import load_settings
 from shared.runs import Run
 from shared.services import Services
-from tests.conftest import ROOT, Azurite, Sandbox, start_sandbox, stop_sandbox
 
 SANDBOX_KEY = "test-sandbox-key"
 BLOCKLISTED = "blocked-id-1"
@@ -90,7 +90,7 @@ class App:
 def sandbox() -> Iterator[Sandbox]:
     running = start_sandbox(SANDBOX_KEY, "--blocklist", BLOCKLISTED)
     yield running
-    stop_sandbox(running)
+    running.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from shared.braze_client import reset_wait_seconds, tracking_body
+from shared.braze_client import TrackOutcome, reset_wait_seconds, tracking_body
 from shared.definitions import Export
-from shared.delivery import batches
+from shared.delivery import batches, rejected_rows
 from shared.mapping import braze_attributes, encode_object
 from shared.validation import Profile
 
@@ -66,3 +66,33 @@ def test_batches_never_exceed_the_limit(count: int, size: int, expected: list[in
 )  # fmt: skip
 def test_reset_header_in_both_forms(value: str | None, now: float, expected: float | None) -> None:
     assert reset_wait_seconds(value, now) == expected
+
+
+def _batch(count: int) -> list[tuple[int, str]]:
+    return [(100 + n, encode_object({"external_id": f"id-{n}"})) for n in range(count)]
+
+
+def test_object_errors_map_back_to_their_source_lines() -> None:
+    outcome = TrackOutcome(201, {0: "EMAIL_BAD_FORMAT", 74: "BLACKLISTED_EXTERNAL_USER_ID"})
+    rejected = rejected_rows(_batch(75), outcome)
+    assert [(r["line"], r["customer_id"], r["codes"]) for r in rejected] == [
+        (100, "id-0", ["EMAIL_BAD_FORMAT"]),
+        (174, "id-74", ["BLACKLISTED_EXTERNAL_USER_ID"]),
+    ]
+    assert rejected[0]["reasons"] == ["Braze rejected the profile: EMAIL_BAD_FORMAT"]
+    assert rejected[0]["object"] == {"external_id": "id-0"}
+
+
+def test_a_refused_request_rejects_every_row_keeping_specific_errors() -> None:
+    outcome = TrackOutcome(400, {1: "EXTERNAL_USER_ID_TOO_LARGE"}, "Braze refused (HTTP 400): x")
+    rejected = rejected_rows(_batch(3), outcome)
+    assert [r["codes"] for r in rejected] == [
+        ["http_400"],
+        ["EXTERNAL_USER_ID_TOO_LARGE"],
+        ["http_400"],
+    ]
+    assert rejected[0]["reasons"] == ["Braze refused (HTTP 400): x"]
+
+
+def test_no_errors_no_rejections() -> None:
+    assert rejected_rows(_batch(5), TrackOutcome(201)) == []

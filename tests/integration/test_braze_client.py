@@ -1,0 +1,97 @@
+"""The Braze client against the sandbox over HTTP: limits, errors, retries, key refresh."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from devtools.processes import Sandbox, start_sandbox
+from shared.braze_client import BrazeClient, BrazeUnavailable
+from shared.mapping import encode_object
+
+KEY = "client-test-key"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    running = start_sandbox(KEY, "--seed", "11", "--blocklist", "bad-id")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def braze(sandbox: Sandbox) -> Iterator[Sandbox]:
+    requests.post(f"{sandbox.url}/_sandbox/reset", timeout=10).raise_for_status()
+    yield sandbox
+    _configure(sandbox, "faults", fault_5xx=0, fault_drop=0, fault_429_burst=0)
+    _configure(sandbox, "limits", rate_limit=3000, rate_window_seconds=3)
+
+
+def _configure(sandbox: Sandbox, what: str, **values: object) -> None:
+    requests.put(f"{sandbox.url}/_sandbox/{what}", json=values, timeout=10).raise_for_status()
+
+
+def _stats(sandbox: Sandbox) -> dict:
+    return requests.get(f"{sandbox.url}/_sandbox/stats", timeout=10).json()
+
+
+def _objects(count: int, prefix: str = "u") -> list[str]:
+    return [encode_object({"external_id": f"{prefix}-{n}", "tier": "gold"}) for n in range(count)]
+
+
+def _client(sandbox: Sandbox, keys: list[str] | None = None) -> BrazeClient:
+    served = iter(keys or [KEY] * 10)
+    return BrazeClient(sandbox.url, lambda refresh: next(served), sleep=lambda s: None)
+
+
+def test_object_errors_come_back_by_index(braze: Sandbox) -> None:
+    objects = _objects(3)
+    objects[1] = encode_object({"external_id": "bad-id"})
+    outcome = _client(braze).track(objects)
+    assert outcome.status == 201 and outcome.failure is None
+    assert outcome.object_errors == {1: "BLACKLISTED_EXTERNAL_USER_ID"}
+
+
+def test_over_the_object_limit_is_a_non_retryable_failure(braze: Sandbox) -> None:
+    outcome = _client(braze).track(_objects(76))
+    assert outcome.status == 400
+    assert "Max Input Length Exceeded" in (outcome.failure or "")
+    assert _stats(braze)["requests_total"] == 1
+
+
+def test_a_rejected_key_is_refreshed_once(braze: Sandbox) -> None:
+    refreshed = _client(braze, ["stale-key", KEY]).track(_objects(2))
+    assert refreshed.status == 201
+    still_bad = _client(braze, ["stale-key", "also-wrong"]).track(_objects(2))
+    assert still_bad.status == 401 and "HTTP 401" in (still_bad.failure or "")
+
+
+def test_server_errors_and_dropped_connections_are_retried(braze: Sandbox) -> None:
+    _configure(braze, "faults", fault_5xx=0.3, fault_drop=0.1, seed=5)
+    client = BrazeClient(braze.url, lambda refresh: KEY, max_attempts=20, sleep=lambda s: None)
+    for batch in range(20):
+        assert client.track(_objects(75, f"b{batch}")).status == 201
+    stats = _stats(braze)
+    assert sum(stats["faults_injected"].values()) > 0
+    assert stats["users"] == 20 * 75
+
+
+def test_persistent_failure_gives_up_with_a_reason(braze: Sandbox) -> None:
+    _configure(braze, "faults", fault_5xx=1.0)
+    client = BrazeClient(braze.url, lambda refresh: KEY, max_attempts=3, sleep=lambda s: None)
+    with pytest.raises(BrazeUnavailable, match="failed 3 times in a row; last: HTTP 5"):
+        client.track(_objects(1))
+
+
+def test_rate_limit_headers_keep_the_client_within_budget(braze: Sandbox) -> None:
+    """The client waits for the window to reset when Braze says nothing remains."""
+    _configure(braze, "limits", rate_limit=4, rate_window_seconds=1)
+    client = BrazeClient(braze.url, lambda refresh: KEY)
+    for batch in range(10):
+        assert client.track(_objects(1, f"r{batch}")).status == 201
+    limits = _stats(braze)["rate_limit"]
+    assert limits["windows_over_budget"] == 0
+    assert limits["requests_while_blocked"] == 0
+    assert _stats(braze)["throttled_total"] == 0
