@@ -21,11 +21,11 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devtools.processes import ROOT, start_azurite, start_sandbox  # noqa: E402
-from devtools.sample import demo_definitions, make_segment  # noqa: E402
-from shared.config import load_settings  # noqa: E402
-from shared.planner import start_run  # noqa: E402
-from shared.services import Services  # noqa: E402
+from devtools.processes import ROOT, start_azurite, start_sandbox
+from devtools.sample import demo_definitions, make_segment
+from shared.config import load_settings
+from shared.planner import start_run
+from shared.services import Services
 
 API_KEY = "bench-key"
 

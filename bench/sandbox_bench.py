@@ -23,7 +23,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -35,6 +34,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from devtools.processes import Sandbox, start_sandbox  # noqa: E402
+
 FIRST_NAMES = ("Zoë", "José", "Amélie", "Øystein", "Łukasz", "Siobhán", "Renée", "Nguyễn")
 TIERS = ("bronze", "silver", "gold")
 SEGMENTS = ("spring_sale", "vip ⭐", "churn-risk", 'says "hi"', "ümlaut")
@@ -122,25 +125,10 @@ def fetch_stats(url: str) -> dict[str, Any]:
         return json.load(response)
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
+def start_server(args: argparse.Namespace) -> Sandbox:
     """A sandbox pinned to --server-cpu, with rate limiting effectively off by default."""
-    cpu = args.server_cpu
-    command = [sys.executable, "-m", "braze_sandbox", "--port", "0", "--api-key", args.api_key]
-    command += ["--rate-limit", str(args.rate_limit), "--request-log-size", "100"]
-    proc = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"listening on (http://\S+)", line)
-    if not match:
-        proc.kill()
-        raise SystemExit(f"sandbox did not start: {line!r}")
-    return proc, match.group(1)
+    options = ["--rate-limit", str(args.rate_limit), "--request-log-size", "100"]
+    return start_sandbox(args.api_key, *options, cpu=args.server_cpu)
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -219,10 +207,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    proc = None
+    server = None
     url = args.url
     if url is None:
-        proc, url = start_server(args)
+        server = start_server(args)
+        url = server.url
     os.sched_setaffinity(0, {args.client_cpu})
     try:
         parts = urlsplit(url)
@@ -240,9 +229,8 @@ def main() -> None:
         result = asyncio.run(run_phase(host, port, measured, args.concurrency, args.duration))
         report(args, url, result, first, fetch_stats(url))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=20)
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -158,6 +158,8 @@ async def serve(app: web.Application, host: str, port: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.request_log_size < 0:
+        parser.error("--request-log-size must not be negative")
     try:
         sandbox = sandbox_from_args(args)
     except ValidationError as error:

@@ -188,7 +188,7 @@ class UserStore:
         Like Braze, some updates are accepted yet silently not applied (and not billed): custom
         keys or string values over 255 characters.
 
-        This loop runs ~100,000 times a second under load, and a Python call costs about as
+        This loop runs over 100,000 times a second under load, and a Python call costs about as
         much as the work of a simple attribute, so the common cases are written out inline.
         """
         attributes = profile.attributes

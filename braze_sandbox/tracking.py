@@ -33,9 +33,10 @@ EMAIL_SUBSCRIPTION_STATES = frozenset({"opted_in", "subscribed", "unsubscribed"}
 EMAIL_MAX_LENGTH = 254
 # Syntax Braze enforces on API input: no whitespace, one @, an ASCII (Punycode) host whose
 # labels are 1-63 characters not starting or ending with "-", and a top-level label that
-# starts with a letter (so it is not numeric).
+# starts with a letter (so it is not numeric). Possessive quantifiers: no backtracking is
+# ever needed here, and skipping it makes the check measurably cheaper.
 _EMAIL_PATTERN = re.compile(
-    r"[^\s@]{1,64}@(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)+(?!-)[A-Za-z][A-Za-z0-9-]{0,62}(?<!-)"
+    r"[^\s@]{1,64}+@(?:(?!-)[A-Za-z0-9-]{1,63}+(?<!-)\.)++(?!-)[A-Za-z][A-Za-z0-9-]{0,62}+(?<!-)"
 )
 _email_match = _EMAIL_PATTERN.fullmatch
 

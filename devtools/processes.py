@@ -55,8 +55,8 @@ class Sandbox:
     api_key: str
     process: subprocess.Popen[str]
 
-    def stop(self) -> None:
-        stop(self.process)
+    def stop(self) -> int:
+        return stop(self.process)
 
 
 def start_azurite(workdir: Path) -> Azurite:
@@ -103,14 +103,15 @@ def start_sandbox(api_key: str, *extra_args: str, cpu: int | None = None) -> San
     return Sandbox(match.group(1), api_key, proc)
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    """Ask a child to stop; kill it if it lingers (Azurite waits on idle keep-alive sockets)."""
+def stop(proc: subprocess.Popen[str]) -> int:
+    """Ask a child to stop and return its exit code; kill it if it lingers (Azurite waits on
+    idle keep-alive sockets)."""
     proc.terminate()
     try:
-        proc.wait(timeout=10)
+        return proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait()
+        return proc.wait()
 
 
 def _wait_for_lines(

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 import requests
-from sandbox_support import BLOCKLISTED_IDS, SandboxClient, SandboxProcess, start_sandbox
+from sandbox_support import BLOCKLISTED_IDS, Sandbox, SandboxClient, start_sandbox
 
 
 @dataclass(frozen=True)
 class SharedSandbox:
     """The session's sandbox and the configuration it started with, restored for every test."""
 
-    process: SandboxProcess
+    process: Sandbox
     faults: dict[str, Any]
     limits: dict[str, Any]
 

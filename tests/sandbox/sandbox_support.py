@@ -4,69 +4,25 @@ name no other test directory uses.)"""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import threading
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
+from devtools.processes import ROOT, Sandbox
+from devtools.processes import start_sandbox as start_process
+
+__all__ = ["ROOT", "Sandbox"]
+
 API_KEY = "test-key"
 SECOND_API_KEY = "second-key"
 BLOCKLISTED_IDS = ("dummy-user", "👻 ghost")
-READY_LINE = re.compile(r"^braze-sandbox listening on (http://127\.0\.0\.1:\d+)$")
 
 
-@dataclass
-class SandboxProcess:
-    """A running `python -m braze_sandbox` and where it listens."""
-
-    url: str
-    process: subprocess.Popen[str]
-    output: list[str] = field(default_factory=list)
-
-    def stop(self) -> int:
-        self.process.terminate()
-        return self.process.wait(timeout=20)
-
-
-def start_sandbox(*extra_args: str) -> SandboxProcess:
-    """Start a sandbox on a free port and return once it printed its ready line."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "braze_sandbox",
-            "--port",
-            "0",
-            "--api-key",
-            API_KEY,
-            "--api-key",
-            SECOND_API_KEY,
-            *extra_args,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    output: list[str] = []
-    for line in process.stdout:
-        output.append(line)
-        if match := READY_LINE.match(line.rstrip("\n")):
-            # Keep draining so a chatty server never blocks on a full pipe.
-            threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
-            return SandboxProcess(match.group(1), process, output)
-    process.wait(timeout=20)
-    raise RuntimeError(f"sandbox exited before it was ready:\n{''.join(output)}")
+def start_sandbox(*extra_args: str) -> Sandbox:
+    """Start a sandbox with the two test keys on a free port; return once it is ready."""
+    return start_process(API_KEY, "--api-key", SECOND_API_KEY, *extra_args)
 
 
 @dataclass

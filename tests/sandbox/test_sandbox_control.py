@@ -152,7 +152,13 @@ def test_sigterm_and_sigint_stop_the_server_cleanly() -> None:
 
 
 def test_invalid_options_are_rejected_before_listening() -> None:
-    for args in (["--fault-5xx", "2"], ["--reset-header", "minutes"], []):
+    invalid = (
+        ["--fault-5xx", "2"],
+        ["--reset-header", "minutes"],
+        ["--request-log-size", "-1"],
+        [],
+    )
+    for args in invalid:
         command = [sys.executable, "-m", "braze_sandbox", "--port", "0", *args]
         if args:
             command += ["--api-key", "k"]
