@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from devtools.processes import ROOT, start_azurite, start_sandbox
 from devtools.sample import demo_definitions, make_segment
 from shared.config import load_settings
-from shared.planner import start_run
 from shared.services import Services
+from shared.triggers import start_run
 
 API_KEY = "bench-key"
 
@@ -70,7 +70,7 @@ def main() -> int:
                 if line.strip() == "devhost ready":
                     break
             started = time.perf_counter()
-            run_id = start_run("demo-vip", "bench", services).run_id
+            run_id = start_run(services, "demo-vip", "bench").run.run_id
             while not (run := services.runs.get(run_id)) or not run.is_final:
                 time.sleep(0.05)
             elapsed = time.perf_counter() - started

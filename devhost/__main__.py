@@ -1,4 +1,4 @@
-"""`python -m devhost`: serve an app's queue triggers from Azurite until SIGTERM or Ctrl+C."""
+"""`python -m devhost`: serve an app's triggers against Azurite until SIGTERM or Ctrl+C."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from devhost.host import HostStartError, LocalHost
 from devhost.indexing import IndexingError
 
 READY_LINE = "devhost ready"
+CORE_TOOLS_PORT = 7071
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m devhost",
-        description="Run a v2 Python function app's queue triggers locally, against Azurite.",
+        description="Run a v2 Python function app's triggers locally, against Azurite.",
     )
     parser.add_argument(
         "--app-dir", type=Path, default=Path("."), help="directory holding function_app.py"
@@ -34,6 +35,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--functions",
         type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
         help="comma-separated names of the only functions to load",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=CORE_TOOLS_PORT,
+        help=f"port on 127.0.0.1 (default {CORE_TOOLS_PORT}, as Core Tools; 0: any free port)",
     )
     return parser.parse_args(argv)
 
@@ -50,7 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal_number, lambda *_: stop_requested.set())
 
     host = LocalHost(
-        arguments.app_dir, settings_file=arguments.settings, functions=arguments.functions
+        arguments.app_dir,
+        settings_file=arguments.settings,
+        functions=arguments.functions,
+        port=arguments.port,
     )
     try:
         host.start()
@@ -61,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     print("Functions:", *(f"  {function.describe()}" for function in host.functions), sep="\n")
+    print(f"devhost http listening on {host.http_url}", flush=True)
     print(READY_LINE, flush=True)
     while not stop_requested.wait(timeout=1):
         pass

@@ -1,7 +1,9 @@
-"""host.json `extensions.queues` with the host's defaults, bounds and app-setting overrides.
+"""host.json with the host's defaults, bounds and app-setting overrides.
 
 The host layers `AzureFunctionsJobHost__<path>` app settings over host.json and binds the result
-case-insensitively; defaults and limits mirror the Storage Queues extension's `QueuesOptions`.
+case-insensitively. Queue defaults and limits mirror the Storage Queues extension's
+`QueuesOptions` (they also drive the blob trigger's internal queue); `extensions.http` gives the
+HTTP route prefix.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 HOST_OVERRIDE_PREFIX = "AzureFunctionsJobHost__"
 MAX_BATCH_SIZE = 32
+DEFAULT_ROUTE_PREFIX = "api"
 MIN_POLLING_INTERVAL = timedelta(milliseconds=100)
 
 # .NET TimeSpan.Parse: either a whole number of days, or [d.]hh:mm[:ss[.fffffff]].
@@ -52,10 +55,9 @@ class QueueOptions:
         return self.batch_size + self.new_batch_threshold
 
 
-def load_queue_options(app_dir: Path, settings: Mapping[str, str]) -> QueueOptions:
-    """Queue options for the app in `app_dir`, after app-setting overrides."""
-    config = apply_overrides(read_host_json(app_dir / "host.json"), settings)
-    return queue_options(config)
+def load_host_config(app_dir: Path, settings: Mapping[str, str]) -> dict[str, Any]:
+    """The app's host.json, keys case-folded, after app-setting overrides."""
+    return apply_overrides(read_host_json(app_dir / "host.json"), settings)
 
 
 def read_host_json(path: Path) -> dict[str, Any]:
@@ -89,12 +91,7 @@ def apply_overrides(config: dict[str, Any], settings: Mapping[str, str]) -> dict
 
 def queue_options(config: Mapping[str, Any]) -> QueueOptions:
     """Validated queue options from a case-folded host configuration."""
-    extensions = config.get("extensions") or {}
-    if not isinstance(extensions, dict):
-        raise HostConfigError("extensions must be an object")
-    queues = extensions.get("queues") or {}
-    if not isinstance(queues, dict):
-        raise HostConfigError("extensions.queues must be an object")
+    queues = _section(config, "queues")
     defaults = QueueOptions()
 
     batch_size = _integer(queues, "batchSize", defaults.batch_size)
@@ -129,6 +126,15 @@ def queue_options(config: Mapping[str, Any]) -> QueueOptions:
     )
 
 
+def http_route_prefix(config: Mapping[str, Any]) -> str:
+    """`extensions.http.routePrefix`: "api" unless set; "" puts routes at the root."""
+    http = _section(config, "http")
+    prefix = http.get("routeprefix", DEFAULT_ROUTE_PREFIX)
+    if not isinstance(prefix, str):
+        raise HostConfigError(f"extensions.http.routePrefix must be a string, got {prefix!r}")
+    return prefix.strip("/")
+
+
 def parse_timespan(text: str) -> timedelta:
     """A .NET TimeSpan string: `00:00:30`, `00:00:00.500`, `1.02:00:00` or `2` (days)."""
     match = _TIMESPAN.match(text.strip())
@@ -147,6 +153,17 @@ def parse_timespan(text: str) -> timedelta:
         seconds=seconds,
         microseconds=round(int(fraction) * 10 ** (6 - len(fraction))),
     )
+
+
+def _section(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """`extensions.<name>` of a case-folded configuration, empty if absent."""
+    extensions = config.get("extensions") or {}
+    if not isinstance(extensions, dict):
+        raise HostConfigError("extensions must be an object")
+    section = extensions.get(name) or {}
+    if not isinstance(section, dict):
+        raise HostConfigError(f"extensions.{name} must be an object")
+    return section
 
 
 def _integer(section: Mapping[str, Any], key: str, default: int) -> int:

@@ -1,4 +1,4 @@
-"""The worker's side of a queue-triggered invocation: checking parameters and calling user code.
+"""The worker's side of an invocation: checking parameters and bindings, and calling user code.
 
 Parameter checks follow the Python worker's function loading, so a signature the real worker
 would refuse is refused here too instead of failing only in Azure. User code runs like it does
@@ -59,51 +59,62 @@ class QueueOutput:
 
 
 @dataclass(frozen=True)
-class QueueFunction:
-    """A queue-triggered function ready to be served."""
+class HostedFunction:
+    """What every served function has: a name, its trigger parameter, queue outputs and code."""
 
     name: str
-    queue_name: str
-    connection: str
     trigger_arg: str
-    trigger_value: TriggerValue
-    binary: bool
     outputs: tuple[QueueOutput, ...]
     user_function: Callable[..., Any]
 
 
+@dataclass(frozen=True)
+class QueueFunction(HostedFunction):
+    """A queue-triggered function ready to be served."""
+
+    queue_name: str
+    connection: str
+    trigger_value: TriggerValue
+    binary: bool
+
+
 def prepare_queue_function(info: FunctionInfo, settings: Mapping[str, str]) -> QueueFunction:
     """Check a queue-triggered function like the host and worker would before serving it."""
+    outputs = prepare_outputs(info, settings)
+    trigger_arg = str(info.trigger["name"])
+    annotation = trigger_annotation(info, [o.arg_name for o in outputs])
+    return QueueFunction(
+        name=info.name,
+        trigger_arg=trigger_arg,
+        outputs=outputs,
+        user_function=info.user_function,
+        queue_name=queue_name(info.name, info.trigger["queueName"], settings),
+        connection=str(info.trigger.get("connection", "")),
+        trigger_value=_queue_trigger_value(info, annotation),
+        binary=str(info.trigger.get("dataType", "")).casefold() == "binary",
+    )
+
+
+def prepare_outputs(
+    info: FunctionInfo, settings: Mapping[str, str], *, handled: frozenset[str] = frozenset()
+) -> tuple[QueueOutput, ...]:
+    """The queue output bindings; binding types in `handled` are the trigger's own business."""
     outputs: list[QueueOutput] = []
     for binding in info.bindings:
-        if binding is info.trigger:
+        if binding is info.trigger or binding["type"] in handled:
             continue
         if binding["type"] != "queue" or binding["direction"] != "OUT":
             raise FunctionNotServed(f"binding '{binding['name']}' of type '{binding['type']}'")
         if "{" in binding["queueName"]:
             raise FunctionNotServed(f"binding expression in queue name '{binding['queueName']}'")
-        output_queue = _queue_name(info.name, binding["queueName"], settings)
+        output_queue = queue_name(info.name, binding["queueName"], settings)
         outputs.append(QueueOutput(binding["name"], output_queue, binding.get("connection", "")))
-
-    trigger_arg = str(info.trigger["name"])
-    return QueueFunction(
-        name=info.name,
-        queue_name=_queue_name(info.name, info.trigger["queueName"], settings),
-        connection=str(info.trigger.get("connection", "")),
-        trigger_arg=trigger_arg,
-        trigger_value=_check_parameters(info, trigger_arg, [o.arg_name for o in outputs]),
-        binary=str(info.trigger.get("dataType", "")).casefold() == "binary",
-        outputs=tuple(outputs),
-        user_function=info.user_function,
-    )
+    return tuple(outputs)
 
 
-def _queue_name(function_name: str, declared: str, settings: Mapping[str, str]) -> str:
+def queue_name(function_name: str, declared: str, settings: Mapping[str, str]) -> str:
     """Resolve `%SETTING%`s and lower-case the name, then validate it, as the host does."""
-    try:
-        name = resolve_setting_expressions(declared, settings).lower()
-    except SettingsError as error:
-        raise FunctionLoadError(function_name, str(error)) from None
+    name = resolve_setting(function_name, declared, settings).lower()
     if not _QUEUE_NAME.match(name):
         raise FunctionLoadError(
             function_name,
@@ -112,8 +123,17 @@ def _queue_name(function_name: str, declared: str, settings: Mapping[str, str]) 
     return name
 
 
-def _check_parameters(info: FunctionInfo, trigger_arg: str, output_args: list[str]) -> TriggerValue:
-    """Match Python parameters to bindings and choose how the trigger value is passed."""
+def resolve_setting(function_name: str, declared: str, settings: Mapping[str, str]) -> str:
+    """A binding property with its `%SETTING%`s resolved; unknown settings fail the function."""
+    try:
+        return resolve_setting_expressions(declared, settings)
+    except SettingsError as error:
+        raise FunctionLoadError(function_name, str(error)) from None
+
+
+def trigger_annotation(info: FunctionInfo, output_args: list[str]) -> Any:
+    """Match Python parameters to bindings like the worker; the trigger's annotation or None."""
+    trigger_arg = str(info.trigger["name"])
     parameters = set(inspect.signature(info.user_function).parameters)
     bound = {trigger_arg, *output_args} - {RETURN_BINDING}
     if "context" in parameters - bound:
@@ -139,21 +159,31 @@ def _check_parameters(info: FunctionInfo, trigger_arg: str, output_args: list[st
                 f"binding {output_arg} has the 'out' direction, but its annotation is not "
                 "azure.functions.Out",
             )
+    return annotations.get(trigger_arg)
 
-    annotation = annotations.get(trigger_arg)
-    if annotation is None:
+
+def annotation_mismatch(info: FunctionInfo, annotation: Any) -> FunctionLoadError:
+    """The worker's error for a trigger parameter whose annotation its binding cannot supply."""
+    return FunctionLoadError(
+        info.name,
+        f'type of {info.trigger["name"]} binding "{info.trigger_type}" does not match its '
+        f'Python annotation "{getattr(annotation, "__name__", annotation)}"',
+    )
+
+
+def is_subclass(annotation: Any, base: type) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, base)
+
+
+def _queue_trigger_value(info: FunctionInfo, annotation: Any) -> TriggerValue:
+    """What the queue trigger parameter receives, by its annotation."""
+    if annotation is None or is_subclass(annotation, func.QueueMessage):
         return TriggerValue.MESSAGE
     if annotation is str:
         return TriggerValue.TEXT
     if annotation is bytes:
         return TriggerValue.BYTES
-    if isinstance(annotation, type) and issubclass(annotation, func.QueueMessage):
-        return TriggerValue.MESSAGE
-    raise FunctionLoadError(
-        info.name,
-        f'type of {trigger_arg} binding "queueTrigger" does not match its Python annotation '
-        f'"{getattr(annotation, "__name__", annotation)}"',
-    )
+    raise annotation_mismatch(info, annotation)
 
 
 class _OutValue(func.Out[Any]):
@@ -182,7 +212,7 @@ class Worker:
         )
         self._loop_thread.start()
 
-    def invoke(self, function: QueueFunction, trigger_value: Any) -> Future[dict[str, Any]]:
+    def invoke(self, function: HostedFunction, trigger_value: Any) -> Future[dict[str, Any]]:
         """Start one invocation; its future holds output binding values by binding name."""
         outputs = {
             o.arg_name: _OutValue() for o in function.outputs if o.arg_name != RETURN_BINDING

@@ -3,28 +3,25 @@
 Mirrors `QueueListener` and `QueueProcessor` of Microsoft.Azure.WebJobs.Extensions.Storage.Queues:
 messages are received in batches with a 10-minute lease that is renewed at half-time while the
 function runs; a failure makes the message visible again after `visibilityTimeout`, and once
-`DequeueCount` reaches `maxDequeueCount` it is copied to `<queue>-poison` and deleted.
+`DequeueCount` reaches `maxDequeueCount` it is copied to a poison queue (`<queue>-poison` for a
+queue trigger) and deleted. The same listener serves the host's internal blob-trigger queue,
+with another message handler.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import concurrent.futures
 import contextlib
 import logging
 import random
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
-from types import TracebackType
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
 import azure.functions as func
 from azure.core.exceptions import (
@@ -35,18 +32,16 @@ from azure.core.exceptions import (
 )
 from azure.storage.queue import ExponentialRetry, QueueClient, QueueMessage, QueueServiceClient
 
-import devhost
 from devhost.hostconfig import MIN_POLLING_INTERVAL, MessageEncoding, QueueOptions
-from devhost.invocation import QueueFunction, TriggerValue, Worker
+from devhost.invocation import QueueFunction, TriggerValue
 from devhost.settings import storage_connection_string
+
+if TYPE_CHECKING:
+    from devhost.execution import FunctionRunner, Waiter
 
 DEFAULT_MESSAGE_LEASE = timedelta(minutes=10)
 POISON_QUEUE_SUFFIX = "-poison"
 MAX_QUEUE_NAME_LENGTH = 63
-
-_HOST_CODE = tuple(
-    str(Path(module.__file__).parent) for module in (devhost, concurrent.futures, asyncio)
-)
 
 logger = logging.getLogger(__name__)
 
@@ -159,41 +154,46 @@ class _Lease:
     pop_receipt: str
 
 
+class MessageHandler(Protocol):
+    """What a queue listener does with each message it receives."""
+
+    name: str
+
+    def handle(self, message: QueueMessage, body: bytes, wait: Waiter) -> bool:
+        """Process one message, waiting for invocations with `wait`; True means completed."""
+        ...
+
+    def poison_queue(self, message: QueueMessage) -> QueueClient | None:
+        """Where the message goes after its last failed attempt; None keeps it invisible."""
+        ...
+
+
 class QueueListener:
-    """Serves one queue-triggered function from its queue."""
+    """Receives messages from one queue and passes them to a handler, with the host's rules."""
 
     def __init__(
         self,
-        function: QueueFunction,
+        handler: MessageHandler,
         *,
+        queue: QueueClient,
         storage: QueueStorage,
         options: QueueOptions,
-        worker: Worker,
         message_lease: timedelta = DEFAULT_MESSAGE_LEASE,
     ) -> None:
-        self._function = function
+        self._handler = handler
+        self._queue = queue
         self._storage = storage
         self._options = options
-        self._worker = worker
         self._lease_seconds = max(1, int(message_lease.total_seconds()))
-        self._queue = storage.queue(function.connection, function.queue_name)
-        poison_name = poison_queue_name(function.queue_name)
-        self._poison_queue = (
-            storage.queue(function.connection, poison_name) if poison_name else None
-        )
-        self._outputs = [
-            (output, storage.queue(output.connection, output.queue_name))
-            for output in function.outputs
-        ]
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._in_flight = 0
         self._in_flight_changed = threading.Condition()
         self._host_tasks = ThreadPoolExecutor(
-            max_workers=options.max_concurrency, thread_name_prefix=f"devhost-{function.name}"
+            max_workers=options.max_concurrency, thread_name_prefix=f"devhost-{handler.name}"
         )
         self._poller = threading.Thread(
-            target=self._poll, name=f"devhost-poll-{function.name}", daemon=True
+            target=self._poll, name=f"devhost-poll-{handler.name}", daemon=True
         )
 
     def start(self) -> None:
@@ -243,7 +243,7 @@ class QueueListener:
             ).by_page()
             return list(next(pages, []))
         except AzureError as error:
-            logger.warning("Polling queue '%s' failed: %s", self._function.queue_name, error)
+            logger.warning("Polling queue '%s' failed: %s", self._queue.queue_name, error)
             return []
 
     def _wait_for_new_batch_threshold(self) -> None:
@@ -261,17 +261,17 @@ class QueueListener:
 
     def _process(self, message: QueueMessage) -> None:
         try:
-            self._handle(message, _Lease(message.id, message.pop_receipt))
+            self._complete(message, _Lease(message.id, message.pop_receipt))
         except Exception:
             logger.exception(
-                "Completing message %s of queue '%s' failed", message.id, self._function.queue_name
+                "Completing message %s of queue '%s' failed", message.id, self._queue.queue_name
             )
         finally:
             with self._in_flight_changed:
                 self._in_flight -= 1
                 self._in_flight_changed.notify_all()
 
-    def _handle(self, message: QueueMessage, lease: _Lease) -> None:
+    def _complete(self, message: QueueMessage, lease: _Lease) -> None:
         if message.dequeue_count > self._options.max_dequeue_count:
             self._poison(message, lease, self._max_dequeue_count_reached)
             return
@@ -282,70 +282,22 @@ class QueueListener:
             self._poison(message, lease, reason)
             return
 
-        invocation_id = uuid.uuid4()
-        logger.info(
-            "Executing 'Functions.%s' (Reason='New queue message detected on '%s'.', Id=%s)",
-            self._function.name,
-            self._function.queue_name,
-            invocation_id,
+        completed = self._handler.handle(
+            message, body, lambda future: self._wait_keeping_lease(future, lease)
         )
-        started = time.monotonic()
-        future = self._worker.invoke(self._function, self._trigger_value(message, body))
-        error = self._wait_keeping_lease(future, lease)
-        if error is None:
-            try:
-                self._send_outputs(future.result())
-            except Exception as output_error:
-                error = output_error
-        duration_ms = round((time.monotonic() - started) * 1000)
-
-        if error is None:
-            logger.info(
-                "Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)",
-                self._function.name,
-                invocation_id,
-                duration_ms,
-            )
+        if completed:
             self._delete(lease)
-            return
-        logger.error(
-            "Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms) on message %s "
-            "(dequeue count %d)",
-            self._function.name,
-            invocation_id,
-            duration_ms,
-            message.id,
-            message.dequeue_count,
-            exc_info=(type(error), error, _from_user_code(error.__traceback__)),
-        )
-        if message.dequeue_count >= self._options.max_dequeue_count:
+        elif message.dequeue_count >= self._options.max_dequeue_count:
             self._poison(message, lease, self._max_dequeue_count_reached)
-        elif self._poison_queue is not None:
+        elif self._handler.poison_queue(message) is not None:
             self._release(lease)
 
-    def _trigger_value(self, message: QueueMessage, body: bytes) -> Any:
-        if self._function.trigger_value is TriggerValue.BYTES:
-            return body
-        text = body.decode("utf-8", errors="replace")
-        if self._function.trigger_value is TriggerValue.TEXT:
-            return text
-        return func.queue.QueueMessage(
-            id=message.id,
-            body=body if self._function.binary else text,
-            dequeue_count=message.dequeue_count,
-            expiration_time=message.expires_on,
-            insertion_time=message.inserted_on,
-            time_next_visible=message.next_visible_on,
-            pop_receipt=message.pop_receipt,
-        )
-
-    def _wait_keeping_lease(self, future: Future[Any], lease: _Lease) -> BaseException | None:
+    def _wait_keeping_lease(self, future: Future[Any], lease: _Lease) -> None:
         """Wait for the invocation, renewing the lease each time half of it has passed."""
         renew_after: float | None = self._lease_seconds / 2
         while not wait([future], timeout=renew_after).done:
             if not self._renew(lease):
                 renew_after = None
-        return future.exception()
 
     def _renew(self, lease: _Lease) -> bool:
         """Extend the lease; False once the message is gone or taken, so renewing is pointless."""
@@ -362,13 +314,6 @@ class QueueListener:
         lease.pop_receipt = updated.pop_receipt
         logger.debug("Renewed the lease on message %s", lease.message_id)
         return True
-
-    def _send_outputs(self, values: Mapping[str, Any]) -> None:
-        for output, queue in self._outputs:
-            for content in _output_messages(output.arg_name, values.get(output.arg_name)):
-                self._storage.add_message(
-                    queue, encode_message(content, self._options.message_encoding)
-                )
 
     def _release(self, lease: _Lease) -> None:
         """Make a failed message visible again after visibilityTimeout, for a retry."""
@@ -401,41 +346,71 @@ class QueueListener:
         suffix) keeps the message invisible until its lease expires, as the extension does,
         rather than retrying it in a tight loop.
         """
-        if self._poison_queue is None:
+        poison_queue = self._handler.poison_queue(message)
+        if poison_queue is None:
             logger.warning(
                 "%s; queue '%s' has no poison queue, so it stays invisible until its lease expires",
                 reason,
-                self._function.queue_name,
+                self._queue.queue_name,
             )
             return
-        logger.warning("%s. Moving message to queue '%s'.", reason, self._poison_queue.queue_name)
-        self._storage.add_message(self._poison_queue, message.content)
+        logger.warning("%s. Moving message to queue '%s'.", reason, poison_queue.queue_name)
+        self._storage.add_message(poison_queue, message.content)
         self._delete(lease)
 
 
-def _output_messages(arg_name: str, value: Any) -> Iterable[str | bytes]:
-    """Messages from an output binding value, as the worker accepts them for a queue."""
-    if value is None:
-        return []
-    if isinstance(value, str | bytes):
-        return [value]
-    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
-        return value
-    raise TypeError(
-        f"output binding '{arg_name}' got {type(value).__name__}; devhost sends str, bytes "
-        "or a list of str to a queue"
-    )
+class QueueTriggerHandler:
+    """A queue-triggered function: each message invokes it once."""
 
+    def __init__(
+        self, function: QueueFunction, *, storage: QueueStorage, runner: FunctionRunner
+    ) -> None:
+        self.name = function.name
+        self._function = function
+        self._runner = runner
+        poison_name = poison_queue_name(function.queue_name)
+        self._poison_queue = (
+            storage.queue(function.connection, poison_name) if poison_name else None
+        )
 
-def _from_user_code(traceback: TracebackType | None) -> TracebackType | None:
-    """A traceback without the leading host and thread-pool frames, so the user's code leads."""
-    while (
-        traceback is not None
-        and traceback.tb_next is not None
-        and traceback.tb_frame.f_code.co_filename.startswith(_HOST_CODE)
-    ):
-        traceback = traceback.tb_next
-    return traceback
+    def handle(self, message: QueueMessage, body: bytes, wait: Waiter) -> bool:
+        reason = f"New queue message detected on '{self._function.queue_name}'."
+        execution = self._runner.run(
+            self._function,
+            lambda: self._trigger_value(message, body),
+            reason,
+            wait=wait,
+            failure_detail=f" on message {message.id} (dequeue count {message.dequeue_count})",
+        )
+        return execution.succeeded
+
+    def poison_queue(self, message: QueueMessage) -> QueueClient | None:
+        return self._poison_queue
+
+    def invoke_directly(self, text: str) -> None:
+        """Admin invoke: the input is the message body, in a message that was never queued."""
+        message = QueueMessage(content=text, dequeue_count=0, inserted_on=datetime.now(UTC))
+        self._runner.run(
+            self._function,
+            lambda: self._trigger_value(message, text.encode()),
+            "This function was programmatically called via the host APIs.",
+        )
+
+    def _trigger_value(self, message: QueueMessage, body: bytes) -> Any:
+        if self._function.trigger_value is TriggerValue.BYTES:
+            return body
+        text = body.decode("utf-8", errors="replace")
+        if self._function.trigger_value is TriggerValue.TEXT:
+            return text
+        return func.queue.QueueMessage(
+            id=message.id,
+            body=body if self._function.binary else text,
+            dequeue_count=message.dequeue_count,
+            expiration_time=message.expires_on,
+            insertion_time=message.inserted_on,
+            time_next_visible=message.next_visible_on,
+            pop_receipt=message.pop_receipt,
+        )
 
 
 def _message_gone(error: HttpResponseError) -> bool:

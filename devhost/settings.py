@@ -44,10 +44,8 @@ def merge_settings(local_values: Mapping[str, str], environ: Mapping[str, str]) 
 
 def lookup_setting(settings: Mapping[str, str], name: str) -> str | None:
     """A setting by name, ignoring case like .NET configuration does."""
-    if name in settings:
-        return settings[name]
-    folded = name.casefold()
-    return next((value for key, value in settings.items() if key.casefold() == folded), None)
+    key = _setting_key(settings, name)
+    return None if key is None else settings[key]
 
 
 def resolve_setting_expressions(text: str, settings: Mapping[str, str]) -> str:
@@ -63,17 +61,24 @@ def resolve_setting_expressions(text: str, settings: Mapping[str, str]) -> str:
 
 
 def storage_connection_string(connection: str | None, settings: Mapping[str, str]) -> str:
-    """The connection string a binding's `connection` names, found the way the host finds it.
+    """The connection string a binding's `connection` names; see `connection_setting`."""
+    return connection_setting(connection, settings)[1]
+
+
+def connection_setting(connection: str | None, settings: Mapping[str, str]) -> tuple[str, str]:
+    """The app setting a binding's `connection` names, as (setting name, connection string).
 
     The host tries `AzureWebJobs<name>` before `<name>`, and an empty name means the host's own
-    storage (`AzureWebJobsStorage`). Identity-based connections (`<name>__queueServiceUri`, ...)
-    need Entra ID credentials that a local emulator has no use for, so they are refused clearly.
+    storage (`AzureWebJobsStorage`). The name is the setting's key as stored, which is what the
+    SDK-type extensions look up in the environment. Identity-based connections
+    (`<name>__queueServiceUri`, ...) need Entra ID credentials that a local emulator has no use
+    for, so they are refused clearly.
     """
     name = connection or DEFAULT_CONNECTION
     for candidate in (CONNECTION_PREFIX + name, name):
-        value = lookup_setting(settings, candidate)
-        if value:
-            return value
+        key = _setting_key(settings, candidate)
+        if key is not None and settings[key]:
+            return key, settings[key]
         section = candidate.casefold() + "__"
         identity_keys = sorted(key for key in settings if key.casefold().startswith(section))
         if identity_keys:
@@ -85,3 +90,10 @@ def storage_connection_string(connection: str | None, settings: Mapping[str, str
         f"connection '{name}' is not set: add an app setting '{name}' (or "
         f"'{CONNECTION_PREFIX}{name}') holding a connection string, e.g. UseDevelopmentStorage=true"
     )
+
+
+def _setting_key(settings: Mapping[str, str], name: str) -> str | None:
+    if name in settings:
+        return name
+    folded = name.casefold()
+    return next((key for key in settings if key.casefold() == folded), None)

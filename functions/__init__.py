@@ -1,6 +1,9 @@
 """Trigger adapters, one blueprint per concern; `function_app.py` registers them all."""
 
+from functions.blob_drop import bp as blob_drop_bp
 from functions.delivery import bp as delivery_bp
+from functions.http_api import bp as http_api_bp
 from functions.planning import bp as planning_bp
+from functions.scheduler import bp as scheduler_bp
 
-BLUEPRINTS = (planning_bp, delivery_bp)
+BLUEPRINTS = (planning_bp, delivery_bp, scheduler_bp, http_api_bp, blob_drop_bp)

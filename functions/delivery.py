@@ -3,7 +3,7 @@
 import azure.functions as func
 
 from shared.config import CHUNKS_QUEUE, STORAGE_CONNECTION
-from shared.delivery import deliver_chunk
+from shared.delivery import deliver_chunk, fail_chunk
 from shared.messages import ChunkJob
 from shared.services import app_services
 
@@ -13,5 +13,13 @@ bp = func.Blueprint()
 @bp.function_name("deliver_chunk")
 @bp.queue_trigger(arg_name="msg", queue_name=CHUNKS_QUEUE, connection=STORAGE_CONNECTION)
 def deliver(msg: func.QueueMessage) -> None:
-    """Deliver one chunk. Braze outages raise, so the host retries the message later."""
-    deliver_chunk(ChunkJob.from_json(msg.get_body()), app_services())
+    """Deliver one chunk. Braze outages raise so the host retries the message later; on the
+    last attempt its rows are reported as failed before the message goes to the poison queue."""
+    services = app_services()
+    job = ChunkJob.from_json(msg.get_body())
+    try:
+        deliver_chunk(job, services)
+    except Exception as error:
+        if (msg.dequeue_count or 1) >= services.settings.max_dequeue_count:
+            fail_chunk(job, error, services)
+        raise

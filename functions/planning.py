@@ -4,7 +4,7 @@ import azure.functions as func
 
 from shared.config import JOBS_QUEUE, STORAGE_CONNECTION
 from shared.messages import ExportJob
-from shared.planner import plan_run
+from shared.planner import fail_planning, plan_run
 from shared.services import app_services
 
 bp = func.Blueprint()
@@ -13,5 +13,12 @@ bp = func.Blueprint()
 @bp.function_name("plan_export")
 @bp.queue_trigger(arg_name="msg", queue_name=JOBS_QUEUE, connection=STORAGE_CONNECTION)
 def plan_export(msg: func.QueueMessage) -> None:
-    """Plan one run. Failures raise, so the host retries and, after maxDequeueCount, poisons."""
-    plan_run(ExportJob.from_json(msg.get_body()), app_services())
+    """Plan one run. Failures raise so the host retries; the last attempt also ends the run."""
+    services = app_services()
+    job = ExportJob.from_json(msg.get_body())
+    try:
+        plan_run(job, services)
+    except Exception as error:
+        if (msg.dequeue_count or 1) >= services.settings.max_dequeue_count:
+            fail_planning(job.run_id, error, services)
+        raise

@@ -66,6 +66,7 @@ param storageAccountName string = ''
 param keyVaultName string = ''
 param logAnalyticsName string = ''
 param applicationInsightsName string = ''
+param eventGridSystemTopicName string = ''
 
 var abbrs = loadJsonContent('./abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -80,6 +81,10 @@ var deploymentStorageContainerName = 'app-package-${take(functionAppName, 32)}-$
 var exportRunsContainerName = 'export-runs'
 var exportConfigContainerName = 'export-config'
 var segmentsContainerName = 'segments'
+// Blob-triggered function (source=EventGrid) fed by the Event Grid subscription on segmentsContainerName.
+var segmentDropFunctionName = 'segment_dropped'
+// Events Event Grid could not deliver to that function, written with the system topic's identity.
+var eventGridDeadLetterContainerName = 'eventgrid-deadletter'
 var exportDefinitionsBlob = '${exportConfigContainerName}/exports.json'
 var exportJobsQueueName = 'export-jobs'
 var exportChunksQueueName = 'export-chunks'
@@ -132,6 +137,7 @@ module storage 'app/storage.bicep' = {
       { name: exportRunsContainerName }
       { name: exportConfigContainerName }
       { name: segmentsContainerName }
+      { name: eventGridDeadLetterContainerName }
     ]
     // The Functions host creates <queue>-poison on demand; declaring them keeps them visible,
     // monitorable and covered by the same diagnostics from day one.
@@ -229,16 +235,22 @@ module monitoring 'br/public:avm/res/insights/component:0.6.0' = {
   }
 }
 
-// -------------------------------------------------------------------------------------------------
-// EVENT GRID (blob-drop trigger) - added in a later issue, intentionally not stubbed here.
-//
-// The blob trigger on the `segments` container runs with source=EventGrid (the only blob trigger
-// source on Flex Consumption). Its Event Grid system topic on the storage account and the
-// BlobCreated subscription filtered to /blobServices/default/containers/segments/ go here, as a
-// module such as app/eventgrid.bicep. The subscription's webhook needs the `blobs_extension`
-// system key, which exists only after the code has been deployed and the host has started, so it
-// is created after `azd deploy` (second stage or azd postdeploy hook - see azure.yaml).
-// -------------------------------------------------------------------------------------------------
+// Event Grid system topic on the storage account (blob-drop trigger). The topic, its identity and
+// the dead-letter role exist from provision time; the BlobCreated subscription to the function's
+// blob-extension webhook needs the `blobs_extension` system key, which only exists after the code is
+// deployed, so the azd postdeploy hook creates it from postdeploy/eventgrid-subscription.bicep.
+module eventGrid 'app/eventgrid.bicep' = {
+  name: 'eventgrid'
+  scope: rg
+  params: {
+    name: !empty(eventGridSystemTopicName) ? eventGridSystemTopicName : '${abbrs.eventGridSystemTopics}${resourceToken}'
+    location: location
+    tags: tags
+    storageAccountName: storage.outputs.name
+    deadLetterContainerName: eventGridDeadLetterContainerName
+    logAnalyticsWorkspaceId: logAnalytics.outputs.resourceId
+  }
+}
 
 // Outputs azd stores in .azure/<env>/.env (and passes to hooks).
 output AZURE_LOCATION string = location
@@ -251,6 +263,7 @@ output AZURE_FUNCTION_NAME string = api.outputs.SERVICE_API_NAME
 output AZURE_FUNCTION_IDENTITY_CLIENT_ID string = apiUserAssignedIdentity.outputs.clientId
 
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_STORAGE_ACCOUNT_ID string = storage.outputs.resourceId
 output AZURE_STORAGE_BLOB_ENDPOINT string = storage.outputs.primaryBlobEndpoint
 output AZURE_STORAGE_QUEUE_ENDPOINT string = storage.outputs.primaryQueueEndpoint
 output AZURE_STORAGE_TABLE_ENDPOINT string = storage.outputs.primaryTableEndpoint
@@ -258,6 +271,11 @@ output SEGMENTS_CONTAINER_NAME string = segmentsContainerName
 output EXPORT_CONFIG_CONTAINER_NAME string = exportConfigContainerName
 output EXPORT_RUNS_CONTAINER_NAME string = exportRunsContainerName
 output EXPORT_DEFINITIONS_BLOB string = exportDefinitionsBlob
+
+// Read by the postdeploy hook (scripts/postdeploy-eventgrid.*) to create the event subscription.
+output AZURE_EVENTGRID_SYSTEM_TOPIC_NAME string = eventGrid.outputs.name
+output EVENTGRID_DEADLETTER_CONTAINER_NAME string = eventGridDeadLetterContainerName
+output SEGMENT_DROP_FUNCTION_NAME string = segmentDropFunctionName
 
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_URL string = keyVault.outputs.vaultUri

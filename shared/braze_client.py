@@ -18,7 +18,6 @@ import requests
 
 log = logging.getLogger(__name__)
 
-NON_RETRYABLE = {400, 401, 403, 404, 413, 415}
 EPOCH_THRESHOLD = 1_000_000_000
 
 
@@ -82,6 +81,7 @@ class BrazeClient:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._blocked_until = 0.0
+        self._key_rejected = False
         self._template = self._prepare(api_key(False))
 
     def _prepare(self, key: str) -> requests.PreparedRequest:
@@ -100,7 +100,7 @@ class BrazeClient:
         """Send one batch of attribute objects; retry what is worth retrying."""
         body = tracking_body(objects_json)
         failures = rate_limit_waits = 0
-        refreshed_key = False
+        refreshed_key = self._key_rejected  # one refresh per client, not one per batch
         while True:
             self._wait_for_window()
             request = self._template.copy()
@@ -125,7 +125,9 @@ class BrazeClient:
                 refreshed_key = True
                 self._template = self._prepare(self._api_key(True))
                 continue
-            if status in NON_RETRYABLE or 400 <= status < 500:
+            if status == 401:
+                self._key_rejected = True
+            if 400 <= status < 500:  # 400, 401, 403, 404, 413, 415: the request itself is wrong
                 return TrackOutcome(status, _object_errors(response), _describe_failure(response))
             failures += 1
             self._backoff(failures, f"HTTP {status}")

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from shared.config import ConfigurationError, apply_local_settings, load_settings
-from shared.definitions import DefinitionsError, json_schema, parse_definitions
-from shared.planner import start_run
+from shared.definitions import DefinitionsError, UnknownExport, json_schema, parse_definitions
 from shared.reporting import build_report
-from shared.runs import Run, Status
+from shared.runs import ExportBusy, Run, Status
 from shared.services import Services
+from shared.triggers import start_run
 
 EXIT_CODES = {Status.SUCCEEDED: 0, Status.PARTIALLY_SUCCEEDED: 1, Status.FAILED: 2}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -54,17 +54,23 @@ def main(argv: list[str] | None = None) -> int:
         apply_local_settings(local_settings)
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigurationError, DefinitionsError) as error:
+    except (ConfigurationError, DefinitionsError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # exit 1 means "partially succeeded": never let a crash say that
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
 
 
 def _export(args: argparse.Namespace) -> int:
     services = Services(load_settings())
     try:
-        run = start_run(args.name, "cli", services)
-    except KeyError as error:
+        run = start_run(services, args.name, "cli").run
+    except UnknownExport as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
+        return 2
+    except ExportBusy as busy:
+        print(f"error: {busy}; wait for it or follow it with `status`", file=sys.stderr)
         return 2
     print(f"run {run.run_id} queued for export '{run.export_name}' (segment '{run.segment}')")
     start_host = args.host == "local" or (
@@ -94,11 +100,11 @@ def _start_local_host() -> subprocess.Popen[bytes]:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             cwd=PROJECT_ROOT,
         )
+    deadline = time.monotonic() + 120
     while b"devhost ready" not in log_path.read_bytes():
-        if host.poll() is not None:
-            raise ConfigurationError(
-                f"the local host exited with code {host.returncode}; see {log_path}"
-            )
+        if host.poll() is not None or time.monotonic() > deadline:
+            host.kill()
+            raise ConfigurationError(f"the local host did not start; see {log_path}")
         time.sleep(0.1)
     print(f"local Functions host started (log: {log_path})")
     return host

@@ -16,6 +16,7 @@ JOBS_QUEUE = "export-jobs"
 CHUNKS_QUEUE = "export-chunks"
 RUNS_CONTAINER = "export-runs"
 RUNS_TABLE = "exportruns"
+DROPS_CONTAINER = "segments"
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 
 AZURITE_CONNECTION_STRING = (
@@ -57,6 +58,15 @@ class Settings:
     key_vault_url: str | None
     azure_client_id: str | None
     environ: Mapping[str, str]
+
+    @property
+    def max_dequeue_count(self) -> int:
+        """Attempts the host makes before poisoning a queue message (host.json or override)."""
+        override = self.environ.get("AzureFunctionsJobHost__extensions__queues__maxDequeueCount")
+        if override:
+            return int(override)
+        host = json.loads((Path(__file__).resolve().parent.parent / "host.json").read_text())
+        return int(host.get("extensions", {}).get("queues", {}).get("maxDequeueCount", 5))
 
     def local_secret(self, secret_name: str) -> str | None:
         """A Braze API key from the environment, used when no Key Vault is configured."""

@@ -11,7 +11,10 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared import schedule
+from shared.config import DROPS_CONTAINER
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -20,6 +23,8 @@ RESERVED_ATTRIBUTES = {
     "external_id", "user_alias", "braze_id", "email", "phone", "_update_existing_only",
     "email_subscribe", "push_subscribe", "subscription_groups", "push_tokens",
 }  # fmt: skip
+
+SourceFormat = Literal["csv", "jsonl", "cdm"]
 
 Name = Annotated[
     str,
@@ -90,7 +95,7 @@ class Mapping(_Strict):
 
 
 class Source(_Strict):
-    """Where the segment file lives in the app's storage account."""
+    """Where the segment lives in the app's storage account: a file, or a CDM model.json."""
 
     container: str = Field(
         pattern=r"^[a-z0-9](?:[a-z0-9]|-[a-z0-9])+$",
@@ -99,16 +104,50 @@ class Source(_Strict):
         description="Blob container name (3-63 lower-case letters, digits, hyphens).",
     )
     path: str = Field(min_length=1, max_length=1024)
-    format: Literal["csv", "jsonl"] | None = Field(
+    format: SourceFormat | None = Field(
         default=None,
-        description="Inferred from the name (.csv, .jsonl, .ndjson, optionally .gz) when omitted.",
+        description="Inferred from the name when omitted: model.json is a CDM folder, "
+        ".jsonl/.ndjson JSON Lines, anything else CSV (each optionally .gz).",
+    )
+    entity: str | None = Field(
+        default=None,
+        description="CDM entity (segment) to read from model.json; needed when it has several.",
     )
 
-    def resolved_format(self) -> Literal["csv", "jsonl"]:
-        if self.format:
-            return self.format
-        name = self.path.lower().removesuffix(".gz")
-        return "jsonl" if name.endswith((".jsonl", ".ndjson", ".json")) else "csv"
+    def resolved_format(self) -> SourceFormat:
+        return self.format or format_of(self.path)
+
+
+def format_of(path: str) -> SourceFormat:
+    """The format a blob name implies."""
+    name = path.lower().removesuffix(".gz")
+    if name.rsplit("/", 1)[-1] == "model.json":
+        return "cdm"
+    return "jsonl" if name.endswith((".jsonl", ".ndjson", ".json")) else "csv"
+
+
+class Drop(_Strict):
+    """Where files dropped into storage start this export (Event Grid blob trigger)."""
+
+    container: str = Field(
+        default=DROPS_CONTAINER,
+        description=f"Must be '{DROPS_CONTAINER}', the container the blob trigger watches.",
+    )
+    path: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="Glob pattern of blob names, e.g. 'ci/VIP/*.csv' or 'ci/VIP/model.json'.",
+    )
+
+    @field_validator("container")
+    @classmethod
+    def _watched_container(cls, value: str) -> str:
+        if value != DROPS_CONTAINER:
+            raise ValueError(
+                f"drops are watched in the '{DROPS_CONTAINER}' container only (the blob "
+                "trigger and its Event Grid subscription are bound to it)"
+            )
+        return value
 
 
 class Export(_Strict):
@@ -139,14 +178,22 @@ class Export(_Strict):
         le=50000,
         description="Profiles per chunk blob, the unit of parallel delivery.",
     )
+    schedule: str | None = Field(
+        default=None,
+        description="NCRONTAB with seconds, UTC, e.g. '0 0 2 * * *' for 02:00 daily.",
+    )
+    drop: Drop | None = None
 
-    @model_validator(mode="after")
-    def _attribute_names_are_distinct(self) -> Export:
-        names = [a.attribute for a in self.mapping.attributes] + [self.membership_attribute]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"attribute names used more than once: {', '.join(dupes)}")
-        return self
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_parses(cls, value: str | None) -> str | None:
+        if value is not None and not schedule.is_valid(value):
+            raise ValueError(
+                "is not a six-field NCRONTAB expression "
+                "({second} {minute} {hour} {day} {month} {day-of-week}, restricting day or "
+                "day-of-week but not both), e.g. '0 0 2 * * *'"
+            )
+        return value
 
 
 class Definitions(_Strict):
@@ -162,32 +209,24 @@ class Definitions(_Strict):
     connections: list[Connection]
     exports: list[Export]
 
-    @model_validator(mode="after")
-    def _references_resolve(self) -> Definitions:
-        problems = []
-        for kind, items in (("connection", self.connections), ("export", self.exports)):
-            names = [item.name for item in items]
-            problems += [
-                f"{kind} name '{n}' is used twice" for n in sorted(set(names)) if names.count(n) > 1
-            ]
-        known = {c.name for c in self.connections}
-        problems += [
-            f"export '{e.name}' uses connection '{e.connection}', which is not defined"
-            for e in self.exports
-            if e.connection not in known
-        ]
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
     def export(self, name: str) -> Export:
         for export in self.exports:
             if export.name == name:
                 return export
-        raise KeyError(f"no export named '{name}'")
+        raise UnknownExport(f"no export named '{name}'")
 
     def connection(self, name: str) -> Connection:
-        return next(c for c in self.connections if c.name == name)
+        for connection in self.connections:
+            if connection.name == name:
+                return connection
+        raise UnknownExport(f"no connection named '{name}'")
+
+
+class UnknownExport(KeyError):
+    """A name that the current definitions do not define (export or connection)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class DefinitionsError(Exception):
@@ -205,10 +244,54 @@ def parse_definitions(text: str | bytes, source: str = "export definitions") -> 
         data = json.loads(text)
     except ValueError as error:
         raise DefinitionsError(source, [f"not valid JSON: {error}"]) from None
+    problems = []
     try:
-        return Definitions.model_validate(data)
+        definitions = Definitions.model_validate(data)
     except ValidationError as error:
-        raise DefinitionsError(source, [_describe(e, data) for e in error.errors()]) from None
+        problems = [_describe(e, data) for e in error.errors()]
+    problems += _cross_reference_problems(data)
+    if problems:
+        raise DefinitionsError(source, problems)
+    return definitions
+
+
+def _cross_reference_problems(data: Any) -> list[str]:
+    """Checks across items, run on the raw document so they are reported alongside field errors."""
+    if not isinstance(data, dict):
+        return []
+    problems: list[str] = []
+    groups = {kind: _dicts(data.get(f"{kind}s")) for kind in ("connection", "export")}
+    for kind, items in groups.items():
+        first_use: dict[str, int] = {}
+        for index, item in items:
+            name = item.get("name")
+            if isinstance(name, str) and name in first_use:
+                problems.append(
+                    f"{kind}s[{index}] ({name}).name: already used by {kind}s[{first_use[name]}]"
+                )
+            elif isinstance(name, str):
+                first_use[name] = index
+    known = {item.get("name") for _, item in groups["connection"]}
+    for index, export in groups["export"]:
+        where = f"exports[{index}] ({export.get('name')})"
+        connection = export.get("connection")
+        if isinstance(connection, str) and connection not in known:
+            problems.append(f"{where}.connection: '{connection}' is not a defined connection")
+        mapping = export.get("mapping") if isinstance(export.get("mapping"), dict) else {}
+        names = [a.get("attribute") for _, a in _dicts(mapping.get("attributes"))]
+        names.append(export.get("membership_attribute", "segments"))
+        dupes = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+        if dupes:
+            problems.append(f"{where}: attribute names used more than once: {', '.join(dupes)}")
+    return problems
+
+
+def _dicts(value: Any) -> list[tuple[int, dict[str, Any]]]:
+    return (
+        [(i, v) for i, v in enumerate(value) if isinstance(v, dict)]
+        if isinstance(value, list)
+        else []
+    )
 
 
 def _describe(error: Any, data: Any) -> str:

@@ -46,6 +46,10 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
     connection = services.definitions().connection(run.connection)
     client = services.braze(connection)
     items = read_chunk(services, job.blob_name)
+    if len(items) != job.rows:
+        raise ValueError(
+            f"chunk {job.blob_name} holds {len(items)} profiles but was planned with {job.rows}"
+        )
     accepted = requests = 0
     reasons: Counter[str] = Counter()
     rejected_lines: list[str] = []
@@ -70,6 +74,48 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
         requests=requests,
         rejected_blob=rejected_blob,
         rejections=dict(reasons),
+    )
+    services.runs.record_chunk(job.run_id, result)
+    maybe_finalize(job.run_id, services)
+
+
+def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
+    """The chunk is being poisoned: report every row of it, so none goes unaccounted for.
+
+    Without per-batch progress the rows are all reported as failed, though Braze may have
+    accepted some batches before the failure; re-sending them is harmless (attributes are set,
+    membership is added, nothing is counted twice in Braze).
+    """
+    run = services.runs.get(job.run_id)
+    if run is None or run.is_final or services.runs.chunk_done(job.run_id, job.chunk_index):
+        return
+    reason = f"delivery failed after every retry: {type(error).__name__}: {error}"[:1000]
+    entries = [
+        {
+            "line": line,
+            "customer_id": json.loads(obj).get("external_id"),
+            "stage": "delivery",
+            "codes": ["delivery_failed"],
+            "reasons": [reason],
+            "object": json.loads(obj),
+        }
+        for line, obj in read_chunk(services, job.blob_name)
+    ]
+    blob = f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}.jsonl"
+    services.storage.write_bytes(
+        RUNS_CONTAINER,
+        blob,
+        "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries),
+        "application/x-ndjson",
+    )
+    result = ChunkResult(
+        chunk_index=job.chunk_index,
+        rows=len(entries),
+        accepted=0,
+        rejected=len(entries),
+        requests=0,
+        rejected_blob=blob,
+        rejections={"delivery_failed": len(entries)},
     )
     services.runs.record_chunk(job.run_id, result)
     maybe_finalize(job.run_id, services)

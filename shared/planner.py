@@ -1,4 +1,4 @@
-"""Starting a run and planning it: stream the segment, validate, cut chunks, enqueue them.
+"""Planning a run: stream the segment, validate, cut chunks, enqueue them.
 
 Each chunk is enqueued as soon as its blob is written, so Braze delivery overlaps planning and
 a 1M-row file starts reaching Braze within seconds.
@@ -12,36 +12,18 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from shared.config import CHUNKS_QUEUE, JOBS_QUEUE, RUNS_CONTAINER, ConfigurationError
-from shared.definitions import DefinitionsError, Export
+from shared.config import CHUNKS_QUEUE, RUNS_CONTAINER, ConfigurationError
+from shared.definitions import DefinitionsError, Export, UnknownExport, format_of
 from shared.mapping import braze_attributes, encode_object
 from shared.messages import ChunkJob, ExportJob
 from shared.profiles import RecordReader, SourceError, open_lines
 from shared.reporting import maybe_finalize, rejected_prefix
-from shared.runs import Run, Status, new_run_id, utcnow
+from shared.runs import Run, Status, utcnow
 from shared.services import Services
 from shared.storage import BlobLineWriter, BlobNotFound
 from shared.validation import Profile, validate_record
 
 log = logging.getLogger(__name__)
-
-
-def start_run(export_name: str, trigger: str, services: Services) -> Run:
-    """Record a queued run and enqueue its planning job. Raises KeyError for an unknown export."""
-    export = services.definitions().export(export_name)
-    services.ensure_resources()
-    run = Run(
-        run_id=new_run_id(export.name),
-        export_name=export.name,
-        segment=export.segment,
-        connection=export.connection,
-        source=f"{export.source.container}/{export.source.path}",
-        trigger=trigger,
-    )
-    services.runs.create(run)
-    services.storage.queue(JOBS_QUEUE).send_message(ExportJob(run.run_id, export.name).to_json())
-    log.info("run %s queued for export %s (%s)", run.run_id, export.name, trigger)
-    return run
 
 
 def chunk_blob_name(run_id: str, index: int) -> str:
@@ -65,6 +47,7 @@ def plan_run(job: ExportJob, services: Services) -> None:
         return
     if run.status not in (Status.QUEUED, Status.PLANNING):
         log.info("run %s is already %s; nothing to plan", run.run_id, run.status)
+        maybe_finalize(run.run_id, services)  # in case the first attempt died right here
         return
     replanning = run.status == Status.PLANNING
     run.status, run.planning_started_at = Status.PLANNING, utcnow()
@@ -73,8 +56,14 @@ def plan_run(job: ExportJob, services: Services) -> None:
     try:
         export = services.definitions().export(job.export_name)
         _plan(run, export, services, tally, replanning)
-    except (SourceError, BlobNotFound, DefinitionsError, ConfigurationError, KeyError) as error:
-        run.planning_failed, run.message = True, f"planning failed: {error}"
+    except (
+        SourceError,
+        BlobNotFound,
+        DefinitionsError,
+        ConfigurationError,
+        UnknownExport,
+    ) as error:
+        run.planning_failed, run.message = True, _clip(f"planning failed: {error}")
         log.error("run %s: %s", run.run_id, run.message)
     run.rows_read, run.rows_valid, run.rows_rejected = (
         tally.rows_read,
@@ -91,8 +80,11 @@ def plan_run(job: ExportJob, services: Services) -> None:
 
 def _plan(run: Run, export: Export, services: Services, tally: _Tally, replanning: bool) -> None:
     storage = services.storage
-    chunks = storage.read_chunks(export.source.container, export.source.path)
-    reader = RecordReader(open_lines(chunks), export.source.resolved_format())
+    container, _, path = run.source.partition("/")
+    same_file = container == export.source.container and path == export.source.path
+    fmt = export.source.resolved_format() if same_file else format_of(path)
+    chunks = storage.read_chunks(container, path)
+    reader = RecordReader(open_lines(chunks), fmt)
     mapping = export.mapping
     reader.require_columns(
         [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
@@ -105,8 +97,18 @@ def _plan(run: Run, export: Export, services: Services, tally: _Tally, replannin
         _emit_chunk(run, tally.chunks, pending, services, replanning)
         tally.chunks += 1
         pending.clear()
-        run.rows_read, run.chunks_planned = tally.rows_read, tally.chunks
+        # Progress, and what a poisoned planning job falls back on (see fail_planning).
+        run.rows_read, run.rows_valid, run.chunks_planned = (
+            tally.rows_read,
+            tally.rows_valid,
+            tally.chunks,
+        )
         services.runs.update(run)
+
+    def finish() -> None:
+        if pending:
+            flush()
+        rejected.close()
 
     try:
         for record in reader:
@@ -149,10 +151,40 @@ def _plan(run: Run, export: Export, services: Services, tally: _Tally, replannin
             pending.append(f"{record.line}\t{encode_object(braze_attributes(result, export))}")
             if len(pending) >= export.chunk_size:
                 flush()
-    finally:
-        if pending:
-            flush()
-        rejected.close()
+    except SourceError:
+        # Rows before the bad spot are delivered and reported; the run then fails saying why.
+        # Any other error leaves no partial chunk behind: the queue retries the whole plan.
+        finish()
+        raise
+    finish()
+
+
+def fail_planning(run_id: str, error: BaseException, services: Services) -> None:
+    """The planning job is being poisoned: end the run with what was already queued.
+
+    Chunks enqueued before the failure are still delivered; rows after the last one were
+    never read, and the message says so.
+    """
+    run = services.runs.get(run_id)
+    if run is None or run.is_final:
+        return
+    run.planning_failed = True
+    run.message = _clip(
+        f"planning failed after every retry: {type(error).__name__}: {error}; "
+        f"the {run.rows_valid} profiles in the {run.chunks_planned} chunks queued before that "
+        "are delivered, the rest of the source was not read"
+    )
+    run.rows_read, run.rows_rejected, run.rejections = run.rows_valid, 0, {}
+    run.chunks_total = run.chunks_planned
+    run.planning_finished_at = utcnow()
+    run.status = Status.DELIVERING
+    services.runs.update(run)
+    maybe_finalize(run_id, services)
+
+
+def _clip(message: str, limit: int = 2000) -> str:
+    """Run messages live in a table property (64 KiB); a wide CSV header must not overflow it."""
+    return message if len(message) <= limit else message[:limit] + "…"
 
 
 def _emit_chunk(

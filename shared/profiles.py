@@ -10,7 +10,7 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
@@ -85,15 +85,33 @@ def open_lines(chunks: Iterable[bytes]) -> Iterator[str]:
 
 
 class RecordReader:
-    """Reads records from decoded text; `columns` is known before the first record is read."""
+    """Reads records from decoded text; `columns` is known before the first record is read.
 
-    def __init__(self, lines: Iterator[str], fmt: Literal["csv", "jsonl"]) -> None:
+    CSV options exist for files described elsewhere (a CDM model.json): `columns` names the
+    fields of a header-less file, `delimiter` replaces the comma and `quoting=False` makes
+    quote characters ordinary text (CDM's QuoteStyle.None). JSON Lines ignores them.
+    """
+
+    def __init__(
+        self,
+        lines: Iterator[str],
+        fmt: Literal["csv", "jsonl"],
+        *,
+        columns: Sequence[str] | None = None,
+        delimiter: str = ",",
+        quoting: bool = True,
+    ) -> None:
         self._lines = lines
         self._format = fmt
         self.columns: list[str] | None = None
+        self._headerless = columns is not None
         if fmt == "csv":
             csv.field_size_limit(MAX_FIELD_BYTES)
-            self._csv = csv.reader(lines, strict=True)
+            quote_style = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
+            self._csv = csv.reader(lines, strict=True, delimiter=delimiter, quoting=quote_style)
+            if columns is not None:
+                self.columns = list(columns)
+                return
             header = self._next_csv_row()
             if header is None:
                 raise SourceError("the file is empty: a CSV segment needs a header row")
@@ -136,7 +154,10 @@ class RecordReader:
                 continue
             if len(row) != width:
                 values = {f"field {i + 1}": v for i, v in enumerate(row)}
-                problem = f"has {len(row)} fields but the header has {width}"
+                expected = f"the header has {width}"
+                if self._headerless:
+                    expected = f"{width} are expected"
+                problem = f"has {len(row)} fields but {expected}"
                 yield SourceRecord(start, values, problem)
                 continue
             yield SourceRecord(start, dict(zip(self.columns, row, strict=True)))
@@ -154,4 +175,17 @@ class RecordReader:
             if not isinstance(value, dict):
                 yield SourceRecord(number, {"raw": stripped}, "is not a JSON object")
                 continue
+            if "\\u" in stripped and _has_lone_surrogate(stripped):
+                problem = "has a \\u escape that is not a valid character (a lone surrogate)"
+                yield SourceRecord(number, {"raw": stripped}, problem)
+                continue
             yield SourceRecord(number, value)
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    """JSON allows "\\ud800", but it is no character and cannot be sent to Braze as UTF-8."""
+    try:
+        json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

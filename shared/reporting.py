@@ -12,14 +12,19 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from shared.config import RUNS_CONTAINER
 from shared.profiles import open_lines
 from shared.runs import ChunkResult, Run, RunConflict, Status, utcnow
 from shared.services import Services
+from shared.triggers import start_pending
 
 log = logging.getLogger(__name__)
+
+
+CLAIM_LEASE = timedelta(minutes=10)
 
 
 def rejected_prefix(run_id: str) -> str:
@@ -38,12 +43,15 @@ def maybe_finalize(run_id: str, services: Services) -> bool:
     """Finalize the run if all chunks are done and nobody else has; True for the one that did."""
     store = services.runs
     run = store.get(run_id)
-    if run is None or run.is_final or run.chunks_total is None or run.finalize_claim:
+    if run is None or run.is_final or run.chunks_total is None:
         return False
+    now = utcnow()
+    if run.finalize_claimed_at and now - run.finalize_claimed_at < CLAIM_LEASE:
+        return False  # someone is finalizing; after the lease, a crashed finalizer is replaced
     results = store.chunk_results(run_id)
-    if len(results) < run.chunks_total:
+    if not set(range(run.chunks_total)) <= {r.chunk_index for r in results}:
         return False
-    run.finalize_claim = uuid.uuid4().hex
+    run.finalize_claim, run.finalize_claimed_at = uuid.uuid4().hex, now
     try:
         store.update(run, if_unchanged=True)
     except RunConflict:
@@ -70,16 +78,24 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     run.rejections = dict(tally)
     run.rejected_blob = rejected_blob_name(run.run_id)
     run.report_blob = report_blob_name(run.run_id)
-    _merge_rejected(run.run_id, services)
+    _merge_rejected(run.run_id, results, services)
     run.status = final_status(run)
     if not run.message:
         run.message = _summary(run)
+    delivered = run.profiles_accepted + run.profiles_rejected_by_braze
+    if delivered != run.rows_valid:
+        run.status = Status.FAILED
+        run.message = (
+            f"counts do not add up: {run.rows_valid} valid profiles planned but {delivered} "
+            "accounted for by delivery; this is a bug, please report it with this run's id"
+        )
     run.finished_at = utcnow()
     services.storage.write_bytes(
         RUNS_CONTAINER, run.report_blob, json.dumps(build_report(run), indent=2), "application/json"
     )
     services.runs.update(run)
     log.info("run %s finished: %s (%s)", run.run_id, run.status, run.message)
+    start_pending(services, run.export_name)
 
 
 def _summary(run: Run) -> str:
@@ -144,13 +160,17 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value else None
 
 
-def _merge_rejected(run_id: str, services: Services) -> None:
-    """Merge the planner's and every chunk's rejected rows into one file ordered by source line.
+def _merge_rejected(run_id: str, results: list[ChunkResult], services: Services) -> None:
+    """Merge the planner's and each recorded chunk's rejected rows, ordered by source line.
 
-    Each part is already in line order, so a streaming k-way merge keeps memory flat.
+    Only the files the records name are merged: a blob left by an attempt that crashed before
+    recording its chunk must not contradict the counts. Each part is already in line order,
+    so a streaming k-way merge keeps memory flat.
     """
     storage = services.storage
-    parts = storage.list_names(RUNS_CONTAINER, rejected_prefix(run_id))
+    plan = rejected_prefix(run_id) + "plan.jsonl"
+    parts = [plan] if storage.exists(RUNS_CONTAINER, plan) else []
+    parts += [r.rejected_blob for r in results if r.rejected_blob]
     streams = [_entries(services, name) for name in parts]
     writer = storage.line_writer(RUNS_CONTAINER, rejected_blob_name(run_id))
     writer.write_all(text for _, text in heapq.merge(*streams, key=lambda item: item[0]))

@@ -6,9 +6,10 @@ its own chunk entity, and the run's totals are summed from them when the run is 
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -17,6 +18,11 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.data.tables import TableClient, UpdateMode
 
 RUN_ROW = "run"
+CLAIM_GRACE = timedelta(minutes=5)
+# Per-export bookkeeping shares the table; "~" cannot start a run id (export names cannot).
+LATEST_PARTITION = "~latest"  # the export's latest run: the one-active-run rule
+PENDING_PARTITION = "~pending"  # a start deferred while the export was busy
+SCHEDULE_PARTITION = "~schedule"  # the last schedule slot handled per export
 
 
 class Status(StrEnum):
@@ -51,6 +57,8 @@ class Run:
     connection: str
     source: str
     trigger: str
+    full_refresh: bool = False
+    dry_run: bool = False
     status: str = Status.QUEUED
     message: str = ""
     planning_failed: bool = False
@@ -70,6 +78,7 @@ class Run:
     report_blob: str = ""
     rejected_blob: str = ""
     finalize_claim: str = ""
+    finalize_claimed_at: datetime | None = None
     etag: str | None = None
 
     @property
@@ -79,7 +88,7 @@ class Run:
     def public(self) -> dict[str, Any]:
         """The run as JSON-friendly data, without storage internals."""
         data = asdict(self)
-        for internal in ("finalize_claim", "etag"):
+        for internal in ("finalize_claim", "finalize_claimed_at", "etag"):
             data.pop(internal)
         return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
 
@@ -103,6 +112,24 @@ _RUN_FIELDS = {f.name for f in fields(Run)} - {"run_id", "etag"}
 
 class RunConflict(Exception):
     """The run entity changed since it was read (someone else got there first)."""
+
+
+class ExportBusy(Exception):
+    """The export already has a run in progress (one active run per export)."""
+
+    def __init__(self, export_name: str, run_id: str, status: str) -> None:
+        self.run_id, self.status = run_id, status
+        super().__init__(f"export '{export_name}' already has run {run_id} ({status})")
+
+
+@dataclass(frozen=True)
+class PendingStart:
+    """A start that waits for the export's active run to finish; the newest one wins."""
+
+    run_id: str
+    trigger: str
+    source: str
+    etag: str
 
 
 class RunStore:
@@ -162,6 +189,99 @@ class RunStore:
             results.append(ChunkResult(**values))
         return sorted(results, key=lambda r: r.chunk_index)
 
+    def latest_run_id(self, export_name: str) -> str | None:
+        entity = self._get(LATEST_PARTITION, export_name)
+        return entity["run_id"] if entity else None
+
+    def claim_export(self, export_name: str, run_id: str) -> None:
+        """Make `run_id` the export's latest run unless another run of it is still active.
+
+        The ETag-guarded write makes concurrent claims safe: exactly one claimant wins.
+        """
+        while True:
+            entity = self._get(LATEST_PARTITION, export_name)
+            now = utcnow()
+            record = {
+                "PartitionKey": LATEST_PARTITION,
+                "RowKey": export_name,
+                "run_id": run_id,
+                "claimed_at": now.isoformat(),
+            }
+            try:
+                if entity is None:
+                    self._table.create_entity(record)
+                    return
+                if entity["run_id"] == run_id:
+                    return
+                active = self.get(entity["run_id"])
+                if active is None:
+                    # Claimed but not created yet, or the claimant died: busy for a while.
+                    claimed = datetime.fromisoformat(entity["claimed_at"])
+                    if now - claimed < CLAIM_GRACE:
+                        raise ExportBusy(export_name, entity["run_id"], Status.QUEUED)
+                elif not active.is_final:
+                    raise ExportBusy(export_name, active.run_id, active.status)
+                self._table.update_entity(
+                    record,
+                    mode=UpdateMode.REPLACE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return
+            except ResourceExistsError:
+                continue
+            except HttpResponseError as error:
+                if error.status_code != 412:
+                    raise
+
+    def defer_start(self, export_name: str, run_id: str, trigger: str, source: str) -> None:
+        self._table.upsert_entity(
+            {
+                "PartitionKey": PENDING_PARTITION,
+                "RowKey": export_name,
+                "run_id": run_id,
+                "trigger": trigger,
+                "source": source,
+            },
+            mode=UpdateMode.REPLACE,
+        )
+
+    def pending_start(self, export_name: str) -> PendingStart | None:
+        entity = self._get(PENDING_PARTITION, export_name)
+        if entity is None:
+            return None
+        return PendingStart(
+            entity["run_id"], entity["trigger"], entity["source"], entity.metadata["etag"]
+        )
+
+    def clear_pending(self, export_name: str, pending: PendingStart) -> None:
+        """Remove the deferred start, unless a newer one replaced it meanwhile."""
+        try:
+            self._table.delete_entity(
+                PENDING_PARTITION,
+                export_name,
+                etag=pending.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except HttpResponseError as error:
+            if error.status_code != 412:
+                raise
+
+    def last_slot(self, export_name: str) -> datetime | None:
+        entity = self._get(SCHEDULE_PARTITION, export_name)
+        return datetime.fromisoformat(entity["slot"]) if entity else None
+
+    def set_last_slot(self, export_name: str, slot: datetime) -> None:
+        self._table.upsert_entity(
+            {"PartitionKey": SCHEDULE_PARTITION, "RowKey": export_name, "slot": slot.isoformat()}
+        )
+
+    def _get(self, partition: str, row: str) -> Any:
+        try:
+            return self._table.get_entity(partition, row)
+        except ResourceNotFoundError:
+            return None
+
     def list_runs(self, export_name: str | None = None, limit: int = 20) -> list[Run]:
         query = f"RowKey eq '{RUN_ROW}'"
         if export_name:
@@ -182,7 +302,13 @@ def chunk_row(index: int) -> str:
 
 def _run_from(entity: Any) -> Run:
     values = {name: entity[name] for name in _RUN_FIELDS if name in entity}
-    for name in ("created_at", "planning_started_at", "planning_finished_at", "finished_at"):
+    for name in (
+        "created_at",
+        "planning_started_at",
+        "planning_finished_at",
+        "finished_at",
+        "finalize_claimed_at",
+    ):
         if isinstance(values.get(name), str):
             values[name] = datetime.fromisoformat(values[name]) if values[name] else None
     values["rejections"] = _decode_tally(values.get("rejections", ""))
@@ -209,12 +335,12 @@ def _to_entity_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _encode_tally(tally: dict[str, int]) -> str:
-    return ";".join(f"{k}={v}" for k, v in sorted(tally.items()))
+    """JSON, because the codes include Braze's error types, which may hold any character."""
+    return json.dumps(tally, sort_keys=True)
 
 
 def _decode_tally(text: str) -> dict[str, int]:
-    pairs = (item.rsplit("=", 1) for item in text.split(";") if item)
-    return {k: int(v) for k, v in pairs}
+    return json.loads(text) if text else {}
 
 
 def _quote(value: str) -> str:

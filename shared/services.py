@@ -23,7 +23,7 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._braze: dict[str, BrazeClient] = {}
+        self._braze: dict[str, BrazeClient] = {}  # by connection name, endpoint and secret
         self._lock = threading.Lock()
         self._resources_ready = False
 
@@ -61,15 +61,16 @@ class Services:
 
     def braze(self, connection: Connection) -> BrazeClient:
         """One client per connection, so its rate-limit state is shared by all threads."""
+        key = f"{connection.name}|{connection.rest_endpoint}|{connection.api_key_secret}"
         with self._lock:
-            client = self._braze.get(connection.name)
+            client = self._braze.get(key)
             if client is None:
                 secret = connection.api_key_secret
                 client = BrazeClient(
                     connection.rest_endpoint,
                     lambda refresh: self.secrets.get(secret, refresh=refresh),
                 )
-                self._braze[connection.name] = client
+                self._braze[key] = client
             return client
 
 

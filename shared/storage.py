@@ -114,9 +114,6 @@ class Storage:
     def exists(self, container: str, name: str) -> bool:
         return self.container(container).get_blob_client(name).exists()
 
-    def list_names(self, container: str, prefix: str) -> list[str]:
-        return sorted(b.name for b in self.container(container).list_blobs(name_starts_with=prefix))
-
     def line_writer(self, container: str, name: str) -> BlobLineWriter:
         return BlobLineWriter(self.container(container), name)
 

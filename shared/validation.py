@@ -20,7 +20,13 @@ MAX_EMAIL_CHARS = 254
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _DOMAIN_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _WHITESPACE = re.compile(r"\s")
-_INTEGER = re.compile(r"^[+-]?\d+$")
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_DECIMAL = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+# ISO 8601 extended form, as Braze documents it: a date, or a date and time with an offset.
+_ISO_DATE = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?$"
+)
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}
 
@@ -176,11 +182,12 @@ def _as_number(value: Any) -> tuple[Any, str | None]:
     text = value.strip()
     if _INTEGER.match(text):
         return int(text), None
-    try:
-        number = float(text)
-    except ValueError:
+    if text.lower().lstrip("+-") in {"nan", "inf", "infinity"}:
+        return None, f"is not a finite number: {_preview(text)}"
+    if not _DECIMAL.match(text):
         return None, f"is not a number: {_preview(text)}"
-    if not math.isfinite(number) or text.lower().lstrip("+-") in {"nan", "inf", "infinity"}:
+    number = float(text)
+    if not math.isfinite(number):
         return None, f"is not a finite number: {_preview(text)}"
     return number, None
 
@@ -201,12 +208,17 @@ def _as_date(value: Any) -> tuple[Any, str | None]:
         return None, f"must be an ISO 8601 date as text, got {_kind(value)}"
     text = value.strip()
     try:
+        if not _ISO_DATE.match(text):
+            raise ValueError
         if len(text) == 10:
             date.fromisoformat(text)
         else:
-            datetime.fromisoformat(text)
+            datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        return None, f"is not an ISO 8601 date or date-time: {_preview(text)}"
+        return (
+            None,
+            f"is not an ISO 8601 date (YYYY-MM-DD or YYYY-MM-DDThh:mm:ssZ): {_preview(text)}",
+        )
     return text, None
 
 

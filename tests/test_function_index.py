@@ -11,6 +11,7 @@ import pytest
 
 from shared.config import (
     CHUNKS_QUEUE,
+    DROPS_CONTAINER,
     JOBS_QUEUE,
     RUNS_CONTAINER,
     RUNS_TABLE,
@@ -27,7 +28,16 @@ def index() -> dict[str, list[dict]]:
 
 
 def test_exactly_the_expected_functions(index: dict[str, list[dict]]) -> None:
-    assert sorted(index) == ["deliver_chunk", "plan_export"]
+    assert sorted(index) == [
+        "deliver_chunk",
+        "get_run",
+        "list_export_runs",
+        "list_exports",
+        "plan_export",
+        "schedule_exports",
+        "segment_dropped",
+        "start_export_run",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -44,10 +54,45 @@ def test_queue_triggers(index: dict[str, list[dict]], function: str, queue: str)
     }
 
 
+def test_timer_runs_every_minute_and_is_monitored(index: dict[str, list[dict]]) -> None:
+    (binding,) = index["schedule_exports"]
+    assert binding["type"] == "timerTrigger"
+    assert binding["schedule"] == "0 * * * * *"
+    assert binding["runOnStartup"] is False and binding["useMonitor"] is True
+
+
+@pytest.mark.parametrize(
+    ("function", "method", "route"),
+    [
+        ("start_export_run", "POST", "exports/{name}/runs"),
+        ("list_export_runs", "GET", "exports/{name}/runs"),
+        ("list_exports", "GET", "exports"),
+        ("get_run", "GET", "runs/{run_id}"),
+    ],
+)
+def test_http_routes_require_a_function_key(
+    index: dict[str, list[dict]], function: str, method: str, route: str
+) -> None:
+    trigger, output = index[function]
+    assert trigger["type"] == "httpTrigger" and output["type"] == "http"
+    assert trigger["methods"] == [method] and trigger["route"] == route
+    assert trigger["authLevel"] == "FUNCTION"
+
+
+def test_blob_drop_uses_event_grid_on_the_segments_container(
+    index: dict[str, list[dict]],
+) -> None:
+    (binding,) = index["segment_dropped"]
+    assert binding["type"] == "blobTrigger"
+    assert binding["source"] == "EventGrid"
+    assert binding["path"] == f"{DROPS_CONTAINER}/{{name}}"
+    assert binding["connection"] == STORAGE_CONNECTION
+
+
 def test_storage_names_match_the_infrastructure() -> None:
     """Bicep creates the queues, container and table; the code must use the same names."""
     bicep = (Path(__file__).resolve().parents[1] / "infra" / "main.bicep").read_text()
-    for name in (JOBS_QUEUE, CHUNKS_QUEUE, RUNS_CONTAINER, RUNS_TABLE):
+    for name in (JOBS_QUEUE, CHUNKS_QUEUE, RUNS_CONTAINER, RUNS_TABLE, DROPS_CONTAINER):
         assert f"= '{name}'" in bicep, f"{name} is not declared in infra/main.bicep"
     assert "'${exportJobsQueueName}-poison'" in bicep
     assert "'${exportChunksQueueName}-poison'" in bicep

@@ -1,10 +1,12 @@
-"""Test kit for devhost: a throwaway v2 app that records what its queue trigger receives.
+"""Test kit for devhost: a throwaway v2 app that records what its functions receive.
 
 The recording function writes one file per attempt (`<message id>.<dequeue count>.started.json`,
 plus `.done.json` when it succeeds) and obeys instructions in a JSON body: `{"fail_attempts": n}`
 fails the first n attempts, `{"fail_attempts": "always"}` always fails, `{"hold": true}` waits
 for a `release/<message id>` (or `release/all`) file. While running it keeps a marker in
 `inflight/`, and records how many markers it saw, which measures concurrency without timing.
+Functions that tests add call `record_call(name, **details)`, one file per invocation, read
+back with `RecordingApp.calls(name)`.
 """
 
 from __future__ import annotations
@@ -83,6 +85,14 @@ def record_work(msg: func.QueueMessage) -> None:
         marker.unlink()
 
 
+def record_call(function_name: str, **details) -> None:
+    """One file per invocation, for tests that count invocations of timers, blobs and HTTP."""
+    calls = pathlib.Path(os.environ["RECORD_DIR"]) / "calls"
+    calls.mkdir(exist_ok=True)
+    record = {"function": function_name, "pid": os.getpid(), "at": time.time_ns(), **details}
+    _write_whole(calls / f"{function_name}.{os.getpid()}.{time.time_ns()}.json", record)
+
+
 def _write_whole(path: pathlib.Path, record: dict) -> None:
     """Write then rename, so a reader never sees a half-written record."""
     partial = path.with_suffix(".partial")
@@ -131,6 +141,12 @@ class RecordingApp:
 
     def release(self, message_id: str = "all") -> None:
         (self.records / "release" / message_id).touch()
+
+    def calls(self, function_name: str) -> list[dict[str, Any]]:
+        """What `record_call` recorded for a function, oldest first."""
+        calls = self.records / "calls"
+        found = [json.loads(path.read_text()) for path in calls.glob(f"{function_name}.*.json")]
+        return sorted(found, key=lambda call: call["at"])
 
     def _read(self, pattern: str) -> list[dict[str, Any]]:
         attempts = [json.loads(path.read_text()) for path in self.records.glob(pattern)]

@@ -12,9 +12,15 @@ from devhost.hostconfig import (
     HostConfigError,
     MessageEncoding,
     QueueOptions,
-    load_queue_options,
+    http_route_prefix,
+    load_host_config,
     parse_timespan,
+    queue_options,
 )
+
+
+def load_queue_options(app_dir: Path, settings: dict[str, str]) -> QueueOptions:
+    return queue_options(load_host_config(app_dir, settings))
 
 
 def write_host_json(directory: Path, queues: dict[str, object]) -> Path:
@@ -114,3 +120,11 @@ def test_timespans_parse_like_dotnet(text: str, expected: timedelta) -> None:
 def test_malformed_timespans_are_refused(text: str) -> None:
     with pytest.raises(HostConfigError):
         parse_timespan(text)
+
+
+def test_route_prefix_defaults_to_api_and_can_be_empty_or_overridden(tmp_path: Path) -> None:
+    assert http_route_prefix(load_host_config(tmp_path, {})) == "api"
+    (tmp_path / "host.json").write_text(json.dumps({"extensions": {"http": {"routePrefix": ""}}}))
+    assert http_route_prefix(load_host_config(tmp_path, {})) == ""
+    override = {"AzureFunctionsJobHost__extensions__http__routePrefix": "/v1/"}
+    assert http_route_prefix(load_host_config(tmp_path, override)) == "v1"

@@ -96,8 +96,8 @@ def test_listing_resolves_settings_and_says_what_is_not_served(
 
     assert listing["record_work"].describe() == f"record_work: queueTrigger (queue={work_queue})"
     assert listing["record_work"].connection == "AzureWebJobsStorage"
-    assert listing["tick"].describe() == "tick: timerTrigger (not served by devhost yet)"
-    assert listing["ping"].describe() == "ping: httpTrigger (not served by devhost yet)"
+    assert listing["tick"].describe() == "tick: timerTrigger (schedule=0 */5 * * * *)"
+    assert listing["ping"].describe() == "ping: httpTrigger (* /api/ping)"
     assert listing["forward_async"].served
     assert "'%FORWARD_QUEUE%' does not resolve to a value" in listing["forward"].describe()
     assert listing["read_blob"].describe() == (

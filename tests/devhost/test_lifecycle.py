@@ -63,7 +63,7 @@ def test_start_fails_clearly_when_queue_storage_is_unreachable(
     )
     env = host_env(azurite, app, queue_name("unreachable"), AzureWebJobsStorage=unreachable)
 
-    with pytest.raises(HostStartError, match="cannot reach queue storage"):
+    with pytest.raises(HostStartError, match="cannot reach storage"):
         LocalHost(app.app_dir, env=env).start()
 
 
@@ -75,7 +75,7 @@ def test_cli_lists_functions_serves_queues_and_exits_cleanly_on_sigterm(
     settings = app.app_dir / "dev.settings.json"
     values = host_env(azurite, app, work_queue)
     settings.write_text(json.dumps({"Values": values}))
-    command = ["--app-dir", str(app.app_dir), "--settings", str(settings)]
+    command = ["--app-dir", str(app.app_dir), "--settings", str(settings), "--port", "0"]
     process = subprocess.Popen(
         [sys.executable, "-m", "devhost", *command],
         cwd=ROOT,
@@ -90,8 +90,9 @@ def test_cli_lists_functions_serves_queues_and_exits_cleanly_on_sigterm(
         before_ready = _read_until(lines, "devhost ready")
         assert "Functions:" in before_ready
         assert f"  record_work: queueTrigger (queue={work_queue})" in before_ready
-        assert "  tick: timerTrigger (not served by devhost yet)" in before_ready
-        assert "  ping: httpTrigger (not served by devhost yet)" in before_ready
+        assert "  tick: timerTrigger (schedule=0 */5 * * * *)" in before_ready
+        assert "  ping: httpTrigger (* /api/ping)" in before_ready
+        assert before_ready[-1].startswith("devhost http listening on http://127.0.0.1:")
 
         queue_client(azurite, work_queue).send_message("from the cli test")
         (success,) = wait_until(app.successes, "the CLI host processed the message")

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import requests
 from azure.core.exceptions import ResourceExistsError
 
 from devtools.processes import ROOT, Azurite, Sandbox, start_sandbox
+from devtools.sample import demo_definitions
 from shared.config import load_settings
 from shared.runs import Run
 from shared.services import Services
@@ -86,6 +88,13 @@ class App:
         return self.services.storage.read_bytes("export-runs", name).decode("utf-8")
 
 
+def export_definition(name: str, path: str, segment: str, **overrides: Any) -> dict[str, Any]:
+    """The demo mapping on another source file, with overrides."""
+    export = demo_definitions("http://unused", SEGMENT_CONTAINER, path, segment)["exports"][0]
+    export.update(name=name, **overrides)
+    return export
+
+
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
     running = start_sandbox(SANDBOX_KEY, "--blocklist", BLOCKLISTED)
@@ -103,19 +112,29 @@ def app_env(azurite: Azurite, sandbox: Sandbox, tmp_path_factory: pytest.TempPat
         # Poll fast so the suite is quick; correctness does not depend on it.
         "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.200",
         "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:00",
+        "DEVHOST_BLOB_WATCH_SECONDS": "0.2",
     }
     app = App(env, definitions, sandbox)
     app.services.ensure_resources()
     return app
 
 
+@dataclass
+class LocalHost:
+    """The running local host: its process, its HTTP base URL and everything it printed."""
+
+    process: subprocess.Popen[str]
+    url: str
+    output: list[str]
+
+
 @pytest.fixture(scope="session")
-def local_host(app_env: App) -> Iterator[subprocess.Popen[str]]:
-    """`python -m devhost` running function_app.py's queue triggers against the test Azurite."""
+def local_host(app_env: App) -> Iterator[LocalHost]:
+    """`python -m devhost` running function_app.py's triggers against the test Azurite."""
     env = {k: v for k, v in os.environ.items() if k != "AzureWebJobsStorage"}
     env.update(app_env.env, PYTHONUNBUFFERED="1")
     host = subprocess.Popen(
-        [sys.executable, "-m", "devhost", "--app-dir", str(ROOT)],
+        [sys.executable, "-m", "devhost", "--app-dir", str(ROOT), "--port", "0"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -123,20 +142,23 @@ def local_host(app_env: App) -> Iterator[subprocess.Popen[str]]:
         text=True,
     )
     output: list[str] = []
+    url = ""
     assert host.stdout is not None
     for line in host.stdout:
         output.append(line)
+        if line.startswith("devhost http listening on "):
+            url = line.split()[-1]
         if line.strip() == "devhost ready":
             break
     else:
         raise RuntimeError("devhost did not start:\n" + "".join(output))
     threading.Thread(target=lambda: output.extend(host.stdout), daemon=True).start()  # type: ignore[arg-type]
-    yield host
+    yield LocalHost(host, url, output)
     host.terminate()
     host.wait(timeout=60)
 
 
 @pytest.fixture
-def app(app_env: App, local_host: subprocess.Popen[str]) -> Iterator[App]:
+def app(app_env: App, local_host: LocalHost) -> Iterator[App]:
     app_env.reset_sandbox()
     yield app_env

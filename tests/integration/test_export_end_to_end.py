@@ -7,17 +7,11 @@ import json
 import threading
 from typing import Any
 
-from devtools.sample import demo_definitions, make_segment
-from shared.planner import start_run
+from devtools.sample import make_segment
 from shared.reporting import maybe_finalize
 from shared.runs import ChunkResult, Run, Status
-from tests.integration.conftest import BLOCKLISTED, App
-
-
-def _export(name: str, path: str, segment: str, **overrides: Any) -> dict[str, Any]:
-    export = demo_definitions("http://unused", "segments", path, segment)["exports"][0]
-    export.update(name=name, **overrides)
-    return export
+from shared.triggers import start_run
+from tests.integration.conftest import BLOCKLISTED, App, export_definition
 
 
 def _rejected(app: App, run: Run) -> list[dict[str, Any]]:
@@ -27,9 +21,9 @@ def _rejected(app: App, run: Run) -> list[dict[str, Any]]:
 def test_messy_segment_lands_in_braze_exactly(app: App) -> None:
     sample = make_segment(1_300, invalid_every=23, segment="VIP – Zoë's 🎉")
     app.upload("e2e/vip.csv", sample.data)
-    app.define([_export("vip", "e2e/vip.csv", sample.segment, chunk_size=200)])
+    app.define([export_definition("vip", "e2e/vip.csv", sample.segment, chunk_size=200)])
 
-    run = app.wait_for_final(start_run("vip", "test", app.services).run_id)
+    run = app.wait_for_final(start_run(app.services, "vip", "test").run.run_id)
 
     # Every valid profile is in Braze with exactly the mapped attributes and membership.
     users = app.braze_users()
@@ -67,9 +61,9 @@ def test_braze_per_object_errors_map_back_to_their_rows(app: App) -> None:
         "ok-2,ok2@example.com,Cy,3,1,1990-01-03,",
     ]
     app.upload("e2e/blocked.csv", ("\n".join(rows) + "\n").encode())
-    app.define([_export("blocked", "e2e/blocked.csv", "S")])
+    app.define([export_definition("blocked", "e2e/blocked.csv", "S")])
 
-    run = app.wait_for_final(start_run("blocked", "test", app.services).run_id)
+    run = app.wait_for_final(start_run(app.services, "blocked", "test").run.run_id)
 
     assert run.status == Status.PARTIALLY_SUCCEEDED
     assert (run.profiles_accepted, run.profiles_rejected_by_braze) == (2, 1)
@@ -82,9 +76,9 @@ def test_braze_per_object_errors_map_back_to_their_rows(app: App) -> None:
 
 def test_missing_column_fails_the_run_before_anything_is_sent(app: App) -> None:
     app.upload("e2e/nocol.csv", b"CustomerId,Mail\n1,a@example.com\n")
-    app.define([_export("nocol", "e2e/nocol.csv", "S")])
+    app.define([export_definition("nocol", "e2e/nocol.csv", "S")])
 
-    run = app.wait_for_final(start_run("nocol", "test", app.services).run_id)
+    run = app.wait_for_final(start_run(app.services, "nocol", "test").run.run_id)
 
     assert run.status == Status.FAILED
     assert "['Email', 'FirstName'," in run.message and "'Mail'" in run.message
@@ -92,8 +86,8 @@ def test_missing_column_fails_the_run_before_anything_is_sent(app: App) -> None:
 
 
 def test_missing_source_blob_fails_with_its_name(app: App) -> None:
-    app.define([_export("ghost", "e2e/does-not-exist.csv", "S")])
-    run = app.wait_for_final(start_run("ghost", "test", app.services).run_id)
+    app.define([export_definition("ghost", "e2e/does-not-exist.csv", "S")])
+    run = app.wait_for_final(start_run(app.services, "ghost", "test").run.run_id)
     assert run.status == Status.FAILED
     assert "e2e/does-not-exist.csv" in run.message
 
@@ -106,9 +100,9 @@ def test_gzipped_json_lines_source(app: App) -> None:
     ]
     data = gzip.compress("\n".join(json.dumps(r) for r in records).encode())
     app.upload("e2e/people.jsonl.gz", data)
-    app.define([_export("jsonl", "e2e/people.jsonl.gz", "J")])
+    app.define([export_definition("jsonl", "e2e/people.jsonl.gz", "J")])
 
-    run = app.wait_for_final(start_run("jsonl", "test", app.services).run_id)
+    run = app.wait_for_final(start_run(app.services, "jsonl", "test").run.run_id)
 
     users = app.braze_users()
     assert users["101"]["loyalty_points"] == 7 and users["101"]["is_vip"] is True
@@ -129,12 +123,12 @@ def test_update_existing_only_does_not_create_users(app: App) -> None:
     )
     app.define(
         [
-            _export("create", "e2e/first.csv", "A"),
-            _export("update", "e2e/update.csv", "B", create_missing_users=False),
+            export_definition("create", "e2e/first.csv", "A"),
+            export_definition("update", "e2e/update.csv", "B", create_missing_users=False),
         ]
     )
-    app.wait_for_final(start_run("create", "test", app.services).run_id)
-    run = app.wait_for_final(start_run("update", "test", app.services).run_id)
+    app.wait_for_final(start_run(app.services, "create", "test").run.run_id)
+    run = app.wait_for_final(start_run(app.services, "update", "test").run.run_id)
 
     users = app.braze_users()
     assert set(users) == {"known"}

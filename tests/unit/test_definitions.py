@@ -67,30 +67,40 @@ def test_every_problem_is_reported_with_its_path() -> None:
     assert str(caught.value).startswith("exports.json has 7 problem(s)")
 
 
-def test_cross_references_and_duplicates() -> None:
-    doc = _doc(connection="staging")
-    doc["exports"].append(dict(doc["exports"][0]))
+def test_cross_references_are_reported_with_field_errors_each_at_its_path() -> None:
+    doc = _doc(connection="staging", chunk_size=1)
+    doc["exports"].append(dict(doc["exports"][0], chunk_size=3000))
     with pytest.raises(DefinitionsError) as caught:
         parse_definitions(json.dumps(doc))
-    text = " ".join(caught.value.problems)
-    assert "export name 'weekly-vip' is used twice" in text
-    assert "uses connection 'staging', which is not defined" in text
+    assert caught.value.problems == [
+        "exports[0] (weekly-vip).chunk_size: Input should be greater than or equal to 75",
+        "exports[1] (weekly-vip).name: already used by exports[0]",
+        "exports[0] (weekly-vip).connection: 'staging' is not a defined connection",
+        "exports[1] (weekly-vip).connection: 'staging' is not a defined connection",
+    ]
 
 
-def test_reserved_and_clashing_attribute_names_are_refused() -> None:
+def test_reserved_and_clashing_attribute_names_are_both_refused() -> None:
     doc = _doc(membership_attribute="loyalty_points")
     doc["exports"][0]["mapping"]["attributes"].append({"column": "Mail", "attribute": "email"})
     with pytest.raises(DefinitionsError) as caught:
         parse_definitions(json.dumps(doc))
-    text = " ".join(caught.value.problems)
-    assert "'email' is a reserved Braze field" in text
+    assert caught.value.problems == [
+        "exports[0] (weekly-vip).mapping.attributes[1].attribute: "
+        "'email' is a reserved Braze field, not a custom attribute",
+        "exports[0] (weekly-vip): attribute names used more than once: loyalty_points",
+    ]
 
 
-def test_attribute_used_twice() -> None:
-    with pytest.raises(
-        DefinitionsError, match="attribute names used more than once: loyalty_points"
-    ):
-        parse_definitions(json.dumps(_doc(membership_attribute="loyalty_points")))
+def test_schedule_and_drop_are_checked() -> None:
+    doc = _doc(schedule="0 0 2 * *", drop={"container": "other", "path": "ci/*.csv"})
+    with pytest.raises(DefinitionsError) as caught:
+        parse_definitions(json.dumps(doc))
+    text = "\n".join(caught.value.problems)
+    assert "exports[0] (weekly-vip).schedule: is not a six-field NCRONTAB expression" in text
+    assert "exports[0] (weekly-vip).drop.container: drops are watched in the 'segments'" in text
+    ok = parse_definitions(json.dumps(_doc(schedule="0 0 2 * * *", drop={"path": "ci/*.csv"})))
+    assert ok.exports[0].drop is not None and ok.exports[0].drop.container == "segments"
 
 
 def test_plain_http_only_for_loopback() -> None:
@@ -111,7 +121,14 @@ def test_not_json_names_the_position() -> None:
 
 @pytest.mark.parametrize(
     ("path", "expected"),
-    [("a.csv", "csv"), ("a.CSV.gz", "csv"), ("a.jsonl", "jsonl"), ("a.ndjson.gz", "jsonl")],
+    [
+        ("a.csv", "csv"),
+        ("a.CSV.gz", "csv"),
+        ("a.jsonl", "jsonl"),
+        ("a.ndjson.gz", "jsonl"),
+        ("a.json", "jsonl"),
+        ("ci/seg/model.json", "cdm"),
+    ],
 )
 def test_format_is_inferred_from_the_name(path: str, expected: str) -> None:
     export = parse_definitions(json.dumps(_doc(source={"container": "seg", "path": path})))

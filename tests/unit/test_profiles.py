@@ -99,3 +99,21 @@ def test_stream_is_not_read_ahead_of_need() -> None:
     reader = iter(RecordReader(open_lines(pieces()), "jsonl"))
     assert next(reader).values == {"id": 0}
     assert len(consumed) < 200
+
+
+def test_headerless_csv_with_given_columns_delimiter_and_no_quoting() -> None:
+    """Columns described elsewhere (CDM): no header row, a chosen delimiter, literal quotes."""
+    lines = open_lines([b'1;"Bob" Smith\n\n2;x;y\n3;a,b\n'])
+    reader = RecordReader(lines, "csv", columns=["id", "name"], delimiter=";", quoting=False)
+    assert reader.columns == ["id", "name"]
+    records = list(reader)
+    assert [r.line for r in records] == [1, 3, 4]
+    assert records[0].values == {"id": "1", "name": '"Bob" Smith'}
+    assert records[1].problem == "has 3 fields but 2 are expected"
+    assert records[2].values == {"id": "3", "name": "a,b"}
+
+
+def test_header_is_split_on_the_given_delimiter() -> None:
+    reader = RecordReader(open_lines([b'id\tname\n1\t"a\tb"\n']), "csv", delimiter="\t")
+    assert reader.columns == ["id", "name"]
+    assert [r.values for r in reader] == [{"id": "1", "name": "a\tb"}]

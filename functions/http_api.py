@@ -1,0 +1,44 @@
+"""HTTP routes: start a run on demand, and read runs and exports (auth level FUNCTION)."""
+
+import azure.functions as func
+
+from shared import api
+from shared.services import app_services
+
+bp = func.Blueprint()
+
+
+def _respond(result: api.ApiResponse) -> func.HttpResponse:
+    return func.HttpResponse(
+        result.json(),
+        status_code=result.status,
+        headers=result.headers,
+        mimetype="application/json",
+    )
+
+
+@bp.function_name("start_export_run")
+@bp.route(route="exports/{name}/runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def start_export_run(req: func.HttpRequest) -> func.HttpResponse:
+    """202 with the run and a Location header; 409 while the export has a run in progress."""
+    return _respond(api.start_export_run(app_services(), req.route_params["name"], req.get_body()))
+
+
+@bp.function_name("list_export_runs")
+@bp.route(route="exports/{name}/runs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def list_export_runs(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(
+        api.list_export_runs(app_services(), req.route_params["name"], req.params.get("limit"))
+    )
+
+
+@bp.function_name("list_exports")
+@bp.route(route="exports", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def list_exports(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.list_exports(app_services()))
+
+
+@bp.function_name("get_run")
+@bp.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def get_run(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.get_run(app_services(), req.route_params["run_id"]))

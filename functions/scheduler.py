@@ -1,0 +1,23 @@
+"""Timer: every minute, start the scheduled exports whose slot has come."""
+
+import logging
+
+import azure.functions as func
+
+from shared.runs import utcnow
+from shared.services import app_services
+from shared.triggers import schedule_tick
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+@bp.function_name("schedule_exports")
+@bp.timer_trigger(arg_name="timer", schedule="0 * * * * *", run_on_startup=False, use_monitor=True)
+def schedule_exports(timer: func.TimerRequest) -> None:
+    """Idempotent per slot: a late, repeated or concurrent tick starts each slot's run once."""
+    if timer.past_due:
+        log.info("scheduler tick is late; missed slots run once now")
+    outcomes = schedule_tick(app_services(), utcnow())
+    for export_name, outcome in outcomes.items():
+        log.info("schedule: export %s -> %s", export_name, outcome)

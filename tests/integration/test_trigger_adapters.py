@@ -1,0 +1,259 @@
+"""The three ways in, end to end through the local host: HTTP routes, the timer, blob drops."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+
+from devtools.sample import make_segment
+from shared.runs import Run, Status, utcnow
+from shared.schedule import latest_slot, slot_run_id
+from tests.integration.conftest import App, LocalHost, export_definition
+
+
+@pytest.fixture
+def host(local_host: LocalHost, app: App) -> LocalHost:
+    return local_host
+
+
+@pytest.fixture
+def segment(app: App) -> Any:
+    sample = make_segment(200, invalid_every=1000, id_prefix="adapt")
+    app.upload("adapt/seg.csv", sample.data)
+    return sample
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 120) -> Any:
+    """Poll for an outcome; the deadline only bounds a hang, it asserts no speed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _log_lines(host: LocalHost, pattern: str) -> list[str]:
+    return [line for line in list(host.output) if re.search(pattern, line)]
+
+
+# ---- HTTP ------------------------------------------------------------------------------------
+
+
+def test_post_starts_a_run_that_can_be_followed(app: App, host: LocalHost, segment: Any) -> None:
+    app.define([export_definition("http-ok", "adapt/seg.csv", "HTTP", schedule="0 0 2 * * *")])
+
+    response = requests.post(
+        f"{host.url}/api/exports/http-ok/runs", json={"dry_run": False}, timeout=30
+    )
+
+    assert response.status_code == 202, response.text
+    started = response.json()
+    assert started["status"] == "queued" and started["trigger"] == "http"
+    assert response.headers["Location"] == f"/api/runs/{started['run_id']}"
+
+    def finished() -> dict[str, Any] | None:
+        body = requests.get(host.url + response.headers["Location"], timeout=30).json()
+        return body if body["status"] in ("succeeded", "partially_succeeded", "failed") else None
+
+    final = _wait_for(finished, "the run to finish")
+    assert final["status"] == "succeeded"
+    assert final["profiles_accepted"] == len(segment.expected)
+    assert final["links"]["report"].endswith(f"runs/{started['run_id']}/report.json")
+
+    exports = requests.get(f"{host.url}/api/exports", timeout=30).json()["exports"]
+    (listed,) = [e for e in exports if e["name"] == "http-ok"]
+    assert listed["last_run"]["run_id"] == started["run_id"]
+    assert listed["schedule"] == "0 0 2 * * *"
+    assert datetime.fromisoformat(listed["next_due"]) > datetime.now(UTC)
+    history = requests.get(f"{host.url}/api/exports/http-ok/runs?limit=1", timeout=30).json()
+    assert [r["run_id"] for r in history["runs"]] == [started["run_id"]]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("POST", "/api/exports/Bad_Name/runs", b"", 400, "invalid_name"),
+        ("POST", "/api/exports/no-such-export/runs", b"", 404, "export_not_found"),
+        ("POST", "/api/exports/http-err/runs", b"{not json", 400, "invalid_body"),
+        ("POST", "/api/exports/http-err/runs", b'{"dry_run": "yes"}', 400, "invalid_body"),
+        ("POST", "/api/exports/http-err/runs", b'{"surprise": true}', 400, "invalid_body"),
+        ("POST", "/api/exports/http-err/runs", b"[1]", 400, "invalid_body"),
+        ("POST", "/api/exports/http-err/runs", b" " * 20_000, 413, "body_too_large"),
+        ("GET", "/api/runs/no-such-run", b"", 404, "run_not_found"),
+        ("GET", "/api/runs/..%2F..%2Fetc", b"", 400, "invalid_run_id"),
+        ("GET", "/api/exports/http-err/runs?limit=0", b"", 400, "invalid_limit"),
+        ("GET", "/api/exports/http-err/runs?limit=many", b"", 400, "invalid_limit"),
+        ("GET", "/api/exports/no-such-export/runs", b"", 404, "export_not_found"),
+    ],
+)
+def test_bad_requests_get_the_documented_error_and_start_nothing(
+    app: App, host: LocalHost, method: str, path: str, body: bytes, status: int, code: str
+) -> None:
+    app.define([export_definition("http-err", "adapt/seg.csv", "E")])
+    response = requests.request(method, host.url + path, data=body, timeout=30)
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert payload["error"] == code and payload["message"]
+    assert app.services.runs.list_runs("http-err") == []
+
+
+def test_busy_export_is_409_and_options_are_recorded(app: App, host: LocalHost) -> None:
+    app.define([export_definition("http-busy", "adapt/seg.csv", "B")])
+    held = Run("http-busy-held", "http-busy", "B", "sandbox", "segments/x.csv", "test")
+    app.services.runs.claim_export("http-busy", held.run_id)
+    held.status = Status.DELIVERING
+    app.services.runs.create(held)
+
+    response = requests.post(f"{host.url}/api/exports/http-busy/runs", timeout=30)
+
+    assert response.status_code == 409
+    assert response.json()["error"] == "export_busy"
+    assert response.json()["active_run"]["run_id"] == "http-busy-held"
+    assert [r.run_id for r in app.services.runs.list_runs("http-busy")] == ["http-busy-held"]
+
+
+def test_dry_run_and_full_refresh_options_are_accepted(
+    app: App, host: LocalHost, segment: Any
+) -> None:
+    app.define([export_definition("http-opts", "adapt/seg.csv", "O")])
+    response = requests.post(
+        f"{host.url}/api/exports/http-opts/runs",
+        json={"dry_run": True, "full_refresh": True},
+        timeout=30,
+    )
+    assert response.status_code == 202
+    run = app.services.runs.get(response.json()["run_id"])
+    assert run is not None and run.dry_run and run.full_refresh
+    app.wait_for_final(run.run_id)
+
+
+# ---- Timer -----------------------------------------------------------------------------------
+
+
+def test_timer_fired_twice_and_concurrently_starts_one_run_per_slot(
+    app: App, host: LocalHost, segment: Any
+) -> None:
+    schedule = "0 */5 * * * *"
+    app.define([export_definition("timed", "adapt/seg.csv", "T", schedule=schedule)])
+    slot = latest_slot(schedule, utcnow())
+    app.services.runs.set_last_slot("timed", slot - timedelta(hours=2))  # missed while "down"
+
+    def fire() -> None:
+        admin = f"{host.url}/admin/functions/schedule_exports"
+        assert requests.post(admin, json={"input": ""}, timeout=30).status_code == 202
+
+    threads = [threading.Thread(target=fire) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    fire()
+
+    _wait_for(lambda: len(_log_lines(host, r"schedule: export timed -> ")) >= 4, "4 ticks")
+    outcomes = _log_lines(host, r"schedule: export timed -> ")
+    assert sum("-> started" in line for line in outcomes) == 1, outcomes
+    (run,) = app.services.runs.list_runs("timed")
+    assert run.run_id == slot_run_id("timed", latest_slot(schedule, run.created_at))
+    runs = [run]
+    assert runs[0].trigger == "schedule"
+    assert app.wait_for_final(runs[0].run_id).status == Status.SUCCEEDED
+
+
+# ---- Blob drop -------------------------------------------------------------------------------
+
+
+def _blob_event(app: App, name: str) -> list[dict[str, Any]]:
+    url = app.services.storage.container("segments").get_blob_client(name).url
+    props = app.services.storage.container("segments").get_blob_client(name).get_blob_properties()
+    return [
+        {
+            "id": str(uuid.uuid4()),
+            "topic": "/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/"
+            "storageAccounts/devstoreaccount1",
+            "subject": f"/blobServices/default/containers/segments/blobs/{name}",
+            "eventType": "Microsoft.Storage.BlobCreated",
+            "eventTime": utcnow().isoformat(),
+            "dataVersion": "",
+            "metadataVersion": "1",
+            "data": {
+                "api": "PutBlob",
+                "contentType": "text/csv",
+                "contentLength": props.size,
+                "blobType": "BlockBlob",
+                "eTag": props.etag,
+                "url": url,
+                "sequencer": "0" * 32,
+            },
+        }
+    ]
+
+
+def _post_event(host: LocalHost, events: list[dict[str, Any]]) -> None:
+    webhook = f"{host.url}/runtime/webhooks/blobs?functionName=Host.Functions.segment_dropped"
+    response = requests.post(
+        webhook, data=json.dumps(events), headers={"aeg-event-type": "Notification"}, timeout=30
+    )
+    assert response.status_code in (200, 202), response.text
+
+
+def test_a_dropped_file_starts_its_export_with_that_file(
+    app: App, host: LocalHost, segment: Any
+) -> None:
+    app.define(
+        [export_definition("dropper", "adapt/seg.csv", "Drop", drop={"path": "adapt/in/*.csv"})]
+    )
+    app.upload("adapt/in/today.csv", segment.data)  # the local Event Grid stand-in notices it
+
+    run = _wait_for(lambda: app.services.runs.list_runs("dropper"), "a run from the drop")[0]
+    assert (run.trigger, run.source) == ("blob", "segments/adapt/in/today.csv")
+    assert app.wait_for_final(run.run_id).profiles_accepted == len(segment.expected)
+
+
+def test_the_same_event_twice_and_an_unchanged_reupload_start_one_run(
+    app: App, host: LocalHost, segment: Any
+) -> None:
+    app.define(
+        [export_definition("twice", "adapt/seg.csv", "Twice", drop={"path": "adapt/twice/*"})]
+    )
+    app.upload("adapt/twice/a.csv", segment.data)
+    event = _blob_event(app, "adapt/twice/a.csv")
+    _post_event(host, event)
+    _post_event(host, event)
+    app.upload("adapt/twice/a.csv", segment.data)  # same bytes, new ETag
+
+    pattern = r"drop segments/adapt/twice/a\.csv -> export twice: "
+    _wait_for(lambda: len(_log_lines(host, pattern)) >= 3, "three deliveries of the drop")
+    outcomes = _log_lines(host, pattern)
+    assert sum(line.rstrip().endswith("started") for line in outcomes) == 1, outcomes
+    assert len(app.services.runs.list_runs("twice")) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("adapt/ign/empty.csv", b"", "it is empty"),
+        ("adapt/ign/upload.csv.tmp", b"x", "temporary or hidden"),
+        ("elsewhere/unmatched.csv", b"x", "no export's drop pattern matches it"),
+    ],
+)
+def test_ignored_drops_say_why_and_start_nothing(
+    app: App, host: LocalHost, name: str, data: bytes, reason: str
+) -> None:
+    app.define([export_definition("ignorer", "adapt/seg.csv", "I", drop={"path": "adapt/ign/*"})])
+    app.upload(name, data)
+    _post_event(host, _blob_event(app, name))
+    line = _wait_for(
+        lambda: _log_lines(host, rf"ignored segments/{re.escape(name)}: "), "the ignore log line"
+    )
+    assert reason in line[0]
+    assert app.services.runs.list_runs("ignorer") == []

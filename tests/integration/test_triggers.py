@@ -1,0 +1,157 @@
+"""How runs start, on Azurite with the local host delivering: one trigger, one run."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from devtools.sample import make_segment
+from shared.reporting import maybe_finalize
+from shared.runs import ExportBusy, Run, Status, utcnow
+from shared.schedule import latest_slot, slot_run_id
+from shared.triggers import blob_version, handle_drop, schedule_tick, start_or_defer, start_run
+from tests.integration.conftest import App, export_definition
+
+
+def _concurrently(count: int, work: Any) -> list[Any]:
+    results: list[Any] = []
+    barrier = threading.Barrier(count)
+
+    def call() -> None:
+        barrier.wait()
+        results.append(work())
+
+    threads = [threading.Thread(target=call) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def _runs_of(app: App, export_name: str) -> list[Run]:
+    return app.services.runs.list_runs(export_name, limit=100)
+
+
+@pytest.fixture
+def small_segment(app: App) -> Any:
+    sample = make_segment(300, invalid_every=1000, id_prefix="trig")
+    app.upload("trig/seg.csv", sample.data)
+    return sample
+
+
+def test_a_missed_slot_runs_once_however_often_and_concurrently_the_timer_fires(
+    app: App, small_segment: Any
+) -> None:
+    app.define([export_definition("hourly", "trig/seg.csv", "Hourly", schedule="0 0 * * * *")])
+    now = utcnow()
+    assert schedule_tick(app.services, now) == {"hourly": "baseline"}
+    assert _runs_of(app, "hourly") == []
+
+    # The app was "down" for three slots: the state still says three hours ago.
+    app.services.runs.set_last_slot("hourly", latest_slot("0 0 * * * *", now) - timedelta(hours=3))
+    outcomes = _concurrently(6, lambda: schedule_tick(app.services, now))
+    outcomes += [schedule_tick(app.services, now + timedelta(seconds=30))]
+
+    (run,) = _runs_of(app, "hourly")
+    assert run.run_id == slot_run_id("hourly", latest_slot("0 0 * * * *", now))
+    assert run.trigger == "schedule"
+    started = [o["hourly"] for o in outcomes if o]
+    assert started.count("started") == 1, outcomes
+    assert app.wait_for_final(run.run_id).status == Status.SUCCEEDED
+    assert len(app.braze_users()) == len(small_segment.expected)
+
+
+def test_on_demand_start_is_refused_while_a_run_is_active(app: App, small_segment: Any) -> None:
+    app.define([export_definition("busy", "trig/seg.csv", "Busy")])
+    _hold_export(app, "busy")
+    with pytest.raises(ExportBusy, match="already has run busy-held"):
+        start_run(app.services, "busy", "cli")
+    assert [r.run_id for r in _runs_of(app, "busy")] == ["busy-held"]
+
+
+def test_concurrent_on_demand_starts_create_exactly_one_run(app: App, small_segment: Any) -> None:
+    app.define([export_definition("race-start", "trig/seg.csv", "Race")])
+
+    def attempt() -> str:
+        try:
+            return start_run(app.services, "race-start", "http").run.run_id
+        except ExportBusy:
+            return "busy"
+
+    results = _concurrently(5, attempt)
+    assert results.count("busy") == 4, results
+    runs = _runs_of(app, "race-start")
+    assert len(runs) == 1, [(r.run_id, r.trigger, r.created_at) for r in runs]
+    (run,) = runs
+    app.wait_for_final(run.run_id)
+
+
+def test_a_drop_while_busy_is_deferred_and_starts_when_the_run_ends(
+    app: App, small_segment: Any
+) -> None:
+    app.define(
+        [export_definition("defer", "trig/seg.csv", "Defer", drop={"path": "trig/drops/*.csv"})]
+    )
+    held = _hold_export(app, "defer")
+    app.upload("trig/drops/new.csv", small_segment.data)
+
+    outcome = handle_drop(
+        app.services, "segments", "trig/drops/new.csv", 100, _version(app, "trig/drops/new.csv")
+    )
+    assert outcome == {"defer": "deferred"}
+    assert len(_runs_of(app, "defer")) == 1
+
+    # The active run ends: its finalization starts the deferred one.
+    held.status, held.chunks_total = Status.DELIVERING, 0
+    app.services.runs.update(held)
+    assert maybe_finalize(held.run_id, app.services)
+    deferred = [r for r in _runs_of(app, "defer") if r.run_id != held.run_id]
+    assert [(r.trigger, r.source) for r in deferred] == [("blob", "segments/trig/drops/new.csv")]
+    assert app.wait_for_final(deferred[0].run_id).profiles_accepted == len(small_segment.expected)
+    assert app.services.runs.pending_start("defer") is None
+
+
+def test_the_same_drop_twice_is_one_run(app: App, small_segment: Any) -> None:
+    app.define([export_definition("dropped", "trig/seg.csv", "D", drop={"path": "trig/in/*.csv"})])
+    app.upload("trig/in/a.csv", small_segment.data)  # the local host's watcher delivers it too
+    version = _version(app, "trig/in/a.csv")
+    outcomes = _concurrently(
+        4, lambda: handle_drop(app.services, "segments", "trig/in/a.csv", 100, version)
+    )
+    assert [o["dropped"] for o in outcomes].count("started") <= 1
+    (run,) = _runs_of(app, "dropped")
+    app.wait_for_final(run.run_id)
+    again = handle_drop(app.services, "segments", "trig/in/a.csv", 100, version)
+    assert again == {"dropped": "duplicate"}
+    assert len(_runs_of(app, "dropped")) == 1
+
+
+def test_deferred_start_uses_the_newest_drop(app: App, small_segment: Any) -> None:
+    app.define([export_definition("newest", "trig/seg.csv", "N", drop={"path": "trig/n/*.csv"})])
+    _hold_export(app, "newest")
+    for name in ("trig/n/1.csv", "trig/n/2.csv"):
+        assert start_or_defer(app.services, "newest", "blob", run_id=f"newest-{name[-5]}") == (
+            "deferred"
+        )
+    pending = app.services.runs.pending_start("newest")
+    assert pending is not None and pending.run_id == "newest-2"
+
+
+def _version(app: App, name: str) -> str:
+    properties = (
+        app.services.storage.container("segments").get_blob_client(name).get_blob_properties()
+    )
+    return blob_version(properties.content_settings.content_md5, properties.etag)
+
+
+def _hold_export(app: App, export_name: str) -> Run:
+    """An active run that never progresses, so the export stays busy for the test."""
+    run = Run(f"{export_name}-held", export_name, "S", "sandbox", "segments/x.csv", "test")
+    app.services.runs.claim_export(export_name, run.run_id)
+    run.status = Status.PLANNING
+    app.services.runs.create(run)
+    return run
