@@ -36,7 +36,8 @@ def test_a_slot_at_exactly_now_is_the_latest() -> None:
     ("expression", "valid"),
     [("0 0 2 * * *", True), ("*/10 * * * * *", True), ("0 0 2 * *", False),
      ("0 0 25 * * *", False), ("every day", False), ("0 0 2 1 * MON", False),
-     ("0 0 2 L * *", False), ("0 0 2 ? * *", False), ("0 30 6 * * 1-5", True), ("0 0 6 * JAN MON-FRI", True), ("0 0 6 * * 5L", False)],
+     ("0 0 2 L * *", False), ("0 0 2 ? * *", False), ("0 30 6 * * 1-5", True),
+     ("0 0 6 * JAN MON-FRI", True), ("0 0 6 * * 5L", False)],
 )  # fmt: skip
 def test_schedule_validation(expression: str, valid: bool) -> None:
     assert is_valid(expression) is valid
