@@ -1,8 +1,9 @@
 """`make demo`: export a generated 10,000-profile segment to the local Braze sandbox.
 
-Starts Azurite and the sandbox, uploads a messy sample segment, runs
-`python -m shared export demo-vip` exactly as a user would, then reads profiles back from the
-sandbox and shows a few rejected rows with their reasons.
+Starts Azurite, the sandbox and the local Functions host, uploads a messy sample segment, runs
+`python -m shared export demo-vip` exactly as a user would, reads profiles back from the
+sandbox and shows rejected rows with their reasons; then starts the same export the two other
+ways, an HTTP call and a file dropped into storage, and lists the export with its schedule.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from typing import Any
 
 import requests
 from azure.core.exceptions import ResourceExistsError
@@ -29,11 +32,11 @@ DEFINITIONS = services.ROOT / "examples" / "exports.json"
 
 
 def main() -> int:
-    services.start()
     local_settings = services.ROOT / "local.settings.json"
     if not local_settings.exists():
         shutil.copy(services.ROOT / "local.settings.sample.json", local_settings)
         print(f"created {local_settings.name} from local.settings.sample.json")
+    services.start()
     env = {
         **os.environ,
         "AzureWebJobsStorage": "UseDevelopmentStorage=true",
@@ -49,9 +52,12 @@ def main() -> int:
         f"uploaded {CONTAINER}/{BLOB}: {sample.rows} rows, {len(sample.invalid_lines)} of them "
         "deliberately invalid\n"
     )
-    print("$ python -m shared export demo-vip", flush=True)
+    print("$ python -m shared export demo-vip --host none   # the local host runs already")
+    sys.stdout.flush()
     export = subprocess.run(
-        [sys.executable, "-m", "shared", "export", "demo-vip"], cwd=services.ROOT, env=env
+        [sys.executable, "-m", "shared", "export", "demo-vip", "--host", "none"],
+        cwd=services.ROOT,
+        env=env,
     )
     print(f"(exit code {export.returncode}: 0 succeeded, 1 partially succeeded, 2 failed)\n")
     if export.returncode not in (0, 1):
@@ -59,11 +65,63 @@ def main() -> int:
     _show_profiles(list(sample.expected)[:3])
     (run,) = Services(load_settings(env)).runs.list_runs("demo-vip", limit=1)
     _show_rejected(blobs, RUNS_CONTAINER, run.rejected_blob)
+    _start_over_http()
+    _start_by_dropping_a_file(blobs)
+    _show_exports()
     print(
-        "\nAzurite and the sandbox keep running, and local.settings.json points at them: try "
-        "`.venv/bin/python -m shared runs`.\n`make stop` ends them."
+        "\nAzurite, the sandbox and the local host (http://localhost:7071) keep running, and "
+        "local.settings.json points at them: try `.venv/bin/python -m shared runs`.\n"
+        "`make stop` ends them."
     )
     return 0
+
+
+def _follow(location: str) -> dict[str, Any]:
+    """Poll a run's status URL until it is final (bounded)."""
+    for _ in range(1200):
+        run = requests.get(services.HOST_URL + location, timeout=10).json()
+        if run["status"] in ("succeeded", "partially_succeeded", "failed"):
+            return run
+        time.sleep(0.25)
+    raise SystemExit(f"{location} did not finish")
+
+
+def _start_over_http() -> None:
+    print("\n$ curl -X POST http://localhost:7071/api/exports/demo-vip/runs")
+    response = requests.post(f"{services.HOST_URL}/api/exports/demo-vip/runs", timeout=30)
+    location = response.headers["Location"]
+    print(f"  {response.status_code}, Location: {location}")
+    run = _follow(location)
+    print(f"  {run['run_id']}: {run['status']}, {run['profiles_accepted']} profiles accepted")
+
+
+def _start_by_dropping_a_file(blobs: BlobServiceClient) -> None:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    name = f"drops/vip/vip-customers-{stamp}.csv"
+    # New content each time: an unchanged file dropped again is, by design, the same run.
+    refresh = make_segment(2_000, segment="VIP Customers", seed=int(time.time()), id_prefix="drop")
+    print(f"\n$ upload segments/{name}   # matches the export's drop pattern drops/vip/*.csv")
+    blobs.get_blob_client(CONTAINER, name).upload_blob(refresh.data, overwrite=True)
+    for _ in range(1200):
+        history = requests.get(
+            f"{services.HOST_URL}/api/exports/demo-vip/runs?limit=1", timeout=10
+        ).json()["runs"]
+        if history and history[0]["trigger"] == "blob":
+            run = _follow(history[0]["links"]["self"])
+            print(f"  {run['run_id']} (trigger blob, source {run['source']}): {run['status']}")
+            return
+        time.sleep(0.25)
+    raise SystemExit("the drop did not start a run")
+
+
+def _show_exports() -> None:
+    print("\n$ curl http://localhost:7071/api/exports")
+    for export in requests.get(f"{services.HOST_URL}/api/exports", timeout=10).json()["exports"]:
+        print(
+            f"  {export['name']}: schedule {export['schedule']} (next {export['next_due']}), "
+            f"drop {export['drop']['path'] if export['drop'] else None}, last run "
+            f"{export['last_run']['run_id']} ({export['last_run']['status']})"
+        )
 
 
 def _show_profiles(customer_ids: list[str]) -> None:

@@ -1,7 +1,9 @@
-"""Start and stop the local services the demo uses: Azurite and the Braze sandbox.
+"""Start and stop the local services the demo uses: Azurite, the Braze sandbox, the local host.
 
-They listen on fixed loopback ports (Azurite's defaults 10000-10002, the sandbox on 8480) and
-keep running after the demo so you can explore with `python -m shared runs`; `make stop` ends them.
+They listen on fixed loopback ports (Azurite's defaults 10000-10002, the sandbox on 8480, the
+local Functions host on Core Tools' 7071) and keep running after the demo so you can explore:
+`python -m shared runs`, `curl localhost:7071/api/exports`, drop a file. `make stop` ends them.
+The local host reads local.settings.json, which the demo creates from the sample.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ SANDBOX_PORT = 8480
 SANDBOX_URL = f"http://127.0.0.1:{SANDBOX_PORT}"
 SANDBOX_KEY = "demo-sandbox-key"
 AZURITE_PORTS = (10000, 10001, 10002)
+HOST_PORT = 7071
+HOST_URL = f"http://127.0.0.1:{HOST_PORT}"
 
 
 def _listening(port: int) -> bool:
@@ -74,10 +78,15 @@ def start() -> None:
         ],
         (SANDBOX_PORT,),
     )
+    _spawn(
+        "devhost",
+        [sys.executable, "-m", "devhost", "--app-dir", str(ROOT), "--port", str(HOST_PORT)],
+        (HOST_PORT,),
+    )
 
 
 def stop() -> None:
-    for name in ("braze-sandbox", "azurite"):
+    for name in ("devhost", "braze-sandbox", "azurite"):
         pid_file = STATE / f"{name}.pid"
         if not pid_file.exists():
             continue

@@ -94,7 +94,7 @@ def _start_local_host() -> subprocess.Popen[bytes]:
     log_path = PROJECT_ROOT / ".devhost.log"
     with log_path.open("wb") as log_file:
         host = subprocess.Popen(
-            [sys.executable, "-m", "devhost", "--app-dir", str(PROJECT_ROOT)],
+            [sys.executable, "-m", "devhost", "--app-dir", str(PROJECT_ROOT), "--port", "0"],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
