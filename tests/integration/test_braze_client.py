@@ -95,3 +95,14 @@ def test_rate_limit_headers_keep_the_client_within_budget(braze: Sandbox) -> Non
     assert limits["windows_over_budget"] == 0
     assert limits["requests_while_blocked"] == 0
     assert _stats(braze)["throttled_total"] == 0
+
+
+def test_429_bursts_are_waited_out_never_retried_early(braze: Sandbox) -> None:
+    _configure(braze, "faults", fault_429_burst=0.3, fault_429_burst_seconds=1, seed=3)
+    client = BrazeClient(braze.url, lambda refresh: KEY)  # real sleeps: it must really wait
+    for batch in range(8):
+        assert client.track(_objects(5, f"t{batch}")).status == 201
+    stats = _stats(braze)
+    assert stats["throttled_total"] > 0
+    assert stats["rate_limit"]["requests_while_blocked"] == 0
+    assert stats["users"] == 40

@@ -104,11 +104,32 @@ def test_gzipped_json_lines_source(app: App) -> None:
 
     run = app.wait_for_final(start_run(app.services, "jsonl", "test").run.run_id)
 
+    assert run.status == Status.PARTIALLY_SUCCEEDED
+    assert (run.rows_read, run.rows_valid, run.profiles_accepted) == (3, 2, 2)
     users = app.braze_users()
     assert users["101"]["loyalty_points"] == 7 and users["101"]["is_vip"] is True
     assert users["102"]["note"] == 'line\nbreak, "quoted" ✓'
     assert "103" not in users
     assert [r["codes"] for r in _rejected(app, run)] == [["attribute_type"]]
+
+
+def test_an_invalid_row_does_not_claim_its_id_for_the_duplicate_rule(app: App) -> None:
+    rows = [
+        "CustomerId,Email,FirstName,LoyaltyPoints,IsVip,BirthDate,Note",
+        "dup,not an email,First,1,true,1990-01-01,",
+        "dup,second@example.com,Second,2,true,1990-01-01,",
+        "dup,third@example.com,Third,3,true,1990-01-01,",
+    ]
+    app.upload("e2e/dups.csv", ("\n".join(rows) + "\n").encode())
+    app.define([export_definition("dups", "e2e/dups.csv", "S")])
+
+    run = app.wait_for_final(start_run(app.services, "dups", "test").run.run_id)
+
+    assert app.braze_users()["dup"]["first_name"] == "Second"
+    assert [(r["line"], r["codes"]) for r in _rejected(app, run)] == [
+        (2, ["email_invalid"]),
+        (4, ["duplicate_customer_id"]),
+    ]
 
 
 def test_update_existing_only_does_not_create_users(app: App) -> None:

@@ -1,0 +1,178 @@
+"""Queue redelivery and poison, in process on Azurite: no row lost, none counted twice.
+
+The functions are called directly here (as the host would call them again after a crash or a
+timeout) so each attempt is deterministic; the Braze sandbox answers over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from azure.functions.queue import QueueMessage
+
+from devtools.processes import Azurite, Sandbox, start_azurite
+from devtools.sample import make_segment
+from functions.delivery import deliver
+from functions.planning import plan_export
+from shared.config import CHUNKS_QUEUE
+from shared.delivery import deliver_chunk
+from shared.messages import ChunkJob, ExportJob
+from shared.planner import chunk_blob_name, plan_run
+from shared.runs import Run, Status
+from shared.storage import Storage
+from tests.integration.conftest import SANDBOX_KEY, App, export_definition
+
+
+@pytest.fixture(scope="module")
+def own_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """A storage account of these tests' own, which no local host listens to."""
+    running = start_azurite(tmp_path_factory.mktemp("quiet-azurite"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def quiet_app(
+    own_storage: Azurite, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
+) -> App:
+    """Each test drives the functions itself, exactly as the host would call them."""
+    definitions = tmp_path_factory.mktemp("quiet") / "exports.json"
+    env = {
+        "AzureWebJobsStorage": own_storage.connection_string,
+        "EXPORT_DEFINITIONS_PATH": str(definitions),
+        "BRAZE_SECRET_BRAZE_SANDBOX_KEY": SANDBOX_KEY,
+    }
+    app = App(env, definitions, sandbox)
+    app.services.ensure_resources()
+    app.reset_sandbox()
+    return app
+
+
+def _new_run(app: App, name: str, path: str, rows: int, **overrides: Any) -> tuple[Run, Any]:
+    sample = make_segment(rows, invalid_every=1000, id_prefix=name)
+    app.upload(path, sample.data)
+    app.define([export_definition(name, path, "R", chunk_size=100, **overrides)])
+    run = Run(f"{name}-run", name, "R", "sandbox", f"segments/{path}", "test")
+    app.services.runs.claim_export(name, run.run_id)
+    app.services.runs.create(run)
+    return run, sample
+
+
+def _chunk_jobs(app: App, run_id: str) -> list[ChunkJob]:
+    """Take this run's chunk messages off the queue (others are left alone)."""
+    queue = app.services.storage.queue(CHUNKS_QUEUE)
+    jobs = []
+    for message in queue.receive_messages(messages_per_page=32, visibility_timeout=1):
+        job = ChunkJob.from_json(message.content)
+        if job.run_id == run_id:
+            jobs.append(job)
+            queue.delete_message(message)
+    return sorted(jobs, key=lambda j: j.chunk_index)
+
+
+class FlakyStorage(Storage):
+    """Fails one chunk upload, as a storage outage would mid-plan (no local equivalent)."""
+
+    def __init__(self, real: Storage, fail_on: str) -> None:
+        self.__dict__.update(real.__dict__)
+        self._fail_on = fail_on
+
+    def write_bytes(self, container: str, name: str, data: Any, content_type: str) -> None:
+        if name == self._fail_on:
+            self._fail_on = ""
+            raise ConnectionError("storage went away")
+        super().write_bytes(container, name, data, content_type)
+
+
+def test_a_plan_retried_after_a_transient_error_loses_no_row(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, sample = _new_run(quiet_app, "replan", "redeliver/replan.csv", 250)
+    flaky = FlakyStorage(quiet_app.services.storage, chunk_blob_name(run.run_id, 1))
+    monkeypatch.setattr(quiet_app.services, "storage", flaky)
+
+    with pytest.raises(ConnectionError):
+        plan_run(ExportJob(run.run_id, "replan"), quiet_app.services)
+    first = _chunk_jobs(quiet_app, run.run_id)
+    assert [j.rows for j in first] == [100]  # chunk 0 went out; no partial chunk 1
+    deliver_chunk(first[0], quiet_app.services)
+
+    plan_run(ExportJob(run.run_id, "replan"), quiet_app.services)  # the queue's retry
+    second = _chunk_jobs(quiet_app, run.run_id)
+    assert [(j.chunk_index, j.rows) for j in second] == [(1, 100), (2, 50)]  # 0 is done
+    for job in second:
+        deliver_chunk(job, quiet_app.services)
+
+    final = quiet_app.services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.SUCCEEDED
+    assert final.profiles_accepted == final.rows_valid == len(sample.expected) == 250
+    assert set(quiet_app.braze_users()) == set(sample.expected)
+
+
+def test_a_redelivered_chunk_is_not_sent_or_counted_twice(quiet_app: App) -> None:
+    run, _ = _new_run(quiet_app, "twice", "redeliver/twice.csv", 150)
+    plan_run(ExportJob(run.run_id, "twice"), quiet_app.services)
+    jobs = _chunk_jobs(quiet_app, run.run_id)
+    deliver_chunk(jobs[0], quiet_app.services)
+    sent = len(quiet_app.sandbox_requests())
+    deliver_chunk(jobs[0], quiet_app.services)  # duplicate delivery of the same message
+    assert len(quiet_app.sandbox_requests()) == sent
+    deliver_chunk(jobs[1], quiet_app.services)
+    final = quiet_app.services.runs.get(run.run_id)
+    assert (
+        final is not None and final.profiles_accepted == 150 and final.requests_sent == 3
+    )  # 75+25, 50
+
+
+def _message(job: ExportJob | ChunkJob, dequeue_count: int) -> QueueMessage:
+    return QueueMessage(id="m", body=job.to_json().encode(), dequeue_count=dequeue_count)
+
+
+def test_a_chunk_that_fails_every_attempt_ends_the_run_with_its_rows_reported(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, _ = _new_run(quiet_app, "poison", "redeliver/poison.csv", 150)
+    monkeypatch.setattr("functions.delivery.app_services", lambda: quiet_app.services)
+    plan_run(ExportJob(run.run_id, "poison"), quiet_app.services)
+    good, bad = _chunk_jobs(quiet_app, run.run_id)
+    deliver(_message(good, 1))
+    requests_before = len(quiet_app.sandbox_requests())
+    broken = ChunkJob(bad.run_id, bad.export_name, bad.chunk_index, bad.blob_name, bad.rows + 1)
+    attempts = quiet_app.services.settings.max_dequeue_count
+    for attempt in range(1, attempts + 1):
+        with pytest.raises(ValueError, match="holds 50 profiles but was planned with 51"):
+            deliver(_message(broken, attempt))
+        status = quiet_app.services.runs.get(run.run_id).status  # type: ignore[union-attr]
+        assert (status == Status.PARTIALLY_SUCCEEDED) == (attempt == attempts)
+    assert len(quiet_app.sandbox_requests()) == requests_before
+
+    final = quiet_app.services.runs.get(run.run_id)
+    assert final is not None
+    assert (final.profiles_accepted, final.profiles_rejected_by_braze) == (100, 50)
+    rejected = [json.loads(x) for x in quiet_app.blob_text(final.rejected_blob).splitlines()]
+    assert len(rejected) == 50
+    assert {r["codes"][0] for r in rejected} == {"delivery_failed"}
+    assert "after every retry" in rejected[0]["reasons"][0]
+
+
+def test_a_plan_that_fails_every_attempt_ends_the_run_saying_why(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, _ = _new_run(quiet_app, "plandead", "redeliver/plandead.csv", 120)
+    monkeypatch.setattr("functions.planning.app_services", lambda: quiet_app.services)
+
+    def broken_plan(*args: object) -> None:
+        raise ConnectionError("table storage unreachable")
+
+    monkeypatch.setattr("functions.planning.plan_run", broken_plan)
+    attempts = quiet_app.services.settings.max_dequeue_count
+    for attempt in range(1, attempts + 1):
+        with pytest.raises(ConnectionError):
+            plan_export(_message(ExportJob(run.run_id, "plandead"), attempt))
+    final = quiet_app.services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.FAILED
+    assert "planning failed after every retry: ConnectionError" in final.message
+    assert final.rows_read == final.rows_valid + final.rows_rejected
