@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from shared.braze_client import TrackOutcome
 from shared.config import RUNS_CONTAINER
 from shared.messages import ChunkJob
-from shared.profiles import open_lines
-from shared.reporting import maybe_finalize, rejected_prefix
+from shared.profiles import open_lines, row_part
+from shared.reporting import maybe_finalize, partitions_blob_name, rejected_prefix
 from shared.runs import ChunkResult
 from shared.services import Services
 
@@ -24,7 +25,7 @@ def batches(items: list[tuple[int, str]], size: int) -> list[list[tuple[int, str
 
 
 def read_chunk(services: Services, blob_name: str) -> list[tuple[int, str]]:
-    """(source line, serialized attributes object) pairs from a chunk blob."""
+    """(row order, serialized attributes object) pairs from a chunk blob."""
     items = []
     for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, blob_name)):
         line, _, obj = text.rstrip("\n").partition("\t")
@@ -56,7 +57,7 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
     for batch in batches(items, connection.objects_per_request):
         outcome = client.track([obj for _, obj in batch])
         requests += 1
-        rejections = rejected_rows(batch, outcome)
+        rejections = rejected_rows(batch, outcome, lambda: _files(services, job.run_id))
         accepted += len(batch) - len(rejections)
         reasons.update(r["codes"][0] for r in rejections)
         rejected_lines.extend(json.dumps(r, ensure_ascii=False) for r in rejections)
@@ -92,14 +93,14 @@ def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
     reason = f"delivery failed after every retry: {type(error).__name__}: {error}"[:1000]
     entries = [
         {
-            "line": line,
+            **_position(order, lambda: _files(services, job.run_id)),
             "customer_id": json.loads(obj).get("external_id"),
             "stage": "delivery",
             "codes": ["delivery_failed"],
             "reasons": [reason],
             "object": json.loads(obj),
         }
-        for line, obj in read_chunk(services, job.blob_name)
+        for order, obj in read_chunk(services, job.blob_name)
     ]
     blob = f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}.jsonl"
     services.storage.write_bytes(
@@ -121,17 +122,19 @@ def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
     maybe_finalize(job.run_id, services)
 
 
-def rejected_rows(batch: list[tuple[int, str]], outcome: TrackOutcome) -> list[dict[str, Any]]:
+def rejected_rows(
+    batch: list[tuple[int, str]], outcome: TrackOutcome, files: Callable[[], list[str]]
+) -> list[dict[str, Any]]:
     """Map Braze's answer back to source rows: `errors[].index` is the position in the batch."""
     rejected = []
-    for index, (line, obj_json) in enumerate(batch):
+    for index, (order, obj_json) in enumerate(batch):
         error = outcome.object_errors.get(index)
         if error is None and outcome.failure is None:
             continue
         obj = json.loads(obj_json)
         rejected.append(
             {
-                "line": line,
+                **_position(order, files),
                 "customer_id": obj.get("external_id"),
                 "stage": "braze",
                 "codes": [error or f"http_{outcome.status}"],
@@ -142,3 +145,16 @@ def rejected_rows(batch: list[tuple[int, str]], outcome: TrackOutcome) -> list[d
             }
         )
     return rejected
+
+
+def _position(order: int, files: Callable[[], list[str]]) -> dict[str, Any]:
+    """Where a row came from: its line, and its partition file for a CDM source."""
+    part, line = row_part(order)
+    position: dict[str, Any] = {"order": order, "line": line}
+    if part is not None:
+        position["file"] = files()[part]
+    return position
+
+
+def _files(services: Services, run_id: str) -> list[str]:
+    return json.loads(services.storage.read_bytes(RUNS_CONTAINER, partitions_blob_name(run_id)))

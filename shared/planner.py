@@ -7,17 +7,21 @@ a 1M-row file starts reaching Braze within seconds.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from shared.cdm import parse_model, read_entity
 from shared.config import CHUNKS_QUEUE, RUNS_CONTAINER, ConfigurationError
 from shared.definitions import DefinitionsError, Export, UnknownExport, format_of
 from shared.mapping import braze_attributes, encode_object
 from shared.messages import ChunkJob, ExportJob
-from shared.profiles import RecordReader, SourceError, open_lines
-from shared.reporting import maybe_finalize, rejected_prefix
+from shared.profiles import RecordReader, SourceError, open_lines, row_order
+from shared.reporting import maybe_finalize, partitions_blob_name, rejected_prefix
 from shared.runs import Run, Status, utcnow
 from shared.services import Services
 from shared.storage import BlobLineWriter, BlobNotFound
@@ -78,17 +82,55 @@ def plan_run(job: ExportJob, services: Services) -> None:
     maybe_finalize(run.run_id, services)
 
 
-def _plan(run: Run, export: Export, services: Services, tally: _Tally, replanning: bool) -> None:
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A source record with its position: `order` sorts rows across CDM partitions."""
+
+    order: int
+    line: int
+    file: str | None
+    values: dict[str, Any]
+    problem: str | None
+
+
+def _source_rows(run: Run, export: Export, services: Services) -> Iterator[_Row]:
+    """Every record of the run's source, after checking the mapped columns exist."""
     storage = services.storage
     container, _, path = run.source.partition("/")
     same_file = container == export.source.container and path == export.source.path
     fmt = export.source.resolved_format() if same_file else format_of(path)
-    chunks = storage.read_chunks(container, path)
-    reader = RecordReader(open_lines(chunks), fmt)
     mapping = export.mapping
-    reader.require_columns(
-        [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
-    )
+    needed = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
+    if fmt == "cdm":
+        model = parse_model(storage.read_bytes(container, path), source=run.source)
+        entity = model.entity(export.source.entity)
+        entity.require_columns(needed)
+        files = [f"{p.container}/{p.blob}" for p in entity.partitions]
+        storage.write_bytes(
+            RUNS_CONTAINER, partitions_blob_name(run.run_id), json.dumps(files), "application/json"
+        )
+        index = {p.blob: i for i, p in enumerate(entity.partitions)}
+        for record in read_entity(entity, storage.read_chunks):
+            part = index[record.partition]
+            yield _Row(
+                row_order(part, record.line),
+                record.line,
+                files[part],
+                record.values,
+                record.problem,
+            )
+        return
+    reader = RecordReader(open_lines(storage.read_chunks(container, path)), fmt)
+    reader.require_columns(needed)
+    for record in reader:
+        yield _Row(record.line, record.line, None, record.values, record.problem)
+
+
+def _plan(run: Run, export: Export, services: Services, tally: _Tally, replanning: bool) -> None:
+    storage = services.storage
+    rows = _source_rows(run, export, services)
+    first = next(rows, None)  # reads the header or model.json: fail before writing anything
+    mapping = export.mapping
     rejected = storage.line_writer(RUNS_CONTAINER, rejected_prefix(run.run_id) + "plan.jsonl")
     seen: set[int] = set()
     pending: list[str] = []
@@ -111,23 +153,16 @@ def _plan(run: Run, export: Export, services: Services, tally: _Tally, replannin
         rejected.close()
 
     try:
-        for record in reader:
+        for row in itertools.chain([first] if first else [], rows):
             tally.rows_read += 1
-            if record.problem:
-                _reject(
-                    rejected,
-                    tally,
-                    record.line,
-                    None,
-                    [("malformed_row", f"row {record.problem}")],
-                    record.values,
-                )
+            if row.problem:
+                problems = [("malformed_row", f"row {row.problem}")]
+                _reject(rejected, tally, row, None, problems)
                 continue
-            result = validate_record(record.values, mapping)
+            result = validate_record(row.values, mapping)
             if not isinstance(result, Profile):
-                customer_id = record.values.get(mapping.customer_id)
                 problems = [(p.code, p.message) for p in result]
-                _reject(rejected, tally, record.line, customer_id, problems, record.values)
+                _reject(rejected, tally, row, row.values.get(mapping.customer_id), problems)
                 continue
             digest = int.from_bytes(
                 hashlib.blake2b(result.customer_id.encode(), digest_size=8).digest()
@@ -138,17 +173,12 @@ def _plan(run: Run, export: Export, services: Services, tally: _Tally, replannin
                     "was kept (the first valid row for an id wins)"
                 )
                 _reject(
-                    rejected,
-                    tally,
-                    record.line,
-                    result.customer_id,
-                    [("duplicate_customer_id", message)],
-                    record.values,
+                    rejected, tally, row, result.customer_id, [("duplicate_customer_id", message)]
                 )
                 continue
             seen.add(digest)
             tally.rows_valid += 1
-            pending.append(f"{record.line}\t{encode_object(braze_attributes(result, export))}")
+            pending.append(f"{row.order}\t{encode_object(braze_attributes(result, export))}")
             if len(pending) >= export.chunk_size:
                 flush()
     except SourceError:
@@ -204,19 +234,20 @@ def _emit_chunk(
 def _reject(
     writer: BlobLineWriter,
     tally: _Tally,
-    line: int,
+    row: _Row,
     customer_id: object,
     problems: list[tuple[str, str]],
-    values: dict[str, object],
 ) -> None:
     tally.rows_rejected += 1
     tally.reasons.update(code for code, _ in problems)
     entry = {
-        "line": line,
+        "order": row.order,
+        "line": row.line,
+        **({"file": row.file} if row.file else {}),
         "customer_id": customer_id,
         "stage": "validation",
         "codes": [code for code, _ in problems],
         "reasons": [message for _, message in problems],
-        "row": values,
+        "row": row.values,
     }
     writer.write(json.dumps(entry, ensure_ascii=False, default=str))

@@ -18,6 +18,21 @@ MAX_FIELD_BYTES = 16 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+ROWS_PER_PART = 10**9
+
+
+def row_order(part: int | None, line: int) -> int:
+    """A sortable position across a CDM folder's partitions; the line itself for one file."""
+    return line if part is None else (part + 1) * ROWS_PER_PART + line
+
+
+def row_part(order: int) -> tuple[int | None, int]:
+    """(partition index or None, line) from a row's order."""
+    if order < ROWS_PER_PART:
+        return None, order
+    return order // ROWS_PER_PART - 1, order % ROWS_PER_PART
+
+
 class SourceError(Exception):
     """The source as a whole cannot be read (bad encoding, missing column): the run fails."""
 

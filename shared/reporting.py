@@ -31,6 +31,11 @@ def rejected_prefix(run_id: str) -> str:
     return f"runs/{run_id}/rejected/"
 
 
+def partitions_blob_name(run_id: str) -> str:
+    """The CDM partition files of a run, in order (row positions index into it)."""
+    return f"runs/{run_id}/partitions.json"
+
+
 def report_blob_name(run_id: str) -> str:
     return f"runs/{run_id}/report.json"
 
@@ -181,4 +186,5 @@ def _entries(services: Services, name: str) -> Iterator[tuple[int, str]]:
     for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, name)):
         text = text.rstrip("\n")
         if text:
-            yield json.loads(text)["line"], text
+            entry = json.loads(text)
+            yield entry.get("order", entry["line"]), text

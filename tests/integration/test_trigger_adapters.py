@@ -257,3 +257,80 @@ def test_ignored_drops_say_why_and_start_nothing(
     )
     assert reason in line[0]
     assert app.services.runs.list_runs("ignorer") == []
+
+
+def test_a_cdm_folder_starts_when_model_json_lands_not_on_partitions(
+    app: App, host: LocalHost
+) -> None:
+    """A Customer Insights export: header-less partitions, then model.json pointing at them."""
+    base = app.services.storage.container("segments").url  # Azurite's absolute blob URL
+    folder = "cdm/CustomerInsights_1/VipExport"
+    parts = {
+        f"{folder}/VIP/2026/11/28/1433/VIP_1.csv": (
+            'c-1,one@example.com,Zoë,"multi\nline, ""quoted"""\r\nc-2,not an email,Bob,x\r\n'
+        ),
+        f"{folder}/VIP/2026/11/28/1433/VIP_2.csv": (
+            "\ufeffc-3,three@example.com,Ann,🎉\n" + "blocked-id-1,b@example.com,Blocked,\n"
+        ),
+    }
+    model = {
+        "name": "VipExport",
+        "version": "1.0",
+        "pbi:mashup": {"ignored": True},
+        "entities": [
+            {
+                "$type": "LocalEntity",
+                "name": "VIP",
+                "attributes": [
+                    {"name": "CustomerId", "dataType": "string"},
+                    {"name": "PrimaryEmail", "dataType": "string"},
+                    {"name": "FirstName", "dataType": "string"},
+                    {"name": "Note", "dataType": "string"},
+                ],
+                "partitions": [
+                    {"name": name.rsplit("/", 1)[-1], "location": f"{base}/{name}?snapshot=x"}
+                    for name in parts
+                ],
+            }
+        ],
+    }
+    export = export_definition(
+        "cdm-vip",
+        f"{folder}/model.json",
+        "CDM VIP",
+        drop={"path": "cdm/*"},
+        mapping={
+            "customer_id": "CustomerId",
+            "email": "PrimaryEmail",
+            "attributes": [
+                {"column": "FirstName", "attribute": "first_name"},
+                {"column": "Note", "attribute": "note"},
+            ],
+        },
+    )
+    app.define([export])
+    for name, text in parts.items():
+        app.upload(name, text.encode())
+        _post_event(host, _blob_event(app, name))
+    for name in parts:
+        _wait_for(
+            lambda n=name: _log_lines(host, rf"{re.escape(n)} -> export cdm-vip: ignored: a CDM"),
+            "the partition to be ignored",
+        )
+    assert app.services.runs.list_runs("cdm-vip") == []
+
+    app.upload(f"{folder}/model.json", json.dumps(model).encode())
+    run = _wait_for(lambda: app.services.runs.list_runs("cdm-vip"), "the model.json run")[0]
+    final = app.wait_for_final(run.run_id)
+
+    assert final.source == f"segments/{folder}/model.json"
+    assert (final.rows_read, final.rows_valid, final.profiles_accepted) == (4, 3, 2)
+    users = app.braze_users()
+    assert users["c-1"]["note"] == 'multi\nline, "quoted"'
+    assert users["c-3"]["first_name"] == "Ann" and users["c-3"]["note"] == "🎉"
+    rejected = [json.loads(x) for x in app.blob_text(final.rejected_blob).splitlines()]
+    part1, part2 = (f"segments/{name}" for name in parts)
+    assert [(r["file"], r["line"], r["codes"]) for r in rejected] == [
+        (part1, 3, ["email_invalid"]),
+        (part2, 2, ["BLACKLISTED_EXTERNAL_USER_ID"]),
+    ]

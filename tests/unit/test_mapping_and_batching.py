@@ -8,6 +8,7 @@ from shared.braze_client import TrackOutcome, reset_wait_seconds, tracking_body
 from shared.definitions import Export
 from shared.delivery import batches, rejected_rows
 from shared.mapping import braze_attributes, encode_object
+from shared.profiles import row_order, row_part
 from shared.validation import Profile
 
 EXPORT = {
@@ -68,13 +69,26 @@ def test_reset_header_in_both_forms(value: str | None, now: float, expected: flo
     assert reset_wait_seconds(value, now) == expected
 
 
+def _no_files() -> list[str]:
+    raise AssertionError("a plain file's rows never need the CDM partition list")
+
+
+def test_cdm_rows_name_their_partition_file() -> None:
+    order = row_order(1, 42)
+    outcome = TrackOutcome(201, {0: "EMAIL_BAD_FORMAT"})
+    (rejected,) = rejected_rows([(order, encode_object({"external_id": "x"}))], outcome,
+                                lambda: ["c/p_1.csv", "c/p_2.csv"])  # fmt: skip
+    assert (rejected["file"], rejected["line"], rejected["order"]) == ("c/p_2.csv", 42, order)
+    assert row_part(order) == (1, 42) and row_part(42) == (None, 42)
+
+
 def _batch(count: int) -> list[tuple[int, str]]:
     return [(100 + n, encode_object({"external_id": f"id-{n}"})) for n in range(count)]
 
 
 def test_object_errors_map_back_to_their_source_lines() -> None:
     outcome = TrackOutcome(201, {0: "EMAIL_BAD_FORMAT", 74: "BLACKLISTED_EXTERNAL_USER_ID"})
-    rejected = rejected_rows(_batch(75), outcome)
+    rejected = rejected_rows(_batch(75), outcome, _no_files)
     assert [(r["line"], r["customer_id"], r["codes"]) for r in rejected] == [
         (100, "id-0", ["EMAIL_BAD_FORMAT"]),
         (174, "id-74", ["BLACKLISTED_EXTERNAL_USER_ID"]),
@@ -85,7 +99,7 @@ def test_object_errors_map_back_to_their_source_lines() -> None:
 
 def test_a_refused_request_rejects_every_row_keeping_specific_errors() -> None:
     outcome = TrackOutcome(400, {1: "EXTERNAL_USER_ID_TOO_LARGE"}, "Braze refused (HTTP 400): x")
-    rejected = rejected_rows(_batch(3), outcome)
+    rejected = rejected_rows(_batch(3), outcome, _no_files)
     assert [r["codes"] for r in rejected] == [
         ["http_400"],
         ["EXTERNAL_USER_ID_TOO_LARGE"],
@@ -95,4 +109,4 @@ def test_a_refused_request_rejects_every_row_keeping_specific_errors() -> None:
 
 
 def test_no_errors_no_rejections() -> None:
-    assert rejected_rows(_batch(5), TrackOutcome(201)) == []
+    assert rejected_rows(_batch(5), TrackOutcome(201), _no_files) == []
