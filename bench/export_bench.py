@@ -58,17 +58,18 @@ def main() -> int:
             services.storage.blobs.get_blob_client("segments", "bench/segment.csv").upload_blob(
                 sample.data
             )
-            host = subprocess.Popen(
-                [sys.executable, "-m", "devhost", "--app-dir", str(ROOT)],
-                env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            assert host.stdout is not None
-            for line in host.stdout:
-                if line.strip() == "devhost ready":
-                    break
+            log_path = Path(workdir) / "devhost.log"
+            with log_path.open("wb") as log:
+                host = subprocess.Popen(
+                    [sys.executable, "-m", "devhost", "--app-dir", str(ROOT), "--port", "0"],
+                    env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            while b"devhost ready" not in log_path.read_bytes():
+                if host.poll() is not None:
+                    raise SystemExit(f"devhost exited:\n{log_path.read_text()}")
+                time.sleep(0.1)
             started = time.perf_counter()
             run_id = start_run(services, "demo-vip", "bench").run.run_id
             while not (run := services.runs.get(run_id)) or not run.is_final:
