@@ -157,10 +157,16 @@ def _attribute(value: Any, field: AttributeMapping, problems: list[Problem]) -> 
         return None
     converted, reason = _CONVERTERS[field.type](value)
     if reason:
-        code = "attribute_too_long" if "Braze allows" in reason else f"attribute_not_{field.type}"
+        code = (
+            "attribute_too_long" if isinstance(reason, _TooLong) else f"attribute_not_{field.type}"
+        )
         problems.append(Problem(code, f"{where} {reason}"))
         return None
     return converted
+
+
+class _TooLong(str):
+    """A reason that means "over Braze's length limit" rather than "wrong type"."""
 
 
 def _as_string(value: Any) -> tuple[Any, str | None]:
@@ -168,7 +174,7 @@ def _as_string(value: Any) -> tuple[Any, str | None]:
         return None, f"must be text, got {_kind(value)}"
     text = value.strip()
     if len(text) > MAX_STRING_CHARS:
-        return None, f"is {len(text)} characters; Braze allows at most {MAX_STRING_CHARS}"
+        return None, _TooLong(f"is {len(text)} characters; Braze allows at most {MAX_STRING_CHARS}")
     return text, None
 
 
