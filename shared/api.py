@@ -65,7 +65,7 @@ def start_export_run(services: Services, name: str, body: bytes) -> ApiResponse:
 
 def get_run(services: Services, run_id: str) -> ApiResponse:
     """GET /api/runs/{run_id}."""
-    if not RUN_ID_PATTERN.match(run_id):
+    if not RUN_ID_PATTERN.fullmatch(run_id):
         return _error(400, "invalid_run_id", f"'{run_id[:80]}' is not a valid run id")
     run = services.runs.get(run_id)
     if run is None:

@@ -325,7 +325,7 @@ _PATTERN_WORDS = {
 
 
 def is_valid_name(name: str) -> bool:
-    return bool(_NAME_RE.match(name))
+    return bool(_NAME_RE.fullmatch(name))  # fullmatch: `$` alone lets a trailing newline in
 
 
 def json_schema() -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -63,7 +64,7 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
         rejected_lines.extend(json.dumps(r, ensure_ascii=False) for r in rejections)
     rejected_blob = ""
     if rejected_lines:
-        rejected_blob = f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}.jsonl"
+        rejected_blob = _rejected_blob_name(job)
         services.storage.write_bytes(
             RUNS_CONTAINER, rejected_blob, "\n".join(rejected_lines) + "\n", "application/x-ndjson"
         )
@@ -91,32 +92,40 @@ def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
     if run is None or run.is_final or services.runs.chunk_done(job.run_id, job.chunk_index):
         return
     reason = f"delivery failed after every retry: {type(error).__name__}: {error}"[:1000]
-    entries = [
-        {
-            **_position(order, lambda: _files(services, job.run_id)),
-            "customer_id": json.loads(obj).get("external_id"),
-            "stage": "delivery",
-            "codes": ["delivery_failed"],
-            "reasons": [reason],
-            "object": json.loads(obj),
-        }
-        for order, obj in read_chunk(services, job.blob_name)
-    ]
-    blob = f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}.jsonl"
-    services.storage.write_bytes(
-        RUNS_CONTAINER,
-        blob,
-        "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries),
-        "application/x-ndjson",
-    )
+    try:
+        items = read_chunk(services, job.blob_name)
+    except Exception:
+        log.exception("run %s chunk %d: its blob is unreadable too", job.run_id, job.chunk_index)
+        items = None
+    blob = ""
+    if items is not None:
+        entries = [
+            {
+                **_position(order, lambda: _files(services, job.run_id)),
+                "customer_id": json.loads(obj).get("external_id"),
+                "stage": "delivery",
+                "codes": ["delivery_failed"],
+                "reasons": [reason],
+                "object": json.loads(obj),
+            }
+            for order, obj in items
+        ]
+        blob = _rejected_blob_name(job)
+        services.storage.write_bytes(
+            RUNS_CONTAINER,
+            blob,
+            "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries),
+            "application/x-ndjson",
+        )
+    rows = len(items) if items is not None else job.rows  # counted even when not itemized
     result = ChunkResult(
         chunk_index=job.chunk_index,
-        rows=len(entries),
+        rows=rows,
         accepted=0,
-        rejected=len(entries),
+        rejected=rows,
         requests=0,
         rejected_blob=blob,
-        rejections={"delivery_failed": len(entries)},
+        rejections={"delivery_failed": rows},
     )
     services.runs.record_chunk(job.run_id, result)
     maybe_finalize(job.run_id, services)
@@ -158,3 +167,8 @@ def _position(order: int, files: Callable[[], list[str]]) -> dict[str, Any]:
 
 def _files(services: Services, run_id: str) -> list[str]:
     return json.loads(services.storage.read_bytes(RUNS_CONTAINER, partitions_blob_name(run_id)))
+
+
+def _rejected_blob_name(job: ChunkJob) -> str:
+    """One name per attempt: a losing attempt's file is never the one the record points to."""
+    return f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}-{uuid.uuid4().hex[:8]}.jsonl"

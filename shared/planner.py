@@ -110,6 +110,11 @@ def _source_rows(run: Run, export: Export, services: Services) -> Iterator[_Row]
             RUNS_CONTAINER, partitions_blob_name(run.run_id), json.dumps(files), "application/json"
         )
         index = {p.blob: i for i, p in enumerate(entity.partitions)}
+        if len(index) < len(entity.partitions):
+            raise SourceError(
+                f"{run.source}: two partitions have the same blob path in different containers; "
+                "this exporter needs partition paths to be unique"
+            )
         for record in read_entity(entity, storage.read_chunks):
             part = index[record.partition]
             yield _Row(
@@ -140,11 +145,10 @@ def _plan(run: Run, export: Export, services: Services, tally: _Tally, replannin
         tally.chunks += 1
         pending.clear()
         # Progress, and what a poisoned planning job falls back on (see fail_planning).
-        run.rows_read, run.rows_valid, run.chunks_planned = (
-            tally.rows_read,
-            tally.rows_valid,
-            tally.chunks,
-        )
+        # chunks_planned is a high-water mark across attempts: an earlier attempt may have
+        # queued further than this one before failing.
+        run.rows_read, run.rows_valid = tally.rows_read, tally.rows_valid
+        run.chunks_planned = max(run.chunks_planned, tally.chunks)
         services.runs.update(run)
 
     def finish() -> None:

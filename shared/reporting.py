@@ -6,6 +6,7 @@ claim on the run entity lets exactly one of them do it, even when the last chunk
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import logging
@@ -61,7 +62,17 @@ def maybe_finalize(run_id: str, services: Services) -> bool:
         store.update(run, if_unchanged=True)
     except RunConflict:
         return False
-    _finalize(run, results, services)
+    try:
+        _finalize(run, results, services)
+    except Exception:
+        # Give the claim back, so the queue's retry of this message can finalize the run.
+        claimed = store.get(run_id)
+        if claimed is not None and not claimed.is_final:
+            claimed.finalize_claim, claimed.finalize_claimed_at = "", None
+            with contextlib.suppress(RunConflict):
+                store.update(claimed, if_unchanged=True)
+        raise
+    start_pending(services, run.export_name)
     return True
 
 
@@ -83,7 +94,12 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     run.rejections = dict(tally)
     run.rejected_blob = rejected_blob_name(run.run_id)
     run.report_blob = report_blob_name(run.run_id)
-    _merge_rejected(run.run_id, results, services)
+    planned_rejections = _merge_rejected(run.run_id, results, services)
+    if run.planning_failed:
+        # Attempts before the failure may have queued more than the last one recorded.
+        run.rows_valid = sum(r.rows for r in results)
+        run.rows_rejected = planned_rejections
+        run.rows_read = run.rows_valid + run.rows_rejected
     run.status = final_status(run)
     if not run.message:
         run.message = _summary(run)
@@ -98,9 +114,8 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     services.storage.write_bytes(
         RUNS_CONTAINER, run.report_blob, json.dumps(build_report(run), indent=2), "application/json"
     )
-    services.runs.update(run)
+    services.runs.update(run, if_unchanged=True)  # a finalizer that outlived its lease loses
     log.info("run %s finished: %s (%s)", run.run_id, run.status, run.message)
-    start_pending(services, run.export_name)
 
 
 def _summary(run: Run) -> str:
@@ -165,12 +180,12 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value else None
 
 
-def _merge_rejected(run_id: str, results: list[ChunkResult], services: Services) -> None:
+def _merge_rejected(run_id: str, results: list[ChunkResult], services: Services) -> int:
     """Merge the planner's and each recorded chunk's rejected rows, ordered by source line.
 
     Only the files the records name are merged: a blob left by an attempt that crashed before
     recording its chunk must not contradict the counts. Each part is already in line order,
-    so a streaming k-way merge keeps memory flat.
+    so a streaming k-way merge keeps memory flat. Returns how many were rejected by validation.
     """
     storage = services.storage
     plan = rejected_prefix(run_id) + "plan.jsonl"
@@ -178,13 +193,17 @@ def _merge_rejected(run_id: str, results: list[ChunkResult], services: Services)
     parts += [r.rejected_blob for r in results if r.rejected_blob]
     streams = [_entries(services, name) for name in parts]
     writer = storage.line_writer(RUNS_CONTAINER, rejected_blob_name(run_id))
-    writer.write_all(text for _, text in heapq.merge(*streams, key=lambda item: item[0]))
+    by_validation = 0
+    for _, stage, text in heapq.merge(*streams, key=lambda item: item[0]):
+        writer.write(text)
+        by_validation += stage == "validation"
     writer.close()
+    return by_validation
 
 
-def _entries(services: Services, name: str) -> Iterator[tuple[int, str]]:
+def _entries(services: Services, name: str) -> Iterator[tuple[int, str, str]]:
     for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, name)):
         text = text.rstrip("\n")
         if text:
             entry = json.loads(text)
-            yield entry.get("order", entry["line"]), text
+            yield entry.get("order", entry["line"]), entry["stage"], text

@@ -165,11 +165,15 @@ class RunStore:
             raise
         run.etag = metadata.get("etag")
 
-    def record_chunk(self, run_id: str, result: ChunkResult) -> None:
-        """Upsert, so a redelivered chunk rewrites the same entity instead of adding one."""
+    def record_chunk(self, run_id: str, result: ChunkResult) -> bool:
+        """Record a chunk's outcome once: the first attempt to finish wins, later ones lose."""
         entity = {"PartitionKey": run_id, "RowKey": chunk_row(result.chunk_index)}
         entity.update(_to_entity_values(asdict(result)))
-        self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        try:
+            self._table.create_entity(entity)
+        except ResourceExistsError:
+            return False
+        return True
 
     def chunk_done(self, run_id: str, chunk_index: int) -> bool:
         try:

@@ -22,7 +22,7 @@ from shared import schedule
 from shared.config import JOBS_QUEUE
 from shared.definitions import Export, UnknownExport, format_of
 from shared.messages import ExportJob
-from shared.runs import ExportBusy, Run, RunConflict, new_run_id
+from shared.runs import ExportBusy, Run, RunConflict, Status, new_run_id, utcnow
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,16 @@ def start_run(
         services.runs.create(run)
     except RunConflict:
         return Started(services.runs.get(run_id) or run, created=False)
-    services.storage.queue(JOBS_QUEUE).send_message(ExportJob(run.run_id, export.name).to_json())
+    try:
+        services.storage.queue(JOBS_QUEUE).send_message(
+            ExportJob(run.run_id, export.name).to_json()
+        )
+    except Exception as error:
+        # A queued run nobody will plan would keep the export busy for good: fail it instead.
+        run.status, run.finished_at = Status.FAILED, utcnow()
+        run.message = f"could not queue the planning job: {type(error).__name__}: {error}"
+        services.runs.update(run)
+        raise
     log.info(
         "run %s queued for export %s (%s, source %s)", run_id, export.name, trigger, run.source
     )
@@ -131,6 +140,8 @@ def schedule_tick(services: Services, now: datetime) -> dict[str, str]:
     """
     outcomes: dict[str, str] = {}
     for export in services.definitions().exports:
+        # A deferred start whose trigger (a finalizer) died before starting it is picked up here.
+        start_pending(services, export.name)
         if not export.schedule:
             continue
         slot = schedule.latest_slot(export.schedule, now)

@@ -21,6 +21,7 @@ from shared.config import CHUNKS_QUEUE
 from shared.delivery import deliver_chunk
 from shared.messages import ChunkJob, ExportJob
 from shared.planner import chunk_blob_name, plan_run
+from shared.reporting import report_blob_name
 from shared.runs import Run, Status
 from shared.storage import Storage
 from tests.integration.conftest import SANDBOX_KEY, App, export_definition
@@ -176,3 +177,24 @@ def test_a_plan_that_fails_every_attempt_ends_the_run_saying_why(
     assert final is not None and final.status == Status.FAILED
     assert "planning failed after every retry: ConnectionError" in final.message
     assert final.rows_read == final.rows_valid + final.rows_rejected
+
+
+def test_a_finalizer_that_fails_gives_its_claim_back_for_the_retry(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, _ = _new_run(quiet_app, "finfail", "redeliver/finfail.csv", 80)
+    plan_run(ExportJob(run.run_id, "finfail"), quiet_app.services)
+    (job,) = _chunk_jobs(quiet_app, run.run_id)
+    real = quiet_app.services.storage
+    flaky = FlakyStorage(real, report_blob_name(run.run_id))
+    monkeypatch.setattr(quiet_app.services, "storage", flaky)
+
+    with pytest.raises(ConnectionError):
+        deliver_chunk(job, quiet_app.services)  # delivered, then finalizing fails
+    assert quiet_app.services.runs.get(run.run_id).status == Status.DELIVERING  # type: ignore[union-attr]
+
+    deliver_chunk(job, quiet_app.services)  # the queue's retry: chunk done, finalize again
+    final = quiet_app.services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.SUCCEEDED
+    assert final.profiles_accepted == 80
+    assert json.loads(quiet_app.blob_text(final.report_blob))["status"] == "succeeded"

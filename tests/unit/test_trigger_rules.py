@@ -4,6 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from shared import api
+from shared.definitions import is_valid_name
 from shared.schedule import is_valid, latest_slot, next_slot, slot_run_id
 from shared.triggers import drop_ignored_because, drop_run_id
 
@@ -79,3 +81,12 @@ def test_drop_run_id_depends_on_export_blob_and_content_version() -> None:
         drop_run_id("vip2", "segments", "drops/a.csv", "md5-1"),
     }
     assert first not in others and len(others) == 3
+
+
+@pytest.mark.parametrize("name", ["vip\n", "vip\r", "../vip", "Vip", "vip-", ""])
+def test_names_are_checked_before_any_storage_is_touched(name: str) -> None:
+    """The API refuses these without needing storage at all (no services are passed)."""
+    assert is_valid_name(name) is False
+    assert api.start_export_run(None, name, b"").status == 400  # type: ignore[arg-type]
+    assert api.list_export_runs(None, name, None).status == 400  # type: ignore[arg-type]
+    assert api.get_run(None, name + "\n").status == 400  # type: ignore[arg-type]
