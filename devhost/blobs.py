@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +33,7 @@ from azure.storage.blob import BlobClient, BlobProperties
 from azure.storage.queue import QueueClient, QueueMessage
 
 from devhost.blobstore import BlobStorage
-from devhost.execution import FunctionRunner, Waiter
+from devhost.execution import BackgroundLoop, FunctionRunner, Waiter
 from devhost.hostconfig import MessageEncoding
 from devhost.indexing import FunctionInfo
 from devhost.invocation import (
@@ -353,7 +352,7 @@ class BlobTriggerQueue:
         return BlobConverter.decode(Datum(data, "bytes"), trigger_metadata=metadata)
 
 
-class BlobWatcher:
+class BlobWatcher(BackgroundLoop):
     """Stands in for Event Grid: one subscription per function, made by listing its container.
 
     Blobs present at start are known already, so they raise no event, as with a new
@@ -373,8 +372,7 @@ class BlobWatcher:
         self._post = post
         self._interval = interval
         self._known: dict[str, dict[str, str]] = {}
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="devhost-blob-watch", daemon=True)
+        super().__init__("devhost-blob-watch")
 
     def start(self) -> None:
         """List every watched container now, so only later writes count as events."""
@@ -384,15 +382,7 @@ class BlobWatcher:
             }
         self._thread.start()
 
-    def stop_receiving(self) -> None:
-        self._stopping.set()
-
-    def wait_drained(self, deadline: float) -> bool:
-        if self._thread.is_alive():
-            self._thread.join(max(0.0, deadline - time.monotonic()))
-        return not self._thread.is_alive()
-
-    def _watch(self) -> None:
+    def _run(self) -> None:
         while not self._stopping.wait(self._interval):
             for function in self._functions:
                 try:

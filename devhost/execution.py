@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -141,3 +142,23 @@ def _from_user_code(traceback: TracebackType | None) -> TracebackType | None:
     ):
         traceback = traceback.tb_next
     return traceback
+
+
+class BackgroundLoop:
+    """A listener that runs one daemon thread until told to stop, then can be waited for."""
+
+    def __init__(self, thread_name: str) -> None:
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def stop_receiving(self) -> None:
+        self._stopping.set()
+
+    def wait_drained(self, deadline: float) -> bool:
+        """Wait for the thread (and the invocation it runs, if any) until `deadline`."""
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive()

@@ -16,8 +16,6 @@ import contextlib
 import json
 import logging
 import re
-import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +27,7 @@ from azure.functions.meta import Datum
 from azure.functions.timer import TimerRequestConverter
 from azure.storage.blob import ContainerClient
 
-from devhost.execution import FunctionRunner
+from devhost.execution import BackgroundLoop, FunctionRunner
 from devhost.indexing import FunctionInfo
 from devhost.invocation import (
     FunctionLoadError,
@@ -168,7 +166,7 @@ class ScheduleMonitor:
         )
 
 
-class TimerListener:
+class TimerListener(BackgroundLoop):
     """Fires one timer function on its schedule, from a background thread."""
 
     def __init__(
@@ -178,10 +176,7 @@ class TimerListener:
         self._runner = runner
         self._monitor = monitor if function.use_monitor else None
         self._status = ScheduleStatus(DEFAULT_TIME, DEFAULT_TIME, DEFAULT_TIME)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"devhost-timer-{function.name}", daemon=True
-        )
+        super().__init__(f"devhost-timer-{function.name}")
         # Whether an invocation is due at once: None, or whether it is a past-due catch-up.
         self._startup_past_due: bool | None = None
 
@@ -211,15 +206,6 @@ class TimerListener:
             self._monitor is not None,
         )
         self._thread.start()
-
-    def stop_receiving(self) -> None:
-        self._stopping.set()
-
-    def wait_drained(self, deadline: float) -> bool:
-        """Wait for the running invocation, if any, until `deadline`."""
-        if self._thread.is_alive():
-            self._thread.join(max(0.0, deadline - time.monotonic()))
-        return not self._thread.is_alive()
 
     def invoke_directly(self, text: str | None) -> None:
         """Admin invoke: one invocation now, not past due, outside the schedule."""

@@ -10,7 +10,7 @@ import contextlib
 import threading
 import uuid
 from base64 import b64encode
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
@@ -137,10 +137,6 @@ class BlobLineWriter:
         self.lines += 1
         if len(self._buffer) >= BLOCK_BYTES:
             self._flush()
-
-    def write_all(self, lines: Iterable[str]) -> None:
-        for line in lines:
-            self.write(line)
 
     def _flush(self) -> None:
         if not self._buffer:

@@ -30,7 +30,8 @@ def _cli(app: App, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[
 
 @pytest.fixture
 def cli_app(app_env: App) -> App:
-    """No session host here: the CLI starts its own, as it does for a user."""
+    """The CLI starts its own local host, as it does for a user (the session's host, if another
+    test started it, consumes the same queues; either may do the work)."""
     app_env.reset_sandbox()
     return app_env
 
