@@ -24,6 +24,13 @@ def start_export_run(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.start_export_run(app_services(), req.route_params["name"], req.get_body()))
 
 
+@bp.function_name("start_teardown")
+@bp.route(route="exports/{name}/teardown", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def start_teardown(req: func.HttpRequest) -> func.HttpResponse:
+    """202 with the teardown run: the export's membership is removed from everyone it holds."""
+    return _respond(api.start_teardown(app_services(), req.route_params["name"], req.get_body()))
+
+
 @bp.function_name("list_export_runs")
 @bp.route(route="exports/{name}/runs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def list_export_runs(req: func.HttpRequest) -> func.HttpResponse:

@@ -1,9 +1,10 @@
-"""Queue trigger: plan an export run (read the segment, cut chunks, enqueue them)."""
+"""Queue triggers that plan a run: split the segment into partitions, then diff each one."""
 
 import azure.functions as func
 
-from shared.config import JOBS_QUEUE, STORAGE_CONNECTION
-from shared.messages import ExportJob
+from shared.config import JOBS_QUEUE, PARTITIONS_QUEUE, STORAGE_CONNECTION
+from shared.messages import ExportJob, PartitionJob
+from shared.partitions import diff_partition, fail_partition
 from shared.planner import fail_planning, plan_run
 from shared.services import app_services
 
@@ -21,4 +22,18 @@ def plan_export(msg: func.QueueMessage) -> None:
     except Exception as error:
         if (msg.dequeue_count or 1) >= services.settings.max_dequeue_count:
             fail_planning(job.run_id, error, services)
+        raise
+
+
+@bp.function_name("diff_partition")
+@bp.queue_trigger(arg_name="msg", queue_name=PARTITIONS_QUEUE, connection=STORAGE_CONNECTION)
+def diff_partition_job(msg: func.QueueMessage) -> None:
+    """Diff one partition. Failures raise so the host retries; the last attempt fails the run."""
+    services = app_services()
+    job = PartitionJob.from_json(msg.get_body())
+    try:
+        diff_partition(job, services)
+    except Exception as error:
+        if (msg.dequeue_count or 1) >= services.settings.max_dequeue_count:
+            fail_partition(job, error, services)
         raise

@@ -79,6 +79,7 @@ var deploymentStorageContainerName = 'app-package-${take(functionAppName, 32)}-$
 
 // Names the application code relies on. Keep in sync with the app's configuration module.
 var exportRunsContainerName = 'export-runs'
+var exportSnapshotsContainerName = 'export-snapshots'
 var exportConfigContainerName = 'export-config'
 var segmentsContainerName = 'segments'
 // Blob-triggered function (source=EventGrid) fed by the Event Grid subscription on segmentsContainerName.
@@ -87,8 +88,10 @@ var segmentDropFunctionName = 'segment_dropped'
 var eventGridDeadLetterContainerName = 'eventgrid-deadletter'
 var exportDefinitionsBlob = '${exportConfigContainerName}/exports.json'
 var exportJobsQueueName = 'export-jobs'
+var exportPartitionsQueueName = 'export-partitions'
 var exportChunksQueueName = 'export-chunks'
 var exportRunsTableName = 'exportruns'
+var rateLimitsTableName = 'ratelimits'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
@@ -135,6 +138,7 @@ module storage 'app/storage.bicep' = {
     containers: [
       { name: deploymentStorageContainerName }
       { name: exportRunsContainerName }
+      { name: exportSnapshotsContainerName }
       { name: exportConfigContainerName }
       { name: segmentsContainerName }
       { name: eventGridDeadLetterContainerName }
@@ -143,12 +147,15 @@ module storage 'app/storage.bicep' = {
     // monitorable and covered by the same diagnostics from day one.
     queues: [
       exportJobsQueueName
+      exportPartitionsQueueName
       exportChunksQueueName
       '${exportJobsQueueName}-poison'
+      '${exportPartitionsQueueName}-poison'
       '${exportChunksQueueName}-poison'
     ]
     tables: [
       exportRunsTableName
+      rateLimitsTableName
     ]
     logAnalyticsWorkspaceId: logAnalytics.outputs.resourceId
   }

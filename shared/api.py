@@ -21,7 +21,8 @@ from shared.triggers import start_run
 MAX_BODY_BYTES = 16 * 1024
 MAX_LIMIT = 100
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,100}$")
-START_OPTIONS = {"full_refresh", "dry_run"}
+START_OPTIONS = {"full_refresh", "dry_run", "override_safety_valves"}
+TEARDOWN_OPTIONS = {"dry_run", "override_safety_valves"}
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,32 @@ def _error(status: int, code: str, message: str) -> ApiResponse:
 
 def start_export_run(services: Services, name: str, body: bytes) -> ApiResponse:
     """POST /api/exports/{name}/runs: 202 with the queued run and a Location to follow it."""
+    return _start(services, name, body, START_OPTIONS, "http")
+
+
+def start_teardown(services: Services, name: str, body: bytes) -> ApiResponse:
+    """POST /api/exports/{name}/teardown: remove the export's membership from everyone in its
+    snapshot, as a run (202, like any start)."""
+    return _start(services, name, body, TEARDOWN_OPTIONS, "teardown", teardown=True)
+
+
+def _start(
+    services: Services,
+    name: str,
+    body: bytes,
+    allowed: set[str],
+    trigger: str,
+    teardown: bool = False,
+) -> ApiResponse:
     if not is_valid_name(name):
         return _error(400, "invalid_name", f"'{name[:80]}' is not a valid export name")
     if len(body) > MAX_BODY_BYTES:
         return _error(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
-    options, problem = _start_options(body)
+    options, problem = _start_options(body, allowed)
     if problem:
         return _error(400, "invalid_body", problem)
     try:
-        started = start_run(services, name, "http", **options)
+        started = start_run(services, name, trigger, teardown=teardown, **options)
     except UnknownExport:
         return _error(404, "export_not_found", f"no export named '{name}'")
     except ExportBusy as busy:
@@ -102,7 +120,7 @@ def list_export_runs(services: Services, name: str, limit_text: str | None) -> A
     return ApiResponse(200, {"export": name, "runs": [_run_links(services, r) for r in runs]})
 
 
-def _start_options(body: bytes) -> tuple[dict[str, bool], str | None]:
+def _start_options(body: bytes, allowed: set[str]) -> tuple[dict[str, bool], str | None]:
     if not body.strip():
         return {}, None
     try:
@@ -111,9 +129,9 @@ def _start_options(body: bytes) -> tuple[dict[str, bool], str | None]:
         return {}, f"the body is not JSON: {error}"
     if not isinstance(data, dict):
         return {}, "the body must be a JSON object"
-    unknown = sorted(set(data) - START_OPTIONS)
+    unknown = sorted(set(data) - allowed)
     if unknown:
-        return {}, f"unknown option(s) {unknown}; allowed: {sorted(START_OPTIONS)}"
+        return {}, f"unknown option(s) {unknown}; allowed: {sorted(allowed)}"
     wrong = sorted(k for k, v in data.items() if not isinstance(v, bool))
     if wrong:
         return {}, f"option(s) {wrong} must be true or false"
@@ -127,6 +145,7 @@ def _run_links(services: Services, run: Run) -> dict[str, Any]:
         "self": f"/api/runs/{run.run_id}",
         "report": f"{base}/{run.report_blob}" if run.report_blob else None,
         "rejected_rows": f"{base}/{run.rejected_blob}" if run.rejected_blob else None,
+        "dry_run_requests": f"{base}/{run.dry_run_blob}" if run.dry_run_blob else None,
     }
     return data
 

@@ -22,7 +22,12 @@ from shared.runs import ExportBusy, Run, Status
 from shared.services import Services
 from shared.triggers import start_run
 
-EXIT_CODES = {Status.SUCCEEDED: 0, Status.PARTIALLY_SUCCEEDED: 1, Status.FAILED: 2}
+EXIT_CODES = {
+    Status.SUCCEEDED: 0,
+    Status.PARTIALLY_SUCCEEDED: 1,
+    Status.FAILED: 2,
+    Status.STOPPED: 3,
+}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,14 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="run one export end to end and print its report")
     export.add_argument("name")
+    export.add_argument("--full-refresh", action="store_true", help="send every profile whole")
     export.add_argument(
-        "--host",
-        choices=["auto", "local", "none"],
-        default="auto",
-        help="start the local Functions host for this run (auto: when storage is the emulator)",
+        "--dry-run",
+        action="store_true",
+        help="work out and write the requests, send nothing, leave the snapshot as it is",
     )
-    export.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the run")
-    export.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_options(export)
+    teardown = commands.add_parser(
+        "teardown",
+        help="remove the export's membership from everyone in its snapshot (before deleting it)",
+    )
+    teardown.add_argument("name")
+    teardown.add_argument("--dry-run", action="store_true", help="write the requests, send none")
+    _add_run_options(teardown)
     runs = commands.add_parser("runs", help="list recent runs, newest first")
     runs.add_argument("--export", dest="export_name")
     runs.add_argument("--limit", type=int, default=20)
@@ -62,10 +73,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _add_run_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--override-safety-valves",
+        action="store_true",
+        help="send even if the run removes more of the segment or costs more data points than "
+        "the export's max_removed_share and max_data_points allow",
+    )
+    command.add_argument(
+        "--host",
+        choices=["auto", "local", "none"],
+        default="auto",
+        help="start the local Functions host for this run (auto: when storage is the emulator)",
+    )
+    command.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the run")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _export(args: argparse.Namespace) -> int:
     services = Services(load_settings())
+    teardown = args.command == "teardown"
     try:
-        run = start_run(services, args.name, "cli").run
+        run = start_run(
+            services,
+            args.name,
+            "teardown" if teardown else "cli",
+            full_refresh=getattr(args, "full_refresh", False),
+            dry_run=args.dry_run,
+            override_safety_valves=args.override_safety_valves,
+            teardown=teardown,
+        ).run
     except UnknownExport as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
@@ -128,7 +165,7 @@ def _follow(
             assert run is not None
             delivered = sum(r.rows for r in services.runs.chunk_results(run_id))
             if run.chunks_total is not None:
-                bar.total = run.rows_valid
+                bar.total = run.objects_planned
             bar.set_postfix_str(f"{run.status}, {run.rows_read} rows read")
             bar.n = delivered
             bar.refresh()
@@ -191,6 +228,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "export": _export,
+    "teardown": _export,
     "runs": _runs,
     "status": _status,
     "validate": _validate,

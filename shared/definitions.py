@@ -58,6 +58,30 @@ class Connection(_Strict):
         le=75,
         description="Profiles per /users/track request (Braze allows 75 combined; some plans 50).",
     )
+    rate_limit_requests: int = Field(
+        default=3000,
+        ge=1,
+        le=1_000_000,
+        description="Requests Braze allows per window on /users/track (3,000 per 3 s by default).",
+    )
+    rate_limit_window_seconds: int = Field(
+        default=3, ge=1, le=3600, description="Length of Braze's rate-limit window in seconds."
+    )
+    rate_limit_share: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Share of the window's budget this app may use across all its instances; "
+        "lower it to leave room for other /users/track traffic to the workspace.",
+    )
+    array_element_cap: int = Field(
+        default=25,
+        ge=1,
+        le=100,
+        description="Most elements Braze keeps in an array attribute for this workspace "
+        "(25 by default, up to 100 on request); the report warns before a membership array "
+        "would pass it.",
+    )
 
     @field_validator("rest_endpoint")
     @classmethod
@@ -166,7 +190,32 @@ class Export(_Strict):
         default="segments",
         min_length=1,
         max_length=255,
-        description="Array custom attribute that receives the segment name.",
+        description="Custom attribute that records membership: an array receiving the segment "
+        "name (membership 'array'), or a boolean set true on join and false on leave "
+        "(membership 'boolean').",
+    )
+    membership: Literal["array", "boolean"] = Field(
+        default="array",
+        description="How membership is written: 'array' adds and removes the segment name in "
+        "membership_attribute; 'boolean' sets membership_attribute true or false.",
+    )
+    clear_attributes_on_leave: bool = Field(
+        default=False,
+        description="When a profile leaves the segment, also set its mapped attributes to null "
+        "(by default only the membership is removed).",
+    )
+    max_removed_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Safety valve: a run that would remove more than this share of the "
+        "previous segment stops before sending anything, unless started with an override.",
+    )
+    max_data_points: int = Field(
+        default=10_000_000,
+        ge=0,
+        description="Safety valve: a run whose estimated Braze data points exceed this stops "
+        "before sending anything, unless started with an override.",
     )
     create_missing_users: bool = Field(
         default=True,

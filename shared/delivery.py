@@ -1,4 +1,8 @@
-"""Delivering one chunk: batch its profiles into /users/track requests and account for each row."""
+"""Delivering one chunk: batch its profiles into /users/track requests and account for each row.
+
+Progress is recorded after every batch, so a redelivered chunk (its worker was recycled or
+killed) resumes at the first batch Braze has not answered and never re-sends one it has.
+"""
 
 from __future__ import annotations
 
@@ -11,32 +15,33 @@ from typing import Any
 
 from shared.braze_client import TrackOutcome
 from shared.config import RUNS_CONTAINER
+from shared.layout import rejected_prefix
 from shared.messages import ChunkJob
-from shared.profiles import open_lines, row_part
-from shared.reporting import maybe_finalize, partitions_blob_name, rejected_prefix
-from shared.runs import ChunkResult
+from shared.profiles import open_lines
+from shared.reporting import maybe_finalize, partition_files, row_position
+from shared.runs import ChunkProgress, ChunkResult
 from shared.services import Services
 
 log = logging.getLogger(__name__)
 
 
-def batches(items: list[tuple[int, str]], size: int) -> list[list[tuple[int, str]]]:
+def batches(items: list[Any], size: int) -> list[list[Any]]:
     """Fixed batches of at most `size`: the same chunk always yields the same batches."""
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-def read_chunk(services: Services, blob_name: str) -> list[tuple[int, str]]:
-    """(row order, serialized attributes object) pairs from a chunk blob."""
+def read_chunk(services: Services, blob_name: str) -> list[tuple[int, int, str]]:
+    """(row order, data points, serialized object) per profile of a chunk blob."""
     items = []
     for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, blob_name)):
-        line, _, obj = text.rstrip("\n").partition("\t")
+        order, points, obj = text.rstrip("\n").split("\t", 2) if text.strip() else ("", "", "")
         if obj:
-            items.append((int(line), obj))
+            items.append((int(order), int(points), obj))
     return items
 
 
 def deliver_chunk(job: ChunkJob, services: Services) -> None:
-    """Send one chunk to Braze and record its outcome; a redelivered, finished chunk is skipped."""
+    """Send one chunk to Braze, batch by batch, and record its outcome once."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         log.warning("run %s is missing or finished; dropping chunk %d", job.run_id, job.chunk_index)
@@ -52,98 +57,132 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
         raise ValueError(
             f"chunk {job.blob_name} holds {len(items)} profiles but was planned with {job.rows}"
         )
-    accepted = requests = 0
-    reasons: Counter[str] = Counter()
-    rejected_lines: list[str] = []
-    for batch in batches(items, connection.objects_per_request):
-        outcome = client.track([obj for _, obj in batch])
-        requests += 1
-        rejections = rejected_rows(batch, outcome, lambda: _files(services, job.run_id))
-        accepted += len(batch) - len(rejections)
-        reasons.update(r["codes"][0] for r in rejections)
-        rejected_lines.extend(json.dumps(r, ensure_ascii=False) for r in rejections)
-    rejected_blob = ""
-    if rejected_lines:
-        rejected_blob = _rejected_blob_name(job)
-        services.storage.write_bytes(
-            RUNS_CONTAINER, rejected_blob, "\n".join(rejected_lines) + "\n", "application/x-ndjson"
+    progress = services.runs.chunk_progress(job.run_id, job.chunk_index)
+    if progress.batches_done:
+        log.info(
+            "run %s chunk %d resumes after batch %d",
+            job.run_id,
+            job.chunk_index,
+            progress.batches_done,
         )
+    files = _files_loader(services, job.run_id)
+    for number, batch in enumerate(batches(items, connection.objects_per_request)):
+        if number < progress.batches_done:
+            continue
+        outcome = client.track([obj for _, _, obj in batch])
+        rejections = rejected_rows(batch, outcome, files)
+        _add_batch(progress, job, batch, rejections, services)
+        progress.batches_done = number + 1
+        services.runs.save_progress(job.run_id, job.chunk_index, progress)
+    _record(job, progress, len(items), services)
+
+
+def _add_batch(
+    progress: ChunkProgress,
+    job: ChunkJob,
+    batch: list[tuple[int, int, str]],
+    rejections: list[dict[str, Any]],
+    services: Services,
+) -> None:
+    """Count a batch Braze answered; its rejected rows go to a blob this attempt owns."""
+    rejected_orders = {r["order"] for r in rejections}
+    progress.requests += 1
+    progress.accepted += len(batch) - len(rejections)
+    progress.rejected += len(rejections)
+    progress.data_points += sum(p for order, p, _ in batch if order not in rejected_orders)
+    if rejections:
+        blob = _rejected_blob_name(job)
+        services.storage.write_bytes(
+            RUNS_CONTAINER,
+            blob,
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejections),
+            "application/x-ndjson",
+        )
+        progress.rejected_blobs.append(blob)
+        tally = Counter(progress.rejections)
+        tally.update(r["codes"][0] for r in rejections)
+        progress.rejections = dict(tally)
+
+
+def _record(job: ChunkJob, progress: ChunkProgress, rows: int, services: Services) -> None:
     result = ChunkResult(
         chunk_index=job.chunk_index,
-        rows=len(items),
-        accepted=accepted,
-        rejected=len(rejected_lines),
-        requests=requests,
-        rejected_blob=rejected_blob,
-        rejections=dict(reasons),
+        rows=rows,
+        accepted=progress.accepted,
+        rejected=progress.rejected,
+        requests=progress.requests,
+        rejections=progress.rejections,
+        partition=job.partition,
+        data_points=progress.data_points,
+        rejected_blobs=progress.rejected_blobs,
+        failure=progress.failure,
     )
     services.runs.record_chunk(job.run_id, result)
     maybe_finalize(job.run_id, services)
 
 
 def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
-    """The chunk is being poisoned: report every row of it, so none goes unaccounted for.
-
-    Without per-batch progress the rows are all reported as failed, though Braze may have
-    accepted some batches before the failure; re-sending them is harmless (attributes are set,
-    membership is added, nothing is counted twice in Braze).
-    """
+    """The chunk is being poisoned: batches Braze answered keep their outcome, and every row
+    of the rest is reported as delivery_failed, so none goes unaccounted for."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final or services.runs.chunk_done(job.run_id, job.chunk_index):
         return
     reason = f"delivery failed after every retry: {type(error).__name__}: {error}"[:1000]
+    progress = services.runs.chunk_progress(job.run_id, job.chunk_index)
+    progress.failure = reason
     try:
-        items = read_chunk(services, job.blob_name)
+        items: list[tuple[int, int, str]] | None = read_chunk(services, job.blob_name)
     except Exception:
         log.exception("run %s chunk %d: its blob is unreadable too", job.run_id, job.chunk_index)
         items = None
-    blob = ""
-    if items is not None:
+    if items is None:
+        undelivered = job.rows - progress.accepted - progress.rejected  # counted, not itemized
+    else:
+        connection = services.definitions().connection(run.connection)
+        done = progress.batches_done * connection.objects_per_request
+        rest = items[done:]
+        undelivered = len(rest)
+        files = _files_loader(services, job.run_id)
         entries = [
             {
-                **_position(order, lambda: _files(services, job.run_id)),
+                **row_position(order, files),
                 "customer_id": json.loads(obj).get("external_id"),
                 "stage": "delivery",
                 "codes": ["delivery_failed"],
                 "reasons": [reason],
                 "object": json.loads(obj),
             }
-            for order, obj in items
+            for order, _, obj in rest
         ]
-        blob = _rejected_blob_name(job)
-        services.storage.write_bytes(
-            RUNS_CONTAINER,
-            blob,
-            "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries),
-            "application/x-ndjson",
-        )
-    rows = len(items) if items is not None else job.rows  # counted even when not itemized
-    result = ChunkResult(
-        chunk_index=job.chunk_index,
-        rows=rows,
-        accepted=0,
-        rejected=rows,
-        requests=0,
-        rejected_blob=blob,
-        rejections={"delivery_failed": rows},
-    )
-    services.runs.record_chunk(job.run_id, result)
-    maybe_finalize(job.run_id, services)
+        if entries:
+            blob = _rejected_blob_name(job)
+            services.storage.write_bytes(
+                RUNS_CONTAINER,
+                blob,
+                "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries),
+                "application/x-ndjson",
+            )
+            progress.rejected_blobs.append(blob)
+    progress.rejected += undelivered
+    tally = Counter(progress.rejections)
+    tally["delivery_failed"] += undelivered
+    progress.rejections = dict(tally)
+    _record(job, progress, job.rows if items is None else len(items), services)
 
 
 def rejected_rows(
-    batch: list[tuple[int, str]], outcome: TrackOutcome, files: Callable[[], list[str]]
+    batch: list[tuple[int, int, str]], outcome: TrackOutcome, files: Callable[[], list[str]]
 ) -> list[dict[str, Any]]:
     """Map Braze's answer back to source rows: `errors[].index` is the position in the batch."""
     rejected = []
-    for index, (order, obj_json) in enumerate(batch):
+    for index, (order, _, obj_json) in enumerate(batch):
         error = outcome.object_errors.get(index)
         if error is None and outcome.failure is None:
             continue
         obj = json.loads(obj_json)
         rejected.append(
             {
-                **_position(order, files),
+                **row_position(order, files),
                 "customer_id": obj.get("external_id"),
                 "stage": "braze",
                 "codes": [error or f"http_{outcome.status}"],
@@ -156,19 +195,18 @@ def rejected_rows(
     return rejected
 
 
-def _position(order: int, files: Callable[[], list[str]]) -> dict[str, Any]:
-    """Where a row came from: its line, and its partition file for a CDM source."""
-    part, line = row_part(order)
-    position: dict[str, Any] = {"order": order, "line": line}
-    if part is not None:
-        position["file"] = files()[part]
-    return position
+def _files_loader(services: Services, run_id: str) -> Callable[[], list[str]]:
+    """The CDM partition files, read once and only if a rejected row needs them."""
+    cache: list[list[str]] = []
 
+    def load() -> list[str]:
+        if not cache:
+            cache.append(partition_files(services, run_id))
+        return cache[0]
 
-def _files(services: Services, run_id: str) -> list[str]:
-    return json.loads(services.storage.read_bytes(RUNS_CONTAINER, partitions_blob_name(run_id)))
+    return load
 
 
 def _rejected_blob_name(job: ChunkJob) -> str:
-    """One name per attempt: a losing attempt's file is never the one the record points to."""
+    """One name per attempt: a losing attempt's file is never one the record points to."""
     return f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}-{uuid.uuid4().hex[:8]}.jsonl"

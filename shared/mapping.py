@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from shared.definitions import Export
+from shared.diff import membership_value
 from shared.validation import Profile
 
 
@@ -13,7 +14,7 @@ def braze_attributes(profile: Profile, export: Export) -> dict[str, Any]:
     """The attributes object: identity, email, mapped attributes and the segment membership."""
     obj: dict[str, Any] = {"external_id": profile.customer_id, "email": profile.email}
     obj.update(profile.attributes)
-    obj[export.membership_attribute] = {"add": [export.segment]}
+    obj[export.membership_attribute] = membership_value(export, True)
     if not export.create_missing_users:
         obj["_update_existing_only"] = True
     return obj

@@ -55,12 +55,25 @@ class ExportJob(_Message):
 
 
 @dataclass(frozen=True)
+class PartitionJob(_Message):
+    """Diff one partition of a run's segment against the export's snapshot."""
+
+    kind: ClassVar[str] = "partition-job"
+    run_id: str
+    export_name: str
+    partition: int
+    partitions: int
+
+
+@dataclass(frozen=True)
 class ChunkJob(_Message):
-    """Deliver one chunk blob of a run to Braze."""
+    """Deliver one chunk blob of a run to Braze; `partition` is the partition it came from."""
 
     kind: ClassVar[str] = "chunk-job"
+    version: ClassVar[int] = 2
     run_id: str
     export_name: str
     chunk_index: int
     blob_name: str
     rows: int
+    partition: int

@@ -1,65 +1,72 @@
-"""Planning a run: stream the segment, validate, cut chunks, enqueue them.
+"""Planning a run, step one: stream the segment, validate it, split it by customer id.
 
-Each chunk is enqueued as soon as its blob is written, so Braze delivery overlaps planning and
-a 1M-row file starts reaching Braze within seconds.
+Valid rows go to one of `partitions` blobs by a hash of the customer id, so an id lands in the
+same partition in every run; each partition is then diffed against the previous snapshot on its
+own (shared/partitions.py), in parallel across queue workers, with memory bounded by one
+partition. Nothing reaches Braze before every partition is diffed and the safety valves pass.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shared.cdm import parse_model, read_entity
-from shared.config import CHUNKS_QUEUE, RUNS_CONTAINER, ConfigurationError
-from shared.definitions import DefinitionsError, Export, UnknownExport, format_of
-from shared.mapping import braze_attributes, encode_object
-from shared.messages import ChunkJob, ExportJob
+from shared.config import PARTITIONS_QUEUE, RUNS_CONTAINER, ConfigurationError
+from shared.definitions import (
+    Connection,
+    DefinitionsError,
+    Export,
+    SourceFormat,
+    UnknownExport,
+    format_of,
+)
+from shared.diff import mapping_fingerprint, partition_count, partition_of
+from shared.layout import partition_blob_name, rejected_prefix, source_files_blob_name
+from shared.mapping import braze_attributes
+from shared.messages import ExportJob, PartitionJob
 from shared.profiles import RecordReader, SourceError, open_lines, row_order
-from shared.reporting import maybe_finalize, partitions_blob_name, rejected_prefix
+from shared.reporting import finish_early
 from shared.runs import Run, Status, utcnow
 from shared.services import Services
 from shared.storage import BlobLineWriter, BlobNotFound
-from shared.validation import Profile, validate_record
+from shared.validation import Profile, usable_customer_id, validate_record
 
 log = logging.getLogger(__name__)
-
-
-def chunk_blob_name(run_id: str, index: int) -> str:
-    return f"runs/{run_id}/chunks/{index:06d}.tsv"
 
 
 @dataclass
 class _Tally:
     rows_read: int = 0
-    rows_valid: int = 0
     rows_rejected: int = 0
-    chunks: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
 
 
 def plan_run(job: ExportJob, services: Services) -> None:
-    """Plan one run. Safe to run again after a crash: chunks are deterministic and overwritten."""
+    """Plan one run. Safe to run again after a crash: partitions are deterministic, overwritten."""
     run = services.runs.get(job.run_id)
     if run is None:
         log.error("run %s does not exist; dropping its planning job", job.run_id)
         return
-    if run.status not in (Status.QUEUED, Status.PLANNING):
+    if run.status not in (Status.QUEUED, Status.PLANNING) or run.partitions:
         log.info("run %s is already %s; nothing to plan", run.run_id, run.status)
-        maybe_finalize(run.run_id, services)  # in case the first attempt died right here
         return
-    replanning = run.status == Status.PLANNING
     run.status, run.planning_started_at = Status.PLANNING, utcnow()
     services.runs.update(run)
     tally = _Tally()
     try:
-        export = services.definitions().export(job.export_name)
-        _plan(run, export, services, tally, replanning)
+        definitions = services.definitions()
+        export = definitions.export(run.export_name)
+        connection = definitions.connection(export.connection)
+        _compare_with_snapshot(run, export, connection, services)
+        partitions = _split(run, export, services, tally)
     except (
         SourceError,
         BlobNotFound,
@@ -67,19 +74,45 @@ def plan_run(job: ExportJob, services: Services) -> None:
         ConfigurationError,
         UnknownExport,
     ) as error:
-        run.planning_failed, run.message = True, _clip(f"planning failed: {error}")
-        log.error("run %s: %s", run.run_id, run.message)
-    run.rows_read, run.rows_valid, run.rows_rejected = (
-        tally.rows_read,
-        tally.rows_valid,
-        tally.rows_rejected,
-    )
-    run.rejections = dict(tally.reasons)
-    run.chunks_planned = run.chunks_total = tally.chunks
-    run.planning_finished_at = utcnow()
-    run.status = Status.DELIVERING
+        _record_tally(run, tally)
+        finish_early(run, services, message=_clip(f"planning failed: {error}"), failed=True)
+        return
+    _record_tally(run, tally)
+    run.partitions = partitions
     services.runs.update(run)
-    maybe_finalize(run.run_id, services)
+    queue = services.storage.queue(PARTITIONS_QUEUE)
+    for partition in range(partitions):
+        queue.send_message(
+            PartitionJob(run.run_id, run.export_name, partition, partitions).to_json()
+        )
+    log.info("run %s: %d rows read, %d partitions queued", run.run_id, tally.rows_read, partitions)
+
+
+def _record_tally(run: Run, tally: _Tally) -> None:
+    run.rows_read, run.rows_rejected = tally.rows_read, tally.rows_rejected
+    run.rejections = dict(tally.reasons)
+
+
+def _compare_with_snapshot(
+    run: Run, export: Export, connection: Connection, services: Services
+) -> None:
+    """Fix, once per run, which snapshot it diffs against and whether it sends everything."""
+    manifest = services.snapshots.current(export.name, connection.name)
+    run.mapping_fingerprint = mapping_fingerprint(export, connection)
+    if manifest is not None:
+        run.previous_snapshot = manifest.run_id
+        run.previous_partitions = manifest.partitions
+        run.previous_profiles = manifest.profiles
+    if run.teardown:
+        run.full_refresh_reason = ""
+    elif run.full_refresh:
+        run.full_refresh_reason = "a full refresh was requested"
+    elif manifest is None:
+        run.full_refresh_reason = "first run of this export on this connection"
+    elif manifest.mapping != run.mapping_fingerprint:
+        run.full_refresh_reason = (
+            "the mapping, segment or membership encoding changed since the last snapshot"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +126,41 @@ class _Row:
     problem: str | None
 
 
-def _source_rows(run: Run, export: Export, services: Services) -> Iterator[_Row]:
+@dataclass
+class _Source:
+    """The run's source: its size (to choose the partition count) and its rows, streamed."""
+
+    size: int
+    compressed: bool
+    rows: Iterator[_Row]
+
+
+def _source_format(run: Run, export: Export) -> SourceFormat:
+    container, _, path = run.source.partition("/")
+    same_file = container == export.source.container and path == export.source.path
+    return export.source.resolved_format() if same_file else format_of(path)
+
+
+def _open_source(run: Run, export: Export, services: Services) -> _Source:
+    """Open the run's source and check the mapped columns exist before anything is written."""
+    storage = services.storage
+    fmt = _source_format(run, export)
+    rows = _source_rows(run, export, fmt, services)
+    first = next(rows, None)  # reads the header or model.json: fail before writing anything
+    if fmt == "cdm":
+        files = json.loads(storage.read_bytes(RUNS_CONTAINER, source_files_blob_name(run.run_id)))
+        size = sum(storage.size(*name.split("/", 1)) for name in files)
+        compressed = any(name.endswith(".gz") for name in files)
+    else:
+        container, _, path = run.source.partition("/")
+        size, compressed = storage.size(container, path), path.endswith(".gz")
+    return _Source(size, compressed, itertools.chain([first] if first else [], rows))
+
+
+def _source_rows(run: Run, export: Export, fmt: SourceFormat, services: Services) -> Iterator[_Row]:
     """Every record of the run's source, after checking the mapped columns exist."""
     storage = services.storage
     container, _, path = run.source.partition("/")
-    same_file = container == export.source.container and path == export.source.path
-    fmt = export.source.resolved_format() if same_file else format_of(path)
     mapping = export.mapping
     needed = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
     if fmt == "cdm":
@@ -107,7 +169,10 @@ def _source_rows(run: Run, export: Export, services: Services) -> Iterator[_Row]
         entity.require_columns(needed)
         files = [f"{p.container}/{p.blob}" for p in entity.partitions]
         storage.write_bytes(
-            RUNS_CONTAINER, partitions_blob_name(run.run_id), json.dumps(files), "application/json"
+            RUNS_CONTAINER,
+            source_files_blob_name(run.run_id),
+            json.dumps(files),
+            "application/json",
         )
         index = {p.blob: i for i, p in enumerate(entity.partitions)}
         if len(index) < len(entity.partitions):
@@ -131,108 +196,69 @@ def _source_rows(run: Run, export: Export, services: Services) -> Iterator[_Row]
         yield _Row(record.line, record.line, None, record.values, record.problem)
 
 
-def _plan(run: Run, export: Export, services: Services, tally: _Tally, replanning: bool) -> None:
-    storage = services.storage
-    rows = _source_rows(run, export, services)
-    first = next(rows, None)  # reads the header or model.json: fail before writing anything
+def _split(run: Run, export: Export, services: Services, tally: _Tally) -> int:
+    """Validate every row and file it under its customer id's partition; returns the count.
+
+    Rows go to local temporary files first (bounded memory whatever the partition count), then
+    each file is uploaded. A partition line is `[order, customer id, object]`; a row rejected
+    for another field than its id keeps its place as `[order, customer id, null]`, so the diff
+    knows the profile is still in the segment.
+    """
+    if run.teardown:
+        return max(run.previous_partitions, 1)  # empty partitions: everyone leaves
+    source = _open_source(run, export, services)
+    count = partition_count(source.size, source.compressed)
     mapping = export.mapping
+    storage = services.storage
     rejected = storage.line_writer(RUNS_CONTAINER, rejected_prefix(run.run_id) + "plan.jsonl")
-    seen: set[int] = set()
-    pending: list[str] = []
-
-    def flush() -> None:
-        _emit_chunk(run, tally.chunks, pending, services, replanning)
-        tally.chunks += 1
-        pending.clear()
-        # Progress, and what a poisoned planning job falls back on (see fail_planning).
-        # chunks_planned is a high-water mark across attempts: an earlier attempt may have
-        # queued further than this one before failing.
-        run.rows_read, run.rows_valid = tally.rows_read, tally.rows_valid
-        run.chunks_planned = max(run.chunks_planned, tally.chunks)
-        services.runs.update(run)
-
-    def finish() -> None:
-        if pending:
-            flush()
-        rejected.close()
-
-    try:
-        for row in itertools.chain([first] if first else [], rows):
-            tally.rows_read += 1
-            if row.problem:
-                problems = [("malformed_row", f"row {row.problem}")]
-                _reject(rejected, tally, row, None, problems)
-                continue
-            result = validate_record(row.values, mapping)
-            if not isinstance(result, Profile):
-                problems = [(p.code, p.message) for p in result]
-                _reject(rejected, tally, row, row.values.get(mapping.customer_id), problems)
-                continue
-            digest = int.from_bytes(
-                hashlib.blake2b(result.customer_id.encode(), digest_size=8).digest()
-            )
-            if digest in seen:
-                message = (
-                    f"duplicate customer id {result.customer_id!r}: an earlier row with this id "
-                    "was kept (the first valid row for an id wins)"
+    with tempfile.TemporaryDirectory(prefix="plan-") as directory:
+        paths = [Path(directory, f"{p:04d}.jsonl") for p in range(count)]
+        files = [path.open("w", encoding="utf-8") for path in paths]
+        try:
+            for row in source.rows:
+                tally.rows_read += 1
+                if row.problem:
+                    _reject(rejected, tally, row, None, [("malformed_row", f"row {row.problem}")])
+                    continue
+                result = validate_record(row.values, mapping)
+                if isinstance(result, Profile):
+                    customer_id: str | None = result.customer_id
+                    obj: dict[str, Any] | None = braze_attributes(result, export)
+                else:
+                    problems = [(p.code, p.message) for p in result]
+                    raw_id = row.values.get(mapping.customer_id)
+                    _reject(rejected, tally, row, raw_id, problems)
+                    customer_id, obj = usable_customer_id(row.values, mapping), None
+                if customer_id is not None:
+                    line = json.dumps([row.order, customer_id, obj], ensure_ascii=False)
+                    files[partition_of(customer_id, count)].write(line + "\n")
+        finally:
+            for file in files:
+                file.close()
+            rejected.close()  # a failed run still reports the rows rejected before the failure
+        for partition, path in enumerate(paths):
+            with path.open("rb") as data:
+                storage.write_bytes(
+                    RUNS_CONTAINER,
+                    partition_blob_name(run.run_id, partition),
+                    data,
+                    "application/x-ndjson",
                 )
-                _reject(
-                    rejected, tally, row, result.customer_id, [("duplicate_customer_id", message)]
-                )
-                continue
-            seen.add(digest)
-            tally.rows_valid += 1
-            pending.append(f"{row.order}\t{encode_object(braze_attributes(result, export))}")
-            if len(pending) >= export.chunk_size:
-                flush()
-    except SourceError:
-        # Rows before the bad spot are delivered and reported; the run then fails saying why.
-        # Any other error leaves no partial chunk behind: the queue retries the whole plan.
-        finish()
-        raise
-    finish()
+    return count
 
 
 def fail_planning(run_id: str, error: BaseException, services: Services) -> None:
-    """The planning job is being poisoned: end the run with what was already queued.
-
-    Chunks enqueued before the failure are still delivered; rows after the last one were
-    never read, and the message says so.
-    """
+    """The planning job is being poisoned: the run fails, and nothing was sent."""
     run = services.runs.get(run_id)
     if run is None or run.is_final:
         return
-    run.planning_failed = True
-    run.message = _clip(
-        f"planning failed after every retry: {type(error).__name__}: {error}; "
-        f"the {run.rows_valid} profiles in the {run.chunks_planned} chunks queued before that "
-        "are delivered, the rest of the source was not read"
-    )
-    run.rows_read, run.rows_rejected, run.rejections = run.rows_valid, 0, {}
-    run.chunks_total = run.chunks_planned
-    run.planning_finished_at = utcnow()
-    run.status = Status.DELIVERING
-    services.runs.update(run)
-    maybe_finalize(run_id, services)
+    message = f"planning failed after every retry: {type(error).__name__}: {error}"
+    finish_early(run, services, message=_clip(message), failed=True)
 
 
 def _clip(message: str, limit: int = 2000) -> str:
     """Run messages live in a table property (64 KiB); a wide CSV header must not overflow it."""
     return message if len(message) <= limit else message[:limit] + "…"
-
-
-def _emit_chunk(
-    run: Run, index: int, lines: list[str], services: Services, replanning: bool
-) -> None:
-    """Write the chunk blob, then enqueue its reference (unless a re-plan finds it delivered)."""
-    name = chunk_blob_name(run.run_id, index)
-    services.storage.write_bytes(
-        RUNS_CONTAINER, name, "\n".join(lines) + "\n", "text/tab-separated-values; charset=utf-8"
-    )
-    if replanning and services.runs.chunk_done(run.run_id, index):
-        return
-    job = ChunkJob(run.run_id, run.export_name, index, name, len(lines))
-    services.storage.queue(CHUNKS_QUEUE).send_message(job.to_json())
 
 
 def _reject(

@@ -1,4 +1,5 @@
-"""Finalizing a run, exactly once: sum the chunks, merge rejected rows, write the report.
+"""Finalizing a run, exactly once: sum the chunks, merge rejected rows, commit the snapshot,
+write the report.
 
 Any worker that finishes the last piece of work may call `maybe_finalize`; an ETag-guarded
 claim on the run entity lets exactly one of them do it, even when the last chunks finish together.
@@ -12,14 +13,22 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 from shared.config import RUNS_CONTAINER
-from shared.profiles import open_lines
-from shared.runs import ChunkResult, Run, RunConflict, Status, utcnow
+from shared.layout import (
+    pending_snapshot_name,
+    rejected_blob_name,
+    rejected_prefix,
+    report_blob_name,
+    source_files_blob_name,
+)
+from shared.profiles import open_lines, row_part
+from shared.runs import ChunkResult, PartitionResult, Run, RunConflict, Status, utcnow
 from shared.services import Services
+from shared.snapshots import Manifest
 from shared.triggers import start_pending
 
 log = logging.getLogger(__name__)
@@ -28,21 +37,37 @@ log = logging.getLogger(__name__)
 CLAIM_LEASE = timedelta(minutes=10)
 
 
-def rejected_prefix(run_id: str) -> str:
-    return f"runs/{run_id}/rejected/"
+REMOVAL_ORDER = 1 << 62  # removals sort after every source row; they have no line
 
 
-def partitions_blob_name(run_id: str) -> str:
-    """The CDM partition files of a run, in order (row positions index into it)."""
-    return f"runs/{run_id}/partitions.json"
+def row_position(order: int, files: Callable[[], list[str]]) -> dict[str, Any]:
+    """Where a row came from: its line, its partition file for a CDM source, or that it is
+    a profile leaving the segment (it has no row)."""
+    if order >= REMOVAL_ORDER:
+        return {"order": order, "left_segment": True}
+    part, line = row_part(order)
+    position: dict[str, Any] = {"order": order, "line": line}
+    if part is not None:
+        position["file"] = files()[part]
+    return position
 
 
-def report_blob_name(run_id: str) -> str:
-    return f"runs/{run_id}/report.json"
+def partition_files(services: Services, run_id: str) -> list[str]:
+    """The CDM partition files of the run's source, in the order row positions use."""
+    return json.loads(services.storage.read_bytes(RUNS_CONTAINER, source_files_blob_name(run_id)))
 
 
-def rejected_blob_name(run_id: str) -> str:
-    return f"runs/{run_id}/rejected.jsonl"
+def finish_early(
+    run: Run, services: Services, *, message: str, failed: bool = False, stopped_by: str = ""
+) -> None:
+    """End a run that sends nothing (more): planning failed, a safety valve held it, or a dry
+    run is done. The report and rejected rows are written as for any run."""
+    run.planning_failed = run.planning_failed or failed
+    run.stopped_by, run.message = stopped_by, message
+    if run.chunks_total is None:
+        run.chunks_total = 0
+    services.runs.update(run)
+    maybe_finalize(run.run_id, services)
 
 
 def maybe_finalize(run_id: str, services: Services) -> bool:
@@ -77,9 +102,16 @@ def maybe_finalize(run_id: str, services: Services) -> bool:
 
 
 def final_status(run: Run) -> Status:
-    """failed: planning failed or nothing got through; partially: some rejected; else succeeded."""
+    """failed: planning failed, no row was valid, or Braze took none of what was sent;
+    stopped: a safety valve held it; partially: some rows rejected; else succeeded."""
     rejected = run.rows_rejected + run.profiles_rejected_by_braze
-    if run.planning_failed or (run.profiles_accepted == 0 and rejected > 0):
+    if run.planning_failed:
+        return Status.FAILED
+    if run.stopped_by:
+        return Status.STOPPED
+    if run.rows_valid == 0 and run.rows_rejected > 0:
+        return Status.FAILED
+    if run.objects_planned and run.profiles_accepted == 0 and not run.dry_run:
         return Status.FAILED
     return Status.PARTIALLY_SUCCEEDED if rejected else Status.SUCCEEDED
 
@@ -88,48 +120,114 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     run.profiles_accepted = sum(r.accepted for r in results)
     run.profiles_rejected_by_braze = sum(r.rejected for r in results)
     run.requests_sent = sum(r.requests for r in results)
+    run.data_points_used = sum(r.data_points for r in results)
     tally = Counter(run.rejections)
     for result in results:
         tally.update(result.rejections)
     run.rejections = dict(tally)
     run.rejected_blob = rejected_blob_name(run.run_id)
     run.report_blob = report_blob_name(run.run_id)
-    planned_rejections = _merge_rejected(run.run_id, results, services)
-    if run.planning_failed:
-        # Attempts before the failure may have queued more than the last one recorded.
-        run.rows_valid = sum(r.rows for r in results)
-        run.rows_rejected = planned_rejections
-        run.rows_read = run.rows_valid + run.rows_rejected
+    partitions = services.runs.partition_results(run.run_id)
+    _merge_rejected(run.run_id, partitions, results, services)
     run.status = final_status(run)
-    if not run.message:
-        run.message = _summary(run)
     delivered = run.profiles_accepted + run.profiles_rejected_by_braze
-    if delivered != run.rows_valid:
+    if delivered != run.objects_planned and run.chunks_total:
         run.status = Status.FAILED
         run.message = (
-            f"counts do not add up: {run.rows_valid} valid profiles planned but {delivered} "
-            "accounted for by delivery; this is a bug, please report it with this run's id"
+            f"counts do not add up: {run.objects_planned} profiles planned to be sent but "
+            f"{delivered} accounted for by delivery; this is a bug, please report it with this "
+            "run's id"
         )
+    elif not run.message:
+        run.message = _summary(run, results)
+    if run.partitions and not (run.planning_failed or run.stopped_by or run.dry_run):
+        _commit_snapshot(run, results, services)
     run.finished_at = utcnow()
+    report = build_report(run, partitions)
     services.storage.write_bytes(
-        RUNS_CONTAINER, run.report_blob, json.dumps(build_report(run), indent=2), "application/json"
+        RUNS_CONTAINER, run.report_blob, json.dumps(report, indent=2), "application/json"
     )
     services.runs.update(run, if_unchanged=True)  # a finalizer that outlived its lease loses
     log.info("run %s finished: %s (%s)", run.run_id, run.status, run.message)
 
 
-def _summary(run: Run) -> str:
-    rejected = run.rows_rejected + run.profiles_rejected_by_braze
-    return (
-        f"{run.profiles_accepted} of {run.rows_read} rows accepted by Braze; "
-        f"{run.rows_rejected} rejected by validation, {run.profiles_rejected_by_braze} by Braze"
-        if rejected
-        else f"all {run.profiles_accepted} profiles accepted by Braze"
+def _commit_snapshot(run: Run, results: list[ChunkResult], services: Services) -> None:
+    """Make what Braze now holds the export's snapshot, one partition at a time.
+
+    A profile Braze rejected keeps its previous fingerprints (or stays out), so the next run
+    sends it again; everything else takes what was sent. Rejected ids are loaded per partition,
+    so memory stays bounded by one partition.
+    """
+    blobs_by_partition: dict[int, list[str]] = {}
+    for result in results:
+        blobs_by_partition.setdefault(result.partition, []).extend(result.rejected_blobs)
+    profiles = 0
+    for partition in range(run.partitions):
+        rejected = {
+            entry["customer_id"]
+            for name in blobs_by_partition.get(partition, [])
+            for entry in _json_lines(services, name)
+        }
+        pending = _json_lines(services, pending_snapshot_name(run.run_id, partition))
+        profiles += services.snapshots.write_partition(
+            run.export_name,
+            run.connection,
+            run.run_id,
+            partition,
+            _committed(pending, rejected),
+        )
+    manifest = Manifest(
+        run.run_id, run.partitions, run.mapping_fingerprint, profiles, utcnow().isoformat()
     )
+    services.snapshots.make_current(run.export_name, run.connection, manifest)
+    run.snapshot_profiles = profiles
 
 
-def build_report(run: Run) -> dict[str, Any]:
-    """The run report: counts that add up, timings and throughput, and why rows were rejected."""
+def _committed(pending: Iterator[Any], rejected: set[str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """`[id, prints]` stays; `[id, new, old]` takes new unless Braze rejected it (null: gone)."""
+    for entry in pending:
+        customer_id, prints = entry[0], entry[1]
+        if len(entry) == 3 and customer_id in rejected:
+            prints = entry[2]
+        if prints is not None:
+            yield customer_id, prints
+
+
+def _json_lines(services: Services, name: str) -> Iterator[Any]:
+    for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, name)):
+        if text.strip():
+            yield json.loads(text)
+
+
+def _summary(run: Run, results: list[ChunkResult]) -> str:
+    failed = [r for r in results if r.failure]
+    if failed:
+        names = ", ".join(str(r.chunk_index) for r in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        return (
+            f"{len(failed)} chunk(s) failed after every retry (chunk {names}{more}): "
+            f"{failed[0].failure}; their profiles are in the rejected rows as delivery_failed "
+            "and can be replayed"
+        )
+    sent = (
+        f"{run.profiles_new} new, {run.profiles_changed} changed, {run.profiles_removed} "
+        f"leaving, {run.profiles_unchanged} unchanged"
+    )
+    if not run.objects_planned:
+        return f"nothing changed, nothing sent ({sent})"
+    rejected = run.rows_rejected + run.profiles_rejected_by_braze
+    if rejected:
+        return (
+            f"{run.profiles_accepted} of {run.objects_planned} profiles sent were accepted by "
+            f"Braze ({sent}); {run.rows_rejected} rows rejected by validation, "
+            f"{run.profiles_rejected_by_braze} by Braze"
+        )
+    return f"all {run.profiles_accepted} profiles sent were accepted by Braze ({sent})"
+
+
+def build_report(run: Run, partitions: list[PartitionResult] | None = None) -> dict[str, Any]:
+    """The run report: counts that add up, the diff, data points, timings, and why rows were
+    rejected."""
     seconds = (
         (run.finished_at - run.created_at).total_seconds()
         if run.finished_at and run.created_at
@@ -140,6 +238,7 @@ def build_report(run: Run) -> dict[str, Any]:
         if run.planning_finished_at and run.planning_started_at
         else None
     )
+    examples = [e for p in partitions or [] for e in p.array_cap_examples][:10]
     return {
         "run_id": run.run_id,
         "export": run.export_name,
@@ -149,15 +248,44 @@ def build_report(run: Run) -> dict[str, Any]:
         "trigger": run.trigger,
         "status": run.status,
         "message": run.message,
+        "options": {
+            "full_refresh": run.full_refresh,
+            "dry_run": run.dry_run,
+            "override_safety_valves": run.override_safety_valves,
+            "teardown": run.teardown,
+        },
         "counts": {
             "rows_read": run.rows_read,
             "rows_valid": run.rows_valid,
             "rows_rejected_by_validation": run.rows_rejected,
+            "profiles_new": run.profiles_new,
+            "profiles_changed": run.profiles_changed,
+            "profiles_unchanged": run.profiles_unchanged,
+            "profiles_removed": run.profiles_removed,
+            "profiles_sent": run.objects_planned,
             "profiles_accepted_by_braze": run.profiles_accepted,
             "profiles_rejected_by_braze": run.profiles_rejected_by_braze,
+            "requests_planned": run.requests_planned,
             "requests_sent": run.requests_sent,
             "chunks": run.chunks_total,
+            "partitions": run.partitions,
         },
+        "data_points": {"estimated": run.data_points_estimated, "used": run.data_points_used},
+        "diff": {
+            "full_refresh_reason": run.full_refresh_reason or None,
+            "previous_snapshot": run.previous_snapshot or None,
+            "previous_profiles": run.previous_profiles,
+            "snapshot_profiles": run.snapshot_profiles,
+        },
+        "safety_valve": run.stopped_by or None,
+        "warnings": {
+            "array_cap": {
+                "profiles": run.array_cap_warnings,
+                "examples": examples,
+            }
+        }
+        if run.array_cap_warnings
+        else {},
         "rejections_by_reason": dict(sorted(run.rejections.items(), key=lambda kv: -kv[1])),
         "timings": {
             "created_at": run.created_at.isoformat(),
@@ -166,12 +294,13 @@ def build_report(run: Run) -> dict[str, Any]:
             "finished_at": _iso(run.finished_at),
             "planning_seconds": planning,
             "total_seconds": seconds,
-            "profiles_per_second": round(run.rows_valid / seconds, 1) if seconds else None,
+            "profiles_per_second": round(run.objects_planned / seconds, 1) if seconds else None,
         },
         "blobs": {
             "container": RUNS_CONTAINER,
             "report": run.report_blob,
             "rejected_rows": run.rejected_blob,
+            "dry_run_requests": run.dry_run_blob or None,
         },
     }
 
@@ -180,30 +309,34 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value else None
 
 
-def _merge_rejected(run_id: str, results: list[ChunkResult], services: Services) -> int:
-    """Merge the planner's and each recorded chunk's rejected rows, ordered by source line.
+def _merge_rejected(
+    run_id: str,
+    partitions: list[PartitionResult],
+    results: list[ChunkResult],
+    services: Services,
+) -> None:
+    """Merge the planner's, the partitions' and each recorded chunk's rejected rows, ordered by
+    source line (profiles leaving the segment last).
 
     Only the files the records name are merged: a blob left by an attempt that crashed before
-    recording its chunk must not contradict the counts. Each part is already in line order,
-    so a streaming k-way merge keeps memory flat. Returns how many were rejected by validation.
+    recording its chunk must not contradict the counts. Each part is already in order, so a
+    streaming k-way merge keeps memory flat.
     """
     storage = services.storage
     plan = rejected_prefix(run_id) + "plan.jsonl"
     parts = [plan] if storage.exists(RUNS_CONTAINER, plan) else []
-    parts += [r.rejected_blob for r in results if r.rejected_blob]
+    parts += [p.rejected_blob for p in partitions if p.rejected_blob]
+    parts += [name for r in results for name in r.rejected_blobs]
     streams = [_entries(services, name) for name in parts]
     writer = storage.line_writer(RUNS_CONTAINER, rejected_blob_name(run_id))
-    by_validation = 0
-    for _, stage, text in heapq.merge(*streams, key=lambda item: item[0]):
+    for _, text in heapq.merge(*streams, key=lambda item: item[0]):
         writer.write(text)
-        by_validation += stage == "validation"
     writer.close()
-    return by_validation
 
 
-def _entries(services: Services, name: str) -> Iterator[tuple[int, str, str]]:
+def _entries(services: Services, name: str) -> Iterator[tuple[int, str]]:
     for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, name)):
         text = text.rstrip("\n")
         if text:
             entry = json.loads(text)
-            yield entry.get("order", entry["line"]), entry["stage"], text
+            yield entry.get("order", entry.get("line", 0)), text

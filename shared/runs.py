@@ -11,7 +11,7 @@ import secrets
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
@@ -32,9 +32,10 @@ class Status(StrEnum):
     SUCCEEDED = "succeeded"
     PARTIALLY_SUCCEEDED = "partially_succeeded"
     FAILED = "failed"
+    STOPPED = "stopped"  # a safety valve held the run before anything was sent
 
 
-FINAL_STATUSES = {Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED, Status.FAILED}
+FINAL_STATUSES = {Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED, Status.FAILED, Status.STOPPED}
 
 
 def new_run_id(export_name: str, now: datetime | None = None) -> str:
@@ -59,6 +60,8 @@ class Run:
     trigger: str
     full_refresh: bool = False
     dry_run: bool = False
+    override_safety_valves: bool = False
+    teardown: bool = False
     status: str = Status.QUEUED
     message: str = ""
     planning_failed: bool = False
@@ -75,8 +78,28 @@ class Run:
     profiles_rejected_by_braze: int = 0
     requests_sent: int = 0
     rejections: dict[str, int] = field(default_factory=dict)
+    # The diff against the previous snapshot (see shared/diff.py and shared/partitions.py).
+    partitions: int = 0
+    mapping_fingerprint: str = ""
+    previous_snapshot: str = ""
+    previous_partitions: int = 0
+    previous_profiles: int = 0
+    full_refresh_reason: str = ""
+    profiles_new: int = 0
+    profiles_changed: int = 0
+    profiles_unchanged: int = 0
+    profiles_removed: int = 0
+    objects_planned: int = 0
+    requests_planned: int = 0
+    stopped_by: str = ""
+    data_points_estimated: int = 0
+    data_points_used: int = 0
+    array_cap_warnings: int = 0
+    snapshot_profiles: int | None = None
     report_blob: str = ""
     rejected_blob: str = ""
+    dry_run_blob: str = ""
+    release_claimed_at: datetime | None = None
     finalize_claim: str = ""
     finalize_claimed_at: datetime | None = None
     etag: str | None = None
@@ -88,7 +111,13 @@ class Run:
     def public(self) -> dict[str, Any]:
         """The run as JSON-friendly data, without storage internals."""
         data = asdict(self)
-        for internal in ("finalize_claim", "finalize_claimed_at", "etag"):
+        for internal in (
+            "finalize_claim",
+            "finalize_claimed_at",
+            "release_claimed_at",
+            "mapping_fingerprint",
+            "etag",
+        ):
             data.pop(internal)
         return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
 
@@ -102,9 +131,44 @@ class ChunkResult:
     accepted: int
     rejected: int
     requests: int
-    rejected_blob: str = ""
     rejections: dict[str, int] = field(default_factory=dict)
     finished_at: datetime = field(default_factory=utcnow)
+    partition: int = 0
+    data_points: int = 0
+    rejected_blobs: list[str] = field(default_factory=list)
+    failure: str = ""
+
+
+@dataclass
+class PartitionResult:
+    """What one partition's diff found and which chunk blobs it wrote for delivery."""
+
+    partition: int
+    new: int
+    changed: int
+    unchanged: int
+    removed: int
+    duplicates: int
+    objects: int
+    data_points: int
+    array_cap_warnings: int
+    chunk_rows: list[int]
+    rejected_blob: str = ""
+    array_cap_examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ChunkProgress:
+    """Batches of a chunk that Braze already answered, so a redelivery resumes after them."""
+
+    batches_done: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    requests: int = 0
+    data_points: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+    rejected_blobs: list[str] = field(default_factory=list)
+    failure: str = ""
 
 
 _RUN_FIELDS = {f.name for f in fields(Run)} - {"run_id", "etag"}
@@ -183,15 +247,44 @@ class RunStore:
         return True
 
     def chunk_results(self, run_id: str) -> list[ChunkResult]:
-        query = f"PartitionKey eq '{_quote(run_id)}' and RowKey ge 'chunk-' and RowKey lt 'chunk.'"
-        results = []
-        for entity in self._table.query_entities(query):
-            values = {
-                name: entity[name] for name in ChunkResult.__dataclass_fields__ if name in entity
-            }
-            values["rejections"] = _decode_tally(entity.get("rejections", ""))
-            results.append(ChunkResult(**values))
+        results = [_decode(ChunkResult, entity) for entity in self._rows(run_id, CHUNK_PREFIX)]
         return sorted(results, key=lambda r: r.chunk_index)
+
+    def record_partition(self, run_id: str, result: PartitionResult) -> bool:
+        """Record a partition's diff once; a duplicate job's result loses (it is the same)."""
+        entity = {"PartitionKey": run_id, "RowKey": partition_row(result.partition)}
+        entity.update(_to_entity_values(asdict(result)))
+        try:
+            self._table.create_entity(entity)
+        except ResourceExistsError:
+            return False
+        return True
+
+    def partition_done(self, run_id: str, partition: int) -> bool:
+        return self._get(run_id, partition_row(partition)) is not None
+
+    def partition_results(self, run_id: str) -> list[PartitionResult]:
+        results = [
+            _decode(PartitionResult, entity) for entity in self._rows(run_id, PARTITION_PREFIX)
+        ]
+        return sorted(results, key=lambda r: r.partition)
+
+    def chunk_progress(self, run_id: str, chunk_index: int) -> ChunkProgress:
+        entity = self._get(run_id, progress_row(chunk_index))
+        return _decode(ChunkProgress, entity) if entity else ChunkProgress()
+
+    def save_progress(self, run_id: str, chunk_index: int, progress: ChunkProgress) -> None:
+        entity = {"PartitionKey": run_id, "RowKey": progress_row(chunk_index)}
+        entity.update(_to_entity_values(asdict(progress)))
+        self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    def _rows(self, run_id: str, prefix: str) -> Any:
+        """Entities of a run whose row key starts with `prefix` (a range query on the key)."""
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        query = (
+            f"PartitionKey eq '{_quote(run_id)}' and RowKey ge '{prefix}' and RowKey lt '{upper}'"
+        )
+        return self._table.query_entities(query)
 
     def latest_run_id(self, export_name: str) -> str | None:
         entity = self._get(LATEST_PARTITION, export_name)
@@ -300,8 +393,39 @@ class RunStore:
         return {"PartitionKey": run.run_id, "RowKey": RUN_ROW, **_to_entity_values(values)}
 
 
+CHUNK_PREFIX = "chunk-"
+PARTITION_PREFIX = "part-"
+PROGRESS_PREFIX = "prog-"
+
+
 def chunk_row(index: int) -> str:
-    return f"chunk-{index:06d}"
+    return f"{CHUNK_PREFIX}{index:06d}"
+
+
+def partition_row(index: int) -> str:
+    return f"{PARTITION_PREFIX}{index:04d}"
+
+
+def progress_row(index: int) -> str:
+    return f"{PROGRESS_PREFIX}{index:06d}"
+
+
+D = TypeVar("D")
+
+
+def _decode(cls: type[D], entity: Any) -> D:
+    """A dataclass from its entity: dicts and lists were stored as JSON text."""
+    values: dict[str, Any] = {}
+    for item in fields(cls):  # type: ignore[arg-type]  # fields of a dataclass type
+        if item.name not in entity:
+            continue
+        value = entity[item.name]
+        if item.type in ("dict[str, int]", "list[int]", "list[str]"):
+            value = json.loads(value) if value else ({} if item.type.startswith("dict") else [])
+        elif item.type == "datetime" and isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        values[item.name] = value
+    return cls(**values)
 
 
 def _run_from(entity: Any) -> Run:
@@ -312,12 +436,14 @@ def _run_from(entity: Any) -> Run:
         "planning_finished_at",
         "finished_at",
         "finalize_claimed_at",
+        "release_claimed_at",
     ):
         if isinstance(values.get(name), str):
             values[name] = datetime.fromisoformat(values[name]) if values[name] else None
     values["rejections"] = _decode_tally(values.get("rejections", ""))
-    if values.get("chunks_total") == -1:
-        values["chunks_total"] = None
+    for optional in ("chunks_total", "snapshot_profiles"):
+        if values.get(optional) == -1:
+            values[optional] = None
     run = Run(run_id=entity["PartitionKey"], **values)
     run.etag = entity.metadata.get("etag")
     return run
@@ -331,8 +457,10 @@ def _to_entity_values(values: dict[str, Any]) -> dict[str, Any]:
             out[name] = value.isoformat()
         elif isinstance(value, dict):
             out[name] = _encode_tally(value)
+        elif isinstance(value, list):
+            out[name] = json.dumps(value)
         elif value is None:
-            out[name] = -1 if name == "chunks_total" else ""
+            out[name] = -1 if name in ("chunks_total", "snapshot_profiles") else ""
         else:
             out[name] = value
     return out

@@ -48,6 +48,8 @@ def start_run(
     run_id: str | None = None,
     full_refresh: bool = False,
     dry_run: bool = False,
+    override_safety_valves: bool = False,
+    teardown: bool = False,
 ) -> Started:
     """Create a run and enqueue its planning job.
 
@@ -69,6 +71,8 @@ def start_run(
         trigger=trigger,
         full_refresh=full_refresh,
         dry_run=dry_run,
+        override_safety_valves=override_safety_valves,
+        teardown=teardown,
     )
     try:
         services.runs.create(run)

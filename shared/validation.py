@@ -64,6 +64,15 @@ def validate_record(values: dict[str, Any], mapping: Mapping) -> Profile | list[
     return Profile(customer_id, email, attributes)
 
 
+def usable_customer_id(values: dict[str, Any], mapping: Mapping) -> str | None:
+    """The row's customer id when the id itself is valid, though another field may not be.
+
+    A profile whose row is rejected for, say, its email is still in the segment: the diff must
+    not take it for one that left.
+    """
+    return _customer_id(values.get(mapping.customer_id), mapping.customer_id, [])
+
+
 def _text(value: Any) -> str | None:
     """A trimmed string, or None when blank; JSON numbers count as text for identifiers."""
     if value is None:

@@ -13,8 +13,10 @@ from shared.config import (
     CHUNKS_QUEUE,
     DROPS_CONTAINER,
     JOBS_QUEUE,
+    PARTITIONS_QUEUE,
     RUNS_CONTAINER,
     RUNS_TABLE,
+    SNAPSHOTS_CONTAINER,
     STORAGE_CONNECTION,
 )
 
@@ -30,6 +32,7 @@ def index() -> dict[str, list[dict]]:
 def test_exactly_the_expected_functions(index: dict[str, list[dict]]) -> None:
     assert sorted(index) == [
         "deliver_chunk",
+        "diff_partition",
         "get_run",
         "list_export_runs",
         "list_exports",
@@ -37,11 +40,17 @@ def test_exactly_the_expected_functions(index: dict[str, list[dict]]) -> None:
         "schedule_exports",
         "segment_dropped",
         "start_export_run",
+        "start_teardown",
     ]
 
 
 @pytest.mark.parametrize(
-    ("function", "queue"), [("plan_export", JOBS_QUEUE), ("deliver_chunk", CHUNKS_QUEUE)]
+    ("function", "queue"),
+    [
+        ("plan_export", JOBS_QUEUE),
+        ("diff_partition", PARTITIONS_QUEUE),
+        ("deliver_chunk", CHUNKS_QUEUE),
+    ],
 )
 def test_queue_triggers(index: dict[str, list[dict]], function: str, queue: str) -> None:
     (binding,) = index[function]
@@ -92,7 +101,16 @@ def test_blob_drop_uses_event_grid_on_the_segments_container(
 def test_storage_names_match_the_infrastructure() -> None:
     """Bicep creates the queues, container and table; the code must use the same names."""
     bicep = (Path(__file__).resolve().parents[1] / "infra" / "main.bicep").read_text()
-    for name in (JOBS_QUEUE, CHUNKS_QUEUE, RUNS_CONTAINER, RUNS_TABLE, DROPS_CONTAINER):
+    names = (
+        JOBS_QUEUE,
+        PARTITIONS_QUEUE,
+        CHUNKS_QUEUE,
+        RUNS_CONTAINER,
+        SNAPSHOTS_CONTAINER,
+        RUNS_TABLE,
+        DROPS_CONTAINER,
+    )
+    for name in names:
         assert f"= '{name}'" in bicep, f"{name} is not declared in infra/main.bicep"
-    assert "'${exportJobsQueueName}-poison'" in bicep
-    assert "'${exportChunksQueueName}-poison'" in bicep
+    for queue in ("exportJobsQueueName", "exportPartitionsQueueName", "exportChunksQueueName"):
+        assert f"'${{{queue}}}-poison'" in bicep

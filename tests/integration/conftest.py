@@ -18,11 +18,16 @@ import pytest
 import requests
 from azure.core.exceptions import ResourceExistsError
 
-from devtools.processes import ROOT, Azurite, Sandbox, start_sandbox
+from devtools.processes import ROOT, Azurite, Sandbox, start_azurite, start_sandbox
 from devtools.sample import demo_definitions
-from shared.config import load_settings
+from shared.config import CHUNKS_QUEUE, JOBS_QUEUE, PARTITIONS_QUEUE, load_settings
+from shared.delivery import deliver_chunk
+from shared.messages import ChunkJob, ExportJob, PartitionJob
+from shared.partitions import diff_partition
+from shared.planner import plan_run
 from shared.runs import Run
 from shared.services import Services
+from shared.triggers import start_run
 
 SANDBOX_KEY = "test-sandbox-key"
 BLOCKLISTED = "blocked-id-1"
@@ -37,6 +42,7 @@ class App:
         self.definitions_path = definitions_path
         self.sandbox = sandbox
         self.services = Services(load_settings(env))
+        self._requests_mark = 0
 
     def define(self, exports: list[dict[str, Any]], **connection: Any) -> None:
         document = {
@@ -77,12 +83,31 @@ class App:
         }
 
     def sandbox_requests(self) -> list[dict[str, Any]]:
-        response = requests.get(f"{self.sandbox.url}/_sandbox/requests?limit=100000", timeout=30)
+        """Request bodies the sandbox received since it was reset or the last mark."""
+        since = self._requests_total() - self._requests_mark
+        if since <= 0:
+            return []
+        url = f"{self.sandbox.url}/_sandbox/requests?limit={since}"
+        response = requests.get(url, timeout=30)
         response.raise_for_status()
         return [entry["body"] for entry in response.json()["requests"]]
 
+    def mark_sandbox_requests(self) -> None:
+        """From now on, `sandbox_requests` lists only newer requests (Braze state is kept)."""
+        self._requests_mark = self._requests_total()
+
+    def _requests_total(self) -> int:
+        response = requests.get(f"{self.sandbox.url}/_sandbox/stats", timeout=10)
+        response.raise_for_status()
+        return int(response.json()["requests_total"])
+
+    def set_sandbox_limits(self, **limits: Any) -> None:
+        url = f"{self.sandbox.url}/_sandbox/limits"
+        requests.put(url, json=limits, timeout=10).raise_for_status()
+
     def reset_sandbox(self) -> None:
         requests.post(f"{self.sandbox.url}/_sandbox/reset", timeout=10).raise_for_status()
+        self._requests_mark = 0
 
     def blob_text(self, name: str) -> str:
         return self.services.storage.read_bytes("export-runs", name).decode("utf-8")
@@ -156,6 +181,67 @@ def local_host(app_env: App) -> Iterator[LocalHost]:
     yield LocalHost(host, url, output)
     host.terminate()
     host.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def own_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """A storage account of in-process tests' own, which no local host listens to."""
+    running = start_azurite(tmp_path_factory.mktemp("quiet-azurite"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def quiet_app(
+    own_storage: Azurite, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
+) -> App:
+    """Each test drives the functions itself, exactly as the host would call them, one at a
+    time, so every step is deterministic."""
+    definitions = tmp_path_factory.mktemp("quiet") / "exports.json"
+    env = {
+        "AzureWebJobsStorage": own_storage.connection_string,
+        "EXPORT_DEFINITIONS_PATH": str(definitions),
+        "BRAZE_SECRET_BRAZE_SANDBOX_KEY": SANDBOX_KEY,
+    }
+    app = App(env, definitions, sandbox)
+    app.services.ensure_resources()
+    app.reset_sandbox()
+    return app
+
+
+def take(app: App, queue_name: str, kind: type[Any], run_id: str) -> list[Any]:
+    """Take this run's messages off a queue (others are left alone)."""
+    queue = app.services.storage.queue(queue_name)
+    jobs = []
+    for message in queue.receive_messages(messages_per_page=32, visibility_timeout=1):
+        job = kind.from_json(message.content)
+        if job.run_id == run_id:
+            jobs.append(job)
+            queue.delete_message(message)
+    return jobs
+
+
+def chunk_jobs(app: App, run_id: str) -> list[ChunkJob]:
+    return sorted(take(app, CHUNKS_QUEUE, ChunkJob, run_id), key=lambda j: j.chunk_index)
+
+
+def plan_in_process(app: App, run: Run) -> list[ChunkJob]:
+    """Plan the run and diff its partitions, as the planning functions would; its chunks."""
+    plan_run(ExportJob(run.run_id, run.export_name), app.services)
+    for job in take(app, PARTITIONS_QUEUE, PartitionJob, run.run_id):
+        diff_partition(job, app.services)
+    return chunk_jobs(app, run.run_id)
+
+
+def run_in_process(app: App, export_name: str, **options: Any) -> Run:
+    """Start a run and carry it through every stage in this process; the final run."""
+    run = start_run(app.services, export_name, "test", **options).run
+    take(app, JOBS_QUEUE, ExportJob, run.run_id)
+    for job in plan_in_process(app, run):
+        deliver_chunk(job, app.services)
+    final = app.services.runs.get(run.run_id)
+    assert final is not None and final.is_final, final
+    return final
 
 
 @pytest.fixture

@@ -165,6 +165,7 @@ def test_finalization_happens_once_when_the_last_chunks_finish_together(app: App
     run = Run("race-run-1", "race", "S", "sandbox", "segments/x.csv", "test")
     store.create(run)
     run.status, run.rows_read, run.rows_valid, run.chunks_total = Status.DELIVERING, 4, 4, 2
+    run.objects_planned = 4
     store.update(run)
     store.record_chunk(run.run_id, ChunkResult(0, rows=2, accepted=2, rejected=0, requests=1))
     store.record_chunk(run.run_id, ChunkResult(1, rows=2, accepted=2, rejected=0, requests=1))

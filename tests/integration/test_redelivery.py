@@ -7,71 +7,33 @@ timeout) so each attempt is deterministic; the Braze sandbox answers over HTTP.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from azure.functions.queue import QueueMessage
 
-from devtools.processes import Azurite, Sandbox, start_azurite
 from devtools.sample import make_segment
 from functions.delivery import deliver
 from functions.planning import plan_export
-from shared.config import CHUNKS_QUEUE
+from shared.braze_client import TrackOutcome
+from shared.config import PARTITIONS_QUEUE
 from shared.delivery import deliver_chunk
-from shared.messages import ChunkJob, ExportJob
-from shared.planner import chunk_blob_name, plan_run
-from shared.reporting import report_blob_name
+from shared.layout import partition_blob_name, report_blob_name
+from shared.messages import ChunkJob, ExportJob, PartitionJob
+from shared.planner import plan_run
 from shared.runs import Run, Status
 from shared.storage import Storage
-from tests.integration.conftest import SANDBOX_KEY, App, export_definition
-
-
-@pytest.fixture(scope="module")
-def own_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    """A storage account of these tests' own, which no local host listens to."""
-    running = start_azurite(tmp_path_factory.mktemp("quiet-azurite"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def quiet_app(
-    own_storage: Azurite, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
-) -> App:
-    """Each test drives the functions itself, exactly as the host would call them."""
-    definitions = tmp_path_factory.mktemp("quiet") / "exports.json"
-    env = {
-        "AzureWebJobsStorage": own_storage.connection_string,
-        "EXPORT_DEFINITIONS_PATH": str(definitions),
-        "BRAZE_SECRET_BRAZE_SANDBOX_KEY": SANDBOX_KEY,
-    }
-    app = App(env, definitions, sandbox)
-    app.services.ensure_resources()
-    app.reset_sandbox()
-    return app
+from tests.integration.conftest import App, export_definition, plan_in_process, take
 
 
 def _new_run(app: App, name: str, path: str, rows: int, **overrides: Any) -> tuple[Run, Any]:
     sample = make_segment(rows, invalid_every=1000, id_prefix=name)
     app.upload(path, sample.data)
-    app.define([export_definition(name, path, "R", chunk_size=100, **overrides)])
+    app.define([export_definition(name, path, "R", **{"chunk_size": 100, **overrides})])
     run = Run(f"{name}-run", name, "R", "sandbox", f"segments/{path}", "test")
     app.services.runs.claim_export(name, run.run_id)
     app.services.runs.create(run)
     return run, sample
-
-
-def _chunk_jobs(app: App, run_id: str) -> list[ChunkJob]:
-    """Take this run's chunk messages off the queue (others are left alone)."""
-    queue = app.services.storage.queue(CHUNKS_QUEUE)
-    jobs = []
-    for message in queue.receive_messages(messages_per_page=32, visibility_timeout=1):
-        job = ChunkJob.from_json(message.content)
-        if job.run_id == run_id:
-            jobs.append(job)
-            queue.delete_message(message)
-    return sorted(jobs, key=lambda j: j.chunk_index)
 
 
 class FlakyStorage(Storage):
@@ -92,19 +54,17 @@ def test_a_plan_retried_after_a_transient_error_loses_no_row(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run, sample = _new_run(quiet_app, "replan", "redeliver/replan.csv", 250)
-    flaky = FlakyStorage(quiet_app.services.storage, chunk_blob_name(run.run_id, 1))
+    flaky = FlakyStorage(quiet_app.services.storage, partition_blob_name(run.run_id, 0))
     monkeypatch.setattr(quiet_app.services, "storage", flaky)
 
     with pytest.raises(ConnectionError):
         plan_run(ExportJob(run.run_id, "replan"), quiet_app.services)
-    first = _chunk_jobs(quiet_app, run.run_id)
-    assert [j.rows for j in first] == [100]  # chunk 0 went out; no partial chunk 1
-    deliver_chunk(first[0], quiet_app.services)
+    assert take(quiet_app, PARTITIONS_QUEUE, PartitionJob, run.run_id) == []
+    assert quiet_app.sandbox_requests() == []  # nothing is sent before the whole plan is done
 
-    plan_run(ExportJob(run.run_id, "replan"), quiet_app.services)  # the queue's retry
-    second = _chunk_jobs(quiet_app, run.run_id)
-    assert [(j.chunk_index, j.rows) for j in second] == [(1, 100), (2, 50)]  # 0 is done
-    for job in second:
+    jobs = plan_in_process(quiet_app, run)  # the queue's retry
+    assert [(j.chunk_index, j.rows) for j in jobs] == [(0, 100), (1, 100), (2, 50)]
+    for job in jobs:
         deliver_chunk(job, quiet_app.services)
 
     final = quiet_app.services.runs.get(run.run_id)
@@ -115,8 +75,7 @@ def test_a_plan_retried_after_a_transient_error_loses_no_row(
 
 def test_a_redelivered_chunk_is_not_sent_or_counted_twice(quiet_app: App) -> None:
     run, _ = _new_run(quiet_app, "twice", "redeliver/twice.csv", 150)
-    plan_run(ExportJob(run.run_id, "twice"), quiet_app.services)
-    jobs = _chunk_jobs(quiet_app, run.run_id)
+    jobs = plan_in_process(quiet_app, run)
     deliver_chunk(jobs[0], quiet_app.services)
     sent = len(quiet_app.sandbox_requests())
     deliver_chunk(jobs[0], quiet_app.services)  # duplicate delivery of the same message
@@ -137,11 +96,12 @@ def test_a_chunk_that_fails_every_attempt_ends_the_run_with_its_rows_reported(
 ) -> None:
     run, _ = _new_run(quiet_app, "poison", "redeliver/poison.csv", 150)
     monkeypatch.setattr("functions.delivery.app_services", lambda: quiet_app.services)
-    plan_run(ExportJob(run.run_id, "poison"), quiet_app.services)
-    good, bad = _chunk_jobs(quiet_app, run.run_id)
+    good, bad = plan_in_process(quiet_app, run)
     deliver(_message(good, 1))
     requests_before = len(quiet_app.sandbox_requests())
-    broken = ChunkJob(bad.run_id, bad.export_name, bad.chunk_index, bad.blob_name, bad.rows + 1)
+    broken = ChunkJob(
+        bad.run_id, bad.export_name, bad.chunk_index, bad.blob_name, bad.rows + 1, bad.partition
+    )
     attempts = quiet_app.services.settings.max_dequeue_count
     for attempt in range(1, attempts + 1):
         with pytest.raises(ValueError, match="holds 50 profiles but was planned with 51"):
@@ -177,14 +137,14 @@ def test_a_plan_that_fails_every_attempt_ends_the_run_saying_why(
     assert final is not None and final.status == Status.FAILED
     assert "planning failed after every retry: ConnectionError" in final.message
     assert final.rows_read == final.rows_valid + final.rows_rejected
+    assert quiet_app.sandbox_requests() == []
 
 
 def test_a_finalizer_that_fails_gives_its_claim_back_for_the_retry(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run, _ = _new_run(quiet_app, "finfail", "redeliver/finfail.csv", 80)
-    plan_run(ExportJob(run.run_id, "finfail"), quiet_app.services)
-    (job,) = _chunk_jobs(quiet_app, run.run_id)
+    (job,) = plan_in_process(quiet_app, run)
     real = quiet_app.services.storage
     flaky = FlakyStorage(real, report_blob_name(run.run_id))
     monkeypatch.setattr(quiet_app.services, "storage", flaky)
@@ -198,3 +158,43 @@ def test_a_finalizer_that_fails_gives_its_claim_back_for_the_retry(
     assert final is not None and final.status == Status.SUCCEEDED
     assert final.profiles_accepted == 80
     assert json.loads(quiet_app.blob_text(final.report_blob))["status"] == "succeeded"
+
+
+class CrashingBraze:
+    """Answers `batches` requests through the real client, then dies as a recycled worker would
+    (a process cannot be killed inside a test's own process; the fault suite uses SIGKILL)."""
+
+    def __init__(self, real: Any, batches: int) -> None:
+        self._real, self._left = real, batches
+
+    def track(self, objects: Any) -> TrackOutcome:
+        if self._left == 0:
+            raise SystemExit("worker recycled")
+        self._left -= 1
+        outcome: TrackOutcome = self._real.track(objects)
+        return outcome
+
+
+def test_a_worker_killed_mid_chunk_resumes_at_the_first_unfinished_batch(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, sample = _new_run(quiet_app, "resume", "redeliver/resume.csv", 400, chunk_size=400)
+    (job,) = plan_in_process(quiet_app, run)
+    connection = quiet_app.services.definitions().connection("sandbox")
+    real = quiet_app.services.braze(connection)
+    monkeypatch.setattr(quiet_app.services, "braze", lambda _: CrashingBraze(real, 2))
+    with pytest.raises(SystemExit):
+        deliver_chunk(job, quiet_app.services)
+    first = quiet_app.sandbox_requests()
+    assert len(first) == 2
+
+    monkeypatch.setattr(quiet_app.services, "braze", lambda _: real)
+    deliver_chunk(job, quiet_app.services)  # the message comes back after the crash
+    bodies = quiet_app.sandbox_requests()
+    assert len(bodies) == 6  # 400 profiles in batches of 75: 2 before the crash, 4 after
+    sent = [obj["external_id"] for body in bodies for obj in body["attributes"]]
+    assert len(sent) == len(set(sent)) == 400  # no batch sent twice, none skipped
+    final = quiet_app.services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.SUCCEEDED
+    assert (final.profiles_accepted, final.requests_sent) == (400, 6)
+    assert set(quiet_app.braze_users()) == set(sample.expected)

@@ -76,14 +76,14 @@ def _no_files() -> list[str]:
 def test_cdm_rows_name_their_partition_file() -> None:
     order = row_order(1, 42)
     outcome = TrackOutcome(201, {0: "EMAIL_BAD_FORMAT"})
-    (rejected,) = rejected_rows([(order, encode_object({"external_id": "x"}))], outcome,
+    (rejected,) = rejected_rows([(order, 1, encode_object({"external_id": "x"}))], outcome,
                                 lambda: ["c/p_1.csv", "c/p_2.csv"])  # fmt: skip
     assert (rejected["file"], rejected["line"], rejected["order"]) == ("c/p_2.csv", 42, order)
     assert row_part(order) == (1, 42) and row_part(42) == (None, 42)
 
 
-def _batch(count: int) -> list[tuple[int, str]]:
-    return [(100 + n, encode_object({"external_id": f"id-{n}"})) for n in range(count)]
+def _batch(count: int) -> list[tuple[int, int, str]]:
+    return [(100 + n, 1, encode_object({"external_id": f"id-{n}"})) for n in range(count)]
 
 
 def test_object_errors_map_back_to_their_source_lines() -> None:

@@ -6,23 +6,26 @@ from shared.messages import ChunkJob, ExportJob, MessageError
 
 
 def test_round_trip_and_size() -> None:
-    job = ChunkJob("vip-20261128T101500Z-abc123", "vip", 41, "runs/x/chunks/000041.tsv", 3000)
+    job = ChunkJob(
+        "vip-20261128T101500Z-abc123", "vip", 41, "runs/x/chunks/p0003-0001.tsv", 3000, 3
+    )
     text = job.to_json()
     assert ChunkJob.from_json(text.encode()) == job
     assert len(text) < 512
-    assert '"version": 1' in text
+    assert '"version": 2' in text
 
 
 @pytest.mark.parametrize(
     ("text", "words"),
     [
         ("nonsense", "not JSON"),
-        ('{"kind": "chunk-job", "version": 1, "run_id": "r"}', "lacks"),
+        ('{"kind": "chunk-job", "version": 2, "run_id": "r"}', "lacks"),
+        ('{"kind": "chunk-job", "version": 1, "run_id": "r"}', "version 1 is not supported"),
         ('{"kind": "export-job", "version": 2, "run_id": "r", "export_name": "e"}', "version 2"),
         ('{"kind": "chunk-job", "version": 1}', "expected a 'export-job'"),
     ],
 )
 def test_unreadable_messages_are_refused(text: str, words: str) -> None:
-    reader = ChunkJob if "lacks" in words else ExportJob
+    reader = ChunkJob if "lacks" in words or "version 1" in words else ExportJob
     with pytest.raises(MessageError, match=words):
         reader.from_json(text)

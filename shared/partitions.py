@@ -1,0 +1,261 @@
+"""Planning a run, step two: diff one partition of the segment against the export's snapshot.
+
+A partition holds the rows whose customer id hashes to it, so duplicates meet in one partition
+(the first valid row wins) and the previous snapshot's entries for the same ids are read from
+the matching snapshot partition. Memory is bounded by one partition, whatever the segment size.
+
+Outputs, all in the run's folder:
+- chunk blobs of what to send (`order <TAB> data points <TAB> object`), not queued yet;
+- the pending snapshot: per profile the fingerprints Braze will hold if it accepts what is sent,
+  with the previous ones to fall back on if it does not;
+- the duplicate rows, rejected with their reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+from shared.config import RUNS_CONTAINER
+from shared.definitions import Definitions, Export
+from shared.diff import (
+    Fingerprints,
+    PartitionCounts,
+    clearable_attributes,
+    data_points,
+    delta,
+    fingerprints,
+    removal,
+)
+from shared.layout import (
+    chunk_blob_name,
+    duplicates_blob_name,
+    partition_blob_name,
+    pending_snapshot_name,
+)
+from shared.mapping import encode_object
+from shared.messages import PartitionJob
+from shared.profiles import open_lines
+from shared.release import maybe_release
+from shared.reporting import REMOVAL_ORDER, finish_early, partition_files, row_position
+from shared.runs import PartitionResult, Run
+from shared.services import Services
+
+log = logging.getLogger(__name__)
+
+ARRAY_CAP_EXAMPLES = 5
+
+
+def diff_partition(job: PartitionJob, services: Services) -> None:
+    """Diff one partition and record what it found; the last partition releases the run."""
+    run = services.runs.get(job.run_id)
+    if run is None or run.is_final:
+        log.warning(
+            "run %s is missing or finished; dropping partition %d", job.run_id, job.partition
+        )
+        return
+    if not services.runs.partition_done(run.run_id, job.partition):
+        definitions = services.definitions()
+        result = _diff(run, definitions, job, services)
+        services.runs.record_partition(run.run_id, result)
+    maybe_release(run.run_id, services)
+
+
+def fail_partition(job: PartitionJob, error: BaseException, services: Services) -> None:
+    """The partition job is being poisoned: nothing was sent yet, so the run fails cleanly."""
+    run = services.runs.get(job.run_id)
+    if run is None or run.is_final:
+        return
+    message = (
+        f"planning failed: partition {job.partition} of {job.partitions} could not be diffed "
+        f"after every retry ({type(error).__name__}: {error}); nothing was sent"
+    )
+    finish_early(run, services, message=message[:2000], failed=True)
+
+
+def _segment_rows(
+    run: Run, partition: int, services: Services
+) -> Iterator[tuple[int, str, dict[str, Any] | None]]:
+    if run.teardown:
+        return  # everyone in the snapshot leaves
+    blob = partition_blob_name(run.run_id, partition)
+    for line in open_lines(services.storage.read_chunks(RUNS_CONTAINER, blob)):
+        if line.strip():
+            order, customer_id, obj = json.loads(line)
+            yield order, customer_id, obj
+
+
+def _diff(
+    run: Run, definitions: Definitions, job: PartitionJob, services: Services
+) -> PartitionResult:
+    export = definitions.export(run.export_name)
+    storage = services.storage
+    counts = PartitionCounts()
+    profiles: dict[str, tuple[int, dict[str, Any]]] = {}  # insertion order is source order
+    kept: set[str] = set()  # rows rejected for another field: still in the segment
+    duplicates = storage.line_writer(
+        RUNS_CONTAINER, duplicates_blob_name(run.run_id, job.partition)
+    )
+    files: list[str] | None = None
+
+    def partition_files() -> list[str]:
+        nonlocal files
+        if files is None:
+            files = _source_files(run, services)
+        return files
+
+    for order, customer_id, obj in _segment_rows(run, job.partition, services):
+        if obj is None:
+            kept.add(customer_id)
+        elif customer_id in profiles:
+            counts.duplicates += 1
+            duplicates.write(_duplicate_entry(order, customer_id, obj, partition_files))
+        else:
+            profiles[customer_id] = (order, obj)
+    duplicates.close()
+
+    old: dict[str, Fingerprints] = {}
+    if run.previous_snapshot:
+        snapshot = (run.previous_snapshot, run.previous_partitions)
+        old = dict(
+            services.snapshots.profiles(
+                export.name, run.connection, snapshot, job.partition, job.partitions
+            )
+        )
+
+    full = bool(run.full_refresh_reason)
+    clearable = clearable_attributes(export)
+    sends: list[str] = []
+    pending = storage.line_writer(RUNS_CONTAINER, pending_snapshot_name(run.run_id, job.partition))
+    for customer_id, (order, obj) in profiles.items():
+        previous = old.get(customer_id)
+        change = delta(obj, previous, clearable, False)
+        if previous is None:
+            counts.new += 1
+        elif change is None:
+            counts.unchanged += 1
+        else:
+            counts.changed += 1
+        body = delta(obj, previous, clearable, True) if full else change
+        if body is None:
+            pending.write(json.dumps([customer_id, previous], ensure_ascii=False))
+            continue
+        sends.append(_send_line(order, body, counts))
+        pending.write(json.dumps([customer_id, fingerprints(obj), previous], ensure_ascii=False))
+    for customer_id, previous in old.items():
+        if customer_id in profiles:
+            continue
+        if customer_id in kept:
+            pending.write(json.dumps([customer_id, previous], ensure_ascii=False))
+            continue
+        counts.removed += 1
+        order = REMOVAL_ORDER + (job.partition << 32) + counts.removed
+        sends.append(_send_line(order, removal(customer_id, export, previous), counts))
+        pending.write(json.dumps([customer_id, None, previous], ensure_ascii=False))
+    pending.close()
+
+    examples = _array_cap_check(run, export, definitions, profiles, job, services, counts)
+    chunk_rows = []
+    for index, start in enumerate(range(0, len(sends), export.chunk_size)):
+        lines = sends[start : start + export.chunk_size]
+        storage.write_bytes(
+            RUNS_CONTAINER,
+            chunk_blob_name(run.run_id, job.partition, index),
+            "\n".join(lines) + "\n",
+            "text/tab-separated-values; charset=utf-8",
+        )
+        chunk_rows.append(len(lines))
+    if examples:
+        log.warning(
+            "run %s partition %d: %d profiles would pass the array cap of %s, e.g. %s",
+            run.run_id,
+            job.partition,
+            counts.array_cap_warnings,
+            export.membership_attribute,
+            examples,
+        )
+    return PartitionResult(
+        partition=job.partition,
+        new=counts.new,
+        changed=counts.changed,
+        unchanged=counts.unchanged,
+        removed=counts.removed,
+        duplicates=counts.duplicates,
+        objects=counts.objects,
+        data_points=counts.data_points,
+        array_cap_warnings=counts.array_cap_warnings,
+        array_cap_examples=examples,
+        chunk_rows=chunk_rows,
+        rejected_blob=duplicates_blob_name(run.run_id, job.partition) if duplicates.lines else "",
+    )
+
+
+def _send_line(order: int, body: dict[str, Any], counts: PartitionCounts) -> str:
+    points = data_points(body)
+    counts.objects += 1
+    counts.data_points += points
+    return f"{order}\t{points}\t{encode_object(body)}"
+
+
+def _duplicate_entry(order: int, customer_id: str, obj: dict[str, Any], files: Any) -> str:
+    entry = {
+        **row_position(order, files),
+        "customer_id": customer_id,
+        "stage": "validation",
+        "codes": ["duplicate_customer_id"],
+        "reasons": [
+            f"duplicate customer id {customer_id!r}: an earlier row with this id was kept "
+            "(the first valid row for an id wins)"
+        ],
+        "object": obj,
+    }
+    return json.dumps(entry, ensure_ascii=False)
+
+
+def _source_files(run: Run, services: Services) -> list[str]:
+    return partition_files(services, run.run_id)
+
+
+def _array_cap_check(
+    run: Run,
+    export: Export,
+    definitions: Definitions,
+    profiles: dict[str, tuple[int, dict[str, Any]]],
+    job: PartitionJob,
+    services: Services,
+    counts: PartitionCounts,
+) -> list[str]:
+    """Count members whose membership array would pass Braze's element cap.
+
+    Other exports to the same connection and array attribute add their own segment names;
+    their snapshots (partitioned by the same hash) tell who holds which. Braze silently drops
+    an update that would pass the cap, so the report warns before that happens.
+    """
+    if export.membership != "array" or not profiles:
+        return []
+    cap = definitions.connection(export.connection).array_element_cap
+    held: dict[str, set[str]] = defaultdict(set)
+    for other in definitions.exports:
+        if (
+            other.name == export.name
+            or other.connection != export.connection
+            or other.membership != "array"
+            or other.membership_attribute != export.membership_attribute
+            or other.segment == export.segment
+        ):
+            continue
+        manifest = services.snapshots.current(other.name, other.connection)
+        if manifest is None:
+            continue
+        snapshot = (manifest.run_id, manifest.partitions)
+        for customer_id, _ in services.snapshots.profiles(
+            other.name, other.connection, snapshot, job.partition, job.partitions
+        ):
+            if customer_id in profiles:
+                held[customer_id].add(other.segment)
+    over = [customer_id for customer_id, segments in held.items() if len(segments) + 1 > cap]
+    counts.array_cap_warnings = len(over)
+    return over[:ARRAY_CAP_EXAMPLES]

@@ -1,0 +1,118 @@
+"""Snapshots: per export and connection, what Braze accepted, partitioned by customer id hash.
+
+Layout in the snapshots container:
+    <export>/<connection>/current.json             which run's snapshot is current, and its shape
+    <export>/<connection>/<run id>/part-NNNN.jsonl  one `[customer id, fingerprints]` per line
+
+A run writes its snapshot beside the current one and then switches `current.json`, so a crash
+half-way through leaves the previous snapshot in force: the next run diffs against it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+from shared.config import SNAPSHOTS_CONTAINER
+from shared.diff import Fingerprints, old_partitions_for, partition_of
+from shared.profiles import open_lines
+from shared.storage import BlobNotFound, Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The current snapshot of an export on a connection."""
+
+    run_id: str
+    partitions: int
+    mapping: str
+    profiles: int
+    written_at: str
+
+
+def _prefix(export: str, connection: str) -> str:
+    return f"{export}/{connection}/"
+
+
+def _part_name(export: str, connection: str, run_id: str, partition: int) -> str:
+    return f"{_prefix(export, connection)}{run_id}/part-{partition:04d}.jsonl"
+
+
+class SnapshotStore:
+    """Reads and writes snapshots; one active run per export makes each export single-writer."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    def current(self, export: str, connection: str) -> Manifest | None:
+        name = _prefix(export, connection) + "current.json"
+        try:
+            return Manifest(**json.loads(self._storage.read_bytes(SNAPSHOTS_CONTAINER, name)))
+        except BlobNotFound:
+            return None
+
+    def profiles(
+        self,
+        export: str,
+        connection: str,
+        snapshot: tuple[str, int],
+        partition: int,
+        partitions: int,
+    ) -> Iterator[tuple[str, Fingerprints]]:
+        """The profiles of snapshot (run id, partition count) in `partition` of `partitions`."""
+        run_id, old_count = snapshot
+        for old in old_partitions_for(partition, partitions, old_count):
+            name = _part_name(export, connection, run_id, old)
+            try:
+                for line in open_lines(self._storage.read_chunks(SNAPSHOTS_CONTAINER, name)):
+                    if not line.strip():
+                        continue
+                    customer_id, prints = json.loads(line)
+                    # An old partition holds ids of several new ones when there were fewer.
+                    if (
+                        old_count >= partitions
+                        or partition_of(customer_id, partitions) == partition
+                    ):
+                        yield customer_id, prints
+            except BlobNotFound:
+                continue
+
+    def write_partition(
+        self,
+        export: str,
+        connection: str,
+        run_id: str,
+        partition: int,
+        entries: Iterable[tuple[str, Fingerprints]],
+    ) -> int:
+        """Write one partition of a new (not yet current) snapshot; returns its profile count."""
+        writer = self._storage.line_writer(
+            SNAPSHOTS_CONTAINER, _part_name(export, connection, run_id, partition)
+        )
+        for customer_id, prints in entries:
+            writer.write(json.dumps([customer_id, prints], ensure_ascii=False))
+        writer.close()
+        return writer.lines
+
+    def make_current(self, export: str, connection: str, manifest: Manifest) -> None:
+        """Switch to the new snapshot, then delete the one it replaces."""
+        previous = self.current(export, connection)
+        self._storage.write_bytes(
+            SNAPSHOTS_CONTAINER,
+            _prefix(export, connection) + "current.json",
+            json.dumps(asdict(manifest)),
+            "application/json",
+        )
+        if previous is not None and previous.run_id != manifest.run_id:
+            self._delete_run(export, connection, previous.run_id)
+
+    def _delete_run(self, export: str, connection: str, run_id: str) -> None:
+        container = self._storage.container(SNAPSHOTS_CONTAINER)
+        prefix = f"{_prefix(export, connection)}{run_id}/"
+        for blob in container.list_blobs(name_starts_with=prefix):
+            container.delete_blob(blob.name)
+        log.info("deleted snapshot %s of %s on %s", run_id, export, connection)

@@ -1,0 +1,397 @@
+"""Delta sync on real parts: what a run sends depends on what Braze accepted before.
+
+Runs are driven in process, stage by stage, against Azurite and the Braze sandbox over HTTP,
+so every count is deterministic. The sandbox's users are compared with what a full export of
+the newest file would hold.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from typing import Any
+
+import pytest
+import requests
+
+from devtools.sample import HEADER, expected_profile
+from shared.diff import partition_count
+from shared.layout import dry_run_blob_name
+from shared.runs import Status
+from tests.integration.conftest import BLOCKLISTED, App, export_definition, run_in_process
+
+NOTES = ['says "hi", twice', "multi\nline, comma", "emoji 🎉", "  padded  ", "Zoë; José"]
+
+
+def _rows(count: int, prefix: str, seed: int = 1) -> dict[str, dict[str, str]]:
+    rng = random.Random(seed)
+    return {
+        f"{prefix}-{n:05d}": {
+            "CustomerId": f"{prefix}-{n:05d}",
+            "Email": f"user.{n}@example.com",
+            "FirstName": rng.choice(["Ann", "Łukasz", "O'Brien", "李"]),
+            "LoyaltyPoints": str(rng.randint(0, 9999)),
+            "IsVip": rng.choice(["true", "false"]),
+            "BirthDate": f"19{rng.randint(50, 99)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+            "Note": rng.choice(NOTES),
+        }
+        for n in range(count)
+    }
+
+
+def _csv(rows: list[dict[str, str]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(HEADER)
+    for row in rows:
+        writer.writerow([row[name] for name in HEADER])
+    return ("\ufeff" + out.getvalue()).encode("utf-8")
+
+
+def _line_of(rows: list[dict[str, str]], index: int) -> int:
+    """The physical line row `index` starts on (quoted newlines in notes add lines)."""
+    return 2 + sum(1 + row["Note"].count("\n") for row in rows[:index])
+
+
+def _export(app: App, name: str, rows: dict[str, dict[str, str]], **overrides: Any) -> None:
+    app.upload(f"delta/{name}.csv", _csv(list(rows.values())))
+    app.define([export_definition(name, f"delta/{name}.csv", "Delta Seg", **overrides)])
+
+
+def _upload(app: App, name: str, rows: dict[str, dict[str, str]] | list[dict[str, str]]) -> None:
+    values = list(rows.values()) if isinstance(rows, dict) else rows
+    app.upload(f"delta/{name}.csv", _csv(values))
+
+
+def _requests_total(app: App) -> int:
+    response = requests.get(f"{app.sandbox.url}/_sandbox/stats", timeout=10)
+    response.raise_for_status()
+    return int(response.json()["requests_total"])
+
+
+def _snapshot_run(app: App, name: str) -> str | None:
+    manifest = app.services.snapshots.current(name, "sandbox")
+    return manifest.run_id if manifest else None
+
+
+def _assert_braze_holds(app: App, rows: dict[str, dict[str, str]], left: set[str]) -> None:
+    """What a full export of `rows` would give, and no membership for those who left."""
+    users = app.braze_users()
+    for customer_id, row in rows.items():
+        assert users[customer_id] == expected_profile(row, "Delta Seg"), customer_id
+    for customer_id in left:
+        assert "Delta Seg" not in users[customer_id].get("segments", []), customer_id
+    assert set(users) == set(rows) | left
+
+
+def test_an_unchanged_rerun_sends_nothing(quiet_app: App) -> None:
+    rows = _rows(300, "same")
+    _export(quiet_app, "same", rows)
+    first = run_in_process(quiet_app, "same")
+    assert first.status == Status.SUCCEEDED and first.full_refresh_reason
+    assert (first.profiles_new, first.profiles_accepted) == (300, 300)
+
+    before = _requests_total(quiet_app)
+    second = run_in_process(quiet_app, "same")
+    assert _requests_total(quiet_app) == before
+    assert second.status == Status.SUCCEEDED and not second.full_refresh_reason
+    assert (second.profiles_unchanged, second.requests_sent, second.objects_planned) == (300, 0, 0)
+    assert second.data_points_estimated == second.data_points_used == 0
+    assert second.message.startswith("nothing changed")
+    assert _snapshot_run(quiet_app, "same") == second.run_id
+
+
+def test_changes_joins_and_leaves_send_exactly_the_difference(quiet_app: App) -> None:
+    rows = _rows(2000, "mix")
+    _export(quiet_app, "mix", rows)
+    run_in_process(quiet_app, "mix")
+
+    ids = list(rows)
+    changed, left = ids[:20], set(ids[20:30])  # 1% change, 0.5% leave
+    new_rows = {k: dict(v) for k, v in rows.items() if k not in left}
+    for customer_id in changed:
+        new_rows[customer_id]["LoyaltyPoints"] = str(int(rows[customer_id]["LoyaltyPoints"]) + 1)
+    blanked = ids[40]
+    new_rows[blanked]["Note"] = ""  # a value that became blank is cleared in Braze
+    joined = _rows(10, "joined", seed=2)  # 0.5% join
+    new_rows.update(joined)
+    _upload(quiet_app, "mix", new_rows)
+
+    quiet_app.mark_sandbox_requests()
+    run = run_in_process(quiet_app, "mix")
+
+    sent = {o["external_id"]: o for b in quiet_app.sandbox_requests() for o in b["attributes"]}
+    assert set(sent) == set(changed) | left | set(joined) | {blanked}
+    for customer_id in changed:
+        points = int(new_rows[customer_id]["LoyaltyPoints"])
+        assert sent[customer_id] == {"external_id": customer_id, "loyalty_points": points}
+    assert sent[blanked] == {"external_id": blanked, "note": None}
+    for customer_id in left:
+        assert sent[customer_id] == {
+            "external_id": customer_id,
+            "segments": {"remove": ["Delta Seg"]},
+            "_update_existing_only": True,
+        }
+    for customer_id in joined:
+        assert sent[customer_id]["segments"] == {"add": ["Delta Seg"]}
+        assert sent[customer_id]["email"] == joined[customer_id]["Email"]
+
+    assert (run.profiles_new, run.profiles_changed, run.profiles_removed) == (10, 21, 10)
+    assert run.profiles_unchanged == 2000 - 10 - 21
+    assert run.data_points_estimated == run.data_points_used == 20 + 1 + 10 + 10 * 7
+    assert run.rows_valid == run.profiles_new + run.profiles_changed + run.profiles_unchanged
+    assert run.profiles_accepted == run.objects_planned == 41
+    _assert_braze_holds(quiet_app, new_rows, left)
+    report = json.loads(quiet_app.blob_text(run.report_blob))
+    assert report["counts"]["profiles_removed"] == 10
+    assert report["data_points"] == {"estimated": 101, "used": 101}
+
+
+def test_a_row_braze_rejected_is_sent_again_next_run_and_not_before(quiet_app: App) -> None:
+    rows = _rows(5, "rej")
+    rows[BLOCKLISTED] = {**rows["rej-00000"], "CustomerId": BLOCKLISTED}
+    _export(quiet_app, "rej", rows)
+
+    first = run_in_process(quiet_app, "rej")
+    assert (first.profiles_accepted, first.profiles_rejected_by_braze) == (5, 1)
+    sent_once = [
+        o["external_id"] for b in quiet_app.sandbox_requests() for o in b["attributes"]
+    ].count(BLOCKLISTED)
+    assert sent_once == 1  # a per-object rejection is final for this run
+
+    quiet_app.mark_sandbox_requests()
+    second = run_in_process(quiet_app, "rej")
+    sent = [o["external_id"] for b in quiet_app.sandbox_requests() for o in b["attributes"]]
+    assert sent == [BLOCKLISTED]  # only the rejected row is retried
+    assert second.profiles_new == 1 and second.profiles_unchanged == 5
+
+    quiet_app.set_sandbox_limits(blocklist=[])  # the operator fixed the cause in Braze
+    try:
+        third = run_in_process(quiet_app, "rej")
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+    assert (third.profiles_accepted, third.status) == (1, Status.SUCCEEDED)
+    quiet_app.mark_sandbox_requests()
+    fourth = run_in_process(quiet_app, "rej")
+    assert quiet_app.sandbox_requests() == [] and fourth.profiles_unchanged == 6
+
+
+def test_a_member_whose_row_turned_invalid_is_not_removed(quiet_app: App) -> None:
+    rows = _rows(50, "inv")
+    _export(quiet_app, "inv", rows)
+    run_in_process(quiet_app, "inv")
+    broken = {k: dict(v) for k, v in rows.items()}
+    broken["inv-00003"]["Email"] = "not an email"
+    _upload(quiet_app, "inv", broken)
+
+    quiet_app.mark_sandbox_requests()
+    run = run_in_process(quiet_app, "inv")
+    assert quiet_app.sandbox_requests() == []
+    assert (run.profiles_removed, run.rows_rejected, run.status) == (
+        0,
+        1,
+        Status.PARTIALLY_SUCCEEDED,
+    )
+    (entry,) = [json.loads(x) for x in quiet_app.blob_text(run.rejected_blob).splitlines()]
+    assert entry["codes"] == ["email_invalid"] and entry["customer_id"] == "inv-00003"
+    assert entry["line"] == _line_of(list(broken.values()), 3)
+    # Fixed next time: it is still in the snapshot, so nothing needs sending.
+    _upload(quiet_app, "inv", rows)
+    assert run_in_process(quiet_app, "inv").objects_planned == 0
+
+
+def test_duplicates_meet_in_their_partition_and_the_first_valid_row_wins(
+    quiet_app: App,
+) -> None:
+    rows = _rows(30, "dup")
+    listed = list(rows.values())
+    invalid_first = {**listed[4], "Email": "broken"}
+    duplicate = {**listed[2], "FirstName": "Second"}
+    _export(quiet_app, "dup", rows)
+    _upload(quiet_app, "dup", [invalid_first, *listed, duplicate])
+
+    run = run_in_process(quiet_app, "dup")
+    users = quiet_app.braze_users()
+    assert users[listed[2]["CustomerId"]]["first_name"] == listed[2]["FirstName"]
+    assert users[listed[4]["CustomerId"]]["email"] == listed[4]["Email"]
+    rejected = [json.loads(x) for x in quiet_app.blob_text(run.rejected_blob).splitlines()]
+    written = [invalid_first, *listed, duplicate]
+    assert [(r["line"], r["codes"]) for r in rejected] == [
+        (2, ["email_invalid"]),
+        (_line_of(written, 31), ["duplicate_customer_id"]),
+    ]
+    assert run.rejections == {"email_invalid": 1, "duplicate_customer_id": 1}
+    assert run.rows_read == 32 == run.rows_valid + run.rows_rejected
+
+
+def test_the_removal_valve_stops_before_anything_is_sent_and_the_override_goes_through(
+    quiet_app: App,
+) -> None:
+    rows = _rows(100, "valve")
+    _export(quiet_app, "valve", rows)
+    first = run_in_process(quiet_app, "valve")
+    _upload(quiet_app, "valve", dict(list(rows.items())[:70]))  # 30% would leave
+
+    before = _requests_total(quiet_app)
+    held = run_in_process(quiet_app, "valve")
+    assert held.status == Status.STOPPED and held.stopped_by == "max_removed_share"
+    assert "30 of the 100 profiles" in held.message and "override" in held.message
+    assert _requests_total(quiet_app) == before
+    assert _snapshot_run(quiet_app, "valve") == first.run_id
+
+    forced = run_in_process(quiet_app, "valve", override_safety_valves=True)
+    assert forced.status == Status.SUCCEEDED and forced.profiles_removed == 30
+    assert _requests_total(quiet_app) == before + 1
+
+
+def test_an_empty_drop_cannot_wipe_the_segment(quiet_app: App) -> None:
+    rows = _rows(20, "wipe")
+    _export(quiet_app, "wipe", rows)
+    run_in_process(quiet_app, "wipe")
+    _upload(quiet_app, "wipe", [])
+    held = run_in_process(quiet_app, "wipe")
+    assert held.status == Status.STOPPED and held.profiles_removed == 20
+    assert all("Delta Seg" in u["segments"] for u in quiet_app.braze_users().values())
+
+
+def test_the_data_point_valve_stops_a_costly_run(quiet_app: App) -> None:
+    rows = _rows(40, "cost")
+    _export(quiet_app, "cost", rows, max_data_points=100)  # 40 new profiles x 7 attributes
+    before = _requests_total(quiet_app)
+    held = run_in_process(quiet_app, "cost")
+    assert (held.status, held.stopped_by) == (Status.STOPPED, "max_data_points")
+    assert held.data_points_estimated == 280 and "280" in held.message
+    assert _requests_total(quiet_app) == before and _snapshot_run(quiet_app, "cost") is None
+    assert run_in_process(quiet_app, "cost", override_safety_valves=True).profiles_accepted == 40
+
+
+def test_a_dry_run_writes_the_exact_requests_and_touches_neither_braze_nor_the_snapshot(
+    quiet_app: App,
+) -> None:
+    rows = _rows(200, "dry")
+    _export(quiet_app, "dry", rows)
+    base = run_in_process(quiet_app, "dry")
+    changed = {k: dict(v) for k, v in rows.items()}
+    for row in list(changed.values())[:100]:
+        row["FirstName"] = "Renamed ✨"
+    del changed["dry-00199"]
+    _upload(quiet_app, "dry", changed)
+
+    before, users = _requests_total(quiet_app), quiet_app.braze_users()
+    dry = run_in_process(quiet_app, "dry", dry_run=True)
+    assert _requests_total(quiet_app) == before and quiet_app.braze_users() == users
+    assert _snapshot_run(quiet_app, "dry") == base.run_id
+    assert dry.status == Status.SUCCEEDED and dry.dry_run_blob == dry_run_blob_name(dry.run_id)
+    assert (dry.profiles_changed, dry.profiles_removed, dry.requests_planned) == (100, 1, 2)
+    assert dry.data_points_estimated == 101 and dry.requests_sent == 0
+    predicted = [json.loads(x) for x in quiet_app.blob_text(dry.dry_run_blob).splitlines()]
+
+    quiet_app.mark_sandbox_requests()
+    real = run_in_process(quiet_app, "dry")
+    assert quiet_app.sandbox_requests() == predicted  # the same bodies, in the same order
+    assert real.data_points_used == dry.data_points_estimated
+
+
+def test_a_changed_mapping_forces_a_full_refresh_and_so_does_asking(quiet_app: App) -> None:
+    rows = _rows(30, "remap")
+    _export(quiet_app, "remap", rows)
+    run_in_process(quiet_app, "remap")
+    asked = run_in_process(quiet_app, "remap", full_refresh=True)
+    assert asked.full_refresh_reason == "a full refresh was requested"
+    assert (asked.objects_planned, asked.profiles_unchanged) == (30, 30)
+
+    _export(quiet_app, "remap", rows, membership_attribute="audiences")
+    remapped = run_in_process(quiet_app, "remap")
+    assert "mapping" in remapped.full_refresh_reason and remapped.objects_planned == 30
+    assert all(u["audiences"] == ["Delta Seg"] for u in quiet_app.braze_users().values())
+
+
+def test_boolean_membership_is_true_on_join_and_false_on_leave(quiet_app: App) -> None:
+    rows = _rows(10, "flag")
+    _export(quiet_app, "flag", rows, membership="boolean", membership_attribute="in_flag_seg")
+    run_in_process(quiet_app, "flag")
+    assert all(u["in_flag_seg"] is True for u in quiet_app.braze_users().values())
+    _upload(quiet_app, "flag", dict(list(rows.items())[:9]))
+    run_in_process(quiet_app, "flag")
+    users = quiet_app.braze_users()
+    assert users["flag-00009"]["in_flag_seg"] is False
+    assert users["flag-00009"]["first_name"] == rows["flag-00009"]["FirstName"]  # left alone
+    assert all(users[k]["in_flag_seg"] is True for k in list(rows)[:9])
+
+
+def test_clearing_attributes_on_leave_is_opt_in(quiet_app: App) -> None:
+    rows = _rows(10, "clr")
+    _export(quiet_app, "clr", rows, clear_attributes_on_leave=True)
+    run_in_process(quiet_app, "clr")
+    _upload(quiet_app, "clr", dict(list(rows.items())[:9]))
+    run_in_process(quiet_app, "clr")
+    gone = quiet_app.braze_users()["clr-00009"]
+    assert gone == {"external_id": "clr-00009", "segments": []}
+
+
+def test_teardown_removes_membership_from_everyone_in_the_snapshot(quiet_app: App) -> None:
+    rows = _rows(120, "down")
+    _export(quiet_app, "down", rows)
+    run_in_process(quiet_app, "down")
+
+    run = run_in_process(quiet_app, "down", teardown=True)
+    assert run.status == Status.SUCCEEDED and run.profiles_removed == 120
+    users = quiet_app.braze_users()
+    assert all(u["segments"] == [] for u in users.values())
+    assert users["down-00001"]["email"] == rows["down-00001"]["Email"]
+    assert quiet_app.services.snapshots.current("down", "sandbox").profiles == 0  # type: ignore[union-attr]
+    quiet_app.mark_sandbox_requests()
+    assert run_in_process(quiet_app, "down", teardown=True).objects_planned == 0
+
+
+def test_the_array_cap_warning_counts_other_exports_on_the_same_attribute(
+    quiet_app: App,
+) -> None:
+    rows = _rows(6, "cap")
+    quiet_app.upload("delta/cap.csv", _csv(list(rows.values())))
+    exports = [export_definition(f"cap-{n}", "delta/cap.csv", f"Seg {n}") for n in range(3)]
+    quiet_app.define(exports, array_element_cap=2)
+    runs = [run_in_process(quiet_app, f"cap-{n}") for n in range(3)]
+    assert [r.array_cap_warnings for r in runs] == [0, 0, 6]
+    report = json.loads(quiet_app.blob_text(runs[2].report_blob))
+    assert report["warnings"]["array_cap"]["profiles"] == 6
+    assert len(report["warnings"]["array_cap"]["examples"]) == 5
+
+
+def test_a_segment_that_grows_past_one_partition_still_diffs_against_the_old_snapshot(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = _rows(400, "grow")
+    _export(quiet_app, "grow", rows)
+    first = run_in_process(quiet_app, "grow")
+    assert first.partitions == 1
+    monkeypatch.setattr("shared.diff.PARTITION_TARGET_BYTES", 4096)  # small: many partitions
+    changed = {k: dict(v) for k, v in rows.items()}
+    changed["grow-00007"]["IsVip"] = "true" if rows["grow-00007"]["IsVip"] == "false" else "false"
+    del changed["grow-00008"]
+    _upload(quiet_app, "grow", changed)
+
+    quiet_app.mark_sandbox_requests()
+    second = run_in_process(quiet_app, "grow")
+    assert second.partitions >= 8
+    sent = sorted(o["external_id"] for b in quiet_app.sandbox_requests() for o in b["attributes"])
+    assert sent == ["grow-00007", "grow-00008"]
+    assert (second.profiles_unchanged, second.profiles_changed, second.profiles_removed) == (
+        398,
+        1,
+        1,
+    )
+    monkeypatch.undo()  # and back down to one partition
+    quiet_app.mark_sandbox_requests()
+    assert run_in_process(quiet_app, "grow").objects_planned == 0
+
+
+def test_partition_counts_grow_with_the_source_in_powers_of_two() -> None:
+    assert partition_count(0, False) == 1
+    assert partition_count(4 * 1024 * 1024, False) == 1
+    assert partition_count(4 * 1024 * 1024 + 1, False) == 2
+    assert partition_count(100 * 1024 * 1024, False) == 32
+    assert partition_count(100 * 1024 * 1024, True) == 128  # gzip holds about 5x its size
+    assert partition_count(10**12, False) == 256
