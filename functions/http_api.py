@@ -45,6 +45,13 @@ def list_exports(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.list_exports(app_services()))
 
 
+@bp.function_name("replay_run")
+@bp.route(route="runs/{run_id}/replay", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def replay_run(req: func.HttpRequest) -> func.HttpResponse:
+    """202 with the re-opened run: its rejected deliveries are sent again."""
+    return _respond(api.replay(app_services(), req.route_params["run_id"]))
+
+
 @bp.function_name("get_run")
 @bp.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def get_run(req: func.HttpRequest) -> func.HttpResponse:

@@ -1,4 +1,4 @@
-"""Timer: every minute, start the scheduled exports whose slot has come."""
+"""Timer: every minute, start the scheduled exports whose slot has come and end stalled runs."""
 
 import logging
 
@@ -6,6 +6,7 @@ import azure.functions as func
 
 from shared.runs import utcnow
 from shared.services import app_services
+from shared.stalls import sweep_stalled
 from shared.triggers import schedule_tick
 
 bp = func.Blueprint()
@@ -18,6 +19,9 @@ def schedule_exports(timer: func.TimerRequest) -> None:
     """Idempotent per slot: a late, repeated or concurrent tick starts each slot's run once."""
     if timer.past_due:
         log.info("scheduler tick is late; missed slots run once now")
-    outcomes = schedule_tick(app_services(), utcnow())
+    services = app_services()
+    outcomes = schedule_tick(services, utcnow())
     for export_name, outcome in outcomes.items():
         log.info("schedule: export %s -> %s", export_name, outcome)
+    for run_id, outcome in sweep_stalled(services, utcnow()).items():
+        log.warning("stalled-run sweep: run %s -> %s", run_id, outcome)

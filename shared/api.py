@@ -13,6 +13,7 @@ from typing import Any
 
 from shared.config import RUNS_CONTAINER
 from shared.definitions import Export, UnknownExport, is_valid_name
+from shared.replay import NotReplayable, replay_run
 from shared.runs import ExportBusy, Run, utcnow
 from shared.schedule import next_slot
 from shared.services import Services
@@ -89,6 +90,19 @@ def get_run(services: Services, run_id: str) -> ApiResponse:
     if run is None:
         return _error(404, "run_not_found", f"no run '{run_id}'")
     return ApiResponse(200, _run_links(services, run))
+
+
+def replay(services: Services, run_id: str) -> ApiResponse:
+    """POST /api/runs/{run_id}/replay: send the run's rejected deliveries again (202)."""
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        return _error(400, "invalid_run_id", f"'{run_id[:80]}' is not a valid run id")
+    try:
+        run = replay_run(services, run_id)
+    except LookupError:
+        return _error(404, "run_not_found", f"no run '{run_id}'")
+    except NotReplayable as error:
+        return _error(409, "not_replayable", str(error))
+    return ApiResponse(202, _run_links(services, run), {"Location": f"/api/runs/{run_id}"})
 
 
 def list_exports(services: Services) -> ApiResponse:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from shared.config import ConfigurationError, apply_local_settings, load_settings
 from shared.definitions import DefinitionsError, UnknownExport, json_schema, parse_definitions
+from shared.replay import NotReplayable, replay_run
 from shared.reporting import build_report
 from shared.runs import ExportBusy, Run, Status
 from shared.services import Services
@@ -55,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     runs.add_argument("--limit", type=int, default=20)
     status = commands.add_parser("status", help="show one run and its report")
     status.add_argument("run_id")
+    replay = commands.add_parser(
+        "replay",
+        help="send a finished run's rejected deliveries (Braze rejections, failed chunks) again",
+    )
+    replay.add_argument("run_id")
+    _add_follow_options(replay)
     validate = commands.add_parser("validate", help="check the export definitions document")
     validate.add_argument("--file", type=Path, help="a definitions file (default: from settings)")
     commands.add_parser("schema", help="print the JSON Schema of the definitions document")
@@ -80,6 +87,10 @@ def _add_run_options(command: argparse.ArgumentParser) -> None:
         help="send even if the run removes more of the segment or costs more data points than "
         "the export's max_removed_share and max_data_points allow",
     )
+    _add_follow_options(command)
+
+
+def _add_follow_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--host",
         choices=["auto", "local", "none"],
@@ -110,12 +121,30 @@ def _export(args: argparse.Namespace) -> int:
         print(f"error: {busy}; wait for it or follow it with `status`", file=sys.stderr)
         return 2
     print(f"run {run.run_id} queued for export '{run.export_name}' (segment '{run.segment}')")
+    return _follow_to_end(services, run.run_id, args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    services = Services(load_settings())
+    try:
+        run = replay_run(services, args.run_id)
+    except LookupError as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 2
+    except NotReplayable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"run {run.run_id}: replay round {run.replay_round} queued")
+    return _follow_to_end(services, run.run_id, args)
+
+
+def _follow_to_end(services: Services, run_id: str, args: argparse.Namespace) -> int:
     start_host = args.host == "local" or (
         args.host == "auto" and services.settings.storage.is_local_emulator
     )
     host = _start_local_host() if start_host else None
     try:
-        final = _follow(services, run.run_id, args.timeout, host, not args.no_progress)
+        final = _follow(services, run_id, args.timeout, host, not args.no_progress)
     finally:
         if host:
             host.terminate()
@@ -229,6 +258,7 @@ def _schema(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "export": _export,
     "teardown": _export,
+    "replay": _replay,
     "runs": _runs,
     "status": _status,
     "validate": _validate,

@@ -10,12 +10,16 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 JOBS_QUEUE = "export-jobs"
 CHUNKS_QUEUE = "export-chunks"
+PARTITIONS_QUEUE = "export-partitions"
 RUNS_CONTAINER = "export-runs"
+SNAPSHOTS_CONTAINER = "export-snapshots"
 RUNS_TABLE = "exportruns"
+RATE_TABLE = "ratelimits"
 DROPS_CONTAINER = "segments"
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 
@@ -67,6 +71,18 @@ class Settings:
             return int(override)
         host = json.loads((Path(__file__).resolve().parent.parent / "host.json").read_text())
         return int(host.get("extensions", {}).get("queues", {}).get("maxDequeueCount", 5))
+
+    @property
+    def stall_after(self) -> timedelta:
+        """How long a run may go without any progress before it is ended as stalled."""
+        text = self.environ.get("EXPORT_STALL_MINUTES", "30")
+        try:
+            minutes = float(text)
+        except ValueError:
+            raise ConfigurationError(
+                f"EXPORT_STALL_MINUTES must be a number of minutes, got {text!r}"
+            ) from None
+        return timedelta(minutes=minutes)
 
     def local_secret(self, secret_name: str) -> str | None:
         """A Braze API key from the environment, used when no Key Vault is configured."""

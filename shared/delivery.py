@@ -74,7 +74,7 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
         _add_batch(progress, job, batch, rejections, services)
         progress.batches_done = number + 1
         services.runs.save_progress(job.run_id, job.chunk_index, progress)
-    _record(job, progress, len(items), services)
+    _record(job, progress, len(items), run.replay_round, services)
 
 
 def _add_batch(
@@ -104,7 +104,9 @@ def _add_batch(
         progress.rejections = dict(tally)
 
 
-def _record(job: ChunkJob, progress: ChunkProgress, rows: int, services: Services) -> None:
+def _record(
+    job: ChunkJob, progress: ChunkProgress, rows: int, round_: int, services: Services
+) -> None:
     result = ChunkResult(
         chunk_index=job.chunk_index,
         rows=rows,
@@ -116,6 +118,7 @@ def _record(job: ChunkJob, progress: ChunkProgress, rows: int, services: Service
         data_points=progress.data_points,
         rejected_blobs=progress.rejected_blobs,
         failure=progress.failure,
+        round=round_,
     )
     services.runs.record_chunk(job.run_id, result)
     maybe_finalize(job.run_id, services)
@@ -167,7 +170,8 @@ def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
     tally = Counter(progress.rejections)
     tally["delivery_failed"] += undelivered
     progress.rejections = dict(tally)
-    _record(job, progress, job.rows if items is None else len(items), services)
+    rows = job.rows if items is None else len(items)
+    _record(job, progress, rows, run.replay_round, services)
 
 
 def rejected_rows(

@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from shared.config import RUNS_CONTAINER
+from shared.diff import partition_of
 from shared.layout import (
     pending_snapshot_name,
     rejected_blob_name,
@@ -117,18 +118,21 @@ def final_status(run: Run) -> Status:
 
 
 def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
+    """Sum the chunks into the run. After a replay, the rows Braze still rejects are those of
+    the latest round: each round re-sends every row the previous one left rejected."""
+    latest = [r for r in results if r.round == run.replay_round]
     run.profiles_accepted = sum(r.accepted for r in results)
-    run.profiles_rejected_by_braze = sum(r.rejected for r in results)
+    run.profiles_rejected_by_braze = sum(r.rejected for r in latest)
     run.requests_sent = sum(r.requests for r in results)
     run.data_points_used = sum(r.data_points for r in results)
-    tally = Counter(run.rejections)
-    for result in results:
+    tally = Counter(run.validation_rejections)
+    for result in latest:
         tally.update(result.rejections)
     run.rejections = dict(tally)
     run.rejected_blob = rejected_blob_name(run.run_id)
     run.report_blob = report_blob_name(run.run_id)
     partitions = services.runs.partition_results(run.run_id)
-    _merge_rejected(run.run_id, partitions, results, services)
+    _merge_rejected(run.run_id, partitions, latest, services)
     run.status = final_status(run)
     delivered = run.profiles_accepted + run.profiles_rejected_by_braze
     if delivered != run.objects_planned and run.chunks_total:
@@ -141,7 +145,7 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     elif not run.message:
         run.message = _summary(run, results)
     if run.partitions and not (run.planning_failed or run.stopped_by or run.dry_run):
-        _commit_snapshot(run, results, services)
+        _commit_snapshot(run, latest, services)
     run.finished_at = utcnow()
     report = build_report(run, partitions)
     services.storage.write_bytes(
@@ -165,8 +169,10 @@ def _commit_snapshot(run: Run, results: list[ChunkResult], services: Services) -
     for partition in range(run.partitions):
         rejected = {
             entry["customer_id"]
-            for name in blobs_by_partition.get(partition, [])
+            # A replay's chunks (partition -1) mix partitions: they are read for each one.
+            for name in blobs_by_partition.get(partition, []) + blobs_by_partition.get(-1, [])
             for entry in _json_lines(services, name)
+            if partition_of(entry["customer_id"], run.partitions) == partition
         }
         pending = _json_lines(services, pending_snapshot_name(run.run_id, partition))
         profiles += services.snapshots.write_partition(

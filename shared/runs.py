@@ -78,6 +78,8 @@ class Run:
     profiles_rejected_by_braze: int = 0
     requests_sent: int = 0
     rejections: dict[str, int] = field(default_factory=dict)
+    validation_rejections: dict[str, int] = field(default_factory=dict)
+    replay_round: int = 0
     # The diff against the previous snapshot (see shared/diff.py and shared/partitions.py).
     partitions: int = 0
     mapping_fingerprint: str = ""
@@ -137,6 +139,7 @@ class ChunkResult:
     data_points: int = 0
     rejected_blobs: list[str] = field(default_factory=list)
     failure: str = ""
+    round: int = 0  # 0 for the run's own chunks, n for the n-th replay of its rejected rows
 
 
 @dataclass
@@ -285,6 +288,14 @@ class RunStore:
             f"PartitionKey eq '{_quote(run_id)}' and RowKey ge '{prefix}' and RowKey lt '{upper}'"
         )
         return self._table.query_entities(query)
+
+    def last_activity(self, run_id: str) -> datetime | None:
+        """When anything of the run last changed: the run, a partition, a chunk or a batch."""
+        stamps = [
+            entity.metadata["timestamp"]
+            for entity in self._table.query_entities(f"PartitionKey eq '{_quote(run_id)}'")
+        ]
+        return max(stamps, default=None)
 
     def latest_run_id(self, export_name: str) -> str | None:
         entity = self._get(LATEST_PARTITION, export_name)
@@ -440,7 +451,8 @@ def _run_from(entity: Any) -> Run:
     ):
         if isinstance(values.get(name), str):
             values[name] = datetime.fromisoformat(values[name]) if values[name] else None
-    values["rejections"] = _decode_tally(values.get("rejections", ""))
+    for tally in ("rejections", "validation_rejections"):
+        values[tally] = _decode_tally(values.get(tally, ""))
     for optional in ("chunks_total", "snapshot_profiles"):
         if values.get(optional) == -1:
             values[optional] = None

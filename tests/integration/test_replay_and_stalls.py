@@ -1,0 +1,190 @@
+"""Replaying failed deliveries and ending stalled runs, driven in process on Azurite and the
+Braze sandbox, so each step (a lost message, a worker that never comes back) is deterministic."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from devtools.sample import make_segment
+from shared import api
+from shared.config import JOBS_QUEUE
+from shared.delivery import deliver_chunk, fail_chunk
+from shared.messages import ExportJob
+from shared.replay import NotReplayable, replay_run
+from shared.runs import Run, Status, utcnow
+from shared.stalls import check_run, sweep_stalled
+from shared.triggers import start_run
+from tests.integration.conftest import (
+    BLOCKLISTED,
+    App,
+    chunk_jobs,
+    export_definition,
+    plan_in_process,
+    run_in_process,
+    take,
+)
+
+
+def _start(app: App, name: str, rows: int, **overrides: Any) -> tuple[Run, Any]:
+    sample = make_segment(rows, invalid_every=1000, id_prefix=name)
+    app.upload(f"replay/{name}.csv", sample.data)
+    app.define(
+        [export_definition(name, f"replay/{name}.csv", "R", **{"chunk_size": 100, **overrides})]
+    )
+    run = start_run(app.services, name, "test").run
+    take(app, JOBS_QUEUE, ExportJob, run.run_id)
+    return run, sample
+
+
+def _replay_in_process(app: App, run_id: str) -> Run:
+    replay_run(app.services, run_id)
+    for job in chunk_jobs(app, run_id):
+        deliver_chunk(job, app.services)
+    final = app.services.runs.get(run_id)
+    assert final is not None and final.is_final
+    return final
+
+
+def _rejected(app: App, run: Run) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in app.blob_text(run.rejected_blob).splitlines()]
+
+
+def _adds_up(run: Run) -> None:
+    assert run.rows_read == run.rows_valid + run.rows_rejected
+    assert run.objects_planned == run.profiles_accepted + run.profiles_rejected_by_braze
+
+
+def test_rows_braze_rejected_are_replayed_after_the_fix_and_the_counts_stay_true(
+    quiet_app: App,
+) -> None:
+    rows = "CustomerId,Email,FirstName,LoyaltyPoints,IsVip,BirthDate,Note\n"
+    rows += "".join(f"ok-{n},ok{n}@example.com,Ann,{n},true,1990-01-01,\n" for n in range(5))
+    rows += f"{BLOCKLISTED},blocked@example.com,Bob,2,false,1990-01-02,\n"
+    quiet_app.upload("replay/blocked.csv", rows.encode())
+    quiet_app.define([export_definition("blocked", "replay/blocked.csv", "R")])
+    first = run_in_process(quiet_app, "blocked")
+    assert (first.status, first.profiles_rejected_by_braze) == (Status.PARTIALLY_SUCCEEDED, 1)
+    with pytest.raises(NotReplayable, match="still delivering"):
+        active = quiet_app.services.runs.get(first.run_id)
+        assert active is not None
+        active.status = Status.DELIVERING
+        quiet_app.services.runs.update(active)
+        try:
+            replay_run(quiet_app.services, first.run_id)
+        finally:
+            active.status = first.status
+            quiet_app.services.runs.update(active)
+
+    quiet_app.set_sandbox_limits(blocklist=[])
+    try:
+        quiet_app.mark_sandbox_requests()
+        final = _replay_in_process(quiet_app, first.run_id)
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+    sent = [o["external_id"] for b in quiet_app.sandbox_requests() for o in b["attributes"]]
+    assert sent == [BLOCKLISTED]
+    assert (final.status, final.replay_round) == (Status.SUCCEEDED, 1)
+    assert (final.profiles_accepted, final.profiles_rejected_by_braze) == (6, 0)
+    _adds_up(final)
+    assert _rejected(quiet_app, final) == []
+    assert final.rejections == {}
+    # The snapshot took the replayed profile in: the next run has nothing to send.
+    assert run_in_process(quiet_app, "blocked").objects_planned == 0
+    with pytest.raises(NotReplayable, match="not the latest run"):
+        replay_run(quiet_app.services, first.run_id)
+
+
+def test_a_poisoned_chunk_is_named_reported_row_by_row_and_replayable(quiet_app: App) -> None:
+    run, sample = _start(quiet_app, "poisoned", 250)
+    jobs = plan_in_process(quiet_app, run)
+    deliver_chunk(jobs[0], quiet_app.services)
+    deliver_chunk(jobs[2], quiet_app.services)
+    fail_chunk(jobs[1], ConnectionError("Braze kept failing"), quiet_app.services)
+
+    ended = quiet_app.services.runs.get(run.run_id)
+    assert ended is not None and ended.status == Status.PARTIALLY_SUCCEEDED
+    assert "chunk 1" in ended.message and "Braze kept failing" in ended.message
+    failed = _rejected(quiet_app, ended)
+    assert len(failed) == 100 and {r["codes"][0] for r in failed} == {"delivery_failed"}
+    assert all(r["object"]["external_id"] == r["customer_id"] for r in failed)
+    _adds_up(ended)
+
+    final = _replay_in_process(quiet_app, run.run_id)
+    assert final.status == Status.SUCCEEDED and final.profiles_accepted == 250
+    _adds_up(final)
+    assert set(quiet_app.braze_users()) == set(sample.expected)
+
+
+def test_a_run_whose_chunk_was_lost_is_ended_as_stalled_and_replayable(quiet_app: App) -> None:
+    run, sample = _start(quiet_app, "stalled", 200)
+    jobs = plan_in_process(quiet_app, run)
+    deliver_chunk(jobs[0], quiet_app.services)  # jobs[1]'s worker was lost with its message
+    services = quiet_app.services
+    active = services.runs.get(run.run_id)
+    assert active is not None
+    stall = services.settings.stall_after
+
+    assert check_run(services, active, utcnow() + stall - timedelta(minutes=1)) is None
+    assert services.runs.get(run.run_id).status == Status.DELIVERING  # type: ignore[union-attr]
+    assert sweep_stalled(services, utcnow() + stall + timedelta(minutes=1)) == {
+        run.run_id: "stalled: 1 chunk(s) ended"
+    }
+
+    ended = services.runs.get(run.run_id)
+    assert ended is not None and ended.status == Status.PARTIALLY_SUCCEEDED
+    assert "chunk 1" in ended.message and "no progress since" in ended.message
+    lost = _rejected(quiet_app, ended)
+    assert len(lost) == 100 and all("worker holding it was lost" in r["reasons"][0] for r in lost)
+    _adds_up(ended)
+
+    final = _replay_in_process(quiet_app, run.run_id)
+    assert final.status == Status.SUCCEEDED and final.profiles_accepted == 200
+    assert set(quiet_app.braze_users()) == set(sample.expected)
+
+
+def test_a_run_stalled_in_planning_fails_with_nothing_sent(quiet_app: App) -> None:
+    run, _ = _start(quiet_app, "planstall", 50)
+    services = quiet_app.services
+    future = utcnow() + services.settings.stall_after + timedelta(minutes=1)
+    assert check_run(services, services.runs.get(run.run_id), future) == "stalled in planning"  # type: ignore[arg-type]
+    ended = services.runs.get(run.run_id)
+    assert ended is not None and ended.status == Status.FAILED
+    assert "stalled while queued" in ended.message and "nothing was sent" in ended.message
+    assert quiet_app.sandbox_requests() == []
+    # The export is free again.
+    assert start_run(services, "planstall", "test").created
+
+
+def test_an_abandoned_finalization_is_taken_over_by_the_sweep(quiet_app: App) -> None:
+    run, _ = _start(quiet_app, "orphan", 80)
+    (job,) = plan_in_process(quiet_app, run)
+    services = quiet_app.services
+    claimed = services.runs.get(run.run_id)
+    assert claimed is not None
+    claimed.finalize_claim, claimed.finalize_claimed_at = "dead-worker", utcnow()
+    services.runs.update(claimed)  # a finalizer claimed it, then its instance vanished
+    deliver_chunk(job, services)
+    assert services.runs.get(run.run_id).status == Status.DELIVERING  # type: ignore[union-attr]
+
+    stale = services.runs.get(run.run_id)
+    assert stale is not None
+    stale.finalize_claimed_at = utcnow() - timedelta(minutes=11)
+    services.runs.update(stale)
+    assert check_run(services, stale, utcnow()) == "finished"
+    final = services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.SUCCEEDED
+
+
+def test_the_replay_route_answers_like_the_rest_of_the_api(quiet_app: App) -> None:
+    run, _ = _start(quiet_app, "routed", 30)
+    for job in plan_in_process(quiet_app, run):
+        deliver_chunk(job, quiet_app.services)
+    assert api.replay(quiet_app.services, "bad id!").status == 400
+    assert api.replay(quiet_app.services, "routed-nope").status == 404
+    conflict = api.replay(quiet_app.services, run.run_id)
+    assert conflict.status == 409 and conflict.body["error"] == "not_replayable"
+    assert "no rejected deliveries" in conflict.body["message"]
