@@ -90,7 +90,7 @@ def plan_run(job: ExportJob, services: Services) -> None:
 
 def _record_tally(run: Run, tally: _Tally) -> None:
     run.rows_read, run.rows_rejected = tally.rows_read, tally.rows_rejected
-    run.rejections = dict(tally.reasons)
+    run.rejections = run.validation_rejections = dict(tally.reasons)
 
 
 def _compare_with_snapshot(

@@ -97,7 +97,8 @@ def summarize(run: Run, results: list[PartitionResult], objects_per_request: int
     run.rows_rejected = run.rows_read - run.rows_valid
     duplicates = sum(r.duplicates for r in results)
     if duplicates:
-        run.rejections = {**run.rejections, DUPLICATE: duplicates}
+        run.validation_rejections = {**run.validation_rejections, DUPLICATE: duplicates}
+    run.rejections = run.validation_rejections
 
 
 def safety_valve(run: Run, export: Export) -> tuple[str, str] | None:

@@ -79,6 +79,34 @@ def test_post_starts_a_run_that_can_be_followed(app: App, host: LocalHost, segme
     assert [r["run_id"] for r in history["runs"]] == [started["run_id"]]
 
 
+def test_dry_run_then_teardown_over_http(app: App, host: LocalHost, segment: Any) -> None:
+    app.define([export_definition("http-down", "adapt/seg.csv", "Down")])
+
+    def run_to_end(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = requests.post(f"{host.url}{path}", json=body, timeout=30)
+        assert response.status_code == 202, response.text
+
+        def finished() -> dict[str, Any] | None:
+            url = host.url + response.headers["Location"]
+            run = requests.get(url, timeout=30).json()
+            return run if run["status"] not in ("queued", "planning", "delivering") else None
+
+        result: dict[str, Any] = _wait_for(finished, f"{path} to finish")
+        return result
+
+    dry = run_to_end("/api/exports/http-down/runs", {"dry_run": True})
+    assert dry["status"] == "succeeded" and dry["requests_sent"] == 0
+    assert dry["links"]["dry_run_requests"].endswith("dry-run/requests.jsonl")
+    assert app.braze_users() == {}
+
+    real = run_to_end("/api/exports/http-down/runs", {})
+    assert real["profiles_accepted"] == len(segment.expected)
+    down = run_to_end("/api/exports/http-down/teardown", {})
+    assert down["trigger"] == "teardown" and down["teardown"] is True
+    assert down["profiles_removed"] == len(segment.expected)
+    assert all(user["segments"] == [] for user in app.braze_users().values())
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "code"),
     [
@@ -94,6 +122,10 @@ def test_post_starts_a_run_that_can_be_followed(app: App, host: LocalHost, segme
         ("GET", "/api/exports/http-err/runs?limit=0", b"", 400, "invalid_limit"),
         ("GET", "/api/exports/http-err/runs?limit=many", b"", 400, "invalid_limit"),
         ("GET", "/api/exports/no-such-export/runs", b"", 404, "export_not_found"),
+        ("POST", "/api/exports/http-err/teardown", b'{"full_refresh": true}', 400, "invalid_body"),
+        ("POST", "/api/exports/no-such-export/teardown", b"", 404, "export_not_found"),
+        ("POST", "/api/runs/no-such-run/replay", b"", 404, "run_not_found"),
+        ("POST", "/api/runs/bad%20id/replay", b"", 400, "invalid_run_id"),
     ],
 )
 def test_bad_requests_get_the_documented_error_and_start_nothing(
