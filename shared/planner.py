@@ -55,8 +55,11 @@ def plan_run(job: ExportJob, services: Services) -> None:
     if run is None:
         log.error("run %s does not exist; dropping its planning job", job.run_id)
         return
-    if run.status not in (Status.QUEUED, Status.PLANNING) or run.partitions:
+    if run.status not in (Status.QUEUED, Status.PLANNING):
         log.info("run %s is already %s; nothing to plan", run.run_id, run.status)
+        return
+    if run.partitions:  # split already; an attempt died while queueing the partitions
+        _queue_partitions(run, services)
         return
     run.status, run.planning_started_at = Status.PLANNING, utcnow()
     services.runs.update(run)
@@ -80,12 +83,16 @@ def plan_run(job: ExportJob, services: Services) -> None:
     _record_tally(run, tally)
     run.partitions = partitions
     services.runs.update(run)
-    queue = services.storage.queue(PARTITIONS_QUEUE)
-    for partition in range(partitions):
-        queue.send_message(
-            PartitionJob(run.run_id, run.export_name, partition, partitions).to_json()
-        )
+    _queue_partitions(run, services)
     log.info("run %s: %d rows read, %d partitions queued", run.run_id, tally.rows_read, partitions)
+
+
+def _queue_partitions(run: Run, services: Services) -> None:
+    """One diff job per partition; a repeated one finds its partition done and does nothing."""
+    queue = services.storage.queue(PARTITIONS_QUEUE)
+    for partition in range(run.partitions):
+        job = PartitionJob(run.run_id, run.export_name, partition, run.partitions)
+        queue.send_message(job.to_json())
 
 
 def _record_tally(run: Run, tally: _Tally) -> None:

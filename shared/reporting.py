@@ -165,8 +165,12 @@ def _commit_snapshot(run: Run, results: list[ChunkResult], services: Services) -
     blobs_by_partition: dict[int, list[str]] = {}
     for result in results:
         blobs_by_partition.setdefault(result.partition, []).extend(result.rejected_blobs)
+    # A chunk that failed with an unreadable blob could not list its rows: trust nothing sent
+    # in its partition (all partitions, for a replay chunk), so the next run sends them again.
+    unlisted = {r.partition for r in results if r.failure and not r.rejected_blobs}
     profiles = 0
     for partition in range(run.partitions):
+        untrusted = bool(unlisted & {partition, -1})
         rejected = {
             entry["customer_id"]
             # A replay's chunks (partition -1) mix partitions: they are read for each one.
@@ -180,7 +184,7 @@ def _commit_snapshot(run: Run, results: list[ChunkResult], services: Services) -
             run.connection,
             run.run_id,
             partition,
-            _committed(pending, rejected),
+            _committed(pending, rejected, untrusted),
         )
     manifest = Manifest(
         run.run_id, run.partitions, run.mapping_fingerprint, profiles, utcnow().isoformat()
@@ -189,11 +193,13 @@ def _commit_snapshot(run: Run, results: list[ChunkResult], services: Services) -
     run.snapshot_profiles = profiles
 
 
-def _committed(pending: Iterator[Any], rejected: set[str]) -> Iterator[tuple[str, dict[str, str]]]:
+def _committed(
+    pending: Iterator[Any], rejected: set[str], untrusted: bool
+) -> Iterator[tuple[str, dict[str, str]]]:
     """`[id, prints]` stays; `[id, new, old]` takes new unless Braze rejected it (null: gone)."""
     for entry in pending:
         customer_id, prints = entry[0], entry[1]
-        if len(entry) == 3 and customer_id in rejected:
+        if len(entry) == 3 and (untrusted or customer_id in rejected):
             prints = entry[2]
         if prints is not None:
             yield customer_id, prints

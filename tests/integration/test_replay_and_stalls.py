@@ -11,7 +11,7 @@ import pytest
 
 from devtools.sample import make_segment
 from shared import api
-from shared.config import JOBS_QUEUE
+from shared.config import JOBS_QUEUE, RUNS_CONTAINER
 from shared.delivery import deliver_chunk, fail_chunk
 from shared.messages import ExportJob
 from shared.replay import NotReplayable, replay_run
@@ -188,3 +188,23 @@ def test_the_replay_route_answers_like_the_rest_of_the_api(quiet_app: App) -> No
     conflict = api.replay(quiet_app.services, run.run_id)
     assert conflict.status == 409 and conflict.body["error"] == "not_replayable"
     assert "no rejected deliveries" in conflict.body["message"]
+
+
+def test_a_failed_chunk_that_cannot_list_its_rows_keeps_its_partition_out_of_the_snapshot(
+    quiet_app: App,
+) -> None:
+    run, sample = _start(quiet_app, "unlisted", 150)
+    jobs = plan_in_process(quiet_app, run)
+    services = quiet_app.services
+    deliver_chunk(jobs[0], services)
+    services.storage.container(RUNS_CONTAINER).delete_blob(jobs[1].blob_name)
+    fail_chunk(jobs[1], OSError("chunk blob lost"), services)
+
+    ended = services.runs.get(run.run_id)
+    assert ended is not None and ended.status == Status.PARTIALLY_SUCCEEDED
+    assert (ended.profiles_accepted, ended.profiles_rejected_by_braze) == (100, 50)
+    _adds_up(ended)
+    # Which 50 were lost is unknown, so the next run sends the whole partition again.
+    again = run_in_process(quiet_app, "unlisted")
+    assert again.profiles_new == 150 and again.status == Status.SUCCEEDED
+    assert set(quiet_app.braze_users()) == set(sample.expected)
