@@ -8,7 +8,9 @@ of a request at Braze's 1,000 requests/s.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,9 +18,19 @@ from dataclasses import dataclass, field
 
 import requests
 
+from shared.rate_governor import (
+    RESET_HEADER,
+    RateGovernor,
+    header,
+    remaining_requests,
+    reset_wait_seconds,
+    throttle_wait_seconds,
+)
+
 log = logging.getLogger(__name__)
 
-EPOCH_THRESHOLD = 1_000_000_000
+# pyproject.toml's version: that file is not deployed, so a unit test keeps the two equal.
+VERSION = "0.1.0"
 
 
 class BrazeUnavailable(Exception):
@@ -38,20 +50,11 @@ class TrackOutcome:
     failure: str | None = None
 
 
-def reset_wait_seconds(value: str | None, now: float) -> float | None:
-    """Seconds until a rate-limit window resets, from either form Braze sends.
-
-    `X-RateLimit-Reset` is UTC epoch seconds on most plans and seconds remaining on MAU plans;
-    an epoch-sized number can only be the former.
-    """
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    wait = number - now if number >= EPOCH_THRESHOLD else number
-    return max(0.0, wait)
+def user_agent(environ: Mapping[str, str]) -> str:
+    """Names this worker process (Azure's instance id, else the host, and the pid) so that
+    Braze's logs and the sandbox can tell the app's many workers apart."""
+    instance = f"{environ.get('WEBSITE_INSTANCE_ID') or socket.gethostname()}-{os.getpid()}"
+    return f"braze-segment-exporter/{VERSION} ({instance})"
 
 
 def tracking_body(objects_json: Sequence[str]) -> bytes:
@@ -60,13 +63,18 @@ def tracking_body(objects_json: Sequence[str]) -> bytes:
 
 
 class BrazeClient:
-    """Sends attribute batches to one Braze workspace."""
+    """Sends attribute batches to one Braze workspace.
+
+    With a `governor`, every send (retries too) waits for a slot of the budget shared by all
+    instances; without one, only this client's threads hold back when Braze says to wait.
+    """
 
     def __init__(
         self,
         rest_endpoint: str,
         api_key: Callable[[bool], str],
         *,
+        governor: RateGovernor | None = None,
         max_attempts: int = 6,
         max_rate_limit_waits: int = 30,
         timeout: tuple[float, float] = (3.05, 30.0),
@@ -74,18 +82,22 @@ class BrazeClient:
     ) -> None:
         self._url = rest_endpoint.rstrip("/") + "/users/track"
         self._api_key = api_key
+        self._limiter: RateGovernor | LocalLimiter = governor or LocalLimiter(sleep)
         self._max_attempts = max_attempts
         self._max_rate_limit_waits = max_rate_limit_waits
         self._timeout = timeout
         self._sleep = sleep
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._blocked_until = 0.0
         self._key_rejected = False
+        self._user_agent = user_agent(os.environ)
         self._template = self._prepare(api_key(False))
 
     def _prepare(self, key: str) -> requests.PreparedRequest:
-        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        headers = {
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "User-Agent": self._user_agent,
+        }
         return requests.Request("POST", self._url, headers=headers).prepare()
 
     def _session(self) -> requests.Session:
@@ -102,7 +114,7 @@ class BrazeClient:
         failures = rate_limit_waits = 0
         refreshed_key = self._key_rejected  # one refresh per client, not one per batch
         while True:
-            self._wait_for_window()
+            window = self._limiter.acquire()
             request = self._template.copy()
             request.prepare_body(data=body, files=None)
             try:
@@ -111,7 +123,7 @@ class BrazeClient:
                 failures += 1
                 self._backoff(failures, f"{type(error).__name__}: {error}")
                 continue
-            self._note_rate_limit(response.headers)
+            self._limiter.observe(response.headers, window)
             status = response.status_code
             if 200 <= status < 300:
                 return TrackOutcome(status, _object_errors(response))
@@ -139,31 +151,43 @@ class BrazeClient:
         log.warning("Braze request failed (%s); retry %d in %.2fs", what, failures, delay)
         self._sleep(delay)
 
-    def _note_rate_limit(self, headers: Mapping[str, str]) -> None:
-        """When Braze says the window is used up, hold every thread until it resets."""
-        if headers.get("X-RateLimit-Remaining") != "0":
-            return
-        wait = reset_wait_seconds(headers.get("X-RateLimit-Reset"), time.time())
-        if wait:
-            self._block_for(wait)
-
     def _wait_after_429(self, headers: Mapping[str, str], attempt: int) -> None:
-        wait = reset_wait_seconds(headers.get("X-Ratelimit-Retry-After"), time.time())
-        if wait is None:
-            wait = reset_wait_seconds(headers.get("X-RateLimit-Reset"), time.time())
+        now = time.time()
+        wait = throttle_wait_seconds(headers, now)
         if wait is None:
             wait = min(8.0, 0.5 * 2**attempt)
-        self._block_for(wait)
+        self._limiter.block_until(now + wait)
 
-    def _block_for(self, seconds: float) -> None:
-        with self._lock:
-            self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
 
-    def _wait_for_window(self) -> None:
+class LocalLimiter:
+    """The client's limiter when there is no governor: it holds this client's threads while
+    Braze says the window is used up, and knows nothing of other processes."""
+
+    def __init__(self, sleep: Callable[[float], None]) -> None:
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._blocked_until = 0.0
+
+    def acquire(self) -> int:
+        """Wait out a block; the window number is irrelevant here, so always 0."""
         with self._lock:
-            wait = self._blocked_until - time.monotonic()
+            wait = self._blocked_until - time.time()
         if wait > 0:
             self._sleep(wait)
+        return 0
+
+    def observe(self, headers: Mapping[str, str], window: int) -> None:
+        """When Braze says the window is used up, hold every thread until it resets."""
+        if remaining_requests(headers) != 0:
+            return
+        now = time.time()
+        wait = reset_wait_seconds(header(headers, RESET_HEADER), now)
+        if wait:
+            self.block_until(now + wait)
+
+    def block_until(self, epoch_seconds: float) -> None:
+        with self._lock:
+            self._blocked_until = max(self._blocked_until, epoch_seconds)
 
 
 def _object_errors(response: requests.Response) -> dict[int, str]:

@@ -11,10 +11,12 @@ from functools import cached_property
 from pathlib import Path
 
 from shared.braze_client import BrazeClient
-from shared.config import RUNS_TABLE, ConfigurationError, Settings, load_settings
+from shared.config import RATE_TABLE, RUNS_TABLE, ConfigurationError, Settings, load_settings
 from shared.definitions import Connection, Definitions, parse_definitions
+from shared.rate_governor import RateGovernor
 from shared.runs import RunStore
 from shared.secrets import SecretProvider
+from shared.snapshots import SnapshotStore
 from shared.storage import Storage
 
 
@@ -34,6 +36,10 @@ class Services:
     @cached_property
     def runs(self) -> RunStore:
         return RunStore(self.storage.table(RUNS_TABLE))
+
+    @cached_property
+    def snapshots(self) -> SnapshotStore:
+        return SnapshotStore(self.storage)
 
     @cached_property
     def secrets(self) -> SecretProvider:
@@ -60,15 +66,37 @@ class Services:
         )
 
     def braze(self, connection: Connection) -> BrazeClient:
-        """One client per connection, so its rate-limit state is shared by all threads."""
-        key = f"{connection.name}|{connection.rest_endpoint}|{connection.api_key_secret}"
+        """One client per connection, its threads sharing one governor that coordinates the
+        connection's rate budget with every other process and instance through a table.
+
+        The rate settings are part of the key, so an edited budget applies without a restart.
+        """
+        key = "|".join(
+            str(part)
+            for part in (
+                connection.name,
+                connection.rest_endpoint,
+                connection.api_key_secret,
+                connection.rate_limit_requests,
+                connection.rate_limit_window_seconds,
+                connection.rate_limit_share,
+            )
+        )
         with self._lock:
             client = self._braze.get(key)
             if client is None:
                 secret = connection.api_key_secret
+                governor = RateGovernor(
+                    self.storage.table(RATE_TABLE),
+                    connection.name,
+                    requests_per_window=connection.rate_limit_requests,
+                    window_seconds=connection.rate_limit_window_seconds,
+                    share=connection.rate_limit_share,
+                )
                 client = BrazeClient(
                     connection.rest_endpoint,
                     lambda refresh: self.secrets.get(secret, refresh=refresh),
+                    governor=governor,
                 )
                 self._braze[key] = client
             return client

@@ -12,7 +12,7 @@ import uuid
 from base64 import b64encode
 from collections.abc import Iterator
 from functools import cached_property
-from typing import Any
+from typing import Any, BinaryIO
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient
@@ -24,7 +24,16 @@ from azure.storage.queue import (
     TextBase64EncodePolicy,
 )
 
-from shared.config import CHUNKS_QUEUE, JOBS_QUEUE, RUNS_CONTAINER, RUNS_TABLE, StorageSettings
+from shared.config import (
+    CHUNKS_QUEUE,
+    JOBS_QUEUE,
+    PARTITIONS_QUEUE,
+    RATE_TABLE,
+    RUNS_CONTAINER,
+    RUNS_TABLE,
+    SNAPSHOTS_CONTAINER,
+    StorageSettings,
+)
 
 BLOCK_BYTES = 4 * 1024 * 1024
 
@@ -87,11 +96,14 @@ class Storage:
         return self._table_service.get_table_client(name)
 
     def ensure_resources(self) -> None:
-        """Create the containers, queues and table if absent (Bicep creates them in Azure)."""
-        _ignore_exists(lambda: self.blobs.create_container(RUNS_CONTAINER))
-        for queue in (JOBS_QUEUE, CHUNKS_QUEUE, f"{JOBS_QUEUE}-poison", f"{CHUNKS_QUEUE}-poison"):
+        """Create the containers, queues and tables if absent (Bicep creates them in Azure)."""
+        for container in (RUNS_CONTAINER, SNAPSHOTS_CONTAINER):
+            _ignore_exists(lambda c=container: self.blobs.create_container(c))
+        for queue in (JOBS_QUEUE, PARTITIONS_QUEUE, CHUNKS_QUEUE):
             _ignore_exists(lambda q=queue: self._queue_service.create_queue(q))
-        _ignore_exists(lambda: self._table_service.create_table(RUNS_TABLE))
+            _ignore_exists(lambda q=queue: self._queue_service.create_queue(f"{q}-poison"))
+        for table in (RUNS_TABLE, RATE_TABLE):
+            _ignore_exists(lambda t=table: self._table_service.create_table(t))
 
     def read_chunks(self, container: str, name: str) -> Iterator[bytes]:
         """Stream a blob's bytes in pieces; raise BlobNotFound naming it when absent."""
@@ -104,12 +116,20 @@ class Storage:
     def read_bytes(self, container: str, name: str) -> bytes:
         return b"".join(self.read_chunks(container, name))
 
-    def write_bytes(self, container: str, name: str, data: bytes | str, content_type: str) -> None:
+    def write_bytes(
+        self, container: str, name: str, data: bytes | str | BinaryIO, content_type: str
+    ) -> None:
         from azure.storage.blob import ContentSettings
 
         self.container(container).upload_blob(
             name, data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
         )
+
+    def size(self, container: str, name: str) -> int:
+        try:
+            return int(self.container(container).get_blob_client(name).get_blob_properties().size)
+        except ResourceNotFoundError:
+            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
 
     def exists(self, container: str, name: str) -> bool:
         return self.container(container).get_blob_client(name).exists()

@@ -1,17 +1,35 @@
-"""The Braze client against the sandbox over HTTP: limits, errors, retries, key refresh."""
+"""The Braze client against the sandbox over HTTP: limits, errors, retries, key refresh, and
+the shared rate governor on the test Azurite."""
 
 from __future__ import annotations
 
+import os
+import threading
+import uuid
 from collections.abc import Iterator
 
 import pytest
 import requests
+from azure.data.tables import TableClient
 
-from devtools.processes import Sandbox, start_sandbox
-from shared.braze_client import BrazeClient, BrazeUnavailable
+from devtools.processes import Azurite, Sandbox, start_sandbox
+from shared.braze_client import VERSION, BrazeClient, BrazeUnavailable
+from shared.config import RATE_TABLE, StorageSettings
 from shared.mapping import encode_object
+from shared.rate_governor import RateGovernor
+from shared.storage import Storage
 
 KEY = "client-test-key"
+WINDOW_THAT_NEVER_ENDS = 10**9  # from 2001 to 2033, so no test sees a window roll over
+
+
+class WouldWait(Exception):
+    """A governor's sleep in these tests: a client told to wait stops instead, so how many
+    requests got through is exact whatever the timing."""
+
+
+def _refuse_to_wait(seconds: float) -> None:
+    raise WouldWait(seconds)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +45,26 @@ def braze(sandbox: Sandbox) -> Iterator[Sandbox]:
     yield sandbox
     _configure(sandbox, "faults", fault_5xx=0, fault_drop=0, fault_429_burst=0)
     _configure(sandbox, "limits", rate_limit=3000, rate_window_seconds=3)
+
+
+@pytest.fixture(scope="module")
+def rate_table(azurite: Azurite) -> TableClient:
+    storage = Storage(StorageSettings(connection_string=azurite.connection_string))
+    storage.ensure_resources()
+    return storage.table(RATE_TABLE)
+
+
+def _governor(
+    table: TableClient, key: str, budget: int, lease_fraction: float = 0.05
+) -> RateGovernor:
+    return RateGovernor(
+        table,
+        key,
+        requests_per_window=budget,
+        window_seconds=WINDOW_THAT_NEVER_ENDS,
+        lease_fraction=lease_fraction,
+        sleep=_refuse_to_wait,
+    )
 
 
 def _configure(sandbox: Sandbox, what: str, **values: object) -> None:
@@ -106,3 +144,74 @@ def test_429_bursts_are_waited_out_never_retried_early(braze: Sandbox) -> None:
     assert stats["throttled_total"] > 0
     assert stats["rate_limit"]["requests_while_blocked"] == 0
     assert stats["users"] == 40
+
+
+def test_a_governed_client_takes_a_slot_for_every_send_retries_included(
+    braze: Sandbox, rate_table: TableClient
+) -> None:
+    _configure(braze, "faults", fault_5xx=0.3, fault_drop=0.1, seed=5)
+    key = f"c-{uuid.uuid4().hex[:12]}"
+    governor = _governor(rate_table, key, budget=1000, lease_fraction=0.001)  # 1-slot leases
+    client = BrazeClient(
+        braze.url, lambda refresh: KEY, governor=governor, max_attempts=20, sleep=lambda s: None
+    )
+    for batch in range(10):
+        assert client.track(_objects(5, f"g{batch}")).status == 201
+    sent = _stats(braze)["requests_total"]
+    assert sent > 10  # some were retried
+    (state,) = rate_table.query_entities(f"PartitionKey eq '{key}'")
+    assert state["Granted"] == sent
+
+
+def test_governed_instances_together_stay_within_the_budget(
+    braze: Sandbox, rate_table: TableClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two instances of three threads each keep sending; only the shared budget gets through."""
+    _configure(braze, "limits", rate_limit=12, rate_window_seconds=WINDOW_THAT_NEVER_ENDS)
+    key = f"c-{uuid.uuid4().hex[:12]}"
+    clients = []
+    for instance in ("instance-a", "instance-b"):
+        monkeypatch.setenv("WEBSITE_INSTANCE_ID", instance)
+        governor = _governor(rate_table, key, budget=12)
+        clients.append(BrazeClient(braze.url, lambda refresh: KEY, governor=governor))
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def send(client: BrazeClient, thread: int) -> None:
+        for batch in range(100):
+            try:
+                outcome = client.track(_objects(1, f"i{id(client)}-{thread}-{batch}"))
+            except WouldWait:
+                return
+            with lock:
+                statuses.append(outcome.status)
+
+    threads = [
+        threading.Thread(target=send, args=(client, n)) for client in clients for n in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [201] * 12
+    stats = _stats(braze)
+    assert stats["requests_total"] == 12
+    assert stats["throttled_total"] == 0
+    assert stats["rate_limit"]["windows_over_budget"] == 0
+    assert set(stats["rate_limit"]["per_client"]) == {
+        f"braze-segment-exporter/{VERSION} (instance-a-{os.getpid()})",
+        f"braze-segment-exporter/{VERSION} (instance-b-{os.getpid()})",
+    }
+
+
+def test_a_429_to_one_instance_stops_the_others(braze: Sandbox, rate_table: TableClient) -> None:
+    _configure(braze, "faults", fault_429_burst=1.0, fault_429_burst_seconds=30)
+    key = f"c-{uuid.uuid4().hex[:12]}"
+    told = BrazeClient(braze.url, lambda refresh: KEY, governor=_governor(rate_table, key, 100))
+    with pytest.raises(WouldWait):
+        told.track(_objects(1))
+    other = _governor(rate_table, key, 100)
+    with pytest.raises(WouldWait) as waited:
+        other.acquire()
+    assert waited.value.args[0] > 25
+    assert _stats(braze)["requests_total"] == 1
