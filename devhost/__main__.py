@@ -9,13 +9,22 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from devhost.host import HostStartError, LocalHost
 from devhost.indexing import IndexingError
+from devhost.queues import DEFAULT_MESSAGE_LEASE
 
 READY_LINE = "devhost ready"
 CORE_TOOLS_PORT = 7071
+
+
+def message_lease(text: str) -> timedelta:
+    seconds = int(text)
+    if seconds < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 second")
+    return timedelta(seconds=seconds)
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -42,6 +51,14 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         default=CORE_TOOLS_PORT,
         help=f"port on 127.0.0.1 (default {CORE_TOOLS_PORT}, as Core Tools; 0: any free port)",
     )
+    parser.add_argument(
+        "--message-lease",
+        type=message_lease,
+        default=DEFAULT_MESSAGE_LEASE,
+        metavar="SECONDS",
+        help="how long a received queue message stays invisible, renewed at half-time while "
+        "its function runs (default 600, as the host): what a killed host's messages wait",
+    )
     return parser.parse_args(argv)
 
 
@@ -61,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings_file=arguments.settings,
         functions=arguments.functions,
         port=arguments.port,
+        message_lease=arguments.message_lease,
     )
     try:
         host.start()
