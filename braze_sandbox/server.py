@@ -95,6 +95,8 @@ class BrazeSandbox:
         api_key = self._authenticate(request)
         if api_key is None:
             return self._finish(self._unauthorized(request))
+        client = request.headers.get("User-Agent", "")
+        self.limiter.arrive(api_key, client, request.protocol, time.time())
         body: bytes | None
         try:
             body = await request.read()
@@ -110,7 +112,23 @@ class BrazeSandbox:
             if request.transport is not None:  # None if the client already hung up
                 request.transport.close()
             return web.Response()  # never written: the connection is already closing
+        if response.status == 429:
+            await self._tell_to_wait(request, response, api_key, client)
         return self._finish(response)
+
+    async def _tell_to_wait(
+        self, request: web.Request, response: web.Response, api_key: str, client: str
+    ) -> None:
+        """Write the 429 now and note the reset it tells the client: its Retry-After counted
+        from the moment the client could first read it (the earliest it may send again)."""
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionResetError:
+            return  # the client hung up, so it was told nothing
+        written_at = time.time()
+        retry_after = int(response.headers["X-Ratelimit-Retry-After"])
+        self.limiter.told_to_wait(api_key, client, request.protocol, written_at + retry_after)
 
     def _track(self, api_key: str, content_type: str, body: bytes | None) -> web.Response | None:
         """Everything /users/track does after auth, synchronously so one request's updates are

@@ -59,7 +59,10 @@ def main() -> int:
         cwd=services.ROOT,
         env=env,
     )
-    print(f"(exit code {export.returncode}: 0 succeeded, 1 partially succeeded, 2 failed)\n")
+    print(
+        f"(exit code {export.returncode}: 0 succeeded, 1 partially succeeded, 2 failed, "
+        "3 stopped by a safety valve)\n"
+    )
     if export.returncode not in (0, 1):
         return export.returncode
     _show_profiles(list(sample.expected)[:3])
@@ -80,27 +83,30 @@ def _follow(location: str) -> dict[str, Any]:
     """Poll a run's status URL until it is final (bounded)."""
     for _ in range(1200):
         run = requests.get(services.HOST_URL + location, timeout=10).json()
-        if run["status"] in ("succeeded", "partially_succeeded", "failed"):
+        if run["status"] in ("succeeded", "partially_succeeded", "failed", "stopped"):
             return run
         time.sleep(0.25)
     raise SystemExit(f"{location} did not finish")
 
 
 def _start_over_http() -> None:
-    print("\n$ curl -X POST http://localhost:7071/api/exports/demo-vip/runs")
+    print("\n$ curl -X POST http://localhost:7071/api/exports/demo-vip/runs   # same file again")
     response = requests.post(f"{services.HOST_URL}/api/exports/demo-vip/runs", timeout=30)
     location = response.headers["Location"]
     print(f"  {response.status_code}, Location: {location}")
     run = _follow(location)
-    print(f"  {run['run_id']}: {run['status']}, {run['profiles_accepted']} profiles accepted")
+    print(f"  {run['run_id']}: {run['status']}: {run['message']}")
 
 
 def _start_by_dropping_a_file(blobs: BlobServiceClient) -> None:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     name = f"drops/vip/vip-customers-{stamp}.csv"
-    # New content each time: an unchanged file dropped again is, by design, the same run.
-    refresh = make_segment(2_000, segment="VIP Customers", seed=int(time.time()), id_prefix="drop")
-    print(f"\n$ upload segments/{name}   # matches the export's drop pattern drops/vip/*.csv")
+    # The same generator, 100 rows longer: the first 10,000 rows are the ones already sent.
+    refresh = make_segment(10_100, segment="VIP Customers")
+    print(
+        f"\n$ upload segments/{name}   # matches the export's drop pattern drops/vip/*.csv; "
+        "the same segment plus 100 rows"
+    )
     blobs.get_blob_client(CONTAINER, name).upload_blob(refresh.data, overwrite=True)
     for _ in range(1200):
         history = requests.get(
@@ -109,6 +115,7 @@ def _start_by_dropping_a_file(blobs: BlobServiceClient) -> None:
         if history and history[0]["trigger"] == "blob":
             run = _follow(history[0]["links"]["self"])
             print(f"  {run['run_id']} (trigger blob, source {run['source']}): {run['status']}")
+            print(f"  {run['message']}")
             return
         time.sleep(0.25)
     raise SystemExit("the drop did not start a run")

@@ -37,6 +37,7 @@ def test_exactly_the_expected_functions(index: dict[str, list[dict]]) -> None:
         "list_export_runs",
         "list_exports",
         "plan_export",
+        "replay_run",
         "schedule_exports",
         "segment_dropped",
         "start_export_run",
