@@ -11,6 +11,8 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from shared.braze_client import TrackOutcome
@@ -66,15 +68,35 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
             progress.batches_done,
         )
     files = _files_loader(services, job.run_id)
-    for number, batch in enumerate(batches(items, connection.objects_per_request)):
-        if number < progress.batches_done:
-            continue
-        outcome = client.track([obj for _, _, obj in batch])
-        rejections = rejected_rows(batch, outcome, files)
-        _add_batch(progress, job, batch, rejections, services)
-        progress.batches_done = number + 1
-        services.runs.save_progress(job.run_id, job.chunk_index, progress)
+    # Each batch's progress is saved while the next batch is on its way to Braze: the table
+    # write then costs no time, and a crash can lose at most the record of the batch just
+    # answered, which the crash window between a send and its record allows anyway.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress") as saver:
+        saving: Future[None] | None = None
+        for number, batch in enumerate(batches(items, connection.objects_per_request)):
+            if number < progress.batches_done:
+                continue
+            outcome = client.track([obj for _, _, obj in batch])
+            rejections = rejected_rows(batch, outcome, files)
+            _add_batch(progress, job, batch, rejections, services)
+            progress.batches_done = number + 1
+            if saving is not None:
+                saving.result()
+            saving = saver.submit(
+                services.runs.save_progress, job.run_id, job.chunk_index, _copy(progress)
+            )
+        if saving is not None:
+            saving.result()
     _record(job, progress, len(items), run.replay_round, services)
+
+
+def _copy(progress: ChunkProgress) -> ChunkProgress:
+    """A copy to save while the next batch updates the original."""
+    return replace(
+        progress,
+        rejections=dict(progress.rejections),
+        rejected_blobs=list(progress.rejected_blobs),
+    )
 
 
 def _add_batch(
