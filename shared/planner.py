@@ -41,6 +41,8 @@ from shared.validation import Profile, usable_customer_id, validate_record
 
 log = logging.getLogger(__name__)
 
+PROGRESS_EVERY = 100_000  # rows between progress updates of the run while splitting
+
 
 @dataclass
 class _Tally:
@@ -224,6 +226,10 @@ def _split(run: Run, export: Export, services: Services, tally: _Tally) -> int:
         try:
             for row in source.rows:
                 tally.rows_read += 1
+                if tally.rows_read % PROGRESS_EVERY == 0:
+                    # Shows progress, and tells the stalled-run sweep that planning is alive.
+                    run.rows_read = tally.rows_read
+                    services.runs.update(run)
                 if row.problem:
                     _reject(rejected, tally, row, None, [("malformed_row", f"row {row.problem}")])
                     continue
