@@ -29,6 +29,8 @@ from shared.rate_governor import (
 
 log = logging.getLogger(__name__)
 
+KEY_REREAD_SECONDS = 60.0
+
 # pyproject.toml's version: that file is not deployed, so a unit test keeps the two equal.
 VERSION = "0.1.0"
 
@@ -88,7 +90,8 @@ class BrazeClient:
         self._timeout = timeout
         self._sleep = sleep
         self._local = threading.local()
-        self._key_rejected = False
+        self._key_lock = threading.Lock()
+        self._key_reread_at: float | None = None
         self._user_agent = user_agent(os.environ)
         self._template = self._prepare(api_key(False))
 
@@ -112,7 +115,7 @@ class BrazeClient:
         """Send one batch of attribute objects; retry what is worth retrying."""
         body = tracking_body(objects_json)
         failures = rate_limit_waits = 0
-        refreshed_key = self._key_rejected  # one refresh per client, not one per batch
+        refreshed_key = False
         while True:
             window = self._limiter.acquire()
             request = self._template.copy()
@@ -133,16 +136,25 @@ class BrazeClient:
                     raise BrazeUnavailable(f"still rate limited after {rate_limit_waits} waits")
                 self._wait_after_429(response.headers, rate_limit_waits)
                 continue
-            if status == 401 and not refreshed_key:
+            if status == 401 and not refreshed_key and self._may_reread_key():
                 refreshed_key = True
                 self._template = self._prepare(self._api_key(True))
                 continue
-            if status == 401:
-                self._key_rejected = True
             if 400 <= status < 500:  # 400, 401, 403, 404, 413, 415: the request itself is wrong
                 return TrackOutcome(status, _object_errors(response), _describe_failure(response))
             failures += 1
             self._backoff(failures, f"HTTP {status}")
+
+    def _may_reread_key(self) -> bool:
+        """A 401 re-reads the key (it may have been rotated), at most once a minute per client:
+        a key that stays wrong is not fetched again for every batch, yet a fixed one is picked
+        up without a restart."""
+        with self._key_lock:
+            now = time.monotonic()
+            if self._key_reread_at is not None and now - self._key_reread_at < KEY_REREAD_SECONDS:
+                return False
+            self._key_reread_at = now
+            return True
 
     def _backoff(self, failures: int, what: str) -> None:
         if failures >= self._max_attempts:

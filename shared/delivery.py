@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -42,6 +43,9 @@ def read_chunk(services: Services, blob_name: str) -> list[tuple[int, int, str]]
     return items
 
 
+STOP_CHECK_SECONDS = 10.0
+
+
 def deliver_chunk(job: ChunkJob, services: Services) -> None:
     """Send one chunk to Braze, batch by batch, and record its outcome once."""
     run = services.runs.get(job.run_id)
@@ -60,6 +64,7 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
             f"chunk {job.blob_name} holds {len(items)} profiles but was planned with {job.rows}"
         )
     progress = services.runs.chunk_progress(job.run_id, job.chunk_index)
+    progress.batch_size = progress.batch_size or connection.objects_per_request
     if progress.batches_done:
         log.info(
             "run %s chunk %d resumes after batch %d",
@@ -67,19 +72,29 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
             job.chunk_index,
             progress.batches_done,
         )
+    attempt = _Attempt(job, services)
     files = _files_loader(services, job.run_id)
+    last_check = time.monotonic()
     # Each batch's progress is saved while the next batch is on its way to Braze: the table
     # write then costs no time, and a crash can lose at most the record of the batch just
     # answered, which the crash window between a send and its record allows anyway.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress") as saver:
         saving: Future[None] | None = None
-        for number, batch in enumerate(batches(items, connection.objects_per_request)):
+        for number, batch in enumerate(batches(items, progress.batch_size)):
             if number < progress.batches_done:
                 continue
+            if time.monotonic() - last_check > STOP_CHECK_SECONDS:
+                last_check = time.monotonic()
+                if _taken_from_us(job, services):
+                    return
             outcome = client.track([obj for _, _, obj in batch])
             rejections = rejected_rows(batch, outcome, files)
-            _add_batch(progress, job, batch, rejections, services)
+            for rejection in rejections:
+                rejection["batch"] = number
+            _add_batch(progress, batch, rejections)
+            attempt.write(progress, rejections)
             progress.batches_done = number + 1
+            attempt.recorded(progress)
             if saving is not None:
                 saving.result()
             saving = saver.submit(
@@ -90,37 +105,67 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
     _record(job, progress, len(items), run.replay_round, services)
 
 
+def _taken_from_us(job: ChunkJob, services: Services) -> bool:
+    """Whether the run ended or the chunk was recorded meanwhile (the stalled-run sweep does
+    both after a long silence): then what is left must not be sent, it may be stale."""
+    run = services.runs.get(job.run_id)
+    if run is None or run.is_final or services.runs.chunk_done(job.run_id, job.chunk_index):
+        log.warning(
+            "run %s chunk %d was ended while it waited; not sending the rest",
+            job.run_id,
+            job.chunk_index,
+        )
+        return True
+    return False
+
+
+class _Attempt:
+    """This attempt's rejected rows: an append blob, created at its first rejection."""
+
+    def __init__(self, job: ChunkJob, services: Services) -> None:
+        self._services = services
+        self._name = (
+            f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}-{uuid.uuid4().hex[:8]}.jsonl"
+        )
+        self._created = False
+
+    def write(self, progress: ChunkProgress, rejections: list[dict[str, Any]]) -> None:
+        if not rejections:
+            return
+        if not self._created:
+            self._services.storage.create_append_blob(RUNS_CONTAINER, self._name)
+            progress.rejected_blobs.append(self._name)
+            progress.rejected_until.append(progress.batches_done)
+            self._created = True
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejections)
+        self._services.storage.append_block(RUNS_CONTAINER, self._name, text)
+
+    def recorded(self, progress: ChunkProgress) -> None:
+        """The batches up to `batches_done` are recorded, rejected rows included."""
+        if self._created:
+            progress.rejected_until[-1] = progress.batches_done
+
+
 def _copy(progress: ChunkProgress) -> ChunkProgress:
     """A copy to save while the next batch updates the original."""
     return replace(
         progress,
         rejections=dict(progress.rejections),
         rejected_blobs=list(progress.rejected_blobs),
+        rejected_until=list(progress.rejected_until),
     )
 
 
 def _add_batch(
-    progress: ChunkProgress,
-    job: ChunkJob,
-    batch: list[tuple[int, int, str]],
-    rejections: list[dict[str, Any]],
-    services: Services,
+    progress: ChunkProgress, batch: list[tuple[int, int, str]], rejections: list[dict[str, Any]]
 ) -> None:
-    """Count a batch Braze answered; its rejected rows go to a blob this attempt owns."""
+    """Count a batch Braze answered."""
     rejected_orders = {r["order"] for r in rejections}
     progress.requests += 1
     progress.accepted += len(batch) - len(rejections)
     progress.rejected += len(rejections)
     progress.data_points += sum(p for order, p, _ in batch if order not in rejected_orders)
     if rejections:
-        blob = _rejected_blob_name(job)
-        services.storage.write_bytes(
-            RUNS_CONTAINER,
-            blob,
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejections),
-            "application/x-ndjson",
-        )
-        progress.rejected_blobs.append(blob)
         tally = Counter(progress.rejections)
         tally.update(r["codes"][0] for r in rejections)
         progress.rejections = dict(tally)
@@ -139,6 +184,8 @@ def _record(
         partition=job.partition,
         data_points=progress.data_points,
         rejected_blobs=progress.rejected_blobs,
+        rejected_until=progress.rejected_until,
+        unlisted=progress.unlisted,
         failure=progress.failure,
         round=round_,
     )
@@ -147,8 +194,9 @@ def _record(
 
 
 def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
-    """The chunk is being poisoned: batches Braze answered keep their outcome, and every row
-    of the rest is reported as delivery_failed, so none goes unaccounted for."""
+    """The chunk is being poisoned (or its work stalled): batches Braze answered keep their
+    outcome, and every row of the rest is reported as delivery_failed, so none goes
+    unaccounted for."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final or services.runs.chunk_done(job.run_id, job.chunk_index):
         return
@@ -161,12 +209,14 @@ def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
         log.exception("run %s chunk %d: its blob is unreadable too", job.run_id, job.chunk_index)
         items = None
     if items is None:
-        undelivered = job.rows - progress.accepted - progress.rejected  # counted, not itemized
+        undelivered = max(job.rows - progress.accepted - progress.rejected, 0)
+        progress.unlisted = undelivered  # counted, but which rows is unknown
+        rows = job.rows
     else:
         connection = services.definitions().connection(run.connection)
-        done = progress.batches_done * connection.objects_per_request
-        rest = items[done:]
-        undelivered = len(rest)
+        size = progress.batch_size or connection.objects_per_request
+        rest = items[progress.batches_done * size :]
+        undelivered, rows = len(rest), len(items)
         files = _files_loader(services, job.run_id)
         entries = [
             {
@@ -176,23 +226,18 @@ def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
                 "codes": ["delivery_failed"],
                 "reasons": [reason],
                 "object": json.loads(obj),
+                "batch": progress.batches_done + index // size,
             }
-            for order, _, obj in rest
+            for index, (order, _, obj) in enumerate(rest)
         ]
-        if entries:
-            blob = _rejected_blob_name(job)
-            services.storage.write_bytes(
-                RUNS_CONTAINER,
-                blob,
-                "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries),
-                "application/x-ndjson",
-            )
-            progress.rejected_blobs.append(blob)
+        attempt = _Attempt(job, services)
+        attempt.write(progress, entries)
+        progress.batches_done = -(-len(items) // size)
+        attempt.recorded(progress)
     progress.rejected += undelivered
     tally = Counter(progress.rejections)
     tally["delivery_failed"] += undelivered
     progress.rejections = dict(tally)
-    rows = job.rows if items is None else len(items)
     _record(job, progress, rows, run.replay_round, services)
 
 
@@ -231,8 +276,3 @@ def _files_loader(services: Services, run_id: str) -> Callable[[], list[str]]:
         return cache[0]
 
     return load
-
-
-def _rejected_blob_name(job: ChunkJob) -> str:
-    """One name per attempt: a losing attempt's file is never one the record points to."""
-    return f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}-{uuid.uuid4().hex[:8]}.jsonl"

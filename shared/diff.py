@@ -142,6 +142,7 @@ class PartitionCounts:
     changed: int = 0
     unchanged: int = 0
     removed: int = 0
+    removals_held: int = 0
     duplicates: int = 0
     objects: int = 0
     data_points: int = 0

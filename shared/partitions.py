@@ -145,10 +145,14 @@ def _diff(
             continue
         sends.append(_send_line(order, body, counts))
         pending.write(json.dumps([customer_id, fingerprints(obj), previous], ensure_ascii=False))
+    # A row that could not be read may be any member's: while there are such rows, nobody is
+    # taken for having left (a stray comma must not remove a customer from the segment).
+    hold_removals = run.rows_unidentified > 0 and not run.teardown
     for customer_id, previous in old.items():
         if customer_id in profiles:
             continue
-        if customer_id in kept:
+        if customer_id in kept or hold_removals:
+            counts.removals_held += customer_id not in kept
             pending.write(json.dumps([customer_id, previous], ensure_ascii=False))
             continue
         counts.removed += 1
@@ -185,6 +189,7 @@ def _diff(
         removed=counts.removed,
         duplicates=counts.duplicates,
         objects=counts.objects,
+        removals_held=counts.removals_held,
         data_points=counts.data_points,
         array_cap_warnings=counts.array_cap_warnings,
         array_cap_examples=examples,

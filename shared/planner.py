@@ -48,6 +48,7 @@ PROGRESS_EVERY = 100_000  # rows between progress updates of the run while split
 class _Tally:
     rows_read: int = 0
     rows_rejected: int = 0
+    unidentified: int = 0  # malformed rows: whose they are cannot be told
     reasons: Counter[str] = field(default_factory=Counter)
 
 
@@ -99,6 +100,7 @@ def _queue_partitions(run: Run, services: Services) -> None:
 
 def _record_tally(run: Run, tally: _Tally) -> None:
     run.rows_read, run.rows_rejected = tally.rows_read, tally.rows_rejected
+    run.rows_unidentified = tally.unidentified
     run.rejections = run.validation_rejections = dict(tally.reasons)
 
 
@@ -231,6 +233,7 @@ def _split(run: Run, export: Export, services: Services, tally: _Tally) -> int:
                     run.rows_read = tally.rows_read
                     services.runs.update(run)
                 if row.problem:
+                    tally.unidentified += 1
                     _reject(rejected, tally, row, None, [("malformed_row", f"row {row.problem}")])
                     continue
                 result = validate_record(row.values, mapping)

@@ -87,6 +87,7 @@ def summarize(run: Run, results: list[PartitionResult], objects_per_request: int
     run.profiles_changed = sum(r.changed for r in results)
     run.profiles_unchanged = sum(r.unchanged for r in results)
     run.profiles_removed = sum(r.removed for r in results)
+    run.removals_held = sum(r.removals_held for r in results)
     run.objects_planned = sum(r.objects for r in results)
     run.data_points_estimated = sum(r.data_points for r in results)
     run.array_cap_warnings = sum(r.array_cap_warnings for r in results)

@@ -65,6 +65,8 @@ def finish_early(
     run is done. The report and rejected rows are written as for any run."""
     run.planning_failed = run.planning_failed or failed
     run.stopped_by, run.message = stopped_by, message
+    if run.planning_failed:  # the diff never finished: valid is what was read and not rejected
+        run.rows_valid = run.rows_read - run.rows_rejected
     if run.chunks_total is None:
         run.chunks_total = 0
     services.runs.update(run)
@@ -122,7 +124,10 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     the latest round: each round re-sends every row the previous one left rejected."""
     latest = [r for r in results if r.round == run.replay_round]
     run.profiles_accepted = sum(r.accepted for r in results)
-    run.profiles_rejected_by_braze = sum(r.rejected for r in latest)
+    # Rows a failed chunk could not list were never replayed: they stay rejected.
+    run.profiles_rejected_by_braze = sum(r.rejected for r in latest) + sum(
+        r.unlisted for r in results if r.round < run.replay_round
+    )
     run.requests_sent = sum(r.requests for r in results)
     run.data_points_used = sum(r.data_points for r in results)
     tally = Counter(run.validation_rejections)
@@ -143,9 +148,9 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
             "run's id"
         )
     elif not run.message:
-        run.message = _summary(run, results)
+        run.message = _summary(run, latest, sum(r.unlisted for r in results))
     if run.partitions and not (run.planning_failed or run.stopped_by or run.dry_run):
-        _commit_snapshot(run, latest, services)
+        _commit_snapshot(run, latest, results, services)
     run.finished_at = utcnow()
     report = build_report(run, partitions)
     services.storage.write_bytes(
@@ -155,27 +160,30 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     log.info("run %s finished: %s (%s)", run.run_id, run.status, run.message)
 
 
-def _commit_snapshot(run: Run, results: list[ChunkResult], services: Services) -> None:
+def _commit_snapshot(
+    run: Run, results: list[ChunkResult], every_round: list[ChunkResult], services: Services
+) -> None:
     """Make what Braze now holds the export's snapshot, one partition at a time.
 
     A profile Braze rejected keeps its previous fingerprints (or stays out), so the next run
     sends it again; everything else takes what was sent. Rejected ids are loaded per partition,
     so memory stays bounded by one partition.
     """
-    blobs_by_partition: dict[int, list[str]] = {}
+    by_partition: dict[int, list[ChunkResult]] = {}
     for result in results:
-        blobs_by_partition.setdefault(result.partition, []).extend(result.rejected_blobs)
-    # A chunk that failed with an unreadable blob could not list its rows: trust nothing sent
-    # in its partition (all partitions, for a replay chunk), so the next run sends them again.
-    unlisted = {r.partition for r in results if r.failure and not r.rejected_blobs}
+        by_partition.setdefault(result.partition, []).append(result)
+    # A chunk that failed with an unreadable blob could not list its rows, in this round or an
+    # earlier one: trust nothing sent in its partition (all partitions, for a replay chunk),
+    # so the next run sends them again.
+    unlisted = {r.partition for r in every_round if r.unlisted}
     profiles = 0
     for partition in range(run.partitions):
         untrusted = bool(unlisted & {partition, -1})
         rejected = {
             entry["customer_id"]
             # A replay's chunks (partition -1) mix partitions: they are read for each one.
-            for name in blobs_by_partition.get(partition, []) + blobs_by_partition.get(-1, [])
-            for entry in _json_lines(services, name)
+            for result in by_partition.get(partition, []) + by_partition.get(-1, [])
+            for _, entry in chunk_rejections(services, result)
             if partition_of(entry["customer_id"], run.partitions) == partition
         }
         pending = _json_lines(services, pending_snapshot_name(run.run_id, partition))
@@ -211,20 +219,34 @@ def _json_lines(services: Services, name: str) -> Iterator[Any]:
             yield json.loads(text)
 
 
-def _summary(run: Run, results: list[ChunkResult]) -> str:
+def _summary(run: Run, results: list[ChunkResult], unlisted: int) -> str:
     failed = [r for r in results if r.failure]
-    if failed:
+    if failed or unlisted:
         names = ", ".join(str(r.chunk_index) for r in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
-        return (
+        text = (
             f"{len(failed)} chunk(s) failed after every retry (chunk {names}{more}): "
-            f"{failed[0].failure}; their profiles are in the rejected rows as delivery_failed "
-            "and can be replayed"
+            f"{failed[0].failure}; their listed profiles are in the rejected rows as "
+            "delivery_failed and can be replayed"
+            if failed
+            else ""
         )
+        if unlisted:
+            text += (
+                f"{'; ' if text else ''}{unlisted} profiles of a failed chunk whose blob could "
+                "not be read are counted as rejected but cannot be listed or replayed; the next "
+                "run sends their partition again"
+            )
+        return text
     sent = (
         f"{run.profiles_new} new, {run.profiles_changed} changed, {run.profiles_removed} "
         f"leaving, {run.profiles_unchanged} unchanged"
     )
+    if run.removals_held:
+        sent += (
+            f"; {run.removals_held} profiles missing from the source were not removed because "
+            f"{run.rows_unidentified} rows could not be read (fix them and run again)"
+        )
     if not run.objects_planned:
         return f"nothing changed, nothing sent ({sent})"
     rejected = run.rows_rejected + run.profiles_rejected_by_braze
@@ -274,6 +296,7 @@ def build_report(run: Run, partitions: list[PartitionResult] | None = None) -> d
             "profiles_changed": run.profiles_changed,
             "profiles_unchanged": run.profiles_unchanged,
             "profiles_removed": run.profiles_removed,
+            "removals_held": run.removals_held,
             "profiles_sent": run.objects_planned,
             "profiles_accepted_by_braze": run.profiles_accepted,
             "profiles_rejected_by_braze": run.profiles_rejected_by_braze,
@@ -338,12 +361,28 @@ def _merge_rejected(
     plan = rejected_prefix(run_id) + "plan.jsonl"
     parts = [plan] if storage.exists(RUNS_CONTAINER, plan) else []
     parts += [p.rejected_blob for p in partitions if p.rejected_blob]
-    parts += [name for r in results for name in r.rejected_blobs]
     streams = [_entries(services, name) for name in parts]
+    streams += [
+        (
+            (order, json.dumps(entry, ensure_ascii=False))
+            for order, entry in chunk_rejections(services, r)
+        )
+        for r in results
+    ]
     writer = storage.line_writer(RUNS_CONTAINER, rejected_blob_name(run_id))
     for _, text in heapq.merge(*streams, key=lambda item: item[0]):
         writer.write(text)
     writer.close()
+
+
+def chunk_rejections(services: Services, result: ChunkResult) -> Iterator[tuple[int, Any]]:
+    """(order, entry) for the rows a chunk's record counts as rejected, in order: each
+    attempt's blob holds lines for the batches it recorded, and maybe for one it answered but
+    died before recording (those the next attempt sent again, so they are left out)."""
+    for name, until in zip(result.rejected_blobs, result.rejected_until, strict=True):
+        for entry in _json_lines(services, name):
+            if entry["batch"] < until:
+                yield entry["order"], entry
 
 
 def _entries(services: Services, name: str) -> Iterator[tuple[int, str]]:

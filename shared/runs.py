@@ -91,6 +91,8 @@ class Run:
     profiles_changed: int = 0
     profiles_unchanged: int = 0
     profiles_removed: int = 0
+    rows_unidentified: int = 0
+    removals_held: int = 0
     objects_planned: int = 0
     requests_planned: int = 0
     stopped_by: str = ""
@@ -138,6 +140,8 @@ class ChunkResult:
     partition: int = 0
     data_points: int = 0
     rejected_blobs: list[str] = field(default_factory=list)
+    rejected_until: list[int] = field(default_factory=list)
+    unlisted: int = 0  # rows counted as failed that could not be listed (blob unreadable)
     failure: str = ""
     round: int = 0  # 0 for the run's own chunks, n for the n-th replay of its rejected rows
 
@@ -153,6 +157,7 @@ class PartitionResult:
     removed: int
     duplicates: int
     objects: int
+    removals_held: int
     data_points: int
     array_cap_warnings: int
     chunk_rows: list[int]
@@ -170,7 +175,12 @@ class ChunkProgress:
     requests: int = 0
     data_points: int = 0
     rejections: dict[str, int] = field(default_factory=dict)
+    # One append blob per attempt that rejected rows, and how many batches of it are recorded:
+    # lines of a batch answered but never recorded (the attempt died) are not counted.
     rejected_blobs: list[str] = field(default_factory=list)
+    rejected_until: list[int] = field(default_factory=list)
+    batch_size: int = 0  # fixed at the first attempt, so a resume cuts the same batches
+    unlisted: int = 0
     failure: str = ""
 
 

@@ -34,10 +34,15 @@ def sweep_stalled(services: Services, now: datetime) -> dict[str, str]:
     for export in services.definitions().exports:
         run_id = services.runs.latest_run_id(export.name)
         run = services.runs.get(run_id) if run_id else None
-        if run is not None and not run.is_final:
+        if run is None or run.is_final:
+            continue
+        try:
             outcome = check_run(services, run, now)
-            if outcome:
-                outcomes[run.run_id] = outcome
+        except Exception as error:  # one broken run must not stop the sweep for the others
+            log.exception("stalled-run sweep: checking run %s failed", run.run_id)
+            outcome = f"check failed: {type(error).__name__}: {error}"
+        if outcome:
+            outcomes[run.run_id] = outcome
     return outcomes
 
 

@@ -36,6 +36,7 @@ from shared.config import (
 )
 
 BLOCK_BYTES = 4 * 1024 * 1024
+APPEND_BLOCK_BYTES = 1024 * 1024  # well under the 4 MiB an append may carry
 
 
 class BlobNotFound(Exception):
@@ -133,6 +134,26 @@ class Storage:
 
     def exists(self, container: str, name: str) -> bool:
         return self.container(container).get_blob_client(name).exists()
+
+    def create_append_blob(self, container: str, name: str) -> None:
+        from azure.storage.blob import ContentSettings
+
+        self.container(container).get_blob_client(name).create_append_blob(
+            content_settings=ContentSettings(content_type="application/x-ndjson")
+        )
+
+    def append_block(self, container: str, name: str, text: str) -> None:
+        """Append lines to an append blob, in blocks under the service's 4 MiB limit."""
+        blob = self.container(container).get_blob_client(name)
+        block = bytearray()
+        for line in text.splitlines(keepends=True):
+            data = line.encode("utf-8")
+            if block and len(block) + len(data) > APPEND_BLOCK_BYTES:
+                blob.append_block(bytes(block))
+                block.clear()
+            block += data
+        if block:
+            blob.append_block(bytes(block))
 
     def line_writer(self, container: str, name: str) -> BlobLineWriter:
         return BlobLineWriter(self.container(container), name)

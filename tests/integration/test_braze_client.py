@@ -106,6 +106,28 @@ def test_a_rejected_key_is_refreshed_once(braze: Sandbox) -> None:
     assert still_bad.status == 401 and "HTTP 401" in (still_bad.failure or "")
 
 
+def test_a_key_fixed_after_a_rejection_is_picked_up_without_a_restart(
+    braze: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rotated in Braze before Key Vault: the worker keeps failing without hammering Key Vault,
+    and once the vault holds the new key, a later batch re-reads it (no process restart)."""
+    vault = {"key": "rotated-away"}
+    reads: list[bool] = []
+
+    def read(refresh: bool) -> str:
+        reads.append(refresh)
+        return vault["key"]
+
+    client = BrazeClient(braze.url, read, sleep=lambda s: None)
+    assert client.track(_objects(1)).status == 401
+    assert client.track(_objects(1)).status == 401
+    assert reads == [False, True]  # one re-read, not one per batch
+    vault["key"] = KEY
+    monkeypatch.setattr("shared.braze_client.KEY_REREAD_SECONDS", 0.0)  # the minute has passed
+    assert client.track(_objects(1)).status == 201
+    assert reads == [False, True, True]
+
+
 def test_server_errors_and_dropped_connections_are_retried(braze: Sandbox) -> None:
     _configure(braze, "faults", fault_5xx=0.3, fault_drop=0.1, seed=5)
     client = BrazeClient(braze.url, lambda refresh: KEY, max_attempts=20, sleep=lambda s: None)

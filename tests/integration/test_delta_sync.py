@@ -395,3 +395,25 @@ def test_partition_counts_grow_with_the_source_in_powers_of_two() -> None:
     assert partition_count(100 * 1024 * 1024, False) == 32
     assert partition_count(100 * 1024 * 1024, True) == 128  # gzip holds about 5x its size
     assert partition_count(10**12, False) == 256
+
+
+def test_an_unreadable_row_holds_back_removals_for_that_run(quiet_app: App) -> None:
+    """A stray comma makes a row unreadable; it may be any member's, so nobody leaves."""
+    rows = _rows(20, "torn")
+    _export(quiet_app, "torn", rows)
+    run_in_process(quiet_app, "torn")
+    listed = list(rows.values())
+    text = _csv(listed[:18]).decode("utf-8")  # two members missing, one of them torn:
+    text += listed[18]["CustomerId"] + ",a,b,c\n"  # too few fields: whose row is this?
+    quiet_app.upload("delta/torn.csv", text.encode("utf-8"))
+
+    quiet_app.mark_sandbox_requests()
+    held = run_in_process(quiet_app, "torn")
+    assert quiet_app.sandbox_requests() == []
+    assert (held.profiles_removed, held.removals_held, held.rows_unidentified) == (0, 2, 1)
+    assert "were not removed" in held.message
+    assert all("Delta Seg" in u["segments"] for u in quiet_app.braze_users().values())
+
+    _upload(quiet_app, "torn", listed[:19])  # fixed: now only the 20th has really left
+    fixed = run_in_process(quiet_app, "torn")
+    assert (fixed.profiles_removed, fixed.removals_held) == (1, 0)

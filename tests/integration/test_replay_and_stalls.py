@@ -11,9 +11,11 @@ import pytest
 
 from devtools.sample import make_segment
 from shared import api
-from shared.config import JOBS_QUEUE, RUNS_CONTAINER
+from shared.config import JOBS_QUEUE, PARTITIONS_QUEUE, RUNS_CONTAINER
 from shared.delivery import deliver_chunk, fail_chunk
-from shared.messages import ExportJob
+from shared.messages import ExportJob, PartitionJob
+from shared.partitions import fail_partition
+from shared.planner import plan_run
 from shared.replay import NotReplayable, replay_run
 from shared.runs import Run, Status, utcnow
 from shared.stalls import check_run, sweep_stalled
@@ -208,3 +210,101 @@ def test_a_failed_chunk_that_cannot_list_its_rows_keeps_its_partition_out_of_the
     again = run_in_process(quiet_app, "unlisted")
     assert again.profiles_new == 150 and again.status == Status.SUCCEEDED
     assert set(quiet_app.braze_users()) == set(sample.expected)
+
+
+HEAD = "CustomerId,Email,FirstName,LoyaltyPoints,IsVip,BirthDate,Note\n"
+
+
+def test_a_chunk_rejected_in_every_one_of_hundreds_of_batches_still_records(
+    quiet_app: App,
+) -> None:
+    """The record of a chunk stays small however many batches have rejected rows."""
+    ids = [f"bl-{n:04d}" for n in range(600)]
+    rows = "".join(f"{i},x{n}@example.com,Ann,{n},true,1990-01-01,x\n" for n, i in enumerate(ids))
+    quiet_app.upload("replay/limit.csv", (HEAD + rows).encode())
+    quiet_app.define(
+        [export_definition("limit", "replay/limit.csv", "Seg", chunk_size=600)],
+        objects_per_request=1,
+    )
+    run = start_run(quiet_app.services, "limit", "test").run
+    take(quiet_app, JOBS_QUEUE, ExportJob, run.run_id)
+    (job,) = plan_in_process(quiet_app, run)
+    quiet_app.set_sandbox_limits(blocklist=ids)
+    try:
+        deliver_chunk(job, quiet_app.services)
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+    final = quiet_app.services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.FAILED  # Braze took none of them
+    assert (final.profiles_rejected_by_braze, final.requests_sent) == (600, 600)
+    rejected = _rejected(quiet_app, final)
+    assert [r["customer_id"] for r in rejected] == ids
+    assert {r["codes"][0] for r in rejected} == {"BLACKLISTED_EXTERNAL_USER_ID"}
+
+
+def test_a_worker_stops_sending_once_its_run_was_ended_meanwhile(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that waited through a long silence while the sweep ended its run sends at
+    most the batch it was already sending, and records nothing."""
+    run, _ = _start(quiet_app, "zombie", 300, chunk_size=300)
+    (job,) = plan_in_process(quiet_app, run)
+    services = quiet_app.services
+    real = services.braze(services.definitions().connection("sandbox"))
+    calls: list[int] = []
+
+    class SlowBraze:
+        def track(self, objects: Any) -> Any:
+            calls.append(len(objects))
+            if len(calls) == 2:  # a long wait inside this call: the sweep ends the run
+                later = utcnow() + services.settings.stall_after + timedelta(minutes=1)
+                assert check_run(services, services.runs.get(run.run_id), later)  # type: ignore[arg-type]
+            return real.track(objects)
+
+    monkeypatch.setattr(services, "braze", lambda _: SlowBraze())
+    monkeypatch.setattr("shared.delivery.STOP_CHECK_SECONDS", 0.0)  # look before every batch
+    quiet_app.mark_sandbox_requests()
+    deliver_chunk(job, services)
+    assert len(quiet_app.sandbox_requests()) == 2  # the first, and the one already under way
+    ended = services.runs.get(run.run_id)
+    assert ended is not None and ended.is_final and "no progress since" in ended.message
+    _adds_up(ended)  # rows not known to be accepted are reported as delivery_failed
+
+
+def test_a_replay_after_a_chunk_that_could_not_list_its_rows_keeps_them_owed(
+    quiet_app: App,
+) -> None:
+    rows = HEAD + f"{BLOCKLISTED},blocked@example.com,Bob,2,false,1990-01-02,\n"
+    rows += "".join(f"u-{n:03d},u{n}@example.com,Ann,{n},true,1990-01-01,\n" for n in range(150))
+    quiet_app.upload("replay/unlisted2.csv", rows.encode())
+    quiet_app.define([export_definition("unl2", "replay/unlisted2.csv", "R", chunk_size=100)])
+    services = quiet_app.services
+    run = start_run(services, "unl2", "test").run
+    take(quiet_app, JOBS_QUEUE, ExportJob, run.run_id)
+    first, second = plan_in_process(quiet_app, run)
+    deliver_chunk(first, services)  # holds the blocklisted row
+    services.storage.container(RUNS_CONTAINER).delete_blob(second.blob_name)
+    fail_chunk(second, OSError("chunk blob lost"), services)
+
+    quiet_app.set_sandbox_limits(blocklist=[])
+    try:
+        final = _replay_in_process(quiet_app, run.run_id)
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+    _adds_up(final)
+    assert (final.profiles_accepted, final.profiles_rejected_by_braze) == (100, 51)
+    assert "cannot be listed or replayed" in final.message
+    again = run_in_process(quiet_app, "unl2")  # the partition is owed: all of it again
+    assert again.profiles_new == 151 and len(quiet_app.braze_users()) == 151
+
+
+def test_counts_add_up_when_a_partition_job_is_poisoned(quiet_app: App) -> None:
+    run, _ = _start(quiet_app, "partdead", 10)
+    plan_run(ExportJob(run.run_id, run.export_name), quiet_app.services)
+    (job,) = take(quiet_app, PARTITIONS_QUEUE, PartitionJob, run.run_id)
+    fail_partition(job, TimeoutError("kept timing out"), quiet_app.services)
+    final = quiet_app.services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.FAILED
+    assert "partition 0 of 1" in final.message and "nothing was sent" in final.message
+    assert final.rows_read == final.rows_valid + final.rows_rejected == 10
+    assert quiet_app.sandbox_requests() == []
