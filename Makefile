@@ -33,6 +33,7 @@ format: install
 bench: install
 	$(PY) bench/sandbox_bench.py
 	$(PY) bench/export_bench.py --profiles 100000
+	$(PY) bench/memory_bench.py --profiles 1000000 5000000
 
 stop:
 	$(PY) -m devtools.services stop
