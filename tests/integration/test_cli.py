@@ -72,6 +72,31 @@ def test_unknown_export_and_missing_file_are_errors_not_partial_success(cli_app:
     assert missing.returncode == 2 and "No such file" in missing.stderr
 
 
+def test_a_stopped_run_exits_3_then_teardown_and_replay_speak_plainly(cli_app: App) -> None:
+    rows = [f"v{n},v{n}@example.com,A,1,true,1990-01-01,\n" for n in range(3)]
+    cli_app.upload("cli/valve.csv", (HEADER + "".join(rows)).encode())
+    cli_app.define([export_definition("cli-valve", "cli/valve.csv", "CLI")])
+    args = ("--host", "local", "--no-progress", "--timeout", "240")
+    assert _cli(cli_app, "export", "cli-valve", *args).returncode == 0
+
+    cli_app.upload("cli/valve.csv", (HEADER + rows[0]).encode())  # two of three would leave
+    stopped = _cli(cli_app, "export", "cli-valve", *args)
+    assert stopped.returncode == 3, stopped.stderr
+    report = json.loads(stopped.stdout[stopped.stdout.index("{") :])
+    assert report["status"] == "stopped" and report["safety_valve"] == "max_removed_share"
+
+    down = _cli(cli_app, "teardown", "cli-valve", *args)
+    assert down.returncode == 0, down.stderr
+    report = json.loads(down.stdout[down.stdout.index("{") :])
+    assert report["counts"]["profiles_removed"] == 3 and report["trigger"] == "teardown"
+    assert all(u["segments"] == [] for u in cli_app.braze_users().values())
+
+    missing = _cli(cli_app, "replay", "cli-valve-nope", "--host", "none")
+    assert missing.returncode == 2 and "no run 'cli-valve-nope'" in missing.stderr
+    nothing = _cli(cli_app, "replay", report["run_id"], "--host", "none")
+    assert nothing.returncode == 2 and "no rejected deliveries" in nothing.stderr
+
+
 def test_validate_lists_exports_or_every_problem(cli_app: App, tmp_path: Path) -> None:
     cli_app.define([export_definition("ok-export", "cli/x.csv", "X")])
     good = _cli(cli_app, "validate")
