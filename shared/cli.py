@@ -128,10 +128,7 @@ def _replay(args: argparse.Namespace) -> int:
     services = Services(load_settings())
     try:
         run = replay_run(services, args.run_id)
-    except LookupError as error:
-        print(f"error: {error.args[0]}", file=sys.stderr)
-        return 2
-    except NotReplayable as error:
+    except (LookupError, NotReplayable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"run {run.run_id}: replay round {run.replay_round} queued")

@@ -18,10 +18,12 @@ from typing import Any
 
 from shared.braze_client import TrackOutcome
 from shared.config import RUNS_CONTAINER
+from shared.diff import data_points
 from shared.layout import rejected_prefix
+from shared.mapping import encode_object
 from shared.messages import ChunkJob
 from shared.profiles import open_lines
-from shared.reporting import maybe_finalize, partition_files, row_position
+from shared.reporting import maybe_finalize, partition_files_loader, row_position
 from shared.runs import ChunkProgress, ChunkResult
 from shared.services import Services
 
@@ -31,6 +33,20 @@ log = logging.getLogger(__name__)
 def batches(items: list[Any], size: int) -> list[list[Any]]:
     """Fixed batches of at most `size`: the same chunk always yields the same batches."""
     return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def chunk_line(order: int, obj: dict[str, Any]) -> str:
+    """One profile of a chunk blob: `order <TAB> data points <TAB> object`."""
+    return f"{order}\t{data_points(obj)}\t{encode_object(obj)}"
+
+
+def write_chunk(services: Services, blob_name: str, lines: list[str]) -> None:
+    services.storage.write_bytes(
+        RUNS_CONTAINER,
+        blob_name,
+        "\n".join(lines) + "\n",
+        "text/tab-separated-values; charset=utf-8",
+    )
 
 
 def read_chunk(services: Services, blob_name: str) -> list[tuple[int, int, str]]:
@@ -73,7 +89,7 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
             progress.batches_done,
         )
     attempt = _Attempt(job, services)
-    files = _files_loader(services, job.run_id)
+    files = partition_files_loader(services, job.run_id)
     last_check = time.monotonic()
     # Each batch's progress is saved while the next batch is on its way to Braze: the table
     # write then costs no time, and a crash can lose at most the record of the batch just
@@ -217,7 +233,7 @@ def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
         size = progress.batch_size or connection.objects_per_request
         rest = items[progress.batches_done * size :]
         undelivered, rows = len(rest), len(items)
-        files = _files_loader(services, job.run_id)
+        files = partition_files_loader(services, job.run_id)
         entries = [
             {
                 **row_position(order, files),
@@ -264,15 +280,3 @@ def rejected_rows(
             }
         )
     return rejected
-
-
-def _files_loader(services: Services, run_id: str) -> Callable[[], list[str]]:
-    """The CDM partition files, read once and only if a rejected row needs them."""
-    cache: list[list[str]] = []
-
-    def load() -> list[str]:
-        if not cache:
-            cache.append(partition_files(services, run_id))
-        return cache[0]
-
-    return load

@@ -26,6 +26,15 @@ def chunk_blob_name(run_id: str, partition: int, index: int) -> str:
     return f"runs/{run_id}/chunks/p{partition:04d}-{index:04d}.tsv"
 
 
+def replay_chunk_prefix(run_id: str, round_: int) -> str:
+    """The chunks of a run's n-th replay round (they mix partitions)."""
+    return f"runs/{run_id}/chunks/r{round_:02d}-"
+
+
+def replay_chunk_name(run_id: str, round_: int, index: int) -> str:
+    return f"{replay_chunk_prefix(run_id, round_)}{index:04d}.tsv"
+
+
 def pending_snapshot_name(run_id: str, partition: int) -> str:
     return f"runs/{run_id}/snapshot/p{partition:04d}.jsonl"
 

@@ -17,10 +17,12 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 from shared.config import RUNS_CONTAINER
 from shared.definitions import Definitions, Export
+from shared.delivery import batches, chunk_line, write_chunk
 from shared.diff import (
     Fingerprints,
     PartitionCounts,
@@ -36,11 +38,15 @@ from shared.layout import (
     partition_blob_name,
     pending_snapshot_name,
 )
-from shared.mapping import encode_object
 from shared.messages import PartitionJob
-from shared.profiles import open_lines
 from shared.release import maybe_release
-from shared.reporting import REMOVAL_ORDER, finish_early, partition_files, row_position
+from shared.reporting import (
+    REMOVAL_ORDER,
+    finish_early,
+    json_lines,
+    partition_files_loader,
+    row_position,
+)
 from shared.runs import PartitionResult, Run
 from shared.services import Services
 
@@ -76,16 +82,11 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
     finish_early(run, services, message=message[:2000], failed=True)
 
 
-def _segment_rows(
-    run: Run, partition: int, services: Services
-) -> Iterator[tuple[int, str, dict[str, Any] | None]]:
-    if run.teardown:
-        return  # everyone in the snapshot leaves
-    blob = partition_blob_name(run.run_id, partition)
-    for line in open_lines(services.storage.read_chunks(RUNS_CONTAINER, blob)):
-        if line.strip():
-            order, customer_id, obj = json.loads(line)
-            yield order, customer_id, obj
+def _segment_rows(run: Run, partition: int, services: Services) -> Iterator[Any]:
+    """`[order, customer id, object or null]` per row of the partition (none for a teardown:
+    everyone in the snapshot leaves)."""
+    if not run.teardown:
+        yield from json_lines(services, partition_blob_name(run.run_id, partition))
 
 
 def _diff(
@@ -99,20 +100,13 @@ def _diff(
     duplicates = storage.line_writer(
         RUNS_CONTAINER, duplicates_blob_name(run.run_id, job.partition)
     )
-    files: list[str] | None = None
-
-    def partition_files() -> list[str]:
-        nonlocal files
-        if files is None:
-            files = _source_files(run, services)
-        return files
-
+    files = partition_files_loader(services, run.run_id)
     for order, customer_id, obj in _segment_rows(run, job.partition, services):
         if obj is None:
             kept.add(customer_id)
         elif customer_id in profiles:
             counts.duplicates += 1
-            duplicates.write(_duplicate_entry(order, customer_id, obj, partition_files))
+            duplicates.write(_duplicate_entry(order, customer_id, obj, files))
         else:
             profiles[customer_id] = (order, obj)
     duplicates.close()
@@ -163,14 +157,8 @@ def _diff(
 
     examples = _array_cap_check(run, export, definitions, profiles, job, services, counts)
     chunk_rows = []
-    for index, start in enumerate(range(0, len(sends), export.chunk_size)):
-        lines = sends[start : start + export.chunk_size]
-        storage.write_bytes(
-            RUNS_CONTAINER,
-            chunk_blob_name(run.run_id, job.partition, index),
-            "\n".join(lines) + "\n",
-            "text/tab-separated-values; charset=utf-8",
-        )
+    for index, lines in enumerate(batches(sends, export.chunk_size)):
+        write_chunk(services, chunk_blob_name(run.run_id, job.partition, index), lines)
         chunk_rows.append(len(lines))
     if examples:
         log.warning(
@@ -183,15 +171,7 @@ def _diff(
         )
     return PartitionResult(
         partition=job.partition,
-        new=counts.new,
-        changed=counts.changed,
-        unchanged=counts.unchanged,
-        removed=counts.removed,
-        duplicates=counts.duplicates,
-        objects=counts.objects,
-        removals_held=counts.removals_held,
-        data_points=counts.data_points,
-        array_cap_warnings=counts.array_cap_warnings,
+        **asdict(counts),
         array_cap_examples=examples,
         chunk_rows=chunk_rows,
         rejected_blob=duplicates_blob_name(run.run_id, job.partition) if duplicates.lines else "",
@@ -199,10 +179,9 @@ def _diff(
 
 
 def _send_line(order: int, body: dict[str, Any], counts: PartitionCounts) -> str:
-    points = data_points(body)
     counts.objects += 1
-    counts.data_points += points
-    return f"{order}\t{points}\t{encode_object(body)}"
+    counts.data_points += data_points(body)
+    return chunk_line(order, body)
 
 
 def _duplicate_entry(order: int, customer_id: str, obj: dict[str, Any], files: Any) -> str:
@@ -218,10 +197,6 @@ def _duplicate_entry(order: int, customer_id: str, obj: dict[str, Any], files: A
         "object": obj,
     }
     return json.dumps(entry, ensure_ascii=False)
-
-
-def _source_files(run: Run, services: Services) -> list[str]:
-    return partition_files(services, run.run_id)
 
 
 def _array_cap_check(

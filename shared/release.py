@@ -14,9 +14,9 @@ from datetime import timedelta
 from shared.braze_client import tracking_body
 from shared.config import CHUNKS_QUEUE, RUNS_CONTAINER
 from shared.definitions import Export
+from shared.delivery import batches, read_chunk
 from shared.layout import chunk_blob_name, dry_run_blob_name
 from shared.messages import ChunkJob
-from shared.profiles import open_lines
 from shared.reporting import finish_early, maybe_finalize
 from shared.runs import PartitionResult, Run, RunConflict, Status, utcnow
 from shared.services import Services
@@ -48,20 +48,20 @@ def maybe_release(run_id: str, services: Services) -> bool:
         store.update(run, if_unchanged=True)
     except RunConflict:
         return False
-    export = services.definitions().export(run.export_name)
-    summarize(
-        run, results, services.definitions().connection(export.connection).objects_per_request
-    )
+    definitions = services.definitions()
+    export = definitions.export(run.export_name)
+    connection = definitions.connection(export.connection)
+    summarize(run, results, connection.objects_per_request)
     valve = safety_valve(run, export)
     if run.dry_run:
-        _write_dry_run(run, results, services)
+        _write_dry_run(run, results, connection.objects_per_request, services)
         verdict = f"; a real run would stop: {valve[1]}" if valve else ""
         finish_early(run, services, message=_dry_run_summary(run) + verdict)
         return True
     if valve is not None:
         finish_early(run, services, message=valve[1], stopped_by=valve[0])
         return True
-    jobs = list(chunk_jobs(run, results))
+    jobs = chunk_jobs(run, results)
     queue = services.storage.queue(CHUNKS_QUEUE)
     for job in jobs:
         queue.send_message(job.to_json())
@@ -139,20 +139,14 @@ def chunk_jobs(run: Run, results: list[PartitionResult]) -> list[ChunkJob]:
     return jobs
 
 
-def _write_dry_run(run: Run, results: list[PartitionResult], services: Services) -> None:
-    """Write each request body exactly as it would be sent, one per line."""
-    storage = services.storage
-    connection = services.definitions().connection(run.connection)
-    writer = storage.line_writer(RUNS_CONTAINER, dry_run_blob_name(run.run_id))
+def _write_dry_run(
+    run: Run, results: list[PartitionResult], objects_per_request: int, services: Services
+) -> None:
+    """Write each request body exactly as delivery would send it, one per line."""
+    writer = services.storage.line_writer(RUNS_CONTAINER, dry_run_blob_name(run.run_id))
     for job in chunk_jobs(run, results):
-        objects = [
-            line.rstrip("\n").split("\t", 2)[2]
-            for line in open_lines(storage.read_chunks(RUNS_CONTAINER, job.blob_name))
-            if line.strip()
-        ]
-        for start in range(0, len(objects), connection.objects_per_request):
-            batch = objects[start : start + connection.objects_per_request]
-            writer.write(tracking_body(batch).decode("utf-8"))
+        for batch in batches(read_chunk(services, job.blob_name), objects_per_request):
+            writer.write(tracking_body([obj for _, _, obj in batch]).decode("utf-8"))
     writer.close()
     run.dry_run_blob = dry_run_blob_name(run.run_id)
 

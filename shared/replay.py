@@ -8,16 +8,13 @@ objects again as a new round of chunks and finalizes it again: the rows accepted
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator
-from typing import Any
 
-from shared.config import CHUNKS_QUEUE, RUNS_CONTAINER
-from shared.diff import data_points
-from shared.mapping import encode_object
+from shared.config import CHUNKS_QUEUE
+from shared.delivery import chunk_line, write_chunk
+from shared.layout import replay_chunk_name
 from shared.messages import ChunkJob
-from shared.profiles import open_lines
+from shared.reporting import json_lines
 from shared.runs import Run, RunConflict, Status
 from shared.services import Services
 
@@ -29,10 +26,6 @@ REPLAY_PARTITION = -1  # replay chunks mix partitions
 
 class NotReplayable(Exception):
     """The run cannot be replayed now; the message says why and what to do."""
-
-
-def replay_chunk_name(run_id: str, round_: int, index: int) -> str:
-    return f"runs/{run_id}/chunks/r{round_:02d}-{index:04d}.tsv"
 
 
 def replay_run(services: Services, run_id: str) -> Run:
@@ -62,19 +55,17 @@ def replay_run(services: Services, run_id: str) -> Run:
 
     def flush() -> None:
         name = replay_chunk_name(run_id, round_, len(jobs))
-        services.storage.write_bytes(
-            RUNS_CONTAINER, name, "\n".join(part) + "\n", "text/tab-separated-values; charset=utf-8"
-        )
+        write_chunk(services, name, part)
         chunk_index = (run.chunks_total or 0) + len(jobs)
         jobs.append(
             ChunkJob(run_id, run.export_name, chunk_index, name, len(part), REPLAY_PARTITION)
         )
         part.clear()
 
-    for entry in _rejected_entries(services, run):
+    for entry in json_lines(services, run.rejected_blob):
         obj = entry.get("object")
         if entry["stage"] in REPLAYABLE_STAGES and isinstance(obj, dict):
-            part.append(f"{entry['order']}\t{data_points(obj)}\t{encode_object(obj)}")
+            part.append(chunk_line(entry["order"], obj))
             if len(part) == export.chunk_size:
                 flush()
     if part:
@@ -84,7 +75,7 @@ def replay_run(services: Services, run_id: str) -> Run:
     run.replay_round = round_
     run.chunks_total = (run.chunks_total or 0) + len(jobs)
     run.status, run.finished_at, run.message = Status.DELIVERING, None, ""
-    run.finalize_claim, run.finalize_claimed_at = "", None
+    run.finalize_claimed_at = None
     try:
         store.update(run, if_unchanged=True)  # two replays at once: one wins
     except RunConflict:
@@ -95,10 +86,3 @@ def replay_run(services: Services, run_id: str) -> Run:
     rows = sum(job.rows for job in jobs)
     log.info("run %s: replay round %d queued %d profiles", run_id, round_, rows)
     return run
-
-
-def _rejected_entries(services: Services, run: Run) -> Iterator[dict[str, Any]]:
-    chunks = services.storage.read_chunks(RUNS_CONTAINER, run.rejected_blob)
-    for line in open_lines(chunks):
-        if line.strip():
-            yield json.loads(line)

@@ -8,10 +8,10 @@ claim on the run entity lets exactly one of them do it, even when the last chunk
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import json
 import logging
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -53,9 +53,16 @@ def row_position(order: int, files: Callable[[], list[str]]) -> dict[str, Any]:
     return position
 
 
-def partition_files(services: Services, run_id: str) -> list[str]:
-    """The CDM partition files of the run's source, in the order row positions use."""
-    return json.loads(services.storage.read_bytes(RUNS_CONTAINER, source_files_blob_name(run_id)))
+def partition_files_loader(services: Services, run_id: str) -> Callable[[], list[str]]:
+    """The CDM partition files of the run's source, in the order row positions use: read once,
+    and only if a rejected row needs them."""
+
+    def load() -> list[str]:
+        blob = source_files_blob_name(run_id)
+        files: list[str] = json.loads(services.storage.read_bytes(RUNS_CONTAINER, blob))
+        return files
+
+    return functools.cache(load)
 
 
 def finish_early(
@@ -85,7 +92,7 @@ def maybe_finalize(run_id: str, services: Services) -> bool:
     results = store.chunk_results(run_id)
     if not set(range(run.chunks_total)) <= {r.chunk_index for r in results}:
         return False
-    run.finalize_claim, run.finalize_claimed_at = uuid.uuid4().hex, now
+    run.finalize_claimed_at = now  # the ETag-guarded write below is what makes it a claim
     try:
         store.update(run, if_unchanged=True)
     except RunConflict:
@@ -96,7 +103,7 @@ def maybe_finalize(run_id: str, services: Services) -> bool:
         # Give the claim back, so the queue's retry of this message can finalize the run.
         claimed = store.get(run_id)
         if claimed is not None and not claimed.is_final:
-            claimed.finalize_claim, claimed.finalize_claimed_at = "", None
+            claimed.finalize_claimed_at = None
             with contextlib.suppress(RunConflict):
                 store.update(claimed, if_unchanged=True)
         raise
@@ -186,7 +193,7 @@ def _commit_snapshot(
             for _, entry in chunk_rejections(services, result)
             if partition_of(entry["customer_id"], run.partitions) == partition
         }
-        pending = _json_lines(services, pending_snapshot_name(run.run_id, partition))
+        pending = json_lines(services, pending_snapshot_name(run.run_id, partition))
         profiles += services.snapshots.write_partition(
             run.export_name,
             run.connection,
@@ -213,7 +220,8 @@ def _committed(
             yield customer_id, prints
 
 
-def _json_lines(services: Services, name: str) -> Iterator[Any]:
+def json_lines(services: Services, name: str) -> Iterator[Any]:
+    """Each JSON line of a blob in the runs container, streamed."""
     for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, name)):
         if text.strip():
             yield json.loads(text)
@@ -380,7 +388,7 @@ def chunk_rejections(services: Services, result: ChunkResult) -> Iterator[tuple[
     attempt's blob holds lines for the batches it recorded, and maybe for one it answered but
     died before recording (those the next attempt sent again, so they are left out)."""
     for name, until in zip(result.rejected_blobs, result.rejected_until, strict=True):
-        for entry in _json_lines(services, name):
+        for entry in json_lines(services, name):
             if entry["batch"] < until:
                 yield entry["order"], entry
 

@@ -104,7 +104,6 @@ class Run:
     rejected_blob: str = ""
     dry_run_blob: str = ""
     release_claimed_at: datetime | None = None
-    finalize_claim: str = ""
     finalize_claimed_at: datetime | None = None
     etag: str | None = None
 
@@ -116,7 +115,6 @@ class Run:
         """The run as JSON-friendly data, without storage internals."""
         data = asdict(self)
         for internal in (
-            "finalize_claim",
             "finalize_claimed_at",
             "release_claimed_at",
             "mapping_fingerprint",
@@ -244,20 +242,10 @@ class RunStore:
 
     def record_chunk(self, run_id: str, result: ChunkResult) -> bool:
         """Record a chunk's outcome once: the first attempt to finish wins, later ones lose."""
-        entity = {"PartitionKey": run_id, "RowKey": chunk_row(result.chunk_index)}
-        entity.update(_to_entity_values(asdict(result)))
-        try:
-            self._table.create_entity(entity)
-        except ResourceExistsError:
-            return False
-        return True
+        return self._create_once(run_id, chunk_row(result.chunk_index), asdict(result))
 
     def chunk_done(self, run_id: str, chunk_index: int) -> bool:
-        try:
-            self._table.get_entity(run_id, chunk_row(chunk_index), select=["RowKey"])
-        except ResourceNotFoundError:
-            return False
-        return True
+        return self._exists(run_id, chunk_row(chunk_index))
 
     def chunk_results(self, run_id: str) -> list[ChunkResult]:
         results = [_decode(ChunkResult, entity) for entity in self._rows(run_id, CHUNK_PREFIX)]
@@ -265,16 +253,26 @@ class RunStore:
 
     def record_partition(self, run_id: str, result: PartitionResult) -> bool:
         """Record a partition's diff once; a duplicate job's result loses (it is the same)."""
-        entity = {"PartitionKey": run_id, "RowKey": partition_row(result.partition)}
-        entity.update(_to_entity_values(asdict(result)))
+        return self._create_once(run_id, partition_row(result.partition), asdict(result))
+
+    def partition_done(self, run_id: str, partition: int) -> bool:
+        return self._exists(run_id, partition_row(partition))
+
+    def _create_once(self, run_id: str, row: str, values: dict[str, Any]) -> bool:
+        """Create the entity unless it exists; True for the writer that created it."""
+        entity = {"PartitionKey": run_id, "RowKey": row, **_to_entity_values(values)}
         try:
             self._table.create_entity(entity)
         except ResourceExistsError:
             return False
         return True
 
-    def partition_done(self, run_id: str, partition: int) -> bool:
-        return self._get(run_id, partition_row(partition)) is not None
+    def _exists(self, partition: str, row: str) -> bool:
+        try:
+            self._table.get_entity(partition, row, select=["RowKey"])
+        except ResourceNotFoundError:
+            return False
+        return True
 
     def partition_results(self, run_id: str) -> list[PartitionResult]:
         results = [

@@ -14,9 +14,10 @@ from datetime import datetime
 
 from shared.config import RUNS_CONTAINER
 from shared.delivery import fail_chunk
+from shared.layout import replay_chunk_prefix
 from shared.messages import ChunkJob
 from shared.release import chunk_jobs, maybe_release
-from shared.replay import REPLAY_PARTITION, replay_chunk_name
+from shared.replay import REPLAY_PARTITION
 from shared.reporting import finish_early, maybe_finalize
 from shared.runs import Run, Status
 from shared.services import Services
@@ -79,14 +80,9 @@ def _unfinished_chunks(services: Services, run: Run) -> list[ChunkJob]:
     done = {r.chunk_index for r in services.runs.chunk_results(run.run_id)}
     jobs = chunk_jobs(run, services.runs.partition_results(run.run_id))
     if run.replay_round:
-        names = sorted(
-            blob.name
-            for blob in services.storage.container(RUNS_CONTAINER).list_blobs(
-                name_starts_with=replay_chunk_name(run.run_id, run.replay_round, 0).removesuffix(
-                    "0000.tsv"
-                )
-            )
-        )
+        prefix = replay_chunk_prefix(run.run_id, run.replay_round)
+        container = services.storage.container(RUNS_CONTAINER)
+        names = sorted(blob.name for blob in container.list_blobs(name_starts_with=prefix))
         first = (run.chunks_total or 0) - len(names)
         jobs = [j for j in jobs if j.chunk_index < first] + [
             ChunkJob(run.run_id, run.export_name, first + i, name, 0, REPLAY_PARTITION)

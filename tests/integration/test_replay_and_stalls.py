@@ -167,7 +167,7 @@ def test_an_abandoned_finalization_is_taken_over_by_the_sweep(quiet_app: App) ->
     services = quiet_app.services
     claimed = services.runs.get(run.run_id)
     assert claimed is not None
-    claimed.finalize_claim, claimed.finalize_claimed_at = "dead-worker", utcnow()
+    claimed.finalize_claimed_at = utcnow()
     services.runs.update(claimed)  # a finalizer claimed it, then its instance vanished
     deliver_chunk(job, services)
     assert services.runs.get(run.run_id).status == Status.DELIVERING  # type: ignore[union-attr]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from shared.braze_client import TrackOutcome, reset_wait_seconds, tracking_body
+from shared.braze_client import TrackOutcome, tracking_body
 from shared.definitions import Export
 from shared.delivery import batches, rejected_rows
 from shared.mapping import braze_attributes, encode_object
@@ -58,15 +58,6 @@ def test_batches_never_exceed_the_limit(count: int, size: int, expected: list[in
     result = batches(items, size)
     assert [len(b) for b in result] == expected
     assert [item for batch in result for item in batch] == items
-
-
-@pytest.mark.parametrize(
-    ("value", "now", "expected"),
-    [("1764324003", 1764324000.5, 2.5), ("2", 1764324000.0, 2.0), ("0", 5.0, 0.0),
-     ("1764323000", 1764324000.0, 0.0), (None, 0.0, None), ("soon", 0.0, None)],
-)  # fmt: skip
-def test_reset_header_in_both_forms(value: str | None, now: float, expected: float | None) -> None:
-    assert reset_wait_seconds(value, now) == expected
 
 
 def _no_files() -> list[str]:
