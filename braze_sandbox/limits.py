@@ -38,6 +38,7 @@ class KeyRateState:
     blocked_until: float = 0.0
     requests_while_blocked: int = 0
     throttled: int = 0
+    counts_by_window: Counter[float] = field(default_factory=Counter)  # window start -> requests
 
 
 @dataclass(slots=True)
@@ -130,6 +131,7 @@ class RateLimiter:
             state.window_start = window_start
             state.window_count = 0
         state.window_count += 1
+        state.counts_by_window[window_start] = state.window_count
         count = state.window_count
         if count > state.max_requests_in_window:
             state.max_requests_in_window = count
@@ -160,6 +162,10 @@ class RateLimiter:
     def clear(self) -> None:
         self._keys.clear()
         self._clients.clear()
+
+    def windows(self) -> dict[str, dict[float, int]]:
+        """Requests counted in each window, per API key, oldest window first."""
+        return {key: dict(sorted(s.counts_by_window.items())) for key, s in self._keys.items()}
 
     def snapshot(self) -> dict[str, object]:
         """Totals across keys, plus breakdowns per key and per client (User-Agent, summed over

@@ -80,6 +80,7 @@ class BrazeSandbox:
         app.router.add_get("/_sandbox/users", self.list_users)
         app.router.add_get("/_sandbox/users/{external_id:.+}", self.get_user)
         app.router.add_get("/_sandbox/stats", self.get_stats)
+        app.router.add_get("/_sandbox/timeline", self.get_timeline)
         app.router.add_post("/_sandbox/reset", self.reset)
         app.router.add_get("/_sandbox/faults", self.get_faults)
         app.router.add_put("/_sandbox/faults", self.put_faults)
@@ -96,7 +97,9 @@ class BrazeSandbox:
         if api_key is None:
             return self._finish(self._unauthorized(request))
         client = request.headers.get("User-Agent", "")
-        self.limiter.arrive(api_key, client, request.protocol, time.time())
+        now = time.time()
+        self.stats.arrivals_per_second[int(now)] += 1
+        self.limiter.arrive(api_key, client, request.protocol, now)
         body: bytes | None
         try:
             body = await request.read()
@@ -113,6 +116,7 @@ class BrazeSandbox:
                 request.transport.close()
             return web.Response()  # never written: the connection is already closing
         if response.status == 429:
+            self.stats.throttled_per_second[int(now)] += 1
             await self._tell_to_wait(request, response, api_key, client)
         return self._finish(response)
 
@@ -272,6 +276,14 @@ class BrazeSandbox:
         # Lets a benchmark compute CPU per request, which contention on the machine cannot skew.
         payload["process_cpu_seconds"] = time.process_time()
         payload["rate_limit"] = self.limiter.snapshot()
+        return json_response(200, payload)
+
+    async def get_timeline(self, request: web.Request) -> web.Response:
+        """Per second, /users/track arrivals and 429s; per API key, requests in each window."""
+        payload: dict[str, Any] = self.stats.timeline()
+        payload["windows_per_key"] = self.limiter.windows()
+        payload["rate_limit"] = self.limits.rate_limit
+        payload["rate_window_seconds"] = self.limits.rate_window_seconds
         return json_response(200, payload)
 
     async def reset(self, request: web.Request) -> web.Response:

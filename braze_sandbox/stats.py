@@ -16,6 +16,9 @@ class SandboxStats:
     objects_rejected: int = 0
     data_points: int = 0
     faults_injected: Counter[str] = field(default_factory=Counter)
+    # /users/track arrivals and 429s by epoch second: the timeline a benchmark plots.
+    arrivals_per_second: Counter[int] = field(default_factory=Counter)
+    throttled_per_second: Counter[int] = field(default_factory=Counter)
 
     def snapshot(self) -> dict[str, object]:
         return {
@@ -26,4 +29,10 @@ class SandboxStats:
             "objects_rejected": self.objects_rejected,
             "data_points": self.data_points,
             "faults_injected": dict(self.faults_injected),
+        }
+
+    def timeline(self) -> dict[str, dict[int, int]]:
+        return {
+            "arrivals_per_second": dict(sorted(self.arrivals_per_second.items())),
+            "throttled_per_second": dict(sorted(self.throttled_per_second.items())),
         }

@@ -1,11 +1,12 @@
-"""Queue triggers that plan a run: split the segment into partitions, then diff each one."""
+"""Queue triggers that plan a run: check and cut the source, split each range, diff each
+partition."""
 
 import azure.functions as func
 
-from shared.config import JOBS_QUEUE, PARTITIONS_QUEUE, STORAGE_CONNECTION
-from shared.messages import ExportJob, PartitionJob
+from shared.config import JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE, STORAGE_CONNECTION
+from shared.messages import ExportJob, PartitionJob, SplitJob
 from shared.partitions import diff_partition, fail_partition
-from shared.planner import fail_planning, plan_run
+from shared.planner import fail_planning, fail_split, plan_run, split_source
 from shared.services import app_services
 
 bp = func.Blueprint()
@@ -22,6 +23,21 @@ def plan_export(msg: func.QueueMessage) -> None:
     except Exception as error:
         if (msg.dequeue_count or 1) >= services.settings.max_dequeue_count:
             fail_planning(job.run_id, error, services)
+        raise
+
+
+@bp.function_name("split_source")
+@bp.queue_trigger(arg_name="msg", queue_name=SPLITS_QUEUE, connection=STORAGE_CONNECTION)
+def split_source_job(msg: func.QueueMessage) -> None:
+    """Split one range of the source. Failures raise so the host retries; the last attempt
+    fails the run (nothing was sent)."""
+    services = app_services()
+    job = SplitJob.from_json(msg.get_body())
+    try:
+        split_source(job, services)
+    except Exception as error:
+        if (msg.dequeue_count or 1) >= services.settings.max_dequeue_count:
+            fail_split(job, error, services)
         raise
 
 

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import requests
@@ -69,6 +70,8 @@ class BrazeClient:
 
     With a `governor`, every send (retries too) waits for a slot of the budget shared by all
     instances; without one, only this client's threads hold back when Braze says to wait.
+    `submit` sends on a pool of `max_in_flight` threads, each with its own keep-alive
+    connection: at Braze's latency, requests in flight are what spends the budget.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class BrazeClient:
         api_key: Callable[[bool], str],
         *,
         governor: RateGovernor | None = None,
+        max_in_flight: int = 1,
         max_attempts: int = 6,
         max_rate_limit_waits: int = 30,
         timeout: tuple[float, float] = (3.05, 30.0),
@@ -94,6 +98,9 @@ class BrazeClient:
         self._key_reread_at: float | None = None
         self._user_agent = user_agent(os.environ)
         self._template = self._prepare(api_key(False))
+        self.max_in_flight = max_in_flight
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def _prepare(self, key: str) -> requests.PreparedRequest:
         headers = {
@@ -110,6 +117,13 @@ class BrazeClient:
             session.trust_env = False
             self._local.session = session
         return session
+
+    def submit(self, objects_json: Sequence[str]) -> Future[TrackOutcome]:
+        """Send one batch on the client's pool; the future holds what `track` returns or raises."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="braze")
+        return self._pool.submit(self.track, objects_json)
 
     def track(self, objects_json: Sequence[str]) -> TrackOutcome:
         """Send one batch of attribute objects; retry what is worth retrying."""

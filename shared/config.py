@@ -16,6 +16,7 @@ from pathlib import Path
 JOBS_QUEUE = "export-jobs"
 CHUNKS_QUEUE = "export-chunks"
 PARTITIONS_QUEUE = "export-partitions"
+SPLITS_QUEUE = "export-splits"
 RUNS_CONTAINER = "export-runs"
 SNAPSHOTS_CONTAINER = "export-snapshots"
 RUNS_TABLE = "exportruns"
@@ -83,6 +84,19 @@ class Settings:
                 f"EXPORT_STALL_MINUTES must be a number of minutes, got {text!r}"
             ) from None
         return timedelta(minutes=minutes)
+
+    @property
+    def split_bytes(self) -> int:
+        """Plain source files larger than this are cut into ranges of about this size, each
+        split by its own job in parallel (EXPORT_SPLIT_MIB, default 16)."""
+        text = self.environ.get("EXPORT_SPLIT_MIB", "16")
+        try:
+            mib = float(text)
+        except ValueError:
+            mib = 0.0
+        if not mib > 0:
+            raise ConfigurationError(f"EXPORT_SPLIT_MIB must be a positive number, got {text!r}")
+        return max(1, int(mib * 1024 * 1024))
 
     def local_secret(self, secret_name: str) -> str | None:
         """A Braze API key from the environment, used when no Key Vault is configured."""

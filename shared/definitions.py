@@ -7,6 +7,7 @@ the file in one pass instead of one error per deploy.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -19,6 +20,8 @@ from shared.config import DROPS_CONTAINER
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 _NAME_RE = re.compile(NAME_PATTERN)
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+IN_FLIGHT_HEADROOM = 1.25  # latency varies: a little more in flight keeps the budget spent
+MIN_IN_FLIGHT, MAX_IN_FLIGHT = 2, 128
 RESERVED_ATTRIBUTES = {
     "external_id", "user_alias", "braze_id", "email", "phone", "_update_existing_only",
     "email_subscribe", "push_subscribe", "subscription_groups", "push_tokens",
@@ -74,6 +77,20 @@ class Connection(_Strict):
         description="Share of the window's budget this app may use across all its instances; "
         "lower it to leave room for other /users/track traffic to the workspace.",
     )
+    expected_latency_ms: int = Field(
+        default=50,
+        ge=1,
+        le=10_000,
+        description="Typical time Braze takes to answer a /users/track request from the app; "
+        "with the budget it sizes how many requests each worker keeps in flight.",
+    )
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Requests one worker process keeps in flight on this connection; by "
+        "default the budget per second times expected_latency_ms (Little's law), with headroom.",
+    )
     array_element_cap: int = Field(
         default=25,
         ge=1,
@@ -82,6 +99,17 @@ class Connection(_Strict):
         "(25 by default, up to 100 on request); the report warns before a membership array "
         "would pass it.",
     )
+
+    def in_flight_per_worker(self) -> int:
+        """Requests a worker keeps in flight: enough to spend the whole budget at the expected
+        latency (budget/s x latency x 1.25), so concurrency, not latency, sets the pace."""
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        per_second = (
+            self.rate_limit_requests * self.rate_limit_share / self.rate_limit_window_seconds
+        )
+        wanted = math.ceil(per_second * self.expected_latency_ms / 1000 * IN_FLIGHT_HEADROOM)
+        return max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, wanted))
 
     @field_validator("rest_endpoint")
     @classmethod

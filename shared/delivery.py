@@ -1,7 +1,10 @@
 """Delivering one chunk: batch its profiles into /users/track requests and account for each row.
 
-Progress is recorded after every batch, so a redelivered chunk (its worker was recycled or
-killed) resumes at the first batch Braze has not answered and never re-sends one it has.
+Several batches are in flight at once; their answers are accounted for in batch order, and the
+progress (a prefix of the chunk's batches) is saved about once a second and whenever an attempt
+fails, so a redelivered chunk resumes at the first batch whose answer was not saved. A worker
+killed outright may therefore re-send what was in flight and what was answered in its last
+second (attribute updates are idempotent; Braze bills their data points again).
 """
 
 from __future__ import annotations
@@ -10,13 +13,13 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from shared.braze_client import TrackOutcome
+from shared.braze_client import BrazeClient, TrackOutcome
 from shared.config import RUNS_CONTAINER
 from shared.diff import data_points
 from shared.layout import rejected_prefix
@@ -60,10 +63,13 @@ def read_chunk(services: Services, blob_name: str) -> list[tuple[int, int, str]]
 
 
 STOP_CHECK_SECONDS = 10.0
+# Progress is saved at most this often per chunk (and when an attempt fails): a Table write per
+# batch cost more than the batch's POST, and a crash may then re-send what was answered since.
+PROGRESS_SAVE_SECONDS = 1.0
 
 
 def deliver_chunk(job: ChunkJob, services: Services) -> None:
-    """Send one chunk to Braze, batch by batch, and record its outcome once."""
+    """Send one chunk to Braze, many batches in flight, and record its outcome once."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         log.warning("run %s is missing or finished; dropping chunk %d", job.run_id, job.chunk_index)
@@ -88,37 +94,103 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
             job.chunk_index,
             progress.batches_done,
         )
-    attempt = _Attempt(job, services)
-    files = partition_files_loader(services, job.run_id)
-    last_check = time.monotonic()
-    # Each batch's progress is saved while the next batch is on its way to Braze: the table
-    # write then costs no time, and a crash can lose at most the record of the batch just
-    # answered, which the crash window between a send and its record allows anyway.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress") as saver:
-        saving: Future[None] | None = None
-        for number, batch in enumerate(batches(items, progress.batch_size)):
-            if number < progress.batches_done:
-                continue
-            if time.monotonic() - last_check > STOP_CHECK_SECONDS:
-                last_check = time.monotonic()
-                if _taken_from_us(job, services):
-                    return
-            outcome = client.track([obj for _, _, obj in batch])
-            rejections = rejected_rows(batch, outcome, files)
-            for rejection in rejections:
-                rejection["batch"] = number
-            _add_batch(progress, batch, rejections)
-            attempt.write(progress, rejections)
-            progress.batches_done = number + 1
-            attempt.recorded(progress)
-            if saving is not None:
-                saving.result()
-            saving = saver.submit(
-                services.runs.save_progress, job.run_id, job.chunk_index, _copy(progress)
-            )
-        if saving is not None:
-            saving.result()
+    ledger = _Ledger(job, services, progress)
+    todo = batches(items, progress.batch_size)[progress.batches_done :]
+    if not _send_in_order(job, services, client, todo, ledger):
+        return
     _record(job, progress, len(items), run.replay_round, services)
+
+
+def _send_in_order(
+    job: ChunkJob,
+    services: Services,
+    client: BrazeClient,
+    todo: list[list[tuple[int, int, str]]],
+    ledger: _Ledger,
+) -> bool:
+    """Keep up to the client's `max_in_flight` batches of this chunk on their way, and account
+    for the answers in batch order, so the recorded progress is always a prefix of the chunk.
+
+    False when the run was ended meanwhile (nothing more is sent). When a batch fails for good,
+    what was answered before it is saved and the error goes up for the queue to retry.
+    """
+    in_flight: deque[Future[TrackOutcome]] = deque()
+    pending = iter(todo)
+    last_check = time.monotonic()
+    finished = False
+    try:
+        while True:
+            while len(in_flight) < client.max_in_flight:
+                batch = next(pending, None)
+                if batch is None:
+                    break
+                if time.monotonic() - last_check > STOP_CHECK_SECONDS:
+                    last_check = time.monotonic()
+                    if _taken_from_us(job, services):
+                        return False
+                in_flight.append(client.submit([obj for _, _, obj in batch]))
+                ledger.sending.append(batch)
+            if not in_flight:
+                finished = True
+                return True
+            ledger.answered(in_flight.popleft().result())
+    finally:
+        for future in in_flight:
+            future.cancel()
+        ledger.close(save=not finished)
+
+
+class _Ledger:
+    """Accounts for a chunk's answered batches in order and saves the progress now and then
+    (while the next batches are on their way), not after every batch."""
+
+    def __init__(self, job: ChunkJob, services: Services, progress: ChunkProgress) -> None:
+        self._job = job
+        self._services = services
+        self.progress = progress
+        self.sending: deque[list[tuple[int, int, str]]] = deque()
+        self._attempt = _Attempt(job, services)
+        self._files = partition_files_loader(services, job.run_id)
+        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress")
+        self._saving: Future[None] | None = None
+        self._saved_at = time.monotonic()
+
+    def answered(self, outcome: TrackOutcome) -> None:
+        """Braze answered the oldest batch still in flight."""
+        batch, progress = self.sending.popleft(), self.progress
+        number = progress.batches_done
+        rejections = rejected_rows(batch, outcome, self._files)
+        for rejection in rejections:
+            rejection["batch"] = number
+        # Written before it is counted: if the write fails, the progress still adds up.
+        self._attempt.write(progress, rejections)
+        _add_batch(progress, batch, rejections)
+        progress.batches_done = number + 1
+        self._attempt.recorded(progress)
+        if time.monotonic() - self._saved_at >= PROGRESS_SAVE_SECONDS:
+            self._save_in_background()
+
+    def _save_in_background(self) -> None:
+        if self._saving is not None and not self._saving.done():
+            return  # the next answer saves instead
+        self._saved_at = time.monotonic()
+        self._saving = self._saver.submit(
+            self._services.runs.save_progress,
+            self._job.run_id,
+            self._job.chunk_index,
+            _copy(self.progress),
+        )
+
+    def close(self, *, save: bool) -> None:
+        """Wait for the background save; an attempt that fails or stops saves what it got
+        answered, so the queue's retry resumes after it."""
+        self._saver.shutdown(wait=True)
+        if self._saving is not None:
+            self._saving.result()
+        if save:
+            self._services.runs.save_progress(
+                self._job.run_id, self._job.chunk_index, _copy(self.progress)
+            )
 
 
 def _taken_from_us(job: ChunkJob, services: Services) -> bool:

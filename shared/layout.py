@@ -16,9 +16,20 @@ def source_files_blob_name(run_id: str) -> str:
     return f"runs/{run_id}/partitions.json"
 
 
-def partition_blob_name(run_id: str, partition: int) -> str:
-    """Valid rows of one hash partition: `[order, customer id, object or null]` per line."""
-    return f"runs/{run_id}/partitions/p{partition:04d}.jsonl"
+def partition_piece_name(run_id: str, partition: int, split: int) -> str:
+    """One split's valid rows of one hash partition: `[order, customer id, object or null]`
+    per line; the partition is its pieces in split order, which is source order."""
+    return f"runs/{run_id}/partitions/p{partition:04d}-s{split:04d}.jsonl"
+
+
+def splits_blob_name(run_id: str) -> str:
+    """The split jobs of a run cut into byte ranges, and the CSV header the later ones lack."""
+    return f"runs/{run_id}/splits.json"
+
+
+def plan_rejected_name(run_id: str, split: int) -> str:
+    """Rows one split rejected, in source order."""
+    return f"{rejected_prefix(run_id)}plan-{split:04d}.jsonl"
 
 
 def chunk_blob_name(run_id: str, partition: int, index: int) -> str:

@@ -55,6 +55,25 @@ class ExportJob(_Message):
 
 
 @dataclass(frozen=True)
+class SplitJob(_Message):
+    """Split one range of a run's source into its pieces of the `partitions` hash partitions.
+
+    A plain file's range is bytes `start` to `end` (-1: to the end), whose first record starts
+    on line `first_line`; a CDM folder's split `split` is its partition file of that index.
+    """
+
+    kind: ClassVar[str] = "split-job"
+    run_id: str
+    export_name: str
+    split: int
+    splits: int
+    partitions: int
+    start: int
+    end: int
+    first_line: int
+
+
+@dataclass(frozen=True)
 class PartitionJob(_Message):
     """Diff one partition of a run's segment against the export's snapshot."""
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
+from shared import jsonlines
 from shared.config import RUNS_CONTAINER
 from shared.definitions import Definitions, Export
 from shared.delivery import batches, chunk_line, write_chunk
@@ -35,7 +36,7 @@ from shared.diff import (
 from shared.layout import (
     chunk_blob_name,
     duplicates_blob_name,
-    partition_blob_name,
+    partition_piece_name,
     pending_snapshot_name,
 )
 from shared.messages import PartitionJob
@@ -83,10 +84,11 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
 
 
 def _segment_rows(run: Run, partition: int, services: Services) -> Iterator[Any]:
-    """`[order, customer id, object or null]` per row of the partition (none for a teardown:
-    everyone in the snapshot leaves)."""
+    """`[order, customer id, object or null]` per row of the partition, in source order: its
+    pieces in split order (none for a teardown: everyone in the snapshot leaves)."""
     if not run.teardown:
-        yield from json_lines(services, partition_blob_name(run.run_id, partition))
+        for split in range(run.splits):
+            yield from json_lines(services, partition_piece_name(run.run_id, partition, split))
 
 
 def _diff(
@@ -135,10 +137,10 @@ def _diff(
             counts.changed += 1
         body = delta(obj, previous, clearable, True) if full else change
         if body is None:
-            pending.write(json.dumps([customer_id, previous], ensure_ascii=False))
+            pending.write(jsonlines.dumps([customer_id, previous]))
             continue
         sends.append(_send_line(order, body, counts))
-        pending.write(json.dumps([customer_id, fingerprints(obj), previous], ensure_ascii=False))
+        pending.write(jsonlines.dumps([customer_id, fingerprints(obj), previous]))
     # A row that could not be read may be any member's: while there are such rows, nobody is
     # taken for having left (a stray comma must not remove a customer from the segment).
     hold_removals = run.rows_unidentified > 0 and not run.teardown
@@ -147,12 +149,12 @@ def _diff(
             continue
         if customer_id in kept or hold_removals:
             counts.removals_held += customer_id not in kept
-            pending.write(json.dumps([customer_id, previous], ensure_ascii=False))
+            pending.write(jsonlines.dumps([customer_id, previous]))
             continue
         counts.removed += 1
         order = REMOVAL_ORDER + (job.partition << 32) + counts.removed
         sends.append(_send_line(order, removal(customer_id, export, previous), counts))
-        pending.write(json.dumps([customer_id, None, previous], ensure_ascii=False))
+        pending.write(jsonlines.dumps([customer_id, None, previous]))
     pending.close()
 
     examples = _array_cap_check(run, export, definitions, profiles, job, services, counts)

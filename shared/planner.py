@@ -4,22 +4,27 @@ Valid rows go to one of `partitions` blobs by a hash of the customer id, so an i
 same partition in every run; each partition is then diffed against the previous snapshot on its
 own (shared/partitions.py), in parallel across queue workers, with memory bounded by one
 partition. Nothing reaches Braze before every partition is diffed and the safety valves pass.
+
+A large plain file is cut into byte ranges at record boundaries (a CDM folder into its files),
+each split by its own job, in parallel: each writes its piece of every partition, and the last
+one to finish queues the partition diffs.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
+import math
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from shared.cdm import parse_model, read_entity
-from shared.config import PARTITIONS_QUEUE, RUNS_CONTAINER, ConfigurationError
+from shared import jsonlines
+from shared.cdm import CdmEntity, parse_model, read_entity
+from shared.config import PARTITIONS_QUEUE, RUNS_CONTAINER, SPLITS_QUEUE, ConfigurationError
 from shared.definitions import (
     Connection,
     DefinitionsError,
@@ -29,12 +34,24 @@ from shared.definitions import (
     format_of,
 )
 from shared.diff import mapping_fingerprint, partition_count, partition_of
-from shared.layout import partition_blob_name, rejected_prefix, source_files_blob_name
+from shared.layout import (
+    partition_piece_name,
+    plan_rejected_name,
+    source_files_blob_name,
+    splits_blob_name,
+)
 from shared.mapping import braze_attributes
-from shared.messages import ExportJob, PartitionJob
-from shared.profiles import RecordReader, SourceError, open_lines, row_order
+from shared.messages import ExportJob, PartitionJob, SplitJob
+from shared.profiles import (
+    RecordReader,
+    RecordStart,
+    SourceError,
+    open_lines,
+    record_starts,
+    row_order,
+)
 from shared.reporting import finish_early
-from shared.runs import Run, Status, utcnow
+from shared.runs import Run, RunConflict, SplitResult, Status, utcnow
 from shared.services import Services
 from shared.storage import BlobLineWriter, BlobNotFound
 from shared.validation import Profile, usable_customer_id, validate_record
@@ -42,18 +59,14 @@ from shared.validation import Profile, usable_customer_id, validate_record
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 100_000  # rows between progress updates of the run while splitting
-
-
-@dataclass
-class _Tally:
-    rows_read: int = 0
-    rows_rejected: int = 0
-    unidentified: int = 0  # malformed rows: whose they are cannot be told
-    reasons: Counter[str] = field(default_factory=Counter)
+MAX_SPLITS = 64  # parallel split jobs per run
 
 
 def plan_run(job: ExportJob, services: Services) -> None:
-    """Plan one run. Safe to run again after a crash: partitions are deterministic, overwritten."""
+    """Plan one run: check the source, then split it (inline, or as parallel split jobs).
+
+    Safe to run again after a crash: ranges and partitions are deterministic, overwritten.
+    """
     run = services.runs.get(job.run_id)
     if run is None:
         log.error("run %s does not exist; dropping its planning job", job.run_id)
@@ -64,30 +77,119 @@ def plan_run(job: ExportJob, services: Services) -> None:
     if run.partitions:  # split already; an attempt died while queueing the partitions
         _queue_partitions(run, services)
         return
+    if run.splits > 1:  # split jobs planned; an attempt died while queueing them
+        _queue_splits(run, services)
+        return
     run.status, run.planning_started_at = Status.PLANNING, utcnow()
     services.runs.update(run)
-    tally = _Tally()
     try:
         definitions = services.definitions()
         export = definitions.export(run.export_name)
         connection = definitions.connection(export.connection)
         _compare_with_snapshot(run, export, connection, services)
-        partitions = _split(run, export, services, tally)
-    except (
-        SourceError,
-        BlobNotFound,
-        DefinitionsError,
-        ConfigurationError,
-        UnknownExport,
-    ) as error:
-        _record_tally(run, tally)
+        if run.teardown:  # empty partitions: everyone in the snapshot leaves
+            _finish_split(run, max(run.previous_partitions, 1), [], services)
+            return
+        source = _open_source(run, export, services)
+        partitions = partition_count(source.size, source.compressed)
+        ranges = _split_ranges(run, source, services)
+    except _PLANNING_ERRORS as error:
         finish_early(run, services, message=_clip(f"planning failed: {error}"), failed=True)
         return
-    _record_tally(run, tally)
-    run.partitions = partitions
+    if len(ranges) > 1:
+        _plan_splits(run, ranges, partitions, source.header, services)
+        return
+    run.splits = 1
     services.runs.update(run)
+    job_ = SplitJob(run.run_id, run.export_name, 0, 1, partitions, 0, -1, 1)
+    _split_and_record(run, export, job_, source.rows, services)
+
+
+_PLANNING_ERRORS = (SourceError, BlobNotFound, DefinitionsError, ConfigurationError, UnknownExport)
+
+
+def split_source(job: SplitJob, services: Services) -> None:
+    """One split job: validate and partition one byte range (or one CDM file) of the source."""
+    run = services.runs.get(job.run_id)
+    if run is None or run.is_final:
+        log.warning("run %s is missing or finished; dropping split %d", job.run_id, job.split)
+        return
+    if services.runs.split_done(run.run_id, job.split):
+        _maybe_finish_split(run.run_id, services, repeated=True)
+        return
+    try:
+        export = services.definitions().export(run.export_name)
+        rows = _range_rows(run, export, job, services)
+    except _PLANNING_ERRORS as error:
+        _fail_split(run, job, SplitResult(job.split), error, services)
+        return
+    _split_and_record(run, export, job, rows, services)
+
+
+def _split_and_record(
+    run: Run, export: Export, job: SplitJob, rows: Iterator[_Row], services: Services
+) -> None:
+    result = SplitResult(job.split)
+    try:
+        _split(run, export, job, rows, result, services)
+    except _PLANNING_ERRORS as error:
+        _fail_split(run, job, result, error, services)
+        return
+    services.runs.record_split(run.run_id, result)
+    _maybe_finish_split(run.run_id, services, repeated=False)
+
+
+def _fail_split(
+    run: Run, job: SplitJob, result: SplitResult, error: Exception, services: Services
+) -> None:
+    """A whole-file problem in one range fails the run; what was read so far is counted."""
+    services.runs.record_split(run.run_id, result)
+    _sum_splits(run, services.runs.split_results(run.run_id))
+    where = f" (split {job.split + 1} of {job.splits})" if job.splits > 1 else ""
+    finish_early(run, services, message=_clip(f"planning failed{where}: {error}"), failed=True)
+
+
+def _maybe_finish_split(run_id: str, services: Services, *, repeated: bool) -> None:
+    """When every split is recorded, sum them into the run and queue the partition diffs.
+
+    Several splits may finish at once: the ETag-guarded update lets one of them go on. A
+    repeated split job (its worker died after recording) queues the partitions again, in case
+    the one that went on died before queueing them; a partition diffed twice is recorded once.
+    """
+    run = services.runs.get(run_id)
+    if run is None or run.status != Status.PLANNING:
+        return
+    if run.partitions:
+        if repeated:
+            _queue_partitions(run, services)
+        return
+    results = services.runs.split_results(run_id)
+    if len(results) < run.splits:
+        return
+    _finish_split(run, results[0].partitions, results, services)
+
+
+def _finish_split(
+    run: Run, partitions: int, results: list[SplitResult], services: Services
+) -> None:
+    _sum_splits(run, results)
+    run.partitions, run.split_finished_at = partitions, utcnow()
+    try:
+        services.runs.update(run, if_unchanged=True)
+    except RunConflict:
+        return  # another split finished at the same time and goes on
     _queue_partitions(run, services)
-    log.info("run %s: %d rows read, %d partitions queued", run.run_id, tally.rows_read, partitions)
+    log.info("run %s: %d rows read, %d partitions queued", run.run_id, run.rows_read, partitions)
+
+
+def _sum_splits(run: Run, results: list[SplitResult]) -> None:
+    run.rows_read = sum(r.rows_read for r in results)
+    run.rows_rejected = sum(r.rows_rejected for r in results)
+    run.rows_unidentified = sum(r.unidentified for r in results)
+    reasons: Counter[str] = Counter()
+    for result in results:
+        reasons.update(result.reasons)
+    run.rejections = run.validation_rejections = dict(reasons)
 
 
 def _queue_partitions(run: Run, services: Services) -> None:
@@ -98,10 +200,34 @@ def _queue_partitions(run: Run, services: Services) -> None:
         queue.send_message(job.to_json())
 
 
-def _record_tally(run: Run, tally: _Tally) -> None:
-    run.rows_read, run.rows_rejected = tally.rows_read, tally.rows_rejected
-    run.rows_unidentified = tally.unidentified
-    run.rejections = run.validation_rejections = dict(tally.reasons)
+def _plan_splits(
+    run: Run,
+    ranges: list[tuple[int, int, int]],
+    partitions: int,
+    header: list[str] | None,
+    services: Services,
+) -> None:
+    """Record the ranges (and the CSV header the later ranges lack), then queue a split job
+    per range."""
+    jobs = [
+        SplitJob(run.run_id, run.export_name, index, len(ranges), partitions, *bounds)
+        for index, bounds in enumerate(ranges)
+    ]
+    plan = {"header": header, "jobs": [job.to_json() for job in jobs]}
+    services.storage.write_bytes(
+        RUNS_CONTAINER, splits_blob_name(run.run_id), json.dumps(plan), "application/json"
+    )
+    run.splits = len(jobs)
+    services.runs.update(run)
+    _queue_splits(run, services)
+    log.info("run %s: source cut into %d ranges, split in parallel", run.run_id, len(jobs))
+
+
+def _queue_splits(run: Run, services: Services) -> None:
+    queue = services.storage.queue(SPLITS_QUEUE)
+    plan = json.loads(services.storage.read_bytes(RUNS_CONTAINER, splits_blob_name(run.run_id)))
+    for text in plan["jobs"]:
+        queue.send_message(text)
 
 
 def _compare_with_snapshot(
@@ -139,10 +265,14 @@ class _Row:
 
 @dataclass
 class _Source:
-    """The run's source: its size (to choose the partition count) and its rows, streamed."""
+    """The run's source: its format, size (to choose the partition count and the ranges),
+    CSV header, CDM file count, and its rows, streamed."""
 
+    fmt: SourceFormat
     size: int
     compressed: bool
+    header: list[str] | None
+    files: int
     rows: Iterator[_Row]
 
 
@@ -156,82 +286,131 @@ def _open_source(run: Run, export: Export, services: Services) -> _Source:
     """Open the run's source and check the mapped columns exist before anything is written."""
     storage = services.storage
     fmt = _source_format(run, export)
-    rows = _source_rows(run, export, fmt, services)
-    first = next(rows, None)  # reads the header or model.json: fail before writing anything
+    container, _, path = run.source.partition("/")
     if fmt == "cdm":
-        files = json.loads(storage.read_bytes(RUNS_CONTAINER, source_files_blob_name(run.run_id)))
+        entity, files = _cdm_entity(run, export, services, record_files=True)
+        rows = _cdm_rows(entity, files, range(len(files)), services)
         size = sum(storage.size(*name.split("/", 1)) for name in files)
         compressed = any(name.endswith(".gz") for name in files)
-    else:
-        container, _, path = run.source.partition("/")
-        size, compressed = storage.size(container, path), path.endswith(".gz")
-    return _Source(size, compressed, itertools.chain([first] if first else [], rows))
-
-
-def _source_rows(run: Run, export: Export, fmt: SourceFormat, services: Services) -> Iterator[_Row]:
-    """Every record of the run's source, after checking the mapped columns exist."""
-    storage = services.storage
-    container, _, path = run.source.partition("/")
-    mapping = export.mapping
-    needed = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
-    if fmt == "cdm":
-        model = parse_model(storage.read_bytes(container, path), source=run.source)
-        entity = model.entity(export.source.entity)
-        entity.require_columns(needed)
-        files = [f"{p.container}/{p.blob}" for p in entity.partitions]
-        storage.write_bytes(
-            RUNS_CONTAINER,
-            source_files_blob_name(run.run_id),
-            json.dumps(files),
-            "application/json",
-        )
-        index = {p.blob: i for i, p in enumerate(entity.partitions)}
-        if len(index) < len(entity.partitions):
-            raise SourceError(
-                f"{run.source}: two partitions have the same blob path in different containers; "
-                "this exporter needs partition paths to be unique"
-            )
-        for record in read_entity(entity, storage.read_chunks):
-            part = index[record.partition]
-            yield _Row(
-                row_order(part, record.line),
-                record.line,
-                files[part],
-                record.values,
-                record.problem,
-            )
-        return
+        return _Source(fmt, size, compressed, None, len(files), rows)
     reader = RecordReader(open_lines(storage.read_chunks(container, path)), fmt)
-    reader.require_columns(needed)
+    reader.require_columns(_needed_columns(export))
+    size, compressed = storage.size(container, path), path.endswith(".gz")
+    return _Source(fmt, size, compressed, reader.columns, 1, _file_rows(reader))
+
+
+def _needed_columns(export: Export) -> list[str]:
+    mapping = export.mapping
+    return [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
+
+
+def _file_rows(reader: RecordReader) -> Iterator[_Row]:
     for record in reader:
         yield _Row(record.line, record.line, None, record.values, record.problem)
 
 
-def _split(run: Run, export: Export, services: Services, tally: _Tally) -> int:
-    """Validate every row and file it under its customer id's partition; returns the count.
+def _cdm_entity(
+    run: Run, export: Export, services: Services, *, record_files: bool
+) -> tuple[CdmEntity, list[str]]:
+    """The model's entity, checked; the plan records its partition files, which row positions
+    index into (a split job reads them back)."""
+    storage = services.storage
+    container, _, path = run.source.partition("/")
+    model = parse_model(storage.read_bytes(container, path), source=run.source)
+    entity = model.entity(export.source.entity)
+    entity.require_columns(_needed_columns(export))
+    files = [f"{p.container}/{p.blob}" for p in entity.partitions]
+    if len({p.blob for p in entity.partitions}) < len(entity.partitions):
+        raise SourceError(
+            f"{run.source}: two partitions have the same blob path in different containers; "
+            "this exporter needs partition paths to be unique"
+        )
+    recorded = source_files_blob_name(run.run_id)
+    if record_files:
+        storage.write_bytes(RUNS_CONTAINER, recorded, json.dumps(files), "application/json")
+    elif files != json.loads(storage.read_bytes(RUNS_CONTAINER, recorded)):
+        raise SourceError(f"{run.source} changed while the run was being planned")
+    return entity, files
+
+
+def _cdm_rows(
+    entity: CdmEntity, files: list[str], parts: range, services: Services
+) -> Iterator[_Row]:
+    """The records of the entity's partitions `parts`, positioned across the whole folder."""
+    chosen = replace(entity, partitions=tuple(entity.partitions[p] for p in parts))
+    index = {p.blob: i for i, p in enumerate(entity.partitions)}
+    for record in read_entity(chosen, services.storage.read_chunks):
+        part = index[record.partition]
+        order = row_order(part, record.line)
+        yield _Row(order, record.line, files[part], record.values, record.problem)
+
+
+def _split_ranges(run: Run, source: _Source, services: Services) -> list[tuple[int, int, int]]:
+    """How to cut the source for parallel split jobs: `(start, end, first line)` per range.
+
+    A CDM folder splits by partition file; a plain CSV or JSON Lines file larger than
+    `EXPORT_SPLIT_MIB` into byte ranges that start at record boundaries (one pass that counts
+    quotes, see `record_starts`); a gzip file is read by one reader. One range: split inline.
+    """
+    if source.fmt == "cdm":
+        return [(0, -1, 1)] * source.files
+    split_bytes = services.settings.split_bytes
+    if source.compressed or source.size <= split_bytes:
+        return [(0, -1, 1)]
+    count = min(MAX_SPLITS, math.ceil(source.size / split_bytes))
+    targets = [source.size * k // count for k in range(1, count)]
+    container, _, path = run.source.partition("/")
+    blocks = services.storage.read_chunks(container, path)
+    starts = [RecordStart(0, 1), *record_starts(blocks, targets, quoted=source.fmt == "csv")]
+    ends = [start.offset for start in starts[1:]] + [source.size]
+    return [(start.offset, end, start.line) for start, end in zip(starts, ends, strict=True)]
+
+
+def _range_rows(run: Run, export: Export, job: SplitJob, services: Services) -> Iterator[_Row]:
+    """The records of one split job's range: its CDM file, or its bytes of the file."""
+    fmt = _source_format(run, export)
+    if fmt == "cdm":
+        entity, files = _cdm_entity(run, export, services, record_files=False)
+        return _cdm_rows(entity, files, range(job.split, job.split + 1), services)
+    container, _, path = run.source.partition("/")
+    chunks = services.storage.read_chunks(container, path, job.start, job.end - job.start)
+    lines = open_lines(chunks, first_line=job.first_line)
+    if job.split == 0:  # the range that holds the header
+        return _file_rows(RecordReader(lines, fmt))
+    plan = json.loads(services.storage.read_bytes(RUNS_CONTAINER, splits_blob_name(run.run_id)))
+    columns = plan["header"] if fmt == "csv" else None
+    return _file_rows(RecordReader(lines, fmt, header=columns, first_line=job.first_line))
+
+
+def _split(
+    run: Run,
+    export: Export,
+    job: SplitJob,
+    rows: Iterator[_Row],
+    tally: SplitResult,
+    services: Services,
+) -> None:
+    """Validate every row of the range and file it under its customer id's partition.
 
     Rows go to local temporary files first (bounded memory whatever the partition count), then
-    each file is uploaded. A partition line is `[order, customer id, object]`; a row rejected
-    for another field than its id keeps its place as `[order, customer id, null]`, so the diff
-    knows the profile is still in the segment.
+    each file is uploaded as this split's piece of the partition. A partition line is
+    `[order, customer id, object]`; a row rejected for another field than its id keeps its
+    place as `[order, customer id, null]`, so the diff knows the profile is still in the segment.
     """
-    if run.teardown:
-        return max(run.previous_partitions, 1)  # empty partitions: everyone leaves
-    source = _open_source(run, export, services)
-    count = partition_count(source.size, source.compressed)
+    count = tally.partitions = job.partitions
     mapping = export.mapping
     storage = services.storage
-    rejected = storage.line_writer(RUNS_CONTAINER, rejected_prefix(run.run_id) + "plan.jsonl")
+    tally.rejected_blob = plan_rejected_name(run.run_id, job.split)
+    rejected = storage.line_writer(RUNS_CONTAINER, tally.rejected_blob)
     with tempfile.TemporaryDirectory(prefix="plan-") as directory:
         paths = [Path(directory, f"{p:04d}.jsonl") for p in range(count)]
         files = [path.open("w", encoding="utf-8") for path in paths]
         try:
-            for row in source.rows:
+            for row in rows:
                 tally.rows_read += 1
                 if tally.rows_read % PROGRESS_EVERY == 0:
                     # Shows progress, and tells the stalled-run sweep that planning is alive.
-                    run.rows_read = tally.rows_read
-                    services.runs.update(run)
+                    services.runs.save_split_progress(run.run_id, job.split, tally.rows_read)
                 if row.problem:
                     tally.unidentified += 1
                     _reject(rejected, tally, row, None, [("malformed_row", f"row {row.problem}")])
@@ -246,7 +425,7 @@ def _split(run: Run, export: Export, services: Services, tally: _Tally) -> int:
                     _reject(rejected, tally, row, raw_id, problems)
                     customer_id, obj = usable_customer_id(row.values, mapping), None
                 if customer_id is not None:
-                    line = json.dumps([row.order, customer_id, obj], ensure_ascii=False)
+                    line = jsonlines.dumps([row.order, customer_id, obj])
                     files[partition_of(customer_id, count)].write(line + "\n")
         finally:
             for file in files:
@@ -256,11 +435,23 @@ def _split(run: Run, export: Export, services: Services, tally: _Tally) -> int:
             with path.open("rb") as data:
                 storage.write_bytes(
                     RUNS_CONTAINER,
-                    partition_blob_name(run.run_id, partition),
+                    partition_piece_name(run.run_id, partition, job.split),
                     data,
                     "application/x-ndjson",
                 )
-    return count
+
+
+def fail_split(job: SplitJob, error: BaseException, services: Services) -> None:
+    """A split job is being poisoned: the run fails, and nothing was sent."""
+    run = services.runs.get(job.run_id)
+    if run is None or run.is_final:
+        return
+    message = (
+        f"planning failed: split {job.split + 1} of {job.splits} of the source could not be "
+        f"read after every retry ({type(error).__name__}: {error}); nothing was sent"
+    )
+    _sum_splits(run, services.runs.split_results(run.run_id))
+    finish_early(run, services, message=_clip(message), failed=True)
 
 
 def fail_planning(run_id: str, error: BaseException, services: Services) -> None:
@@ -279,13 +470,14 @@ def _clip(message: str, limit: int = 2000) -> str:
 
 def _reject(
     writer: BlobLineWriter,
-    tally: _Tally,
+    tally: SplitResult,
     row: _Row,
     customer_id: object,
     problems: list[tuple[str, str]],
 ) -> None:
     tally.rows_rejected += 1
-    tally.reasons.update(code for code, _ in problems)
+    for code, _ in problems:
+        tally.reasons[code] = tally.reasons.get(code, 0) + 1
     entry = {
         "order": row.order,
         "line": row.line,

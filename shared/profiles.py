@@ -33,6 +33,53 @@ def row_part(order: int) -> tuple[int | None, int]:
     return order // ROWS_PER_PART - 1, order % ROWS_PER_PART
 
 
+@dataclass(frozen=True, slots=True)
+class RecordStart:
+    """Where a record begins in a file: its byte offset and its (1-based) physical line."""
+
+    offset: int
+    line: int
+
+
+def record_starts(
+    blocks: Iterable[bytes], targets: Sequence[int], *, quoted: bool
+) -> list[RecordStart]:
+    """The first record start at or after each target offset (ascending), for splitting a file
+    into byte ranges that parse on their own.
+
+    A record starts after a newline that is outside quotes. In RFC 4180 CSV a quote inside a
+    field is doubled, so a newline is outside quotes exactly when the quotes before it are even
+    in number; counting them needs one pass over the bytes (at C speed) but no parsing. JSON
+    Lines (`quoted=False`) start a record after every newline. A target past the last record
+    start gets none: fewer ranges are returned than asked for.
+    """
+    starts: list[RecordStart] = []
+    wanted = iter(targets)
+    target = next(wanted, None)
+    base = quotes = lines = 0  # offset of `block`; quotes and newlines before it
+    for block in blocks:
+        position = 0
+        while target is not None and target < base + len(block):
+            position = max(position, target - base)
+            newline = block.find(b"\n", position)
+            if newline < 0:
+                break
+            inside = quoted and (quotes + block.count(b'"', 0, newline)) % 2 == 1
+            position = newline + 1
+            if inside:
+                continue
+            start = RecordStart(base + newline + 1, lines + block.count(b"\n", 0, newline) + 2)
+            starts.append(start)
+            target = next(wanted, None)
+            while target is not None and target < start.offset:
+                target = next(wanted, None)
+        if quoted:
+            quotes += block.count(b'"')
+        lines += block.count(b"\n")
+        base += len(block)
+    return [start for start in starts if start.offset < base]
+
+
 class SourceError(Exception):
     """The source as a whole cannot be read (bad encoding, missing column): the run fails."""
 
@@ -68,17 +115,18 @@ class _ChunkStream(io.RawIOBase):
         return size
 
 
-def open_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+def open_lines(chunks: Iterable[bytes], first_line: int = 1) -> Iterator[str]:
     """Decode a byte stream line by line as UTF-8, dropping a BOM and un-gzipping gzip input.
 
     Decoding each physical line on its own (UTF-8 never splits a character across a newline
-    byte) lets an encoding error name its exact line.
+    byte) lets an encoding error name its exact line; `first_line` numbers a byte range that
+    starts further into the file.
     """
     raw = io.BufferedReader(_ChunkStream(chunks), buffer_size=1024 * 1024)
     binary: BinaryIO = raw
     if raw.peek(2)[:2] == GZIP_MAGIC:
         binary = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
-    number = 0
+    number = first_line - 1
     while True:
         try:
             line = binary.readline()
@@ -104,7 +152,9 @@ class RecordReader:
 
     CSV options exist for files described elsewhere (a CDM model.json): `columns` names the
     fields of a header-less file, `delimiter` replaces the comma and `quoting=False` makes
-    quote characters ordinary text (CDM's QuoteStyle.None). JSON Lines ignores them.
+    quote characters ordinary text (CDM's QuoteStyle.None). JSON Lines ignores them. A byte
+    range cut from a larger file passes the file's `header` and the `first_line` it starts on,
+    so its records keep the line numbers they have in the file.
     """
 
     def __init__(
@@ -115,15 +165,20 @@ class RecordReader:
         columns: Sequence[str] | None = None,
         delimiter: str = ",",
         quoting: bool = True,
+        first_line: int = 1,
+        header: Sequence[str] | None = None,
     ) -> None:
         self._lines = lines
         self._format = fmt
-        self.columns: list[str] | None = None
+        self.columns: list[str] | None = list(header) if header is not None else None
         self._headerless = columns is not None
+        self._line_offset = first_line - 1
         if fmt == "csv":
             csv.field_size_limit(MAX_FIELD_BYTES)
             quote_style = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
             self._csv = csv.reader(lines, strict=True, delimiter=delimiter, quoting=quote_style)
+            if header is not None:  # a byte range after the header: its columns are known
+                return
             if columns is not None:
                 self.columns = list(columns)
                 return
@@ -161,7 +216,7 @@ class RecordReader:
         assert self.columns is not None
         width = len(self.columns)
         while True:
-            start = self._csv.line_num + 1
+            start = self._csv.line_num + 1 + self._line_offset
             row = self._next_csv_row(start)
             if row is None:
                 return
@@ -178,7 +233,7 @@ class RecordReader:
             yield SourceRecord(start, dict(zip(self.columns, row, strict=True)))
 
     def _jsonl_records(self) -> Iterator[SourceRecord]:
-        for number, line in enumerate(self._lines, start=1):
+        for number, line in enumerate(self._lines, start=self._line_offset + 1):
             stripped = line.strip()
             if not stripped:
                 continue

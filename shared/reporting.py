@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
+from shared import jsonlines
 from shared.config import RUNS_CONTAINER
 from shared.diff import partition_of
 from shared.layout import (
     pending_snapshot_name,
     rejected_blob_name,
-    rejected_prefix,
     report_blob_name,
     source_files_blob_name,
 )
@@ -89,6 +89,9 @@ def maybe_finalize(run_id: str, services: Services) -> bool:
     now = utcnow()
     if run.finalize_claimed_at and now - run.finalize_claimed_at < CLAIM_LEASE:
         return False  # someone is finalizing; after the lease, a crashed finalizer is replaced
+    # Every chunk asks after it is recorded; counting keys keeps that cheap until the last one.
+    if store.chunks_recorded(run_id) < run.chunks_total:
+        return False
     results = store.chunk_results(run_id)
     if not set(range(run.chunks_total)) <= {r.chunk_index for r in results}:
         return False
@@ -224,7 +227,7 @@ def json_lines(services: Services, name: str) -> Iterator[Any]:
     """Each JSON line of a blob in the runs container, streamed."""
     for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, name)):
         if text.strip():
-            yield json.loads(text)
+            yield jsonlines.loads(text)
 
 
 def _summary(run: Run, results: list[ChunkResult], unlisted: int) -> str:
@@ -366,8 +369,7 @@ def _merge_rejected(
     streaming k-way merge keeps memory flat.
     """
     storage = services.storage
-    plan = rejected_prefix(run_id) + "plan.jsonl"
-    parts = [plan] if storage.exists(RUNS_CONTAINER, plan) else []
+    parts = [s.rejected_blob for s in services.runs.split_results(run_id) if s.rejected_blob]
     parts += [p.rejected_blob for p in partitions if p.rejected_blob]
     streams = [_entries(services, name) for name in parts]
     streams += [

@@ -80,6 +80,8 @@ class Run:
     rejections: dict[str, int] = field(default_factory=dict)
     validation_rejections: dict[str, int] = field(default_factory=dict)
     replay_round: int = 0
+    splits: int = 0  # split jobs the source was cut into (1: split inline by the planner)
+    split_finished_at: datetime | None = None
     # The diff against the previous snapshot (see shared/diff.py and shared/partitions.py).
     partitions: int = 0
     mapping_fingerprint: str = ""
@@ -142,6 +144,19 @@ class ChunkResult:
     unlisted: int = 0  # rows counted as failed that could not be listed (blob unreadable)
     failure: str = ""
     round: int = 0  # 0 for the run's own chunks, n for the n-th replay of its rejected rows
+
+
+@dataclass
+class SplitResult:
+    """What one split of the source read: counts, rejection reasons and its rejected rows."""
+
+    split: int
+    partitions: int = 0
+    rows_read: int = 0
+    rows_rejected: int = 0
+    unidentified: int = 0  # malformed rows: whose they are cannot be told
+    reasons: dict[str, int] = field(default_factory=dict)
+    rejected_blob: str = ""
 
 
 @dataclass
@@ -247,9 +262,29 @@ class RunStore:
     def chunk_done(self, run_id: str, chunk_index: int) -> bool:
         return self._exists(run_id, chunk_row(chunk_index))
 
+    def chunks_recorded(self, run_id: str) -> int:
+        """How many chunk outcomes are recorded (row keys only: no entity is decoded)."""
+        return sum(1 for _ in self._rows(run_id, CHUNK_PREFIX, select=["RowKey"]))
+
     def chunk_results(self, run_id: str) -> list[ChunkResult]:
         results = [_decode(ChunkResult, entity) for entity in self._rows(run_id, CHUNK_PREFIX)]
         return sorted(results, key=lambda r: r.chunk_index)
+
+    def record_split(self, run_id: str, result: SplitResult) -> bool:
+        """Record a split once; a repeated job's result loses (it read the same range)."""
+        return self._create_once(run_id, split_row(result.split), asdict(result))
+
+    def split_done(self, run_id: str, split: int) -> bool:
+        return self._exists(run_id, split_row(split))
+
+    def split_results(self, run_id: str) -> list[SplitResult]:
+        results = [_decode(SplitResult, entity) for entity in self._rows(run_id, SPLIT_PREFIX)]
+        return sorted(results, key=lambda r: r.split)
+
+    def save_split_progress(self, run_id: str, split: int, rows_read: int) -> None:
+        """Rows a split has read so far: the stalled-run sweep sees the planning is alive."""
+        entity = {"PartitionKey": run_id, "RowKey": split_progress_row(split), "rows": rows_read}
+        self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
 
     def record_partition(self, run_id: str, result: PartitionResult) -> bool:
         """Record a partition's diff once; a duplicate job's result loses (it is the same)."""
@@ -289,13 +324,13 @@ class RunStore:
         entity.update(_to_entity_values(asdict(progress)))
         self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
 
-    def _rows(self, run_id: str, prefix: str) -> Any:
+    def _rows(self, run_id: str, prefix: str, select: list[str] | None = None) -> Any:
         """Entities of a run whose row key starts with `prefix` (a range query on the key)."""
         upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         query = (
             f"PartitionKey eq '{_quote(run_id)}' and RowKey ge '{prefix}' and RowKey lt '{upper}'"
         )
-        return self._table.query_entities(query)
+        return self._table.query_entities(query, select=select)
 
     def last_activity(self, run_id: str) -> datetime | None:
         """When anything of the run last changed: the run, a partition, a chunk or a batch."""
@@ -415,6 +450,8 @@ class RunStore:
 CHUNK_PREFIX = "chunk-"
 PARTITION_PREFIX = "part-"
 PROGRESS_PREFIX = "prog-"
+SPLIT_PREFIX = "split-"
+SPLIT_PROGRESS_PREFIX = "splitprog-"
 
 
 def chunk_row(index: int) -> str:
@@ -427,6 +464,14 @@ def partition_row(index: int) -> str:
 
 def progress_row(index: int) -> str:
     return f"{PROGRESS_PREFIX}{index:06d}"
+
+
+def split_row(index: int) -> str:
+    return f"{SPLIT_PREFIX}{index:04d}"
+
+
+def split_progress_row(index: int) -> str:
+    return f"{SPLIT_PROGRESS_PREFIX}{index:04d}"
 
 
 D = TypeVar("D")
@@ -452,6 +497,7 @@ def _run_from(entity: Any) -> Run:
     for name in (
         "created_at",
         "planning_started_at",
+        "split_finished_at",
         "planning_finished_at",
         "finished_at",
         "finalize_claimed_at",

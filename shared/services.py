@@ -80,6 +80,7 @@ class Services:
                 connection.rate_limit_requests,
                 connection.rate_limit_window_seconds,
                 connection.rate_limit_share,
+                connection.in_flight_per_worker(),
             )
         )
         with self._lock:
@@ -97,6 +98,7 @@ class Services:
                     connection.rest_endpoint,
                     lambda refresh: self.secrets.get(secret, refresh=refresh),
                     governor=governor,
+                    max_in_flight=connection.in_flight_per_worker(),
                 )
                 self._braze[key] = client
             return client

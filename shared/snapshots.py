@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
+from shared import jsonlines
 from shared.config import SNAPSHOTS_CONTAINER
 from shared.diff import Fingerprints, old_partitions_for, partition_of
 from shared.profiles import open_lines
@@ -71,7 +72,7 @@ class SnapshotStore:
                 for line in open_lines(self._storage.read_chunks(SNAPSHOTS_CONTAINER, name)):
                     if not line.strip():
                         continue
-                    customer_id, prints = json.loads(line)
+                    customer_id, prints = jsonlines.loads(line)
                     # An old partition holds ids of several new ones when there were fewer.
                     if (
                         old_count >= partitions
@@ -94,7 +95,7 @@ class SnapshotStore:
             SNAPSHOTS_CONTAINER, _part_name(export, connection, run_id, partition)
         )
         for customer_id, prints in entries:
-            writer.write(json.dumps([customer_id, prints], ensure_ascii=False))
+            writer.write(jsonlines.dumps([customer_id, prints]))
         writer.close()
         return writer.lines
 

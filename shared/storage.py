@@ -32,6 +32,7 @@ from shared.config import (
     RUNS_CONTAINER,
     RUNS_TABLE,
     SNAPSHOTS_CONTAINER,
+    SPLITS_QUEUE,
     StorageSettings,
 )
 
@@ -100,16 +101,21 @@ class Storage:
         """Create the containers, queues and tables if absent (Bicep creates them in Azure)."""
         for container in (RUNS_CONTAINER, SNAPSHOTS_CONTAINER):
             _ignore_exists(lambda c=container: self.blobs.create_container(c))
-        for queue in (JOBS_QUEUE, PARTITIONS_QUEUE, CHUNKS_QUEUE):
+        for queue in (JOBS_QUEUE, SPLITS_QUEUE, PARTITIONS_QUEUE, CHUNKS_QUEUE):
             _ignore_exists(lambda q=queue: self._queue_service.create_queue(q))
             _ignore_exists(lambda q=queue: self._queue_service.create_queue(f"{q}-poison"))
         for table in (RUNS_TABLE, RATE_TABLE):
             _ignore_exists(lambda t=table: self._table_service.create_table(t))
 
-    def read_chunks(self, container: str, name: str) -> Iterator[bytes]:
-        """Stream a blob's bytes in pieces; raise BlobNotFound naming it when absent."""
+    def read_chunks(
+        self, container: str, name: str, offset: int | None = None, length: int | None = None
+    ) -> Iterator[bytes]:
+        """Stream a blob's bytes (or `length` bytes from `offset`) in pieces; raise BlobNotFound
+        naming it when absent."""
         try:
-            downloader = self.container(container).download_blob(name, max_concurrency=1)
+            downloader = self.container(container).download_blob(
+                name, offset=offset, length=length, max_concurrency=1
+            )
         except ResourceNotFoundError:
             raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
         return downloader.chunks()

@@ -17,6 +17,7 @@ from shared.config import (
     RUNS_CONTAINER,
     RUNS_TABLE,
     SNAPSHOTS_CONTAINER,
+    SPLITS_QUEUE,
     STORAGE_CONNECTION,
 )
 
@@ -40,6 +41,7 @@ def test_exactly_the_expected_functions(index: dict[str, list[dict]]) -> None:
         "replay_run",
         "schedule_exports",
         "segment_dropped",
+        "split_source",
         "start_export_run",
         "start_teardown",
     ]
@@ -49,6 +51,7 @@ def test_exactly_the_expected_functions(index: dict[str, list[dict]]) -> None:
     ("function", "queue"),
     [
         ("plan_export", JOBS_QUEUE),
+        ("split_source", SPLITS_QUEUE),
         ("diff_partition", PARTITIONS_QUEUE),
         ("deliver_chunk", CHUNKS_QUEUE),
     ],
@@ -104,6 +107,7 @@ def test_storage_names_match_the_infrastructure() -> None:
     bicep = (Path(__file__).resolve().parents[1] / "infra" / "main.bicep").read_text()
     names = (
         JOBS_QUEUE,
+        SPLITS_QUEUE,
         PARTITIONS_QUEUE,
         CHUNKS_QUEUE,
         RUNS_CONTAINER,
@@ -113,5 +117,11 @@ def test_storage_names_match_the_infrastructure() -> None:
     )
     for name in names:
         assert f"= '{name}'" in bicep, f"{name} is not declared in infra/main.bicep"
-    for queue in ("exportJobsQueueName", "exportPartitionsQueueName", "exportChunksQueueName"):
+    queues = (
+        "exportJobsQueueName",
+        "exportSplitsQueueName",
+        "exportPartitionsQueueName",
+        "exportChunksQueueName",
+    )
+    for queue in queues:
         assert f"'${{{queue}}}-poison'" in bicep

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,11 @@ from azure.core.exceptions import ResourceExistsError
 
 from devtools.processes import ROOT, Azurite, Sandbox, start_azurite, start_sandbox
 from devtools.sample import demo_definitions
-from shared.config import CHUNKS_QUEUE, JOBS_QUEUE, PARTITIONS_QUEUE, load_settings
+from shared.config import CHUNKS_QUEUE, JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE, load_settings
 from shared.delivery import deliver_chunk
-from shared.messages import ChunkJob, ExportJob, PartitionJob
+from shared.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
 from shared.partitions import diff_partition
-from shared.planner import plan_run
+from shared.planner import plan_run, split_source
 from shared.runs import Run
 from shared.services import Services
 from shared.triggers import start_run
@@ -111,6 +112,22 @@ class App:
 
     def blob_text(self, name: str) -> str:
         return self.services.storage.read_bytes("export-runs", name).decode("utf-8")
+
+
+class OneAtATime:
+    """For test doubles of the Braze client: `submit` runs `track` at once, in the caller's
+    thread, so a double that counts its calls sees them in batch order."""
+
+    max_in_flight = 1
+    track: Callable[[Any], Any]
+
+    def submit(self, objects: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(self.track(objects))
+        except BaseException as error:  # a crash double raises SystemExit; the future keeps it
+            future.set_exception(error)
+        return future
 
 
 def export_definition(name: str, path: str, segment: str, **overrides: Any) -> dict[str, Any]:
@@ -226,8 +243,11 @@ def chunk_jobs(app: App, run_id: str) -> list[ChunkJob]:
 
 
 def plan_in_process(app: App, run: Run) -> list[ChunkJob]:
-    """Plan the run and diff its partitions, as the planning functions would; its chunks."""
+    """Plan the run, split its ranges and diff its partitions, as the planning functions
+    would; its chunks."""
     plan_run(ExportJob(run.run_id, run.export_name), app.services)
+    for split in take(app, SPLITS_QUEUE, SplitJob, run.run_id):
+        split_source(split, app.services)
     for job in take(app, PARTITIONS_QUEUE, PartitionJob, run.run_id):
         diff_partition(job, app.services)
     return chunk_jobs(app, run.run_id)

@@ -18,12 +18,18 @@ from functions.planning import plan_export
 from shared.braze_client import TrackOutcome
 from shared.config import PARTITIONS_QUEUE
 from shared.delivery import deliver_chunk
-from shared.layout import partition_blob_name, report_blob_name
+from shared.layout import partition_piece_name, report_blob_name
 from shared.messages import ChunkJob, ExportJob, PartitionJob
 from shared.planner import plan_run
 from shared.runs import Run, Status
 from shared.storage import Storage
-from tests.integration.conftest import App, export_definition, plan_in_process, take
+from tests.integration.conftest import (
+    App,
+    OneAtATime,
+    export_definition,
+    plan_in_process,
+    take,
+)
 
 
 def _new_run(app: App, name: str, path: str, rows: int, **overrides: Any) -> tuple[Run, Any]:
@@ -54,7 +60,7 @@ def test_a_plan_retried_after_a_transient_error_loses_no_row(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run, sample = _new_run(quiet_app, "replan", "redeliver/replan.csv", 250)
-    flaky = FlakyStorage(quiet_app.services.storage, partition_blob_name(run.run_id, 0))
+    flaky = FlakyStorage(quiet_app.services.storage, partition_piece_name(run.run_id, 0, 0))
     monkeypatch.setattr(quiet_app.services, "storage", flaky)
 
     with pytest.raises(ConnectionError):
@@ -160,7 +166,7 @@ def test_a_finalizer_that_fails_gives_its_claim_back_for_the_retry(
     assert json.loads(quiet_app.blob_text(final.report_blob))["status"] == "succeeded"
 
 
-class CrashingBraze:
+class CrashingBraze(OneAtATime):
     """Answers `batches` requests through the real client, then dies as a recycled worker would
     (a process cannot be killed inside a test's own process; the fault suite uses SIGKILL)."""
 

@@ -23,6 +23,7 @@ from shared.triggers import start_run
 from tests.integration.conftest import (
     BLOCKLISTED,
     App,
+    OneAtATime,
     chunk_jobs,
     export_definition,
     plan_in_process,
@@ -253,7 +254,7 @@ def test_a_worker_stops_sending_once_its_run_was_ended_meanwhile(
     real = services.braze(services.definitions().connection("sandbox"))
     calls: list[int] = []
 
-    class SlowBraze:
+    class SlowBraze(OneAtATime):
         def track(self, objects: Any) -> Any:
             calls.append(len(objects))
             if len(calls) == 2:  # a long wait inside this call: the sweep ends the run

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from shared.profiles import RecordReader, SourceError, open_lines
+from shared.profiles import RecordReader, SourceError, open_lines, record_starts
 
 MESSY_CSV = (
     "\ufeffCustomerId, Email ,Note\r\n"
@@ -117,3 +117,51 @@ def test_header_is_split_on_the_given_delimiter() -> None:
     reader = RecordReader(open_lines([b'id\tname\n1\t"a\tb"\n']), "csv", delimiter="\t")
     assert reader.columns == ["id", "name"]
     assert [r.values for r in reader] == [{"id": "1", "name": "a\tb"}]
+
+
+def _starts_by_brute_force(data: bytes, quoted: bool) -> list[int]:
+    """Every offset just after a newline that is outside quotes, found byte by byte."""
+    starts, inside = [], False
+    for offset, byte in enumerate(data):
+        if quoted and byte == ord('"'):
+            inside = not inside
+        elif byte == ord("\n") and not inside and offset + 1 < len(data):
+            starts.append(offset + 1)
+    return starts
+
+
+RANGED_CSV = (
+    '\ufeffId,Note\r\n1,"multi\nline, with ""quotes"""\r\n2,plain\n3,"🎉\n\n"\n'
+    '4,"a,b"\n5,"""\n"""\n6,last'
+).encode()
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 1 << 20])
+@pytest.mark.parametrize(
+    ("data", "quoted"), [(RANGED_CSV, True), (b'{"a": "x\\"y"}\n{}\n[1]\n{"b": 2}', False)]
+)
+def test_record_starts_find_the_next_record_outside_quotes(
+    data: bytes, quoted: bool, block: int
+) -> None:
+    truth = _starts_by_brute_force(data, quoted)
+    blocks = [data[i : i + block] for i in range(0, len(data), block)]
+    targets = list(range(0, len(data), 3))
+    starts = record_starts(blocks, targets, quoted=quoted)
+    expected = sorted({next(s for s in truth if s >= t) for t in targets if truth[-1] >= t})
+    assert [s.offset for s in starts] == expected
+    assert [s.line for s in starts] == [data[: s.offset].count(b"\n") + 1 for s in starts]
+
+
+def test_a_range_after_the_header_keeps_the_files_line_numbers() -> None:
+    start = record_starts([RANGED_CSV], [30], quoted=True)[0]
+    lines = open_lines([RANGED_CSV[start.offset :]], first_line=start.line)
+    reader = RecordReader(lines, "csv", header=["Id", "Note"], first_line=start.line)
+    records = list(reader)
+    assert [(r.line, r.values["Id"]) for r in records] == [
+        (4, "2"),
+        (5, "3"),
+        (8, "4"),
+        (9, "5"),
+        (11, "6"),
+    ]
+    assert records[-2].values["Note"] == '"\n"'
