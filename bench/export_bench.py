@@ -1,107 +1,415 @@
-"""End-to-end export benchmark on this machine: Azurite, the local host, the Braze sandbox.
+"""End-to-end export benchmark on this machine: Azurite, local hosts, the Braze sandbox.
 
-Generates a segment of N profiles, runs one export through the real queues and prints
-throughput, planning time, requests and the local host's peak memory. Bounded: one run.
+Generates a segment of N profiles (realistic, messy columns; 1% invalid rows), then runs one
+export three times through the real queues against a sandbox enforcing Braze's 3,000 requests
+per 3 s with added latency: a first export (everything new), a delta run (1% of the profiles
+changed) and an unchanged re-run. For each it reports wall time queued -> finished and per
+phase (split, diff, release, deliver, finalize), requests, profiles/s, the ratio to Braze's
+rate-limit floor, requests per rate window over the delivery phase (min, median, max), 429s,
+and each process's peak RSS; plus `import function_app` time in a fresh process. Writes
+`<out>/<date>.json`, `<out>/<date>.md` and `<out>/<date>.png` (requests per second against
+the limit). Bounded: three runs, each with a deadline.
 
-    .venv/bin/python bench/export_bench.py --profiles 100000
+    .venv/bin/python bench/export_bench.py --profiles 1000000 --workers 2 --latency-ms 50
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from devtools.processes import ROOT, start_azurite, start_sandbox
-from devtools.sample import demo_definitions, make_segment
-from shared.config import load_settings
-from shared.services import Services
-from shared.triggers import start_run
+from devtools.processes import Azurite, Sandbox, start_azurite, start_sandbox  # noqa: E402
+from devtools.sample import demo_definitions  # noqa: E402
+from shared.config import RUNS_TABLE, load_settings  # noqa: E402
+from shared.runs import Run  # noqa: E402
+from shared.services import Services  # noqa: E402
+from shared.triggers import start_run  # noqa: E402
 
 API_KEY = "bench-key"
+SOURCE = "bench/segment.csv"
+HEADER = "CustomerId,Email,FirstName,LoyaltyPoints,IsVip,BirthDate,Note\n"
+FIRST_NAMES = ["Zoë", "José", "Ana María", "O'Brien", "Łukasz", "Søren", "李", "Amélie"]
+NOTES = ["plain", '"says ""hi"", twice"', '"multi\nline, comma"', "emoji 🎉", "", "tab\tpipe|"]
+INVALID = [
+    "first last@example.com",  # email_invalid
+    "",  # email_blank
+    "no-at-sign.example.com",  # email_invalid
+]
+RUN_DEADLINE_SECONDS = 1800
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profiles", type=int, default=100_000)
-    parser.add_argument("--chunk-size", type=int, default=3000)
-    args = parser.parse_args()
+def write_segment(path: Path, profiles: int, changed_every: int = 0, seed: int = 7) -> int:
+    """A CSV of `profiles` rows, 1% of them invalid (bad or blank emails, a bad number, a
+    malformed row, a duplicate id); with `changed_every`, every such row's points change by
+    one. Streams to disk; returns the valid rows."""
+    rng = random.Random(seed)
+    valid = 0
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write("\ufeff" + HEADER)
+        for n in range(1, profiles + 1):
+            name, note = rng.choice(FIRST_NAMES), rng.choice(NOTES)
+            changed = (
+                changed_every and n % changed_every == changed_every // 2
+            )  # never an invalid row
+            points = rng.randint(0, 50_000) + (1 if changed else 0)
+            vip = rng.choice(["true", "false", "1", "0"])
+            birth = f"19{rng.randint(50, 99)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+            customer, email = f"cust-{n:08d}", f"user.{n}+tag@example{n % 7}.com"
+            fields = [customer, email, name, str(points), vip, birth, note]
+            if n % 100 == 0:
+                kind = (n // 100) % 6
+                if kind < 3:
+                    fields[1] = INVALID[kind]
+                elif kind == 3:
+                    fields[3] = "12abc"  # attribute_not_number
+                elif kind == 4:
+                    fields = fields[:3]
+                else:
+                    fields[0] = f"cust-{n - 1:08d}"  # a duplicate: the earlier row wins
+            else:
+                valid += 1
+            out.write(",".join(fields) + "\n")
+    return valid
 
-    with tempfile.TemporaryDirectory() as workdir:
-        azurite = start_azurite(Path(workdir))
-        sandbox = start_sandbox(API_KEY)
-        host = None
-        try:
-            definitions = Path(workdir) / "exports.json"
-            document = demo_definitions(sandbox.url, "segments", "bench/segment.csv", "Bench")
-            document["exports"][0]["chunk_size"] = args.chunk_size
-            definitions.write_text(json.dumps(document))
-            env = {
-                "AzureWebJobsStorage": azurite.connection_string,
-                "EXPORT_DEFINITIONS_PATH": str(definitions),
-                "BRAZE_SECRET_BRAZE_SANDBOX_KEY": API_KEY,
-                "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.100",
-            }
-            services = Services(load_settings(env))
-            services.ensure_resources()
-            sample = make_segment(args.profiles, invalid_every=100)
-            services.storage.blobs.create_container("segments")
-            services.storage.blobs.get_blob_client("segments", "bench/segment.csv").upload_blob(
-                sample.data
-            )
-            log_path = Path(workdir) / "devhost.log"
-            with log_path.open("wb") as log:
-                host = subprocess.Popen(
+
+@dataclass
+class Phases:
+    split: float
+    diff: float
+    release: float
+    deliver: float
+    finalize: float
+
+
+def phases(run: Run, services: Services) -> Phases:
+    """Each phase from the run's own timestamps and its table entities' (Azurite's clock)."""
+    table = services.storage.table(RUNS_TABLE)
+    stamps: dict[str, list[datetime]] = {"part-": [], "chunk-": []}
+    for entity in table.query_entities(f"PartitionKey eq '{run.run_id}'"):
+        for prefix, found in stamps.items():
+            if entity["RowKey"].startswith(prefix):
+                found.append(entity.metadata["timestamp"])
+    assert run.planning_started_at and run.split_finished_at and run.planning_finished_at
+    assert run.finished_at
+    diffed = max(stamps["part-"], default=run.split_finished_at)
+    delivered = max(stamps["chunk-"], default=run.planning_finished_at)
+
+    def seconds(start: datetime, end: datetime) -> float:
+        return round(max(0.0, (end - start).total_seconds()), 3)
+
+    return Phases(
+        split=seconds(run.planning_started_at, run.split_finished_at),
+        diff=seconds(run.split_finished_at, diffed),
+        release=seconds(diffed, run.planning_finished_at),
+        deliver=seconds(run.planning_finished_at, delivered),
+        finalize=seconds(delivered, run.finished_at),
+    )
+
+
+def window_counts(timeline: dict[str, Any], first: float, last: float) -> dict[str, Any]:
+    """Requests per rate window of the key; "full" windows lie wholly inside [first, last]."""
+    limit, length = timeline["rate_limit"], timeline["rate_window_seconds"]
+    windows = {float(k): v for k, v in timeline["windows_per_key"].get(API_KEY, {}).items()}
+    inside = {k: v for k, v in windows.items() if first <= k and k + length <= last}
+    full = sorted(inside.values())
+    return {
+        "limit": limit,
+        "window_seconds": length,
+        "full_windows": len(full),
+        "min": full[0] if full else None,
+        "median": statistics.median(full) if full else None,
+        "max": max(windows.values(), default=0),
+        "share_of_limit_min": round(full[0] / limit, 3) if full else None,
+        "over_limit": sum(1 for v in windows.values() if v > limit),
+    }
+
+
+def run_once(services: Services, sandbox: Sandbox, label: str) -> dict[str, Any]:
+    requests.post(f"{sandbox.url}/_sandbox/reset", timeout=30).raise_for_status()
+    started = time.time()
+    run_id = start_run(services, "demo-vip", "bench").run.run_id
+    deadline = time.monotonic() + RUN_DEADLINE_SECONDS
+    while not (run := services.runs.get(run_id)) or not run.is_final:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{label}: run {run_id} did not finish: {run}")
+        time.sleep(0.05)
+    wall = time.time() - started
+    stats = requests.get(f"{sandbox.url}/_sandbox/stats", timeout=30).json()
+    timeline = requests.get(f"{sandbox.url}/_sandbox/timeline", timeout=30).json()
+    arrivals = {int(k): v for k, v in timeline["arrivals_per_second"].items()}
+    rate = timeline["rate_limit"] / timeline["rate_window_seconds"]
+    floor = math.ceil(run.objects_planned / 75) / rate
+    delivery = (min(arrivals), max(arrivals) + 1) if arrivals else (started, started)
+    return {
+        "label": label,
+        "run_id": run_id,
+        "status": run.status,
+        "wall_seconds": round(wall, 2),
+        "phases_seconds": asdict(phases(run, services)),
+        "rows_read": run.rows_read,
+        "rows_valid": run.rows_valid,
+        "profiles_new": run.profiles_new,
+        "profiles_changed": run.profiles_changed,
+        "profiles_unchanged": run.profiles_unchanged,
+        "profiles_sent": run.objects_planned,
+        "profiles_accepted": run.profiles_accepted,
+        "requests_sent": run.requests_sent,
+        "requests_received_by_sandbox": stats["requests_total"],
+        "throttled_429": stats["throttled_total"],
+        "data_points_used": run.data_points_used,
+        "profiles_per_second": round(run.rows_valid / wall) if wall else None,
+        "floor_seconds": round(floor, 2),
+        "ratio_to_floor": round(wall / floor, 2) if floor else None,
+        "windows": window_counts(timeline, *delivery),
+        "timeline": {
+            "started_epoch": started,
+            "arrivals_per_second": arrivals,
+            "throttled_per_second": {
+                int(k): v for k, v in timeline["throttled_per_second"].items()
+            },
+            "rate_per_second": rate,
+        },
+    }
+
+
+def cold_start_seconds() -> float:
+    """`import function_app` in a fresh process, the best of three."""
+    code = (
+        "import time; t = time.perf_counter(); import function_app; print(time.perf_counter() - t)"
+    )
+    times = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
+            ).stdout
+        )
+        for _ in range(3)
+    ]
+    return round(min(times), 3)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def start_workers(count: int, env: dict[str, str], workdir: Path) -> list[subprocess.Popen[bytes]]:
+    workers = []
+    for number in range(count):
+        log_path = workdir / f"devhost-{number}.log"
+        with log_path.open("wb") as log:
+            workers.append(
+                subprocess.Popen(
                     [sys.executable, "-m", "devhost", "--app-dir", str(ROOT), "--port", "0"],
                     env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    cwd=ROOT,
                 )
-            while b"devhost ready" not in log_path.read_bytes():
-                if host.poll() is not None:
-                    raise SystemExit(f"devhost exited:\n{log_path.read_text()}")
-                time.sleep(0.1)
-            started = time.perf_counter()
-            run_id = start_run(services, "demo-vip", "bench").run.run_id
-            while not (run := services.runs.get(run_id)) or not run.is_final:
-                time.sleep(0.05)
-            elapsed = time.perf_counter() - started
-            peak_rss_mb = _peak_rss_mb(host.pid)
-            stats = requests.get(f"{sandbox.url}/_sandbox/stats", timeout=30).json()
-        finally:
-            if host:
-                host.terminate()
-                host.wait(timeout=60)
-            sandbox.stop()
-            azurite.stop()
-    print(f"profiles in file        {sample.rows:>12,}")
-    print(f"status                  {run.status:>12}")
-    print(f"accepted by Braze       {run.profiles_accepted:>12,}")
-    print(f"rejected (validation)   {run.rows_rejected:>12,}")
-    print(f"requests sent           {run.requests_sent:>12,}")
-    print(f"wall time, queued->done {elapsed:>11.2f}s")
-    print(f"profiles/s end to end   {run.rows_valid / elapsed:>12,.0f}")
-    planning = (run.planning_finished_at - run.planning_started_at).total_seconds()  # type: ignore[operator]
-    print(f"planning time           {planning:>11.2f}s")
-    print(f"local host peak RSS     {peak_rss_mb:>10.0f}MB")
-    print(f"sandbox 429s sent       {stats['throttled_total']:>12,}")
-    return 0 if run.status in ("succeeded", "partially_succeeded") else 1
+            )
+    for number, worker in enumerate(workers):
+        log_path = workdir / f"devhost-{number}.log"
+        while b"devhost ready" not in log_path.read_bytes():
+            if worker.poll() is not None:
+                raise SystemExit(f"devhost exited:\n{log_path.read_text()}")
+            time.sleep(0.1)
+    return workers
 
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profiles", type=int, default=1_000_000, help="up to 5,000,000")
+    parser.add_argument("--workers", type=int, default=2, help="local host processes")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="sandbox latency")
+    parser.add_argument("--chunk-size", type=int, default=3000)
+    parser.add_argument("--changed-every", type=int, default=100, help="delta run: 1 in N")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        results = measure(args, workdir)
+    results["cold_start_import_seconds"] = cold_start_seconds()
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = args.out / stamp
+    base.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    base.with_suffix(".md").write_text(summary(results))
+    plot(results, base.with_suffix(".png"))
+    print(summary(results))
+    print(f"written: {base}.json, .md, .png")
+    ok = all(r["status"] in ("succeeded", "partially_succeeded") for r in results["runs"])
+    return 0 if ok else 1
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    azurite: Azurite = start_azurite(workdir)
+    sandbox = start_sandbox(API_KEY, "--latency-ms", str(args.latency_ms))
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        definitions = workdir / "exports.json"
+        document = demo_definitions(sandbox.url, "segments", SOURCE, "Bench")
+        document["exports"][0]["chunk_size"] = args.chunk_size
+        document["connections"][0]["expected_latency_ms"] = max(1, round(args.latency_ms))
+        definitions.write_text(json.dumps(document))
+        env = {
+            "AzureWebJobsStorage": azurite.connection_string,
+            "EXPORT_DEFINITIONS_PATH": str(definitions),
+            "BRAZE_SECRET_BRAZE_SANDBOX_KEY": API_KEY,
+            "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.100",
+        }
+        services = Services(load_settings(env))
+        services.ensure_resources()
+        services.storage.blobs.create_container("segments")
+        workers = start_workers(args.workers, env, workdir)
+        runs = []
+        path, valid = workdir / "segment.csv", 0
+        for label, changed_every in (
+            ("first export", 0),
+            ("delta (1% changed)", args.changed_every),
+            ("unchanged re-run", None),  # the delta's file again
+        ):
+            if changed_every is not None:
+                valid = write_segment(path, args.profiles, changed_every)
+                with path.open("rb") as data:
+                    services.storage.blobs.get_blob_client("segments", SOURCE).upload_blob(
+                        data, overwrite=True, max_concurrency=4
+                    )
+            result = run_once(services, sandbox, label)
+            result["valid_rows_generated"] = valid
+            runs.append(result)
+            print(
+                f"{label}: {result['wall_seconds']} s, {result['requests_sent']} requests",
+                flush=True,
+            )
+        return {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+            "profiles": args.profiles,
+            "workers": args.workers,
+            "sandbox_latency_ms": args.latency_ms,
+            "chunk_size": args.chunk_size,
+            "in_flight_per_worker": services.definitions().connections[0].in_flight_per_worker(),
+            "runs": runs,
+            "peak_rss_mb": {
+                **{f"worker {n}": peak_rss_mb(w.pid) for n, w in enumerate(workers)},
+                "sandbox": peak_rss_mb(sandbox.process.pid),
+                "azurite": peak_rss_mb(azurite.process.pid),
+            },
+        }
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=60)
+        sandbox.stop()
+        azurite.stop()
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The Markdown summary: one row per run, then the processes' peak memory."""
+    lines = [
+        f"# Export benchmark, {results['date']}",
+        "",
+        f"{results['profiles']:,} profiles; {results['workers']} local host process(es), "
+        f"{results['in_flight_per_worker']} requests in flight each; sandbox latency "
+        f"{results['sandbox_latency_ms']:g} ms; chunk size {results['chunk_size']:,}; "
+        f"{results['machine']['cores']} cores shared by everything.",
+        "",
+        "| run | wall s | split | diff | release | deliver | finalize | requests | profiles/s "
+        "| floor s | × floor | per window min / median / max (limit) | 429s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in results["runs"]:
+        p, w = run["phases_seconds"], run["windows"]
+        spread = (
+            f"{w['min']} / {w['median']:g} / {w['max']} ({w['limit']})"
+            if w["full_windows"]
+            else f"no full window; max {w['max']} ({w['limit']})"
+        )
+        lines.append(
+            f"| {run['label']} | {run['wall_seconds']:.1f} | {p['split']:.1f} | {p['diff']:.1f} "
+            f"| {p['release']:.1f} | {p['deliver']:.1f} | {p['finalize']:.1f} "
+            f"| {run['requests_sent']:,} | {run['profiles_per_second']:,} "
+            f"| {run['floor_seconds']:.1f} | {run['ratio_to_floor'] or '–'} | {spread} "
+            f"| {run['throttled_429']} |"
+        )
+    rss = ", ".join(f"{name} {mb:.0f} MB" for name, mb in results["peak_rss_mb"].items())
+    lines += [
+        "",
+        f"Peak RSS: {rss}.",
+        f"`import function_app` in a fresh process: {results['cold_start_import_seconds']} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Requests per second over each run against the rate limit: the first picture to look at."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    figure, axes = plt.subplots(len(runs), 1, figsize=(10, 3.2 * len(runs)), squeeze=False)
+    for axis, run in zip(axes[:, 0], runs, strict=True):
+        line = run["timeline"]
+        start = line["started_epoch"]
+        seconds = sorted(line["arrivals_per_second"])
+        axis.bar(
+            [s - start for s in seconds],
+            [line["arrivals_per_second"][s] for s in seconds],
+            width=1.0,
+            align="edge",
+            color="#4878d0",
+            label="requests/s",
+        )
+        throttled = line["throttled_per_second"]
+        if throttled:
+            axis.bar(
+                [s - start for s in throttled],
+                list(throttled.values()),
+                width=1.0,
+                align="edge",
+                color="#d65f5f",
+                label="429s",
+            )
+        rate = line["rate_per_second"]
+        axis.axhline(rate, color="black", linestyle="--", linewidth=1, label="Braze limit")
+        axis.axhline(0.9 * rate, color="grey", linestyle=":", linewidth=1, label="90%")
+        axis.set_xlim(0, max(run["wall_seconds"], 1))
+        axis.set_ylim(0, rate * 1.25)
+        axis.set_ylabel("requests / s")
+        axis.set_title(
+            f"{run['label']}: {run['wall_seconds']:.1f} s queued→finished, "
+            f"{run['requests_sent']:,} requests, {run['ratio_to_floor'] or '–'}× the floor"
+        )
+        axis.legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("seconds since the run was queued")
+    figure.suptitle(f"{results['profiles']:,} profiles, {results['workers']} worker(s)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Planner memory as the segment grows: peak RSS of the plan step and of one partition's diff.
+"""Planner memory as the segment grows: peak RSS of the plan, split and diff stages.
 
-For each size, writes a CSV of N profiles to Azurite, then runs the two planning stages each in
-a fresh process (so its peak resident memory is its own) and prints time and peak RSS. The plan
-step streams the source into hash partitions, so its memory should stay flat from 1M to 5M; a
-partition's diff holds one partition, whose size the partition count keeps near 4 MiB.
+For each size, writes a CSV of N profiles to Azurite, then runs each planning stage in a fresh
+process (so its peak resident memory is its own) and prints time and peak RSS: the plan step
+(check the source, cut it into byte ranges), the split jobs one after another in one process
+(each streams its range into hash partitions, so memory should stay flat from 1M to 5M), and
+one partition's diff (it holds one partition, whose size the partition count keeps near 4 MiB).
 
     .venv/bin/python bench/memory_bench.py --profiles 1000000 5000000
 """
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devtools.processes import ROOT, start_azurite
 from devtools.sample import demo_definitions
-from shared.config import JOBS_QUEUE, load_settings
+from shared.config import JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE, load_settings
 from shared.services import Services
 from shared.triggers import start_run
 
@@ -46,15 +47,23 @@ def write_segment(path: Path, profiles: int) -> int:
 
 def child(stage: str, run_id: str) -> None:
     """Run one stage in this process and print its wall time and peak RSS as JSON."""
-    from shared.messages import ExportJob, PartitionJob
+    from shared.messages import ExportJob, PartitionJob, SplitJob
     from shared.partitions import diff_partition
-    from shared.planner import plan_run
+    from shared.planner import plan_run, split_source
 
     services = Services(load_settings())
     started = time.perf_counter()
     if stage == "plan":
         plan_run(ExportJob(run_id, "bench"), services)
+        partitions = services.runs.get(run_id).splits  # type: ignore[union-attr]
+    elif stage == "split":
+        queue = services.storage.queue(SPLITS_QUEUE)
+        while messages := list(queue.receive_messages(messages_per_page=32, max_messages=32)):
+            for message in messages:
+                split_source(SplitJob.from_json(message.content), services)
+                queue.delete_message(message)
         partitions = services.runs.get(run_id).partitions  # type: ignore[union-attr]
+        services.storage.queue(PARTITIONS_QUEUE).clear_messages()
     else:
         partitions = services.runs.get(run_id).partitions  # type: ignore[union-attr]
         diff_partition(PartitionJob(run_id, "bench", 0, partitions), services)
@@ -89,7 +98,7 @@ def measure(profiles: int, workdir: Path) -> dict[str, object]:
         run_id = start_run(services, "bench", "bench").run.run_id
         services.storage.queue(JOBS_QUEUE).clear_messages()
         results: dict[str, object] = {"profiles": profiles, "source_mib": size / 2**20}
-        for stage in ("plan", "diff"):
+        for stage in ("plan", "split", "diff"):
             output = subprocess.run(
                 [sys.executable, __file__, "--child", stage, run_id],
                 env=env,
@@ -112,17 +121,20 @@ def main() -> int:
     if args.child:
         child(*args.child)
         return 0
-    print(f"{'profiles':>10} {'source MiB':>10} {'partitions':>10} {'plan s':>8} "
-          f"{'plan peak MiB':>13} {'diff s':>7} {'diff peak MiB':>13}")  # fmt: skip
+    columns = [("profiles", 10), ("source MiB", 10), ("ranges", 7), ("partitions", 10),
+               ("plan s", 7), ("plan MiB", 8), ("split s", 8), ("split MiB", 9), ("diff s", 7),
+               ("diff MiB", 8)]  # fmt: skip
+    print(" ".join(f"{name:>{width}}" for name, width in columns))
     for profiles in args.profiles:
         with tempfile.TemporaryDirectory() as workdir:
             result = measure(profiles, Path(workdir))
-        plan, diff = result["plan"], result["diff"]
-        assert isinstance(plan, dict) and isinstance(diff, dict)
+        plan, split, diff = result["plan"], result["split"], result["diff"]
+        assert isinstance(plan, dict) and isinstance(split, dict) and isinstance(diff, dict)
         print(
-            f"{profiles:>10} {result['source_mib']:>10.0f} {plan['partitions']:>10} "
-            f"{plan['seconds']:>8.1f} {plan['peak_mib']:>13.0f} {diff['seconds']:>7.2f} "
-            f"{diff['peak_mib']:>13.0f}",
+            f"{profiles:>10} {result['source_mib']:>10.0f} {plan['partitions']:>7} "
+            f"{split['partitions']:>10} {plan['seconds']:>7.1f} {plan['peak_mib']:>8.0f} "
+            f"{split['seconds']:>8.1f} {split['peak_mib']:>9.0f} {diff['seconds']:>7.2f} "
+            f"{diff['peak_mib']:>8.0f}",
             flush=True,
         )
     return 0

@@ -163,9 +163,13 @@ class RateLimiter:
         self._keys.clear()
         self._clients.clear()
 
-    def windows(self) -> dict[str, dict[float, int]]:
-        """Requests counted in each window, per API key, oldest window first."""
-        return {key: dict(sorted(s.counts_by_window.items())) for key, s in self._keys.items()}
+    def windows(self) -> dict[str, dict[str, int]]:
+        """Requests counted in each window (keyed by its start, epoch seconds), per API key,
+        oldest window first."""
+        return {
+            key: {str(int(start)): count for start, count in sorted(s.counts_by_window.items())}
+            for key, s in self._keys.items()
+        }
 
     def snapshot(self) -> dict[str, object]:
         """Totals across keys, plus breakdowns per key and per client (User-Agent, summed over

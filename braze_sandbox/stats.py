@@ -31,8 +31,13 @@ class SandboxStats:
             "faults_injected": dict(self.faults_injected),
         }
 
-    def timeline(self) -> dict[str, dict[int, int]]:
+    def timeline(self) -> dict[str, dict[str, int]]:
+        """Counts by epoch second (as JSON object keys), oldest first."""
         return {
-            "arrivals_per_second": dict(sorted(self.arrivals_per_second.items())),
-            "throttled_per_second": dict(sorted(self.throttled_per_second.items())),
+            "arrivals_per_second": _by_key(self.arrivals_per_second),
+            "throttled_per_second": _by_key(self.throttled_per_second),
         }
+
+
+def _by_key(counts: Counter[int]) -> dict[str, int]:
+    return {str(second): count for second, count in sorted(counts.items())}

@@ -8,6 +8,8 @@ Outputs, all in the run's folder:
 - chunk blobs of what to send (`order <TAB> data points <TAB> object`), not queued yet;
 - the pending snapshot: per profile the fingerprints Braze will hold if it accepts what is sent,
   with the previous ones to fall back on if it does not;
+- this run's snapshot partition as it will be if Braze accepts everything sent (in the snapshots
+  container, not current yet): finalization then rewrites only partitions with rejections;
 - the duplicate rows, rejected with their reason.
 """
 
@@ -126,6 +128,9 @@ def _diff(
     clearable = clearable_attributes(export)
     sends: list[str] = []
     pending = storage.line_writer(RUNS_CONTAINER, pending_snapshot_name(run.run_id, job.partition))
+    snapshot = services.snapshots.part_writer(
+        export.name, run.connection, run.run_id, job.partition
+    )
     for customer_id, (order, obj) in profiles.items():
         previous = old.get(customer_id)
         change = delta(obj, previous, clearable, False)
@@ -137,10 +142,13 @@ def _diff(
             counts.changed += 1
         body = delta(obj, previous, clearable, True) if full else change
         if body is None:
-            pending.write(jsonlines.dumps([customer_id, previous]))
+            pending.write(line := jsonlines.dumps([customer_id, previous]))
+            snapshot.write(line)
             continue
         sends.append(_send_line(order, body, counts))
-        pending.write(jsonlines.dumps([customer_id, fingerprints(obj), previous]))
+        prints = fingerprints(obj)
+        pending.write(jsonlines.dumps([customer_id, prints, previous]))
+        snapshot.write(jsonlines.dumps([customer_id, prints]))
     # A row that could not be read may be any member's: while there are such rows, nobody is
     # taken for having left (a stray comma must not remove a customer from the segment).
     hold_removals = run.rows_unidentified > 0 and not run.teardown
@@ -149,13 +157,15 @@ def _diff(
             continue
         if customer_id in kept or hold_removals:
             counts.removals_held += customer_id not in kept
-            pending.write(jsonlines.dumps([customer_id, previous]))
+            pending.write(line := jsonlines.dumps([customer_id, previous]))
+            snapshot.write(line)
             continue
         counts.removed += 1
         order = REMOVAL_ORDER + (job.partition << 32) + counts.removed
         sends.append(_send_line(order, removal(customer_id, export, previous), counts))
         pending.write(jsonlines.dumps([customer_id, None, previous]))
     pending.close()
+    snapshot.close()
 
     examples = _array_cap_check(run, export, definitions, profiles, job, services, counts)
     chunk_rows = []
@@ -176,6 +186,7 @@ def _diff(
         **asdict(counts),
         array_cap_examples=examples,
         chunk_rows=chunk_rows,
+        snapshot_profiles=snapshot.lines,
         rejected_blob=duplicates_blob_name(run.run_id, job.partition) if duplicates.lines else "",
     )
 

@@ -194,10 +194,11 @@ def _sum_splits(run: Run, results: list[SplitResult]) -> None:
 
 def _queue_partitions(run: Run, services: Services) -> None:
     """One diff job per partition; a repeated one finds its partition done and does nothing."""
-    queue = services.storage.queue(PARTITIONS_QUEUE)
-    for partition in range(run.partitions):
-        job = PartitionJob(run.run_id, run.export_name, partition, run.partitions)
-        queue.send_message(job.to_json())
+    jobs = (
+        PartitionJob(run.run_id, run.export_name, partition, run.partitions)
+        for partition in range(run.partitions)
+    )
+    services.storage.send_messages(PARTITIONS_QUEUE, (job.to_json() for job in jobs))
 
 
 def _plan_splits(
@@ -224,10 +225,8 @@ def _plan_splits(
 
 
 def _queue_splits(run: Run, services: Services) -> None:
-    queue = services.storage.queue(SPLITS_QUEUE)
     plan = json.loads(services.storage.read_bytes(RUNS_CONTAINER, splits_blob_name(run.run_id)))
-    for text in plan["jobs"]:
-        queue.send_message(text)
+    services.storage.send_messages(SPLITS_QUEUE, plan["jobs"])
 
 
 def _compare_with_snapshot(

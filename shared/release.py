@@ -62,9 +62,7 @@ def maybe_release(run_id: str, services: Services) -> bool:
         finish_early(run, services, message=valve[1], stopped_by=valve[0])
         return True
     jobs = chunk_jobs(run, results)
-    queue = services.storage.queue(CHUNKS_QUEUE)
-    for job in jobs:
-        queue.send_message(job.to_json())
+    services.storage.send_messages(CHUNKS_QUEUE, (job.to_json() for job in jobs))
     run.chunks_total = run.chunks_planned = len(jobs)
     run.status, run.planning_finished_at = Status.DELIVERING, utcnow()
     store.update(run)

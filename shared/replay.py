@@ -80,9 +80,7 @@ def replay_run(services: Services, run_id: str) -> Run:
         store.update(run, if_unchanged=True)  # two replays at once: one wins
     except RunConflict:
         raise NotReplayable(f"run {run_id} changed while the replay was prepared") from None
-    queue = services.storage.queue(CHUNKS_QUEUE)
-    for job in jobs:
-        queue.send_message(job.to_json())
+    services.storage.send_messages(CHUNKS_QUEUE, (job.to_json() for job in jobs))
     rows = sum(job.rows for job in jobs)
     log.info("run %s: replay round %d queued %d profiles", run_id, round_, rows)
     return run

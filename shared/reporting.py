@@ -160,7 +160,9 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     elif not run.message:
         run.message = _summary(run, latest, sum(r.unlisted for r in results))
     if run.partitions and not (run.planning_failed or run.stopped_by or run.dry_run):
-        _commit_snapshot(run, latest, results, services)
+        _commit_snapshot(run, partitions, latest, results, services)
+    elif run.partitions:
+        services.snapshots.discard(run.export_name, run.connection, run.run_id)
     run.finished_at = utcnow()
     report = build_report(run, partitions)
     services.storage.write_bytes(
@@ -171,14 +173,21 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
 
 
 def _commit_snapshot(
-    run: Run, results: list[ChunkResult], every_round: list[ChunkResult], services: Services
+    run: Run,
+    partitions: list[PartitionResult],
+    results: list[ChunkResult],
+    every_round: list[ChunkResult],
+    services: Services,
 ) -> None:
     """Make what Braze now holds the export's snapshot, one partition at a time.
 
-    A profile Braze rejected keeps its previous fingerprints (or stays out), so the next run
-    sends it again; everything else takes what was sent. Rejected ids are loaded per partition,
-    so memory stays bounded by one partition.
+    Each diff wrote its partition as it will be if Braze accepts everything sent; only the
+    partitions where Braze rejected something (in any round) are rewritten from the pending
+    snapshot: a profile Braze rejected keeps its previous fingerprints (or stays out), so the
+    next run sends it again. Rejected ids are loaded per partition, so memory stays bounded.
     """
+    written = {p.partition: p.snapshot_profiles for p in partitions}
+    touched = {r.partition for r in every_round if r.rejected}
     by_partition: dict[int, list[ChunkResult]] = {}
     for result in results:
         by_partition.setdefault(result.partition, []).append(result)
@@ -189,6 +198,9 @@ def _commit_snapshot(
     profiles = 0
     for partition in range(run.partitions):
         untrusted = bool(unlisted & {partition, -1})
+        if not (untrusted or touched & {partition, -1}):
+            profiles += written[partition]  # Braze took everything: the diff's part stands
+            continue
         rejected = {
             entry["customer_id"]
             # A replay's chunks (partition -1) mix partitions: they are read for each one.

@@ -175,6 +175,7 @@ class PartitionResult:
     array_cap_warnings: int
     chunk_rows: list[int]
     rejected_blob: str = ""
+    snapshot_profiles: int = 0  # in this run's snapshot partition if Braze accepts everything
     array_cap_examples: list[str] = field(default_factory=list)
 
 

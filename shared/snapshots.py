@@ -19,7 +19,7 @@ from shared import jsonlines
 from shared.config import SNAPSHOTS_CONTAINER
 from shared.diff import Fingerprints, old_partitions_for, partition_of
 from shared.profiles import open_lines
-from shared.storage import BlobNotFound, Storage
+from shared.storage import BlobLineWriter, BlobNotFound, Storage
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,14 @@ class SnapshotStore:
             except BlobNotFound:
                 continue
 
+    def part_writer(
+        self, export: str, connection: str, run_id: str, partition: int
+    ) -> BlobLineWriter:
+        """A writer for one partition of a new (not yet current) snapshot: `[id, prints]` lines."""
+        return self._storage.line_writer(
+            SNAPSHOTS_CONTAINER, _part_name(export, connection, run_id, partition)
+        )
+
     def write_partition(
         self,
         export: str,
@@ -91,29 +99,34 @@ class SnapshotStore:
         entries: Iterable[tuple[str, Fingerprints]],
     ) -> int:
         """Write one partition of a new (not yet current) snapshot; returns its profile count."""
-        writer = self._storage.line_writer(
-            SNAPSHOTS_CONTAINER, _part_name(export, connection, run_id, partition)
-        )
+        writer = self.part_writer(export, connection, run_id, partition)
         for customer_id, prints in entries:
             writer.write(jsonlines.dumps([customer_id, prints]))
         writer.close()
         return writer.lines
 
     def make_current(self, export: str, connection: str, manifest: Manifest) -> None:
-        """Switch to the new snapshot, then delete the one it replaces."""
-        previous = self.current(export, connection)
+        """Switch to the new snapshot, then delete every other one: the one it replaces, and
+        any a run left behind that never became current (it crashed or was stopped)."""
         self._storage.write_bytes(
             SNAPSHOTS_CONTAINER,
             _prefix(export, connection) + "current.json",
             json.dumps(asdict(manifest)),
             "application/json",
         )
-        if previous is not None and previous.run_id != manifest.run_id:
-            self._delete_run(export, connection, previous.run_id)
-
-    def _delete_run(self, export: str, connection: str, run_id: str) -> None:
         container = self._storage.container(SNAPSHOTS_CONTAINER)
-        prefix = f"{_prefix(export, connection)}{run_id}/"
-        for blob in container.list_blobs(name_starts_with=prefix):
+        keep = f"{_prefix(export, connection)}{manifest.run_id}/"
+        for blob in container.list_blobs(name_starts_with=_prefix(export, connection)):
+            if "/" in blob.name.removeprefix(
+                _prefix(export, connection)
+            ) and not blob.name.startswith(keep):
+                container.delete_blob(blob.name)
+
+    def discard(self, export: str, connection: str, run_id: str) -> None:
+        """Delete the snapshot a run wrote but will not make current (dry run, stopped, failed)."""
+        container = self._storage.container(SNAPSHOTS_CONTAINER)
+        for blob in container.list_blobs(
+            name_starts_with=f"{_prefix(export, connection)}{run_id}/"
+        ):
             container.delete_blob(blob.name)
         log.info("deleted snapshot %s of %s on %s", run_id, export, connection)

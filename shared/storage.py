@@ -10,7 +10,8 @@ import contextlib
 import threading
 import uuid
 from base64 import b64encode
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any, BinaryIO
 
@@ -38,6 +39,7 @@ from shared.config import (
 
 BLOCK_BYTES = 4 * 1024 * 1024
 APPEND_BLOCK_BYTES = 1024 * 1024  # well under the 4 MiB an append may carry
+SEND_THREADS = 16
 
 
 class BlobNotFound(Exception):
@@ -93,6 +95,15 @@ class Storage:
                     message_decode_policy=TextBase64DecodePolicy(),
                 )
             return self._queues[name]
+
+    def send_messages(self, queue_name: str, texts: Iterable[str]) -> None:
+        """Queue many messages, several at a time: a run's hundreds of chunk jobs one after
+        another would take seconds of round trips. Raises if any send failed (after the rest
+        were tried); a repeated message is harmless, since every stage is idempotent."""
+        queue = self.queue(queue_name)
+        with ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="queue-send") as pool:
+            for future in [pool.submit(queue.send_message, text) for text in texts]:
+                future.result()
 
     def table(self, name: str) -> TableClient:
         return self._table_service.get_table_client(name)

@@ -76,6 +76,16 @@ def _snapshot_run(app: App, name: str) -> str | None:
     return manifest.run_id if manifest else None
 
 
+def _snapshot_folders(app: App, name: str) -> set[str]:
+    """The run folders under the export's snapshots: only the current one should remain."""
+    container = app.services.storage.container("export-snapshots")
+    names = (
+        b.name.removeprefix(f"{name}/sandbox/")
+        for b in container.list_blobs(name_starts_with=f"{name}/sandbox/")
+    )
+    return {n.split("/", 1)[0] for n in names if "/" in n}
+
+
 def _assert_braze_holds(app: App, rows: dict[str, dict[str, str]], left: set[str]) -> None:
     """What a full export of `rows` would give, and no membership for those who left."""
     users = app.braze_users()
@@ -283,6 +293,7 @@ def test_a_dry_run_writes_the_exact_requests_and_touches_neither_braze_nor_the_s
     dry = run_in_process(quiet_app, "dry", dry_run=True)
     assert _requests_total(quiet_app) == before and quiet_app.braze_users() == users
     assert _snapshot_run(quiet_app, "dry") == base.run_id
+    assert _snapshot_folders(quiet_app, "dry") == {base.run_id}  # the dry run's is discarded
     assert dry.status == Status.SUCCEEDED and dry.dry_run_blob == dry_run_blob_name(dry.run_id)
     assert (dry.profiles_changed, dry.profiles_removed, dry.requests_planned) == (100, 1, 2)
     assert dry.data_points_estimated == 101 and dry.requests_sent == 0
@@ -290,8 +301,12 @@ def test_a_dry_run_writes_the_exact_requests_and_touches_neither_braze_nor_the_s
 
     quiet_app.mark_sandbox_requests()
     real = run_in_process(quiet_app, "dry")
-    assert quiet_app.sandbox_requests() == predicted  # the same bodies, in the same order
+    # The same bodies; several are in flight at once, so they may arrive in another order.
+    assert sorted(map(json.dumps, quiet_app.sandbox_requests())) == sorted(
+        map(json.dumps, predicted)
+    )
     assert real.data_points_used == dry.data_points_estimated
+    assert _snapshot_folders(quiet_app, "dry") == {real.run_id}  # the replaced one is deleted
 
 
 def test_a_changed_mapping_forces_a_full_refresh_and_so_does_asking(quiet_app: App) -> None:
