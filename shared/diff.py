@@ -61,13 +61,16 @@ def canonical_json(value: Any) -> bytes:
     those options, at orjson's speed. Floats (orjson writes `1e-7` where the standard library
     writes `1e-07`) and what orjson refuses (a lone surrogate, an integer past 64 bits) take the
     standard library's path, so every value keeps the fingerprint it had."""
-    if not _has_float(value):
+    if type(value) in _PLAIN_TYPES or not _has_float(value):
         try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         except TypeError:  # orjson.JSONEncodeError is a TypeError
             pass
     text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return text.encode("utf-8", "surrogatepass")
+
+
+_PLAIN_TYPES = frozenset({str, int, bool, type(None)})  # no float inside: orjson writes them
 
 
 def _has_float(value: Any) -> bool:

@@ -6,6 +6,7 @@ the first invocation pays for the clients and later ones reuse them.
 
 from __future__ import annotations
 
+import functools
 import threading
 from functools import cached_property
 from pathlib import Path
@@ -52,14 +53,15 @@ class Services:
             self._resources_ready = True
 
     def definitions(self) -> Definitions:
-        """Read the definitions fresh, so an edit applies to the next run without a restart."""
+        """Read the definitions fresh, so an edit applies to the next run without a restart;
+        the same text is parsed and validated once (every chunk reads them)."""
         if self.settings.definitions_blob:
             container, _, name = self.settings.definitions_blob.partition("/")
             text = self.storage.read_bytes(container, name)
-            return parse_definitions(text, f"blob {self.settings.definitions_blob}")
+            return _parsed(text, f"blob {self.settings.definitions_blob}")
         if self.settings.definitions_path:
             path = Path(self.settings.definitions_path)
-            return parse_definitions(path.read_bytes(), str(path))
+            return _parsed(path.read_bytes(), str(path))
         raise ConfigurationError(
             "no export definitions: set EXPORT_DEFINITIONS_PATH (a file) or "
             "EXPORT_DEFINITIONS_BLOB (container/name in the storage account)"
@@ -102,6 +104,11 @@ class Services:
                 )
                 self._braze[key] = client
             return client
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(text: bytes, source: str) -> Definitions:
+    return parse_definitions(text, source)
 
 
 _services: Services | None = None

@@ -27,6 +27,12 @@ _ISO_DATE = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
     r"(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?$"
 )
+# The common shape of a valid address, a strict subset of what `email_problem` accepts: plain
+# local part, ASCII labels, an alphabetic top-level domain. A match skips the full checks.
+_PLAIN_EMAIL = re.compile(
+    r"[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+)
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}
 
@@ -132,6 +138,12 @@ def _email(value: Any, column: str, problems: list[Problem]) -> str | None:
 
 def email_problem(address: str) -> str | None:
     """Why Braze would refuse this address (syntax only), or None when it looks valid."""
+    if (
+        len(address) <= MAX_EMAIL_CHARS
+        and _PLAIN_EMAIL.fullmatch(address)
+        and address.index("@") <= 64
+    ):
+        return None
     if _WHITESPACE.search(address):
         return "contains whitespace"
     if len(address) > MAX_EMAIL_CHARS:
@@ -156,22 +168,25 @@ def email_problem(address: str) -> str | None:
 
 
 def _attribute(value: Any, field: AttributeMapping, problems: list[Problem]) -> Any:
-    where = f"'{field.attribute}' (column '{field.column}')"
+    if value is None or (type(value) is str and not value.strip()):
+        return None
     if isinstance(value, dict | list):
         problems.append(
-            Problem("attribute_type", f"{where} must be a single value, got {_kind(value)}")
+            Problem("attribute_type", f"{_where(field)} must be a single value, got {_kind(value)}")
         )
-        return None
-    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     converted, reason = _CONVERTERS[field.type](value)
     if reason:
         code = (
             "attribute_too_long" if isinstance(reason, _TooLong) else f"attribute_not_{field.type}"
         )
-        problems.append(Problem(code, f"{where} {reason}"))
+        problems.append(Problem(code, f"{_where(field)} {reason}"))
         return None
     return converted
+
+
+def _where(field: AttributeMapping) -> str:
+    return f"'{field.attribute}' (column '{field.column}')"
 
 
 class _TooLong(str):

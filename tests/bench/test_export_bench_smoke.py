@@ -1,0 +1,97 @@
+"""A small run of the export benchmark (20,000 profiles): the figures are produced and add up.
+
+No timing is asserted; `make bench` measures speed. This checks that the benchmark measures the
+run it claims to: the requests the sandbox received are the run's, the windows hold them all,
+the delta sends only the changed profiles, the unchanged re-run sends nothing, and the
+summary and the plot are written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILES = 20_000
+CHANGED_EVERY = 100
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "export_bench.py"),
+            "--profiles",
+            str(PROFILES),
+            "--workers",
+            "1",
+            "--latency-ms",
+            "5",
+            "--changed-every",
+            str(CHANGED_EVERY),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (json_file,) = out.glob("*.json")
+    assert json_file.with_suffix(".md").read_text().startswith("# Export benchmark")
+    assert json_file.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data: dict[str, Any] = json.loads(json_file.read_text())
+    return data
+
+
+def test_the_first_export_sends_every_valid_profile_and_counts_every_request(
+    results: dict[str, Any],
+) -> None:
+    first = results["runs"][0]
+    assert first["status"] == "partially_succeeded"
+    assert first["rows_read"] == PROFILES
+    assert first["rows_valid"] == first["valid_rows_generated"] == first["profiles_accepted"]
+    assert first["requests_sent"] >= math.ceil(first["rows_valid"] / 75)
+    assert first["requests_received_by_sandbox"] == first["requests_sent"]
+    assert sum(first["timeline"]["arrivals_per_second"].values()) == first["requests_sent"]
+    assert first["windows"]["max"] <= first["windows"]["limit"]
+    assert first["throttled_429"] == 0
+    phases = first["phases_seconds"]
+    assert set(phases) == {"split", "diff", "release", "deliver", "finalize"}
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) <= first["wall_seconds"] + 1  # phases lie inside the run
+    assert first["ratio_to_floor"] == pytest.approx(
+        first["wall_seconds"] / first["floor_seconds"], rel=0.01
+    )
+
+
+def test_the_delta_sends_only_the_changed_profiles(results: dict[str, Any]) -> None:
+    first, delta, _ = results["runs"]
+    changed = delta["profiles_changed"]
+    assert changed == pytest.approx(PROFILES / CHANGED_EVERY, rel=0.05)
+    assert delta["profiles_sent"] == changed and delta["profiles_new"] == 0
+    assert delta["profiles_unchanged"] == first["rows_valid"] - changed
+    assert delta["requests_sent"] == delta["requests_received_by_sandbox"]
+    assert delta["data_points_used"] == changed  # only the changed attribute
+
+
+def test_an_unchanged_rerun_sends_nothing(results: dict[str, Any]) -> None:
+    unchanged = results["runs"][2]
+    assert unchanged["requests_sent"] == unchanged["requests_received_by_sandbox"] == 0
+    assert unchanged["profiles_unchanged"] == unchanged["rows_valid"]
+
+
+def test_every_process_reports_its_peak_memory_and_the_cold_start_is_measured(
+    results: dict[str, Any],
+) -> None:
+    assert set(results["peak_rss_mb"]) == {"worker 0", "sandbox", "azurite"}
+    assert all(mb > 0 for mb in results["peak_rss_mb"].values())
+    assert results["cold_start_import_seconds"] > 0
