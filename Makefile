@@ -2,6 +2,10 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+# make bench BENCH_PROFILES=5000000 BENCH_WORKERS=2 BENCH_LATENCY_MS=50
+BENCH_PROFILES ?= 1000000
+BENCH_WORKERS ?= 2
+BENCH_LATENCY_MS ?= 50
 
 .PHONY: install demo test lint format bench stop clean
 
@@ -32,7 +36,7 @@ format: install
 
 bench: install
 	$(PY) bench/sandbox_bench.py
-	$(PY) bench/export_bench.py --profiles 100000
+	$(PY) bench/export_bench.py --profiles $(BENCH_PROFILES) --workers $(BENCH_WORKERS) --latency-ms $(BENCH_LATENCY_MS)
 	$(PY) bench/memory_bench.py --profiles 1000000 5000000
 
 stop:
