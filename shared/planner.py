@@ -101,8 +101,8 @@ def plan_run(job: ExportJob, services: Services) -> None:
         return
     run.splits = 1
     services.runs.update(run)
-    job_ = SplitJob(run.run_id, run.export_name, 0, 1, partitions, 0, -1, 1)
-    _split_and_record(run, export, job_, source.rows, services)
+    whole = SplitJob(run.run_id, run.export_name, 0, 1, partitions, 0, -1, 1)
+    _split_and_record(run, export, whole, source.rows, services)
 
 
 _PLANNING_ERRORS = (SourceError, BlobNotFound, DefinitionsError, ConfigurationError, UnknownExport)
