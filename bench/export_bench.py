@@ -205,6 +205,12 @@ def cold_start_seconds() -> float:
     return round(min(times), 3)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (from /proc, so no extra dependency)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -240,8 +246,11 @@ def main() -> int:
     parser.add_argument("--profiles", type=int, default=1_000_000, help="up to 5,000,000")
     parser.add_argument("--workers", type=int, default=2, help="local host processes")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="sandbox latency")
-    parser.add_argument("--chunk-size", type=int, default=3000)
+    parser.add_argument("--chunk-size", type=int, default=15000)
     parser.add_argument("--changed-every", type=int, default=100, help="delta run: 1 in N")
+    parser.add_argument(
+        "--runs", type=int, choices=(1, 2, 3), default=3, help="first export, then delta, unchanged"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
 
@@ -275,7 +284,6 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "AzureWebJobsStorage": azurite.connection_string,
             "EXPORT_DEFINITIONS_PATH": str(definitions),
             "BRAZE_SECRET_BRAZE_SANDBOX_KEY": API_KEY,
-            "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.100",
         }
         services = Services(load_settings(env))
         services.ensure_resources()
@@ -283,18 +291,27 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         workers = start_workers(args.workers, env, workdir)
         runs = []
         path, valid = workdir / "segment.csv", 0
+        processes = {
+            **{f"worker {n}": w.pid for n, w in enumerate(workers)},
+            "sandbox": sandbox.process.pid,
+            "azurite": azurite.process.pid,
+        }
         for label, changed_every in (
             ("first export", 0),
             ("delta (1% changed)", args.changed_every),
             ("unchanged re-run", None),  # the delta's file again
-        ):
+        )[: args.runs]:
             if changed_every is not None:
                 valid = write_segment(path, args.profiles, changed_every)
                 with path.open("rb") as data:
                     services.storage.blobs.get_blob_client("segments", SOURCE).upload_blob(
                         data, overwrite=True, max_concurrency=4
                     )
+            before = {name: cpu_seconds(pid) for name, pid in processes.items()}
             result = run_once(services, sandbox, label)
+            result["cpu_seconds"] = {
+                name: round(cpu_seconds(pid) - before[name], 1) for name, pid in processes.items()
+            }
             result["valid_rows_generated"] = valid
             runs.append(result)
             print(
@@ -331,7 +348,8 @@ def summary(results: dict[str, Any]) -> str:
         f"# Export benchmark, {results['date']}",
         "",
         f"{results['profiles']:,} profiles; {results['workers']} local host process(es), "
-        f"{results['in_flight_per_worker']} requests in flight each; sandbox latency "
+        f"{results['in_flight_per_worker']} requests in flight each to start with (then as latency "
+        "measured asks); sandbox latency "
         f"{results['sandbox_latency_ms']:g} ms; chunk size {results['chunk_size']:,}; "
         f"{results['machine']['cores']} cores shared by everything.",
         "",
@@ -353,6 +371,16 @@ def summary(results: dict[str, Any]) -> str:
             f"| {run['floor_seconds']:.1f} | {run['ratio_to_floor'] or '–'} | {spread} "
             f"| {run['throttled_429']} |"
         )
+    lines += [
+        "",
+        f"CPU seconds used per run (the machine has {results['machine']['cores']} cores):",
+        "",
+    ]
+    for run in results["runs"]:
+        used = ", ".join(f"{name} {sec:g}" for name, sec in run["cpu_seconds"].items())
+        total = sum(run["cpu_seconds"].values())
+        wall = run["wall_seconds"]
+        lines.append(f"- {run['label']}: {used}; total {total:.1f} over {wall:.1f} s")
     rss = ", ".join(f"{name} {mb:.0f} MB" for name, mb in results["peak_rss_mb"].items())
     lines += [
         "",

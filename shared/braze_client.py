@@ -8,6 +8,7 @@ of a request at Braze's 1,000 requests/s.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
@@ -65,13 +66,50 @@ def tracking_body(objects_json: Sequence[str]) -> bytes:
     return ('{"attributes":[' + ",".join(objects_json) + "]}").encode("utf-8")
 
 
+class InFlightSizer:
+    """How many requests to keep in flight: enough to spend the budget at the latency Braze
+    shows (Little's law: budget/s x latency, with headroom).
+
+    It starts from the connection's expected latency and follows a moving average of answered
+    requests' round trips, between `low` and `high`: a slower Braze, a longer network path or
+    a busy machine gets more requests in flight instead of leaving the budget unspent, and the
+    rate governor still holds the sum to the budget.
+    """
+
+    SMOOTHING = 0.05  # weight of each new round trip: about the last 20 count
+
+    def __init__(
+        self,
+        per_second: float,
+        latency_seconds: float,
+        *,
+        low: int = 2,
+        high: int = 128,
+        headroom: float = 1.25,
+    ) -> None:
+        self._per_second = per_second
+        self._headroom = headroom
+        self.low, self.high = low, high
+        self.latency_seconds = latency_seconds
+
+    def observe(self, seconds: float) -> None:
+        """One answered request's round trip (a float update: safe enough across threads)."""
+        self.latency_seconds += self.SMOOTHING * (seconds - self.latency_seconds)
+
+    @property
+    def target(self) -> int:
+        wanted = math.ceil(self._per_second * self.latency_seconds * self._headroom)
+        return max(self.low, min(self.high, wanted))
+
+
 class BrazeClient:
     """Sends attribute batches to one Braze workspace.
 
     With a `governor`, every send (retries too) waits for a slot of the budget shared by all
     instances; without one, only this client's threads hold back when Braze says to wait.
-    `submit` sends on a pool of `max_in_flight` threads, each with its own keep-alive
-    connection: at Braze's latency, requests in flight are what spends the budget.
+    `submit` sends on a pool of threads, each with its own keep-alive connection: at Braze's
+    latency, requests in flight are what spends the budget. `in_flight` is a fixed number or an
+    `InFlightSizer` that follows the latency measured.
     """
 
     def __init__(
@@ -80,7 +118,7 @@ class BrazeClient:
         api_key: Callable[[bool], str],
         *,
         governor: RateGovernor | None = None,
-        max_in_flight: int = 1,
+        in_flight: int | InFlightSizer = 1,
         max_attempts: int = 6,
         max_rate_limit_waits: int = 30,
         timeout: tuple[float, float] = (3.05, 30.0),
@@ -98,7 +136,7 @@ class BrazeClient:
         self._key_reread_at: float | None = None
         self._user_agent = user_agent(os.environ)
         self._template = self._prepare(api_key(False))
-        self.max_in_flight = max_in_flight
+        self._in_flight = in_flight
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -118,11 +156,19 @@ class BrazeClient:
             self._local.session = session
         return session
 
+    @property
+    def max_in_flight(self) -> int:
+        """How many batches a caller should keep on their way now."""
+        sizer = self._in_flight
+        return sizer if isinstance(sizer, int) else sizer.target
+
     def submit(self, objects_json: Sequence[str]) -> Future[TrackOutcome]:
         """Send one batch on the client's pool; the future holds what `track` returns or raises."""
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="braze")
+                sizer = self._in_flight
+                threads = sizer if isinstance(sizer, int) else sizer.high
+                self._pool = ThreadPoolExecutor(threads, thread_name_prefix="braze")
         return self._pool.submit(self.track, objects_json)
 
     def track(self, objects_json: Sequence[str]) -> TrackOutcome:
@@ -134,6 +180,7 @@ class BrazeClient:
             window = self._limiter.acquire()
             request = self._template.copy()
             request.prepare_body(data=body, files=None)
+            sent_at = time.perf_counter()
             try:
                 response = self._session().send(request, timeout=self._timeout)
             except (requests.ConnectionError, requests.Timeout) as error:
@@ -143,6 +190,8 @@ class BrazeClient:
             self._limiter.observe(response.headers, window)
             status = response.status_code
             if 200 <= status < 300:
+                if not isinstance(self._in_flight, int):
+                    self._in_flight.observe(time.perf_counter() - sent_at)
                 return TrackOutcome(status, _object_errors(response))
             if status == 429:
                 rate_limit_waits += 1

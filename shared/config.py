@@ -88,8 +88,8 @@ class Settings:
     @property
     def split_bytes(self) -> int:
         """Plain source files larger than this are cut into ranges of about this size, each
-        split by its own job in parallel (EXPORT_SPLIT_MIB, default 16)."""
-        text = self.environ.get("EXPORT_SPLIT_MIB", "16")
+        split by its own job in parallel (EXPORT_SPLIT_MIB, default 8)."""
+        text = self.environ.get("EXPORT_SPLIT_MIB", "8")
         try:
             mib = float(text)
         except ValueError:

@@ -82,14 +82,16 @@ class Connection(_Strict):
         ge=1,
         le=10_000,
         description="Typical time Braze takes to answer a /users/track request from the app; "
-        "with the budget it sizes how many requests each worker keeps in flight.",
+        "with the budget it sizes how many requests each worker starts with in flight (then "
+        "it follows the latency measured).",
     )
     max_in_flight: int | None = Field(
         default=None,
         ge=1,
         le=256,
         description="Requests one worker process keeps in flight on this connection; by "
-        "default the budget per second times expected_latency_ms (Little's law), with headroom.",
+        "default the budget per second times the latency measured (Little's law), with "
+        "headroom, starting from expected_latency_ms.",
     )
     array_element_cap: int = Field(
         default=25,
@@ -100,15 +102,19 @@ class Connection(_Strict):
         "would pass it.",
     )
 
+    def requests_per_second(self) -> float:
+        """This app's share of the budget, per second."""
+        return self.rate_limit_requests * self.rate_limit_share / self.rate_limit_window_seconds
+
     def in_flight_per_worker(self) -> int:
-        """Requests a worker keeps in flight: enough to spend the whole budget at the expected
-        latency (budget/s x latency x 1.25), so concurrency, not latency, sets the pace."""
+        """Requests a worker starts with in flight: enough to spend the whole budget at the
+        expected latency (budget/s x latency x 1.25), so concurrency, not latency, sets the
+        pace; without `max_in_flight`, the client then follows the latency it measures."""
         if self.max_in_flight is not None:
             return self.max_in_flight
-        per_second = (
-            self.rate_limit_requests * self.rate_limit_share / self.rate_limit_window_seconds
+        wanted = math.ceil(
+            self.requests_per_second() * self.expected_latency_ms / 1000 * IN_FLIGHT_HEADROOM
         )
-        wanted = math.ceil(per_second * self.expected_latency_ms / 1000 * IN_FLIGHT_HEADROOM)
         return max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, wanted))
 
     @field_validator("rest_endpoint")
@@ -250,10 +256,12 @@ class Export(_Strict):
         description="false sends _update_existing_only, so only existing Braze users are updated.",
     )
     chunk_size: int = Field(
-        default=3000,
+        default=15000,
         ge=75,
         le=50000,
-        description="Profiles per chunk blob, the unit of parallel delivery.",
+        description="Profiles per chunk blob, the unit of parallel delivery. A worker sends one "
+        "chunk at a time with many requests in flight, which drain at the chunk's end: the "
+        "default (200 requests) keeps them busy.",
     )
     schedule: str | None = Field(
         default=None,

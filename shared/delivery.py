@@ -25,7 +25,6 @@ from shared.diff import data_points
 from shared.layout import rejected_prefix
 from shared.mapping import encode_object
 from shared.messages import ChunkJob
-from shared.profiles import open_lines
 from shared.reporting import maybe_finalize, partition_files_loader, row_position
 from shared.runs import ChunkProgress, ChunkResult
 from shared.services import Services
@@ -53,10 +52,11 @@ def write_chunk(services: Services, blob_name: str, lines: list[str]) -> None:
 
 
 def read_chunk(services: Services, blob_name: str) -> list[tuple[int, int, str]]:
-    """(row order, data points, serialized object) per profile of a chunk blob."""
+    """(row order, data points, serialized object) per profile of a chunk blob, read whole:
+    a chunk is a few MiB, and delivery holds its profiles anyway."""
     items = []
-    for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, blob_name)):
-        order, points, obj = text.rstrip("\n").split("\t", 2) if text.strip() else ("", "", "")
+    for text in services.storage.read_bytes(RUNS_CONTAINER, blob_name).decode().split("\n"):
+        order, points, obj = text.split("\t", 2) if text.strip() else ("", "", "")
         if obj:
             items.append((int(order), int(points), obj))
     return items
@@ -80,12 +80,15 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
         return
     connection = services.definitions().connection(run.connection)
     client = services.braze(connection)
-    items = read_chunk(services, job.blob_name)
+    # Both at once: while a worker sets up a chunk, it has no request in flight.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-setup") as pool:
+        saved = pool.submit(services.runs.chunk_progress, job.run_id, job.chunk_index)
+        items = read_chunk(services, job.blob_name)
+        progress = saved.result()
     if len(items) != job.rows:
         raise ValueError(
             f"chunk {job.blob_name} holds {len(items)} profiles but was planned with {job.rows}"
         )
-    progress = services.runs.chunk_progress(job.run_id, job.chunk_index)
     progress.batch_size = progress.batch_size or connection.objects_per_request
     if progress.batches_done:
         log.info(

@@ -8,14 +8,15 @@ every attribute written, changed or not).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
+from hashlib import blake2b
 from typing import Any
 
 import orjson
 
 from shared.definitions import Connection, Export
+from shared.jsonlines import has_float
 
 # Keys that identify or steer an update; they are not attributes Braze bills or keeps.
 CONTROL_KEYS = frozenset({"external_id", "_update_existing_only"})
@@ -28,7 +29,7 @@ Fingerprints = dict[str, str]
 
 def id_hash(customer_id: str) -> int:
     """A stable 64-bit hash of the customer id: it picks the partition in every run."""
-    return int.from_bytes(hashlib.blake2b(customer_id.encode(), digest_size=8).digest())
+    return int.from_bytes(blake2b(customer_id.encode(), digest_size=8).digest())
 
 
 def partition_of(customer_id: str, partitions: int) -> int:
@@ -61,7 +62,7 @@ def canonical_json(value: Any) -> bytes:
     those options, at orjson's speed. Floats (orjson writes `1e-7` where the standard library
     writes `1e-07`) and what orjson refuses (a lone surrogate, an integer past 64 bits) take the
     standard library's path, so every value keeps the fingerprint it had."""
-    if type(value) in _PLAIN_TYPES or not _has_float(value):
+    if not has_float(value):
         try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         except TypeError:  # orjson.JSONEncodeError is a TypeError
@@ -70,43 +71,51 @@ def canonical_json(value: Any) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-_PLAIN_TYPES = frozenset({str, int, bool, type(None)})  # no float inside: orjson writes them
-
-
-def _has_float(value: Any) -> bool:
-    if isinstance(value, float):
-        return True
-    if isinstance(value, dict):
-        return any(_has_float(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_float(v) for v in value)
-    return False
-
-
 def fingerprint(value: Any) -> str:
-    return hashlib.blake2b(canonical_json(value), digest_size=8).hexdigest()
+    return blake2b(canonical_json(value), digest_size=8).hexdigest()
 
 
 def fingerprints(obj: dict[str, Any]) -> Fingerprints:
-    """Per attribute, a fingerprint of the value sent: what the snapshot remembers."""
+    """Per attribute, a fingerprint of the value sent: what the snapshot remembers.
+
+    This runs for every profile of a segment, so an object without floats is hashed in one
+    loop, `fingerprint`'s work written inline; any other takes `fingerprint` per value.
+    """
+    if not has_float(obj):
+        try:
+            return {
+                key: blake2b(_sorted_json(value, option=_SORT_KEYS), digest_size=8).hexdigest()
+                for key, value in obj.items()
+                if key not in CONTROL_KEYS
+            }
+        except TypeError:  # what orjson refuses: the standard library's path below
+            pass
     return {key: fingerprint(value) for key, value in obj.items() if key not in CONTROL_KEYS}
 
 
+_sorted_json, _SORT_KEYS = orjson.dumps, orjson.OPT_SORT_KEYS
+
+
 def delta(
-    obj: dict[str, Any], old: Fingerprints | None, clearable: frozenset[str], full: bool
+    obj: dict[str, Any],
+    old: Fingerprints | None,
+    clearable: frozenset[str],
+    full: bool,
+    new: Fingerprints | None = None,
 ) -> dict[str, Any] | None:
     """The object to send for a profile in the segment, or None when nothing changed.
 
     A new profile (or a full refresh) sends everything; a known one only the attributes whose
     value changed, plus nulls for mapped attributes that became blank (Braze keeps a value until
-    told otherwise). Identity and control keys always go along.
+    told otherwise). Identity and control keys always go along. `new` is `fingerprints(obj)`
+    when the caller has it already.
     """
     if old is None:
         return obj
     cleared = {key: None for key in sorted(old.keys() & clearable) if key not in obj}
     if full:
         return {**obj, **cleared}
-    new = fingerprints(obj)
+    new = fingerprints(obj) if new is None else new
     changed = {k: v for k, v in obj.items() if k not in CONTROL_KEYS and old.get(k) != new[k]}
     if not changed and not cleared:
         return None

@@ -3,8 +3,8 @@
 Planning encodes and decodes every profile several times, so this uses orjson, which is several
 times faster than the standard library, while reading back exactly what the standard library
 would: what orjson refuses to write (a lone surrogate, an integer past 64 bits) is written by
-the standard library, and a line holding a number orjson would read inexactly (an integer of 19
-digits or more becomes a float there) is read by the standard library. The text differs from
+the standard library, and a line holding a number orjson would read inexactly (an integer past
+64 bits becomes a float there) is read by the standard library. The text differs from
 the standard library's only in how a float's exponent is spelled (`1e-7`, not `1e-07`).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-_LONG_DIGITS = re.compile(r"\d{19}")
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
 
 
 def dumps(value: Any) -> str:
@@ -28,10 +28,32 @@ def dumps(value: Any) -> str:
 
 
 def loads(text: str) -> Any:
-    """The value of one JSON text, exactly as `json.loads` reads it."""
-    if _LONG_DIGITS.search(text):
-        return json.loads(text)
+    """The value of one JSON text, exactly as `json.loads` reads it.
+
+    orjson reads an integer of up to 64 bits exactly and a longer one as a float, so only a
+    value holding a float can be inexact; then a run of 19 digits sends the text to the standard
+    library (the search costs several parses, so it runs only then).
+    """
     try:
-        return orjson.loads(text)
+        value = orjson.loads(text)
     except orjson.JSONDecodeError:  # e.g. a lone surrogate, which json reads
         return json.loads(text)
+    if has_float(value) and _LONG_DIGITS.search(text):
+        return json.loads(text)
+    return value
+
+
+def has_float(value: Any) -> bool:
+    """Whether a decoded JSON value holds a float anywhere (written for speed: it runs per line)."""
+    kind = type(value)
+    if kind is float:
+        return True
+    if kind is dict:
+        value = value.values()
+    elif kind is not list:
+        return False
+    for item in value:
+        kind = type(item)
+        if kind is float or ((kind is dict or kind is list) and has_float(item)):
+            return True
+    return False

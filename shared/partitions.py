@@ -20,7 +20,8 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 from shared import jsonlines
 from shared.config import RUNS_CONTAINER
@@ -32,9 +33,9 @@ from shared.diff import (
     clearable_attributes,
     data_points,
     delta,
-    fingerprints,
     removal,
 )
+from shared.jsonlines import loads
 from shared.layout import (
     chunk_blob_name,
     duplicates_blob_name,
@@ -42,16 +43,17 @@ from shared.layout import (
     pending_snapshot_name,
 )
 from shared.messages import PartitionJob
+from shared.pieces import PieceRow, read_rows
 from shared.release import maybe_release
 from shared.reporting import (
     REMOVAL_ORDER,
     finish_early,
-    json_lines,
     partition_files_loader,
     row_position,
 )
 from shared.runs import PartitionResult, Run
 from shared.services import Services
+from shared.storage import BlobLineWriter
 
 log = logging.getLogger(__name__)
 
@@ -85,93 +87,52 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
     finish_early(run, services, message=message[:2000], failed=True)
 
 
-def _segment_rows(run: Run, partition: int, services: Services) -> Iterator[Any]:
-    """`[order, customer id, object or null]` per row of the partition, in source order: its
-    pieces in split order (none for a teardown: everyone in the snapshot leaves)."""
+def _segment_rows(run: Run, partition: int, services: Services) -> Iterator[PieceRow]:
+    """The partition's rows in source order: its pieces in split order (none for a teardown:
+    everyone in the snapshot leaves). A piece is a fraction of a partition, read whole."""
     if not run.teardown:
-        for split in range(run.splits):
-            yield from json_lines(services, partition_piece_name(run.run_id, partition, split))
+        names = [partition_piece_name(run.run_id, partition, s) for s in range(run.splits)]
+        for piece in services.storage.read_many(RUNS_CONTAINER, names):
+            yield from read_rows(piece.decode())
+
+
+class _Members(NamedTuple):
+    """Who is in the segment in this partition: the first valid row per customer id (in source
+    order), and the ids whose only rows were rejected for another field than the id."""
+
+    profiles: dict[str, PieceRow]
+    kept: set[str]
 
 
 def _diff(
     run: Run, definitions: Definitions, job: PartitionJob, services: Services
 ) -> PartitionResult:
+    """Members, previous snapshot, comparison, removals, then the chunk blobs to send."""
     export = definitions.export(run.export_name)
-    storage = services.storage
     counts = PartitionCounts()
-    profiles: dict[str, tuple[int, dict[str, Any]]] = {}  # insertion order is source order
-    kept: set[str] = set()  # rows rejected for another field: still in the segment
-    duplicates = storage.line_writer(
-        RUNS_CONTAINER, duplicates_blob_name(run.run_id, job.partition)
+    members = _collect_members(run, job, services, counts)
+    old = _previous_profiles(run, export, job, services)
+    pending = services.storage.line_writer(
+        RUNS_CONTAINER, pending_snapshot_name(run.run_id, job.partition)
     )
-    files = partition_files_loader(services, run.run_id)
-    for order, customer_id, obj in _segment_rows(run, job.partition, services):
-        if obj is None:
-            kept.add(customer_id)
-        elif customer_id in profiles:
-            counts.duplicates += 1
-            duplicates.write(_duplicate_entry(order, customer_id, obj, files))
-        else:
-            profiles[customer_id] = (order, obj)
-    duplicates.close()
-
-    old: dict[str, Fingerprints] = {}
-    if run.previous_snapshot:
-        snapshot = (run.previous_snapshot, run.previous_partitions)
-        old = dict(
-            services.snapshots.profiles(
-                export.name, run.connection, snapshot, job.partition, job.partitions
-            )
-        )
-
-    full = bool(run.full_refresh_reason)
-    clearable = clearable_attributes(export)
-    sends: list[str] = []
-    pending = storage.line_writer(RUNS_CONTAINER, pending_snapshot_name(run.run_id, job.partition))
     snapshot = services.snapshots.part_writer(
         export.name, run.connection, run.run_id, job.partition
     )
-    for customer_id, (order, obj) in profiles.items():
-        previous = old.get(customer_id)
-        change = delta(obj, previous, clearable, False)
-        if previous is None:
-            counts.new += 1
-        elif change is None:
-            counts.unchanged += 1
-        else:
-            counts.changed += 1
-        body = delta(obj, previous, clearable, True) if full else change
-        if body is None:
-            pending.write(line := jsonlines.dumps([customer_id, previous]))
-            snapshot.write(line)
-            continue
-        sends.append(_send_line(order, body, counts))
-        prints = fingerprints(obj)
-        pending.write(jsonlines.dumps([customer_id, prints, previous]))
-        snapshot.write(jsonlines.dumps([customer_id, prints]))
-    # A row that could not be read may be any member's: while there are such rows, nobody is
-    # taken for having left (a stray comma must not remove a customer from the segment).
-    hold_removals = run.rows_unidentified > 0 and not run.teardown
-    for customer_id, previous in old.items():
-        if customer_id in profiles:
-            continue
-        if customer_id in kept or hold_removals:
-            counts.removals_held += customer_id not in kept
-            pending.write(line := jsonlines.dumps([customer_id, previous]))
-            snapshot.write(line)
-            continue
-        counts.removed += 1
-        order = REMOVAL_ORDER + (job.partition << 32) + counts.removed
-        sends.append(_send_line(order, removal(customer_id, export, previous), counts))
-        pending.write(jsonlines.dumps([customer_id, None, previous]))
-    pending.close()
-    snapshot.close()
-
-    examples = _array_cap_check(run, export, definitions, profiles, job, services, counts)
-    chunk_rows = []
-    for index, lines in enumerate(batches(sends, export.chunk_size)):
-        write_chunk(services, chunk_blob_name(run.run_id, job.partition, index), lines)
-        chunk_rows.append(len(lines))
+    sends = _compare(run, export, members, old, pending, snapshot, counts)
+    sends += _removals(run, export, job, members, old, pending, snapshot, counts)
+    chunks = batches(sends, export.chunk_size)
+    services.storage.in_parallel(
+        [
+            pending.close,
+            snapshot.close,
+            *(
+                partial(write_chunk, services, chunk_blob_name(run.run_id, job.partition, i), lines)
+                for i, lines in enumerate(chunks)
+            ),
+        ]
+    )
+    chunk_rows = [len(lines) for lines in chunks]
+    examples = _array_cap_check(run, export, definitions, members.profiles, job, services, counts)
     if examples:
         log.warning(
             "run %s partition %d: %d profiles would pass the array cap of %s, e.g. %s",
@@ -187,8 +148,126 @@ def _diff(
         array_cap_examples=examples,
         chunk_rows=chunk_rows,
         snapshot_profiles=snapshot.lines,
-        rejected_blob=duplicates_blob_name(run.run_id, job.partition) if duplicates.lines else "",
+        rejected_blob=duplicates_blob_name(run.run_id, job.partition) if counts.duplicates else "",
     )
+
+
+def _collect_members(
+    run: Run, job: PartitionJob, services: Services, counts: PartitionCounts
+) -> _Members:
+    """Read the partition's rows; a later valid row for an id already seen is a duplicate,
+    rejected with its reason."""
+    members = _Members({}, set())
+    duplicates = services.storage.line_writer(
+        RUNS_CONTAINER, duplicates_blob_name(run.run_id, job.partition)
+    )
+    files = partition_files_loader(services, run.run_id)
+    for row in _segment_rows(run, job.partition, services):
+        order, customer_id, _, _, _, obj_json = row
+        if not obj_json:
+            members.kept.add(customer_id)
+        elif customer_id in members.profiles:
+            counts.duplicates += 1
+            duplicates.write(_duplicate_entry(order, customer_id, loads(obj_json), files))
+        else:
+            members.profiles[customer_id] = row
+    duplicates.close()
+    return members
+
+
+def _previous_profiles(
+    run: Run, export: Export, job: PartitionJob, services: Services
+) -> dict[str, Fingerprints]:
+    """What the snapshot the run diffs against holds for this partition's ids."""
+    if not run.previous_snapshot:
+        return {}
+    snapshot = (run.previous_snapshot, run.previous_partitions)
+    return dict(
+        services.snapshots.profiles(
+            export.name, run.connection, snapshot, job.partition, job.partitions
+        )
+    )
+
+
+def _compare(
+    run: Run,
+    export: Export,
+    members: _Members,
+    old: dict[str, Fingerprints],
+    pending: BlobLineWriter,
+    snapshot: BlobLineWriter,
+    counts: PartitionCounts,
+) -> list[str]:
+    """Each member against the snapshot: the chunk lines to send, and the pending snapshot and
+    this run's snapshot partition written as it goes (see the module docstring).
+
+    A new profile (most of a first export) is sent whole from the piece's encodings, without
+    decoding anything; an unchanged one costs a comparison of fingerprints.
+    """
+    full = bool(run.full_refresh_reason)
+    clearable = clearable_attributes(export)
+    sends: list[str] = []
+    for order, customer_id, id_json, points, prints_json, obj_json in members.profiles.values():
+        previous = old.get(customer_id)
+        if previous is None:
+            counts.new += 1
+            counts.objects += 1
+            counts.data_points += points
+            sends.append(f"{order}\t{points}\t{obj_json}")
+            pending.write(f"[{id_json},{prints_json},null]")
+            snapshot.write(f"[{id_json},{prints_json}]")
+            continue
+        prints = loads(prints_json)
+        if prints == previous and not full:  # same attributes, same values: nothing to clear
+            counts.unchanged += 1
+            pending.write(line := f"[{id_json},{prints_json}]")
+            snapshot.write(line)
+            continue
+        obj = loads(obj_json)
+        change = delta(obj, previous, clearable, False, prints)
+        if change is None:
+            counts.unchanged += 1
+        else:
+            counts.changed += 1
+        body = delta(obj, previous, clearable, True) if full else change
+        if body is None:
+            pending.write(line := jsonlines.dumps([customer_id, previous]))
+            snapshot.write(line)
+            continue
+        sends.append(_send_line(order, body, counts))
+        pending.write(f"[{id_json},{prints_json},{jsonlines.dumps(previous)}]")
+        snapshot.write(f"[{id_json},{prints_json}]")
+    return sends
+
+
+def _removals(
+    run: Run,
+    export: Export,
+    job: PartitionJob,
+    members: _Members,
+    old: dict[str, Fingerprints],
+    pending: BlobLineWriter,
+    snapshot: BlobLineWriter,
+    counts: PartitionCounts,
+) -> list[str]:
+    """Who left the segment: the snapshot's ids that no row names. A row that could not be
+    read may be any member's: while there are such rows, nobody is taken for having left (a
+    stray comma must not remove a customer from the segment)."""
+    hold_removals = run.rows_unidentified > 0 and not run.teardown
+    sends: list[str] = []
+    for customer_id, previous in old.items():
+        if customer_id in members.profiles:
+            continue
+        if customer_id in members.kept or hold_removals:
+            counts.removals_held += customer_id not in members.kept
+            pending.write(line := jsonlines.dumps([customer_id, previous]))
+            snapshot.write(line)
+            continue
+        counts.removed += 1
+        order = REMOVAL_ORDER + (job.partition << 32) + counts.removed
+        sends.append(_send_line(order, removal(customer_id, export, previous), counts))
+        pending.write(jsonlines.dumps([customer_id, None, previous]))
+    return sends
 
 
 def _send_line(order: int, body: dict[str, Any], counts: PartitionCounts) -> str:

@@ -11,9 +11,16 @@ import threading
 from functools import cached_property
 from pathlib import Path
 
-from shared.braze_client import BrazeClient
+from shared.braze_client import BrazeClient, InFlightSizer
 from shared.config import RATE_TABLE, RUNS_TABLE, ConfigurationError, Settings, load_settings
-from shared.definitions import Connection, Definitions, parse_definitions
+from shared.definitions import (
+    IN_FLIGHT_HEADROOM,
+    MAX_IN_FLIGHT,
+    MIN_IN_FLIGHT,
+    Connection,
+    Definitions,
+    parse_definitions,
+)
 from shared.rate_governor import RateGovernor
 from shared.runs import RunStore
 from shared.secrets import SecretProvider
@@ -100,7 +107,14 @@ class Services:
                     connection.rest_endpoint,
                     lambda refresh: self.secrets.get(secret, refresh=refresh),
                     governor=governor,
-                    max_in_flight=connection.in_flight_per_worker(),
+                    in_flight=connection.max_in_flight
+                    or InFlightSizer(
+                        connection.requests_per_second(),
+                        connection.expected_latency_ms / 1000,
+                        low=MIN_IN_FLIGHT,
+                        high=MAX_IN_FLIGHT,
+                        headroom=IN_FLIGHT_HEADROOM,
+                    ),
                 )
                 self._braze[key] = client
             return client

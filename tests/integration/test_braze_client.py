@@ -13,7 +13,7 @@ import requests
 from azure.data.tables import TableClient
 
 from devtools.processes import Azurite, Sandbox, start_sandbox
-from shared.braze_client import VERSION, BrazeClient, BrazeUnavailable
+from shared.braze_client import VERSION, BrazeClient, BrazeUnavailable, InFlightSizer
 from shared.config import RATE_TABLE, StorageSettings
 from shared.mapping import encode_object
 from shared.rate_governor import RateGovernor
@@ -237,3 +237,20 @@ def test_a_429_to_one_instance_stops_the_others(braze: Sandbox, rate_table: Tabl
         other.acquire()
     assert waited.value.args[0] > 25
     assert _stats(braze)["requests_total"] == 1
+
+
+def test_requests_in_flight_follow_the_latency_braze_shows(braze: Sandbox) -> None:
+    """A client told Braze answers in 1 ms, facing 200 ms: it measures at least 200 ms per
+    round trip, so Little's law asks for at least 1,000/s x 0.2 s = 200 in flight, which the
+    upper bound holds to 64 (the sandbox's latency is a floor, so no timing can fail this)."""
+    _configure(braze, "faults", latency_ms=200)
+    try:
+        sizer = InFlightSizer(1000, 0.001, low=2, high=64, headroom=1.0)
+        client = BrazeClient(braze.url, lambda refresh: KEY, in_flight=sizer)
+        assert client.max_in_flight == 2  # 1,000/s x 1 ms = 1, raised to the lower bound
+        futures = [client.submit(_objects(75, f"lat{n}")) for n in range(64)]
+        assert all(f.result().status == 201 for f in futures)
+        assert sizer.latency_seconds > 0.19  # 64 round trips of 200 ms or more, from 1 ms
+        assert client.max_in_flight == 64
+    finally:
+        _configure(braze, "faults", latency_ms=0)
