@@ -1,14 +1,17 @@
 """End-to-end export benchmark on this machine: Azurite, local hosts, the Braze sandbox.
 
 Generates a segment of N profiles (realistic, messy columns; 1% invalid rows), then runs one
-export three times through the real queues against a sandbox enforcing Braze's 3,000 requests
+export four times through the real queues against a sandbox enforcing Braze's 3,000 requests
 per 3 s with added latency: a first export (everything new), a delta run (1% of the profiles
-changed) and an unchanged re-run. For each it reports wall time queued -> finished and per
-phase (split, diff, release, deliver, finalize), requests, profiles/s, the ratio to Braze's
-rate-limit floor, requests per rate window over the delivery phase (min, median, max), 429s,
-and each process's peak RSS; plus `import function_app` time in a fresh process. Writes
-`<out>/<date>.json`, `<out>/<date>.md` and `<out>/<date>.png` (requests per second against
-the limit). Bounded: three runs, each with a deadline.
+changed), the same bytes written again (read and diffed: nothing changed) and a re-run with
+the file untouched (the run sees the same ETag and reads nothing).
+
+For each run it reports wall time queued -> finished and per phase (split, diff, release,
+deliver, finalize), requests, profiles/s, the ratio to Braze's rate-limit floor, requests per
+rate window over the delivery phase (min, median, max), 429s and the CPU seconds each process
+used; then each process's peak RSS and `import function_app` time in a fresh process. Writes
+`<out>/<date>.json`, `<out>/<date>.md` and `<out>/<date>.png` (requests per second against the
+limit). Bounded: four runs, each with a deadline.
 
     .venv/bin/python bench/export_bench.py --profiles 1000000 --workers 2 --latency-ms 50
 """
@@ -106,19 +109,21 @@ def phases(run: Run, services: Services) -> Phases:
         for prefix, found in stamps.items():
             if entity["RowKey"].startswith(prefix):
                 found.append(entity.metadata["timestamp"])
-    assert run.planning_started_at and run.split_finished_at and run.planning_finished_at
-    assert run.finished_at
-    diffed = max(stamps["part-"], default=run.split_finished_at)
-    delivered = max(stamps["chunk-"], default=run.planning_finished_at)
+    assert run.planning_started_at and run.finished_at
+    # A run that found its source unchanged ends during planning: its later phases take 0 s.
+    split_finished = run.split_finished_at or run.finished_at
+    planned = run.planning_finished_at or run.finished_at
+    diffed = max(stamps["part-"], default=split_finished)
+    delivered = max(stamps["chunk-"], default=planned)
 
     def seconds(start: datetime, end: datetime) -> float:
         return round(max(0.0, (end - start).total_seconds()), 3)
 
     return Phases(
-        split=seconds(run.planning_started_at, run.split_finished_at),
-        diff=seconds(run.split_finished_at, diffed),
-        release=seconds(diffed, run.planning_finished_at),
-        deliver=seconds(run.planning_finished_at, delivered),
+        split=seconds(run.planning_started_at, split_finished),
+        diff=seconds(split_finished, diffed),
+        release=seconds(diffed, planned),
+        deliver=seconds(planned, delivered),
         finalize=seconds(delivered, run.finished_at),
     )
 
@@ -249,7 +254,11 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=15000)
     parser.add_argument("--changed-every", type=int, default=100, help="delta run: 1 in N")
     parser.add_argument(
-        "--runs", type=int, choices=(1, 2, 3), default=3, help="first export, then delta, unchanged"
+        "--runs",
+        type=int,
+        choices=(1, 2, 3, 4),
+        default=4,
+        help="first export, delta, unchanged bytes written again, unchanged",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
@@ -296,13 +305,17 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "sandbox": sandbox.process.pid,
             "azurite": azurite.process.pid,
         }
-        for label, changed_every in (
-            ("first export", 0),
-            ("delta (1% changed)", args.changed_every),
-            ("unchanged re-run", None),  # the delta's file again
+        for label, changed_every, upload in (
+            ("first export", 0, True),
+            ("delta (1% changed)", args.changed_every, True),
+            # The delta's bytes written again: a new ETag, so the run reads and diffs them.
+            ("unchanged, written again", None, True),
+            # Not written since the last run: the run sees the same ETag and reads nothing.
+            ("unchanged re-run", None, False),
         )[: args.runs]:
             if changed_every is not None:
                 valid = write_segment(path, args.profiles, changed_every)
+            if upload:
                 with path.open("rb") as data:
                     services.storage.blobs.get_blob_client("segments", SOURCE).upload_blob(
                         data, overwrite=True, max_concurrency=4

@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from shared.braze_client import VERSION
 from shared.cdm import CdmEntity, parse_model, read_entity
 from shared.config import PARTITIONS_QUEUE, RUNS_CONTAINER, SPLITS_QUEUE, ConfigurationError
 from shared.definitions import (
@@ -33,7 +34,7 @@ from shared.definitions import (
     UnknownExport,
     format_of,
 )
-from shared.diff import mapping_fingerprint, partition_count, partition_of
+from shared.diff import fingerprint, mapping_fingerprint, partition_count, partition_of
 from shared.layout import (
     partition_piece_name,
     plan_rejected_name,
@@ -54,6 +55,7 @@ from shared.profiles import (
 from shared.reporting import finish_early
 from shared.runs import Run, RunConflict, SplitResult, Status, utcnow
 from shared.services import Services
+from shared.snapshots import Manifest
 from shared.storage import BlobLineWriter, BlobNotFound, Storage
 from shared.validation import Profile, usable_customer_id, validate_record
 
@@ -87,9 +89,20 @@ def plan_run(job: ExportJob, services: Services) -> None:
         definitions = services.definitions()
         export = definitions.export(run.export_name)
         connection = definitions.connection(export.connection)
-        _compare_with_snapshot(run, export, connection, services)
+        manifest = _compare_with_snapshot(run, export, connection, services)
         if run.teardown:  # empty partitions: everyone in the snapshot leaves
             _finish_split(run, max(run.previous_partitions, 1), [], services)
+            return
+        run.source_version = _source_version(run, export, connection, services)
+        if _same_as_snapshot(run, manifest):
+            assert manifest is not None
+            run.unchanged_since, run.profiles_unchanged = manifest.run_id, manifest.profiles
+            message = (
+                f"nothing to send: the source and the export's definition are as they were "
+                f"for run {manifest.run_id}, and Braze took everything that run sent; start "
+                "with a full refresh to read the source anyway"
+            )
+            finish_early(run, services, message=message)
             return
         source = _open_source(run, export, services)
         partitions = partition_count(source.size, source.compressed)
@@ -232,7 +245,7 @@ def _queue_splits(run: Run, services: Services) -> None:
 
 def _compare_with_snapshot(
     run: Run, export: Export, connection: Connection, services: Services
-) -> None:
+) -> Manifest | None:
     """Fix, once per run, which snapshot it diffs against and whether it sends everything."""
     manifest = services.snapshots.current(export.name, connection.name)
     run.mapping_fingerprint = mapping_fingerprint(export, connection)
@@ -250,6 +263,40 @@ def _compare_with_snapshot(
         run.full_refresh_reason = (
             "the mapping, segment or membership encoding changed since the last snapshot"
         )
+    return manifest
+
+
+def _source_version(run: Run, export: Export, connection: Connection, services: Services) -> str:
+    """What this run would read and how: each source file's ETag (it changes with every write;
+    for a CDM folder, the model and every partition file), the export's whole definition, the
+    endpoint and this app's version. Any difference makes a run read the source."""
+    storage = services.storage
+    container, _, path = run.source.partition("/")
+    files = [run.source]
+    if _source_format(run, export) == "cdm":
+        model = parse_model(storage.read_bytes(container, path), source=run.source)
+        partitions = model.entity(export.source.entity).partitions
+        files += [f"{p.container}/{p.blob}" for p in partitions]
+    basis = {
+        "app": VERSION,
+        "files": [[name, storage.etag(*name.split("/", 1))] for name in files],
+        "export": export.model_dump(mode="json"),
+        "endpoint": connection.rest_endpoint,
+    }
+    return fingerprint(basis)
+
+
+def _same_as_snapshot(run: Run, manifest: Manifest | None) -> bool:
+    """Nothing to send: the snapshot was made from this very source version and Braze took
+    all of it (a snapshot with rejections has no version, so its rows are sent again). A dry
+    run and a full refresh always read the source."""
+    return (
+        manifest is not None
+        and bool(manifest.source_version)
+        and manifest.source_version == run.source_version
+        and not run.full_refresh_reason
+        and not run.dry_run
+    )
 
 
 # Not frozen: one is made per row, and a frozen dataclass costs four times as much to create.

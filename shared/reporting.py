@@ -216,8 +216,14 @@ def _commit_snapshot(
             partition,
             _committed(pending, rejected, untrusted),
         )
+    settled = not (touched or unlisted)  # Braze took everything sent, in every round
     manifest = Manifest(
-        run.run_id, run.partitions, run.mapping_fingerprint, profiles, utcnow().isoformat()
+        run.run_id,
+        run.partitions,
+        run.mapping_fingerprint,
+        profiles,
+        utcnow().isoformat(),
+        source_version=run.source_version if settled else "",
     )
     services.snapshots.make_current(run.export_name, run.connection, manifest)
     run.snapshot_profiles = profiles
@@ -334,6 +340,7 @@ def build_report(run: Run, partitions: list[PartitionResult] | None = None) -> d
             "previous_snapshot": run.previous_snapshot or None,
             "previous_profiles": run.previous_profiles,
             "snapshot_profiles": run.snapshot_profiles,
+            "unchanged_since": run.unchanged_since or None,
         },
         "safety_valve": run.stopped_by or None,
         "warnings": {

@@ -89,6 +89,11 @@ class Run:
     previous_partitions: int = 0
     previous_profiles: int = 0
     full_refresh_reason: str = ""
+    # The source files' versions with the export's definition (see planner._source_version);
+    # when they equal the snapshot's, the run reads nothing and `unchanged_since` names the run
+    # whose snapshot it kept.
+    source_version: str = ""
+    unchanged_since: str = ""
     profiles_new: int = 0
     profiles_changed: int = 0
     profiles_unchanged: int = 0

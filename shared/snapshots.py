@@ -32,6 +32,9 @@ class Manifest:
     mapping: str
     profiles: int
     written_at: str
+    # The run's source version when Braze took everything it sent (else empty): a later run of
+    # the same version has nothing to send.
+    source_version: str = ""
 
 
 def _prefix(export: str, connection: str) -> str:

@@ -160,6 +160,13 @@ class Storage:
         except ResourceNotFoundError:
             raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
 
+    def etag(self, container: str, name: str) -> str:
+        """The blob's version as the service names it: it changes with every write."""
+        try:
+            return str(self.container(container).get_blob_client(name).get_blob_properties().etag)
+        except ResourceNotFoundError:
+            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
+
     def exists(self, container: str, name: str) -> bool:
         return self.container(container).get_blob_client(name).exists()
 

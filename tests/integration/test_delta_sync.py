@@ -97,20 +97,50 @@ def _assert_braze_holds(app: App, rows: dict[str, dict[str, str]], left: set[str
 
 
 def test_an_unchanged_rerun_sends_nothing(quiet_app: App) -> None:
+    """The same bytes written again (a new ETag) are read and diffed: nothing changed."""
     rows = _rows(300, "same")
     _export(quiet_app, "same", rows)
     first = run_in_process(quiet_app, "same")
     assert first.status == Status.SUCCEEDED and first.full_refresh_reason
     assert (first.profiles_new, first.profiles_accepted) == (300, 300)
 
+    _upload(quiet_app, "same", rows)
     before = _requests_total(quiet_app)
     second = run_in_process(quiet_app, "same")
     assert _requests_total(quiet_app) == before
     assert second.status == Status.SUCCEEDED and not second.full_refresh_reason
+    assert (second.rows_read, second.unchanged_since) == (300, "")
     assert (second.profiles_unchanged, second.requests_sent, second.objects_planned) == (300, 0, 0)
     assert second.data_points_estimated == second.data_points_used == 0
     assert second.message.startswith("nothing changed")
     assert _snapshot_run(quiet_app, "same") == second.run_id
+
+
+def test_a_source_not_written_since_a_clean_run_is_not_read_again(quiet_app: App) -> None:
+    """Same ETag, same definition, and Braze took everything: the run ends at once, keeps the
+    snapshot, and says why; a full refresh or an edited definition reads the source again."""
+    rows = _rows(300, "idle")
+    _export(quiet_app, "idle", rows)
+    first = run_in_process(quiet_app, "idle")
+    assert first.status == Status.SUCCEEDED
+
+    before = _requests_total(quiet_app)
+    second = run_in_process(quiet_app, "idle")
+    assert _requests_total(quiet_app) == before
+    assert second.status == Status.SUCCEEDED and second.unchanged_since == first.run_id
+    assert (second.rows_read, second.partitions, second.requests_sent) == (0, 0, 0)
+    assert second.profiles_unchanged == 300
+    assert second.message.startswith("nothing to send") and first.run_id in second.message
+    assert _snapshot_run(quiet_app, "idle") == first.run_id
+    report = json.loads(quiet_app.blob_text(second.report_blob))
+    assert report["diff"]["unchanged_since"] == first.run_id
+
+    forced = run_in_process(quiet_app, "idle", full_refresh=True)
+    assert (forced.rows_read, forced.profiles_accepted, forced.unchanged_since) == (300, 300, "")
+
+    quiet_app.define([export_definition("idle", "delta/idle.csv", "Delta Seg", chunk_size=250)])
+    edited = run_in_process(quiet_app, "idle")
+    assert (edited.rows_read, edited.profiles_unchanged, edited.requests_sent) == (300, 300, 0)
 
 
 def test_changes_joins_and_leaves_send_exactly_the_difference(quiet_app: App) -> None:
