@@ -295,7 +295,7 @@ def _array_cap_check(
     run: Run,
     export: Export,
     definitions: Definitions,
-    profiles: dict[str, tuple[int, dict[str, Any]]],
+    profiles: dict[str, PieceRow],
     job: PartitionJob,
     services: Services,
     counts: PartitionCounts,

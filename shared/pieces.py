@@ -41,6 +41,11 @@ def read_rows(text: str) -> Iterator[PieceRow]:
     for line in text.split("\n"):
         if not line:
             continue
+        if line.startswith("["):
+            raise ValueError(
+                "this partition piece was written by an earlier version of the app (a JSON "
+                "array per line); start the run again"
+            )
         fields = line.split("\t")
         order, customer_id_json = int(fields[0]), fields[1]
         if len(fields) == 2:

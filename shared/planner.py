@@ -12,6 +12,7 @@ one to finish queues the partition diffs.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -20,10 +21,10 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import partial
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
-from shared.braze_client import VERSION
 from shared.cdm import CdmEntity, parse_model, read_entity
 from shared.config import PARTITIONS_QUEUE, RUNS_CONTAINER, SPLITS_QUEUE, ConfigurationError
 from shared.definitions import (
@@ -269,7 +270,7 @@ def _compare_with_snapshot(
 def _source_version(run: Run, export: Export, connection: Connection, services: Services) -> str:
     """What this run would read and how: each source file's ETag (it changes with every write;
     for a CDM folder, the model and every partition file), the export's whole definition, the
-    endpoint and this app's version. Any difference makes a run read the source."""
+    endpoint and this app's code. Any difference makes a run read the source."""
     storage = services.storage
     container, _, path = run.source.partition("/")
     files = [run.source]
@@ -278,12 +279,23 @@ def _source_version(run: Run, export: Export, connection: Connection, services: 
         partitions = model.entity(export.source.entity).partitions
         files += [f"{p.container}/{p.blob}" for p in partitions]
     basis = {
-        "app": VERSION,
+        "app": _code_digest(),
         "files": [[name, storage.etag(*name.split("/", 1))] for name in files],
         "export": export.model_dump(mode="json"),
         "endpoint": connection.rest_endpoint,
     }
     return fingerprint(basis)
+
+
+@functools.cache
+def _code_digest() -> str:
+    """A digest of this package's code: a deployment that changes how rows are read, validated,
+    mapped or compared gives every source a new version (a version number may not be bumped)."""
+    digest = blake2b(digest_size=8)
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.relative_to(Path(__file__).parent).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _same_as_snapshot(run: Run, manifest: Manifest | None) -> bool:

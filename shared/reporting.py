@@ -216,7 +216,10 @@ def _commit_snapshot(
             partition,
             _committed(pending, rejected, untrusted),
         )
-    settled = not (touched or unlisted)  # Braze took everything sent, in every round
+    # Only a clean run vouches for its source version: a later run of the same version then has
+    # nothing to send and nothing to report. After any rejection (by validation or by Braze,
+    # in any round) or a held removal, the next run reads the source and reports it again.
+    settled = run.status == Status.SUCCEEDED and not (touched or unlisted or run.removals_held)
     manifest = Manifest(
         run.run_id,
         run.partitions,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from shared import jsonlines
 from shared.config import SNAPSHOTS_CONTAINER
@@ -54,9 +54,11 @@ class SnapshotStore:
     def current(self, export: str, connection: str) -> Manifest | None:
         name = _prefix(export, connection) + "current.json"
         try:
-            return Manifest(**json.loads(self._storage.read_bytes(SNAPSHOTS_CONTAINER, name)))
+            data = json.loads(self._storage.read_bytes(SNAPSHOTS_CONTAINER, name))
         except BlobNotFound:
             return None
+        # A newer version may have added fields: keep what this one knows.
+        return Manifest(**{f.name: data[f.name] for f in fields(Manifest) if f.name in data})
 
     def profiles(
         self,

@@ -143,6 +143,26 @@ def test_a_source_not_written_since_a_clean_run_is_not_read_again(quiet_app: App
     assert (edited.rows_read, edited.profiles_unchanged, edited.requests_sent) == (300, 300, 0)
 
 
+def test_a_source_with_rejected_rows_is_read_and_reported_again(quiet_app: App) -> None:
+    """A run with a row rejected by validation is not clean: the next run of the same bytes
+    reads them, sends nothing, and reports the same rejected row, with its reason, again."""
+    rows = _rows(50, "dirty")
+    rows["dirty-00007"]["Email"] = "not an email"
+    _export(quiet_app, "dirty", rows)
+    first = run_in_process(quiet_app, "dirty")
+    assert first.status == Status.PARTIALLY_SUCCEEDED and first.rows_rejected == 1
+
+    before = _requests_total(quiet_app)
+    second = run_in_process(quiet_app, "dirty")
+    assert _requests_total(quiet_app) == before
+    assert (second.status, second.unchanged_since) == (Status.PARTIALLY_SUCCEEDED, "")
+    assert (second.rows_read, second.rows_rejected, second.profiles_unchanged) == (50, 1, 49)
+    rejected = [json.loads(line) for line in quiet_app.blob_text(second.rejected_blob).splitlines()]
+    assert [(r["customer_id"], r["codes"]) for r in rejected] == [
+        ("dirty-00007", ["email_invalid"])
+    ]
+
+
 def test_changes_joins_and_leaves_send_exactly_the_difference(quiet_app: App) -> None:
     rows = _rows(2000, "mix")
     _export(quiet_app, "mix", rows)
