@@ -83,9 +83,9 @@ class InFlightSizer:
         per_second: float,
         latency_seconds: float,
         *,
-        low: int = 2,
-        high: int = 128,
-        headroom: float = 1.25,
+        low: int,
+        high: int,
+        headroom: float,
     ) -> None:
         self._per_second = per_second
         self._headroom = headroom

@@ -104,6 +104,28 @@ class _Members(NamedTuple):
     kept: set[str]
 
 
+class _SnapshotLines(NamedTuple):
+    """The pending snapshot and this run's snapshot partition, written side by side (see the
+    module docstring): `[id, prints]` is final; `[id, new, old]` falls back to old if Braze
+    rejects what was sent."""
+
+    pending: BlobLineWriter
+    snapshot: BlobLineWriter
+
+    def keep(self, line: str) -> None:
+        """A profile whose entry stands whatever Braze does."""
+        self.pending.write(line)
+        self.snapshot.write(line)
+
+    def sent(self, id_json: str, prints_json: str | None, previous_json: str) -> None:
+        """A profile sent with `prints_json` (None: its membership removed)."""
+        self.pending.write(
+            f"[{id_json},{'null' if prints_json is None else prints_json},{previous_json}]"
+        )
+        if prints_json is not None:
+            self.snapshot.write(f"[{id_json},{prints_json}]")
+
+
 def _diff(
     run: Run, definitions: Definitions, job: PartitionJob, services: Services
 ) -> PartitionResult:
@@ -112,26 +134,26 @@ def _diff(
     counts = PartitionCounts()
     members = _collect_members(run, job, services, counts)
     old = _previous_profiles(run, export, job, services)
-    pending = services.storage.line_writer(
-        RUNS_CONTAINER, pending_snapshot_name(run.run_id, job.partition)
+    lines = _SnapshotLines(
+        services.storage.line_writer(
+            RUNS_CONTAINER, pending_snapshot_name(run.run_id, job.partition)
+        ),
+        services.snapshots.part_writer(export.name, run.connection, run.run_id, job.partition),
     )
-    snapshot = services.snapshots.part_writer(
-        export.name, run.connection, run.run_id, job.partition
-    )
-    sends = _compare(run, export, members, old, pending, snapshot, counts)
-    sends += _removals(run, export, job, members, old, pending, snapshot, counts)
+    sends = _compare(run, export, members, old, lines, counts)
+    sends += _removals(run, export, job, members, old, lines, counts)
     chunks = batches(sends, export.chunk_size)
     services.storage.in_parallel(
         [
-            pending.close,
-            snapshot.close,
+            lines.pending.close,
+            lines.snapshot.close,
             *(
-                partial(write_chunk, services, chunk_blob_name(run.run_id, job.partition, i), lines)
-                for i, lines in enumerate(chunks)
+                partial(write_chunk, services, chunk_blob_name(run.run_id, job.partition, i), chunk)
+                for i, chunk in enumerate(chunks)
             ),
         ]
     )
-    chunk_rows = [len(lines) for lines in chunks]
+    chunk_rows = [len(chunk) for chunk in chunks]
     examples = _array_cap_check(run, export, definitions, members.profiles, job, services, counts)
     if examples:
         log.warning(
@@ -147,7 +169,7 @@ def _diff(
         **asdict(counts),
         array_cap_examples=examples,
         chunk_rows=chunk_rows,
-        snapshot_profiles=snapshot.lines,
+        snapshot_profiles=lines.snapshot.lines,
         rejected_blob=duplicates_blob_name(run.run_id, job.partition) if counts.duplicates else "",
     )
 
@@ -194,12 +216,11 @@ def _compare(
     export: Export,
     members: _Members,
     old: dict[str, Fingerprints],
-    pending: BlobLineWriter,
-    snapshot: BlobLineWriter,
+    lines: _SnapshotLines,
     counts: PartitionCounts,
 ) -> list[str]:
-    """Each member against the snapshot: the chunk lines to send, and the pending snapshot and
-    this run's snapshot partition written as it goes (see the module docstring).
+    """Each member against the snapshot: the chunk lines to send, and the snapshot lines
+    written as it goes.
 
     A new profile (most of a first export) is sent whole from the piece's encodings, without
     decoding anything; an unchanged one costs a comparison of fingerprints.
@@ -214,14 +235,12 @@ def _compare(
             counts.objects += 1
             counts.data_points += points
             sends.append(f"{order}\t{points}\t{obj_json}")
-            pending.write(f"[{id_json},{prints_json},null]")
-            snapshot.write(f"[{id_json},{prints_json}]")
+            lines.sent(id_json, prints_json, "null")
             continue
         prints = loads(prints_json)
         if prints == previous and not full:  # same attributes, same values: nothing to clear
             counts.unchanged += 1
-            pending.write(line := f"[{id_json},{prints_json}]")
-            snapshot.write(line)
+            lines.keep(f"[{id_json},{prints_json}]")
             continue
         obj = loads(obj_json)
         change = delta(obj, previous, clearable, False, prints)
@@ -231,12 +250,10 @@ def _compare(
             counts.changed += 1
         body = delta(obj, previous, clearable, True) if full else change
         if body is None:
-            pending.write(line := jsonlines.dumps([customer_id, previous]))
-            snapshot.write(line)
+            lines.keep(jsonlines.dumps([customer_id, previous]))
             continue
         sends.append(_send_line(order, body, counts))
-        pending.write(f"[{id_json},{prints_json},{jsonlines.dumps(previous)}]")
-        snapshot.write(f"[{id_json},{prints_json}]")
+        lines.sent(id_json, prints_json, jsonlines.dumps(previous))
     return sends
 
 
@@ -246,8 +263,7 @@ def _removals(
     job: PartitionJob,
     members: _Members,
     old: dict[str, Fingerprints],
-    pending: BlobLineWriter,
-    snapshot: BlobLineWriter,
+    lines: _SnapshotLines,
     counts: PartitionCounts,
 ) -> list[str]:
     """Who left the segment: the snapshot's ids that no row names. A row that could not be
@@ -260,13 +276,12 @@ def _removals(
             continue
         if customer_id in members.kept or hold_removals:
             counts.removals_held += customer_id not in members.kept
-            pending.write(line := jsonlines.dumps([customer_id, previous]))
-            snapshot.write(line)
+            lines.keep(jsonlines.dumps([customer_id, previous]))
             continue
         counts.removed += 1
         order = REMOVAL_ORDER + (job.partition << 32) + counts.removed
         sends.append(_send_line(order, removal(customer_id, export, previous), counts))
-        pending.write(jsonlines.dumps([customer_id, None, previous]))
+        lines.sent(jsonlines.dumps(customer_id), None, jsonlines.dumps(previous))
     return sends
 
 
