@@ -39,10 +39,11 @@ sys.path.insert(0, str(ROOT))
 
 from devtools.processes import Azurite, Sandbox, start_azurite, start_sandbox  # noqa: E402
 from devtools.sample import demo_definitions  # noqa: E402
-from shared.config import RUNS_TABLE, load_settings  # noqa: E402
-from shared.runs import Run  # noqa: E402
-from shared.services import Services  # noqa: E402
-from shared.triggers import start_run  # noqa: E402
+from shared.adapters.services import Services  # noqa: E402
+from shared.adapters.settings import load_settings  # noqa: E402
+from shared.core.resource_names import RUNS_TABLE  # noqa: E402
+from shared.core.runs import Run  # noqa: E402
+from shared.pipeline.start import start_run  # noqa: E402
 
 API_KEY = "bench-key"
 SOURCE = "bench/segment.csv"

@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devtools.processes import ROOT, start_azurite
 from devtools.sample import demo_definitions
-from shared.config import JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE, load_settings
-from shared.services import Services
-from shared.triggers import start_run
+from shared.adapters.services import Services
+from shared.adapters.settings import load_settings
+from shared.core.resource_names import JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE
+from shared.pipeline.start import start_run
 
 HEADER = "CustomerId,Email,FirstName,LoyaltyPoints,IsVip,BirthDate,Note\n"
 
@@ -47,9 +48,10 @@ def write_segment(path: Path, profiles: int) -> int:
 
 def child(stage: str, run_id: str) -> None:
     """Run one stage in this process and print its wall time and peak RSS as JSON."""
-    from shared.messages import ExportJob, PartitionJob, SplitJob
-    from shared.partitions import diff_partition
-    from shared.planner import plan_run, split_source
+    from shared.core.messages import ExportJob, PartitionJob, SplitJob
+    from shared.pipeline.diff_partition import diff_partition
+    from shared.pipeline.plan_export import plan_run
+    from shared.pipeline.split_source import split_source
 
     services = Services(load_settings())
     started = time.perf_counter()

@@ -23,8 +23,9 @@ from azure.storage.blob import BlobServiceClient
 
 from devtools import services
 from devtools.sample import make_segment
-from shared.config import AZURITE_CONNECTION_STRING, RUNS_CONTAINER, load_settings
-from shared.services import Services
+from shared.adapters.services import Services
+from shared.adapters.settings import AZURITE_CONNECTION_STRING, load_settings
+from shared.core.resource_names import RUNS_CONTAINER
 
 CONTAINER = "segments"
 BLOB = "demo/vip-customers.csv"

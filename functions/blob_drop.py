@@ -7,9 +7,9 @@ the planner streams it itself.
 import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob
 
-from shared.config import DROPS_CONTAINER, STORAGE_CONNECTION
-from shared.services import app_services
-from shared.triggers import blob_version, handle_drop
+from shared.adapters.services import app_services
+from shared.core.resource_names import DROPS_CONTAINER, STORAGE_CONNECTION
+from shared.pipeline.start import blob_version, handle_drop
 
 bp = func.Blueprint()
 

@@ -2,10 +2,10 @@
 
 import azure.functions as func
 
-from shared.config import CHUNKS_QUEUE, STORAGE_CONNECTION
-from shared.delivery import deliver_chunk, fail_chunk
-from shared.messages import ChunkJob
-from shared.services import app_services
+from shared.adapters.services import app_services
+from shared.core.messages import ChunkJob
+from shared.core.resource_names import CHUNKS_QUEUE, STORAGE_CONNECTION
+from shared.pipeline.deliver_chunk import deliver_chunk, fail_chunk
 
 bp = func.Blueprint()
 

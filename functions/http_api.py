@@ -2,8 +2,8 @@
 
 import azure.functions as func
 
-from shared import api
-from shared.services import app_services
+from shared.adapters.services import app_services
+from shared.entrypoints import http_api as api
 
 bp = func.Blueprint()
 

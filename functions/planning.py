@@ -3,11 +3,17 @@ partition."""
 
 import azure.functions as func
 
-from shared.config import JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE, STORAGE_CONNECTION
-from shared.messages import ExportJob, PartitionJob, SplitJob
-from shared.partitions import diff_partition, fail_partition
-from shared.planner import fail_planning, fail_split, plan_run, split_source
-from shared.services import app_services
+from shared.adapters.services import app_services
+from shared.core.messages import ExportJob, PartitionJob, SplitJob
+from shared.core.resource_names import (
+    JOBS_QUEUE,
+    PARTITIONS_QUEUE,
+    SPLITS_QUEUE,
+    STORAGE_CONNECTION,
+)
+from shared.pipeline.diff_partition import diff_partition, fail_partition
+from shared.pipeline.plan_export import fail_planning, plan_run
+from shared.pipeline.split_source import fail_split, split_source
 
 bp = func.Blueprint()
 

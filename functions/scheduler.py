@@ -4,10 +4,10 @@ import logging
 
 import azure.functions as func
 
-from shared.runs import utcnow
-from shared.services import app_services
-from shared.stalls import sweep_stalled
-from shared.triggers import schedule_tick
+from shared.adapters.services import app_services
+from shared.core.runs import utcnow
+from shared.pipeline.stall_sweep import sweep_stalled
+from shared.pipeline.start import schedule_tick
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)

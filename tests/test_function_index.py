@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import (
+from shared.core.resource_names import (
     CHUNKS_QUEUE,
     DROPS_CONTAINER,
     JOBS_QUEUE,

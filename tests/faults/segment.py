@@ -4,7 +4,7 @@
 commas and newlines inside fields, accents and emoji, padding, blanks, values at the length
 limits) and, among them, rows that each break exactly one rule. `expected_outcome` then decides
 what Braze must end up holding from the documented rules alone, written out here rather than
-taken from shared.validation, so the suite checks the pipeline against the contract and not
+taken from shared.core.validation, so the suite checks the pipeline against the contract and not
 against itself.
 """
 

@@ -22,8 +22,8 @@ import pytest
 import requests
 
 from devtools.processes import Azurite, Sandbox
-from shared.runs import Run, Status
-from shared.triggers import start_run
+from shared.core.runs import Run, Status
+from shared.pipeline.start import start_run
 from tests.faults.conftest import SANDBOX_KEY
 from tests.faults.segment import (
     MEMBERSHIP_ATTRIBUTE,

@@ -21,14 +21,16 @@ from azure.core.exceptions import ResourceExistsError
 
 from devtools.processes import ROOT, Azurite, Sandbox, start_azurite, start_sandbox
 from devtools.sample import demo_definitions
-from shared.config import CHUNKS_QUEUE, JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE, load_settings
-from shared.delivery import deliver_chunk
-from shared.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
-from shared.partitions import diff_partition
-from shared.planner import plan_run, split_source
-from shared.runs import Run
-from shared.services import Services
-from shared.triggers import start_run
+from shared.adapters.services import Services
+from shared.adapters.settings import load_settings
+from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
+from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE
+from shared.core.runs import Run
+from shared.pipeline.deliver_chunk import deliver_chunk
+from shared.pipeline.diff_partition import diff_partition
+from shared.pipeline.plan_export import plan_run
+from shared.pipeline.split_source import split_source
+from shared.pipeline.start import start_run
 
 SANDBOX_KEY = "test-sandbox-key"
 BLOCKLISTED = "blocked-id-1"

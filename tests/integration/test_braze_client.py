@@ -13,11 +13,12 @@ import requests
 from azure.data.tables import TableClient
 
 from devtools.processes import Azurite, Sandbox, start_sandbox
-from shared.braze_client import VERSION, BrazeClient, BrazeUnavailable, InFlightSizer
-from shared.config import RATE_TABLE, StorageSettings
-from shared.mapping import encode_object
-from shared.rate_governor import RateGovernor
-from shared.storage import Storage
+from shared.adapters.braze_client import VERSION, BrazeClient, BrazeUnavailable, InFlightSizer
+from shared.adapters.rate_governor import RateGovernor
+from shared.adapters.settings import StorageSettings
+from shared.adapters.storage import Storage
+from shared.core.braze_objects import encode_object
+from shared.core.resource_names import RATE_TABLE
 
 KEY = "client-test-key"
 WINDOW_THAT_NEVER_ENDS = 10**9  # from 2001 to 2033, so no test sees a window roll over
@@ -123,7 +124,8 @@ def test_a_key_fixed_after_a_rejection_is_picked_up_without_a_restart(
     assert client.track(_objects(1)).status == 401
     assert reads == [False, True]  # one re-read, not one per batch
     vault["key"] = KEY
-    monkeypatch.setattr("shared.braze_client.KEY_REREAD_SECONDS", 0.0)  # the minute has passed
+    # The minute has passed.
+    monkeypatch.setattr("shared.adapters.braze_client.KEY_REREAD_SECONDS", 0.0)
     assert client.track(_objects(1)).status == 201
     assert reads == [False, True, True]
 

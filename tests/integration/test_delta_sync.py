@@ -17,9 +17,9 @@ import pytest
 import requests
 
 from devtools.sample import HEADER, expected_profile
-from shared.diff import partition_count
-from shared.layout import dry_run_blob_name
-from shared.runs import Status
+from shared.core.partitioning import partition_count
+from shared.core.runs import Status
+from shared.pipeline.run_files import dry_run_blob_name
 from tests.integration.conftest import BLOCKLISTED, App, export_definition, run_in_process
 
 NOTES = ['says "hi", twice', "multi\nline, comma", "emoji 🎉", "  padded  ", "Zoë; José"]
@@ -432,7 +432,8 @@ def test_a_segment_that_grows_past_one_partition_still_diffs_against_the_old_sna
     _export(quiet_app, "grow", rows)
     first = run_in_process(quiet_app, "grow")
     assert first.partitions == 1
-    monkeypatch.setattr("shared.diff.PARTITION_TARGET_BYTES", 4096)  # small: many partitions
+    # Small partitions: many of them.
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 4096)
     changed = {k: dict(v) for k, v in rows.items()}
     changed["grow-00007"]["IsVip"] = "true" if rows["grow-00007"]["IsVip"] == "false" else "false"
     del changed["grow-00008"]

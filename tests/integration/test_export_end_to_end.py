@@ -8,9 +8,9 @@ import threading
 from typing import Any
 
 from devtools.sample import make_segment
-from shared.reporting import maybe_finalize
-from shared.runs import ChunkResult, Run, Status
-from shared.triggers import start_run
+from shared.core.runs import ChunkResult, Run, Status
+from shared.pipeline.finalize import maybe_finalize
+from shared.pipeline.start import start_run
 from tests.integration.conftest import BLOCKLISTED, App, export_definition
 
 

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from devtools.sample import make_segment
-from shared.config import JOBS_QUEUE, SPLITS_QUEUE
-from shared.messages import ExportJob, SplitJob
-from shared.planner import plan_run, split_source
-from shared.runs import Run, Status
-from shared.triggers import start_run
+from shared.core.messages import ExportJob, SplitJob
+from shared.core.resource_names import JOBS_QUEUE, SPLITS_QUEUE
+from shared.core.runs import Run, Status
+from shared.pipeline.plan_export import plan_run
+from shared.pipeline.split_source import split_source
+from shared.pipeline.start import start_run
 from tests.integration.conftest import App, export_definition, run_in_process, take
 
 SPLIT_MIB = 0.02  # about 20 KiB a range: a few thousand rows make a dozen ranges

@@ -21,9 +21,10 @@ import pytest
 from azure.data.tables import TableClient
 
 from devtools.processes import Azurite
-from shared.config import RATE_TABLE, StorageSettings
-from shared.rate_governor import RateGovernor
-from shared.storage import Storage
+from shared.adapters.rate_governor import RateGovernor
+from shared.adapters.settings import StorageSettings
+from shared.adapters.storage import Storage
+from shared.core.resource_names import RATE_TABLE
 
 BUDGET = 40
 WINDOW = 1.0

@@ -15,21 +15,15 @@ from azure.functions.queue import QueueMessage
 from devtools.sample import make_segment
 from functions.delivery import deliver
 from functions.planning import plan_export
-from shared.braze_client import TrackOutcome
-from shared.config import PARTITIONS_QUEUE
-from shared.delivery import deliver_chunk
-from shared.layout import partition_piece_name, report_blob_name
-from shared.messages import ChunkJob, ExportJob, PartitionJob
-from shared.planner import plan_run
-from shared.runs import Run, Status
-from shared.storage import Storage
-from tests.integration.conftest import (
-    App,
-    OneAtATime,
-    export_definition,
-    plan_in_process,
-    take,
-)
+from shared.adapters.braze_client import TrackOutcome
+from shared.adapters.storage import Storage
+from shared.core.messages import ChunkJob, ExportJob, PartitionJob
+from shared.core.resource_names import PARTITIONS_QUEUE
+from shared.core.runs import Run, Status
+from shared.pipeline.deliver_chunk import deliver_chunk
+from shared.pipeline.plan_export import plan_run
+from shared.pipeline.run_files import partition_piece_name, report_blob_name
+from tests.integration.conftest import App, OneAtATime, export_definition, plan_in_process, take
 
 
 def _new_run(app: App, name: str, path: str, rows: int, **overrides: Any) -> tuple[Run, Any]:

@@ -10,16 +10,16 @@ from typing import Any
 import pytest
 
 from devtools.sample import make_segment
-from shared import api
-from shared.config import JOBS_QUEUE, PARTITIONS_QUEUE, RUNS_CONTAINER
-from shared.delivery import deliver_chunk, fail_chunk
-from shared.messages import ExportJob, PartitionJob
-from shared.partitions import fail_partition
-from shared.planner import plan_run
-from shared.replay import NotReplayable, replay_run
-from shared.runs import Run, Status, utcnow
-from shared.stalls import check_run, sweep_stalled
-from shared.triggers import start_run
+from shared.core.messages import ExportJob, PartitionJob
+from shared.core.resource_names import JOBS_QUEUE, PARTITIONS_QUEUE, RUNS_CONTAINER
+from shared.core.runs import Run, Status, utcnow
+from shared.entrypoints import http_api as api
+from shared.pipeline.deliver_chunk import deliver_chunk, fail_chunk
+from shared.pipeline.diff_partition import fail_partition
+from shared.pipeline.plan_export import plan_run
+from shared.pipeline.replay import NotReplayable, replay_run
+from shared.pipeline.stall_sweep import check_run, sweep_stalled
+from shared.pipeline.start import start_run
 from tests.integration.conftest import (
     BLOCKLISTED,
     App,
@@ -263,7 +263,8 @@ def test_a_worker_stops_sending_once_its_run_was_ended_meanwhile(
             return real.track(objects)
 
     monkeypatch.setattr(services, "braze", lambda _: SlowBraze())
-    monkeypatch.setattr("shared.delivery.STOP_CHECK_SECONDS", 0.0)  # look before every batch
+    # Look before every batch.
+    monkeypatch.setattr("shared.pipeline.deliver_chunk.STOP_CHECK_SECONDS", 0.0)
     quiet_app.mark_sandbox_requests()
     deliver_chunk(job, services)
     assert len(quiet_app.sandbox_requests()) == 2  # the first, and the one already under way

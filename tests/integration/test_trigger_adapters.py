@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from devtools.sample import make_segment
-from shared.runs import Run, Status, utcnow
-from shared.schedule import latest_slot, slot_run_id
+from shared.core.runs import Run, Status, utcnow
+from shared.core.schedule import latest_slot, slot_run_id
 from tests.integration.conftest import App, LocalHost, export_definition
 
 

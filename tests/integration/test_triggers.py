@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from devtools.sample import make_segment
-from shared.reporting import maybe_finalize
-from shared.runs import ExportBusy, Run, Status, utcnow
-from shared.schedule import latest_slot, slot_run_id
-from shared.triggers import (
+from shared.core.runs import ExportBusy, Run, Status, utcnow
+from shared.core.schedule import latest_slot, slot_run_id
+from shared.pipeline.finalize import maybe_finalize
+from shared.pipeline.start import (
     blob_version,
     drop_run_id,
     handle_drop,

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from shared.cdm import parse_blob_url, parse_model, read_entity
-from shared.profiles import SourceError
-from shared.storage import BlobNotFound
+from shared.adapters.storage import BlobNotFound
+from shared.core.cdm import parse_blob_url, parse_model, read_entity
+from shared.core.source_files import SourceError
 
 ACCOUNT = "https://contosoci.blob.core.windows.net"
 FOLDER = "CustomerInsights_abcd1234/BlobExport"

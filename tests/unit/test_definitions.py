@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.definitions import DefinitionsError, json_schema, parse_definitions
+from shared.core.definitions import DefinitionsError, json_schema, parse_definitions
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from shared import jsonlines
-from shared.diff import canonical_json, fingerprint
+from shared.core import jsonlines
+from shared.core.fingerprints import canonical_json, fingerprint
 
 MESSY_VALUES = [
     "plain",

@@ -4,12 +4,13 @@ import json
 
 import pytest
 
-from shared.braze_client import TrackOutcome, tracking_body
-from shared.definitions import Export
-from shared.delivery import batches, rejected_rows
-from shared.mapping import braze_attributes, encode_object
-from shared.profiles import row_order, row_part
-from shared.validation import Profile
+from shared.adapters.braze_client import TrackOutcome, tracking_body
+from shared.core.braze_objects import braze_attributes, encode_object
+from shared.core.definitions import Export
+from shared.core.source_files import row_order, row_part
+from shared.core.validation import Profile
+from shared.pipeline.deliver_chunk import rejected_rows
+from shared.pipeline.run_files import batches
 
 EXPORT = {
     "name": "vip",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.messages import ChunkJob, ExportJob, MessageError
+from shared.core.messages import ChunkJob, ExportJob, MessageError
 
 
 def test_round_trip_and_size() -> None:

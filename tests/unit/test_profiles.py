@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from shared.profiles import RecordReader, SourceError, open_lines, record_starts
+from shared.core.source_files import RecordReader, SourceError, open_lines, record_starts
 
 MESSY_CSV = (
     "\ufeffCustomerId, Email ,Note\r\n"

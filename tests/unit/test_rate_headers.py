@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from requests.structures import CaseInsensitiveDict
 
-from shared.braze_client import VERSION, user_agent
-from shared.rate_governor import (
+from shared.adapters.braze_client import VERSION, user_agent
+from shared.adapters.rate_governor import (
     MAX_RESET_WAIT_SECONDS,
     header,
     remaining_requests,

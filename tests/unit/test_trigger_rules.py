@@ -4,10 +4,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared import api
-from shared.definitions import is_valid_name
-from shared.schedule import is_valid, latest_slot, next_slot, slot_run_id
-from shared.triggers import drop_ignored_because, drop_run_id
+from shared.core.definitions import is_valid_name
+from shared.core.schedule import is_valid, latest_slot, next_slot, slot_run_id
+from shared.entrypoints import http_api as api
+from shared.pipeline.start import drop_ignored_because, drop_run_id
 
 NOW = datetime(2026, 11, 28, 12, 0, 30, 500_000, tzinfo=UTC)
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from shared.definitions import Mapping
-from shared.validation import Profile, email_problem, validate_record
+from shared.core.definitions import Mapping
+from shared.core.validation import Profile, email_problem, validate_record
 
 MAPPING = Mapping.model_validate(
     {

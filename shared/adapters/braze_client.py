@@ -1,0 +1,290 @@
+"""Braze `/users/track` client: batching-friendly, retrying, and honest about per-object errors.
+
+Requests are prepared once and sent with `trust_env=False`: the usual `session.post` re-reads
+proxy and certificate settings from the environment on every call, which doubles the CPU cost
+of a request at Braze's 1,000 requests/s.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import requests
+
+from shared.adapters.rate_governor import (
+    RESET_HEADER,
+    RateGovernor,
+    header,
+    remaining_requests,
+    reset_wait_seconds,
+    throttle_wait_seconds,
+)
+
+log = logging.getLogger(__name__)
+
+KEY_REREAD_SECONDS = 60.0
+
+
+# pyproject.toml's version: that file is not deployed, so a unit test keeps the two equal.
+VERSION = "0.1.0"
+
+
+class BrazeUnavailable(Exception):
+    """Braze kept failing (5xx, timeouts, dropped connections); retry the chunk later."""
+
+
+@dataclass(frozen=True)
+class TrackOutcome:
+    """What Braze did with one request.
+
+    `failure` is set when the whole request was refused (every object rejected for that
+    reason); otherwise `object_errors` maps an index in `attributes` to Braze's error type.
+    """
+
+    status: int
+    object_errors: dict[int, str] = field(default_factory=dict)
+    failure: str | None = None
+
+
+def user_agent(environ: Mapping[str, str]) -> str:
+    """Names this worker process (Azure's instance id, else the host, and the pid) so that
+    Braze's logs and the sandbox can tell the app's many workers apart."""
+    instance = f"{environ.get('WEBSITE_INSTANCE_ID') or socket.gethostname()}-{os.getpid()}"
+    return f"braze-segment-exporter/{VERSION} ({instance})"
+
+
+def tracking_body(objects_json: Sequence[str]) -> bytes:
+    """A /users/track body from already-serialized attribute objects."""
+    return ('{"attributes":[' + ",".join(objects_json) + "]}").encode("utf-8")
+
+
+class InFlightSizer:
+    """How many requests to keep in flight: enough to spend the budget at the latency Braze
+    shows (Little's law: budget/s x latency, with headroom).
+
+    It starts from the connection's expected latency and follows a moving average of answered
+    requests' round trips, between `low` and `high`: a slower Braze, a longer network path or
+    a busy machine gets more requests in flight instead of leaving the budget unspent, and the
+    rate governor still holds the sum to the budget.
+    """
+
+    SMOOTHING = 0.05  # weight of each new round trip: about the last 20 count
+
+    def __init__(
+        self,
+        per_second: float,
+        latency_seconds: float,
+        *,
+        low: int,
+        high: int,
+        headroom: float,
+    ) -> None:
+        self._per_second = per_second
+        self._headroom = headroom
+        self.low, self.high = low, high
+        self.latency_seconds = latency_seconds
+
+    def observe(self, seconds: float) -> None:
+        """One answered request's round trip (a float update: safe enough across threads)."""
+        self.latency_seconds += self.SMOOTHING * (seconds - self.latency_seconds)
+
+    @property
+    def target(self) -> int:
+        wanted = math.ceil(self._per_second * self.latency_seconds * self._headroom)
+        return max(self.low, min(self.high, wanted))
+
+
+class BrazeClient:
+    """Sends attribute batches to one Braze workspace.
+
+    With a `governor`, every send (retries too) waits for a slot of the budget shared by all
+    instances; without one, only this client's threads hold back when Braze says to wait.
+    `submit` sends on a pool of threads, each with its own keep-alive connection: at Braze's
+    latency, requests in flight are what spends the budget. `in_flight` is a fixed number or an
+    `InFlightSizer` that follows the latency measured.
+    """
+
+    def __init__(
+        self,
+        rest_endpoint: str,
+        api_key: Callable[[bool], str],
+        *,
+        governor: RateGovernor | None = None,
+        in_flight: int | InFlightSizer = 1,
+        max_attempts: int = 6,
+        max_rate_limit_waits: int = 30,
+        timeout: tuple[float, float] = (3.05, 30.0),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._url = rest_endpoint.rstrip("/") + "/users/track"
+        self._api_key = api_key
+        self._limiter: RateGovernor | LocalLimiter = governor or LocalLimiter(sleep)
+        self._max_attempts = max_attempts
+        self._max_rate_limit_waits = max_rate_limit_waits
+        self._timeout = timeout
+        self._sleep = sleep
+        self._local = threading.local()
+        self._key_lock = threading.Lock()
+        self._key_reread_at: float | None = None
+        self._user_agent = user_agent(os.environ)
+        self._template = self._prepare(api_key(False))
+        self._in_flight = in_flight
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def _prepare(self, key: str) -> requests.PreparedRequest:
+        headers = {
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "User-Agent": self._user_agent,
+        }
+        return requests.Request("POST", self._url, headers=headers).prepare()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False
+            self._local.session = session
+        return session
+
+    @property
+    def max_in_flight(self) -> int:
+        """How many batches a caller should keep on their way now."""
+        sizer = self._in_flight
+        return sizer if isinstance(sizer, int) else sizer.target
+
+    def submit(self, objects_json: Sequence[str]) -> Future[TrackOutcome]:
+        """Send one batch on the client's pool; the future holds what `track` returns or raises."""
+        with self._pool_lock:
+            if self._pool is None:
+                sizer = self._in_flight
+                threads = sizer if isinstance(sizer, int) else sizer.high
+                self._pool = ThreadPoolExecutor(threads, thread_name_prefix="braze")
+        return self._pool.submit(self.track, objects_json)
+
+    def track(self, objects_json: Sequence[str]) -> TrackOutcome:
+        """Send one batch of attribute objects; retry what is worth retrying."""
+        body = tracking_body(objects_json)
+        failures = rate_limit_waits = 0
+        refreshed_key = False
+        while True:
+            window = self._limiter.acquire()
+            request = self._template.copy()
+            request.prepare_body(data=body, files=None)
+            sent_at = time.perf_counter()
+            try:
+                response = self._session().send(request, timeout=self._timeout)
+            except (requests.ConnectionError, requests.Timeout) as error:
+                failures += 1
+                self._backoff(failures, f"{type(error).__name__}: {error}")
+                continue
+            self._limiter.observe(response.headers, window)
+            status = response.status_code
+            if 200 <= status < 300:
+                if not isinstance(self._in_flight, int):
+                    self._in_flight.observe(time.perf_counter() - sent_at)
+                return TrackOutcome(status, _object_errors(response))
+            if status == 429:
+                rate_limit_waits += 1
+                if rate_limit_waits > self._max_rate_limit_waits:
+                    raise BrazeUnavailable(f"still rate limited after {rate_limit_waits} waits")
+                self._wait_after_429(response.headers, rate_limit_waits)
+                continue
+            if status == 401 and not refreshed_key and self._may_reread_key():
+                refreshed_key = True
+                self._template = self._prepare(self._api_key(True))
+                continue
+            if 400 <= status < 500:  # 400, 401, 403, 404, 413, 415: the request itself is wrong
+                return TrackOutcome(status, _object_errors(response), _describe_failure(response))
+            failures += 1
+            self._backoff(failures, f"HTTP {status}")
+
+    def _may_reread_key(self) -> bool:
+        """A 401 re-reads the key (it may have been rotated), at most once a minute per client:
+        a key that stays wrong is not fetched again for every batch, yet a fixed one is picked
+        up without a restart."""
+        with self._key_lock:
+            now = time.monotonic()
+            if self._key_reread_at is not None and now - self._key_reread_at < KEY_REREAD_SECONDS:
+                return False
+            self._key_reread_at = now
+            return True
+
+    def _backoff(self, failures: int, what: str) -> None:
+        if failures >= self._max_attempts:
+            raise BrazeUnavailable(f"Braze failed {failures} times in a row; last: {what}")
+        delay = random.uniform(0, min(8.0, 0.25 * 2**failures))
+        log.warning("Braze request failed (%s); retry %d in %.2fs", what, failures, delay)
+        self._sleep(delay)
+
+    def _wait_after_429(self, headers: Mapping[str, str], attempt: int) -> None:
+        now = time.time()
+        wait = throttle_wait_seconds(headers, now)
+        if wait is None:
+            wait = min(8.0, 0.5 * 2**attempt)
+        self._limiter.block_until(now + wait)
+
+
+class LocalLimiter:
+    """The client's limiter when there is no governor: it holds this client's threads while
+    Braze says the window is used up, and knows nothing of other processes."""
+
+    def __init__(self, sleep: Callable[[float], None]) -> None:
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._blocked_until = 0.0
+
+    def acquire(self) -> int:
+        """Wait out a block; the window number is irrelevant here, so always 0."""
+        with self._lock:
+            wait = self._blocked_until - time.time()
+        if wait > 0:
+            self._sleep(wait)
+        return 0
+
+    def observe(self, headers: Mapping[str, str], window: int) -> None:
+        """When Braze says the window is used up, hold every thread until it resets."""
+        if remaining_requests(headers) != 0:
+            return
+        now = time.time()
+        wait = reset_wait_seconds(header(headers, RESET_HEADER), now)
+        if wait:
+            self.block_until(now + wait)
+
+    def block_until(self, epoch_seconds: float) -> None:
+        with self._lock:
+            self._blocked_until = max(self._blocked_until, epoch_seconds)
+
+
+def _object_errors(response: requests.Response) -> dict[int, str]:
+    try:
+        payload = response.json()
+    except ValueError:
+        return {}
+    errors: dict[int, str] = {}
+    for item in payload.get("errors", []) if isinstance(payload, dict) else []:
+        if isinstance(item, dict) and item.get("input_array", "attributes") == "attributes":
+            index = item.get("index")
+            if isinstance(index, int):
+                errors[index] = str(item.get("type", "unknown error"))
+    return errors
+
+
+def _describe_failure(response: requests.Response) -> str:
+    try:
+        payload = response.json()
+        message = payload.get("message") if isinstance(payload, dict) else None
+    except ValueError:
+        message = None
+    detail = message or response.text[:200] or response.reason
+    return f"Braze refused the request (HTTP {response.status_code}): {detail}"

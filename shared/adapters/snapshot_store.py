@@ -1,0 +1,137 @@
+"""Snapshots: per export and connection, what Braze accepted, partitioned by customer id hash.
+
+Layout in the snapshots container:
+    <export>/<connection>/current.json             which run's snapshot is current, and its shape
+    <export>/<connection>/<run id>/part-NNNN.jsonl  one `[customer id, fingerprints]` per line
+
+A run writes its snapshot beside the current one and then switches `current.json`, so a crash
+half-way through leaves the previous snapshot in force: the next run diffs against it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+
+from shared.adapters.storage import BlobLineWriter, BlobNotFound, Storage
+from shared.core import jsonlines
+from shared.core.fingerprints import Fingerprints
+from shared.core.partitioning import old_partitions_for, partition_of
+from shared.core.resource_names import SNAPSHOTS_CONTAINER
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The current snapshot of an export on a connection."""
+
+    run_id: str
+    partitions: int
+    mapping: str
+    profiles: int
+    written_at: str
+    # The run's source version when Braze took everything it sent (else empty): a later run of
+    # the same version has nothing to send.
+    source_version: str = ""
+
+
+def _prefix(export: str, connection: str) -> str:
+    return f"{export}/{connection}/"
+
+
+def _part_name(export: str, connection: str, run_id: str, partition: int) -> str:
+    return f"{_prefix(export, connection)}{run_id}/part-{partition:04d}.jsonl"
+
+
+class SnapshotStore:
+    """Reads and writes snapshots; one active run per export makes each export single-writer."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    def current(self, export: str, connection: str) -> Manifest | None:
+        name = _prefix(export, connection) + "current.json"
+        try:
+            data = json.loads(self._storage.read_bytes(SNAPSHOTS_CONTAINER, name))
+        except BlobNotFound:
+            return None
+        # A newer version may have added fields: keep what this one knows.
+        return Manifest(**{f.name: data[f.name] for f in fields(Manifest) if f.name in data})
+
+    def profiles(
+        self,
+        export: str,
+        connection: str,
+        snapshot: tuple[str, int],
+        partition: int,
+        partitions: int,
+    ) -> Iterator[tuple[str, Fingerprints]]:
+        """The profiles of snapshot (run id, partition count) in `partition` of `partitions`."""
+        run_id, old_count = snapshot
+        for old in old_partitions_for(partition, partitions, old_count):
+            name = _part_name(export, connection, run_id, old)
+            try:  # a snapshot partition is about the size of the partition its diff holds
+                text = self._storage.read_bytes(SNAPSHOTS_CONTAINER, name).decode()
+            except BlobNotFound:
+                continue
+            for line in text.split("\n"):
+                if line:
+                    customer_id, prints = jsonlines.loads(line)
+                    # An old partition holds ids of several new ones when there were fewer.
+                    if (
+                        old_count >= partitions
+                        or partition_of(customer_id, partitions) == partition
+                    ):
+                        yield customer_id, prints
+
+    def part_writer(
+        self, export: str, connection: str, run_id: str, partition: int
+    ) -> BlobLineWriter:
+        """A writer for one partition of a new (not yet current) snapshot: `[id, prints]` lines."""
+        return self._storage.line_writer(
+            SNAPSHOTS_CONTAINER, _part_name(export, connection, run_id, partition)
+        )
+
+    def write_partition(
+        self,
+        export: str,
+        connection: str,
+        run_id: str,
+        partition: int,
+        entries: Iterable[tuple[str, Fingerprints]],
+    ) -> int:
+        """Write one partition of a new (not yet current) snapshot; returns its profile count."""
+        writer = self.part_writer(export, connection, run_id, partition)
+        for customer_id, prints in entries:
+            writer.write(jsonlines.dumps([customer_id, prints]))
+        writer.close()
+        return writer.lines
+
+    def make_current(self, export: str, connection: str, manifest: Manifest) -> None:
+        """Switch to the new snapshot, then delete every other one: the one it replaces, and
+        any a run left behind that never became current (it crashed or was stopped)."""
+        self._storage.write_bytes(
+            SNAPSHOTS_CONTAINER,
+            _prefix(export, connection) + "current.json",
+            json.dumps(asdict(manifest)),
+            "application/json",
+        )
+        container = self._storage.container(SNAPSHOTS_CONTAINER)
+        keep = f"{_prefix(export, connection)}{manifest.run_id}/"
+        for blob in container.list_blobs(name_starts_with=_prefix(export, connection)):
+            if "/" in blob.name.removeprefix(
+                _prefix(export, connection)
+            ) and not blob.name.startswith(keep):
+                container.delete_blob(blob.name)
+
+    def discard(self, export: str, connection: str, run_id: str) -> None:
+        """Delete the snapshot a run wrote but will not make current (dry run, stopped, failed)."""
+        container = self._storage.container(SNAPSHOTS_CONTAINER)
+        for blob in container.list_blobs(
+            name_starts_with=f"{_prefix(export, connection)}{run_id}/"
+        ):
+            container.delete_blob(blob.name)
+        log.info("deleted snapshot %s of %s on %s", run_id, export, connection)

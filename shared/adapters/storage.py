@@ -1,0 +1,245 @@
+"""Azure Storage access: blobs, queues and tables through one lazily built set of clients.
+
+Locally a connection string (Azurite); in Azure the function app's managed identity and the
+service URIs, the same settings the Functions host uses for `AzureWebJobsStorage`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from base64 import b64encode
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from typing import Any, BinaryIO
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableServiceClient
+from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.queue import (
+    QueueClient,
+    QueueServiceClient,
+    TextBase64DecodePolicy,
+    TextBase64EncodePolicy,
+)
+
+from shared.adapters.settings import StorageSettings
+from shared.core.resource_names import (
+    CHUNKS_QUEUE,
+    JOBS_QUEUE,
+    PARTITIONS_QUEUE,
+    RATE_TABLE,
+    RUNS_CONTAINER,
+    RUNS_TABLE,
+    SNAPSHOTS_CONTAINER,
+    SPLITS_QUEUE,
+)
+
+BLOCK_BYTES = 16 * 1024 * 1024  # a line writer's block (the service allows 4,000 MiB)
+
+
+APPEND_BLOCK_BYTES = 1024 * 1024  # well under the 4 MiB an append may carry
+
+
+IO_THREADS = 8  # under the SDK's 10 pooled connections per client, so each is kept
+
+
+class BlobNotFound(Exception):
+    """A blob the exporter needs is missing; the message names it."""
+
+
+class Storage:
+    """The storage account, with clients created on first use and shared by all threads."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self._settings = settings
+        self._queues: dict[str, QueueClient] = {}
+        self._lock = threading.Lock()
+
+    @cached_property
+    def _credential(self) -> Any:
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential(managed_identity_client_id=self._settings.client_id)
+
+    @cached_property
+    def blobs(self) -> BlobServiceClient:
+        if self._settings.connection_string:
+            return BlobServiceClient.from_connection_string(self._settings.connection_string)
+        return BlobServiceClient(self._settings.blob_service_uri or "", credential=self._credential)
+
+    @cached_property
+    def _queue_service(self) -> QueueServiceClient:
+        if self._settings.connection_string:
+            return QueueServiceClient.from_connection_string(self._settings.connection_string)
+        return QueueServiceClient(
+            self._settings.queue_service_uri or "", credential=self._credential
+        )
+
+    @cached_property
+    def _table_service(self) -> TableServiceClient:
+        if self._settings.connection_string:
+            return TableServiceClient.from_connection_string(self._settings.connection_string)
+        return TableServiceClient(
+            endpoint=self._settings.table_service_uri or "", credential=self._credential
+        )
+
+    def container(self, name: str) -> ContainerClient:
+        return self.blobs.get_container_client(name)
+
+    def queue(self, name: str) -> QueueClient:
+        """A queue client speaking base64, the Functions host's default message encoding."""
+        with self._lock:
+            if name not in self._queues:
+                self._queues[name] = self._queue_service.get_queue_client(
+                    name,
+                    message_encode_policy=TextBase64EncodePolicy(),
+                    message_decode_policy=TextBase64DecodePolicy(),
+                )
+            return self._queues[name]
+
+    def send_messages(self, queue_name: str, texts: Iterable[str]) -> None:
+        """Queue many messages, several at a time: a run's hundreds of chunk jobs one after
+        another would take seconds of round trips. Raises if any send failed (after the rest
+        were tried); a repeated message is harmless, since every stage is idempotent."""
+        queue = self.queue(queue_name)
+        self.in_parallel(lambda text=text: queue.send_message(text) for text in texts)
+
+    @staticmethod
+    def in_parallel(calls: Iterable[Callable[[], object]]) -> None:
+        """Run storage calls several at a time, so a stage's uploads overlap each other and the
+        service's work; raises the first failure once every call has finished."""
+        with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="storage-io") as pool:
+            for future in [pool.submit(call) for call in calls]:
+                future.result()
+
+    def read_many(self, container: str, names: Sequence[str]) -> Iterator[bytes]:
+        """Whole blobs, fetched several at a time, yielded in the order named."""
+        with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="storage-io") as pool:
+            yield from pool.map(lambda name: self.read_bytes(container, name), names)
+
+    def table(self, name: str) -> TableClient:
+        return self._table_service.get_table_client(name)
+
+    def ensure_resources(self) -> None:
+        """Create the containers, queues and tables if absent (Bicep creates them in Azure)."""
+        for container in (RUNS_CONTAINER, SNAPSHOTS_CONTAINER):
+            _ignore_exists(lambda c=container: self.blobs.create_container(c))
+        for queue in (JOBS_QUEUE, SPLITS_QUEUE, PARTITIONS_QUEUE, CHUNKS_QUEUE):
+            _ignore_exists(lambda q=queue: self._queue_service.create_queue(q))
+            _ignore_exists(lambda q=queue: self._queue_service.create_queue(f"{q}-poison"))
+        for table in (RUNS_TABLE, RATE_TABLE):
+            _ignore_exists(lambda t=table: self._table_service.create_table(t))
+
+    def read_chunks(
+        self, container: str, name: str, offset: int | None = None, length: int | None = None
+    ) -> Iterator[bytes]:
+        """Stream a blob's bytes (or `length` bytes from `offset`) in pieces; raise BlobNotFound
+        naming it when absent."""
+        try:
+            downloader = self.container(container).download_blob(
+                name, offset=offset, length=length, max_concurrency=1
+            )
+        except ResourceNotFoundError:
+            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
+        return downloader.chunks()
+
+    def read_bytes(self, container: str, name: str) -> bytes:
+        return b"".join(self.read_chunks(container, name))
+
+    def write_bytes(
+        self, container: str, name: str, data: bytes | str | BinaryIO, content_type: str
+    ) -> None:
+        from azure.storage.blob import ContentSettings
+
+        self.container(container).upload_blob(
+            name, data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
+        )
+
+    def size(self, container: str, name: str) -> int:
+        try:
+            return int(self.container(container).get_blob_client(name).get_blob_properties().size)
+        except ResourceNotFoundError:
+            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
+
+    def etag(self, container: str, name: str) -> str:
+        """The blob's version as the service names it: it changes with every write."""
+        try:
+            return str(self.container(container).get_blob_client(name).get_blob_properties().etag)
+        except ResourceNotFoundError:
+            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
+
+    def exists(self, container: str, name: str) -> bool:
+        return self.container(container).get_blob_client(name).exists()
+
+    def create_append_blob(self, container: str, name: str) -> None:
+        from azure.storage.blob import ContentSettings
+
+        self.container(container).get_blob_client(name).create_append_blob(
+            content_settings=ContentSettings(content_type="application/x-ndjson")
+        )
+
+    def append_block(self, container: str, name: str, text: str) -> None:
+        """Append lines to an append blob, in blocks under the service's 4 MiB limit."""
+        blob = self.container(container).get_blob_client(name)
+        block = bytearray()
+        for line in text.splitlines(keepends=True):
+            data = line.encode("utf-8")
+            if block and len(block) + len(data) > APPEND_BLOCK_BYTES:
+                blob.append_block(bytes(block))
+                block.clear()
+            block += data
+        if block:
+            blob.append_block(bytes(block))
+
+    def line_writer(self, container: str, name: str) -> BlobLineWriter:
+        return BlobLineWriter(self.container(container), name)
+
+
+class BlobLineWriter:
+    """Writes a large blob line by line in blocks of up to 16 MiB, so memory stays bounded.
+
+    A blob that fits in one block (most do: a partition's files are a few MiB) is uploaded in
+    one request at `close()`; staging and committing blocks costs the storage service about
+    three times as much per byte. Nothing is visible until `close()`; a writer abandoned by a
+    crash leaves no partial blob behind.
+    """
+
+    def __init__(self, container: ContainerClient, name: str) -> None:
+        self._blob = container.get_blob_client(name)
+        self._buffer = bytearray()
+        self._blocks: list[str] = []
+        self.lines = 0
+
+    def write(self, line: str) -> None:
+        self._buffer += line.encode("utf-8")
+        self._buffer += b"\n"
+        self.lines += 1
+        if len(self._buffer) >= BLOCK_BYTES:
+            self._stage()
+
+    def _stage(self) -> None:
+        block_id = b64encode(uuid.uuid4().bytes).decode()
+        self._blob.stage_block(block_id, bytes(self._buffer))
+        self._blocks.append(block_id)
+        self._buffer.clear()
+
+    def close(self) -> None:
+        from azure.storage.blob import BlobBlock, ContentSettings
+
+        settings = ContentSettings(content_type="application/x-ndjson")
+        if not self._blocks:
+            self._blob.upload_blob(bytes(self._buffer), overwrite=True, content_settings=settings)
+            return
+        if self._buffer:
+            self._stage()
+        self._blob.commit_block_list(
+            [BlobBlock(block_id=b) for b in self._blocks], content_settings=settings
+        )
+
+
+def _ignore_exists(create: Any) -> None:
+    with contextlib.suppress(ResourceExistsError):
+        create()

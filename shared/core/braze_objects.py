@@ -1,0 +1,52 @@
+"""Turn a valid profile into the Braze `/users/track` attributes object for an export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.core import jsonlines
+from shared.core.definitions import Export
+from shared.core.fingerprints import Fingerprints
+from shared.core.validation import Profile
+
+
+def membership_value(export: Export, member: bool) -> Any:
+    """How the export writes membership: the segment name in an array, or a boolean."""
+    if export.membership == "boolean":
+        return member
+    return {"add" if member else "remove": [export.segment]}
+
+
+def removal(customer_id: str, export: Export, old: Fingerprints) -> dict[str, Any]:
+    """The update for a profile that left the segment: its membership goes, nothing else
+    (unless the export clears mapped attributes on leave). Never creates a user."""
+    obj: dict[str, Any] = {
+        "external_id": customer_id,
+        export.membership_attribute: membership_value(export, False),
+        "_update_existing_only": True,
+    }
+    if export.clear_attributes_on_leave:
+        mapped = {"email", *(a.attribute for a in export.mapping.attributes)}
+        obj.update({key: None for key in sorted(mapped & old.keys())})
+    return obj
+
+
+def clearable_attributes(export: Export) -> frozenset[str]:
+    """Attributes a blank source value may clear: only those the mapping still sends."""
+    return frozenset(a.attribute for a in export.mapping.attributes)
+
+
+def braze_attributes(profile: Profile, export: Export) -> dict[str, Any]:
+    """The attributes object: identity, email, mapped attributes and the segment membership."""
+    obj: dict[str, Any] = {"external_id": profile.customer_id, "email": profile.email}
+    obj.update(profile.attributes)
+    obj[export.membership_attribute] = membership_value(export, True)
+    if not export.create_missing_users:
+        obj["_update_existing_only"] = True
+    return obj
+
+
+def encode_object(obj: dict[str, Any]) -> str:
+    """Compact JSON, UTF-8 kept as is (Braze accepts it, and it is smaller than \\u escapes);
+    the working files' fast codec writes what the standard library would."""
+    return jsonlines.dumps(obj)

@@ -1,0 +1,209 @@
+"""A run and its parts (splits, partitions, chunks): the records every stage reads and updates."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    PLANNING = "planning"
+    DELIVERING = "delivering"
+    SUCCEEDED = "succeeded"
+    PARTIALLY_SUCCEEDED = "partially_succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"  # a safety valve held the run before anything was sent
+
+
+FINAL_STATUSES = {Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED, Status.FAILED, Status.STOPPED}
+
+
+def new_run_id(export_name: str, now: datetime | None = None) -> str:
+    """Readable and sortable per export: `<export>-<UTC time>-<random>`."""
+    stamp = (now or utcnow()).strftime("%Y%m%dT%H%M%SZ")
+    return f"{export_name}-{stamp}-{secrets.token_hex(3)}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Run:
+    """What the operator sees about one run of an export."""
+
+    run_id: str
+    export_name: str
+    segment: str
+    connection: str
+    source: str
+    trigger: str
+    full_refresh: bool = False
+    dry_run: bool = False
+    override_safety_valves: bool = False
+    teardown: bool = False
+    status: str = Status.QUEUED
+    message: str = ""
+    planning_failed: bool = False
+    created_at: datetime = field(default_factory=utcnow)
+    planning_started_at: datetime | None = None
+    planning_finished_at: datetime | None = None
+    finished_at: datetime | None = None
+    rows_read: int = 0
+    rows_valid: int = 0
+    rows_rejected: int = 0
+    chunks_planned: int = 0
+    chunks_total: int | None = None
+    profiles_accepted: int = 0
+    profiles_rejected_by_braze: int = 0
+    requests_sent: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+    validation_rejections: dict[str, int] = field(default_factory=dict)
+    replay_round: int = 0
+    splits: int = 0  # split jobs the source was cut into (1: split inline by the planner)
+    split_finished_at: datetime | None = None
+    # The diff against the previous snapshot (core/fingerprints.py, pipeline/diff_partition.py).
+    partitions: int = 0
+    mapping_fingerprint: str = ""
+    previous_snapshot: str = ""
+    previous_partitions: int = 0
+    previous_profiles: int = 0
+    full_refresh_reason: str = ""
+    # The source files' versions with the export's definition (see planner._source_version);
+    # when they equal the snapshot's, the run reads nothing and `unchanged_since` names the run
+    # whose snapshot it kept.
+    source_version: str = ""
+    unchanged_since: str = ""
+    profiles_new: int = 0
+    profiles_changed: int = 0
+    profiles_unchanged: int = 0
+    profiles_removed: int = 0
+    rows_unidentified: int = 0
+    removals_held: int = 0
+    objects_planned: int = 0
+    requests_planned: int = 0
+    stopped_by: str = ""
+    data_points_estimated: int = 0
+    data_points_used: int = 0
+    array_cap_warnings: int = 0
+    snapshot_profiles: int | None = None
+    report_blob: str = ""
+    rejected_blob: str = ""
+    dry_run_blob: str = ""
+    release_claimed_at: datetime | None = None
+    finalize_claimed_at: datetime | None = None
+    etag: str | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def public(self) -> dict[str, Any]:
+        """The run as JSON-friendly data, without storage internals."""
+        data = asdict(self)
+        for internal in (
+            "finalize_claimed_at",
+            "release_claimed_at",
+            "mapping_fingerprint",
+            "etag",
+        ):
+            data.pop(internal)
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
+
+
+@dataclass
+class ChunkResult:
+    """Outcome of delivering one chunk, written once by the worker that delivered it."""
+
+    chunk_index: int
+    rows: int
+    accepted: int
+    rejected: int
+    requests: int
+    rejections: dict[str, int] = field(default_factory=dict)
+    finished_at: datetime = field(default_factory=utcnow)
+    partition: int = 0
+    data_points: int = 0
+    rejected_blobs: list[str] = field(default_factory=list)
+    rejected_until: list[int] = field(default_factory=list)
+    unlisted: int = 0  # rows counted as failed that could not be listed (blob unreadable)
+    failure: str = ""
+    round: int = 0  # 0 for the run's own chunks, n for the n-th replay of its rejected rows
+
+
+@dataclass
+class SplitResult:
+    """What one split of the source read: counts, rejection reasons and its rejected rows."""
+
+    split: int
+    partitions: int = 0
+    rows_read: int = 0
+    rows_rejected: int = 0
+    unidentified: int = 0  # malformed rows: whose they are cannot be told
+    reasons: dict[str, int] = field(default_factory=dict)
+    rejected_blob: str = ""
+
+
+@dataclass
+class PartitionResult:
+    """What one partition's diff found and which chunk blobs it wrote for delivery."""
+
+    partition: int
+    new: int
+    changed: int
+    unchanged: int
+    removed: int
+    duplicates: int
+    objects: int
+    removals_held: int
+    data_points: int
+    array_cap_warnings: int
+    chunk_rows: list[int]
+    rejected_blob: str = ""
+    snapshot_profiles: int = 0  # in this run's snapshot partition if Braze accepts everything
+    array_cap_examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ChunkProgress:
+    """Batches of a chunk that Braze already answered, so a redelivery resumes after them."""
+
+    batches_done: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    requests: int = 0
+    data_points: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+    # One append blob per attempt that rejected rows, and how many batches of it are recorded:
+    # lines of a batch answered but never recorded (the attempt died) are not counted.
+    rejected_blobs: list[str] = field(default_factory=list)
+    rejected_until: list[int] = field(default_factory=list)
+    batch_size: int = 0  # fixed at the first attempt, so a resume cuts the same batches
+    unlisted: int = 0
+    failure: str = ""
+
+
+class RunConflict(Exception):
+    """The run entity changed since it was read (someone else got there first)."""
+
+
+class ExportBusy(Exception):
+    """The export already has a run in progress (one active run per export)."""
+
+    def __init__(self, export_name: str, run_id: str, status: str) -> None:
+        self.run_id, self.status = run_id, status
+        super().__init__(f"export '{export_name}' already has run {run_id} ({status})")
+
+
+@dataclass(frozen=True)
+class PendingStart:
+    """A start that waits for the export's active run to finish; the newest one wins."""
+
+    run_id: str
+    trigger: str
+    source: str
+    etag: str

@@ -1,0 +1,293 @@
+"""Row validation: every rule Braze would reject a profile for, checked before anything is sent.
+
+Values are trimmed of surrounding whitespace and converted to the mapped type; nothing else
+about them is rewritten. A rejected row gets every reason that applies, not just the first.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from shared.core.definitions import AttributeMapping, Mapping
+
+MAX_EXTERNAL_ID_BYTES = 987
+
+
+MAX_STRING_CHARS = 255
+
+
+MAX_EMAIL_CHARS = 254
+
+
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+
+
+_DOMAIN_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+_WHITESPACE = re.compile(r"\s")
+
+
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+
+
+_DECIMAL = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+
+
+# ISO 8601 extended form, as Braze documents it: a date, or a date and time with an offset.
+_ISO_DATE = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?$"
+)
+
+
+# The common shape of a valid address, a strict subset of what `email_problem` accepts: plain
+# local part, ASCII labels, an alphabetic top-level domain. A match skips the full checks.
+_PLAIN_EMAIL = re.compile(
+    r"[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+)
+
+
+_TRUE = {"true", "1"}
+
+
+_FALSE = {"false", "0"}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why a row is rejected: a stable code for tallies and a sentence for people."""
+
+    code: str
+    message: str
+
+
+# Not frozen: one is made per row, and a frozen dataclass costs four times as much to create.
+@dataclass(slots=True)
+class Profile:
+    """A valid row: the Braze identity, email and typed custom attributes (blanks left out)."""
+
+    customer_id: str
+    email: str
+    attributes: dict[str, Any]
+
+
+def validate_record(values: dict[str, Any], mapping: Mapping) -> Profile | list[Problem]:
+    """Return the profile, or the list of reasons the row cannot be sent."""
+    problems: list[Problem] = []
+    customer_id = _customer_id(values.get(mapping.customer_id), mapping.customer_id, problems)
+    email = _email(values.get(mapping.email), mapping.email, problems)
+    attributes: dict[str, Any] = {}
+    for field in mapping.attributes:
+        value = _attribute(values.get(field.column), field, problems)
+        if value is not None:
+            attributes[field.attribute] = value
+    if problems:
+        return problems
+    assert customer_id is not None and email is not None
+    return Profile(customer_id, email, attributes)
+
+
+def usable_customer_id(values: dict[str, Any], mapping: Mapping) -> str | None:
+    """The row's customer id when the id itself is valid, though another field may not be.
+
+    A profile whose row is rejected for, say, its email is still in the segment: the diff must
+    not take it for one that left.
+    """
+    return _customer_id(values.get(mapping.customer_id), mapping.customer_id, [])
+
+
+def _text(value: Any) -> str | None:
+    """A trimmed string, or None when blank; JSON numbers count as text for identifiers."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        stripped = value.strip()
+        return stripped or None
+    return None
+
+
+def _customer_id(value: Any, column: str, problems: list[Problem]) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    elif value is not None and not isinstance(value, str):
+        problems.append(
+            Problem(
+                "customer_id_type",
+                f"customer id (column '{column}') must be text, got {_kind(value)}",
+            )
+        )
+        return None
+    text = _text(value)
+    if text is None:
+        problems.append(Problem("customer_id_blank", f"customer id (column '{column}') is blank"))
+        return None
+    size = len(text.encode("utf-8"))
+    if size > MAX_EXTERNAL_ID_BYTES:
+        problems.append(
+            Problem(
+                "customer_id_too_long",
+                f"customer id (column '{column}') is {size} bytes; Braze allows at most "
+                f"{MAX_EXTERNAL_ID_BYTES}",
+            )
+        )
+        return None
+    return text
+
+
+def _email(value: Any, column: str, problems: list[Problem]) -> str | None:
+    if value is not None and not isinstance(value, str):
+        problems.append(
+            Problem("email_type", f"email (column '{column}') must be text, got {_kind(value)}")
+        )
+        return None
+    text = _text(value)
+    if text is None:
+        problems.append(Problem("email_blank", f"email (column '{column}') is blank"))
+        return None
+    reason = email_problem(text)
+    if reason:
+        problems.append(
+            Problem("email_invalid", f"email (column '{column}') {reason}: {_preview(text)}")
+        )
+        return None
+    return text
+
+
+def email_problem(address: str) -> str | None:
+    """Why Braze would refuse this address (syntax only), or None when it looks valid."""
+    if (
+        len(address) <= MAX_EMAIL_CHARS
+        and _PLAIN_EMAIL.fullmatch(address)
+        and address.index("@") <= 64
+    ):
+        return None
+    if _WHITESPACE.search(address):
+        return "contains whitespace"
+    if len(address) > MAX_EMAIL_CHARS:
+        return f"is longer than {MAX_EMAIL_CHARS} characters"
+    if address.count("@") != 1:
+        return "must contain exactly one @"
+    local, domain = address.split("@")
+    if not local or len(local) > 64:
+        return "has an empty or over-long part before the @"
+    if not local.isascii():
+        return "has non-ASCII characters before the @"
+    if not _LOCAL_PART.match(local):
+        return "has characters or dots before the @ that are not allowed"
+    if not domain.isascii():
+        return "has a non-ASCII domain; Braze needs it in Punycode (xn--...)"
+    labels = domain.split(".")
+    if len(labels) < 2 or not all(_DOMAIN_LABEL.match(label) for label in labels):
+        return "has an invalid domain"
+    if labels[-1].isdigit():
+        return "has a numeric top-level domain"
+    return None
+
+
+def _attribute(value: Any, field: AttributeMapping, problems: list[Problem]) -> Any:
+    if value is None or (type(value) is str and not value.strip()):
+        return None
+    if isinstance(value, dict | list):
+        problems.append(
+            Problem("attribute_type", f"{_where(field)} must be a single value, got {_kind(value)}")
+        )
+        return None
+    converted, reason = _CONVERTERS[field.type](value)
+    if reason:
+        code = (
+            "attribute_too_long" if isinstance(reason, _TooLong) else f"attribute_not_{field.type}"
+        )
+        problems.append(Problem(code, f"{_where(field)} {reason}"))
+        return None
+    return converted
+
+
+def _where(field: AttributeMapping) -> str:
+    return f"'{field.attribute}' (column '{field.column}')"
+
+
+class _TooLong(str):
+    """A reason that means "over Braze's length limit" rather than "wrong type"."""
+
+
+def _as_string(value: Any) -> tuple[Any, str | None]:
+    if not isinstance(value, str):
+        return None, f"must be text, got {_kind(value)}"
+    text = value.strip()
+    if len(text) > MAX_STRING_CHARS:
+        return None, _TooLong(f"is {len(text)} characters; Braze allows at most {MAX_STRING_CHARS}")
+    return text, None
+
+
+def _as_number(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, bool):
+        return None, "must be a number, got a boolean"
+    if isinstance(value, int):
+        return value, None
+    if isinstance(value, float):
+        return (value, None) if math.isfinite(value) else (None, "must be a finite number")
+    text = value.strip()
+    if _INTEGER.match(text):
+        return int(text), None
+    if text.lower().lstrip("+-") in {"nan", "inf", "infinity"}:
+        return None, f"is not a finite number: {_preview(text)}"
+    if not _DECIMAL.match(text):
+        return None, f"is not a number: {_preview(text)}"
+    number = float(text)
+    if not math.isfinite(number):
+        return None, f"is not a finite number: {_preview(text)}"
+    return number, None
+
+
+def _as_boolean(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, bool):
+        return value, None
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True, None
+    if text in _FALSE:
+        return False, None
+    return None, f"is not a boolean (true/false/1/0): {_preview(str(value))}"
+
+
+def _as_date(value: Any) -> tuple[Any, str | None]:
+    if not isinstance(value, str):
+        return None, f"must be an ISO 8601 date as text, got {_kind(value)}"
+    text = value.strip()
+    try:
+        if not _ISO_DATE.match(text):
+            raise ValueError
+        if len(text) == 10:
+            date.fromisoformat(text)
+        else:
+            datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return (
+            None,
+            f"is not an ISO 8601 date (YYYY-MM-DD or YYYY-MM-DDThh:mm:ssZ): {_preview(text)}",
+        )
+    return text, None
+
+
+_CONVERTERS = {
+    "string": _as_string,
+    "number": _as_number,
+    "boolean": _as_boolean,
+    "date": _as_date,
+}
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", dict: "an object",
+            list: "a list"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _preview(text: str, limit: int = 60) -> str:
+    """Quote a value for an error message without copying a huge field into it."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")

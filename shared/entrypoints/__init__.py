@@ -1,0 +1,1 @@
+"""Entry points outside the Functions host's triggers: the CLI and the HTTP handlers."""

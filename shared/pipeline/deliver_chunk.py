@@ -1,0 +1,327 @@
+"""Delivering one chunk: batch its profiles into /users/track requests and account for each row.
+
+Several batches are in flight at once; their answers are accounted for in batch order, and the
+progress (a prefix of the chunk's batches) is saved about once a second and whenever an attempt
+fails, so a redelivered chunk resumes at the first batch whose answer was not saved. A worker
+killed outright may therefore re-send what was in flight and what was answered in its last
+second (attribute updates are idempotent; Braze bills their data points again).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from shared.adapters.braze_client import BrazeClient, TrackOutcome
+from shared.adapters.services import Services
+from shared.core.messages import ChunkJob
+from shared.core.report import row_position
+from shared.core.resource_names import RUNS_CONTAINER
+from shared.core.runs import ChunkProgress, ChunkResult
+from shared.pipeline.finalize import maybe_finalize
+from shared.pipeline.run_files import batches, partition_files_loader, read_chunk, rejected_prefix
+
+log = logging.getLogger(__name__)
+
+STOP_CHECK_SECONDS = 10.0
+
+
+# Progress is saved at most this often per chunk (and when an attempt fails): a Table write per
+# batch cost more than the batch's POST, and a crash may then re-send what was answered since.
+PROGRESS_SAVE_SECONDS = 1.0
+
+
+def deliver_chunk(job: ChunkJob, services: Services) -> None:
+    """Send one chunk to Braze, many batches in flight, and record its outcome once."""
+    run = services.runs.get(job.run_id)
+    if run is None or run.is_final:
+        log.warning("run %s is missing or finished; dropping chunk %d", job.run_id, job.chunk_index)
+        return
+    if services.runs.chunk_done(job.run_id, job.chunk_index):
+        log.info("run %s chunk %d was already delivered", job.run_id, job.chunk_index)
+        maybe_finalize(job.run_id, services)
+        return
+    connection = services.definitions().connection(run.connection)
+    client = services.braze(connection)
+    # Both at once: while a worker sets up a chunk, it has no request in flight.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-setup") as pool:
+        saved = pool.submit(services.runs.chunk_progress, job.run_id, job.chunk_index)
+        items = read_chunk(services, job.blob_name)
+        progress = saved.result()
+    if len(items) != job.rows:
+        raise ValueError(
+            f"chunk {job.blob_name} holds {len(items)} profiles but was planned with {job.rows}"
+        )
+    progress.batch_size = progress.batch_size or connection.objects_per_request
+    if progress.batches_done:
+        log.info(
+            "run %s chunk %d resumes after batch %d",
+            job.run_id,
+            job.chunk_index,
+            progress.batches_done,
+        )
+    ledger = _Ledger(job, services, progress)
+    todo = batches(items, progress.batch_size)[progress.batches_done :]
+    if not _send_in_order(job, services, client, todo, ledger):
+        return
+    _record(job, progress, len(items), run.replay_round, services)
+
+
+def _send_in_order(
+    job: ChunkJob,
+    services: Services,
+    client: BrazeClient,
+    todo: list[list[tuple[int, int, str]]],
+    ledger: _Ledger,
+) -> bool:
+    """Keep up to the client's `max_in_flight` batches of this chunk on their way, and account
+    for the answers in batch order, so the recorded progress is always a prefix of the chunk.
+
+    False when the run was ended meanwhile (nothing more is sent). When a batch fails for good,
+    what was answered before it is saved and the error goes up for the queue to retry.
+    """
+    in_flight: deque[Future[TrackOutcome]] = deque()
+    pending = iter(todo)
+    last_check = time.monotonic()
+    finished = False
+    try:
+        while True:
+            while len(in_flight) < client.max_in_flight:
+                batch = next(pending, None)
+                if batch is None:
+                    break
+                if time.monotonic() - last_check > STOP_CHECK_SECONDS:
+                    last_check = time.monotonic()
+                    if _taken_from_us(job, services):
+                        return False
+                in_flight.append(client.submit([obj for _, _, obj in batch]))
+                ledger.sending.append(batch)
+            if not in_flight:
+                finished = True
+                return True
+            ledger.answered(in_flight.popleft().result())
+    finally:
+        for future in in_flight:
+            future.cancel()
+        ledger.close(save=not finished)
+
+
+class _Ledger:
+    """Accounts for a chunk's answered batches in order and saves the progress now and then
+    (while the next batches are on their way), not after every batch."""
+
+    def __init__(self, job: ChunkJob, services: Services, progress: ChunkProgress) -> None:
+        self._job = job
+        self._services = services
+        self.progress = progress
+        self.sending: deque[list[tuple[int, int, str]]] = deque()
+        self._attempt = _Attempt(job, services)
+        self._files = partition_files_loader(services, job.run_id)
+        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress")
+        self._saving: Future[None] | None = None
+        self._saved_at = time.monotonic()
+
+    def answered(self, outcome: TrackOutcome) -> None:
+        """Braze answered the oldest batch still in flight."""
+        batch, progress = self.sending.popleft(), self.progress
+        number = progress.batches_done
+        rejections = rejected_rows(batch, outcome, self._files)
+        for rejection in rejections:
+            rejection["batch"] = number
+        # Written before it is counted: if the write fails, the progress still adds up.
+        self._attempt.write(progress, rejections)
+        _add_batch(progress, batch, rejections)
+        progress.batches_done = number + 1
+        self._attempt.recorded(progress)
+        if time.monotonic() - self._saved_at >= PROGRESS_SAVE_SECONDS:
+            self._save_in_background()
+
+    def _save_in_background(self) -> None:
+        if self._saving is not None and not self._saving.done():
+            return  # the next answer saves instead
+        self._saved_at = time.monotonic()
+        self._saving = self._saver.submit(
+            self._services.runs.save_progress,
+            self._job.run_id,
+            self._job.chunk_index,
+            _copy(self.progress),
+        )
+
+    def close(self, *, save: bool) -> None:
+        """Wait for the background save; an attempt that fails or stops saves what it got
+        answered, so the queue's retry resumes after it."""
+        self._saver.shutdown(wait=True)
+        if self._saving is not None:
+            self._saving.result()
+        if save:
+            self._services.runs.save_progress(
+                self._job.run_id, self._job.chunk_index, _copy(self.progress)
+            )
+
+
+def _taken_from_us(job: ChunkJob, services: Services) -> bool:
+    """Whether the run ended or the chunk was recorded meanwhile (the stalled-run sweep does
+    both after a long silence): then what is left must not be sent, it may be stale."""
+    run = services.runs.get(job.run_id)
+    if run is None or run.is_final or services.runs.chunk_done(job.run_id, job.chunk_index):
+        log.warning(
+            "run %s chunk %d was ended while it waited; not sending the rest",
+            job.run_id,
+            job.chunk_index,
+        )
+        return True
+    return False
+
+
+class _Attempt:
+    """This attempt's rejected rows: an append blob, created at its first rejection."""
+
+    def __init__(self, job: ChunkJob, services: Services) -> None:
+        self._services = services
+        self._name = (
+            f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}-{uuid.uuid4().hex[:8]}.jsonl"
+        )
+        self._created = False
+
+    def write(self, progress: ChunkProgress, rejections: list[dict[str, Any]]) -> None:
+        if not rejections:
+            return
+        if not self._created:
+            self._services.storage.create_append_blob(RUNS_CONTAINER, self._name)
+            progress.rejected_blobs.append(self._name)
+            progress.rejected_until.append(progress.batches_done)
+            self._created = True
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejections)
+        self._services.storage.append_block(RUNS_CONTAINER, self._name, text)
+
+    def recorded(self, progress: ChunkProgress) -> None:
+        """The batches up to `batches_done` are recorded, rejected rows included."""
+        if self._created:
+            progress.rejected_until[-1] = progress.batches_done
+
+
+def _copy(progress: ChunkProgress) -> ChunkProgress:
+    """A copy to save while the next batch updates the original."""
+    return replace(
+        progress,
+        rejections=dict(progress.rejections),
+        rejected_blobs=list(progress.rejected_blobs),
+        rejected_until=list(progress.rejected_until),
+    )
+
+
+def _add_batch(
+    progress: ChunkProgress, batch: list[tuple[int, int, str]], rejections: list[dict[str, Any]]
+) -> None:
+    """Count a batch Braze answered."""
+    rejected_orders = {r["order"] for r in rejections}
+    progress.requests += 1
+    progress.accepted += len(batch) - len(rejections)
+    progress.rejected += len(rejections)
+    progress.data_points += sum(p for order, p, _ in batch if order not in rejected_orders)
+    if rejections:
+        tally = Counter(progress.rejections)
+        tally.update(r["codes"][0] for r in rejections)
+        progress.rejections = dict(tally)
+
+
+def _record(
+    job: ChunkJob, progress: ChunkProgress, rows: int, round_: int, services: Services
+) -> None:
+    result = ChunkResult(
+        chunk_index=job.chunk_index,
+        rows=rows,
+        accepted=progress.accepted,
+        rejected=progress.rejected,
+        requests=progress.requests,
+        rejections=progress.rejections,
+        partition=job.partition,
+        data_points=progress.data_points,
+        rejected_blobs=progress.rejected_blobs,
+        rejected_until=progress.rejected_until,
+        unlisted=progress.unlisted,
+        failure=progress.failure,
+        round=round_,
+    )
+    services.runs.record_chunk(job.run_id, result)
+    maybe_finalize(job.run_id, services)
+
+
+def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
+    """The chunk is being poisoned (or its work stalled): batches Braze answered keep their
+    outcome, and every row of the rest is reported as delivery_failed, so none goes
+    unaccounted for."""
+    run = services.runs.get(job.run_id)
+    if run is None or run.is_final or services.runs.chunk_done(job.run_id, job.chunk_index):
+        return
+    reason = f"delivery failed after every retry: {type(error).__name__}: {error}"[:1000]
+    progress = services.runs.chunk_progress(job.run_id, job.chunk_index)
+    progress.failure = reason
+    try:
+        items: list[tuple[int, int, str]] | None = read_chunk(services, job.blob_name)
+    except Exception:
+        log.exception("run %s chunk %d: its blob is unreadable too", job.run_id, job.chunk_index)
+        items = None
+    if items is None:
+        undelivered = max(job.rows - progress.accepted - progress.rejected, 0)
+        progress.unlisted = undelivered  # counted, but which rows is unknown
+        rows = job.rows
+    else:
+        connection = services.definitions().connection(run.connection)
+        size = progress.batch_size or connection.objects_per_request
+        rest = items[progress.batches_done * size :]
+        undelivered, rows = len(rest), len(items)
+        files = partition_files_loader(services, job.run_id)
+        entries = [
+            {
+                **row_position(order, files),
+                "customer_id": json.loads(obj).get("external_id"),
+                "stage": "delivery",
+                "codes": ["delivery_failed"],
+                "reasons": [reason],
+                "object": json.loads(obj),
+                "batch": progress.batches_done + index // size,
+            }
+            for index, (order, _, obj) in enumerate(rest)
+        ]
+        attempt = _Attempt(job, services)
+        attempt.write(progress, entries)
+        progress.batches_done = -(-len(items) // size)
+        attempt.recorded(progress)
+    progress.rejected += undelivered
+    tally = Counter(progress.rejections)
+    tally["delivery_failed"] += undelivered
+    progress.rejections = dict(tally)
+    _record(job, progress, rows, run.replay_round, services)
+
+
+def rejected_rows(
+    batch: list[tuple[int, int, str]], outcome: TrackOutcome, files: Callable[[], list[str]]
+) -> list[dict[str, Any]]:
+    """Map Braze's answer back to source rows: `errors[].index` is the position in the batch."""
+    rejected = []
+    for index, (order, _, obj_json) in enumerate(batch):
+        error = outcome.object_errors.get(index)
+        if error is None and outcome.failure is None:
+            continue
+        obj = json.loads(obj_json)
+        rejected.append(
+            {
+                **row_position(order, files),
+                "customer_id": obj.get("external_id"),
+                "stage": "braze",
+                "codes": [error or f"http_{outcome.status}"],
+                "reasons": [
+                    f"Braze rejected the profile: {error}" if error else str(outcome.failure)
+                ],
+                "object": obj,
+            }
+        )
+    return rejected

@@ -1,0 +1,248 @@
+"""Finalizing a run, exactly once: sum the chunks, merge rejected rows, commit the snapshot,
+write the report.
+
+Any worker that finishes the last piece of work may call `maybe_finalize`; an ETag-guarded
+claim on the run entity lets exactly one of them do it, even when the last chunks finish together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from shared.adapters.services import Services
+from shared.adapters.snapshot_store import Manifest
+from shared.core.partitioning import partition_of
+from shared.core.report import build_report, final_status, summary
+from shared.core.resource_names import RUNS_CONTAINER
+from shared.core.runs import ChunkResult, PartitionResult, Run, RunConflict, Status, utcnow
+from shared.core.source_files import open_lines
+from shared.pipeline.run_files import (
+    json_lines,
+    pending_snapshot_name,
+    rejected_blob_name,
+    report_blob_name,
+)
+from shared.pipeline.start import start_pending
+
+log = logging.getLogger(__name__)
+
+CLAIM_LEASE = timedelta(minutes=10)
+
+
+def finish_early(
+    run: Run, services: Services, *, message: str, failed: bool = False, stopped_by: str = ""
+) -> None:
+    """End a run that sends nothing (more): planning failed, a safety valve held it, or a dry
+    run is done. The report and rejected rows are written as for any run."""
+    run.planning_failed = run.planning_failed or failed
+    run.stopped_by, run.message = stopped_by, message
+    if run.planning_failed:  # the diff never finished: valid is what was read and not rejected
+        run.rows_valid = run.rows_read - run.rows_rejected
+    if run.chunks_total is None:
+        run.chunks_total = 0
+    services.runs.update(run)
+    maybe_finalize(run.run_id, services)
+
+
+def maybe_finalize(run_id: str, services: Services) -> bool:
+    """Finalize the run if all chunks are done and nobody else has; True for the one that did."""
+    store = services.runs
+    run = store.get(run_id)
+    if run is None or run.is_final or run.chunks_total is None:
+        return False
+    now = utcnow()
+    if run.finalize_claimed_at and now - run.finalize_claimed_at < CLAIM_LEASE:
+        return False  # someone is finalizing; after the lease, a crashed finalizer is replaced
+    # Every chunk asks after it is recorded; counting keys keeps that cheap until the last one.
+    if store.chunks_recorded(run_id) < run.chunks_total:
+        return False
+    results = store.chunk_results(run_id)
+    if not set(range(run.chunks_total)) <= {r.chunk_index for r in results}:
+        return False
+    run.finalize_claimed_at = now  # the ETag-guarded write below is what makes it a claim
+    try:
+        store.update(run, if_unchanged=True)
+    except RunConflict:
+        return False
+    try:
+        _finalize(run, results, services)
+    except Exception:
+        # Give the claim back, so the queue's retry of this message can finalize the run.
+        claimed = store.get(run_id)
+        if claimed is not None and not claimed.is_final:
+            claimed.finalize_claimed_at = None
+            with contextlib.suppress(RunConflict):
+                store.update(claimed, if_unchanged=True)
+        raise
+    start_pending(services, run.export_name)
+    return True
+
+
+def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
+    """Sum the chunks into the run. After a replay, the rows Braze still rejects are those of
+    the latest round: each round re-sends every row the previous one left rejected."""
+    latest = [r for r in results if r.round == run.replay_round]
+    run.profiles_accepted = sum(r.accepted for r in results)
+    # Rows a failed chunk could not list were never replayed: they stay rejected.
+    run.profiles_rejected_by_braze = sum(r.rejected for r in latest) + sum(
+        r.unlisted for r in results if r.round < run.replay_round
+    )
+    run.requests_sent = sum(r.requests for r in results)
+    run.data_points_used = sum(r.data_points for r in results)
+    tally = Counter(run.validation_rejections)
+    for result in latest:
+        tally.update(result.rejections)
+    run.rejections = dict(tally)
+    run.rejected_blob = rejected_blob_name(run.run_id)
+    run.report_blob = report_blob_name(run.run_id)
+    partitions = services.runs.partition_results(run.run_id)
+    _merge_rejected(run.run_id, partitions, latest, services)
+    run.status = final_status(run)
+    delivered = run.profiles_accepted + run.profiles_rejected_by_braze
+    if delivered != run.objects_planned and run.chunks_total:
+        run.status = Status.FAILED
+        run.message = (
+            f"counts do not add up: {run.objects_planned} profiles planned to be sent but "
+            f"{delivered} accounted for by delivery; this is a bug, please report it with this "
+            "run's id"
+        )
+    elif not run.message:
+        run.message = summary(run, latest, sum(r.unlisted for r in results))
+    if run.partitions and not (run.planning_failed or run.stopped_by or run.dry_run):
+        _commit_snapshot(run, partitions, latest, results, services)
+    elif run.partitions:
+        services.snapshots.discard(run.export_name, run.connection, run.run_id)
+    run.finished_at = utcnow()
+    report = build_report(run, partitions)
+    services.storage.write_bytes(
+        RUNS_CONTAINER, run.report_blob, json.dumps(report, indent=2), "application/json"
+    )
+    services.runs.update(run, if_unchanged=True)  # a finalizer that outlived its lease loses
+    log.info("run %s finished: %s (%s)", run.run_id, run.status, run.message)
+
+
+def _commit_snapshot(
+    run: Run,
+    partitions: list[PartitionResult],
+    results: list[ChunkResult],
+    every_round: list[ChunkResult],
+    services: Services,
+) -> None:
+    """Make what Braze now holds the export's snapshot, one partition at a time.
+
+    Each diff wrote its partition as it will be if Braze accepts everything sent; only the
+    partitions where Braze rejected something (in any round) are rewritten from the pending
+    snapshot: a profile Braze rejected keeps its previous fingerprints (or stays out), so the
+    next run sends it again. Rejected ids are loaded per partition, so memory stays bounded.
+    """
+    written = {p.partition: p.snapshot_profiles for p in partitions}
+    touched = {r.partition for r in every_round if r.rejected}
+    by_partition: dict[int, list[ChunkResult]] = {}
+    for result in results:
+        by_partition.setdefault(result.partition, []).append(result)
+    # A chunk that failed with an unreadable blob could not list its rows, in this round or an
+    # earlier one: trust nothing sent in its partition (all partitions, for a replay chunk),
+    # so the next run sends them again.
+    unlisted = {r.partition for r in every_round if r.unlisted}
+    profiles = 0
+    for partition in range(run.partitions):
+        untrusted = bool(unlisted & {partition, -1})
+        if not (untrusted or touched & {partition, -1}):
+            profiles += written[partition]  # Braze took everything: the diff's part stands
+            continue
+        rejected = {
+            entry["customer_id"]
+            # A replay's chunks (partition -1) mix partitions: they are read for each one.
+            for result in by_partition.get(partition, []) + by_partition.get(-1, [])
+            for _, entry in chunk_rejections(services, result)
+            if partition_of(entry["customer_id"], run.partitions) == partition
+        }
+        pending = json_lines(services, pending_snapshot_name(run.run_id, partition))
+        profiles += services.snapshots.write_partition(
+            run.export_name,
+            run.connection,
+            run.run_id,
+            partition,
+            _committed(pending, rejected, untrusted),
+        )
+    # Only a clean run vouches for its source version: a later run of the same version then has
+    # nothing to send and nothing to report. After any rejection (by validation or by Braze,
+    # in any round) or a held removal, the next run reads the source and reports it again.
+    settled = run.status == Status.SUCCEEDED and not (touched or unlisted or run.removals_held)
+    manifest = Manifest(
+        run.run_id,
+        run.partitions,
+        run.mapping_fingerprint,
+        profiles,
+        utcnow().isoformat(),
+        source_version=run.source_version if settled else "",
+    )
+    services.snapshots.make_current(run.export_name, run.connection, manifest)
+    run.snapshot_profiles = profiles
+
+
+def _committed(
+    pending: Iterator[Any], rejected: set[str], untrusted: bool
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """`[id, prints]` stays; `[id, new, old]` takes new unless Braze rejected it (null: gone)."""
+    for entry in pending:
+        customer_id, prints = entry[0], entry[1]
+        if len(entry) == 3 and (untrusted or customer_id in rejected):
+            prints = entry[2]
+        if prints is not None:
+            yield customer_id, prints
+
+
+def _merge_rejected(
+    run_id: str,
+    partitions: list[PartitionResult],
+    results: list[ChunkResult],
+    services: Services,
+) -> None:
+    """Merge the planner's, the partitions' and each recorded chunk's rejected rows, ordered by
+    source line (profiles leaving the segment last).
+
+    Only the files the records name are merged: a blob left by an attempt that crashed before
+    recording its chunk must not contradict the counts. Each part is already in order, so a
+    streaming k-way merge keeps memory flat.
+    """
+    storage = services.storage
+    parts = [s.rejected_blob for s in services.runs.split_results(run_id) if s.rejected_blob]
+    parts += [p.rejected_blob for p in partitions if p.rejected_blob]
+    streams = [_entries(services, name) for name in parts]
+    streams += [
+        (
+            (order, json.dumps(entry, ensure_ascii=False))
+            for order, entry in chunk_rejections(services, r)
+        )
+        for r in results
+    ]
+    writer = storage.line_writer(RUNS_CONTAINER, rejected_blob_name(run_id))
+    for _, text in heapq.merge(*streams, key=lambda item: item[0]):
+        writer.write(text)
+    writer.close()
+
+
+def chunk_rejections(services: Services, result: ChunkResult) -> Iterator[tuple[int, Any]]:
+    """(order, entry) for the rows a chunk's record counts as rejected, in order: each
+    attempt's blob holds lines for the batches it recorded, and maybe for one it answered but
+    died before recording (those the next attempt sent again, so they are left out)."""
+    for name, until in zip(result.rejected_blobs, result.rejected_until, strict=True):
+        for entry in json_lines(services, name):
+            if entry["batch"] < until:
+                yield entry["order"], entry
+
+
+def _entries(services: Services, name: str) -> Iterator[tuple[int, str]]:
+    for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, name)):
+        text = text.rstrip("\n")
+        if text:
+            entry = json.loads(text)
+            yield entry.get("order", entry.get("line", 0)), text

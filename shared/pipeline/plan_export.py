@@ -1,0 +1,192 @@
+"""Planning a run, step one: check the source against the snapshot, then split it inline or cut it
+into ranges for parallel split jobs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from hashlib import blake2b
+from pathlib import Path
+
+from shared.adapters.services import Services
+from shared.adapters.snapshot_store import Manifest
+from shared.core.cdm import parse_model
+from shared.core.definitions import Connection, Export
+from shared.core.fingerprints import fingerprint, mapping_fingerprint
+from shared.core.messages import ExportJob, SplitJob
+from shared.core.partitioning import partition_count
+from shared.core.resource_names import RUNS_CONTAINER, SPLITS_QUEUE
+from shared.core.runs import Run, Status, utcnow
+from shared.pipeline.finalize import finish_early
+from shared.pipeline.run_files import splits_blob_name
+from shared.pipeline.run_source import open_source, source_format, split_ranges
+from shared.pipeline.split_source import (
+    PLANNING_ERRORS,
+    clip,
+    finish_split,
+    queue_partitions,
+    split_and_record,
+)
+
+log = logging.getLogger(__name__)
+
+
+def plan_run(job: ExportJob, services: Services) -> None:
+    """Plan one run: check the source, then split it (inline, or as parallel split jobs).
+
+    Safe to run again after a crash: ranges and partitions are deterministic, overwritten.
+    """
+    run = services.runs.get(job.run_id)
+    if run is None:
+        log.error("run %s does not exist; dropping its planning job", job.run_id)
+        return
+    if run.status not in (Status.QUEUED, Status.PLANNING):
+        log.info("run %s is already %s; nothing to plan", run.run_id, run.status)
+        return
+    if run.partitions:  # split already; an attempt died while queueing the partitions
+        queue_partitions(run, services)
+        return
+    if run.splits > 1:  # split jobs planned; an attempt died while queueing them
+        _queue_splits(run, services)
+        return
+    run.status, run.planning_started_at = Status.PLANNING, utcnow()
+    services.runs.update(run)
+    try:
+        definitions = services.definitions()
+        export = definitions.export(run.export_name)
+        connection = definitions.connection(export.connection)
+        manifest = _compare_with_snapshot(run, export, connection, services)
+        if run.teardown:  # empty partitions: everyone in the snapshot leaves
+            finish_split(run, max(run.previous_partitions, 1), [], services)
+            return
+        run.source_version = _source_version(run, export, connection, services)
+        if _same_as_snapshot(run, manifest):
+            assert manifest is not None
+            run.unchanged_since, run.profiles_unchanged = manifest.run_id, manifest.profiles
+            message = (
+                f"nothing to send: the source and the export's definition are as they were "
+                f"for run {manifest.run_id}, and Braze took everything that run sent; start "
+                "with a full refresh to read the source anyway"
+            )
+            finish_early(run, services, message=message)
+            return
+        source = open_source(run, export, services)
+        partitions = partition_count(source.size, source.compressed)
+        ranges = split_ranges(run, source, services)
+    except PLANNING_ERRORS as error:
+        finish_early(run, services, message=clip(f"planning failed: {error}"), failed=True)
+        return
+    if len(ranges) > 1:
+        _plan_splits(run, ranges, partitions, source.header, services)
+        return
+    run.splits = 1
+    services.runs.update(run)
+    whole = SplitJob(run.run_id, run.export_name, 0, 1, partitions, 0, -1, 1)
+    split_and_record(run, export, whole, source.rows, services)
+
+
+def _plan_splits(
+    run: Run,
+    ranges: list[tuple[int, int, int]],
+    partitions: int,
+    header: list[str] | None,
+    services: Services,
+) -> None:
+    """Record the ranges (and the CSV header the later ranges lack), then queue a split job
+    per range."""
+    jobs = [
+        SplitJob(run.run_id, run.export_name, index, len(ranges), partitions, *bounds)
+        for index, bounds in enumerate(ranges)
+    ]
+    plan = {"header": header, "jobs": [job.to_json() for job in jobs]}
+    services.storage.write_bytes(
+        RUNS_CONTAINER, splits_blob_name(run.run_id), json.dumps(plan), "application/json"
+    )
+    run.splits = len(jobs)
+    services.runs.update(run)
+    _queue_splits(run, services)
+    log.info("run %s: source cut into %d ranges, split in parallel", run.run_id, len(jobs))
+
+
+def _queue_splits(run: Run, services: Services) -> None:
+    plan = json.loads(services.storage.read_bytes(RUNS_CONTAINER, splits_blob_name(run.run_id)))
+    services.storage.send_messages(SPLITS_QUEUE, plan["jobs"])
+
+
+def _compare_with_snapshot(
+    run: Run, export: Export, connection: Connection, services: Services
+) -> Manifest | None:
+    """Fix, once per run, which snapshot it diffs against and whether it sends everything."""
+    manifest = services.snapshots.current(export.name, connection.name)
+    run.mapping_fingerprint = mapping_fingerprint(export, connection)
+    if manifest is not None:
+        run.previous_snapshot = manifest.run_id
+        run.previous_partitions = manifest.partitions
+        run.previous_profiles = manifest.profiles
+    if run.teardown:
+        run.full_refresh_reason = ""
+    elif run.full_refresh:
+        run.full_refresh_reason = "a full refresh was requested"
+    elif manifest is None:
+        run.full_refresh_reason = "first run of this export on this connection"
+    elif manifest.mapping != run.mapping_fingerprint:
+        run.full_refresh_reason = (
+            "the mapping, segment or membership encoding changed since the last snapshot"
+        )
+    return manifest
+
+
+def _source_version(run: Run, export: Export, connection: Connection, services: Services) -> str:
+    """What this run would read and how: each source file's ETag (it changes with every write;
+    for a CDM folder, the model and every partition file), the export's whole definition, the
+    endpoint and this app's code. Any difference makes a run read the source."""
+    storage = services.storage
+    container, _, path = run.source.partition("/")
+    files = [run.source]
+    if source_format(run, export) == "cdm":
+        model = parse_model(storage.read_bytes(container, path), source=run.source)
+        partitions = model.entity(export.source.entity).partitions
+        files += [f"{p.container}/{p.blob}" for p in partitions]
+    basis = {
+        "app": _code_digest(),
+        "files": [[name, storage.etag(*name.split("/", 1))] for name in files],
+        "export": export.model_dump(mode="json"),
+        "endpoint": connection.rest_endpoint,
+    }
+    return fingerprint(basis)
+
+
+@functools.cache
+def _code_digest() -> str:
+    """A digest of this package's code: a deployment that changes how rows are read, validated,
+    mapped or compared gives every source a new version (a version number may not be bumped)."""
+    digest = blake2b(digest_size=8)
+    package = Path(__file__).resolve().parents[1]  # shared/
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _same_as_snapshot(run: Run, manifest: Manifest | None) -> bool:
+    """Nothing to send: the snapshot was made from this very source version and Braze took
+    all of it (a snapshot with rejections has no version, so its rows are sent again). A dry
+    run and a full refresh always read the source."""
+    return (
+        manifest is not None
+        and bool(manifest.source_version)
+        and manifest.source_version == run.source_version
+        and not run.full_refresh_reason
+        and not run.dry_run
+    )
+
+
+def fail_planning(run_id: str, error: BaseException, services: Services) -> None:
+    """The planning job is being poisoned: the run fails, and nothing was sent."""
+    run = services.runs.get(run_id)
+    if run is None or run.is_final:
+        return
+    message = f"planning failed after every retry: {type(error).__name__}: {error}"
+    finish_early(run, services, message=clip(message), failed=True)

@@ -1,0 +1,159 @@
+"""Releasing a run for delivery once every partition is diffed: safety valves, dry run, queue.
+
+Nothing is sent before this point, so a run that would remove too much of the segment or spend
+too many data points stops here with nothing sent, and a dry run ends here having written the
+exact request bodies it would have sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import timedelta
+
+from shared.adapters.braze_client import tracking_body
+from shared.adapters.services import Services
+from shared.core.definitions import Export
+from shared.core.messages import ChunkJob
+from shared.core.resource_names import CHUNKS_QUEUE, RUNS_CONTAINER
+from shared.core.runs import PartitionResult, Run, RunConflict, Status, utcnow
+from shared.pipeline.finalize import finish_early, maybe_finalize
+from shared.pipeline.run_files import batches, chunk_blob_name, dry_run_blob_name, read_chunk
+
+log = logging.getLogger(__name__)
+
+RELEASE_LEASE = timedelta(minutes=5)
+
+
+DUPLICATE = "duplicate_customer_id"
+
+
+def maybe_release(run_id: str, services: Services) -> bool:
+    """Release the run if every partition is diffed and nobody else has; True for the one that did.
+
+    The release is claimed on the run entity with its ETag, like finalization; a releaser that
+    dies mid-way is replaced after the lease, and chunks it queued twice are delivered once.
+    """
+    store = services.runs
+    run = store.get(run_id)
+    if run is None or run.status != Status.PLANNING or not run.partitions:
+        return False
+    now = utcnow()
+    if run.release_claimed_at and now - run.release_claimed_at < RELEASE_LEASE:
+        return False
+    results = store.partition_results(run_id)
+    if len(results) < run.partitions:
+        return False
+    run.release_claimed_at = now
+    try:
+        store.update(run, if_unchanged=True)
+    except RunConflict:
+        return False
+    definitions = services.definitions()
+    export = definitions.export(run.export_name)
+    connection = definitions.connection(export.connection)
+    summarize(run, results, connection.objects_per_request)
+    valve = safety_valve(run, export)
+    if run.dry_run:
+        _write_dry_run(run, results, connection.objects_per_request, services)
+        verdict = f"; a real run would stop: {valve[1]}" if valve else ""
+        finish_early(run, services, message=_dry_run_summary(run) + verdict)
+        return True
+    if valve is not None:
+        finish_early(run, services, message=valve[1], stopped_by=valve[0])
+        return True
+    jobs = chunk_jobs(run, results)
+    services.storage.send_messages(CHUNKS_QUEUE, (job.to_json() for job in jobs))
+    run.chunks_total = run.chunks_planned = len(jobs)
+    run.status, run.planning_finished_at = Status.DELIVERING, utcnow()
+    store.update(run)
+    log.info(
+        "run %s released: %d new, %d changed, %d removed, %d unchanged; %d chunks queued",
+        run.run_id,
+        run.profiles_new,
+        run.profiles_changed,
+        run.profiles_removed,
+        run.profiles_unchanged,
+        len(jobs),
+    )
+    maybe_finalize(run_id, services)  # a run with nothing to send finishes here
+    return True
+
+
+def summarize(run: Run, results: list[PartitionResult], objects_per_request: int) -> None:
+    """Sum the partitions into the run; set, never add, so a repeated release counts once."""
+    run.profiles_new = sum(r.new for r in results)
+    run.profiles_changed = sum(r.changed for r in results)
+    run.profiles_unchanged = sum(r.unchanged for r in results)
+    run.profiles_removed = sum(r.removed for r in results)
+    run.removals_held = sum(r.removals_held for r in results)
+    run.objects_planned = sum(r.objects for r in results)
+    run.data_points_estimated = sum(r.data_points for r in results)
+    run.array_cap_warnings = sum(r.array_cap_warnings for r in results)
+    run.requests_planned = sum(
+        math.ceil(rows / objects_per_request) for r in results for rows in r.chunk_rows
+    )
+    run.rows_valid = run.profiles_new + run.profiles_changed + run.profiles_unchanged
+    run.rows_rejected = run.rows_read - run.rows_valid
+    duplicates = sum(r.duplicates for r in results)
+    if duplicates:
+        run.validation_rejections = {**run.validation_rejections, DUPLICATE: duplicates}
+    run.rejections = run.validation_rejections
+
+
+def safety_valve(run: Run, export: Export) -> tuple[str, str] | None:
+    """(valve, message) when the run must stop before sending anything; None to go ahead."""
+    if run.override_safety_valves:
+        return None
+    previous = run.previous_profiles
+    if not run.teardown and previous and run.profiles_removed / previous > export.max_removed_share:
+        share = run.profiles_removed / previous
+        return (
+            "max_removed_share",
+            f"stopped before sending anything: {run.profiles_removed} of the {previous} "
+            f"profiles in the last snapshot ({share:.1%}) would leave the segment, more than "
+            f"max_removed_share ({export.max_removed_share:.0%}) allows; check the source, then "
+            "start the run again with the safety-valve override if the removals are intended",
+        )
+    if run.data_points_estimated > export.max_data_points:
+        return (
+            "max_data_points",
+            f"stopped before sending anything: the run would write about "
+            f"{run.data_points_estimated} Braze data points, more than max_data_points "
+            f"({export.max_data_points}) allows; start the run again with the safety-valve "
+            "override if that spend is intended",
+        )
+    return None
+
+
+def chunk_jobs(run: Run, results: list[PartitionResult]) -> list[ChunkJob]:
+    """Every chunk of every partition, numbered across the run in partition order."""
+    jobs = []
+    for result in results:
+        for index, rows in enumerate(result.chunk_rows):
+            blob = chunk_blob_name(run.run_id, result.partition, index)
+            jobs.append(
+                ChunkJob(run.run_id, run.export_name, len(jobs), blob, rows, result.partition)
+            )
+    return jobs
+
+
+def _write_dry_run(
+    run: Run, results: list[PartitionResult], objects_per_request: int, services: Services
+) -> None:
+    """Write each request body exactly as delivery would send it, one per line."""
+    writer = services.storage.line_writer(RUNS_CONTAINER, dry_run_blob_name(run.run_id))
+    for job in chunk_jobs(run, results):
+        for batch in batches(read_chunk(services, job.blob_name), objects_per_request):
+            writer.write(tracking_body([obj for _, _, obj in batch]).decode("utf-8"))
+    writer.close()
+    run.dry_run_blob = dry_run_blob_name(run.run_id)
+
+
+def _dry_run_summary(run: Run) -> str:
+    return (
+        f"dry run: would send {run.objects_planned} profiles in {run.requests_planned} requests "
+        f"({run.profiles_new} new, {run.profiles_changed} changed, {run.profiles_removed} "
+        f"leaving, {run.profiles_unchanged} unchanged), about {run.data_points_estimated} data "
+        "points; nothing was sent and the snapshot is unchanged"
+    )

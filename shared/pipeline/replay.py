@@ -1,0 +1,86 @@
+"""Replaying a finished run's failed deliveries once the operator has fixed the cause.
+
+Every row Braze rejected and every row of a poisoned (or stalled) chunk is in the run's
+rejected rows with the exact object that was to be sent. A replay re-opens the run, sends those
+objects again as a new round of chunks and finalizes it again: the rows accepted now move from
+"rejected by Braze" to "accepted", so the run's counts stay true, and the snapshot takes them in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shared.adapters.services import Services
+from shared.core.messages import ChunkJob
+from shared.core.resource_names import CHUNKS_QUEUE
+from shared.core.runs import Run, RunConflict, Status
+from shared.pipeline.run_files import chunk_line, json_lines, replay_chunk_name, write_chunk
+
+log = logging.getLogger(__name__)
+
+REPLAYABLE_STAGES = {"braze", "delivery"}
+
+
+REPLAY_PARTITION = -1  # replay chunks mix partitions
+
+
+class NotReplayable(Exception):
+    """The run cannot be replayed now; the message says why and what to do."""
+
+
+def replay_run(services: Services, run_id: str) -> Run:
+    """Queue the run's rejected deliveries again; returns the re-opened run.
+
+    Raises NotReplayable when the run is unknown, still active, not the export's latest run
+    (a newer run already re-sent what this one could not), or has nothing to replay.
+    """
+    store = services.runs
+    run = store.get(run_id)
+    if run is None:
+        raise LookupError(f"no run '{run_id}'")
+    if not run.is_final:
+        raise NotReplayable(f"run {run_id} is still {run.status}; replay it once it has ended")
+    if run.dry_run or run.stopped_by or run.planning_failed:
+        raise NotReplayable(f"run {run_id} sent nothing ({run.status}); start a new run instead")
+    latest = store.latest_run_id(run.export_name)
+    if latest != run_id:
+        raise NotReplayable(
+            f"run {run_id} is not the latest run of export '{run.export_name}' ({latest} is); "
+            "the newer run already re-sent every profile Braze had not accepted"
+        )
+    export = services.definitions().export(run.export_name)
+    round_ = run.replay_round + 1
+    jobs: list[ChunkJob] = []
+    part: list[str] = []
+
+    def flush() -> None:
+        name = replay_chunk_name(run_id, round_, len(jobs))
+        write_chunk(services, name, part)
+        chunk_index = (run.chunks_total or 0) + len(jobs)
+        jobs.append(
+            ChunkJob(run_id, run.export_name, chunk_index, name, len(part), REPLAY_PARTITION)
+        )
+        part.clear()
+
+    for entry in json_lines(services, run.rejected_blob):
+        obj = entry.get("object")
+        if entry["stage"] in REPLAYABLE_STAGES and isinstance(obj, dict):
+            part.append(chunk_line(entry["order"], obj))
+            if len(part) == export.chunk_size:
+                flush()
+    if part:
+        flush()
+    if not jobs:
+        raise NotReplayable(f"run {run_id} has no rejected deliveries to replay")
+    run.replay_round = round_
+    run.chunks_total = (run.chunks_total or 0) + len(jobs)
+    run.status, run.finished_at, run.message = Status.DELIVERING, None, ""
+    run.finalize_claimed_at = None
+    try:
+        store.update(run, if_unchanged=True)  # two replays at once: one wins
+    except RunConflict:
+        raise NotReplayable(f"run {run_id} changed while the replay was prepared") from None
+    services.storage.send_messages(CHUNKS_QUEUE, (job.to_json() for job in jobs))
+    rows = sum(job.rows for job in jobs)
+    log.info("run %s: replay round %d queued %d profiles", run_id, round_, rows)
+    return run

@@ -1,0 +1,191 @@
+"""A run's working files in the runs container: where each lives, and the formats of the
+partition pieces and the delivery chunks. One place, so every stage agrees.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from shared.adapters.services import Services
+from shared.core import jsonlines
+from shared.core.braze_objects import encode_object
+from shared.core.fingerprints import data_points, fingerprints
+from shared.core.resource_names import RUNS_CONTAINER
+from shared.core.source_files import open_lines
+
+# Where each file lives: every name is under the run's prefix.
+
+
+def run_prefix(run_id: str) -> str:
+    return f"runs/{run_id}/"
+
+
+def rejected_prefix(run_id: str) -> str:
+    return f"runs/{run_id}/rejected/"
+
+
+def source_files_blob_name(run_id: str) -> str:
+    """The CDM partition files of a run, in order (row positions index into it)."""
+    return f"runs/{run_id}/partitions.json"
+
+
+def splits_blob_name(run_id: str) -> str:
+    """The split jobs of a run cut into byte ranges, and the CSV header the later ones lack."""
+    return f"runs/{run_id}/splits.json"
+
+
+def partition_piece_name(run_id: str, partition: int, split: int) -> str:
+    """One split's valid rows of one hash partition: `[order, customer id, object or null]`
+    per line; the partition is its pieces in split order, which is source order."""
+    return f"runs/{run_id}/partitions/p{partition:04d}-s{split:04d}.jsonl"
+
+
+def plan_rejected_name(run_id: str, split: int) -> str:
+    """Rows one split rejected, in source order."""
+    return f"{rejected_prefix(run_id)}plan-{split:04d}.jsonl"
+
+
+def pending_snapshot_name(run_id: str, partition: int) -> str:
+    return f"runs/{run_id}/snapshot/p{partition:04d}.jsonl"
+
+
+def duplicates_blob_name(run_id: str, partition: int) -> str:
+    return f"{rejected_prefix(run_id)}partition-{partition:04d}.jsonl"
+
+
+def chunk_blob_name(run_id: str, partition: int, index: int) -> str:
+    """What to send: `order <TAB> data points <TAB> object` per line."""
+    return f"runs/{run_id}/chunks/p{partition:04d}-{index:04d}.tsv"
+
+
+def replay_chunk_prefix(run_id: str, round_: int) -> str:
+    """The chunks of a run's n-th replay round (they mix partitions)."""
+    return f"runs/{run_id}/chunks/r{round_:02d}-"
+
+
+def replay_chunk_name(run_id: str, round_: int, index: int) -> str:
+    return f"{replay_chunk_prefix(run_id, round_)}{index:04d}.tsv"
+
+
+def dry_run_blob_name(run_id: str) -> str:
+    return f"runs/{run_id}/dry-run/requests.jsonl"
+
+
+def report_blob_name(run_id: str) -> str:
+    return f"runs/{run_id}/report.json"
+
+
+def rejected_blob_name(run_id: str) -> str:
+    return f"runs/{run_id}/rejected.jsonl"
+
+
+# Partition pieces: one split job's rows of one partition, as the diff reads them.
+#
+# One line per row, its fields separated by tabs, each field JSON (which escapes every tab and
+# newline inside a value):
+# - a valid row: `order, customer id, data points, fingerprints, object`;
+# - a row rejected for another field than its id: `order, customer id` (the profile is still in
+#   the segment, so the diff must not take it for one that left).
+#
+# The split computes the fingerprints and encodings that the diff needs for every profile, from
+# the object it has just built; the diff of a new profile then only joins strings, and decodes
+# the object only when it has to send part of it.
+
+# A piece row: (order, customer id, customer id as JSON, data points, fingerprints as JSON,
+# object as JSON); the last three are 0, "" and "" for a row that keeps its place only.
+PieceRow = tuple[int, str, str, int, str, str]
+
+
+def valid_line(order: int, customer_id: str, obj: dict[str, Any]) -> str:
+    dumps = jsonlines.dumps
+    prints = fingerprints(obj)  # one per attribute Braze bills: their count is the data points
+    return f"{order}\t{dumps(customer_id)}\t{len(prints)}\t{dumps(prints)}\t{dumps(obj)}\n"
+
+
+def kept_line(order: int, customer_id: str) -> str:
+    return f"{order}\t{jsonlines.dumps(customer_id)}\n"
+
+
+def read_rows(text: str) -> Iterator[PieceRow]:
+    """The rows of one piece's text, in the order the split wrote them."""
+    loads = jsonlines.loads
+    for line in text.split("\n"):
+        if not line:
+            continue
+        if line.startswith("["):
+            raise ValueError(
+                "this partition piece was written by an earlier version of the app (a JSON "
+                "array per line); start the run again"
+            )
+        fields = line.split("\t")
+        order, customer_id_json = int(fields[0]), fields[1]
+        if len(fields) == 2:
+            yield order, loads(customer_id_json), customer_id_json, 0, "", ""
+        else:
+            _, _, points, prints_json, obj_json = fields
+            yield (
+                order,
+                loads(customer_id_json),
+                customer_id_json,
+                int(points),
+                prints_json,
+                obj_json,
+            )
+
+
+# Delivery chunks: `order <TAB> data points <TAB> object` per profile, cut into fixed batches.
+
+
+def chunk_line(order: int, obj: dict[str, Any]) -> str:
+    """One profile of a chunk blob: `order <TAB> data points <TAB> object`."""
+    return f"{order}\t{data_points(obj)}\t{encode_object(obj)}"
+
+
+def write_chunk(services: Services, blob_name: str, lines: list[str]) -> None:
+    services.storage.write_bytes(
+        RUNS_CONTAINER,
+        blob_name,
+        "\n".join(lines) + "\n",
+        "text/tab-separated-values; charset=utf-8",
+    )
+
+
+def read_chunk(services: Services, blob_name: str) -> list[tuple[int, int, str]]:
+    """(row order, data points, serialized object) per profile of a chunk blob, read whole:
+    a chunk is a few MiB, and delivery holds its profiles anyway."""
+    items = []
+    for text in services.storage.read_bytes(RUNS_CONTAINER, blob_name).decode().split("\n"):
+        order, points, obj = text.split("\t", 2) if text.strip() else ("", "", "")
+        if obj:
+            items.append((int(order), int(points), obj))
+    return items
+
+
+def batches(items: list[Any], size: int) -> list[list[Any]]:
+    """Fixed batches of at most `size`: the same chunk always yields the same batches."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+# Reading the other working files back.
+
+
+def json_lines(services: Services, name: str) -> Iterator[Any]:
+    """Each JSON line of a blob in the runs container, streamed."""
+    for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, name)):
+        if text.strip():
+            yield jsonlines.loads(text)
+
+
+def partition_files_loader(services: Services, run_id: str) -> Callable[[], list[str]]:
+    """The CDM partition files of the run's source, in the order row positions use: read once,
+    and only if a rejected row needs them."""
+
+    def load() -> list[str]:
+        blob = source_files_blob_name(run_id)
+        files: list[str] = json.loads(services.storage.read_bytes(RUNS_CONTAINER, blob))
+        return files
+
+    return functools.cache(load)

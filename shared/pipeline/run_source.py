@@ -1,0 +1,160 @@
+"""The run's source, opened and checked, cut into ranges for parallel split jobs, and read as
+positioned rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from shared.adapters.services import Services
+from shared.core.cdm import CdmEntity, parse_model, read_entity
+from shared.core.definitions import Export, SourceFormat, format_of
+from shared.core.messages import SplitJob
+from shared.core.resource_names import RUNS_CONTAINER
+from shared.core.runs import Run
+from shared.core.source_files import (
+    RecordReader,
+    RecordStart,
+    SourceError,
+    open_lines,
+    record_starts,
+    row_order,
+)
+from shared.pipeline.run_files import source_files_blob_name, splits_blob_name
+
+MAX_SPLITS = 64  # parallel split jobs per run
+
+
+# Not frozen: one is made per row, and a frozen dataclass costs four times as much to create.
+@dataclass(slots=True)
+class Row:
+    """A source record with its position: `order` sorts rows across CDM partitions."""
+
+    order: int
+    line: int
+    file: str | None
+    values: dict[str, Any]
+    problem: str | None
+
+
+@dataclass
+class _Source:
+    """The run's source: its format, size (to choose the partition count and the ranges),
+    CSV header, CDM file count, and its rows, streamed."""
+
+    fmt: SourceFormat
+    size: int
+    compressed: bool
+    header: list[str] | None
+    files: int
+    rows: Iterator[Row]
+
+
+def source_format(run: Run, export: Export) -> SourceFormat:
+    container, _, path = run.source.partition("/")
+    same_file = container == export.source.container and path == export.source.path
+    return export.source.resolved_format() if same_file else format_of(path)
+
+
+def open_source(run: Run, export: Export, services: Services) -> _Source:
+    """Open the run's source and check the mapped columns exist before anything is written."""
+    storage = services.storage
+    fmt = source_format(run, export)
+    container, _, path = run.source.partition("/")
+    if fmt == "cdm":
+        entity, files = _cdm_entity(run, export, services, record_files=True)
+        rows = _cdm_rows(entity, files, range(len(files)), services)
+        size = sum(storage.size(*name.split("/", 1)) for name in files)
+        compressed = any(name.endswith(".gz") for name in files)
+        return _Source(fmt, size, compressed, None, len(files), rows)
+    reader = RecordReader(open_lines(storage.read_chunks(container, path)), fmt)
+    reader.require_columns(_needed_columns(export))
+    size, compressed = storage.size(container, path), path.endswith(".gz")
+    return _Source(fmt, size, compressed, reader.columns, 1, _file_rows(reader))
+
+
+def _needed_columns(export: Export) -> list[str]:
+    mapping = export.mapping
+    return [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
+
+
+def _file_rows(reader: RecordReader) -> Iterator[Row]:
+    for record in reader:
+        yield Row(record.line, record.line, None, record.values, record.problem)
+
+
+def _cdm_entity(
+    run: Run, export: Export, services: Services, *, record_files: bool
+) -> tuple[CdmEntity, list[str]]:
+    """The model's entity, checked; the plan records its partition files, which row positions
+    index into (a split job reads them back)."""
+    storage = services.storage
+    container, _, path = run.source.partition("/")
+    model = parse_model(storage.read_bytes(container, path), source=run.source)
+    entity = model.entity(export.source.entity)
+    entity.require_columns(_needed_columns(export))
+    files = [f"{p.container}/{p.blob}" for p in entity.partitions]
+    if len({p.blob for p in entity.partitions}) < len(entity.partitions):
+        raise SourceError(
+            f"{run.source}: two partitions have the same blob path in different containers; "
+            "this exporter needs partition paths to be unique"
+        )
+    recorded = source_files_blob_name(run.run_id)
+    if record_files:
+        storage.write_bytes(RUNS_CONTAINER, recorded, json.dumps(files), "application/json")
+    elif files != json.loads(storage.read_bytes(RUNS_CONTAINER, recorded)):
+        raise SourceError(f"{run.source} changed while the run was being planned")
+    return entity, files
+
+
+def _cdm_rows(
+    entity: CdmEntity, files: list[str], parts: range, services: Services
+) -> Iterator[Row]:
+    """The records of the entity's partitions `parts`, positioned across the whole folder."""
+    chosen = replace(entity, partitions=tuple(entity.partitions[p] for p in parts))
+    index = {p.blob: i for i, p in enumerate(entity.partitions)}
+    for record in read_entity(chosen, services.storage.read_chunks):
+        part = index[record.partition]
+        order = row_order(part, record.line)
+        yield Row(order, record.line, files[part], record.values, record.problem)
+
+
+def split_ranges(run: Run, source: _Source, services: Services) -> list[tuple[int, int, int]]:
+    """How to cut the source for parallel split jobs: `(start, end, first line)` per range.
+
+    A CDM folder splits by partition file; a plain CSV or JSON Lines file larger than
+    `EXPORT_SPLIT_MIB` into byte ranges that start at record boundaries (one pass that counts
+    quotes, see `record_starts`); a gzip file is read by one reader. One range: split inline.
+    """
+    if source.fmt == "cdm":
+        return [(0, -1, 1)] * source.files
+    split_bytes = services.settings.split_bytes
+    if source.compressed or source.size <= split_bytes:
+        return [(0, -1, 1)]
+    count = min(MAX_SPLITS, math.ceil(source.size / split_bytes))
+    targets = [source.size * k // count for k in range(1, count)]
+    container, _, path = run.source.partition("/")
+    blocks = services.storage.read_chunks(container, path)
+    starts = [RecordStart(0, 1), *record_starts(blocks, targets, quoted=source.fmt == "csv")]
+    ends = [start.offset for start in starts[1:]] + [source.size]
+    return [(start.offset, end, start.line) for start, end in zip(starts, ends, strict=True)]
+
+
+def range_rows(run: Run, export: Export, job: SplitJob, services: Services) -> Iterator[Row]:
+    """The records of one split job's range: its CDM file, or its bytes of the file."""
+    fmt = source_format(run, export)
+    if fmt == "cdm":
+        entity, files = _cdm_entity(run, export, services, record_files=False)
+        return _cdm_rows(entity, files, range(job.split, job.split + 1), services)
+    container, _, path = run.source.partition("/")
+    chunks = services.storage.read_chunks(container, path, job.start, job.end - job.start)
+    lines = open_lines(chunks, first_line=job.first_line)
+    if job.split == 0:  # the range that holds the header
+        return _file_rows(RecordReader(lines, fmt))
+    plan = json.loads(services.storage.read_bytes(RUNS_CONTAINER, splits_blob_name(run.run_id)))
+    columns = plan["header"] if fmt == "csv" else None
+    return _file_rows(RecordReader(lines, fmt, header=columns, first_line=job.first_line))

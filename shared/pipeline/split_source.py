@@ -1,0 +1,232 @@
+"""Planning a run, step two: validate one range of the source and file its rows by partition."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+from shared.adapters.services import Services
+from shared.adapters.settings import ConfigurationError
+from shared.adapters.storage import BlobLineWriter, BlobNotFound, Storage
+from shared.core.braze_objects import braze_attributes
+from shared.core.definitions import DefinitionsError, Export, UnknownExport
+from shared.core.messages import PartitionJob, SplitJob
+from shared.core.partitioning import partition_of
+from shared.core.resource_names import PARTITIONS_QUEUE, RUNS_CONTAINER
+from shared.core.runs import Run, RunConflict, SplitResult, Status, utcnow
+from shared.core.source_files import SourceError
+from shared.core.validation import Profile, usable_customer_id, validate_record
+from shared.pipeline.finalize import finish_early
+from shared.pipeline.run_files import (
+    kept_line,
+    partition_piece_name,
+    plan_rejected_name,
+    valid_line,
+)
+from shared.pipeline.run_source import Row, range_rows
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 100_000  # rows between progress updates of the run while splitting
+
+
+PLANNING_ERRORS = (SourceError, BlobNotFound, DefinitionsError, ConfigurationError, UnknownExport)
+
+
+def split_source(job: SplitJob, services: Services) -> None:
+    """One split job: validate and partition one byte range (or one CDM file) of the source."""
+    run = services.runs.get(job.run_id)
+    if run is None or run.is_final:
+        log.warning("run %s is missing or finished; dropping split %d", job.run_id, job.split)
+        return
+    if services.runs.split_done(run.run_id, job.split):
+        _maybe_finish_split(run.run_id, services, repeated=True)
+        return
+    try:
+        export = services.definitions().export(run.export_name)
+        rows = range_rows(run, export, job, services)
+    except PLANNING_ERRORS as error:
+        _fail_split(run, job, SplitResult(job.split), error, services)
+        return
+    split_and_record(run, export, job, rows, services)
+
+
+def split_and_record(
+    run: Run, export: Export, job: SplitJob, rows: Iterator[Row], services: Services
+) -> None:
+    result = SplitResult(job.split)
+    try:
+        _split(run, export, job, rows, result, services)
+    except PLANNING_ERRORS as error:
+        _fail_split(run, job, result, error, services)
+        return
+    services.runs.record_split(run.run_id, result)
+    _maybe_finish_split(run.run_id, services, repeated=False)
+
+
+def _fail_split(
+    run: Run, job: SplitJob, result: SplitResult, error: Exception, services: Services
+) -> None:
+    """A whole-file problem in one range fails the run; what was read so far is counted."""
+    services.runs.record_split(run.run_id, result)
+    _sum_splits(run, services.runs.split_results(run.run_id))
+    where = f" (split {job.split + 1} of {job.splits})" if job.splits > 1 else ""
+    finish_early(run, services, message=clip(f"planning failed{where}: {error}"), failed=True)
+
+
+def _maybe_finish_split(run_id: str, services: Services, *, repeated: bool) -> None:
+    """When every split is recorded, sum them into the run and queue the partition diffs.
+
+    Several splits may finish at once: the ETag-guarded update lets one of them go on. A
+    repeated split job (its worker died after recording) queues the partitions again, in case
+    the one that went on died before queueing them; a partition diffed twice is recorded once.
+    """
+    run = services.runs.get(run_id)
+    if run is None or run.status != Status.PLANNING:
+        return
+    if run.partitions:
+        if repeated:
+            queue_partitions(run, services)
+        return
+    results = services.runs.split_results(run_id)
+    if len(results) < run.splits:
+        return
+    finish_split(run, results[0].partitions, results, services)
+
+
+def finish_split(run: Run, partitions: int, results: list[SplitResult], services: Services) -> None:
+    _sum_splits(run, results)
+    run.partitions, run.split_finished_at = partitions, utcnow()
+    try:
+        services.runs.update(run, if_unchanged=True)
+    except RunConflict:
+        return  # another split finished at the same time and goes on
+    queue_partitions(run, services)
+    log.info("run %s: %d rows read, %d partitions queued", run.run_id, run.rows_read, partitions)
+
+
+def _sum_splits(run: Run, results: list[SplitResult]) -> None:
+    run.rows_read = sum(r.rows_read for r in results)
+    run.rows_rejected = sum(r.rows_rejected for r in results)
+    run.rows_unidentified = sum(r.unidentified for r in results)
+    reasons: Counter[str] = Counter()
+    for result in results:
+        reasons.update(result.reasons)
+    run.rejections = run.validation_rejections = dict(reasons)
+
+
+def queue_partitions(run: Run, services: Services) -> None:
+    """One diff job per partition; a repeated one finds its partition done and does nothing."""
+    jobs = (
+        PartitionJob(run.run_id, run.export_name, partition, run.partitions)
+        for partition in range(run.partitions)
+    )
+    services.storage.send_messages(PARTITIONS_QUEUE, (job.to_json() for job in jobs))
+
+
+def _split(
+    run: Run,
+    export: Export,
+    job: SplitJob,
+    rows: Iterator[Row],
+    tally: SplitResult,
+    services: Services,
+) -> None:
+    """Validate every row of the range and file it under its customer id's partition.
+
+    Rows go to local temporary files first (bounded memory whatever the partition count), then
+    each file is uploaded as this split's piece of the partition (`run_files`); a row
+    rejected for another field than its id keeps its place there, so the diff knows the profile
+    is still in the segment.
+    """
+    count = tally.partitions = job.partitions
+    mapping = export.mapping
+    storage = services.storage
+    tally.rejected_blob = plan_rejected_name(run.run_id, job.split)
+    rejected = storage.line_writer(RUNS_CONTAINER, tally.rejected_blob)
+    with tempfile.TemporaryDirectory(prefix="plan-") as directory:
+        paths = [Path(directory, f"{p:04d}.jsonl") for p in range(count)]
+        files = [path.open("w", encoding="utf-8") for path in paths]
+        try:
+            for row in rows:
+                tally.rows_read += 1
+                if tally.rows_read % PROGRESS_EVERY == 0:
+                    # Shows progress, and tells the stalled-run sweep that planning is alive.
+                    services.runs.save_split_progress(run.run_id, job.split, tally.rows_read)
+                if row.problem:
+                    tally.unidentified += 1
+                    _reject(rejected, tally, row, None, [("malformed_row", f"row {row.problem}")])
+                    continue
+                result = validate_record(row.values, mapping)
+                if isinstance(result, Profile):
+                    customer_id: str | None = result.customer_id
+                    line = valid_line(
+                        row.order, result.customer_id, braze_attributes(result, export)
+                    )
+                else:
+                    problems = [(p.code, p.message) for p in result]
+                    raw_id = row.values.get(mapping.customer_id)
+                    _reject(rejected, tally, row, raw_id, problems)
+                    customer_id = usable_customer_id(row.values, mapping)
+                    line = kept_line(row.order, customer_id) if customer_id is not None else ""
+                if customer_id is not None:
+                    files[partition_of(customer_id, count)].write(line)
+        finally:
+            for file in files:
+                file.close()
+            rejected.close()  # a failed run still reports the rows rejected before the failure
+        storage.in_parallel(
+            partial(_upload_piece, storage, path, partition_piece_name(run.run_id, p, job.split))
+            for p, path in enumerate(paths)
+        )
+
+
+def _upload_piece(storage: Storage, path: Path, name: str) -> None:
+    with path.open("rb") as data:
+        storage.write_bytes(RUNS_CONTAINER, name, data, "application/x-ndjson")
+
+
+def fail_split(job: SplitJob, error: BaseException, services: Services) -> None:
+    """A split job is being poisoned: the run fails, and nothing was sent."""
+    run = services.runs.get(job.run_id)
+    if run is None or run.is_final:
+        return
+    message = (
+        f"planning failed: split {job.split + 1} of {job.splits} of the source could not be "
+        f"read after every retry ({type(error).__name__}: {error}); nothing was sent"
+    )
+    _sum_splits(run, services.runs.split_results(run.run_id))
+    finish_early(run, services, message=clip(message), failed=True)
+
+
+def clip(message: str, limit: int = 2000) -> str:
+    """Run messages live in a table property (64 KiB); a wide CSV header must not overflow it."""
+    return message if len(message) <= limit else message[:limit] + "…"
+
+
+def _reject(
+    writer: BlobLineWriter,
+    tally: SplitResult,
+    row: Row,
+    customer_id: object,
+    problems: list[tuple[str, str]],
+) -> None:
+    tally.rows_rejected += 1
+    for code, _ in problems:
+        tally.reasons[code] = tally.reasons.get(code, 0) + 1
+    entry = {
+        "order": row.order,
+        "line": row.line,
+        **({"file": row.file} if row.file else {}),
+        "customer_id": customer_id,
+        "stage": "validation",
+        "codes": [code for code, _ in problems],
+        "reasons": [message for _, message in problems],
+        "row": row.values,
+    }
+    writer.write(json.dumps(entry, ensure_ascii=False, default=str))
