@@ -2,6 +2,7 @@
 
 import azure.functions as func
 
+from functions.last_attempt import failing_the_run_on_last_attempt
 from shared.adapters.services import app_services
 from shared.core.messages import ChunkJob
 from shared.core.resource_names import CHUNKS_QUEUE, STORAGE_CONNECTION
@@ -17,9 +18,5 @@ def deliver(msg: func.QueueMessage) -> None:
     last attempt its rows are reported as failed before the message goes to the poison queue."""
     services = app_services()
     job = ChunkJob.from_json(msg.get_body())
-    try:
+    with failing_the_run_on_last_attempt(msg, services, lambda e: fail_chunk(job, e, services)):
         deliver_chunk(job, services)
-    except Exception as error:
-        if (msg.dequeue_count or 1) >= services.settings.max_dequeue_count:
-            fail_chunk(job, error, services)
-        raise

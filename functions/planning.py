@@ -3,6 +3,7 @@ partition."""
 
 import azure.functions as func
 
+from functions.last_attempt import failing_the_run_on_last_attempt
 from shared.adapters.services import app_services
 from shared.core.messages import ExportJob, PartitionJob, SplitJob
 from shared.core.resource_names import (
@@ -24,12 +25,10 @@ def plan_export(msg: func.QueueMessage) -> None:
     """Plan one run. Failures raise so the host retries; the last attempt also ends the run."""
     services = app_services()
     job = ExportJob.from_json(msg.get_body())
-    try:
+    with failing_the_run_on_last_attempt(
+        msg, services, lambda error: fail_planning(job.run_id, error, services)
+    ):
         plan_run(job, services)
-    except Exception as error:
-        if (msg.dequeue_count or 1) >= services.settings.max_dequeue_count:
-            fail_planning(job.run_id, error, services)
-        raise
 
 
 @bp.function_name("split_source")
@@ -39,12 +38,10 @@ def split_source_job(msg: func.QueueMessage) -> None:
     fails the run (nothing was sent)."""
     services = app_services()
     job = SplitJob.from_json(msg.get_body())
-    try:
+    with failing_the_run_on_last_attempt(
+        msg, services, lambda error: fail_split(job, error, services)
+    ):
         split_source(job, services)
-    except Exception as error:
-        if (msg.dequeue_count or 1) >= services.settings.max_dequeue_count:
-            fail_split(job, error, services)
-        raise
 
 
 @bp.function_name("diff_partition")
@@ -53,9 +50,7 @@ def diff_partition_job(msg: func.QueueMessage) -> None:
     """Diff one partition. Failures raise so the host retries; the last attempt fails the run."""
     services = app_services()
     job = PartitionJob.from_json(msg.get_body())
-    try:
+    with failing_the_run_on_last_attempt(
+        msg, services, lambda error: fail_partition(job, error, services)
+    ):
         diff_partition(job, services)
-    except Exception as error:
-        if (msg.dequeue_count or 1) >= services.settings.max_dequeue_count:
-            fail_partition(job, error, services)
-        raise
