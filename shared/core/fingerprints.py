@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
 
@@ -105,18 +104,3 @@ def mapping_fingerprint(export: Export, connection: Connection) -> str:
         "create_missing_users": export.create_missing_users,
     }
     return fingerprint(basis)
-
-
-@dataclass
-class PartitionCounts:
-    """What one partition's diff found; summed over partitions for the run."""
-
-    new: int = 0
-    changed: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    removals_held: int = 0
-    duplicates: int = 0
-    objects: int = 0
-    data_points: int = 0
-    array_cap_warnings: int = 0

@@ -116,22 +116,30 @@ class Run:
 
 
 @dataclass
-class ChunkResult:
-    """Outcome of delivering one chunk, written once by the worker that delivered it."""
+class DeliveryCounts:
+    """What Braze answered for a chunk's batches: its progress and its result both carry it."""
 
-    chunk_index: int
-    rows: int
-    accepted: int
-    rejected: int
-    requests: int
-    rejections: dict[str, int] = field(default_factory=dict)
-    finished_at: datetime = field(default_factory=utcnow)
-    partition: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    requests: int = 0
     data_points: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+    # One append blob per attempt that rejected rows, and how many batches of it are recorded:
+    # lines of a batch answered but never recorded (the attempt died) are not counted.
     rejected_blobs: list[str] = field(default_factory=list)
     rejected_until: list[int] = field(default_factory=list)
     unlisted: int = 0  # rows counted as failed that could not be listed (blob unreadable)
     failure: str = ""
+
+
+@dataclass(kw_only=True)
+class ChunkResult(DeliveryCounts):
+    """Outcome of delivering one chunk, written once by the worker that delivered it."""
+
+    chunk_index: int
+    rows: int
+    finished_at: datetime = field(default_factory=utcnow)
+    partition: int = 0
     round: int = 0  # 0 for the run's own chunks, n for the n-th replay of its rejected rows
 
 
@@ -153,38 +161,27 @@ class PartitionResult:
     """What one partition's diff found and which chunk blobs it wrote for delivery."""
 
     partition: int
-    new: int
-    changed: int
-    unchanged: int
-    removed: int
-    duplicates: int
-    objects: int
-    removals_held: int
-    data_points: int
-    array_cap_warnings: int
-    chunk_rows: list[int]
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    duplicates: int = 0
+    objects: int = 0
+    removals_held: int = 0
+    data_points: int = 0
+    array_cap_warnings: int = 0
+    chunk_rows: list[int] = field(default_factory=list)
     rejected_blob: str = ""
     snapshot_profiles: int = 0  # in this run's snapshot partition if Braze accepts everything
     array_cap_examples: list[str] = field(default_factory=list)
 
 
 @dataclass
-class ChunkProgress:
+class ChunkProgress(DeliveryCounts):
     """Batches of a chunk that Braze already answered, so a redelivery resumes after them."""
 
     batches_done: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    requests: int = 0
-    data_points: int = 0
-    rejections: dict[str, int] = field(default_factory=dict)
-    # One append blob per attempt that rejected rows, and how many batches of it are recorded:
-    # lines of a batch answered but never recorded (the attempt died) are not counted.
-    rejected_blobs: list[str] = field(default_factory=list)
-    rejected_until: list[int] = field(default_factory=list)
     batch_size: int = 0  # fixed at the first attempt, so a resume cuts the same batches
-    unlisted: int = 0
-    failure: str = ""
 
 
 class RunConflict(Exception):

@@ -16,7 +16,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from shared.adapters.braze_client import BrazeClient, TrackOutcome
@@ -24,7 +24,7 @@ from shared.adapters.services import Services
 from shared.core.messages import ChunkJob
 from shared.core.report import row_position
 from shared.core.resource_names import RUNS_CONTAINER
-from shared.core.runs import ChunkProgress, ChunkResult
+from shared.core.runs import ChunkProgress, ChunkResult, DeliveryCounts
 from shared.pipeline.finalize import maybe_finalize
 from shared.pipeline.run_files import batches, partition_files_loader, read_chunk, rejected_prefix
 
@@ -235,20 +235,9 @@ def _add_batch(
 def _record(
     job: ChunkJob, progress: ChunkProgress, rows: int, round_: int, services: Services
 ) -> None:
+    counts = {item.name: getattr(progress, item.name) for item in fields(DeliveryCounts)}
     result = ChunkResult(
-        chunk_index=job.chunk_index,
-        rows=rows,
-        accepted=progress.accepted,
-        rejected=progress.rejected,
-        requests=progress.requests,
-        rejections=progress.rejections,
-        partition=job.partition,
-        data_points=progress.data_points,
-        rejected_blobs=progress.rejected_blobs,
-        rejected_until=progress.rejected_until,
-        unlisted=progress.unlisted,
-        failure=progress.failure,
-        round=round_,
+        **counts, chunk_index=job.chunk_index, rows=rows, partition=job.partition, round=round_
     )
     services.runs.record_chunk(job.run_id, result)
     maybe_finalize(job.run_id, services)

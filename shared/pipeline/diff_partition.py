@@ -19,7 +19,6 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -28,7 +27,7 @@ from shared.adapters.storage import BlobLineWriter
 from shared.core import jsonlines
 from shared.core.braze_objects import clearable_attributes, removal
 from shared.core.definitions import Definitions, Export
-from shared.core.fingerprints import Fingerprints, PartitionCounts, data_points, delta
+from shared.core.fingerprints import Fingerprints, data_points, delta
 from shared.core.jsonlines import loads
 from shared.core.messages import PartitionJob
 from shared.core.report import REMOVAL_ORDER, row_position
@@ -125,7 +124,7 @@ def _diff(
 ) -> PartitionResult:
     """Members, previous snapshot, comparison, removals, then the chunk blobs to send."""
     export = definitions.export(run.export_name)
-    counts = PartitionCounts()
+    counts = PartitionResult(job.partition)  # filled in by each phase
     members = _collect_members(run, job, services, counts)
     old = _previous_profiles(run, export, job, services)
     lines = _SnapshotLines(
@@ -158,18 +157,15 @@ def _diff(
             export.membership_attribute,
             examples,
         )
-    return PartitionResult(
-        partition=job.partition,
-        **asdict(counts),
-        array_cap_examples=examples,
-        chunk_rows=chunk_rows,
-        snapshot_profiles=lines.snapshot.lines,
-        rejected_blob=duplicates_blob_name(run.run_id, job.partition) if counts.duplicates else "",
-    )
+    counts.array_cap_examples, counts.chunk_rows = examples, chunk_rows
+    counts.snapshot_profiles = lines.snapshot.lines
+    if counts.duplicates:
+        counts.rejected_blob = duplicates_blob_name(run.run_id, job.partition)
+    return counts
 
 
 def _collect_members(
-    run: Run, job: PartitionJob, services: Services, counts: PartitionCounts
+    run: Run, job: PartitionJob, services: Services, counts: PartitionResult
 ) -> _Members:
     """Read the partition's rows; a later valid row for an id already seen is a duplicate,
     rejected with its reason."""
@@ -211,7 +207,7 @@ def _compare(
     members: _Members,
     old: dict[str, Fingerprints],
     lines: _SnapshotLines,
-    counts: PartitionCounts,
+    counts: PartitionResult,
 ) -> list[str]:
     """Each member against the snapshot: the chunk lines to send, and the snapshot lines
     written as it goes.
@@ -258,7 +254,7 @@ def _removals(
     members: _Members,
     old: dict[str, Fingerprints],
     lines: _SnapshotLines,
-    counts: PartitionCounts,
+    counts: PartitionResult,
 ) -> list[str]:
     """Who left the segment: the snapshot's ids that no row names. A row that could not be
     read may be any member's: while there are such rows, nobody is taken for having left (a
@@ -279,7 +275,7 @@ def _removals(
     return sends
 
 
-def _send_line(order: int, body: dict[str, Any], counts: PartitionCounts) -> str:
+def _send_line(order: int, body: dict[str, Any], counts: PartitionResult) -> str:
     counts.objects += 1
     counts.data_points += data_points(body)
     return chunk_line(order, body)
@@ -307,7 +303,7 @@ def _array_cap_check(
     profiles: dict[str, PieceRow],
     job: PartitionJob,
     services: Services,
-    counts: PartitionCounts,
+    counts: PartitionResult,
 ) -> list[str]:
     """Count members whose membership array would pass Braze's element cap.
 

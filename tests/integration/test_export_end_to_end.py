@@ -167,8 +167,12 @@ def test_finalization_happens_once_when_the_last_chunks_finish_together(app: App
     run.status, run.rows_read, run.rows_valid, run.chunks_total = Status.DELIVERING, 4, 4, 2
     run.objects_planned = 4
     store.update(run)
-    store.record_chunk(run.run_id, ChunkResult(0, rows=2, accepted=2, rejected=0, requests=1))
-    store.record_chunk(run.run_id, ChunkResult(1, rows=2, accepted=2, rejected=0, requests=1))
+    store.record_chunk(
+        run.run_id, ChunkResult(chunk_index=0, rows=2, accepted=2, rejected=0, requests=1)
+    )
+    store.record_chunk(
+        run.run_id, ChunkResult(chunk_index=1, rows=2, accepted=2, rejected=0, requests=1)
+    )
 
     results: list[bool] = []
     barrier = threading.Barrier(8)
