@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from shared.core.jsonlines import JSON_KINDS, kind_of
 from shared.core.source_files import RecordReader, SourceError, open_lines
 
 ReadChunks = Callable[[str, str], Iterable[bytes]]
@@ -331,7 +332,7 @@ class _Parser:
 
     def object(self, value: Any, path: str) -> dict[str, Any]:
         if not isinstance(value, dict):
-            self.fail(path, f"must be a JSON object, not {_kind(value)}")
+            self.fail(path, f"must be a JSON object, not {kind_of(value)}")
         return value
 
     def required(self, parent: dict[str, Any], key: str, kind: type, path: str) -> Any:
@@ -343,26 +344,8 @@ class _Parser:
         """The value, None when absent or null, or a failure when it has the wrong JSON type."""
         value = parent.get(key)
         if value is not None and not isinstance(value, kind):
-            self.fail(_join(path, key), f"must be {_KINDS[kind]}, not {_kind(value)}")
+            self.fail(_join(path, key), f"must be {JSON_KINDS[kind]}, not {kind_of(value)}")
         return value
-
-
-_KINDS: dict[type, str] = {
-    str: "a string",
-    bool: "true or false",
-    list: "an array",
-    dict: "an object",
-}
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return _KINDS.get(type(value), type(value).__name__)
 
 
 def _join(path: str, key: str) -> str:

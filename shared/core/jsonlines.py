@@ -1,4 +1,5 @@
-"""The JSON codec of the run's working files (partitions, snapshots, chunks, rejected rows).
+"""The JSON codec of the run's working files (partitions, snapshots, chunks, rejected rows),
+and how error messages name a JSON value's type.
 
 Planning encodes and decodes every profile several times, so this uses orjson, which is several
 times faster than the standard library, while reading back exactly what the standard library
@@ -57,3 +58,22 @@ def has_float(value: Any) -> bool:
         if kind is float or ((kind is dict or kind is list) and has_float(item)):
             return True
     return False
+
+
+JSON_KINDS: dict[type, str] = {
+    str: "a string",
+    bool: "true or false",
+    list: "an array",
+    dict: "an object",
+}
+
+
+def kind_of(value: Any) -> str:
+    """How an error message names a value's JSON type: "a number", "an array", "null"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return JSON_KINDS.get(type(value), type(value).__name__)

@@ -13,6 +13,7 @@ from datetime import date, datetime
 from typing import Any
 
 from shared.core.definitions import AttributeMapping, Mapping
+from shared.core.jsonlines import kind_of
 
 MAX_EXTERNAL_ID_BYTES = 987
 
@@ -119,7 +120,7 @@ def _customer_id(value: Any, column: str, problems: list[Problem]) -> str | None
         problems.append(
             Problem(
                 "customer_id_type",
-                f"customer id (column '{column}') must be text, got {_kind(value)}",
+                f"customer id (column '{column}') must be text, got {kind_of(value)}",
             )
         )
         return None
@@ -143,7 +144,7 @@ def _customer_id(value: Any, column: str, problems: list[Problem]) -> str | None
 def _email(value: Any, column: str, problems: list[Problem]) -> str | None:
     if value is not None and not isinstance(value, str):
         problems.append(
-            Problem("email_type", f"email (column '{column}') must be text, got {_kind(value)}")
+            Problem("email_type", f"email (column '{column}') must be text, got {kind_of(value)}")
         )
         return None
     text = _text(value)
@@ -195,7 +196,9 @@ def _attribute(value: Any, field: AttributeMapping, problems: list[Problem]) -> 
         return None
     if isinstance(value, dict | list):
         problems.append(
-            Problem("attribute_type", f"{_where(field)} must be a single value, got {_kind(value)}")
+            Problem(
+                "attribute_type", f"{_where(field)} must be a single value, got {kind_of(value)}"
+            )
         )
         return None
     converted, reason = _CONVERTERS[field.type](value)
@@ -218,7 +221,7 @@ class _TooLong(str):
 
 def _as_string(value: Any) -> tuple[Any, str | None]:
     if not isinstance(value, str):
-        return None, f"must be text, got {_kind(value)}"
+        return None, f"must be text, got {kind_of(value)}"
     text = value.strip()
     if len(text) > MAX_STRING_CHARS:
         return None, _TooLong(f"is {len(text)} characters; Braze allows at most {MAX_STRING_CHARS}")
@@ -258,7 +261,7 @@ def _as_boolean(value: Any) -> tuple[Any, str | None]:
 
 def _as_date(value: Any) -> tuple[Any, str | None]:
     if not isinstance(value, str):
-        return None, f"must be an ISO 8601 date as text, got {_kind(value)}"
+        return None, f"must be an ISO 8601 date as text, got {kind_of(value)}"
     text = value.strip()
     try:
         if not _ISO_DATE.match(text):
@@ -281,11 +284,6 @@ _CONVERTERS = {
     "boolean": _as_boolean,
     "date": _as_date,
 }
-
-
-def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", dict: "an object",
-            list: "a list"}.get(type(value), type(value).__name__)  # fmt: skip
 
 
 def _preview(text: str, limit: int = 60) -> str:

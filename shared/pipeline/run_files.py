@@ -24,23 +24,23 @@ def run_prefix(run_id: str) -> str:
 
 
 def rejected_prefix(run_id: str) -> str:
-    return f"runs/{run_id}/rejected/"
+    return f"{run_prefix(run_id)}rejected/"
 
 
 def source_files_blob_name(run_id: str) -> str:
     """The CDM partition files of a run, in order (row positions index into it)."""
-    return f"runs/{run_id}/partitions.json"
+    return f"{run_prefix(run_id)}partitions.json"
 
 
 def splits_blob_name(run_id: str) -> str:
     """The split jobs of a run cut into byte ranges, and the CSV header the later ones lack."""
-    return f"runs/{run_id}/splits.json"
+    return f"{run_prefix(run_id)}splits.json"
 
 
 def partition_piece_name(run_id: str, partition: int, split: int) -> str:
     """One split's valid rows of one hash partition: `[order, customer id, object or null]`
     per line; the partition is its pieces in split order, which is source order."""
-    return f"runs/{run_id}/partitions/p{partition:04d}-s{split:04d}.jsonl"
+    return f"{run_prefix(run_id)}partitions/p{partition:04d}-s{split:04d}.jsonl"
 
 
 def plan_rejected_name(run_id: str, split: int) -> str:
@@ -49,7 +49,7 @@ def plan_rejected_name(run_id: str, split: int) -> str:
 
 
 def pending_snapshot_name(run_id: str, partition: int) -> str:
-    return f"runs/{run_id}/snapshot/p{partition:04d}.jsonl"
+    return f"{run_prefix(run_id)}snapshot/p{partition:04d}.jsonl"
 
 
 def duplicates_blob_name(run_id: str, partition: int) -> str:
@@ -58,12 +58,12 @@ def duplicates_blob_name(run_id: str, partition: int) -> str:
 
 def chunk_blob_name(run_id: str, partition: int, index: int) -> str:
     """What to send: `order <TAB> data points <TAB> object` per line."""
-    return f"runs/{run_id}/chunks/p{partition:04d}-{index:04d}.tsv"
+    return f"{run_prefix(run_id)}chunks/p{partition:04d}-{index:04d}.tsv"
 
 
 def replay_chunk_prefix(run_id: str, round_: int) -> str:
     """The chunks of a run's n-th replay round (they mix partitions)."""
-    return f"runs/{run_id}/chunks/r{round_:02d}-"
+    return f"{run_prefix(run_id)}chunks/r{round_:02d}-"
 
 
 def replay_chunk_name(run_id: str, round_: int, index: int) -> str:
@@ -71,15 +71,15 @@ def replay_chunk_name(run_id: str, round_: int, index: int) -> str:
 
 
 def dry_run_blob_name(run_id: str) -> str:
-    return f"runs/{run_id}/dry-run/requests.jsonl"
+    return f"{run_prefix(run_id)}dry-run/requests.jsonl"
 
 
 def report_blob_name(run_id: str) -> str:
-    return f"runs/{run_id}/report.json"
+    return f"{run_prefix(run_id)}report.json"
 
 
 def rejected_blob_name(run_id: str) -> str:
-    return f"runs/{run_id}/rejected.jsonl"
+    return f"{run_prefix(run_id)}rejected.jsonl"
 
 
 # Partition pieces: one split job's rows of one partition, as the diff reads them.
