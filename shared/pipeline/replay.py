@@ -34,31 +34,47 @@ def replay_run(services: Services, run_id: str) -> Run:
     Raises NotReplayable when the run is unknown, still active, not the export's latest run
     (a newer run already re-sent what this one could not), or has nothing to replay.
     """
-    store = services.runs
-    run = store.get(run_id)
+    run = _replayable_run(services, run_id)
+    round_ = run.replay_round + 1
+    jobs = _write_replay_chunks(services, run, round_)
+    if not jobs:
+        raise NotReplayable(f"run {run_id} has no rejected deliveries to replay")
+    _reopen(services, run, round_, jobs)
+    services.storage.send_messages(CHUNKS_QUEUE, (job.to_json() for job in jobs))
+    rows = sum(job.rows for job in jobs)
+    log.info("run %s: replay round %d queued %d profiles", run_id, round_, rows)
+    return run
+
+
+def _replayable_run(services: Services, run_id: str) -> Run:
+    run = services.runs.get(run_id)
     if run is None:
         raise LookupError(f"no run '{run_id}'")
     if not run.is_final:
         raise NotReplayable(f"run {run_id} is still {run.status}; replay it once it has ended")
     if run.dry_run or run.stopped_by or run.planning_failed:
         raise NotReplayable(f"run {run_id} sent nothing ({run.status}); start a new run instead")
-    latest = store.latest_run_id(run.export_name)
+    latest = services.runs.latest_run_id(run.export_name)
     if latest != run_id:
         raise NotReplayable(
             f"run {run_id} is not the latest run of export '{run.export_name}' ({latest} is); "
             "the newer run already re-sent every profile Braze had not accepted"
         )
-    export = services.definitions().export(run.export_name)
-    round_ = run.replay_round + 1
+    return run
+
+
+def _write_replay_chunks(services: Services, run: Run, round_: int) -> list[ChunkJob]:
+    """Chunk blobs of the run's rejected deliveries, numbered after the run's own chunks."""
+    chunk_size = services.definitions().export(run.export_name).chunk_size
     jobs: list[ChunkJob] = []
     part: list[str] = []
 
     def flush() -> None:
-        name = replay_chunk_name(run_id, round_, len(jobs))
+        name = replay_chunk_name(run.run_id, round_, len(jobs))
         write_chunk(services, name, part)
         chunk_index = (run.chunks_total or 0) + len(jobs)
         jobs.append(
-            ChunkJob(run_id, run.export_name, chunk_index, name, len(part), REPLAY_PARTITION)
+            ChunkJob(run.run_id, run.export_name, chunk_index, name, len(part), REPLAY_PARTITION)
         )
         part.clear()
 
@@ -66,21 +82,20 @@ def replay_run(services: Services, run_id: str) -> Run:
         obj = entry.get("object")
         if entry["stage"] in REPLAYABLE_STAGES and isinstance(obj, dict):
             part.append(chunk_line(entry["order"], obj))
-            if len(part) == export.chunk_size:
+            if len(part) == chunk_size:
                 flush()
     if part:
         flush()
-    if not jobs:
-        raise NotReplayable(f"run {run_id} has no rejected deliveries to replay")
+    return jobs
+
+
+def _reopen(services: Services, run: Run, round_: int, jobs: list[ChunkJob]) -> None:
+    """Make the run active again with the replay's chunks; of two replays at once, one wins."""
     run.replay_round = round_
     run.chunks_total = (run.chunks_total or 0) + len(jobs)
     run.status, run.finished_at, run.message = Status.DELIVERING, None, ""
     run.finalize_claimed_at = None
     try:
-        store.update(run, if_unchanged=True)  # two replays at once: one wins
+        services.runs.update(run, if_unchanged=True)
     except RunConflict:
-        raise NotReplayable(f"run {run_id} changed while the replay was prepared") from None
-    services.storage.send_messages(CHUNKS_QUEUE, (job.to_json() for job in jobs))
-    rows = sum(job.rows for job in jobs)
-    log.info("run %s: replay round %d queued %d profiles", run_id, round_, rows)
-    return run
+        raise NotReplayable(f"run {run.run_id} changed while the replay was prepared") from None
