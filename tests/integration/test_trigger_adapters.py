@@ -166,7 +166,10 @@ def test_dry_run_and_full_refresh_options_are_accepted(
     assert response.status_code == 202
     run = app.services.runs.get(response.json()["run_id"])
     assert run is not None and run.dry_run and run.full_refresh
-    app.wait_for_final(run.run_id)
+    final = app.wait_for_final(run.run_id)
+    # A dry run plans every profile (full refresh) and sends none of them.
+    assert final.objects_planned > 0 and final.profiles_accepted == 0
+    assert final.status is not Status.FAILED, final.message
 
 
 # ---- Timer -----------------------------------------------------------------------------------

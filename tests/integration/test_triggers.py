@@ -97,7 +97,10 @@ def test_concurrent_on_demand_starts_create_exactly_one_run(app: App, small_segm
     runs = _runs_of(app, "race-start")
     assert len(runs) == 1, [(r.run_id, r.trigger, r.created_at) for r in runs]
     (run,) = runs
-    app.wait_for_final(run.run_id)
+    # The one run that was started is a normal run: it ends, and Braze took its profiles.
+    final = app.wait_for_final(run.run_id)
+    assert final.status is not Status.FAILED, final.message
+    assert final.profiles_accepted > 0
 
 
 def test_a_drop_while_busy_is_deferred_and_starts_when_the_run_ends(
