@@ -64,7 +64,7 @@ class Run:
     rejections: dict[str, int] = field(default_factory=dict)
     validation_rejections: dict[str, int] = field(default_factory=dict)
     replay_round: int = 0
-    splits: int = 0  # split jobs the source was cut into (1: split inline by the planner)
+    splits: int = 0  # split jobs the source was cut into (1: split inline by plan_export)
     split_finished_at: datetime | None = None
     # The diff against the previous snapshot (core/fingerprints.py, pipeline/diff_partition.py).
     partitions: int = 0
@@ -73,7 +73,7 @@ class Run:
     previous_partitions: int = 0
     previous_profiles: int = 0
     full_refresh_reason: str = ""
-    # The source files' versions with the export's definition (see planner._source_version);
+    # The source files' versions with the export's definition (see plan_export._source_version);
     # when they equal the snapshot's, the run reads nothing and `unchanged_since` names the run
     # whose snapshot it kept.
     source_version: str = ""
@@ -115,7 +115,7 @@ class Run:
         return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DeliveryCounts:
     """What Braze answered for a chunk's batches: its progress and its result both carry it."""
 
@@ -176,7 +176,7 @@ class PartitionResult:
     array_cap_examples: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ChunkProgress(DeliveryCounts):
     """Batches of a chunk that Braze already answered, so a redelivery resumes after them."""
 
