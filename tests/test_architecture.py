@@ -46,6 +46,9 @@ ADAPTERS = [
     "settings",
 ]
 CORE_THIRD_PARTY = {"pydantic", "orjson", "croniter"}
+# Standard-library modules that do I/O of their own: core takes streams and callbacks instead.
+CORE_DENIED = {"os", "socket", "subprocess", "urllib.request", "http", "shutil", "tempfile"}
+LAYERS = ("core", "adapters", "pipeline", "entrypoints")
 
 
 def imported_modules(path: Path) -> list[str]:
@@ -54,10 +57,13 @@ def imported_modules(path: Path) -> list[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             modules += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "shared":  # from shared import x: x is a package or module
-                modules += [f"shared.{alias.name}" for alias in node.names]
-            else:
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative imports would hide the layer: refuse them
+                modules.append(f"relative import from {'.' * node.level}{node.module or ''}")
+            elif node.module in {"shared", *(f"shared.{layer}" for layer in LAYERS)}:
+                # from shared.pipeline import release: `release` is the module imported
+                modules += [f"{node.module}.{alias.name}" for alias in node.names]
+            elif node.module:
                 modules.append(node.module)
     return modules
 
@@ -81,10 +87,14 @@ def violations(importer: str, imported: str) -> str | None:
     target_layer, target = layer_of(imported)
     top = imported.split(".")[0]
     shared_layer = layer in {"core", "adapters", "pipeline", "entrypoints", "shared"}
+    if shared_layer and imported.startswith("relative import"):
+        return "use absolute imports: a relative one hides the layer"
     if shared_layer and (imported.startswith("azure.functions") or target_layer == "functions"):
         return "shared/ never imports azure.functions or functions/"
     if layer == "core":
         if target_layer == "other":
+            if top in CORE_DENIED or imported in CORE_DENIED or imported.startswith("relative"):
+                return f"core does no I/O of its own: no {imported}"
             stdlib = top in sys.stdlib_module_names
             return None if stdlib or top in CORE_THIRD_PARTY else f"core is pure: no {top}"
         return None if target_layer == "core" else f"core may not import {target_layer}"
@@ -143,6 +153,10 @@ def test_imports_follow_the_dependency_rule(module: str, path: Path):
         ("shared.core.validation", "requests", False),
         ("shared.core.report", "shared.adapters.storage", False),
         ("shared.core.runs", "azure.data.tables", False),
+        ("shared.core.cdm", "os", False),
+        ("shared.core.cdm", "urllib.parse", True),
+        ("shared.core.cdm", "urllib.request", False),
+        ("shared.pipeline.finalize", "shared.pipeline.release", False),
         ("shared.adapters.storage", "shared.adapters.settings", True),
         ("shared.adapters.settings", "shared.adapters.storage", False),
         ("shared.adapters.storage", "shared.pipeline.finalize", False),
@@ -157,3 +171,12 @@ def test_imports_follow_the_dependency_rule(module: str, path: Path):
 def test_the_rule_itself(importer: str, imported: str, allowed: bool):
     """The checker catches what it is for: without this, a checker that allows everything passes."""
     assert (violations(importer, imported) is None) is allowed
+
+
+def test_package_and_relative_imports_are_seen_as_what_they_import(tmp_path: Path):
+    source = tmp_path / "module.py"
+    source.write_text("from shared.pipeline import release\nfrom . import sibling\n")
+    modules = imported_modules(source)
+    assert modules[0] == "shared.pipeline.release"
+    assert violations("shared.pipeline.finalize", modules[0]) is not None
+    assert violations("shared.pipeline.finalize", modules[1]) is not None
