@@ -1,4 +1,5 @@
-"""Trigger adapters, one blueprint per concern; `function_app.py` registers them all."""
+"""Trigger adapters, one blueprint per concern (and `last_attempt`, which the queue triggers
+share); `function_app.py` registers the blueprints."""
 
 from functions.blob_drop import bp as blob_drop_bp
 from functions.delivery import bp as delivery_bp

@@ -1,7 +1,7 @@
 """Blob trigger (Event Grid source, as Flex Consumption requires): a dropped file starts its export.
 
 The binding hands over a blob client, not the content: a segment file can be gigabytes, and
-the planner streams it itself.
+plan_export streams it itself.
 """
 
 import azure.functions as func

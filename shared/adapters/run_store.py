@@ -1,4 +1,8 @@
-"""Run records in Azure Table storage: an entity per run, and per split, partition and chunk."""
+"""Run records in Azure Table storage: an entity per run, and per split, partition and chunk.
+
+Chunk workers never update the run entity (40 instances would fight over its ETag); each writes
+its own chunk entity, and the run's totals are summed from them when the run is finalized.
+"""
 
 from __future__ import annotations
 

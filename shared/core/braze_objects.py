@@ -1,4 +1,5 @@
-"""Turn a valid profile into the Braze `/users/track` attributes object for an export."""
+"""Braze `/users/track` objects for an export: a valid profile's attributes, and the removal of
+a profile that left the segment."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""What changed since the last run: per-attribute fingerprints, deltas and data points."""
+"""What changed since the last run: per-attribute fingerprints, deltas and data points.
+
+A snapshot keeps, per profile, a short fingerprint of each attribute value that Braze accepted;
+comparing fingerprints tells which attributes to send, so an unchanged profile costs no request
+and a changed one costs only the attributes that changed (Braze bills every attribute written,
+changed or not).
+"""
 
 from __future__ import annotations
 

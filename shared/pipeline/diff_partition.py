@@ -1,4 +1,4 @@
-"""Planning a run, step two: diff one partition of the segment against the export's snapshot.
+"""Planning a run, step three: diff one partition of the segment against the export's snapshot.
 
 A partition holds the rows whose customer id hashes to it, so duplicates meet in one partition
 (the first valid row wins) and the previous snapshot's entries for the same ids are read from

@@ -206,7 +206,7 @@ def _merge_rejected(
     results: list[ChunkResult],
     services: Services,
 ) -> None:
-    """Merge the planner's, the partitions' and each recorded chunk's rejected rows, ordered by
+    """Merge the splits', the partitions' and each recorded chunk's rejected rows, ordered by
     source line (profiles leaving the segment last).
 
     Only the files the records name are merged: a blob left by an attempt that crashed before

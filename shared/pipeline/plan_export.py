@@ -1,5 +1,10 @@
 """Planning a run, step one: check the source against the snapshot, then split it inline or cut it
 into ranges for parallel split jobs.
+
+Valid rows go to one of `partitions` pieces by a hash of the customer id, so an id lands in the
+same partition in every run; each partition is then diffed against the previous snapshot on its
+own (diff_partition), in parallel across queue workers, with memory bounded by one partition.
+Nothing reaches Braze before every partition is diffed and the safety valves pass.
 """
 
 from __future__ import annotations

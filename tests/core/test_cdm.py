@@ -2,7 +2,7 @@
 
 These are pure-function tests: blobs come from an in-memory fake of `Storage.read_chunks`, fed
 in small pieces so decoding across chunk boundaries is exercised. Reading a real CDM folder
-from Azurite through the planner is the integration suite's job.
+from Azurite through plan_export and split_source is the integration suite's job.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The fast codec of the working files gives the standard library's exact results, so a faster
-planner changes no fingerprint in any existing snapshot and no byte sent to Braze."""
+split changes no fingerprint in any existing snapshot and no byte sent to Braze."""
 
 import json
 
