@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 KEY_REREAD_SECONDS = 60.0
 
-
 # pyproject.toml's version: that file is not deployed, so a unit test keeps the two equal.
 VERSION = "0.1.0"
 

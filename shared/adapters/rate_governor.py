@@ -28,17 +28,9 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableClient, UpdateMode
 
 EPOCH_THRESHOLD = 1_000_000_000
-
-
 MAX_RESET_WAIT_SECONDS = 3600.0
-
-
 REMAINING_HEADER = "X-RateLimit-Remaining"
-
-
 RESET_HEADER = "X-RateLimit-Reset"
-
-
 RETRY_AFTER_HEADER = "X-Ratelimit-Retry-After"
 
 
@@ -58,13 +50,8 @@ def reset_wait_seconds(value: str | None, now: float) -> float | None:
     an epoch-sized number can only be the former. The wait is capped at an hour so a garbled
     far-future value cannot stop every worker for days.
     """
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    if not math.isfinite(number):
+    number = _finite_number(value)
+    if number is None:
         return None
     wait = number - now if number >= EPOCH_THRESHOLD else number
     return min(MAX_RESET_WAIT_SECONDS, max(0.0, wait))
@@ -80,16 +67,19 @@ def throttle_wait_seconds(headers: Mapping[str, str], now: float) -> float | Non
 
 def remaining_requests(headers: Mapping[str, str]) -> int | None:
     """`X-RateLimit-Remaining` as a count, or None when absent or not a count."""
-    value = header(headers, REMAINING_HEADER)
+    number = _finite_number(header(headers, REMAINING_HEADER))
+    return None if number is None or number < 0 else int(number)
+
+
+def _finite_number(value: str | None) -> float | None:
+    """A header's value as a finite number; None when absent, garbled, infinite or NaN."""
     if value is None:
         return None
     try:
         number = float(value)
     except ValueError:
         return None
-    if not math.isfinite(number) or number < 0:
-        return None
-    return int(number)
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)

@@ -29,20 +29,11 @@ from shared.core.runs import (
 )
 
 RUN_ROW = "run"
-
-
 CLAIM_GRACE = timedelta(minutes=5)
-
-
 # Per-export bookkeeping shares the table; "~" cannot start a run id (export names cannot).
 LATEST_PARTITION = "~latest"  # the export's latest run: the one-active-run rule
-
-
 PENDING_PARTITION = "~pending"  # a start deferred while the export was busy
-
-
 SCHEDULE_PARTITION = "~schedule"  # the last schedule slot handled per export
-
 
 _RUN_FIELDS = {f.name for f in fields(Run)} - {"run_id", "etag"}
 
@@ -273,17 +264,9 @@ class RunStore:
 
 
 CHUNK_PREFIX = "chunk-"
-
-
 PARTITION_PREFIX = "part-"
-
-
 PROGRESS_PREFIX = "prog-"
-
-
 SPLIT_PREFIX = "split-"
-
-
 SPLIT_PROGRESS_PREFIX = "splitprog-"
 
 

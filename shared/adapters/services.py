@@ -127,8 +127,6 @@ def _parsed(text: bytes, source: str) -> Definitions:
 
 
 _services: Services | None = None
-
-
 _services_lock = threading.Lock()
 
 

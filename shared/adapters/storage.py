@@ -38,11 +38,7 @@ from shared.core.resource_names import (
 )
 
 BLOCK_BYTES = 16 * 1024 * 1024  # a line writer's block (the service allows 4,000 MiB)
-
-
 APPEND_BLOCK_BYTES = 1024 * 1024  # well under the 4 MiB an append may carry
-
-
 IO_THREADS = 8  # under the SDK's 10 pooled connections per client, so each is kept
 
 

@@ -26,8 +26,6 @@ ReadChunks = Callable[[str, str], Iterable[bytes]]
 
 
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
-
 _SERVICE_HOST = re.compile(
     r"^(?P<account>[a-z0-9]{3,24})\.(?:blob|dfs)"
     r"\.core\.(?:windows\.net|chinacloudapi\.cn|usgovcloudapi\.net)$"
@@ -35,11 +33,7 @@ _SERVICE_HOST = re.compile(
 
 
 _CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
-
-
 _QUOTE_STYLES = {"QuoteStyle.Csv": True, "QuoteStyle.None": False}
-
-
 _CSV_STYLES = {"CsvStyle.QuoteAlways", "CsvStyle.QuoteAfterDelimiter"}
 
 

@@ -18,20 +18,10 @@ from shared.core import schedule
 from shared.core.resource_names import DROPS_CONTAINER
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
-
-
 _NAME_RE = re.compile(NAME_PATTERN)
-
-
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
-
 IN_FLIGHT_HEADROOM = 1.25  # latency varies: a little more in flight keeps the budget spent
-
-
 MIN_IN_FLIGHT, MAX_IN_FLIGHT = 2, 128
-
-
 RESERVED_ATTRIBUTES = {
     "external_id", "user_alias", "braze_id", "email", "phone", "_update_existing_only",
     "email_subscribe", "push_subscribe", "subscription_groups", "push_tokens",
@@ -39,7 +29,6 @@ RESERVED_ATTRIBUTES = {
 
 
 SourceFormat = Literal["csv", "jsonl", "cdm"]
-
 
 Name = Annotated[
     str,

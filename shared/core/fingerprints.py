@@ -20,7 +20,6 @@ from shared.core.jsonlines import has_float
 # Keys that identify or steer an update; they are not attributes Braze bills or keeps.
 CONTROL_KEYS = frozenset({"external_id", "_update_existing_only"})
 
-
 Fingerprints = dict[str, str]
 
 

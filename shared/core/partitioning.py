@@ -9,11 +9,7 @@ from __future__ import annotations
 from hashlib import blake2b
 
 PARTITION_TARGET_BYTES = 4 * 1024 * 1024  # of plain source text per partition
-
-
 GZIP_RATIO = 5  # a gzip file holds about five times its size in text
-
-
 MAX_PARTITIONS = 256  # one open temporary file per partition while planning
 
 

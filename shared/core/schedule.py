@@ -12,8 +12,6 @@ from datetime import UTC, datetime, timedelta
 from croniter import croniter
 
 _NUMERIC_FIELD = re.compile(r"^[0-9*/,-]+$")
-
-
 _NAMED_FIELD = re.compile(r"^(?:[0-9*/,-]|[A-Za-z]{3})+$")  # month and day-of-week: JAN, MON
 
 

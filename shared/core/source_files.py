@@ -15,10 +15,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
 MAX_FIELD_BYTES = 16 * 1024 * 1024
-
-
 GZIP_MAGIC = b"\x1f\x8b"
-
 
 ROWS_PER_PART = 10**9
 

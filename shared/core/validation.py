@@ -16,29 +16,13 @@ from shared.core.definitions import AttributeMapping, Mapping
 from shared.core.jsonlines import kind_of
 
 MAX_EXTERNAL_ID_BYTES = 987
-
-
 MAX_STRING_CHARS = 255
-
-
 MAX_EMAIL_CHARS = 254
-
-
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
-
-
 _DOMAIN_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-
-
 _WHITESPACE = re.compile(r"\s")
-
-
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
-
-
 _DECIMAL = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
-
-
 # ISO 8601 extended form, as Braze documents it: a date, or a date and time with an offset.
 _ISO_DATE = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
@@ -55,8 +39,6 @@ _PLAIN_EMAIL = re.compile(
 
 
 _TRUE = {"true", "1"}
-
-
 _FALSE = {"false", "0"}
 
 

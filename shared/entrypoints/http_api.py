@@ -20,17 +20,9 @@ from shared.pipeline.replay import NotReplayable, replay_run
 from shared.pipeline.start import start_run
 
 MAX_BODY_BYTES = 16 * 1024
-
-
 MAX_LIMIT = 100
-
-
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,100}$")
-
-
 START_OPTIONS = {"full_refresh", "dry_run", "override_safety_valves"}
-
-
 TEARDOWN_OPTIONS = {"dry_run", "override_safety_valves"}
 
 

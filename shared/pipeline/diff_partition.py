@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from shared.adapters.services import Services
 from shared.adapters.storage import BlobLineWriter
 from shared.core import jsonlines
-from shared.core.braze_objects import clearable_attributes, removal
+from shared.core.braze_objects import clearable_attributes, encode_object, removal
 from shared.core.definitions import Definitions, Export
 from shared.core.fingerprints import Fingerprints, data_points, delta
 from shared.core.jsonlines import loads
@@ -39,8 +39,8 @@ from shared.pipeline.run_files import (
     PieceRow,
     batches,
     chunk_blob_name,
-    chunk_line,
     duplicates_blob_name,
+    encoded_chunk_line,
     partition_files_loader,
     partition_piece_name,
     pending_snapshot_name,
@@ -77,7 +77,7 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
         f"planning failed: partition {job.partition} of {job.partitions} could not be diffed "
         f"after every retry ({type(error).__name__}: {error}); nothing was sent"
     )
-    finish_early(run, services, message=message[:2000], failed=True)
+    finish_early(run, services, message=message, failed=True)
 
 
 def _segment_rows(run: Run, partition: int, services: Services) -> Iterator[PieceRow]:
@@ -224,7 +224,7 @@ def _compare(
             counts.new += 1
             counts.objects += 1
             counts.data_points += points
-            sends.append(f"{order}\t{points}\t{obj_json}")
+            sends.append(encoded_chunk_line(order, points, obj_json))
             lines.sent(id_json, prints_json, "null")
             continue
         prints = loads(prints_json)
@@ -276,9 +276,10 @@ def _removals(
 
 
 def _send_line(order: int, body: dict[str, Any], counts: PartitionResult) -> str:
+    points = data_points(body)
     counts.objects += 1
-    counts.data_points += data_points(body)
-    return chunk_line(order, body)
+    counts.data_points += points
+    return encoded_chunk_line(order, points, encode_object(body))
 
 
 def _duplicate_entry(order: int, customer_id: str, obj: dict[str, Any], files: Any) -> str:

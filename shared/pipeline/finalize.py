@@ -42,13 +42,18 @@ def finish_early(
     """End a run that sends nothing (more): planning failed, a safety valve held it, or a dry
     run is done. The report and rejected rows are written as for any run."""
     run.planning_failed = run.planning_failed or failed
-    run.stopped_by, run.message = stopped_by, message
+    run.stopped_by, run.message = stopped_by, _clip(message)
     if run.planning_failed:  # the diff never finished: valid is what was read and not rejected
         run.rows_valid = run.rows_read - run.rows_rejected
     if run.chunks_total is None:
         run.chunks_total = 0
     services.runs.update(run)
     maybe_finalize(run.run_id, services)
+
+
+def _clip(message: str, limit: int = 2000) -> str:
+    """Run messages live in a table property (64 KiB); a wide CSV header must not overflow it."""
+    return message if len(message) <= limit else message[:limit] + "…"
 
 
 def maybe_finalize(run_id: str, services: Services) -> bool:

@@ -29,7 +29,6 @@ from shared.pipeline.run_files import splits_blob_name
 from shared.pipeline.run_source import open_source, source_format, split_ranges
 from shared.pipeline.split_source import (
     PLANNING_ERRORS,
-    clip,
     finish_split,
     queue_partitions,
     split_and_record,
@@ -81,7 +80,7 @@ def plan_run(job: ExportJob, services: Services) -> None:
         partitions = partition_count(source.size, source.compressed)
         ranges = split_ranges(run, source, services)
     except PLANNING_ERRORS as error:
-        finish_early(run, services, message=clip(f"planning failed: {error}"), failed=True)
+        finish_early(run, services, message=f"planning failed: {error}", failed=True)
         return
     if len(ranges) > 1:
         _plan_splits(run, ranges, partitions, source.header, services)
@@ -194,4 +193,4 @@ def fail_planning(run_id: str, error: BaseException, services: Services) -> None
     if run is None or run.is_final:
         return
     message = f"planning failed after every retry: {type(error).__name__}: {error}"
-    finish_early(run, services, message=clip(message), failed=True)
+    finish_early(run, services, message=message, failed=True)

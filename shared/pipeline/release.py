@@ -23,8 +23,6 @@ from shared.pipeline.run_files import batches, chunk_blob_name, dry_run_blob_nam
 log = logging.getLogger(__name__)
 
 RELEASE_LEASE = timedelta(minutes=5)
-
-
 DUPLICATE = "duplicate_customer_id"
 
 

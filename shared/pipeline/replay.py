@@ -19,8 +19,6 @@ from shared.pipeline.run_files import chunk_line, json_lines, replay_chunk_name,
 log = logging.getLogger(__name__)
 
 REPLAYABLE_STAGES = {"braze", "delivery"}
-
-
 REPLAY_PARTITION = -1  # replay chunks mix partitions
 
 

@@ -141,7 +141,13 @@ def read_rows(text: str) -> Iterator[PieceRow]:
 
 def chunk_line(order: int, obj: dict[str, Any]) -> str:
     """One profile of a chunk blob: `order <TAB> data points <TAB> object`."""
-    return f"{order}\t{data_points(obj)}\t{encode_object(obj)}"
+    return encoded_chunk_line(order, data_points(obj), encode_object(obj))
+
+
+def encoded_chunk_line(order: int, points: int, obj_json: str) -> str:
+    """A chunk line from what is already counted and encoded (the diff has both for a new
+    profile, from its piece)."""
+    return f"{order}\t{points}\t{obj_json}"
 
 
 def write_chunk(services: Services, blob_name: str, lines: list[str]) -> None:

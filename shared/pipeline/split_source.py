@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 100_000  # rows between progress updates of the run while splitting
 
-
 PLANNING_ERRORS = (SourceError, BlobNotFound, DefinitionsError, ConfigurationError, UnknownExport)
 
 
@@ -76,7 +75,7 @@ def _fail_split(
     services.runs.record_split(run.run_id, result)
     _sum_splits(run, services.runs.split_results(run.run_id))
     where = f" (split {job.split + 1} of {job.splits})" if job.splits > 1 else ""
-    finish_early(run, services, message=clip(f"planning failed{where}: {error}"), failed=True)
+    finish_early(run, services, message=f"planning failed{where}: {error}", failed=True)
 
 
 def _maybe_finish_split(run_id: str, services: Services, *, repeated: bool) -> None:
@@ -201,12 +200,7 @@ def fail_split(job: SplitJob, error: BaseException, services: Services) -> None:
         f"read after every retry ({type(error).__name__}: {error}); nothing was sent"
     )
     _sum_splits(run, services.runs.split_results(run.run_id))
-    finish_early(run, services, message=clip(message), failed=True)
-
-
-def clip(message: str, limit: int = 2000) -> str:
-    """Run messages live in a table property (64 KiB); a wide CSV header must not overflow it."""
-    return message if len(message) <= limit else message[:limit] + "…"
+    finish_early(run, services, message=message, failed=True)
 
 
 def _reject(

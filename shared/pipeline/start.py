@@ -28,8 +28,6 @@ from shared.core.runs import ExportBusy, Run, RunConflict, Status, new_run_id, u
 log = logging.getLogger(__name__)
 
 TEMPORARY_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", "_copying_")
-
-
 TEMPORARY_PREFIXES = (".", "~", "_")
 
 

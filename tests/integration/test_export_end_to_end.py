@@ -85,6 +85,20 @@ def test_missing_column_fails_the_run_before_anything_is_sent(app: App) -> None:
     assert app.sandbox_requests() == []
 
 
+def test_a_failure_naming_a_wide_header_is_clipped_to_fit_the_run_record(app: App) -> None:
+    """The message names the whole header; the run record keeps its first 2,000 characters."""
+    header = ",".join(["CustomerId", *(f"Extra column {n} with a long name" for n in range(500))])
+    app.upload("e2e/wide.csv", f"{header}\n1,{',' * 499}\n".encode())
+    app.define([export_definition("wide", "e2e/wide.csv", "S")])
+
+    run = app.wait_for_final(start_run(app.services, "wide", "test").run.run_id)
+
+    assert run.status == Status.FAILED
+    assert run.message.startswith("planning failed: mapped column(s) ['Email'")
+    assert len(run.message) == 2001 and run.message.endswith("…")
+    assert app.sandbox_requests() == []
+
+
 def test_missing_source_blob_fails_with_its_name(app: App) -> None:
     app.define([export_definition("ghost", "e2e/does-not-exist.csv", "S")])
     run = app.wait_for_final(start_run(app.services, "ghost", "test").run.run_id)
