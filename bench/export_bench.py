@@ -22,12 +22,13 @@ import json
 import math
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,16 +93,10 @@ def write_segment(path: Path, profiles: int, changed_every: int = 0, seed: int =
     return valid
 
 
-@dataclass
-class Phases:
-    split: float
-    diff: float
-    release: float
-    deliver: float
-    finalize: float
+PHASES = ("split", "diff", "release", "deliver", "finalize")
 
 
-def phases(run: Run, services: Services) -> Phases:
+def phase_bounds(run: Run, services: Services) -> list[tuple[str, float, float]]:
     """Each phase from the run's own timestamps and its table entities' (Azurite's clock)."""
     table = services.storage.table(RUNS_TABLE)
     stamps: dict[str, list[datetime]] = {"part-": [], "chunk-": []}
@@ -116,16 +111,69 @@ def phases(run: Run, services: Services) -> Phases:
     diffed = max(stamps["part-"], default=split_finished)
     delivered = max(stamps["chunk-"], default=planned)
 
-    def seconds(start: datetime, end: datetime) -> float:
-        return round(max(0.0, (end - start).total_seconds()), 3)
+    marks = [run.planning_started_at, split_finished, diffed, planned, delivered, run.finished_at]
+    epochs = [mark.timestamp() for mark in marks]
+    for n in range(1, len(epochs)):  # two clocks: a phase never ends before the one before it
+        epochs[n] = max(epochs[n], epochs[n - 1])
+    return [(name, epochs[n], epochs[n + 1]) for n, name in enumerate(PHASES)]
 
-    return Phases(
-        split=seconds(run.planning_started_at, split_finished),
-        diff=seconds(split_finished, diffed),
-        release=seconds(diffed, planned),
-        deliver=seconds(planned, delivered),
-        finalize=seconds(delivered, run.finished_at),
-    )
+
+class CpuSampler:
+    """Samples each process's CPU seconds and the machine's steal time four times a second,
+    so CPU can be split by phase after the run (phase bounds are known only then)."""
+
+    INTERVAL = 0.25
+
+    def __init__(self, processes: dict[str, int]) -> None:
+        self._processes = processes
+        self.samples: list[tuple[float, dict[str, float], tuple[float, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.INTERVAL):
+            self._sample()
+
+    def _sample(self) -> None:
+        cpu = {name: cpu_seconds(pid) for name, pid in self._processes.items()}
+        self.samples.append((time.time(), cpu, machine_seconds()))
+
+    def at(self, epoch: float) -> tuple[dict[str, float], tuple[float, float]]:
+        """The last sample taken at or before `epoch` (the first one if none was)."""
+        chosen = self.samples[0]
+        for sample in self.samples:
+            if sample[0] > epoch:
+                break
+            chosen = sample
+        return chosen[1], chosen[2]
+
+    def per_phase(self, bounds: list[tuple[str, float, float]]) -> dict[str, dict[str, float]]:
+        """CPU seconds per process, and the machine's idle and steal, in each phase."""
+        result = {}
+        for name, start, end in bounds:
+            (cpu0, machine0), (cpu1, machine1) = self.at(start), self.at(end)
+            used = {process: round(cpu1[process] - cpu0[process], 1) for process in cpu0}
+            idle, steal = (round(b - a, 1) for a, b in zip(machine0, machine1, strict=True))
+            result[name] = {**used, "idle": idle, "steal": steal}
+        return result
+
+
+def machine_seconds() -> tuple[float, float]:
+    """The machine's idle time and the time the hypervisor gave to other guests (a shared
+    VM's noise), summed over all cores."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[4]) + int(fields[5])) / ticks, int(fields[8]) / ticks
 
 
 def window_counts(timeline: dict[str, Any], first: float, last: float) -> dict[str, Any]:
@@ -146,16 +194,21 @@ def window_counts(timeline: dict[str, Any], first: float, last: float) -> dict[s
     }
 
 
-def run_once(services: Services, sandbox: Sandbox, label: str) -> dict[str, Any]:
+def run_once(
+    services: Services, sandbox: Sandbox, label: str, processes: dict[str, int]
+) -> dict[str, Any]:
     requests.post(f"{sandbox.url}/_sandbox/reset", timeout=30).raise_for_status()
-    started = time.time()
-    run_id = start_run(services, "demo-vip", "bench").run.run_id
-    deadline = time.monotonic() + RUN_DEADLINE_SECONDS
-    while not (run := services.runs.get(run_id)) or not run.is_final:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{label}: run {run_id} did not finish: {run}")
-        time.sleep(0.05)
-    wall = time.time() - started
+    with CpuSampler(processes) as sampler:
+        started = time.time()
+        run_id = start_run(services, "demo-vip", "bench").run.run_id
+        deadline = time.monotonic() + RUN_DEADLINE_SECONDS
+        while not (run := services.runs.get(run_id)) or not run.is_final:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{label}: run {run_id} did not finish: {run}")
+            time.sleep(0.05)
+        wall = time.time() - started
+    bounds = phase_bounds(run, services)
+    first, last = sampler.samples[0], sampler.samples[-1]
     stats = requests.get(f"{sandbox.url}/_sandbox/stats", timeout=30).json()
     timeline = requests.get(f"{sandbox.url}/_sandbox/timeline", timeout=30).json()
     arrivals = {int(k): v for k, v in timeline["arrivals_per_second"].items()}
@@ -167,7 +220,11 @@ def run_once(services: Services, sandbox: Sandbox, label: str) -> dict[str, Any]
         "run_id": run_id,
         "status": run.status,
         "wall_seconds": round(wall, 2),
-        "phases_seconds": asdict(phases(run, services)),
+        "phases_seconds": {name: round(end - start, 3) for name, start, end in bounds},
+        "cpu_seconds": {name: round(last[1][name] - first[1][name], 1) for name in processes},
+        "cpu_seconds_per_phase": sampler.per_phase(bounds),
+        "idle_seconds": round(last[2][0] - first[2][0], 1),
+        "steal_seconds": round(last[2][1] - first[2][1], 1),
         "rows_read": run.rows_read,
         "rows_valid": run.rows_valid,
         "profiles_new": run.profiles_new,
@@ -252,6 +309,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="local host processes")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="sandbox latency")
     parser.add_argument("--chunk-size", type=int, default=15000)
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="requests in flight per worker, fixed (default: follow the measured latency)",
+    )
     parser.add_argument("--changed-every", type=int, default=100, help="delta run: 1 in N")
     parser.add_argument(
         "--runs",
@@ -261,6 +324,9 @@ def main() -> int:
         help="first export, delta, unchanged re-run",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="copy the local hosts' logs into this folder"
+    )
     args = parser.parse_args()
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
@@ -288,6 +354,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         document = demo_definitions(sandbox.url, "segments", SOURCE, "Bench")
         document["exports"][0]["chunk_size"] = args.chunk_size
         document["connections"][0]["expected_latency_ms"] = max(1, round(args.latency_ms))
+        if args.max_in_flight:
+            document["connections"][0]["max_in_flight"] = args.max_in_flight
         definitions.write_text(json.dumps(document))
         env = {
             "AzureWebJobsStorage": azurite.connection_string,
@@ -319,11 +387,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     services.storage.blobs.get_blob_client("segments", SOURCE).upload_blob(
                         data, overwrite=True, max_concurrency=4
                     )
-            before = {name: cpu_seconds(pid) for name, pid in processes.items()}
-            result = run_once(services, sandbox, label)
-            result["cpu_seconds"] = {
-                name: round(cpu_seconds(pid) - before[name], 1) for name, pid in processes.items()
-            }
+            result = run_once(services, sandbox, label, processes)
             result["valid_rows_generated"] = valid
             runs.append(result)
             print(
@@ -350,6 +414,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             worker.terminate()
         for worker in workers:
             worker.wait(timeout=60)
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in workdir.glob("devhost-*.log"):
+                shutil.copy(log, args.logs / log.name)
         sandbox.stop()
         azurite.stop()
 
@@ -392,7 +460,28 @@ def summary(results: dict[str, Any]) -> str:
         used = ", ".join(f"{name} {sec:g}" for name, sec in run["cpu_seconds"].items())
         total = sum(run["cpu_seconds"].values())
         wall = run["wall_seconds"]
-        lines.append(f"- {run['label']}: {used}; total {total:.1f} over {wall:.1f} s")
+        lines.append(
+            f"- {run['label']}: {used}; total {total:.1f} over {wall:.1f} s "
+            f"(machine idle {run['idle_seconds']:g} s, steal {run['steal_seconds']:g} s)"
+        )
+    first = results["runs"][0]
+    names = list(first["cpu_seconds"])
+    lines += [
+        "",
+        f"CPU seconds per phase, {first['label']} (idle and steal: the machine's, all cores; "
+        "steal is time the hypervisor gave to other guests):",
+        "",
+        "| phase | s | " + " | ".join(names) + " | total | idle | steal |",
+        "|---|---|" + "---|" * (len(names) + 3),
+    ]
+    for phase, used in first["cpu_seconds_per_phase"].items():
+        total = sum(used[name] for name in names)
+        cells = " | ".join(f"{used[name]:g}" for name in names)
+        seconds = first["phases_seconds"][phase]
+        lines.append(
+            f"| {phase} | {seconds:.1f} | {cells} | {total:.1f} | {used['idle']:g} "
+            f"| {used['steal']:g} |"
+        )
     rss = ", ".join(f"{name} {mb:.0f} MB" for name, mb in results["peak_rss_mb"].items())
     lines += [
         "",
