@@ -8,11 +8,13 @@ changed) and an unchanged re-run (the same bytes written again: read, diffed, no
 For each run it reports wall time queued -> finished and per phase (split, diff, release,
 deliver, finalize), requests, profiles/s, the ratio to Braze's rate-limit floor, requests per
 rate window over the delivery phase (min, median, max), 429s and the CPU seconds each process
-used; then each process's peak RSS and `import function_app` time in a fresh process. Writes
+used, in all and per phase (with the machine's idle and steal time: a shared VM's state shows
+there); then each process's peak RSS and `import function_app` time in a fresh process. Writes
 `<out>/<date>.json`, `<out>/<date>.md` and `<out>/<date>.png` (requests per second against the
 limit). Bounded: three runs, each with a deadline.
 
     .venv/bin/python bench/export_bench.py --profiles 1000000 --workers 2 --latency-ms 50
+    .venv/bin/python bench/export_bench.py --runs 1 --max-in-flight 64 --logs /tmp/hosts
 """
 
 from __future__ import annotations

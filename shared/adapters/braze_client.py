@@ -163,6 +163,12 @@ class BrazeClient:
         sizer = self._in_flight
         return sizer if isinstance(sizer, int) else sizer.target
 
+    @property
+    def latency_seconds(self) -> float | None:
+        """The moving average of answered round trips, when the client follows latency."""
+        sizer = self._in_flight
+        return None if isinstance(sizer, int) else sizer.latency_seconds
+
     def submit(self, objects_json: Sequence[str]) -> Future[TrackOutcome]:
         """Send one batch on the client's pool; the future holds what `track` returns or raises."""
         with self._pool_lock:

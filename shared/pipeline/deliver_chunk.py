@@ -69,9 +69,26 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
         )
     ledger = _Ledger(job, services, progress)
     todo = batches(items, progress.batch_size)[progress.batches_done :]
+    started = time.monotonic()
     if not _send_in_order(job, services, client, todo, ledger):
         return
+    _log_pace(job, len(todo), time.monotonic() - started, client)
     _record(job, progress, len(items), run.replay_round, services)
+
+
+def _log_pace(job: ChunkJob, requests: int, seconds: float, client: BrazeClient) -> None:
+    """How fast the chunk went and why: the requests in flight and Braze's round trip set it."""
+    latency = client.latency_seconds
+    log.info(
+        "run %s chunk %d: %d requests in %.2f s (%.0f/s), %d in flight, round trip %s",
+        job.run_id,
+        job.chunk_index,
+        requests,
+        seconds,
+        requests / seconds if seconds else 0.0,
+        client.max_in_flight,
+        "fixed" if latency is None else f"{latency * 1000:.0f} ms",
+    )
 
 
 def _send_in_order(
