@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from shared.adapters.braze_client import tracking_body
 from shared.adapters.services import Services
+from shared.adapters.settings import ConfigurationError
 from shared.core.definitions import Export
 from shared.core.messages import ChunkJob
 from shared.core.resource_names import CHUNKS_QUEUE, RUNS_CONTAINER
@@ -61,6 +62,9 @@ def maybe_release(run_id: str, services: Services) -> bool:
         finish_early(run, services, message=valve[1], stopped_by=valve[0])
         return True
     jobs = chunk_jobs(run, results)
+    if jobs and (problem := _unreadable_key(connection.api_key_secret, services)):
+        finish_early(run, services, message=problem, failed=True)
+        return True
     services.storage.send_messages(CHUNKS_QUEUE, (job.to_json() for job in jobs))
     run.chunks_total = run.chunks_planned = len(jobs)
     run.status, run.planning_finished_at = Status.DELIVERING, utcnow()
@@ -121,6 +125,16 @@ def safety_valve(run: Run, export: Export) -> tuple[str, str] | None:
             f"({export.max_data_points}) allows; start the run again with the safety-valve "
             "override if that spend is intended",
         )
+    return None
+
+
+def _unreadable_key(secret: str, services: Services) -> str | None:
+    """Why the connection's API key cannot be read now, or None: a vault outage or a missing
+    secret fails the run here, with nothing sent, rather than every chunk half-way through."""
+    try:
+        services.secrets.get(secret)
+    except ConfigurationError as error:  # SecretUnavailable too
+        return f"the Braze API key could not be read, so nothing was sent: {error}"
     return None
 
 
