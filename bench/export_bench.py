@@ -363,6 +363,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "AzureWebJobsStorage": azurite.connection_string,
             "EXPORT_DEFINITIONS_PATH": str(definitions),
             "BRAZE_SECRET_BRAZE_SANDBOX_KEY": API_KEY,
+            "EXPORT_ALLOW_LOOPBACK_ENDPOINTS": "true",  # the sandbox is on this machine
         }
         services = Services(load_settings(env))
         services.ensure_resources()

@@ -43,6 +43,7 @@ def main() -> int:
         "AzureWebJobsStorage": "UseDevelopmentStorage=true",
         "EXPORT_DEFINITIONS_PATH": str(DEFINITIONS),
         "BRAZE_SECRET_BRAZE_SANDBOX_KEY": services.SANDBOX_KEY,
+        "EXPORT_ALLOW_LOOPBACK_ENDPOINTS": "true",  # the sandbox is on this machine
     }
     sample = make_segment(10_000, segment="VIP Customers")
     blobs = BlobServiceClient.from_connection_string(AZURITE_CONNECTION_STRING)

@@ -75,6 +75,15 @@ class Services:
             "EXPORT_DEFINITIONS_BLOB (container/name in the storage account)"
         )
 
+    def check_endpoint(self, connection: Connection) -> None:
+        """Refuse to send a key to a loopback endpoint outside local development."""
+        if connection.is_loopback and not self.settings.allow_loopback_endpoints:
+            raise ConfigurationError(
+                f"connection '{connection.name}' points at {connection.rest_endpoint}, this "
+                "machine rather than Braze; its API key is sent there only in local "
+                "development (EXPORT_ALLOW_LOOPBACK_ENDPOINTS=true)"
+            )
+
     def braze(self, connection: Connection) -> BrazeClient:
         """One client per connection, its threads sharing one governor that coordinates the
         connection's rate budget with every other process and instance through a table.
@@ -93,6 +102,7 @@ class Services:
                 connection.in_flight_per_worker(),
             )
         )
+        self.check_endpoint(connection)
         with self._lock:
             client = self._braze.get(key)
             if client is None:

@@ -85,6 +85,12 @@ class Settings:
             raise ConfigurationError(f"EXPORT_SPLIT_MIB must be a positive number, got {text!r}")
         return max(1, int(mib * 1024 * 1024))
 
+    @property
+    def allow_loopback_endpoints(self) -> bool:
+        """Local development only: connections to 127.0.0.1/localhost (the Braze sandbox) may
+        receive their API key (EXPORT_ALLOW_LOOPBACK_ENDPOINTS=true)."""
+        return self.environ.get("EXPORT_ALLOW_LOOPBACK_ENDPOINTS", "").lower() in ("true", "1")
+
     def local_secret(self, secret_name: str) -> str | None:
         """A Braze API key from the environment, used when no Key Vault is configured."""
         return self.environ.get(secret_env_name(secret_name))

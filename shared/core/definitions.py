@@ -20,6 +20,8 @@ from shared.core.resource_names import DROPS_CONTAINER
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 _NAME_RE = re.compile(NAME_PATTERN)
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# Braze REST hosts: rest.iad-01.braze.com ... rest.us-10.braze.com, rest.fra-01.braze.eu, ...
+BRAZE_REST_HOST = re.compile(r"rest\.[a-z]{2,4}-[0-9]{2}\.braze\.(?:com|eu)")
 IN_FLIGHT_HEADROOM = 1.25  # latency varies: a little more in flight keeps the budget spent
 MIN_IN_FLIGHT, MAX_IN_FLIGHT = 2, 128
 RESERVED_ATTRIBUTES = {
@@ -49,8 +51,9 @@ class Connection(_Strict):
 
     name: Name
     rest_endpoint: str = Field(
-        description="Braze REST endpoint, e.g. https://rest.iad-03.braze.com "
-        "(plain http only for loopback)."
+        description="Braze REST endpoint, https://rest.<cluster>.braze.com or .braze.eu, e.g. "
+        "https://rest.iad-03.braze.com; a loopback address (the local sandbox, http allowed) "
+        "receives its key only with EXPORT_ALLOW_LOOPBACK_ENDPOINTS=true."
     )
     api_key_secret: str = Field(
         pattern=r"^[0-9A-Za-z-]{1,127}$",
@@ -120,14 +123,30 @@ class Connection(_Strict):
 
     @field_validator("rest_endpoint")
     @classmethod
-    def _endpoint_is_a_base_url(cls, value: str) -> str:
+    def _endpoint_is_braze(cls, value: str) -> str:
+        """Only Braze's REST hosts, so a typo or a hostile edit never receives the key; a
+        loopback address (the local sandbox) parses, but its key is sent only in local
+        development (`EXPORT_ALLOW_LOOPBACK_ENDPOINTS`, checked where the key is used)."""
         parts = urlsplit(value)
-        loopback = parts.hostname in LOOPBACK_HOSTS
-        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-            raise ValueError("must start with https:// (plain http is allowed only for loopback)")
-        if not parts.hostname or parts.query or parts.fragment or parts.path not in ("", "/"):
+        bare = parts.path in ("", "/") and not (parts.query or parts.fragment or "@" in value)
+        if not parts.hostname or not bare:
             raise ValueError("must be a bare host such as https://rest.iad-03.braze.com")
+        if parts.hostname in LOOPBACK_HOSTS and parts.scheme in ("http", "https"):
+            return value.rstrip("/")
+        if parts.scheme != "https":
+            raise ValueError("must start with https:// (plain http is allowed only for loopback)")
+        if not BRAZE_REST_HOST.fullmatch(parts.hostname) or parts.port not in (None, 443):
+            raise ValueError(
+                "must be a Braze REST endpoint, https://rest.<cluster>.braze.com or "
+                ".braze.eu, such as https://rest.iad-03.braze.com (the Braze dashboard shows "
+                "yours under Settings > APIs and Identifiers)"
+            )
         return value.rstrip("/")
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether the endpoint is this machine (the local sandbox), not Braze."""
+        return urlsplit(self.rest_endpoint).hostname in LOOPBACK_HOSTS
 
 
 class AttributeMapping(_Strict):

@@ -14,7 +14,7 @@ from datetime import timedelta
 from shared.adapters.braze_client import tracking_body
 from shared.adapters.services import Services
 from shared.adapters.settings import ConfigurationError
-from shared.core.definitions import Export
+from shared.core.definitions import Connection, Export
 from shared.core.messages import ChunkJob
 from shared.core.resource_names import CHUNKS_QUEUE, RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run, RunConflict, Status, utcnow
@@ -62,7 +62,7 @@ def maybe_release(run_id: str, services: Services) -> bool:
         finish_early(run, services, message=valve[1], stopped_by=valve[0])
         return True
     jobs = chunk_jobs(run, results)
-    if jobs and (problem := _unreadable_key(connection.api_key_secret, services)):
+    if jobs and (problem := _undeliverable(connection, services)):
         finish_early(run, services, message=problem, failed=True)
         return True
     services.storage.send_messages(CHUNKS_QUEUE, (job.to_json() for job in jobs))
@@ -128,11 +128,16 @@ def safety_valve(run: Run, export: Export) -> tuple[str, str] | None:
     return None
 
 
-def _unreadable_key(secret: str, services: Services) -> str | None:
-    """Why the connection's API key cannot be read now, or None: a vault outage or a missing
-    secret fails the run here, with nothing sent, rather than every chunk half-way through."""
+def _undeliverable(connection: Connection, services: Services) -> str | None:
+    """Why the run cannot be delivered now, or None: an endpoint that may not receive the key,
+    a vault outage or a missing secret fails the run here, with nothing sent, rather than
+    every chunk half-way through."""
     try:
-        services.secrets.get(secret)
+        services.check_endpoint(connection)
+    except ConfigurationError as error:
+        return f"nothing was sent: {error}"
+    try:
+        services.secrets.get(connection.api_key_secret)
     except ConfigurationError as error:  # SecretUnavailable too
         return f"the Braze API key could not be read, so nothing was sent: {error}"
     return None

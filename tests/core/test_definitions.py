@@ -114,6 +114,48 @@ def test_plain_http_only_for_loopback() -> None:
         parse_definitions(json.dumps(doc))
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://rest.iad-01.braze.com",
+        "https://rest.us-10.braze.com/",
+        "https://rest.fra-02.braze.eu",
+        "https://REST.KR-01.BRAZE.COM",
+        "https://rest.au-01.braze.com:443",
+        "https://localhost:9443",
+        "http://[::1]:8480",
+    ],
+)
+def test_braze_rest_hosts_and_loopback_are_accepted(endpoint: str) -> None:
+    doc = _doc()
+    doc["connections"][0]["rest_endpoint"] = endpoint
+    connection = parse_definitions(json.dumps(doc)).connections[0]
+    assert connection.rest_endpoint == endpoint.rstrip("/")
+    assert connection.is_loopback == ("localhost" in endpoint or "[::1]" in endpoint)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "problem"),
+    [
+        ("https://rest.iad-01.braze.co", "must be a Braze REST endpoint"),  # a typo
+        ("https://rest.iad-01.braze.com.evil.example", "must be a Braze REST endpoint"),
+        ("https://rest.iad-01.braze.com@evil.example", "must be a bare host"),
+        ("https://evil.example/?rest.iad-01.braze.com", "must be a bare host"),
+        ("https://dashboard-01.braze.com", "must be a Braze REST endpoint"),
+        ("https://sdk.iad-01.braze.com", "must be a Braze REST endpoint"),
+        ("https://rest.iad-01.braze.com:8443", "must be a Braze REST endpoint"),
+        ("https://10.0.0.5", "must be a Braze REST endpoint"),
+        ("http://rest.fra-01.braze.eu", "must start with https://"),
+        ("ftp://127.0.0.1", "must start with https://"),
+    ],
+)
+def test_other_endpoints_are_refused_with_the_reason(endpoint: str, problem: str) -> None:
+    doc = _doc()
+    doc["connections"][0]["rest_endpoint"] = endpoint
+    with pytest.raises(DefinitionsError, match=f"rest_endpoint: {problem}"):
+        parse_definitions(json.dumps(doc))
+
+
 def test_not_json_names_the_position() -> None:
     with pytest.raises(DefinitionsError, match=r"not valid JSON: .*line 1 column 18"):
         parse_definitions('{"connections": [}')

@@ -146,6 +146,7 @@ def _app(storage: Azurite, sandbox: Sandbox, work: Path) -> App:
         "AzureWebJobsStorage": storage.connection_string,
         "EXPORT_DEFINITIONS_PATH": str(work / "exports.json"),
         "BRAZE_SECRET_BRAZE_SANDBOX_KEY": SANDBOX_KEY,
+        "EXPORT_ALLOW_LOOPBACK_ENDPOINTS": "true",  # the sandbox is on this machine
         # Poll fast and retry a failed message at once, so the suite is quick; nothing
         # asserted depends on either.
         "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.200",

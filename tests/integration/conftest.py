@@ -153,6 +153,7 @@ def app_env(azurite: Azurite, sandbox: Sandbox, tmp_path_factory: pytest.TempPat
         "AzureWebJobsStorage": azurite.connection_string,
         "EXPORT_DEFINITIONS_PATH": str(definitions),
         "BRAZE_SECRET_BRAZE_SANDBOX_KEY": SANDBOX_KEY,
+        "EXPORT_ALLOW_LOOPBACK_ENDPOINTS": "true",  # the sandbox is on this machine
         # Poll fast so the suite is quick; correctness does not depend on it.
         "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.200",
         "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:00",
@@ -221,6 +222,7 @@ def quiet_app(
         "AzureWebJobsStorage": own_storage.connection_string,
         "EXPORT_DEFINITIONS_PATH": str(definitions),
         "BRAZE_SECRET_BRAZE_SANDBOX_KEY": SANDBOX_KEY,
+        "EXPORT_ALLOW_LOOPBACK_ENDPOINTS": "true",  # the sandbox is on this machine
     }
     app = App(env, definitions, sandbox)
     app.services.ensure_resources()
