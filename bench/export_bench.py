@@ -310,7 +310,9 @@ def main() -> int:
     parser.add_argument("--profiles", type=int, default=1_000_000, help="up to 5,000,000")
     parser.add_argument("--workers", type=int, default=2, help="local host processes")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="sandbox latency")
-    parser.add_argument("--chunk-size", type=int, default=15000)
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help="profiles per chunk (default: the app's)"
+    )
     parser.add_argument(
         "--max-in-flight",
         type=int,
@@ -354,7 +356,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     try:
         definitions = workdir / "exports.json"
         document = demo_definitions(sandbox.url, "segments", SOURCE, "Bench")
-        document["exports"][0]["chunk_size"] = args.chunk_size
+        if args.chunk_size:
+            document["exports"][0]["chunk_size"] = args.chunk_size
         document["connections"][0]["expected_latency_ms"] = max(1, round(args.latency_ms))
         if args.max_in_flight:
             document["connections"][0]["max_in_flight"] = args.max_in_flight
@@ -403,7 +406,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "profiles": args.profiles,
             "workers": args.workers,
             "sandbox_latency_ms": args.latency_ms,
-            "chunk_size": args.chunk_size,
+            "chunk_size": services.definitions().exports[0].chunk_size,
             "in_flight_per_worker": services.definitions().connections[0].in_flight_per_worker(),
             "runs": runs,
             "peak_rss_mb": {

@@ -276,12 +276,12 @@ class Export(_Strict):
         description="false sends _update_existing_only, so only existing Braze users are updated.",
     )
     chunk_size: int = Field(
-        default=15000,
+        default=40000,
         ge=75,
         le=50000,
         description="Profiles per chunk blob, the unit of parallel delivery. A worker sends one "
         "chunk at a time with many requests in flight, which drain at the chunk's end: the "
-        "default (200 requests) keeps them busy.",
+        "default (534 requests, a whole partition of a typical source) keeps them busy.",
     )
     schedule: str | None = Field(
         default=None,

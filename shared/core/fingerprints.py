@@ -41,22 +41,54 @@ def fingerprint(value: Any) -> str:
     return blake2b(canonical_json(value), digest_size=8).hexdigest()
 
 
+# Most values repeat across a segment's profiles (names, dates, flags, the membership): their
+# fingerprints are remembered by value, so a repeated one skips the hash. Each cache is emptied
+# when full, which bounds its memory (about 7 MB) whatever the values are.
+CACHED_VALUES = 32_768
+_string_prints: dict[str, str] = {}
+_json_prints: dict[bytes, str] = {}
+
+
 def fingerprints(obj: dict[str, Any]) -> Fingerprints:
     """Per attribute, a fingerprint of the value sent: what the snapshot remembers.
 
-    This runs for every profile of a segment, so an object without floats is hashed in one
-    loop, `fingerprint`'s work written inline; any other takes `fingerprint` per value.
+    This runs for every profile of a segment: a string is looked up by itself, any other value
+    without floats by its canonical JSON (orjson's sorted output, the bytes `fingerprint`
+    hashes), so every value keeps exactly the fingerprint `fingerprint` gives it.
     """
-    if not has_float(obj):
-        try:
-            return {
-                key: blake2b(_sorted_json(value, option=_SORT_KEYS), digest_size=8).hexdigest()
-                for key, value in obj.items()
-                if key not in CONTROL_KEYS
-            }
-        except TypeError:  # what orjson refuses: the standard library's path below
-            pass
-    return {key: fingerprint(value) for key, value in obj.items() if key not in CONTROL_KEYS}
+    prints: Fingerprints = {}
+    for key, value in obj.items():
+        if key in CONTROL_KEYS:
+            continue
+        if type(value) is str:
+            found = _string_prints.get(value)
+            if found is None:
+                try:
+                    digest = blake2b(_sorted_json(value), digest_size=8).hexdigest()
+                except TypeError:  # a lone surrogate: the standard library's path
+                    digest = fingerprint(value)
+                found = _remember(_string_prints, value, digest)
+        elif has_float(value):
+            found = fingerprint(value)
+        else:
+            try:
+                text = _sorted_json(value, option=_SORT_KEYS)
+            except TypeError:  # what orjson refuses: the standard library's path
+                found = fingerprint(value)
+            else:
+                found = _json_prints.get(text)
+                if found is None:
+                    digest = blake2b(text, digest_size=8).hexdigest()
+                    found = _remember(_json_prints, text, digest)
+        prints[key] = found
+    return prints
+
+
+def _remember(cache: dict[Any, str], value: Any, digest: str) -> str:
+    if len(cache) >= CACHED_VALUES:
+        cache.clear()
+    cache[value] = digest
+    return digest
 
 
 _sorted_json, _SORT_KEYS = orjson.dumps, orjson.OPT_SORT_KEYS

@@ -174,7 +174,10 @@ def email_problem(address: str) -> str | None:
 
 
 def _attribute(value: Any, field: AttributeMapping, problems: list[Problem]) -> Any:
-    if value is None or (type(value) is str and not value.strip()):
+    if type(value) is str:
+        if not value or value.isspace():  # blank: not sent
+            return None
+    elif value is None:
         return None
     if isinstance(value, dict | list):
         problems.append(
@@ -218,7 +221,7 @@ def _as_number(value: Any) -> tuple[Any, str | None]:
     if isinstance(value, float):
         return (value, None) if math.isfinite(value) else (None, "must be a finite number")
     text = value.strip()
-    if _INTEGER.match(text):
+    if (text.isdigit() and text.isascii()) or _INTEGER.match(text):  # the first test is cheaper
         return int(text), None
     if text.lower().lstrip("+-") in {"nan", "inf", "infinity"}:
         return None, f"is not a finite number: {_preview(text)}"
@@ -241,10 +244,18 @@ def _as_boolean(value: Any) -> tuple[Any, str | None]:
     return None, f"is not a boolean (true/false/1/0): {_preview(str(value))}"
 
 
+# Dates repeat across a segment (birthdays, sign-up days): a text once found valid is not parsed
+# again. Emptied when full, so its memory stays bounded (about 2 MB).
+_valid_dates: set[str] = set()
+CACHED_DATES = 16_384
+
+
 def _as_date(value: Any) -> tuple[Any, str | None]:
     if not isinstance(value, str):
         return None, f"must be an ISO 8601 date as text, got {kind_of(value)}"
     text = value.strip()
+    if text in _valid_dates:
+        return text, None
     try:
         if not _ISO_DATE.match(text):
             raise ValueError
@@ -257,6 +268,9 @@ def _as_date(value: Any) -> tuple[Any, str | None]:
             None,
             f"is not an ISO 8601 date (YYYY-MM-DD or YYYY-MM-DDThh:mm:ssZ): {_preview(text)}",
         )
+    if len(_valid_dates) >= CACHED_DATES:
+        _valid_dates.clear()
+    _valid_dates.add(text)
     return text, None
 
 

@@ -5,8 +5,15 @@ import json
 
 import pytest
 
+from shared.core import fingerprints as fingerprints_module
 from shared.core import jsonlines
-from shared.core.fingerprints import canonical_json, fingerprint
+from shared.core.fingerprints import (
+    CACHED_VALUES,
+    CONTROL_KEYS,
+    canonical_json,
+    fingerprint,
+    fingerprints,
+)
 
 MESSY_VALUES = [
     "plain",
@@ -47,3 +54,29 @@ def test_lines_read_back_what_was_written(value: object) -> None:
     assert json.loads(text) == line
     assert jsonlines.loads(text) == json.loads(text) == line
     assert type(jsonlines.loads(text)[2]["attribute"]) is type(value)
+
+
+def _uncached(obj: dict[str, object]) -> dict[str, str]:
+    return {key: fingerprint(value) for key, value in obj.items() if key not in CONTROL_KEYS}
+
+
+def test_remembered_fingerprints_are_the_hashed_ones() -> None:
+    """Values that Python finds equal (1, True, 1.0; "1" and 1) have different JSON, so each
+    keeps its own fingerprint however often it repeats and in whatever order."""
+    objects = [
+        {"external_id": "c-1", "a": 1, "b": True, "c": 1.0, "d": "1", "e": [1], "f": {"x": 1}},
+        {"external_id": "c-2", "a": True, "b": 1.0, "c": 1, "d": 1, "e": [True], "f": {"x": 1.0}},
+        {"a": "1", "b": "true", "c": "1.0", "d": None, "e": [1.0], "f": {"x": True}},
+        *({"m": value, "n": value} for value in MESSY_VALUES),
+    ]
+    for obj in [*objects, *reversed(objects), *objects]:
+        assert fingerprints(obj) == _uncached(obj)
+
+
+def test_the_remembered_fingerprints_stay_bounded() -> None:
+    for n in range(CACHED_VALUES + 10):
+        obj = {"email": f"user.{n}@example.com", "points": n, "tier": ["gold", n % 3]}
+        assert fingerprints(obj) == _uncached(obj) or pytest.fail(f"profile {n}")
+    assert fingerprints_module._string_prints and fingerprints_module._json_prints
+    assert len(fingerprints_module._string_prints) <= CACHED_VALUES
+    assert len(fingerprints_module._json_prints) <= CACHED_VALUES

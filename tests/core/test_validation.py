@@ -126,3 +126,36 @@ def test_numeric_json_ids_become_text_and_huge_values_are_not_echoed() -> None:
 )
 def test_valid_emails(address: str) -> None:
     assert email_problem(address) is None
+
+
+def test_blank_in_any_unicode_whitespace_is_left_out() -> None:
+    result = validate_record(_row(name=" \t\u00a0\u2003\u3000 ", points="\n", born=""), MAPPING)
+    assert result == Profile("c-1", "zoe@example.com", {})
+
+
+def test_a_repeated_date_is_judged_the_same_each_time() -> None:
+    """Valid dates are remembered (a bounded cache); an invalid one never is."""
+    dates = ["1990-05-17", " 1990-05-17 ", "2026-02-30", "2024-02-29", "2023-02-29"]
+    for date_text in [f"19{n:02d}-01-01" for n in range(100)] * 200 + dates * 3:
+        result = validate_record(_row(born=date_text), MAPPING)
+        if date_text.endswith(("02-30", "2023-02-29")):
+            assert _codes(result) == ["attribute_not_date"]
+        else:
+            assert isinstance(result, Profile)
+            assert result.attributes == {"born": date_text.strip()}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("007", 7),
+        ("+12", 12),
+        ("-0", 0),
+        (" 42 ", 42),
+        ("12345678901234567890", 12345678901234567890),
+    ],
+)
+def test_integers_in_every_spelling(text: str, expected: int) -> None:
+    result = validate_record(_row(points=text), MAPPING)
+    assert isinstance(result, Profile)
+    assert result.attributes["points"] == expected and type(result.attributes["points"]) is int
