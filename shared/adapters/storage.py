@@ -13,6 +13,7 @@ from base64 import b64encode
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
+from hashlib import blake2b
 from typing import Any, BinaryIO
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -160,12 +161,14 @@ class Storage:
         except ResourceNotFoundError:
             raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
 
-    def etag(self, container: str, name: str) -> str:
-        """The blob's version as the service names it: it changes with every write."""
-        try:
-            return str(self.container(container).get_blob_client(name).get_blob_properties().etag)
-        except ResourceNotFoundError:
-            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
+    def digest(self, container: str, name: str) -> str:
+        """A digest of the blob's bytes, read through once: unlike its ETag, it stays the same
+        when the same bytes are written again (an export tool that rewrites an unchanged
+        segment on every refresh)."""
+        digest = blake2b(digest_size=16)
+        for piece in self.read_chunks(container, name):
+            digest.update(piece)
+        return digest.hexdigest()
 
     def exists(self, container: str, name: str) -> bool:
         return self.container(container).get_blob_client(name).exists()

@@ -108,7 +108,7 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     run.rejected_blob = rejected_blob_name(run.run_id)
     run.report_blob = report_blob_name(run.run_id)
     partitions = services.runs.partition_results(run.run_id)
-    _merge_rejected(run.run_id, partitions, latest, services)
+    _merge_rejected(run, partitions, latest, services)
     run.status = final_status(run)
     delivered = run.profiles_accepted + run.profiles_rejected_by_braze
     if delivered != run.objects_planned and run.chunks_total:
@@ -177,10 +177,13 @@ def _commit_snapshot(
             partition,
             _committed(pending, rejected, untrusted),
         )
-    # Only a clean run vouches for its source version: a later run of the same version then has
-    # nothing to send and nothing to report. After any rejection (by validation or by Braze,
-    # in any round) or a held removal, the next run reads the source and reports it again.
-    settled = run.status == Status.SUCCEEDED and not (touched or unlisted or run.removals_held)
+    # A run vouches for its source version when Braze took everything it sent: a later run of
+    # the same version then has nothing to send, and reports this run's rejected rows again
+    # (validating the same rows with the same code rejects the same ones). After a rejection
+    # by Braze (in any round) or a held removal, the next run reads the source again.
+    settled = run.status in (Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED) and not (
+        touched or unlisted or run.removals_held or run.profiles_rejected_by_braze
+    )
     manifest = Manifest(
         run.run_id,
         run.partitions,
@@ -206,20 +209,24 @@ def _committed(
 
 
 def _merge_rejected(
-    run_id: str,
+    run: Run,
     partitions: list[PartitionResult],
     results: list[ChunkResult],
     services: Services,
 ) -> None:
     """Merge the splits', the partitions' and each recorded chunk's rejected rows, ordered by
-    source line (profiles leaving the segment last).
+    source line (profiles leaving the segment last); a run that found its source unchanged
+    reports the rejected rows of the run it names.
 
     Only the files the records name are merged: a blob left by an attempt that crashed before
     recording its chunk must not contradict the counts. Each part is already in order, so a
     streaming k-way merge keeps memory flat.
     """
     storage = services.storage
+    run_id = run.run_id
     parts = [s.rejected_blob for s in services.runs.split_results(run_id) if s.rejected_blob]
+    if run.unchanged_since:
+        parts.append(rejected_blob_name(run.unchanged_since))
     parts += [p.rejected_blob for p in partitions if p.rejected_blob]
     streams = [_entries(services, name) for name in parts]
     streams += [

@@ -97,14 +97,14 @@ def _assert_braze_holds(app: App, rows: dict[str, dict[str, str]], left: set[str
 
 
 def test_an_unchanged_rerun_sends_nothing(quiet_app: App) -> None:
-    """The same bytes written again (a new ETag) are read and diffed: nothing changed."""
+    """The same profiles in another order (other bytes) are read and diffed: nothing changed."""
     rows = _rows(300, "same")
     _export(quiet_app, "same", rows)
     first = run_in_process(quiet_app, "same")
     assert first.status == Status.SUCCEEDED and first.full_refresh_reason
     assert (first.profiles_new, first.profiles_accepted) == (300, 300)
 
-    _upload(quiet_app, "same", rows)
+    _upload(quiet_app, "same", list(reversed(rows.values())))
     before = _requests_total(quiet_app)
     second = run_in_process(quiet_app, "same")
     assert _requests_total(quiet_app) == before
@@ -116,20 +116,25 @@ def test_an_unchanged_rerun_sends_nothing(quiet_app: App) -> None:
     assert _snapshot_run(quiet_app, "same") == second.run_id
 
 
-def test_a_source_not_written_since_a_clean_run_is_not_read_again(quiet_app: App) -> None:
-    """Same ETag, same definition, and Braze took everything: the run ends at once, keeps the
-    snapshot, and says why; a full refresh or an edited definition reads the source again."""
+def test_the_same_bytes_written_again_are_not_read_again(quiet_app: App) -> None:
+    """Same bytes (written again: a new ETag, as an export tool's every refresh gives), same
+    definition, and Braze took everything: the run ends at once, keeps the snapshot, and says
+    why; a full refresh or an edited definition reads the source again."""
     rows = _rows(300, "idle")
     _export(quiet_app, "idle", rows)
     first = run_in_process(quiet_app, "idle")
     assert first.status == Status.SUCCEEDED
 
+    blob = quiet_app.services.storage.container("segments").get_blob_client("delta/idle.csv")
+    etag = blob.get_blob_properties().etag
+    _upload(quiet_app, "idle", rows)
+    assert blob.get_blob_properties().etag != etag
     before = _requests_total(quiet_app)
     second = run_in_process(quiet_app, "idle")
     assert _requests_total(quiet_app) == before
     assert second.status == Status.SUCCEEDED and second.unchanged_since == first.run_id
-    assert (second.rows_read, second.partitions, second.requests_sent) == (0, 0, 0)
-    assert second.profiles_unchanged == 300
+    assert (second.partitions, second.splits, second.requests_sent) == (0, 0, 0)
+    assert (second.rows_read, second.rows_valid, second.profiles_unchanged) == (300, 300, 300)
     assert second.message.startswith("nothing to send") and first.run_id in second.message
     assert _snapshot_run(quiet_app, "idle") == first.run_id
     report = json.loads(quiet_app.blob_text(second.report_blob))
@@ -143,24 +148,47 @@ def test_a_source_not_written_since_a_clean_run_is_not_read_again(quiet_app: App
     assert (edited.rows_read, edited.profiles_unchanged, edited.requests_sent) == (300, 300, 0)
 
 
-def test_a_source_with_rejected_rows_is_read_and_reported_again(quiet_app: App) -> None:
-    """A run with a row rejected by validation is not clean: the next run of the same bytes
-    reads them, sends nothing, and reports the same rejected row, with its reason, again."""
+def test_a_source_with_rejected_rows_is_not_read_again_but_reported_again(
+    quiet_app: App,
+) -> None:
+    """Rows rejected by validation (and duplicates) are rejected again by the same code from
+    the same bytes: the next run of those bytes reads nothing, sends nothing, and reports the
+    same rejected rows with the same counts; new bytes are read and judged afresh."""
     rows = _rows(50, "dirty")
     rows["dirty-00007"]["Email"] = "not an email"
-    _export(quiet_app, "dirty", rows)
+    listed = [*rows.values(), {**rows["dirty-00003"], "FirstName": "Second"}]  # a duplicate id
+    quiet_app.upload("delta/dirty.csv", _csv(listed))
+    quiet_app.define([export_definition("dirty", "delta/dirty.csv", "Delta Seg")])
     first = run_in_process(quiet_app, "dirty")
-    assert first.status == Status.PARTIALLY_SUCCEEDED and first.rows_rejected == 1
+    assert first.status == Status.PARTIALLY_SUCCEEDED and first.rows_rejected == 2
+    first_rejected = quiet_app.blob_text(first.rejected_blob)
 
+    quiet_app.upload("delta/dirty.csv", _csv(listed))
     before = _requests_total(quiet_app)
     second = run_in_process(quiet_app, "dirty")
     assert _requests_total(quiet_app) == before
-    assert (second.status, second.unchanged_since) == (Status.PARTIALLY_SUCCEEDED, "")
-    assert (second.rows_read, second.rows_rejected, second.profiles_unchanged) == (50, 1, 49)
-    rejected = [json.loads(line) for line in quiet_app.blob_text(second.rejected_blob).splitlines()]
+    assert (second.status, second.unchanged_since) == (Status.PARTIALLY_SUCCEEDED, first.run_id)
+    assert (second.rows_read, second.rows_rejected, second.profiles_unchanged) == (51, 2, 49)
+    assert second.rejections == first.rejections == {"email_invalid": 1, "duplicate_customer_id": 1}
+    assert "2 rejected rows are still in the source" in second.message
+    assert quiet_app.blob_text(second.rejected_blob) == first_rejected
+    rejected = [json.loads(line) for line in first_rejected.splitlines()]
     assert [(r["customer_id"], r["codes"]) for r in rejected] == [
-        ("dirty-00007", ["email_invalid"])
+        ("dirty-00007", ["email_invalid"]),
+        ("dirty-00003", ["duplicate_customer_id"]),
     ]
+    report = json.loads(quiet_app.blob_text(second.report_blob))
+    assert report["diff"]["unchanged_since"] == first.run_id
+
+    third = run_in_process(quiet_app, "dirty")  # carried from the run that read the source
+    assert (third.unchanged_since, third.rows_rejected) == (first.run_id, 2)
+    assert quiet_app.blob_text(third.rejected_blob) == first_rejected
+
+    rows["dirty-00007"]["Email"] = "fixed@example.com"
+    _upload(quiet_app, "dirty", rows)
+    fixed = run_in_process(quiet_app, "dirty")
+    assert (fixed.status, fixed.unchanged_since) == (Status.SUCCEEDED, "")
+    assert (fixed.rows_read, fixed.rows_rejected, fixed.profiles_new) == (50, 0, 1)
 
 
 def test_changes_joins_and_leaves_send_exactly_the_difference(quiet_app: App) -> None:
