@@ -43,10 +43,11 @@ def fingerprint(value: Any) -> str:
 
 # Most values repeat across a segment's profiles (names, dates, flags, the membership): their
 # fingerprints are remembered by value, so a repeated one skips the hash. Each cache is emptied
-# when full, which bounds its memory (about 7 MB) whatever the values are.
+# when full, which bounds its memory (a few MB: values are at most 255 characters after
+# validation) whatever the values are.
 CACHED_VALUES = 32_768
 _string_prints: dict[str, str] = {}
-_json_prints: dict[bytes, str] = {}
+_json_prints: dict[str, str] = {}
 
 
 def fingerprints(obj: dict[str, Any]) -> Fingerprints:
@@ -72,13 +73,15 @@ def fingerprints(obj: dict[str, Any]) -> Fingerprints:
             found = fingerprint(value)
         else:
             try:
-                text = _sorted_json(value, option=_SORT_KEYS)
+                encoded = _sorted_json(value, option=_SORT_KEYS)
             except TypeError:  # what orjson refuses: the standard library's path
                 found = fingerprint(value)
             else:
+                # Kept as text: orjson's bytes hold a 4 KiB buffer whatever their length.
+                text = encoded.decode()
                 found = _json_prints.get(text)
                 if found is None:
-                    digest = blake2b(text, digest_size=8).hexdigest()
+                    digest = blake2b(encoded, digest_size=8).hexdigest()
                     found = _remember(_json_prints, text, digest)
         prints[key] = found
     return prints

@@ -2,6 +2,7 @@
 split changes no fingerprint in any existing snapshot and no byte sent to Braze."""
 
 import json
+import tracemalloc
 
 import pytest
 
@@ -73,10 +74,22 @@ def test_remembered_fingerprints_are_the_hashed_ones() -> None:
         assert fingerprints(obj) == _uncached(obj)
 
 
-def test_the_remembered_fingerprints_stay_bounded() -> None:
-    for n in range(CACHED_VALUES + 10):
+def test_the_remembered_fingerprints_stay_bounded_in_count_and_memory() -> None:
+    """Full caches are emptied; what they hold stays small (orjson's bytes would each keep a
+    4 KiB buffer: 32,768 of them would be 128 MiB)."""
+    fingerprints_module._string_prints.clear()
+    fingerprints_module._json_prints.clear()
+    tracemalloc.start()
+    try:
+        for n in range(CACHED_VALUES - 10):
+            obj = {"email": f"user.{n}@example.com", "points": n, "tier": ["gold", n % 3]}
+            fingerprints(obj)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 16 * 1024 * 1024, f"{held / 2**20:.0f} MiB held"
+    for n in range(CACHED_VALUES - 10, CACHED_VALUES + 10):
         obj = {"email": f"user.{n}@example.com", "points": n, "tier": ["gold", n % 3]}
         assert fingerprints(obj) == _uncached(obj) or pytest.fail(f"profile {n}")
-    assert fingerprints_module._string_prints and fingerprints_module._json_prints
     assert len(fingerprints_module._string_prints) <= CACHED_VALUES
-    assert len(fingerprints_module._json_prints) <= CACHED_VALUES
+    assert 0 < len(fingerprints_module._json_prints) <= CACHED_VALUES
