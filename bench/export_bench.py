@@ -290,7 +290,8 @@ def start_workers(count: int, env: dict[str, str], workdir: Path) -> list[subpro
             workers.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "devhost", "--app-dir", str(ROOT), "--port", "0"],
-                    env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                    # MALLOC_ARENA_MAX as infra/app/api.bicep sets it in Azure.
+                    env={"MALLOC_ARENA_MAX": "2", **os.environ, **env, "PYTHONUNBUFFERED": "1"},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=ROOT,

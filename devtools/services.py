@@ -32,14 +32,21 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _spawn(name: str, command: list[str], ports: tuple[int, ...]) -> None:
+def _spawn(
+    name: str, command: list[str], ports: tuple[int, ...], env: dict[str, str] | None = None
+) -> None:
     if all(_listening(p) for p in ports):
         print(f"{name}: already running")
         return
     STATE.mkdir(exist_ok=True)
     log = (STATE / f"{name}.log").open("ab")
     process = subprocess.Popen(
-        command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     (STATE / f"{name}.pid").write_text(str(process.pid))
     deadline = time.monotonic() + 60
@@ -82,6 +89,7 @@ def start() -> None:
         "devhost",
         [sys.executable, "-m", "devhost", "--app-dir", str(ROOT), "--port", str(HOST_PORT)],
         (HOST_PORT,),
+        {"MALLOC_ARENA_MAX": "2"},  # as infra/app/api.bicep sets it in Azure
     )
 
 

@@ -92,6 +92,10 @@ var platformAppSettings = {
   // Telemetry is accepted only with an Entra token (Application Insights has local auth disabled).
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // glibc gives each of the Braze client's many threads its own heap arena by default: measured
+  // locally, a worker's peak RSS over one 1M export was 670-740 MB with the default, 360-420 MB
+  // with 2 arenas, at the same speed.
+  MALLOC_ARENA_MAX: '2'
 }
 
 var allAppSettings = union(appSettings, platformAppSettings)
