@@ -148,14 +148,14 @@ def _diff(
     )
     chunk_rows = [len(chunk) for chunk in chunks]
     examples = _array_cap_check(run, export, definitions, members.profiles, job, services, counts)
-    if examples:
+    if examples:  # the ids go to the run's report (a private blob), never to the logs
         log.warning(
-            "run %s partition %d: %d profiles would pass the array cap of %s, e.g. %s",
+            "run %s partition %d: %d profiles would pass the array cap of %s; the report "
+            "lists examples",
             run.run_id,
             job.partition,
             counts.array_cap_warnings,
             export.membership_attribute,
-            examples,
         )
     counts.array_cap_examples, counts.chunk_rows = examples, chunk_rows
     counts.snapshot_profiles = lines.snapshot.lines
