@@ -57,6 +57,10 @@ param keyVaultSoftDeleteRetentionInDays int = 90
 @description('Also send FunctionAppLogs to Log Analytics (telemetry already goes to Application Insights).')
 param functionAppLogsToLogAnalytics bool = false
 
+@description('Days a run\'s working files (partition pieces, delivery chunks: customer emails and ids), rejected rows and report are kept in export-runs before a lifecycle rule deletes them. Snapshots are kept.')
+@minValue(1)
+param runFilesRetentionInDays int = 30
+
 // Optional name overrides (empty = generated from abbreviations.json + resourceToken).
 param resourceGroupName string = ''
 param apiServiceName string = ''
@@ -161,6 +165,10 @@ module storage 'app/storage.bicep' = {
       rateLimitsTableName
     ]
     logAnalyticsWorkspaceId: logAnalytics.outputs.resourceId
+    runFilesPrefixes: [
+      '${exportRunsContainerName}/runs/'
+    ]
+    runFilesRetentionInDays: runFilesRetentionInDays
   }
 }
 

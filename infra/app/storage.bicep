@@ -42,6 +42,13 @@ param softDeleteRetentionInDays int = 7
 @description('Log Analytics workspace that receives storage write/delete logs and transaction metrics. Empty = no diagnostic settings.')
 param logAnalyticsWorkspaceId string = ''
 
+@description('Blob name prefixes (container/path) whose blobs are deleted after runFilesRetentionInDays: a run\'s working files hold customer emails and ids.')
+param runFilesPrefixes array = []
+
+@minValue(1)
+@description('Days a run\'s working files, rejected rows and report are kept after they were last written.')
+param runFilesRetentionInDays int = 30
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   // checkov:skip=CKV_AZURE_35:No VNet integration yet; public endpoint stays reachable but every request must carry an Entra ID token (shared keys disabled).
   // checkov:skip=CKV_AZURE_59:Same as above - the Flex app reaches storage over the public endpoint until private endpoints are added.
@@ -122,6 +129,41 @@ resource blobContainers 'Microsoft.Storage/storageAccounts/blobServices/containe
     }
   }
 ]
+
+// A run's files (partition pieces, delivery chunks, rejected rows, report) hold personal data and
+// are needed only while the run is read back: they are deleted after the retention period. The
+// snapshots that delta sync diffs against are in another container and are never deleted here.
+resource runFilesLifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = if (!empty(runFilesPrefixes)) {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          enabled: true
+          name: 'delete-run-files'
+          type: 'Lifecycle'
+          definition: {
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: runFilesRetentionInDays
+                }
+              }
+            }
+            filters: {
+              blobTypes: [
+                'blockBlob'
+                'appendBlob'
+              ]
+              prefixMatch: runFilesPrefixes
+            }
+          }
+        }
+      ]
+    }
+  }
+}
 
 resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
   parent: storage
