@@ -3,7 +3,7 @@
 Generates a segment of N profiles (realistic, messy columns; 1% invalid rows), then runs one
 export three times through the real queues against a sandbox enforcing Braze's 3,000 requests
 per 3 s with added latency: a first export (everything new), a delta run (1% of the profiles
-changed) and an unchanged re-run (the same bytes written again: read, diffed, nothing sent).
+changed) and an unchanged re-run (the same bytes written again: recognised, nothing read or sent).
 
 For each run it reports wall time queued -> finished and per phase (split, diff, release,
 deliver, finalize), requests, profiles/s, the ratio to Braze's rate-limit floor, requests per
