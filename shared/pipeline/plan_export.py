@@ -12,11 +12,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from hashlib import blake2b
 from pathlib import Path
 
 from shared.adapters.services import Services
 from shared.adapters.snapshot_store import Manifest
+from shared.adapters.storage import IO_THREADS, Storage
 from shared.core.cdm import parse_model
 from shared.core.definitions import Connection, Export
 from shared.core.fingerprints import fingerprint, mapping_fingerprint
@@ -154,11 +156,19 @@ def _source_version(run: Run, export: Export, connection: Connection, services: 
         files += [f"{p.container}/{p.blob}" for p in partitions]
     basis = {
         "app": _code_digest(),
-        "files": [[name, storage.digest(*name.split("/", 1))] for name in files],
+        "files": [
+            [name, digest] for name, digest in zip(files, _digests(files, storage), strict=True)
+        ],
         "export": export.model_dump(mode="json"),
         "endpoint": connection.rest_endpoint,
     }
     return fingerprint(basis)
+
+
+def _digests(files: list[str], storage: Storage) -> list[str]:
+    """Each file's digest, several read at once: a CDM folder may hold many large files."""
+    with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="source-digest") as pool:
+        return list(pool.map(lambda name: storage.digest(*name.split("/", 1)), files))
 
 
 @functools.cache

@@ -511,3 +511,63 @@ def test_an_unreadable_row_holds_back_removals_for_that_run(quiet_app: App) -> N
     _upload(quiet_app, "torn", listed[:19])  # fixed: now only the 20th has really left
     fixed = run_in_process(quiet_app, "torn")
     assert (fixed.profiles_removed, fixed.removals_held) == (1, 0)
+
+
+def test_a_cdm_folder_written_again_is_recognised_file_by_file(quiet_app: App) -> None:
+    """Customer Insights writes the whole folder on every refresh: the same model and partition
+    bytes end the run at once; one partition with other bytes is read again."""
+    base = quiet_app.services.storage.container("segments").url
+    folder = "delta/cdm/VipExport"
+    parts = {
+        f"{folder}/VIP/part-{n}.csv": "".join(
+            f'cdm-{n}-{i},u{n}.{i}@example.com,Zoë {i},"a, ""b""\n{i}"\r\n' for i in range(20)
+        )
+        for n in range(3)
+    }
+    model = {
+        "name": "VipExport",
+        "version": "1.0",
+        "entities": [
+            {
+                "$type": "LocalEntity",
+                "name": "VIP",
+                "attributes": [
+                    {"name": name, "dataType": "string"}
+                    for name in ("CustomerId", "PrimaryEmail", "FirstName", "Note")
+                ],
+                "partitions": [
+                    {"name": name.rsplit("/", 1)[-1], "location": f"{base}/{name}"}
+                    for name in parts
+                ],
+            }
+        ],
+    }
+    mapping = {
+        "customer_id": "CustomerId",
+        "email": "PrimaryEmail",
+        "attributes": [{"column": "Note", "attribute": "note"}],
+    }
+
+    def write_folder() -> None:
+        for name, text in parts.items():
+            quiet_app.upload(name, text.encode())
+        quiet_app.upload(f"{folder}/model.json", json.dumps(model).encode())
+
+    write_folder()
+    quiet_app.define(
+        [export_definition("cdm-again", f"{folder}/model.json", "CDM", mapping=mapping)]
+    )
+    first = run_in_process(quiet_app, "cdm-again")
+    assert (first.status, first.profiles_accepted) == (Status.SUCCEEDED, 60)
+
+    write_folder()
+    again = run_in_process(quiet_app, "cdm-again")
+    assert (again.unchanged_since, again.splits, again.requests_sent) == (first.run_id, 0, 0)
+
+    parts[f"{folder}/VIP/part-1.csv"] = parts[f"{folder}/VIP/part-1.csv"].replace(
+        "u1.7@", "u1.7.new@"
+    )
+    write_folder()
+    changed = run_in_process(quiet_app, "cdm-again")
+    assert (changed.unchanged_since, changed.rows_read, changed.profiles_changed) == ("", 60, 1)
+    assert quiet_app.braze_users()["cdm-1-7"]["email"] == "u1.7.new@example.com"
