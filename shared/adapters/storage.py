@@ -161,14 +161,27 @@ class Storage:
         except ResourceNotFoundError:
             raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
 
-    def digest(self, container: str, name: str) -> str:
-        """A digest of the blob's bytes, read through once: unlike its ETag, it stays the same
-        when the same bytes are written again (an export tool that rewrites an unchanged
-        segment on every refresh)."""
+    def digest(self, container: str, name: str) -> tuple[str, str]:
+        """A digest of the blob's bytes, read through once, and the ETag of the bytes read.
+
+        Unlike the ETag, the digest stays the same when the same bytes are written again (an
+        export tool that rewrites an unchanged segment on every refresh); the ETag tells later
+        whether anything was written since."""
+        try:
+            downloader = self.container(container).download_blob(name, max_concurrency=1)
+        except ResourceNotFoundError:
+            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
         digest = blake2b(digest_size=16)
-        for piece in self.read_chunks(container, name):
+        for piece in downloader.chunks():
             digest.update(piece)
-        return digest.hexdigest()
+        return digest.hexdigest(), str(downloader.properties.etag)
+
+    def etag(self, container: str, name: str) -> str:
+        """The blob's version as the service names it: it changes with every write."""
+        try:
+            return str(self.container(container).get_blob_client(name).get_blob_properties().etag)
+        except ResourceNotFoundError:
+            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
 
     def exists(self, container: str, name: str) -> bool:
         return self.container(container).get_blob_client(name).exists()

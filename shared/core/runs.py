@@ -77,6 +77,9 @@ class Run:
     # when they equal the snapshot's, the run reads nothing and `unchanged_since` names the run
     # whose snapshot it kept.
     source_version: str = ""
+    # JSON `[[file, ETag], ...]` of the bytes the version was computed from: a run vouches for
+    # its version only if none was written again before it finished.
+    source_etags: str = ""
     unchanged_since: str = ""
     profiles_new: int = 0
     profiles_changed: int = 0

@@ -18,12 +18,14 @@ from typing import Any
 
 from shared.adapters.services import Services
 from shared.adapters.snapshot_store import Manifest
+from shared.adapters.storage import BlobNotFound
 from shared.core.partitioning import partition_of
 from shared.core.report import build_report, final_status, summary
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import ChunkResult, PartitionResult, Run, RunConflict, Status, utcnow
 from shared.core.source_files import open_lines
 from shared.pipeline.run_files import (
+    carried_rejected_name,
     json_lines,
     pending_snapshot_name,
     rejected_blob_name,
@@ -180,9 +182,14 @@ def _commit_snapshot(
     # A run vouches for its source version when Braze took everything it sent: a later run of
     # the same version then has nothing to send, and reports this run's rejected rows again
     # (validating the same rows with the same code rejects the same ones). After a rejection
-    # by Braze (in any round) or a held removal, the next run reads the source again.
-    settled = run.status in (Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED) and not (
-        touched or unlisted or run.removals_held or run.profiles_rejected_by_braze
+    # by Braze (in any round), a held removal or an array-cap warning (it depends on other
+    # exports too), or when a source file was written while the run read it, the next run
+    # reads the source again.
+    settled = (
+        run.status in (Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED)
+        and not (touched or unlisted or run.removals_held or run.profiles_rejected_by_braze)
+        and not run.array_cap_warnings
+        and _source_unchanged(run, services)
     )
     manifest = Manifest(
         run.run_id,
@@ -194,6 +201,20 @@ def _commit_snapshot(
     )
     services.snapshots.make_current(run.export_name, run.connection, manifest)
     run.snapshot_profiles = profiles
+
+
+def _source_unchanged(run: Run, services: Services) -> bool:
+    """Whether every source file still has the ETag of the bytes the version was computed
+    from: then the splits read those very bytes, and the version describes what was sent."""
+    if not run.source_etags:
+        return False
+    try:
+        return all(
+            services.storage.etag(*name.split("/", 1)) == etag
+            for name, etag in json.loads(run.source_etags)
+        )
+    except BlobNotFound:
+        return False
 
 
 def _committed(
@@ -226,7 +247,7 @@ def _merge_rejected(
     run_id = run.run_id
     parts = [s.rejected_blob for s in services.runs.split_results(run_id) if s.rejected_blob]
     if run.unchanged_since:
-        parts.append(rejected_blob_name(run.unchanged_since))
+        parts.append(carried_rejected_name(run_id))
     parts += [p.rejected_blob for p in partitions if p.rejected_blob]
     streams = [_entries(services, name) for name in parts]
     streams += [

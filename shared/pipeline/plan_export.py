@@ -18,7 +18,7 @@ from pathlib import Path
 
 from shared.adapters.services import Services
 from shared.adapters.snapshot_store import Manifest
-from shared.adapters.storage import IO_THREADS, Storage
+from shared.adapters.storage import IO_THREADS, BlobNotFound, Storage
 from shared.core.cdm import parse_model
 from shared.core.definitions import Connection, Export
 from shared.core.fingerprints import fingerprint, mapping_fingerprint
@@ -26,8 +26,9 @@ from shared.core.messages import ExportJob, SplitJob
 from shared.core.partitioning import partition_count
 from shared.core.resource_names import RUNS_CONTAINER, SPLITS_QUEUE
 from shared.core.runs import Run, Status, utcnow
+from shared.core.source_files import open_lines
 from shared.pipeline.finalize import finish_early
-from shared.pipeline.run_files import rejected_blob_name, splits_blob_name
+from shared.pipeline.run_files import carried_rejected_name, rejected_blob_name, splits_blob_name
 from shared.pipeline.run_source import open_source, source_format, split_ranges
 from shared.pipeline.split_source import (
     PLANNING_ERRORS,
@@ -67,11 +68,14 @@ def plan_run(job: ExportJob, services: Services) -> None:
         if run.teardown:  # empty partitions: everyone in the snapshot leaves
             finish_split(run, max(run.previous_partitions, 1), [], services)
             return
-        run.source_version = _source_version(run, export, connection, services)
+        run.unchanged_since = ""  # an earlier attempt may have decided otherwise
+        if not run.dry_run:  # a dry run commits no snapshot, so it needs no version
+            run.source_version, run.source_etags = _source_version(
+                run, export, connection, services
+            )
         previous = _same_as_snapshot(run, manifest, services)
-        if previous is not None:
-            assert manifest is not None
-            _carry_forward(run, previous, manifest.profiles, services)
+        if previous is not None and _carry_rejected(run, previous, services):
+            _carry_forward(run, previous, services)
             return
         source = open_source(run, export, services)
         partitions = partition_count(source.size, source.compressed)
@@ -139,10 +143,14 @@ def _compare_with_snapshot(
     return manifest
 
 
-def _source_version(run: Run, export: Export, connection: Connection, services: Services) -> str:
+def _source_version(
+    run: Run, export: Export, connection: Connection, services: Services
+) -> tuple[str, str]:
     """What this run would read and how: a digest of each source file's bytes (for a CDM
     folder, the model and every partition file), the export's whole definition, the endpoint
-    and this app's code. Any difference makes a run read the source.
+    and this app's code. Any difference makes a run read the source. Also the ETags of the
+    bytes digested (JSON), so that finalizing can tell whether a file was written again while
+    the run read it.
 
     Digests, not ETags: Customer Insights and most export tools write the whole segment again
     on every refresh, so an unchanged segment gets a new ETag each time. Reading the bytes once
@@ -154,19 +162,20 @@ def _source_version(run: Run, export: Export, connection: Connection, services: 
         model = parse_model(storage.read_bytes(container, path), source=run.source)
         partitions = model.entity(export.source.entity).partitions
         files += [f"{p.container}/{p.blob}" for p in partitions]
+    read = _digests(files, storage)
     basis = {
         "app": _code_digest(),
-        "files": [
-            [name, digest] for name, digest in zip(files, _digests(files, storage), strict=True)
-        ],
+        "files": [[name, digest] for name, (digest, _) in zip(files, read, strict=True)],
         "export": export.model_dump(mode="json"),
         "endpoint": connection.rest_endpoint,
     }
-    return fingerprint(basis)
+    etags = [[name, etag] for name, (_, etag) in zip(files, read, strict=True)]
+    return fingerprint(basis), json.dumps(etags)
 
 
-def _digests(files: list[str], storage: Storage) -> list[str]:
-    """Each file's digest, several read at once: a CDM folder may hold many large files."""
+def _digests(files: list[str], storage: Storage) -> list[tuple[str, str]]:
+    """Each file's digest and ETag, several read at once: a CDM folder may hold many large
+    files."""
     with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="source-digest") as pool:
         return list(pool.map(lambda name: storage.digest(*name.split("/", 1)), files))
 
@@ -186,8 +195,7 @@ def _code_digest() -> str:
 def _same_as_snapshot(run: Run, manifest: Manifest | None, services: Services) -> Run | None:
     """The run that made the snapshot when this one has nothing to read: the snapshot was made
     from this very source version and Braze took all it sent (else the manifest has no
-    version, and rows are sent again), and that run's rejected rows can still be reported. A
-    dry run and a full refresh always read the source."""
+    version, and rows are sent again). A dry run and a full refresh always read the source."""
     if (
         manifest is None
         or not manifest.source_version
@@ -196,19 +204,35 @@ def _same_as_snapshot(run: Run, manifest: Manifest | None, services: Services) -
         or run.dry_run
     ):
         return None
-    previous = services.runs.get(manifest.run_id)
-    if previous is None or not services.storage.exists(
-        RUNS_CONTAINER, rejected_blob_name(previous.run_id)
-    ):
-        return None  # its record or its rejected rows were deleted: read the source again
-    return previous
+    return services.runs.get(manifest.run_id)
 
 
-def _carry_forward(run: Run, previous: Run, profiles: int, services: Services) -> None:
+def _carry_rejected(run: Run, previous: Run, services: Services) -> bool:
+    """Copy the previous run's rejected rows into this run's folder, so that this run's report
+    stands on its own (the retention rule may delete the other run's files); False when they
+    are gone already, and the source must be read again."""
+    storage = services.storage
+    try:
+        lines = open_lines(storage.read_chunks(RUNS_CONTAINER, rejected_blob_name(previous.run_id)))
+        copy = storage.line_writer(RUNS_CONTAINER, carried_rejected_name(run.run_id))
+        for line in lines:
+            copy.write(line.rstrip("\n"))
+        copy.close()
+    except BlobNotFound:
+        log.info(
+            "run %s: run %s's rejected rows are gone; reading the source",
+            run.run_id,
+            previous.run_id,
+        )
+        return False
+    return True
+
+
+def _carry_forward(run: Run, previous: Run, services: Services) -> None:
     """End a run whose source and definition are those of the snapshot's run: validating the
     same rows with the same code gives the same result, so that run's row counts and rejected
     rows (by validation, duplicates included) are this run's too, and nothing is sent."""
-    run.unchanged_since, run.profiles_unchanged = previous.run_id, profiles
+    run.unchanged_since, run.profiles_unchanged = previous.run_id, previous.rows_valid
     run.rows_read, run.rows_valid = previous.rows_read, previous.rows_valid
     run.rows_rejected, run.rows_unidentified = previous.rows_rejected, previous.rows_unidentified
     run.validation_rejections = run.rejections = dict(previous.validation_rejections)

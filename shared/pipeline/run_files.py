@@ -48,6 +48,11 @@ def plan_rejected_name(run_id: str, split: int) -> str:
     return f"{rejected_prefix(run_id)}plan-{split:04d}.jsonl"
 
 
+def carried_rejected_name(run_id: str) -> str:
+    """A run that found its source unchanged: the rejected rows of the run it names, copied."""
+    return f"{rejected_prefix(run_id)}carried.jsonl"
+
+
 def pending_snapshot_name(run_id: str, partition: int) -> str:
     return f"{run_prefix(run_id)}snapshot/p{partition:04d}.jsonl"
 

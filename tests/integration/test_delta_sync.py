@@ -571,3 +571,73 @@ def test_a_cdm_folder_written_again_is_recognised_file_by_file(quiet_app: App) -
     changed = run_in_process(quiet_app, "cdm-again")
     assert (changed.unchanged_since, changed.rows_read, changed.profiles_changed) == ("", 60, 1)
     assert quiet_app.braze_users()["cdm-1-7"]["email"] == "u1.7.new@example.com"
+
+
+def test_a_source_written_while_the_run_reads_it_is_read_again_next_time(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run digests version A, then B lands before the rows are read: Braze gets B, so the
+    run must not vouch for A, or A written back would never be sent again."""
+    rows_a = _rows(30, "race")
+    rows_b = {k: {**v, "FirstName": "Changed"} for k, v in rows_a.items()}
+    _export(quiet_app, "race", rows_a)
+    storage = quiet_app.services.storage
+    digest = storage.digest
+
+    def digest_then_overwrite(container: str, name: str) -> tuple[str, str]:
+        found = digest(container, name)
+        _upload(quiet_app, "race", rows_b)  # another writer, between the digest and the read
+        return found
+
+    monkeypatch.setattr(storage, "digest", digest_then_overwrite)
+    first = run_in_process(quiet_app, "race")
+    monkeypatch.undo()
+    assert first.status == Status.SUCCEEDED
+    assert quiet_app.braze_users()["race-00003"]["first_name"] == "Changed"
+    assert quiet_app.services.snapshots.current("race", "sandbox").source_version == ""  # type: ignore[union-attr]
+
+    _upload(quiet_app, "race", rows_a)  # A written back
+    second = run_in_process(quiet_app, "race")
+    assert (second.unchanged_since, second.profiles_changed) == ("", 30)
+    _assert_braze_holds(quiet_app, rows_a, set())
+
+
+def test_counts_carried_forward_add_up_when_a_member_row_is_invalid(quiet_app: App) -> None:
+    """A member whose row turned invalid stays in the snapshot but is not a valid row: the
+    carried counts are the reading run's, not the snapshot's size."""
+    rows = _rows(20, "kept")
+    _export(quiet_app, "kept", rows)
+    run_in_process(quiet_app, "kept")
+    rows["kept-00004"]["Email"] = "not an email"
+    _upload(quiet_app, "kept", rows)
+    read = run_in_process(quiet_app, "kept")
+    _upload(quiet_app, "kept", rows)
+    carried = run_in_process(quiet_app, "kept")
+    assert carried.unchanged_since == read.run_id
+    assert (carried.rows_read, carried.rows_valid, carried.rows_rejected) == (20, 19, 1)
+    assert carried.profiles_unchanged == carried.rows_valid == read.rows_valid
+    assert quiet_app.blob_text(carried.rejected_blob) == quiet_app.blob_text(read.rejected_blob)
+
+
+def test_once_the_reading_runs_rejected_rows_are_deleted_the_source_is_read(
+    quiet_app: App,
+) -> None:
+    """The retention rule deleted the snapshot run's files: its rejected rows cannot be
+    reported again, so the run reads the source and reports them afresh."""
+    rows = _rows(20, "gone")
+    rows["gone-00002"]["Email"] = "not an email"
+    _export(quiet_app, "gone", rows)
+    first = run_in_process(quiet_app, "gone")
+    carried = run_in_process(quiet_app, "gone")
+    assert carried.unchanged_since == first.run_id
+    runs = quiet_app.services.storage.container("export-runs")
+    for blob in list(runs.list_blobs(name_starts_with=f"runs/{first.run_id}/")):
+        runs.delete_blob(blob.name)
+
+    after = run_in_process(quiet_app, "gone")
+    assert (after.status, after.unchanged_since) == (Status.PARTIALLY_SUCCEEDED, "")
+    assert (after.rows_read, after.rows_rejected, after.requests_sent) == (20, 1, 0)
+    (entry,) = [json.loads(x) for x in quiet_app.blob_text(after.rejected_blob).splitlines()]
+    assert entry["customer_id"] == "gone-00002"
+    again = run_in_process(quiet_app, "gone")  # and the carry works from the new reading run
+    assert again.unchanged_since == after.run_id
