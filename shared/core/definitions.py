@@ -127,6 +127,8 @@ class Connection(_Strict):
         """Only Braze's REST hosts, so a typo or a hostile edit never receives the key; a
         loopback address (the local sandbox) parses, but its key is sent only in local
         development (`EXPORT_ALLOW_LOOPBACK_ENDPOINTS`, checked where the key is used)."""
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("must not contain spaces, tabs, newlines or control characters")
         parts = urlsplit(value)
         bare = parts.path in ("", "/") and not (parts.query or parts.fragment or "@" in value)
         if not parts.hostname or not bare:

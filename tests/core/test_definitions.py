@@ -147,6 +147,9 @@ def test_braze_rest_hosts_and_loopback_are_accepted(endpoint: str) -> None:
         ("https://10.0.0.5", "must be a Braze REST endpoint"),
         ("http://rest.fra-01.braze.eu", "must start with https://"),
         ("ftp://127.0.0.1", "must start with https://"),
+        ("https://rest.iad-01.br\taze.com", "must not contain spaces"),  # urlsplit drops tabs
+        (" https://rest.iad-01.braze.com", "must not contain spaces"),
+        ("https://rest.iad-01.braze.com\n", "must not contain spaces"),
     ],
 )
 def test_other_endpoints_are_refused_with_the_reason(endpoint: str, problem: str) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -95,7 +96,13 @@ def test_an_export_leaks_no_key_and_logs_no_personal_data(
     assert any("array cap" in line for line in lines)  # the path that used to log ids ran
     assert len(lines) > 50  # the SDKs' DEBUG lines were captured too
 
-    personal = {cid for cid, *_ in PROFILES} | {email for _, email, *_ in PROFILES}
+    plain = {cid for cid, *_ in PROFILES} | {email for _, email, *_ in PROFILES}
+    # As written, and as JSON with ASCII escapes, URL-encoded or as a bytes repr would show it.
+    personal = plain | {
+        form
+        for value in plain
+        for form in (json.dumps(value)[1:-1], quote(value), repr(value.encode())[2:-1])
+    }
     for line in lines:
         assert SANDBOX_KEY not in line, line
         assert not [value for value in personal if value in line], line
