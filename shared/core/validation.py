@@ -222,7 +222,10 @@ def _as_number(value: Any) -> tuple[Any, str | None]:
         return (value, None) if math.isfinite(value) else (None, "must be a finite number")
     text = value.strip()
     if (text.isdigit() and text.isascii()) or _INTEGER.match(text):  # the first test is cheaper
-        return int(text), None
+        try:
+            return int(text), None
+        except ValueError:  # past Python's 4,300-digit limit for reading an integer
+            return None, f"is a number too long to send ({len(text)} digits): {_preview(text)}"
     if text.lower().lstrip("+-") in {"nan", "inf", "infinity"}:
         return None, f"is not a finite number: {_preview(text)}"
     if not _DECIMAL.match(text):

@@ -79,6 +79,7 @@ def test_type_conversions(values: dict, expected: dict) -> None:
         ({"points": "1_000"}, "attribute_not_number", "is not a number: '1_000'"),
         ({"points": "١٢٣"}, "attribute_not_number", "is not a number"),
         ({"points": "1e999"}, "attribute_not_number", "not a finite number"),
+        ({"points": "9" * 5000}, "attribute_not_number", "too long to send (5000 digits)"),
         ({"born": "20260101"}, "attribute_not_date", "ISO 8601"),
         ({"born": "2026-W01-1"}, "attribute_not_date", "ISO 8601"),
         ({"born": "2026-01-01 10:00"}, "attribute_not_date", "ISO 8601"),
