@@ -147,8 +147,14 @@ class Storage:
         return b"".join(self.read_chunks(container, name))
 
     def write_bytes(
-        self, container: str, name: str, data: bytes | str | BinaryIO, content_type: str
+        self,
+        container: str,
+        name: str,
+        data: bytes | str | BinaryIO | Iterable[bytes],
+        content_type: str,
     ) -> None:
+        """Upload a blob whole; `data` may be a stream of pieces (e.g. `read_chunks` of another
+        blob, copied without holding it in memory)."""
         from azure.storage.blob import ContentSettings
 
         self.container(container).upload_blob(

@@ -62,27 +62,20 @@ def fingerprints(obj: dict[str, Any]) -> Fingerprints:
         if key in CONTROL_KEYS:
             continue
         if type(value) is str:
-            found = _string_prints.get(value)
-            if found is None:
-                try:
-                    digest = blake2b(_sorted_json(value), digest_size=8).hexdigest()
-                except TypeError:  # a lone surrogate: the standard library's path
-                    digest = fingerprint(value)
-                found = _remember(_string_prints, value, digest)
+            cache, text = _string_prints, value
         elif has_float(value):
-            found = fingerprint(value)
+            prints[key] = fingerprint(value)
+            continue
         else:
             try:
-                encoded = _sorted_json(value, option=_SORT_KEYS)
-            except TypeError:  # what orjson refuses: the standard library's path
-                found = fingerprint(value)
-            else:
                 # Kept as text: orjson's bytes hold a 4 KiB buffer whatever their length.
-                text = encoded.decode()
-                found = _json_prints.get(text)
-                if found is None:
-                    digest = blake2b(encoded, digest_size=8).hexdigest()
-                    found = _remember(_json_prints, text, digest)
+                cache, text = _json_prints, _sorted_json(value, option=_SORT_KEYS).decode()
+            except TypeError:  # what orjson refuses (an integer past 64 bits)
+                prints[key] = fingerprint(value)
+                continue
+        found = cache.get(text)
+        if found is None:
+            found = _remember(cache, text, fingerprint(value))
         prints[key] = found
     return prints
 

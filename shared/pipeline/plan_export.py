@@ -26,7 +26,6 @@ from shared.core.messages import ExportJob, SplitJob
 from shared.core.partitioning import partition_count
 from shared.core.resource_names import RUNS_CONTAINER, SPLITS_QUEUE
 from shared.core.runs import Run, Status, utcnow
-from shared.core.source_files import open_lines
 from shared.pipeline.finalize import finish_early
 from shared.pipeline.run_files import carried_rejected_name, rejected_blob_name, splits_blob_name
 from shared.pipeline.run_source import open_source, source_format, split_ranges
@@ -213,11 +212,10 @@ def _carry_rejected(run: Run, previous: Run, services: Services) -> bool:
     are gone already, and the source must be read again."""
     storage = services.storage
     try:
-        lines = open_lines(storage.read_chunks(RUNS_CONTAINER, rejected_blob_name(previous.run_id)))
-        copy = storage.line_writer(RUNS_CONTAINER, carried_rejected_name(run.run_id))
-        for line in lines:
-            copy.write(line.rstrip("\n"))
-        copy.close()
+        rows = storage.read_chunks(RUNS_CONTAINER, rejected_blob_name(previous.run_id))
+        storage.write_bytes(
+            RUNS_CONTAINER, carried_rejected_name(run.run_id), rows, "application/x-ndjson"
+        )
     except BlobNotFound:
         log.info(
             "run %s: run %s's rejected rows are gone; reading the source",
