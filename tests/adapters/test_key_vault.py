@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from shared.adapters.key_vault import SecretProvider, SecretUnavailable
@@ -13,13 +10,6 @@ from tests.key_vault_double import KeyVaultDouble, StaticTokenCredential
 
 SECRET = "braze-prod-key"
 VALUE = "k3y-ÿ-" + "x" * 40  # what must never show up in an error
-
-
-@pytest.fixture
-def vault(tmp_path: Path) -> Iterator[KeyVaultDouble]:
-    running = KeyVaultDouble(tmp_path)
-    yield running
-    running.close()
 
 
 def provider(

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,13 +16,6 @@ from tests.integration.conftest import SANDBOX_KEY, App, export_definition, run_
 from tests.key_vault_double import KeyVaultDouble, StaticTokenCredential
 
 SECRET = "braze-sandbox-key"  # the secret the test connection names
-
-
-@pytest.fixture
-def vault(tmp_path: Path) -> Iterator[KeyVaultDouble]:
-    running = KeyVaultDouble(tmp_path)
-    yield running
-    running.close()
 
 
 def vault_secrets(vault: KeyVaultDouble, env: dict[str, str]) -> SecretProvider:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from urllib.parse import quote
 
 import pytest
@@ -35,13 +34,6 @@ PROFILES = [
     ("cust-Ωmega-001", "dup.leak@example.net", "Dup", ""),  # rejected: duplicate id
     (BLOCKLISTED, "blocked.leak@example.com", "Bo", ""),  # refused by Braze
 ]
-
-
-@pytest.fixture
-def vault(tmp_path: Path) -> Iterator[KeyVaultDouble]:
-    running = KeyVaultDouble(tmp_path)
-    yield running
-    running.close()
 
 
 def _segment() -> bytes:
