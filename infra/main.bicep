@@ -1,8 +1,9 @@
 // Braze Segment Exporter - Azure infrastructure (deployed with `azd up` / `azd provision`).
 //
 // Layout follows the Azure-Samples Flex Consumption azd quickstarts: subscription scope, one
-// resource group, AVM modules for identity/plan/monitoring, and local modules under ./app for the
-// resources whose security settings this project owns (storage, Key Vault, function app, RBAC).
+// resource group, one module per concern under ./app. Every resource is declared in this
+// repository rather than taken from `br/public:` registry modules, so the offline checks in
+// `make test` (pycep parse, checkov, tests/infra) see all of it.
 
 targetScope = 'subscription'
 
@@ -38,6 +39,14 @@ param allowUserIdentityPrincipal bool = true
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
+@description('Memory per instance: 2048 MB is the Flex default (one vCPU); a worker peaks near 400 MB on a 1M-profile export.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
 @description('Storage replication. LRS deploys in every region; pick ZRS/GZRS where zones exist and the data warrants it.')
 @allowed([
   'Standard_LRS'
@@ -56,6 +65,16 @@ param keyVaultSoftDeleteRetentionInDays int = 90
 
 @description('Also send FunctionAppLogs to Log Analytics (telemetry already goes to Application Insights).')
 param functionAppLogsToLogAnalytics bool = false
+
+@description('Email address told when an export run fails, is stopped by a safety valve or partially succeeds. Empty = the alert rules fire in Azure Monitor only.')
+param alertEmailAddress string = ''
+
+@description('EXPORT_STALL_MINUTES: minutes without progress after which a run is ended as stalled.')
+param exportStallMinutes int = 30
+
+@description('EXPORT_SPLIT_MIB: plain source files larger than this are split by several workers in parallel, in ranges of about this size.')
+@minValue(1)
+param exportSplitMib int = 8
 
 @description('Days a run\'s working files (partition pieces, delivery chunks: customer emails and ids), rejected rows and report are kept in export-runs before a lifecycle rule deletes them. Snapshots are kept.')
 @minValue(1)
@@ -77,6 +96,14 @@ var resourceToken = toLower(uniqueString(subscription().id, environmentName, loc
 var tags = {
   'azd-env-name': environmentName
 }
+
+// The Python version the app runs on in Azure. `make` creates the local venv with the same
+// minor version (PYTHON in the Makefile; tests/infra checks that they agree).
+var pythonVersion = '3.11'
+
+// Start of the log line that ends every run (shared/pipeline/finalize.py, RUN_ENDED); the alert
+// rules in app/monitoring.bicep match on it.
+var runEndedLogPrefix = 'export run ended'
 
 var functionAppName = !empty(apiServiceName) ? apiServiceName : '${abbrs.webSitesFunctions}api-${resourceToken}'
 var deploymentStorageContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
@@ -105,7 +132,7 @@ resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
 }
 
 // Identity the function app runs as; all data-plane access is granted to it in app/rbac.bicep.
-module apiUserAssignedIdentity 'br/public:avm/res/managed-identity/user-assigned-identity:0.4.1' = {
+module apiUserAssignedIdentity 'app/identity.bicep' = {
   name: 'apiUserAssignedIdentity'
   scope: rg
   params: {
@@ -116,16 +143,11 @@ module apiUserAssignedIdentity 'br/public:avm/res/managed-identity/user-assigned
 }
 
 // Flex Consumption plan (one app per plan).
-module appServicePlan 'br/public:avm/res/web/serverfarm:0.1.1' = {
+module appServicePlan 'app/plan.bicep' = {
   name: 'appserviceplan'
   scope: rg
   params: {
     name: !empty(appServicePlanName) ? appServicePlanName : '${abbrs.webServerFarms}${resourceToken}'
-    sku: {
-      name: 'FC1'
-      tier: 'FlexConsumption'
-    }
-    reserved: true
     location: location
     tags: tags
   }
@@ -164,7 +186,7 @@ module storage 'app/storage.bicep' = {
       exportRunsTableName
       rateLimitsTableName
     ]
-    logAnalyticsWorkspaceId: logAnalytics.outputs.resourceId
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
     runFilesPrefixes: [
       '${exportRunsContainerName}/runs/'
     ]
@@ -181,7 +203,7 @@ module keyVault 'app/keyvault.bicep' = {
     location: location
     tags: tags
     softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays
-    logAnalyticsWorkspaceId: logAnalytics.outputs.resourceId
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
 }
 
@@ -197,20 +219,29 @@ module api 'app/api.bicep' = {
     appServicePlanId: appServicePlan.outputs.resourceId
     storageAccountName: storage.outputs.name
     deploymentStorageContainerName: deploymentStorageContainerName
-    applicationInsightsName: monitoring.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
     identityId: apiUserAssignedIdentity.outputs.resourceId
     identityClientId: apiUserAssignedIdentity.outputs.clientId
     runtimeName: 'python'
-    runtimeVersion: '3.11'
-    instanceMemoryMB: 2048
+    runtimeVersion: pythonVersion
+    instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
-    logAnalyticsWorkspaceId: logAnalytics.outputs.resourceId
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
     functionAppLogsToLogAnalytics: functionAppLogsToLogAnalytics
     appSettings: {
       KEY_VAULT_URL: keyVault.outputs.vaultUri
       EXPORT_DEFINITIONS_BLOB: exportDefinitionsBlob
+      EXPORT_STALL_MINUTES: string(exportStallMinutes)
+      EXPORT_SPLIT_MIB: string(exportSplitMib)
+      // Only local development may send a key to a loopback Braze stand-in.
+      EXPORT_ALLOW_LOOPBACK_ENDPOINTS: 'false'
     }
   }
+  // The app starts polling its queues and reading Key Vault as soon as it exists: let its role
+  // assignments exist first, so the first runs do not fail with 403.
+  dependsOn: [
+    rbac
+  ]
 }
 
 // Data-plane roles for the app identity (and optionally the deploying user).
@@ -219,7 +250,7 @@ module rbac 'app/rbac.bicep' = {
   scope: rg
   params: {
     storageAccountName: storage.outputs.name
-    appInsightsName: monitoring.outputs.name
+    appInsightsName: monitoring.outputs.applicationInsightsName
     keyVaultName: keyVault.outputs.name
     managedIdentityPrincipalId: apiUserAssignedIdentity.outputs.principalId
     userIdentityPrincipalId: principalId
@@ -228,28 +259,19 @@ module rbac 'app/rbac.bicep' = {
   }
 }
 
-// Monitoring: workspace-based Application Insights with local (key) auth disabled; the app sends
-// telemetry with its managed identity (Monitoring Metrics Publisher).
-module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.11.1' = {
-  name: '${uniqueString(deployment().name, location)}-loganalytics'
+// Monitoring: Log Analytics, workspace-based Application Insights with local (key) auth disabled
+// (the app sends telemetry with its identity, Monitoring Metrics Publisher), and the alert rules
+// on runs that failed, were stopped by a safety valve or partially succeeded.
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
   scope: rg
   params: {
-    name: !empty(logAnalyticsName) ? logAnalyticsName : '${abbrs.operationalInsightsWorkspaces}${resourceToken}'
+    logAnalyticsName: !empty(logAnalyticsName) ? logAnalyticsName : '${abbrs.operationalInsightsWorkspaces}${resourceToken}'
+    applicationInsightsName: !empty(applicationInsightsName) ? applicationInsightsName : '${abbrs.insightsComponents}${resourceToken}'
     location: location
     tags: tags
-    dataRetention: 30
-  }
-}
-
-module monitoring 'br/public:avm/res/insights/component:0.6.0' = {
-  name: '${uniqueString(deployment().name, location)}-appinsights'
-  scope: rg
-  params: {
-    name: !empty(applicationInsightsName) ? applicationInsightsName : '${abbrs.insightsComponents}${resourceToken}'
-    location: location
-    tags: tags
-    workspaceResourceId: logAnalytics.outputs.resourceId
-    disableLocalAuth: true
+    runEndedLogPrefix: runEndedLogPrefix
+    alertEmailAddress: alertEmailAddress
   }
 }
 
@@ -266,7 +288,7 @@ module eventGrid 'app/eventgrid.bicep' = {
     tags: tags
     storageAccountName: storage.outputs.name
     deadLetterContainerName: eventGridDeadLetterContainerName
-    logAnalyticsWorkspaceId: logAnalytics.outputs.resourceId
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
 }
 
@@ -298,4 +320,4 @@ output SEGMENT_DROP_FUNCTION_NAME string = segmentDropFunctionName
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_URL string = keyVault.outputs.vaultUri
 
-output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.name
+output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName

@@ -55,6 +55,9 @@ resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   name: deadLetterContainerName
 }
 
+// 2025-02-15 is a stable (non-preview) Microsoft.EventGrid API version: checked against the Bicep
+// type definitions (Azure/bicep-types-az, generated/eventgrid/microsoft.eventgrid/2025-02-15),
+// which list systemTopics and systemTopics/eventSubscriptions at that version.
 resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = {
   name: name
   location: location

@@ -62,6 +62,7 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
 
 // --- Function app identity ---------------------------------------------------------------------
 
+// Why: the host's storage (AzureWebJobsStorage__*) and all export data; see storageRoleIds.
 resource storageRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
   for roleId in storageRoleIds: {
     name: guid(storageAccount.id, managedIdentityPrincipalId, roleId)
@@ -74,6 +75,7 @@ resource storageRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04
   }
 ]
 
+// Why: Application Insights accepts only Entra ID-authenticated telemetry (local auth disabled).
 resource appInsightsRoleAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(applicationInsights.id, managedIdentityPrincipalId, roles.monitoringMetricsPublisher)
   scope: applicationInsights
@@ -84,6 +86,7 @@ resource appInsightsRoleAssignment 'Microsoft.Authorization/roleAssignments@2022
   }
 }
 
+// Why: the app reads the Braze API keys (get secret); Secrets User cannot list, write or delete.
 resource keyVaultRoleAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(keyVault.id, managedIdentityPrincipalId, roles.keyVaultSecretsUser)
   scope: keyVault
@@ -96,6 +99,7 @@ resource keyVaultRoleAssignment 'Microsoft.Authorization/roleAssignments@2022-04
 
 // --- Deploying user (optional) -------------------------------------------------------------------
 
+// Why: the operator uploads exports.json and segment files, and debugs against the real account.
 resource storageRoleAssignmentsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
   for roleId in storageRoleIds: if (assignUser) {
     name: guid(storageAccount.id, userIdentityPrincipalId, roleId)
@@ -108,6 +112,7 @@ resource storageRoleAssignmentsUser 'Microsoft.Authorization/roleAssignments@202
   }
 ]
 
+// Why: telemetry from a local host run against the real resources.
 resource appInsightsRoleAssignmentUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (assignUser) {
   name: guid(applicationInsights.id, userIdentityPrincipalId, roles.monitoringMetricsPublisher)
   scope: applicationInsights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,23 @@ from shared.core.runs import ChunkResult, PartitionResult, Run, Status
 from shared.core.source_files import row_part
 
 REMOVAL_ORDER = 1 << 62  # removals sort after every source row; they have no line
+
+RUN_ENDED = "export run ended"
+"""Start of the one log line each run's end writes. The alert rules in
+infra/app/monitoring.bicep match `<RUN_ENDED>: status=<status> `: keep the two in step."""
+
+_END_LEVELS = {
+    Status.FAILED: logging.ERROR,
+    Status.STOPPED: logging.WARNING,
+    Status.PARTIALLY_SUCCEEDED: logging.WARNING,
+}
+
+
+def run_ended(run: Run) -> tuple[int, str]:
+    """The log level and line announcing a run's end: what the operator's alerts fire on.
+    Names and counts only: run messages never carry profile data."""
+    line = f"{RUN_ENDED}: status={run.status} run={run.run_id} export={run.export_name}"
+    return _END_LEVELS.get(run.status, logging.INFO), f"{line}: {run.message}"
 
 
 def row_position(order: int, files: Callable[[], list[str]]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from shared.adapters.services import Services
 from shared.adapters.snapshot_store import Manifest
 from shared.adapters.storage import BlobNotFound
 from shared.core.partitioning import partition_of
-from shared.core.report import build_report, final_status, summary
+from shared.core.report import build_report, final_status, run_ended, summary
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import ChunkResult, PartitionResult, Run, RunConflict, Status, utcnow
 from shared.core.source_files import open_lines
@@ -132,7 +132,7 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
         RUNS_CONTAINER, run.report_blob, json.dumps(report, indent=2), "application/json"
     )
     services.runs.update(run, if_unchanged=True)  # a finalizer that outlived its lease loses
-    log.info("run %s finished: %s (%s)", run.run_id, run.status, run.message)
+    log.log(*run_ended(run))
 
 
 def _commit_snapshot(

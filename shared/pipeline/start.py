@@ -22,6 +22,7 @@ from shared.adapters.services import Services
 from shared.core import schedule
 from shared.core.definitions import Export, UnknownExport, format_of
 from shared.core.messages import ExportJob
+from shared.core.report import run_ended
 from shared.core.resource_names import JOBS_QUEUE
 from shared.core.runs import ExportBusy, Run, RunConflict, Status, new_run_id, utcnow
 
@@ -87,6 +88,7 @@ def start_run(
         run.status, run.finished_at = Status.FAILED, utcnow()
         run.message = f"could not queue the planning job: {type(error).__name__}: {error}"
         services.runs.update(run)
+        log.log(*run_ended(run))
         raise
     log.info(
         "run %s queued for export %s (%s, source %s)", run_id, export.name, trigger, run.source

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from devtools.sample import make_segment
+from shared.core.report import RUN_ENDED
 from shared.core.runs import Run, Status, utcnow
 from shared.core.schedule import latest_slot, slot_run_id
 from tests.integration.conftest import App, LocalHost, export_definition
@@ -77,6 +78,21 @@ def test_post_starts_a_run_that_can_be_followed(app: App, host: LocalHost, segme
     assert datetime.fromisoformat(listed["next_due"]) > datetime.now(UTC)
     history = requests.get(f"{host.url}/api/exports/http-ok/runs?limit=1", timeout=30).json()
     assert [r["run_id"] for r in history["runs"]] == [started["run_id"]]
+
+
+def test_a_failed_run_logs_the_line_the_alert_rule_fires_on(app: App, host: LocalHost) -> None:
+    """infra/app/monitoring.bicep alerts on `<RUN_ENDED>: status=failed ` in the app's traces."""
+    app.upload("adapt/nocol.csv", b"CustomerId,Mail\n1,a@example.com\n")
+    app.define([export_definition("alerted", "adapt/nocol.csv", "S")])
+
+    response = requests.post(f"{host.url}/api/exports/alerted/runs", timeout=30)
+    run = app.wait_for_final(response.json()["run_id"])
+
+    assert run.status == Status.FAILED
+    expected = f"{RUN_ENDED}: status=failed run={run.run_id} export=alerted: planning failed"
+    lines = _wait_for(lambda: _log_lines(host, re.escape(expected)), "the run-end log line")
+    assert len(lines) == 1
+    assert "a@example.com" not in lines[0]
 
 
 def test_dry_run_then_teardown_over_http(app: App, host: LocalHost, segment: Any) -> None:
