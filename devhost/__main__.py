@@ -62,11 +62,25 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class JobFormatter(logging.Formatter):
+    """Ends each line logged while handling a queue message with its run, export and chunk
+    (stamped on the record by shared.adapters.telemetry.job_context)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        run_id = getattr(record, "run_id", "-")
+        if run_id == "-":
+            return line
+        chunk = getattr(record, "chunk", "-")
+        where = f" {chunk}" if chunk != "-" else ""
+        return f"{line} [run={run_id} export={getattr(record, 'export_name', '-')}{where}]"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s] %(message)s", stream=sys.stdout, force=True
-    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JobFormatter("[%(asctime)s] %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.getLogger("azure").setLevel(logging.WARNING)
 
     stop_requested = threading.Event()

@@ -4,6 +4,7 @@ import azure.functions as func
 
 from functions.last_attempt import failing_the_run_on_last_attempt
 from shared.adapters.services import app_services
+from shared.adapters.telemetry import job_context
 from shared.core.messages import ChunkJob
 from shared.core.resource_names import CHUNKS_QUEUE, STORAGE_CONNECTION
 from shared.pipeline.deliver_chunk import deliver_chunk, fail_chunk
@@ -18,5 +19,8 @@ def deliver(msg: func.QueueMessage) -> None:
     last attempt its rows are reported as failed before the message goes to the poison queue."""
     services = app_services()
     job = ChunkJob.from_json(msg.get_body())
-    with failing_the_run_on_last_attempt(msg, services, lambda e: fail_chunk(job, e, services)):
+    with (
+        job_context(job),
+        failing_the_run_on_last_attempt(msg, services, lambda e: fail_chunk(job, e, services)),
+    ):
         deliver_chunk(job, services)

@@ -5,6 +5,7 @@ import azure.functions as func
 
 from functions.last_attempt import failing_the_run_on_last_attempt
 from shared.adapters.services import app_services
+from shared.adapters.telemetry import job_context
 from shared.core.messages import ExportJob, PartitionJob, SplitJob
 from shared.core.resource_names import (
     JOBS_QUEUE,
@@ -25,8 +26,11 @@ def plan_export(msg: func.QueueMessage) -> None:
     """Plan one run. Failures raise so the host retries; the last attempt also ends the run."""
     services = app_services()
     job = ExportJob.from_json(msg.get_body())
-    with failing_the_run_on_last_attempt(
-        msg, services, lambda error: fail_planning(job.run_id, error, services)
+    with (
+        job_context(job),
+        failing_the_run_on_last_attempt(
+            msg, services, lambda error: fail_planning(job.run_id, error, services)
+        ),
     ):
         plan_run(job, services)
 
@@ -38,8 +42,11 @@ def split_source_job(msg: func.QueueMessage) -> None:
     fails the run (nothing was sent)."""
     services = app_services()
     job = SplitJob.from_json(msg.get_body())
-    with failing_the_run_on_last_attempt(
-        msg, services, lambda error: fail_split(job, error, services)
+    with (
+        job_context(job),
+        failing_the_run_on_last_attempt(
+            msg, services, lambda error: fail_split(job, error, services)
+        ),
     ):
         split_source(job, services)
 
@@ -50,7 +57,10 @@ def diff_partition_job(msg: func.QueueMessage) -> None:
     """Diff one partition. Failures raise so the host retries; the last attempt fails the run."""
     services = app_services()
     job = PartitionJob.from_json(msg.get_body())
-    with failing_the_run_on_last_attempt(
-        msg, services, lambda error: fail_partition(job, error, services)
+    with (
+        job_context(job),
+        failing_the_run_on_last_attempt(
+            msg, services, lambda error: fail_partition(job, error, services)
+        ),
     ):
         diff_partition(job, services)

@@ -40,6 +40,7 @@ ADAPTERS = [
     "snapshot_store",
     "run_store",
     "braze_client",
+    "telemetry",
     "rate_governor",
     "key_vault",
     "storage",

@@ -9,6 +9,7 @@ certificate settings from the environment and copies the request on every call).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from shared.adapters.rate_governor import (
     reset_wait_seconds,
     throttle_wait_seconds,
 )
+from shared.adapters.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,8 @@ class BrazeClient:
                 sizer = self._in_flight
                 threads = sizer if isinstance(sizer, int) else sizer.high
                 self._pool = ThreadPoolExecutor(threads, thread_name_prefix="braze")
-        return self._pool.submit(self.track, objects_json)
+        # The caller's log context (run, export, chunk) goes with the batch to the pool thread.
+        return self._pool.submit(contextvars.copy_context().run, self.track, objects_json)
 
     def track(self, objects_json: Sequence[str]) -> TrackOutcome:
         """Send one batch of attribute objects; retry what is worth retrying."""
@@ -202,6 +205,8 @@ class BrazeClient:
                 continue
             self._limiter.observe(response.headers, window)
             status = response.status
+            if (recorder := metrics()) is not None:
+                recorder.braze_response(status, time.perf_counter() - sent_at)
             if 200 <= status < 300:
                 if not isinstance(self._in_flight, int):
                     self._in_flight.observe(time.perf_counter() - sent_at)

@@ -11,6 +11,7 @@ import threading
 from functools import cached_property
 from pathlib import Path
 
+from shared.adapters import telemetry
 from shared.adapters.braze_client import BrazeClient, InFlightSizer
 from shared.adapters.key_vault import SecretProvider
 from shared.adapters.rate_governor import RateGovernor
@@ -145,5 +146,7 @@ def app_services() -> Services:
     global _services
     with _services_lock:
         if _services is None:
-            _services = Services(load_settings())
+            settings = load_settings()
+            telemetry.configure(settings.environ)
+            _services = Services(settings)
         return _services

@@ -7,6 +7,7 @@ service URIs, the same settings the Functions host uses for `AzureWebJobsStorage
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import uuid
 from base64 import b64encode
@@ -109,7 +110,8 @@ class Storage:
         """Run storage calls several at a time, so a stage's uploads overlap each other and the
         service's work; raises the first failure once every call has finished."""
         with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="storage-io") as pool:
-            for future in [pool.submit(call) for call in calls]:
+            futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
+            for future in futures:
                 future.result()
 
     def read_many(self, container: str, names: Sequence[str]) -> Iterator[bytes]:

@@ -19,6 +19,7 @@ from typing import Any
 from shared.adapters.services import Services
 from shared.adapters.snapshot_store import Manifest
 from shared.adapters.storage import BlobNotFound
+from shared.adapters.telemetry import metrics
 from shared.core.partitioning import partition_of
 from shared.core.report import build_report, final_status, run_ended, summary
 from shared.core.resource_names import RUNS_CONTAINER
@@ -133,6 +134,14 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     )
     services.runs.update(run, if_unchanged=True)  # a finalizer that outlived its lease loses
     log.log(*run_ended(run))
+    if (recorder := metrics()) is not None:
+        recorder.run_ended(
+            run.export_name,
+            run.status,
+            (run.finished_at - run.created_at).total_seconds(),
+            run.profiles_accepted,
+            {"validation": run.rows_rejected, "braze": run.profiles_rejected_by_braze},
+        )
 
 
 def _commit_snapshot(

@@ -30,8 +30,6 @@ LOCAL_ONLY = {
 # Set in Azure but read by the Functions host or the C runtime, not by the app's code.
 READ_BY_PLATFORM = {
     "AzureWebJobsStorage__credential": "the Functions host's storage connection",
-    "APPLICATIONINSIGHTS_CONNECTION_STRING": "the Functions host's telemetry",
-    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "the Functions host's telemetry (Entra ID)",
     "MALLOC_ARENA_MAX": "glibc's allocator",
 }
 
