@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from shared.core.jsonlines import JSON_KINDS, kind_of
-from shared.core.source_files import RecordReader, SourceError, open_lines
+from shared.core.source_files import RecordProblem, RecordReader, SourceError, open_lines
 
 ReadChunks = Callable[[str, str], Iterable[bytes]]
 
@@ -125,7 +125,7 @@ class CdmRecord:
     partition: str
     line: int
     values: dict[str, Any]
-    problem: str | None = None
+    problem: RecordProblem | None = None
 
     @property
     def where(self) -> str:

@@ -1,7 +1,8 @@
 """Streaming readers for segment files: CSV (RFC 4180) and JSON Lines, optionally gzip.
 
-Input is consumed as a byte stream and decoded incrementally, so a file of any size is read in
-constant memory. Every record keeps the line it started on, for the rejected-rows report.
+Input is consumed as a byte stream and decoded incrementally, and no record over
+`MAX_RECORD_BYTES` is ever held whole, so a file of any size, however hostile, is read in
+bounded memory. Every record keeps the line it started on, for the rejected-rows report.
 """
 
 from __future__ import annotations
@@ -10,12 +11,22 @@ import csv
 import gzip
 import io
 import json
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
-MAX_FIELD_BYTES = 16 * 1024 * 1024
+# The most a record (a JSON Lines line, or a CSV row over all its lines) may have. Braze
+# attributes are small (a string at most 255 characters), so a longer record is broken or
+# hostile; the cap keeps memory bounded whatever a file holds: the rest of such a record is
+# skipped in pieces, and it is rejected as `row_too_long`.
+MAX_RECORD_BYTES = 1024 * 1024
+MAX_RECORD_TEXT = f"{MAX_RECORD_BYTES / 2**20:g} MiB ({MAX_RECORD_BYTES:,} bytes)"
+SKIP_PIECE_BYTES = 64 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
+
+MALFORMED_ROW = "malformed_row"
+ROW_TOO_LONG = "row_too_long"
 
 ROWS_PER_PART = 10**9
 
@@ -83,6 +94,15 @@ class SourceError(Exception):
     """The source as a whole cannot be read (bad encoding, missing column): the run fails."""
 
 
+@dataclass(frozen=True, slots=True)
+class RecordProblem:
+    """Why a record cannot be read at all: its rejection code, and a message that follows
+    "row"."""
+
+    code: str
+    message: str
+
+
 # Not frozen: one is made per row, and a frozen dataclass costs four times as much to create.
 @dataclass(slots=True)
 class SourceRecord:
@@ -90,7 +110,7 @@ class SourceRecord:
 
     line: int
     values: dict[str, Any]
-    problem: str | None = None
+    problem: RecordProblem | None = None
 
 
 class _ChunkStream(io.RawIOBase):
@@ -115,74 +135,151 @@ class _ChunkStream(io.RawIOBase):
         return size
 
 
-def open_lines(chunks: Iterable[bytes], first_line: int = 1) -> Iterator[str]:
-    """Decode a byte stream line by line as UTF-8, dropping a BOM and un-gzipping gzip input.
+class _RecordTooLong(Exception):
+    """The record being read passed its cap; raised from inside the line iterator, so it gets
+    out of `csv.reader` mid-record, before the record is held whole."""
+
+
+class LineStream:
+    """A byte stream's lines, decoded as UTF-8 one by one, a BOM dropped and gzip undone.
 
     Decoding each physical line on its own (UTF-8 never splits a character across a newline
     byte) lets an encoding error name its exact line; `first_line` numbers a byte range that
-    starts further into the file.
+    starts further into the file. Lines are unbounded (the run's own files) until a
+    RecordReader caps its records, so that a hostile file is never held whole. Nothing is read
+    before the first line is asked for.
     """
-    raw = io.BufferedReader(_ChunkStream(chunks), buffer_size=1024 * 1024)
-    binary: BinaryIO = raw
-    if raw.peek(2)[:2] == GZIP_MAGIC:
-        binary = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
-    number = first_line - 1
-    while True:
-        try:
-            line = binary.readline()
-        except (OSError, EOFError) as error:
-            raise SourceError(
-                f"the file cannot be decompressed after line {number}: {error}"
-            ) from None
-        if not line:
-            return
-        number += 1
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise SourceError(
-                f"line {number} is not valid UTF-8 (byte {error.start + 1} of the line: "
-                f"{error.reason}); re-save the file as UTF-8"
-            ) from None
-        yield text.removeprefix("\ufeff") if number == 1 else text
+
+    def __init__(self, chunks: Iterable[bytes], first_line: int = 1) -> None:
+        self._chunks = chunks
+        self._binary: io.BufferedIOBase | None = None
+        self.line = first_line - 1  # the last line read (kept when a record is skipped)
+        self.record_start = first_line  # set by the reader before each record it reads
+        self._limit = sys.maxsize - 1  # so that `limit + 1` is still a size
+        self._multiline = False
+        self._overflow = (b"", 0, False)  # what `skip_record` starts from
+
+    def cap_records(self, limit: int, *, multiline: bool) -> None:
+        """Cap each record at `limit` bytes, its line breaks included. A record is a line, or
+        with `multiline` (quoted CSV) the lines from `record_start` on."""
+        self._limit, self._multiline = limit, multiline
+
+    def __iter__(self) -> Iterator[str]:
+        """The lines from the next one on; after `_RecordTooLong` a new iterator goes on."""
+        return self._lines()
+
+    def _open(self) -> io.BufferedIOBase:
+        if self._binary is None:
+            raw = io.BufferedReader(_ChunkStream(self._chunks), buffer_size=1024 * 1024)
+            self._binary = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == GZIP_MAGIC else raw
+        return self._binary
+
+    def _lines(self) -> Iterator[str]:
+        readline, limit, multiline = self._open().readline, self._limit, self._multiline
+        number, size = self.line, 0
+        while True:
+            try:
+                line = readline(limit + 1)  # a longer line is never read whole
+            except (OSError, EOFError) as error:
+                raise _undecompressable(number, error) from None
+            if not line:
+                return
+            number += 1
+            if multiline and number != self.record_start:
+                size += len(line)  # the record goes on: a quoted value holds a line break
+            else:
+                size = len(line)
+            if size > limit:
+                self.line = number
+                self._overflow = (line, size, multiline and number != self.record_start)
+                raise _RecordTooLong
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise SourceError(
+                    f"line {number} is not valid UTF-8 (byte {error.start + 1} of the line: "
+                    f"{error.reason}); re-save the file as UTF-8"
+                ) from None
+            yield text.removeprefix("\ufeff") if number == 1 else text
+
+    def skip_record(self) -> tuple[int, int, bool]:
+        """Read past the rest of the record that passed the cap, a piece at a time: its last
+        line, its size in bytes, and whether the file ended inside its quotes.
+
+        A quoted CSV record ends at the first line break outside quotes. The csv module asks
+        for another line of a record only from inside a quoted value, and quotes within one
+        come in pairs, so counting quotes from the start of the line that passed the cap finds
+        the end (as `record_starts` does) without parsing.
+        """
+        piece, size, inside = self._overflow
+        self._overflow = (b"", 0, False)
+        readline, number, quotes = self._open().readline, self.line, int(inside)
+        while True:
+            if self._multiline:
+                quotes += piece.count(b'"')
+            if piece.endswith(b"\n"):
+                if quotes % 2 == 0:
+                    break
+                number += 1
+            try:
+                piece = readline(SKIP_PIECE_BYTES)
+            except (OSError, EOFError) as error:
+                raise _undecompressable(number, error) from None
+            if not piece:
+                break
+            size += len(piece)
+        self.line = number
+        return number, size, quotes % 2 == 1
+
+
+def _undecompressable(line: int, error: Exception) -> SourceError:
+    return SourceError(f"the file cannot be decompressed after line {line}: {error}")
+
+
+def open_lines(chunks: Iterable[bytes], first_line: int = 1) -> LineStream:
+    """The lines of a byte stream (a blob download), decoded; see `LineStream`."""
+    return LineStream(chunks, first_line)
 
 
 class RecordReader:
-    """Reads records from decoded text; `columns` is known before the first record is read.
+    """Reads records from decoded lines; `columns` is known before the first record is read.
 
     CSV options exist for files described elsewhere (a CDM model.json): `columns` names the
     fields of a header-less file, `delimiter` replaces the comma and `quoting=False` makes
     quote characters ordinary text (CDM's QuoteStyle.None). JSON Lines ignores them. A byte
-    range cut from a larger file passes the file's `header` and the `first_line` it starts on,
-    so its records keep the line numbers they have in the file.
+    range cut from a larger file passes the file's `header`, and lines opened at the line it
+    starts on, so its records keep the line numbers they have in the file.
+
+    A record over `MAX_RECORD_BYTES` is skipped without being held whole and comes back as a
+    `row_too_long` problem; reading goes on after it.
     """
 
     def __init__(
         self,
-        lines: Iterator[str],
+        lines: LineStream,
         fmt: Literal["csv", "jsonl"],
         *,
         columns: Sequence[str] | None = None,
         delimiter: str = ",",
         quoting: bool = True,
-        first_line: int = 1,
         header: Sequence[str] | None = None,
     ) -> None:
         self._lines = lines
         self._format = fmt
         self.columns: list[str] | None = list(header) if header is not None else None
         self._headerless = columns is not None
-        self._line_offset = first_line - 1
+        lines.cap_records(MAX_RECORD_BYTES, multiline=fmt == "csv" and quoting)
         if fmt == "csv":
-            csv.field_size_limit(MAX_FIELD_BYTES)
-            quote_style = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
-            self._csv = csv.reader(lines, strict=True, delimiter=delimiter, quoting=quote_style)
+            csv.field_size_limit(MAX_RECORD_BYTES)
+            self._delimiter = delimiter
+            self._quoting = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
+            self._restart_csv()
             if header is not None:  # a byte range after the header: its columns are known
                 return
             if columns is not None:
                 self.columns = list(columns)
                 return
-            header = self._next_csv_row()
+            header = self._read_header()
             if header is None:
                 raise SourceError("the file is empty: a CSV segment needs a header row")
             self.columns = [name.strip() for name in header]
@@ -203,21 +300,39 @@ class RecordReader:
     def __iter__(self) -> Iterator[SourceRecord]:
         return self._csv_records() if self._format == "csv" else self._jsonl_records()
 
-    def _next_csv_row(self, start: int = 1) -> list[str] | None:
+    def _restart_csv(self) -> None:
+        """A csv reader from the next line on (after a skipped record, its state is unknown)."""
+        self._csv = csv.reader(
+            self._lines, strict=True, delimiter=self._delimiter, quoting=self._quoting
+        )
+        self._line_offset = self._lines.line  # lines before the first this reader reads
+
+    def _read_header(self) -> list[str] | None:
+        start = self._line_offset + 1
         try:
             return next(self._csv, None)
         except csv.Error as error:
-            hint = " (a quote is opened and never closed)" if "end of data" in str(error) else ""
+            raise _syntax_error(start, str(error)) from None
+        except _RecordTooLong:
             raise SourceError(
-                f"CSV syntax error in the record starting at line {start}: {error}{hint}"
+                f"the header row (line {start}) is over {MAX_RECORD_TEXT}, the most a record "
+                "may have: is this a CSV file, with a line break after its header?"
             ) from None
 
     def _csv_records(self) -> Iterator[SourceRecord]:
         assert self.columns is not None
-        width = len(self.columns)
+        columns, width, lines = self.columns, len(self.columns), self._lines
+        rows, offset = self._csv, self._line_offset
         while True:
-            start = self._csv.line_num + 1 + self._line_offset
-            row = self._next_csv_row(start)
+            start = lines.record_start = rows.line_num + 1 + offset
+            try:
+                row = next(rows, None)
+            except csv.Error as error:
+                raise _syntax_error(start, str(error)) from None
+            except _RecordTooLong:
+                yield self._skip_too_long(start)
+                rows, offset = self._csv, self._line_offset
+                continue
             if row is None:
                 return
             if not row:
@@ -227,29 +342,57 @@ class RecordReader:
                 expected = f"the header has {width}"
                 if self._headerless:
                     expected = f"{width} are expected"
-                problem = f"has {len(row)} fields but {expected}"
+                problem = RecordProblem(MALFORMED_ROW, f"has {len(row)} fields but {expected}")
                 yield SourceRecord(start, values, problem)
                 continue
-            yield SourceRecord(start, dict(zip(self.columns, row, strict=True)))
+            yield SourceRecord(start, dict(zip(columns, row, strict=True)))
 
     def _jsonl_records(self) -> Iterator[SourceRecord]:
-        for number, line in enumerate(self._lines, start=self._line_offset + 1):
-            stripped = line.strip()
-            if not stripped:
-                continue
+        lines = self._lines
+        while True:
             try:
-                value = json.loads(stripped)
-            except ValueError as error:
-                yield SourceRecord(number, {"raw": stripped}, f"is not valid JSON: {error}")
-                continue
-            if not isinstance(value, dict):
-                yield SourceRecord(number, {"raw": stripped}, "is not a JSON object")
-                continue
-            if "\\u" in stripped and _has_lone_surrogate(stripped):
-                problem = "has a \\u escape that is not a valid character (a lone surrogate)"
-                yield SourceRecord(number, {"raw": stripped}, problem)
-                continue
-            yield SourceRecord(number, value)
+                for number, line in enumerate(lines, start=lines.line + 1):
+                    stripped = line.strip()
+                    if not stripped:
+                        continue
+                    try:
+                        value = json.loads(stripped)
+                    except ValueError as error:
+                        problem = RecordProblem(MALFORMED_ROW, f"is not valid JSON: {error}")
+                        yield SourceRecord(number, {"raw": stripped}, problem)
+                        continue
+                    if not isinstance(value, dict):
+                        problem = RecordProblem(MALFORMED_ROW, "is not a JSON object")
+                        yield SourceRecord(number, {"raw": stripped}, problem)
+                        continue
+                    if "\\u" in stripped and _has_lone_surrogate(stripped):
+                        problem = RecordProblem(
+                            MALFORMED_ROW,
+                            "has a \\u escape that is not a valid character (a lone surrogate)",
+                        )
+                        yield SourceRecord(number, {"raw": stripped}, problem)
+                        continue
+                    yield SourceRecord(number, value)
+                return
+            except _RecordTooLong:
+                pass
+            yield self._skip_too_long(lines.line)
+
+    def _skip_too_long(self, start: int) -> SourceRecord:
+        """The record starting at `start` is over the cap: skip the rest of it, and go on."""
+        end, size, unclosed = self._lines.skip_record()
+        if unclosed:
+            raise _syntax_error(start, "unexpected end of data")
+        if self._format == "csv":
+            self._restart_csv()
+        where = f"line {start}" if end == start else f"lines {start} to {end}"
+        message = f"on {where} is {size:,} bytes long; a record may have at most {MAX_RECORD_TEXT}"
+        return SourceRecord(start, {}, RecordProblem(ROW_TOO_LONG, message))
+
+
+def _syntax_error(start: int, reason: str) -> SourceError:
+    hint = " (a quote is opened and never closed)" if "end of data" in reason else ""
+    return SourceError(f"CSV syntax error in the record starting at line {start}: {reason}{hint}")
 
 
 def _has_lone_surrogate(text: str) -> bool:

@@ -17,6 +17,7 @@ from shared.core.messages import SplitJob
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run
 from shared.core.source_files import (
+    RecordProblem,
     RecordReader,
     RecordStart,
     SourceError,
@@ -38,7 +39,7 @@ class Row:
     line: int
     file: str | None
     values: dict[str, Any]
-    problem: str | None
+    problem: RecordProblem | None
 
 
 @dataclass
@@ -157,4 +158,4 @@ def range_rows(run: Run, export: Export, job: SplitJob, services: Services) -> I
         return _file_rows(RecordReader(lines, fmt))
     plan = json.loads(services.storage.read_bytes(RUNS_CONTAINER, splits_blob_name(run.run_id)))
     columns = plan["header"] if fmt == "csv" else None
-    return _file_rows(RecordReader(lines, fmt, header=columns, first_line=job.first_line))
+    return _file_rows(RecordReader(lines, fmt, header=columns))

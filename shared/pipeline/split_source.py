@@ -157,9 +157,10 @@ def _split(
                 if tally.rows_read % PROGRESS_EVERY == 0:
                     # Shows progress, and tells the stalled-run sweep that planning is alive.
                     services.runs.save_split_progress(run.run_id, job.split, tally.rows_read)
-                if row.problem:
+                if row.problem:  # unreadable (or too long to read): it could be anyone's
                     tally.unidentified += 1
-                    _reject(rejected, tally, row, None, [("malformed_row", f"row {row.problem}")])
+                    problem = [(row.problem.code, f"row {row.problem.message}")]
+                    _reject(rejected, tally, row, None, problem)
                     continue
                 result = validate_record(row.values, mapping)
                 if isinstance(result, Profile):

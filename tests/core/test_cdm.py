@@ -15,7 +15,7 @@ import pytest
 
 from shared.adapters.storage import BlobNotFound
 from shared.core.cdm import parse_blob_url, parse_model, read_entity
-from shared.core.source_files import SourceError
+from shared.core.source_files import RecordProblem, SourceError
 
 ACCOUNT = "https://contosoci.blob.core.windows.net"
 FOLDER = "CustomerInsights_abcd1234/BlobExport"
@@ -189,7 +189,7 @@ def test_records_stream_across_partitions_in_order_with_their_lines() -> None:
     }
     assert records[1].values["FullName"] == 'Jean "JJ" Dupont'
     assert records[1].values["StreetAddress"] == "Flat 2\r\n10 High St"
-    assert records[2].problem == "has 3 fields but 4 are expected"
+    assert records[2].problem == RecordProblem("malformed_row", "has 3 fields but 4 are expected")
     assert records[2].values == {"field 1": "3", "field 2": "Ana 🎉", "field 3": "ana@example.com"}
     assert records[3].values["CustomerId"] == "4"  # the BOM is not part of the first value
     assert records[3].values["FullName"] == "Łukasz"

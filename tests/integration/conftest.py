@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +61,8 @@ class App:
         }
         self.definitions_path.write_text(json.dumps(document, ensure_ascii=False))
 
-    def upload(self, path: str, data: bytes) -> None:
+    def upload(self, path: str, data: bytes | Iterable[bytes]) -> None:
+        """Write a source blob; `data` may be a stream of pieces (a large file made as sent)."""
         blobs = self.services.storage.blobs
         with contextlib.suppress(ResourceExistsError):
             blobs.create_container(SEGMENT_CONTAINER)

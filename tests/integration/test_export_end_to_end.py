@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+from itertools import chain, repeat
 from typing import Any
 
 from devtools.sample import make_segment
@@ -97,6 +98,42 @@ def test_a_failure_naming_a_wide_header_is_clipped_to_fit_the_run_record(app: Ap
     assert run.message.startswith("planning failed: mapped column(s) ['Email'")
     assert len(run.message) == 2001 and run.message.endswith("…")
     assert app.sandbox_requests() == []
+
+
+def test_a_50_mb_row_is_rejected_with_its_line_and_every_other_row_is_sent(app: App) -> None:
+    """One 50 MB row in the middle of a CSV (made as it is uploaded, never held whole), read by
+    parallel split jobs on the host: that row is rejected with its line and the cap, and every
+    other row reaches Braze."""
+    before = make_segment(600, segment="Big", invalid_every=10**6, bom=False, id_prefix="a")
+    after = make_segment(600, segment="Big", invalid_every=10**6, bom=False, id_prefix="b")
+    piece = b'a ""q"", \xf0\x9f\x8e\x89;xy' * (2**20 // 16)  # 1 MiB, sent 50 times
+    opening, closing = b'huge-1,huge@example.com,H,1,true,1990-01-01,"', b'"\n'
+    app.upload(
+        "e2e/big.csv",
+        chain([before.data, opening], repeat(piece, 50), [closing, after.data.split(b"\n", 1)[1]]),
+    )
+    app.define([export_definition("big", "e2e/big.csv", "Big", chunk_size=500)])
+
+    run = app.wait_for_final(start_run(app.services, "big", "test").run.run_id)
+
+    assert run.status == Status.PARTIALLY_SUCCEEDED and run.splits > 1
+    assert app.braze_users() == {**before.expected, **after.expected}
+    line = before.data.count(b"\n") + 1
+    size = len(opening) + 50 * len(piece) + len(closing)
+    (entry,) = _rejected(app, run)
+    assert (entry["line"], entry["stage"], entry["codes"], entry["row"]) == (
+        line,
+        "validation",
+        ["row_too_long"],
+        {},
+    )
+    assert entry["reasons"] == [
+        f"row on line {line} is {size:,} bytes long; a record may have at most 1 MiB "
+        "(1,048,576 bytes)"
+    ]
+    assert (run.rows_read, run.rows_rejected, run.rows_unidentified) == (1_201, 1, 1)
+    report = json.loads(app.blob_text(run.report_blob))
+    assert report["rejections_by_reason"] == {"row_too_long": 1}
 
 
 def test_missing_source_blob_fails_with_its_name(app: App) -> None:

@@ -1,9 +1,11 @@
 """Splitting a large source in parallel byte ranges, in process on Azurite: the ranges together
-read exactly what one reader reads (rows, lines, first-valid-row-wins, rejections), and a
-whole-file problem in any range fails the run with its real line, before anything is sent."""
+read exactly what one reader reads (rows, lines, first-valid-row-wins, rejections, a 50 MB
+record wherever the ranges fall), and a whole-file problem in any range fails the run with its
+real line, before anything is sent."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -14,6 +16,7 @@ from shared.core.messages import ExportJob, SplitJob
 from shared.core.resource_names import JOBS_QUEUE, SPLITS_QUEUE
 from shared.core.runs import Run, Status
 from shared.pipeline.plan_export import plan_run
+from shared.pipeline.run_files import splits_blob_name
 from shared.pipeline.split_source import split_source
 from shared.pipeline.start import start_run
 from tests.integration.conftest import App, export_definition, run_in_process, take
@@ -108,3 +111,94 @@ def test_a_bad_line_in_a_later_range_fails_the_run_naming_its_line(split_app: Ap
     assert f"line {physical_line} is not valid UTF-8" in final.message
     assert "split" in final.message
     assert split_app.sandbox_requests() == []
+
+
+MIB = 2**20
+HUGE_MIB = 50
+CAP = "1 MiB (1,048,576 bytes)"
+JSONL_MAPPING = {
+    "customer_id": "CustomerId",
+    "email": "Email",
+    "attributes": [{"column": "FirstName", "attribute": "first_name"}],
+}
+
+
+def _huge_record(fmt: str, line_breaks: bool) -> tuple[bytes, bytes, bytes]:
+    """A 50 MB record as (its start, a 1 MiB piece to repeat HUGE_MIB times, its end): a note
+    full of doubled (or escaped) quotes, commas and emoji, with or without line breaks."""
+    if fmt == "jsonl":
+        piece = b'a \\"q\\", \xf0\x9f\x8e\x89;xy' * (MIB // 16)
+        opening = b'{"CustomerId": "huge-1", "Email": "huge@example.com", "Note": "'
+        return opening, piece, b'"}\n'
+    piece = b'a ""q"", \xf0\x9f\x8e\x89;xy' * (MIB // 16)
+    if line_breaks:
+        piece = piece[:-2] + b"\r\n"
+    return b'huge-1,huge@example.com,H,1,true,1990-01-01,"', piece, b'"\n'
+
+
+def _jsonl_rows(prefix: str, count: int) -> bytes:
+    """`count` JSON Lines rows, the middle one not an object."""
+    rows = [
+        json.dumps({"CustomerId": f"{prefix}-{n:04d}", "Email": f"{n}@x.com", "FirstName": "Zoë"})
+        for n in range(count)
+    ]
+    rows[count // 2] = "[not an object]"
+    return ("\n".join(rows) + "\n").encode()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "line_breaks"),
+    [("csv", False), ("csv", True), ("jsonl", False)],
+    ids=["csv-one-line", "csv-quoted-line-breaks", "jsonl"],
+)
+def test_a_50_mb_record_is_one_rejected_row_wherever_the_ranges_fall(
+    split_app: App, fmt: str, line_breaks: bool
+) -> None:
+    """Nearly every range boundary aimed at falls inside the record: each moves to the record
+    after it, the record is rejected once with its lines and size, and every other row is read
+    once, at its real line."""
+    opening, piece, closing = _huge_record(fmt, line_breaks)
+    assert len(piece) == MIB
+    if fmt == "csv":
+        before = make_segment(1_000, segment="Huge", invalid_every=37, bom=False, id_prefix="a")
+        after = make_segment(1_000, segment="Huge", invalid_every=41, bom=False, id_prefix="b")
+        head, tail = before.data, after.data.split(b"\n", 1)[1]  # `after` without its header
+    else:
+        head, tail = _jsonl_rows("a", 1_000), _jsonl_rows("b", 1_000)
+    line = head.count(b"\n") + 1
+    lines = opening.count(b"\n") + HUGE_MIB * piece.count(b"\n") + closing.count(b"\n")
+    name = f"huge-{fmt}-{'lines' if line_breaks else 'line'}"
+    split_app.upload(
+        f"split/{name}.{fmt}",
+        itertools.chain([head, opening], itertools.repeat(piece, HUGE_MIB), [closing, tail]),
+    )
+    overrides = {"mapping": JSONL_MAPPING} if fmt == "jsonl" else {}
+    split_app.define([export_definition(name, f"split/{name}.{fmt}", "Huge", **overrides)])
+
+    final = run_in_process(split_app, name)
+
+    plan = json.loads(split_app.blob_text(splits_blob_name(final.run_id)))
+    first_lines = [SplitJob.from_json(job).first_line for job in plan["jobs"]]
+    assert final.splits > 1 and line + lines in first_lines, first_lines
+    assert not [n for n in first_lines if line < n < line + lines]
+    rejected = {r["line"]: r for r in _rejected(split_app, final)}
+    entry = rejected.pop(line)
+    where = f"line {line}" if lines == 1 else f"lines {line} to {line + lines - 1}"
+    size = len(opening) + HUGE_MIB * MIB + len(closing)
+    assert (entry["codes"], entry["reasons"], entry["row"]) == (
+        ["row_too_long"],
+        [f"row on {where} is {size:,} bytes long; a record may have at most {CAP}"],
+        {},
+    )
+    shift = line + lines - 2  # `after`'s first row is on line 2 of its own file
+    if fmt == "csv":
+        later = {n + shift: code for n, code in after.invalid_lines.items()}
+        codes = {**before.invalid_lines, **later}
+        assert split_app.braze_users() == {**before.expected, **after.expected}
+    else:
+        codes = {501: "malformed_row", shift + 502: "malformed_row"}
+        assert len(split_app.braze_users()) == 1_998
+    assert {n: r["codes"][0] for n, r in rejected.items()} == codes
+    assert final.rows_read == 2_001
+    assert final.rows_unidentified == 1 + list(codes.values()).count("malformed_row")
+    assert final.status == Status.PARTIALLY_SUCCEEDED
