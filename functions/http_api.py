@@ -1,4 +1,8 @@
-"""HTTP routes: start a run on demand, and read runs and exports (auth level FUNCTION)."""
+"""HTTP routes: start a run on demand, and read runs and exports (auth level FUNCTION).
+
+Each passes the request's headers on: with EXPORT_API_AUTH=entra the caller's app roles come
+from the client-principal header App Service Authentication adds (shared/core/access.py).
+"""
 
 import azure.functions as func
 
@@ -21,38 +25,48 @@ def _respond(result: api.ApiResponse) -> func.HttpResponse:
 @bp.route(route="exports/{name}/runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def start_export_run(req: func.HttpRequest) -> func.HttpResponse:
     """202 with the run and a Location header; 409 while the export has a run in progress."""
-    return _respond(api.start_export_run(app_services(), req.route_params["name"], req.get_body()))
+    return _respond(
+        api.start_export_run(
+            app_services(), req.route_params["name"], req.get_body(), headers=req.headers
+        )
+    )
 
 
 @bp.function_name("start_teardown")
 @bp.route(route="exports/{name}/teardown", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def start_teardown(req: func.HttpRequest) -> func.HttpResponse:
     """202 with the teardown run: the export's membership is removed from everyone it holds."""
-    return _respond(api.start_teardown(app_services(), req.route_params["name"], req.get_body()))
+    return _respond(
+        api.start_teardown(
+            app_services(), req.route_params["name"], req.get_body(), headers=req.headers
+        )
+    )
 
 
 @bp.function_name("list_export_runs")
 @bp.route(route="exports/{name}/runs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def list_export_runs(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(
-        api.list_export_runs(app_services(), req.route_params["name"], req.params.get("limit"))
+        api.list_export_runs(
+            app_services(), req.route_params["name"], req.params.get("limit"), headers=req.headers
+        )
     )
 
 
 @bp.function_name("list_exports")
 @bp.route(route="exports", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def list_exports(req: func.HttpRequest) -> func.HttpResponse:
-    return _respond(api.list_exports(app_services()))
+    return _respond(api.list_exports(app_services(), headers=req.headers))
 
 
 @bp.function_name("replay_run")
 @bp.route(route="runs/{run_id}/replay", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def replay_run(req: func.HttpRequest) -> func.HttpResponse:
     """202 with the re-opened run: its rejected deliveries are sent again."""
-    return _respond(api.replay(app_services(), req.route_params["run_id"]))
+    return _respond(api.replay(app_services(), req.route_params["run_id"], headers=req.headers))
 
 
 @bp.function_name("get_run")
 @bp.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def get_run(req: func.HttpRequest) -> func.HttpResponse:
-    return _respond(api.get_run(app_services(), req.route_params["run_id"]))
+    return _respond(api.get_run(app_services(), req.route_params["run_id"], headers=req.headers))

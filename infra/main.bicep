@@ -69,6 +69,16 @@ param functionAppLogsToLogAnalytics bool = false
 @description('Email address told when an export run fails, is stopped by a safety valve or partially succeeds. Empty = the alert rules fire in Azure Monitor only.')
 param alertEmailAddress string = ''
 
+@description('EXPORT_API_AUTH: who the HTTP API trusts. function-key (default): any function or host key may do everything. entra: App Service Authentication validates Microsoft Entra ID tokens for apiClientId, and the app checks app roles (Exports.Read, Exports.Run, Exports.Admin) and each connection\'s allowed_roles.')
+@allowed([
+  'function-key'
+  'entra'
+])
+param apiAuth string = 'function-key'
+
+@description('With apiAuth entra: the application (client) id of the API\'s Entra app registration that defines the app roles (created outside this template, see infra/README.md).')
+param apiClientId string = ''
+
 @description('EXPORT_STALL_MINUTES: minutes without progress after which a run is ended as stalled.')
 param exportStallMinutes int = 30
 
@@ -235,7 +245,9 @@ module api 'app/api.bicep' = {
       EXPORT_SPLIT_MIB: string(exportSplitMib)
       // Only local development may send a key to a loopback Braze stand-in.
       EXPORT_ALLOW_LOOPBACK_ENDPOINTS: 'false'
+      EXPORT_API_AUTH: apiAuth
     }
+    easyAuthClientId: apiAuth == 'entra' ? apiClientId : ''
   }
   // The app starts polling its queues and reading Key Vault as soon as it exists: let its role
   // assignments exist first, so the first runs do not fail with 403.

@@ -65,6 +65,9 @@ param maximumInstanceCount int = 40
 @description('Application-specific settings, merged over the platform settings built here.')
 param appSettings object = {}
 
+@description('Application (client) id of the Entra app registration whose tokens App Service Authentication validates in front of the API (EXPORT_API_AUTH=entra). Empty = no App Service Authentication: function keys only.')
+param easyAuthClientId string = ''
+
 @description('Log Analytics workspace for the diagnostic setting. Empty = none.')
 param logAnalyticsWorkspaceId string = ''
 
@@ -101,7 +104,7 @@ var platformAppSettings = {
 var allAppSettings = union(appSettings, platformAppSettings)
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
-  // checkov:skip=CKV_AZURE_17:No mutual TLS - HTTP callers authenticate with function keys, and platform certificate features are not supported on Flex Consumption.
+  // checkov:skip=CKV_AZURE_17:No mutual TLS - HTTP callers authenticate with function keys (and Entra ID tokens with EXPORT_API_AUTH=entra); platform client certificates are not supported on Flex Consumption.
   // checkov:skip=CKV_AZURE_78:siteConfig.ftpsState is rejected on Flex Consumption (ARM 51021); Flex has no FTP publishing, code is deployed from the blob container.
   // checkov:skip=CKV_AZURE_18:http20Enabled is left at the platform default rather than risk an ARM rejection of App Service site-config properties on Flex.
   // checkov:skip=CKV_AZURE_67:The HTTP version is left at the platform default, as for CKV_AZURE_18.
@@ -151,6 +154,58 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       runtime: {
         name: runtimeName
         version: runtimeVersion
+      }
+    }
+  }
+}
+
+// App Service Authentication ("Easy Auth") with Microsoft Entra ID, when EXPORT_API_AUTH=entra.
+// It validates the caller's bearer token, strips any X-MS-CLIENT-PRINCIPAL header a caller sends
+// and adds its own, from which the app reads the caller's app roles (shared/core/access.py). No
+// client secret: it only validates tokens. Event Grid's blob-trigger webhook authenticates with
+// the blobs_extension system key, so its path stays outside.
+resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = if (!empty(easyAuthClientId)) {
+  // checkov:skip=CKV_AZURE_13:This resource is the App Service Authentication setting itself (authsettingsV2); checkov looks for the older authsettings shape.
+  // checkov:skip=CKV_AZURE_63:checkov reads every Microsoft.Web/sites/config resource as the site's web config; this one is authsettingsV2, which has no such property.
+  // checkov:skip=CKV_AZURE_65:checkov reads every Microsoft.Web/sites/config resource as the site's web config; this one is authsettingsV2, which has no such property.
+  // checkov:skip=CKV_AZURE_66:checkov reads every Microsoft.Web/sites/config resource as the site's web config; this one is authsettingsV2, which has no such property.
+  // checkov:skip=CKV_AZURE_80:checkov reads every Microsoft.Web/sites/config resource as the site's web config; this one is authsettingsV2, which has no such property.
+  // checkov:skip=CKV_AZURE_88:checkov reads every Microsoft.Web/sites/config resource as the site's web config; this one is authsettingsV2, which has no such property.
+  // checkov:skip=CKV_AZURE_222:checkov reads every Microsoft.Web/sites/config resource as the site's web config; this one is authsettingsV2, which has no such property.
+  parent: functionApp
+  name: 'authsettingsV2'
+  properties: {
+    platform: {
+      enabled: true
+    }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'Return401'
+      excludedPaths: [
+        '/runtime/webhooks/blobs'
+      ]
+    }
+    httpSettings: {
+      requireHttps: true
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: easyAuthClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
+        }
+        validation: {
+          allowedAudiences: [
+            easyAuthClientId
+            'api://${easyAuthClientId}'
+          ]
+        }
+      }
+    }
+    login: {
+      tokenStore: {
+        enabled: false
       }
     }
   }

@@ -86,6 +86,21 @@ class RunStore:
         results = [_decode(ChunkResult, entity) for entity in self._rows(run_id, CHUNK_PREFIX)]
         return sorted(results, key=lambda r: r.chunk_index)
 
+    def profiles_answered(self, run_id: str) -> int:
+        """Profiles Braze has answered so far, for a progress bar: each recorded chunk whole,
+        each chunk still on its way up to the batches its worker last saved (about once a
+        second), so a run of a few large chunks does not sit at zero until its end."""
+        done = {
+            entity["RowKey"].removeprefix(CHUNK_PREFIX): entity["rows"] or 0
+            for entity in self._rows(run_id, CHUNK_PREFIX, select=["RowKey", "rows"])
+        }
+        going = sum(
+            (entity.get("accepted") or 0) + (entity.get("rejected") or 0)
+            for entity in self._rows(run_id, PROGRESS_PREFIX, ["RowKey", "accepted", "rejected"])
+            if entity["RowKey"].removeprefix(PROGRESS_PREFIX) not in done
+        )
+        return sum(done.values()) + going
+
     def record_split(self, run_id: str, result: SplitResult) -> bool:
         """Record a split once; a repeated job's result loses (it read the same range)."""
         return self._create_once(run_id, split_row(result.split), asdict(result))

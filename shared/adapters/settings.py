@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from shared.core.access import AuthMode
 from shared.core.resource_names import STORAGE_CONNECTION
 
 AZURITE_CONNECTION_STRING = (
@@ -90,6 +91,19 @@ class Settings:
         """Local development only: connections to 127.0.0.1/localhost (the Braze sandbox) may
         receive their API key (EXPORT_ALLOW_LOOPBACK_ENDPOINTS=true)."""
         return self.environ.get("EXPORT_ALLOW_LOOPBACK_ENDPOINTS", "").lower() in ("true", "1")
+
+    @property
+    def api_auth(self) -> AuthMode:
+        """Who the HTTP API trusts (EXPORT_API_AUTH): `function-key` (default), or `entra`, set
+        only where App Service Authentication is in front, since only there is the caller's
+        identity header the platform's and not whatever the caller sent. Any other value is
+        refused rather than read as the weaker mode."""
+        text = self.environ.get("EXPORT_API_AUTH") or AuthMode.FUNCTION_KEY.value
+        try:
+            return AuthMode(text.strip().lower())
+        except ValueError:
+            modes = " or ".join(f"'{mode.value}'" for mode in AuthMode)
+            raise ConfigurationError(f"EXPORT_API_AUTH must be {modes}, got {text!r}") from None
 
     def local_secret(self, secret_name: str) -> str | None:
         """A Braze API key from the environment, used when no Key Vault is configured."""

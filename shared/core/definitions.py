@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.core import schedule
+from shared.core.access import ADMIN, RUN
+from shared.core.definition_hints import did_you_mean, field_hint, json_path, one_of
 from shared.core.resource_names import DROPS_CONTAINER
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
@@ -31,6 +34,14 @@ RESERVED_ATTRIBUTES = {
 
 
 SourceFormat = Literal["csv", "jsonl", "cdm"]
+
+# An Entra app role's value: 1-120 letters, digits and symbols (no spaces, quotes or
+# backslashes), not starting with a dot.
+APP_ROLE_PATTERN = (
+    r"^[0-9A-Za-z!#$%&'()*+,\-/:;<=>?@\[\]^_`{|}~]"
+    r"[0-9A-Za-z!#$%&'()*+,\-./:;<=>?@\[\]^_`{|}~]{0,119}$"
+)
+AppRole = Annotated[str, Field(pattern=APP_ROLE_PATTERN)]
 
 Name = Annotated[
     str,
@@ -104,6 +115,14 @@ class Connection(_Strict):
         description="Most elements Braze keeps in an array attribute for this workspace "
         "(25 by default, up to 100 on request); the report warns before a membership array "
         "would pass it.",
+    )
+    allowed_roles: list[AppRole] | None = Field(
+        default=None,
+        min_length=1,
+        description="Microsoft Entra app roles allowed to run exports through this connection "
+        "over the HTTP API where EXPORT_API_AUTH is 'entra': starting, replaying or tearing "
+        f"down then also needs one of these, besides {RUN} (or {ADMIN}). Omitted: any caller "
+        f"with {RUN}. Not checked with function keys, nor for schedules, drops and the CLI.",
     )
 
     def requests_per_second(self) -> float:
@@ -336,13 +355,25 @@ class UnknownExport(KeyError):
         return str(self.args[0])
 
 
-class DefinitionsError(Exception):
-    """The document is invalid; `problems` lists every one with its location."""
+@dataclass(frozen=True)
+class Problem:
+    """One problem: its JSON path, how it is listed (the path with each item's name), and
+    what to write instead when that can be worked out (`python -m shared validate` shows it)."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.problems = problems
-        listing = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source} has {len(problems)} problem(s):\n{listing}")
+    path: str
+    text: str
+    suggestion: str = ""
+
+
+class DefinitionsError(Exception):
+    """The document is invalid; `problems` lists every one with its location, `details` the
+    same with their JSON paths and suggestions."""
+
+    def __init__(self, source: str, details: list[Problem]) -> None:
+        self.source, self.details = source, details
+        self.problems = [p.text for p in details]
+        listing = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source} has {len(details)} problem(s):\n{listing}")
 
 
 def parse_definitions(text: str | bytes, source: str = "export definitions") -> Definitions:
@@ -350,23 +381,28 @@ def parse_definitions(text: str | bytes, source: str = "export definitions") -> 
     try:
         data = json.loads(text)
     except ValueError as error:
-        raise DefinitionsError(source, [f"not valid JSON: {error}"]) from None
+        hint = "look for a missing comma, quote or bracket there or just before"
+        raise DefinitionsError(source, [Problem("", f"not valid JSON: {error}", hint)]) from None
     problems = []
     try:
         definitions = Definitions.model_validate(data)
     except ValidationError as error:
-        problems = [_describe(e, data) for e in error.errors()]
+        schema = json_schema()
+        problems = [
+            Problem(json_path(e["loc"]), _describe(e, data), field_hint(schema, e))
+            for e in error.errors()
+        ]
     problems += _cross_reference_problems(data)
     if problems:
         raise DefinitionsError(source, problems)
     return definitions
 
 
-def _cross_reference_problems(data: Any) -> list[str]:
+def _cross_reference_problems(data: Any) -> list[Problem]:
     """Checks across items, run on the raw document so they are reported alongside field errors."""
     if not isinstance(data, dict):
         return []
-    problems: list[str] = []
+    problems: list[Problem] = []
     groups = {kind: _dicts(data.get(f"{kind}s")) for kind in ("connection", "export")}
     for kind, items in groups.items():
         first_use: dict[str, int] = {}
@@ -374,7 +410,12 @@ def _cross_reference_problems(data: Any) -> list[str]:
             name = item.get("name")
             if isinstance(name, str) and name in first_use:
                 problems.append(
-                    f"{kind}s[{index}] ({name}).name: already used by {kind}s[{first_use[name]}]"
+                    Problem(
+                        f"{kind}s[{index}].name",
+                        f"{kind}s[{index}] ({name}).name: already used by "
+                        f"{kind}s[{first_use[name]}]",
+                        f"give each {kind} a name of its own",
+                    )
                 )
             elif isinstance(name, str):
                 first_use[name] = index
@@ -383,13 +424,27 @@ def _cross_reference_problems(data: Any) -> list[str]:
         where = f"exports[{index}] ({export.get('name')})"
         connection = export.get("connection")
         if isinstance(connection, str) and connection not in known:
-            problems.append(f"{where}.connection: '{connection}' is not a defined connection")
+            defined = sorted(n for n in known if isinstance(n, str))
+            others = f", or use {one_of(defined)}" if defined else ""
+            problems.append(
+                Problem(
+                    f"exports[{index}].connection",
+                    f"{where}.connection: '{connection}' is not a defined connection",
+                    did_you_mean(connection, defined) or f"define it in connections{others}",
+                )
+            )
         mapping = export.get("mapping") if isinstance(export.get("mapping"), dict) else {}
         names = [a.get("attribute") for _, a in _dicts(mapping.get("attributes"))]
         names.append(export.get("membership_attribute", "segments"))
         dupes = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
         if dupes:
-            problems.append(f"{where}: attribute names used more than once: {', '.join(dupes)}")
+            problems.append(
+                Problem(
+                    f"exports[{index}]",
+                    f"{where}: attribute names used more than once: {', '.join(dupes)}",
+                    "give each mapped attribute, and membership_attribute, a name of its own",
+                )
+            )
     return problems
 
 
@@ -419,7 +474,13 @@ def _describe(error: Any, data: Any) -> str:
     elif error["type"] == "extra_forbidden":
         message = "is not a known field"
     elif error["type"] == "string_pattern_mismatch":
-        message = _PATTERN_WORDS.get(str(error["loc"][-1]), message)
+        field = next((part for part in reversed(error["loc"]) if isinstance(part, str)), "")
+        message = _PATTERN_WORDS.get(field, message)
+    elif error["type"] == "too_short" and error["loc"][-1] == "allowed_roles":
+        message = (
+            f"must list at least one app role (leave it out to let every caller with {RUN} "
+            "use the connection)"
+        )
     return f"{path or 'document'}: {message}"
 
 
@@ -428,6 +489,8 @@ _PATTERN_WORDS = {
     "container": "must be a blob container name: lower-case letters, digits and single "
     "inner hyphens",
     "api_key_secret": "must be a Key Vault secret name: letters, digits and hyphens",
+    "allowed_roles": "must be an Entra app role value: 1-120 letters, digits and symbols "
+    "(no spaces, quotes or backslashes), not starting with '.'",
 }
 
 

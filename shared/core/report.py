@@ -11,6 +11,7 @@ from shared.core.runs import ChunkResult, PartitionResult, Run, Status
 from shared.core.source_files import row_part
 
 REMOVAL_ORDER = 1 << 62  # removals sort after every source row; they have no line
+EXAMPLES_PER_REASON = 5
 
 RUN_ENDED = "export run ended"
 """Start of the one log line each run's end writes. The alert rules in
@@ -40,6 +41,26 @@ def row_position(order: int, files: Callable[[], list[str]]) -> dict[str, Any]:
     if part is not None:
         position["file"] = files()[part]
     return position
+
+
+class RejectionExamples:
+    """Where the first few rows rejected for each reason are: their line (and file, for a CDM
+    partition), never their values, so the report and its summary can show examples without
+    copying personal data out of the rejected rows."""
+
+    def __init__(self) -> None:
+        self._by_code: dict[str, list[dict[str, Any]]] = {}
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Take note of one rejected row, as rejected.jsonl holds it (in source order)."""
+        position = {k: entry[k] for k in ("line", "file", "left_segment") if k in entry}
+        for code in entry.get("codes", []):
+            found = self._by_code.setdefault(str(code), [])
+            if len(found) < EXAMPLES_PER_REASON:
+                found.append(position)
+
+    def by_code(self) -> dict[str, list[dict[str, Any]]]:
+        return dict(self._by_code)
 
 
 def final_status(run: Run) -> Status:
@@ -97,9 +118,13 @@ def summary(run: Run, results: list[ChunkResult], unlisted: int) -> str:
     return f"all {run.profiles_accepted} profiles sent were accepted by Braze ({sent})"
 
 
-def build_report(run: Run, partitions: list[PartitionResult] | None = None) -> dict[str, Any]:
+def build_report(
+    run: Run,
+    partitions: list[PartitionResult] | None = None,
+    examples: RejectionExamples | None = None,
+) -> dict[str, Any]:
     """The run report: counts that add up, the diff, data points, timings, and why rows were
-    rejected."""
+    rejected, with where the first rows of each reason are."""
     seconds = (
         (run.finished_at - run.created_at).total_seconds()
         if run.finished_at and run.created_at
@@ -110,7 +135,7 @@ def build_report(run: Run, partitions: list[PartitionResult] | None = None) -> d
         if run.planning_finished_at and run.planning_started_at
         else None
     )
-    examples = [e for p in partitions or [] for e in p.array_cap_examples][:10]
+    cap_examples = [e for p in partitions or [] for e in p.array_cap_examples][:10]
     return {
         "run_id": run.run_id,
         "export": run.export_name,
@@ -155,12 +180,13 @@ def build_report(run: Run, partitions: list[PartitionResult] | None = None) -> d
         "warnings": {
             "array_cap": {
                 "profiles": run.array_cap_warnings,
-                "examples": examples,
+                "examples": cap_examples,
             }
         }
         if run.array_cap_warnings
         else {},
         "rejections_by_reason": dict(sorted(run.rejections.items(), key=lambda kv: -kv[1])),
+        "rejection_examples": examples.by_code() if examples else {},
         "timings": {
             "created_at": run.created_at.isoformat(),
             "planning_started_at": _iso(run.planning_started_at),
@@ -173,6 +199,7 @@ def build_report(run: Run, partitions: list[PartitionResult] | None = None) -> d
         "blobs": {
             "container": RUNS_CONTAINER,
             "report": run.report_blob,
+            "summary": run.summary_blob or None,
             "rejected_rows": run.rejected_blob,
             "dry_run_requests": run.dry_run_blob or None,
         },

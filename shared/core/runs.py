@@ -95,6 +95,7 @@ class Run:
     array_cap_warnings: int = 0
     snapshot_profiles: int | None = None
     report_blob: str = ""
+    summary_blob: str = ""  # the report in Markdown, without personal data
     rejected_blob: str = ""
     dry_run_blob: str = ""
     release_claimed_at: datetime | None = None

@@ -21,7 +21,8 @@ from shared.adapters.snapshot_store import Manifest
 from shared.adapters.storage import BlobNotFound
 from shared.adapters.telemetry import metrics
 from shared.core.partitioning import partition_of
-from shared.core.report import build_report, final_status, run_ended, summary
+from shared.core.report import RejectionExamples, build_report, final_status, run_ended, summary
+from shared.core.report_markdown import report_markdown
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import ChunkResult, PartitionResult, Run, RunConflict, Status, utcnow
 from shared.core.source_files import open_lines
@@ -31,6 +32,7 @@ from shared.pipeline.run_files import (
     pending_snapshot_name,
     rejected_blob_name,
     report_blob_name,
+    summary_blob_name,
 )
 from shared.pipeline.start import start_pending
 
@@ -110,8 +112,9 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     run.rejections = dict(tally)
     run.rejected_blob = rejected_blob_name(run.run_id)
     run.report_blob = report_blob_name(run.run_id)
+    run.summary_blob = summary_blob_name(run.run_id)
     partitions = services.runs.partition_results(run.run_id)
-    _merge_rejected(run, partitions, latest, services)
+    examples = _merge_rejected(run, partitions, latest, services)
     run.status = final_status(run)
     delivered = run.profiles_accepted + run.profiles_rejected_by_braze
     if delivered != run.objects_planned and run.chunks_total:
@@ -128,9 +131,12 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     elif run.partitions:
         services.snapshots.discard(run.export_name, run.connection, run.run_id)
     run.finished_at = utcnow()
-    report = build_report(run, partitions)
+    report = build_report(run, partitions, examples)
     services.storage.write_bytes(
         RUNS_CONTAINER, run.report_blob, json.dumps(report, indent=2), "application/json"
+    )
+    services.storage.write_bytes(
+        RUNS_CONTAINER, run.summary_blob, report_markdown(report), "text/markdown; charset=utf-8"
     )
     services.runs.update(run, if_unchanged=True)  # a finalizer that outlived its lease loses
     log.log(*run_ended(run))
@@ -243,10 +249,11 @@ def _merge_rejected(
     partitions: list[PartitionResult],
     results: list[ChunkResult],
     services: Services,
-) -> None:
+) -> RejectionExamples:
     """Merge the splits', the partitions' and each recorded chunk's rejected rows, ordered by
-    source line (profiles leaving the segment last); a run that found its source unchanged
-    reports the rejected rows of the run it names.
+    source line (profiles leaving the segment last), noting where the first rows of each
+    reason are; a run that found its source unchanged reports the rejected rows of the run
+    it names.
 
     Only the files the records name are merged: a blob left by an attempt that crashed before
     recording its chunk must not contradict the counts. Each part is already in order, so a
@@ -261,15 +268,18 @@ def _merge_rejected(
     streams = [_entries(services, name) for name in parts]
     streams += [
         (
-            (order, json.dumps(entry, ensure_ascii=False))
+            (order, json.dumps(entry, ensure_ascii=False), entry)
             for order, entry in chunk_rejections(services, r)
         )
         for r in results
     ]
+    examples = RejectionExamples()
     writer = storage.line_writer(RUNS_CONTAINER, rejected_blob_name(run_id))
-    for _, text in heapq.merge(*streams, key=lambda item: item[0]):
+    for _, text, entry in heapq.merge(*streams, key=lambda item: item[0]):
+        examples.add(entry)
         writer.write(text)
     writer.close()
+    return examples
 
 
 def chunk_rejections(services: Services, result: ChunkResult) -> Iterator[tuple[int, Any]]:
@@ -282,9 +292,9 @@ def chunk_rejections(services: Services, result: ChunkResult) -> Iterator[tuple[
                 yield entry["order"], entry
 
 
-def _entries(services: Services, name: str) -> Iterator[tuple[int, str]]:
+def _entries(services: Services, name: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
     for text in open_lines(services.storage.read_chunks(RUNS_CONTAINER, name)):
         text = text.rstrip("\n")
         if text:
             entry = json.loads(text)
-            yield entry.get("order", entry.get("line", 0)), text
+            yield entry.get("order", entry.get("line", 0)), text, entry

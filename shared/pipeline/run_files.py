@@ -83,6 +83,11 @@ def report_blob_name(run_id: str) -> str:
     return f"{run_prefix(run_id)}report.json"
 
 
+def summary_blob_name(run_id: str) -> str:
+    """The report as a short Markdown summary for people (core/report_markdown.py)."""
+    return f"{run_prefix(run_id)}report.md"
+
+
 def rejected_blob_name(run_id: str) -> str:
     return f"{run_prefix(run_id)}rejected.jsonl"
 

@@ -1,6 +1,7 @@
 """The definitions document: accepted shapes, and every problem reported with its path."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,59 @@ def test_other_endpoints_are_refused_with_the_reason(endpoint: str, problem: str
         parse_definitions(json.dumps(doc))
 
 
+ROLE_VALUES = [
+    ("Braze.Prod", True),
+    ("braze:prod/eu_1~x", True),
+    ("a" * 120, True),
+    ("a" * 121, False),
+    (".Braze", False),  # Entra refuses a value starting with a dot
+    ("Braze Prod", False),
+    ('Braze"Prod', False),
+    ("Braze\\Prod", False),
+    ("Braze.Prod\n", False),
+    ("Bräze", False),
+    ("", False),
+]
+
+
+@pytest.mark.parametrize(("role", "accepted"), ROLE_VALUES)
+def test_allowed_roles_take_entra_app_role_values(role: str, accepted: bool) -> None:
+    doc = _doc()
+    doc["connections"][0]["allowed_roles"] = ["Braze.All", role]
+    if accepted:
+        connection = parse_definitions(json.dumps(doc)).connection("prod")
+        assert connection.allowed_roles == ["Braze.All", role]
+        return
+    with pytest.raises(DefinitionsError) as caught:
+        parse_definitions(json.dumps(doc))
+    assert caught.value.problems == [
+        "connections[0] (prod).allowed_roles[1]: must be an Entra app role value: 1-120 "
+        "letters, digits and symbols (no spaces, quotes or backslashes), not starting with '.'"
+    ]
+
+
+def test_allowed_roles_are_optional_but_never_an_empty_list() -> None:
+    assert parse_definitions(json.dumps(_doc())).connection("prod").allowed_roles is None
+    doc = _doc()
+    doc["connections"][0]["allowed_roles"] = []
+    with pytest.raises(DefinitionsError) as caught:
+        parse_definitions(json.dumps(doc))
+    assert caught.value.problems == [
+        "connections[0] (prod).allowed_roles: must list at least one app role (leave it out "
+        "to let every caller with Exports.Run use the connection)"
+    ]
+
+
+def test_the_published_role_pattern_accepts_what_the_model_accepts() -> None:
+    """Editors check the document against the schema: it must agree with the model."""
+    schema = json.loads((ROOT / "schema" / "export-definitions.schema.json").read_text())
+    field = schema["$defs"]["Connection"]["properties"]["allowed_roles"]["anyOf"][0]
+    assert field["minItems"] == 1
+    pattern = re.compile(field["items"]["pattern"])
+    # fullmatch: Python's `$` alone lets a trailing newline through, JSON Schema's does not
+    assert [(role, bool(pattern.fullmatch(role))) for role, _ in ROLE_VALUES] == ROLE_VALUES
+
+
 def test_not_json_names_the_position() -> None:
     with pytest.raises(DefinitionsError, match=r"not valid JSON: .*line 1 column 18"):
         parse_definitions('{"connections": [}')
@@ -187,3 +241,59 @@ def test_published_schema_is_current_and_accepts_the_example() -> None:
     )
     example = (ROOT / "examples" / "exports.json").read_text()
     assert parse_definitions(example).exports[0].name == "demo-vip"
+
+
+def test_each_problem_has_its_json_path_and_a_suggestion() -> None:
+    doc = _doc(name="Weekly VIP", connection="prd", chunk_size="lots", membership="flag", extra=1)
+    doc["connections"][0]["objects_per_requst"] = 50
+    doc["connections"][0]["rate_limit_share"] = 0
+    doc["exports"][0]["source"]["format"] = "jsn"
+    del doc["exports"][0]["mapping"]["email"]
+    doc["exports"][0]["mapping"]["attributes"][0]["type"] = "numbr"
+    doc["exprots"] = []
+    with pytest.raises(DefinitionsError) as caught:
+        parse_definitions(json.dumps(doc))
+    details = caught.value.details
+    assert [p.text for p in details] == caught.value.problems
+    suggestions = {p.path: p.suggestion for p in details}
+    known = suggestions.pop("exports[0].extra")
+    assert known.startswith('the fields known here are "chunk_size", "clear_attributes_on_leave"')
+    assert suggestions == {
+        "connections[0].objects_per_requst": 'did you mean "objects_per_request"?',
+        "connections[0].rate_limit_share": (
+            "use a number above 0 and at most 1, or leave it out for the default, 1.0"
+        ),
+        "exports[0].name": 'for example "weekly-vip"',
+        "exports[0].connection": 'did you mean "prod"?',
+        "exports[0].source.format": 'did you mean "jsonl"?',
+        "exports[0].mapping.email": 'add "email": Column sent as the Braze email field.',
+        "exports[0].mapping.attributes[0].type": 'did you mean "number"?',
+        "exports[0].chunk_size": (
+            "use a whole number from 75 to 50000, or leave it out for the default, 40000"
+        ),
+        "exports[0].membership": 'use "array" or "boolean"',
+        "exprots": 'did you mean "exports"?',
+    }
+
+
+def test_cross_reference_and_syntax_problems_suggest_a_fix_too() -> None:
+    doc = _doc(connection="staging", membership_attribute="loyalty_points")
+    doc["exports"].append(dict(doc["exports"][0], membership_attribute="segments"))
+    doc["exports"][0]["drop"] = {"container": "elsewhere", "path": "ci/*.csv"}
+    with pytest.raises(DefinitionsError) as caught:
+        parse_definitions(json.dumps(doc))
+    assert [(p.path, p.suggestion) for p in caught.value.details] == [
+        ("exports[0].drop.container", 'leave it out for the default, "segments"'),
+        ("exports[1].name", "give each export a name of its own"),
+        ("exports[0].connection", 'define it in connections, or use "prod"'),
+        (
+            "exports[0]",
+            "give each mapped attribute, and membership_attribute, a name of its own",
+        ),
+        ("exports[1].connection", 'define it in connections, or use "prod"'),
+    ]
+    with pytest.raises(DefinitionsError) as broken:
+        parse_definitions('{"connections": [}', "exports.json")
+    (problem,) = broken.value.details
+    assert problem.path == "" and problem.text.startswith("not valid JSON: ")
+    assert problem.suggestion == "look for a missing comma, quote or bracket there or just before"

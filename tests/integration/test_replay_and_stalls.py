@@ -186,9 +186,9 @@ def test_the_replay_route_answers_like_the_rest_of_the_api(quiet_app: App) -> No
     run, _ = _start(quiet_app, "routed", 30)
     for job in plan_in_process(quiet_app, run):
         deliver_chunk(job, quiet_app.services)
-    assert api.replay(quiet_app.services, "bad id!").status == 400
-    assert api.replay(quiet_app.services, "routed-nope").status == 404
-    conflict = api.replay(quiet_app.services, run.run_id)
+    assert api.replay(quiet_app.services, "bad id!", headers={}).status == 400
+    assert api.replay(quiet_app.services, "routed-nope", headers={}).status == 404
+    conflict = api.replay(quiet_app.services, run.run_id, headers={})
     assert conflict.status == 409 and conflict.body["error"] == "not_replayable"
     assert "no rejected deliveries" in conflict.body["message"]
 

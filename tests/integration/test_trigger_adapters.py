@@ -70,6 +70,7 @@ def test_post_starts_a_run_that_can_be_followed(app: App, host: LocalHost, segme
     assert final["status"] == "succeeded"
     assert final["profiles_accepted"] == len(segment.expected)
     assert final["links"]["report"].endswith(f"runs/{started['run_id']}/report.json")
+    assert final["links"]["summary"].endswith(f"runs/{started['run_id']}/report.md")
 
     exports = requests.get(f"{host.url}/api/exports", timeout=30).json()["exports"]
     (listed,) = [e for e in exports if e["name"] == "http-ok"]

@@ -1,9 +1,12 @@
 """Pure trigger rules: schedule slots, drop filtering, and deterministic run ids."""
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from shared.adapters.settings import load_settings
 from shared.core.definitions import is_valid_name
 from shared.core.schedule import is_valid, latest_slot, next_slot, slot_run_id
 from shared.entrypoints import http_api as api
@@ -85,8 +88,10 @@ def test_drop_run_id_depends_on_export_blob_and_content_version() -> None:
 
 @pytest.mark.parametrize("name", ["vip\n", "vip\r", "../vip", "Vip", "vip-", ""])
 def test_names_are_checked_before_any_storage_is_touched(name: str) -> None:
-    """The API refuses these without needing storage at all (no services are passed)."""
+    """The API refuses these without needing storage at all (the services have settings only:
+    touching storage would be an error, a 500)."""
     assert is_valid_name(name) is False
-    assert api.start_export_run(None, name, b"").status == 400  # type: ignore[arg-type]
-    assert api.list_export_runs(None, name, None).status == 400  # type: ignore[arg-type]
-    assert api.get_run(None, name + "\n").status == 400  # type: ignore[arg-type]
+    services: Any = SimpleNamespace(settings=load_settings({"AzureWebJobsStorage": "x"}))
+    assert api.start_export_run(services, name, b"", headers={}).status == 400
+    assert api.list_export_runs(services, name, None, headers={}).status == 400
+    assert api.get_run(services, name + "\n", headers={}).status == 400
