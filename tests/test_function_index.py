@@ -32,9 +32,12 @@ def index() -> dict[str, list[dict]]:
 
 def test_exactly_the_expected_functions(index: dict[str, list[dict]]) -> None:
     assert sorted(index) == [
+        "dashboard",
         "deliver_chunk",
         "diff_partition",
         "get_run",
+        "get_run_rejected_rows",
+        "get_run_report",
         "list_export_runs",
         "list_exports",
         "plan_export",
@@ -81,6 +84,9 @@ def test_timer_runs_every_minute_and_is_monitored(index: dict[str, list[dict]]) 
         ("list_export_runs", "GET", "exports/{name}/runs"),
         ("list_exports", "GET", "exports"),
         ("get_run", "GET", "runs/{run_id}"),
+        ("dashboard", "GET", "dashboard"),
+        ("get_run_report", "GET", "runs/{run_id}/report"),
+        ("get_run_rejected_rows", "GET", "runs/{run_id}/rejected"),
     ],
 )
 def test_http_routes_require_a_function_key(
