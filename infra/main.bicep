@@ -111,7 +111,7 @@ var tags = {
 // minor version (PYTHON in the Makefile; tests/infra checks that they agree).
 var pythonVersion = '3.11'
 
-// Start of the log line that ends every run (shared/pipeline/finalize.py, RUN_ENDED); the alert
+// Start of the log line that ends every run (shared/core/report.py, RUN_ENDED); the alert
 // rules in app/monitoring.bicep match on it.
 var runEndedLogPrefix = 'export run ended'
 
@@ -247,7 +247,8 @@ module api 'app/api.bicep' = {
       EXPORT_ALLOW_LOOPBACK_ENDPOINTS: 'false'
       EXPORT_API_AUTH: apiAuth
     }
-    easyAuthClientId: apiAuth == 'entra' ? apiClientId : ''
+    easyAuth: apiAuth == 'entra'
+    easyAuthClientId: apiClientId
   }
   // The app starts polling its queues and reading Key Vault as soon as it exists: let its role
   // assignments exist first, so the first runs do not fail with 403.

@@ -65,7 +65,10 @@ param maximumInstanceCount int = 40
 @description('Application-specific settings, merged over the platform settings built here.')
 param appSettings object = {}
 
-@description('Application (client) id of the Entra app registration whose tokens App Service Authentication validates in front of the API (EXPORT_API_AUTH=entra). Empty = no App Service Authentication: function keys only.')
+@description('Put App Service Authentication (Microsoft Entra ID) in front of the app: EXPORT_API_AUTH=entra.')
+param easyAuth bool = false
+
+@description('With easyAuth: the application (client) id of the Entra app registration whose tokens are accepted. Left empty, no token is accepted: every call gets 401 (fail closed).')
 param easyAuthClientId string = ''
 
 @description('Log Analytics workspace for the diagnostic setting. Empty = none.')
@@ -164,7 +167,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
 // and adds its own, from which the app reads the caller's app roles (shared/core/access.py). No
 // client secret: it only validates tokens. Event Grid's blob-trigger webhook authenticates with
 // the blobs_extension system key, so its path stays outside.
-resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = if (!empty(easyAuthClientId)) {
+resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = if (easyAuth) {
   // checkov:skip=CKV_AZURE_13:This resource is the App Service Authentication setting itself (authsettingsV2); checkov looks for the older authsettings shape.
   // checkov:skip=CKV_AZURE_63:checkov reads every Microsoft.Web/sites/config resource as the site's web config; this one is authsettingsV2, which has no such property.
   // checkov:skip=CKV_AZURE_65:checkov reads every Microsoft.Web/sites/config resource as the site's web config; this one is authsettingsV2, which has no such property.

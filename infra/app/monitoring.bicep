@@ -3,7 +3,7 @@
 // ended badly.
 //
 // Every run's end writes one log line, `<runEndedLogPrefix>: status=<status> run=<id>
-// export=<name>: <message>` (shared/pipeline/finalize.py, announce_end). Workspace-based
+// export=<name>: <message>` (shared/core/report.py, run_ended). Workspace-based
 // Application Insights stores it in the workspace's AppTraces table, which the alerts query.
 
 param logAnalyticsName string
@@ -16,7 +16,7 @@ param tags object = {}
 @maxValue(730)
 param retentionInDays int = 30
 
-@description('Start of the log line the app writes when a run ends; must equal RUN_ENDED in shared/pipeline/finalize.py (a test checks it).')
+@description('Start of the log line the app writes when a run ends; must equal RUN_ENDED in shared/core/report.py (a test checks it).')
 param runEndedLogPrefix string
 
 @description('Email address told when a run fails, stops at a safety valve or partially succeeds. Empty = the alerts fire in Azure Monitor without notifying anyone.')

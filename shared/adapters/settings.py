@@ -100,10 +100,20 @@ class Settings:
         refused rather than read as the weaker mode."""
         text = self.environ.get("EXPORT_API_AUTH") or AuthMode.FUNCTION_KEY.value
         try:
-            return AuthMode(text.strip().lower())
+            mode = AuthMode(text.strip().lower())
         except ValueError:
             modes = " or ".join(f"'{mode.value}'" for mode in AuthMode)
             raise ConfigurationError(f"EXPORT_API_AUTH must be {modes}, got {text!r}") from None
+        in_azure = bool(self.environ.get("WEBSITE_INSTANCE_ID"))
+        easy_auth = self.environ.get("WEBSITE_AUTH_ENABLED", "").lower() == "true"
+        if mode is AuthMode.ENTRA and in_azure and not easy_auth:
+            # The platform sets WEBSITE_AUTH_ENABLED=True when App Service Authentication is on.
+            # Without it, any key holder could forge the identity header: refuse every call.
+            raise ConfigurationError(
+                "EXPORT_API_AUTH is 'entra' but App Service Authentication is not enabled on "
+                "this app (WEBSITE_AUTH_ENABLED); set API_CLIENT_ID and provision again"
+            )
+        return mode
 
     def local_secret(self, secret_name: str) -> str | None:
         """A Braze API key from the environment, used when no Key Vault is configured."""

@@ -133,26 +133,34 @@ def configure(environ: Mapping[str, str] | None = None) -> bool:
     from azure.monitor.opentelemetry import configure_azure_monitor
     from opentelemetry import metrics as otel_metrics
 
-    configure_azure_monitor(
-        connection_string=connection_string,
-        credential=_credential(env),
-        logger_name=LOGGER_NAME,
-        disable_tracing=True,
-        enable_live_metrics=False,
-        instrumentation_options={
-            name: {"enabled": False}
-            for name in (
-                "azure_sdk",
-                "django",
-                "fastapi",
-                "flask",
-                "psycopg2",
-                "requests",
-                "urllib",
-                "urllib3",
-            )
-        },
-    )
+    try:
+        configure_azure_monitor(
+            connection_string=connection_string,
+            credential=_credential(env),
+            logger_name=LOGGER_NAME,
+            disable_tracing=True,
+            enable_live_metrics=False,
+            instrumentation_options={
+                name: {"enabled": False}
+                for name in (
+                    "azure_sdk",
+                    "django",
+                    "fastapi",
+                    "flask",
+                    "psycopg2",
+                    "requests",
+                    "urllib",
+                    "urllib3",
+                )
+            },
+        )
+    except Exception as error:  # telemetry must never stop exports
+        log.warning(
+            "telemetry is off: APPLICATIONINSIGHTS_CONNECTION_STRING could not be used (%s: %s)",
+            type(error).__name__,
+            error,
+        )
+        return False
     use_meter_provider(otel_metrics.get_meter_provider())
     log.info("telemetry: logs and metrics go to Application Insights")
     return True

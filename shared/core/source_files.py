@@ -241,6 +241,15 @@ def open_lines(chunks: Iterable[bytes], first_line: int = 1) -> LineStream:
     return LineStream(chunks, first_line)
 
 
+_HEADERLESS_HINT = "; is the header row missing, or the mapping misspelled?"
+
+
+def _looks_like_a_column_name(text: str) -> bool:
+    """A file without its header row has a customer's values where the names should be:
+    messages quote only what cannot be an email, a number or an id."""
+    return len(text) <= 64 and "@" not in text and sum(c.isdigit() for c in text) < 3
+
+
 class RecordReader:
     """Reads records from decoded lines; `columns` is known before the first record is read.
 
@@ -285,7 +294,12 @@ class RecordReader:
             self.columns = [name.strip() for name in header]
             dupes = sorted({c for c in self.columns if self.columns.count(c) > 1 and c})
             if dupes:
-                raise SourceError(f"the header names these columns more than once: {dupes}")
+                shown = [c for c in dupes if _looks_like_a_column_name(c)]
+                raise SourceError(
+                    f"the header names {len(dupes)} column(s) more than once"
+                    + (f": {shown}" if shown == dupes else "")
+                    + _HEADERLESS_HINT * (shown != dupes)
+                )
 
     def require_columns(self, needed: Iterable[str]) -> None:
         """Fail before anything is sent when a mapped column is not in the CSV header."""
@@ -294,7 +308,8 @@ class RecordReader:
         missing = [c for c in needed if c not in self.columns]
         if missing:
             raise SourceError(
-                f"mapped column(s) {missing} not in the CSV header; the header has {self.columns}"
+                f"mapped column(s) {missing} not in the CSV header ({len(self.columns)} "
+                f"columns, not quoted: they may be a customer's values){_HEADERLESS_HINT}"
             )
 
     def __iter__(self) -> Iterator[SourceRecord]:

@@ -50,6 +50,7 @@ EXIT_CODES = {
     Status.FAILED: 2,
     Status.STOPPED: 3,
 }
+STILL_RUNNING = 4  # `status` of a run that has not finished
 INTERRUPTED = 130  # what a shell reports for Ctrl-C
 
 
@@ -371,7 +372,7 @@ def _status(args: argparse.Namespace) -> int:
         sending = run.status == Status.DELIVERING
         answered = services.runs.profiles_answered(run.run_id) if sending else None
         print("\n".join(_report_lines(build_report(run), answered)))
-    return EXIT_CODES.get(Status(run.status), 0)
+    return EXIT_CODES.get(Status(run.status), STILL_RUNNING)
 
 
 def _print_report(report: dict[str, Any], as_json: bool) -> None:

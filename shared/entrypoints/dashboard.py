@@ -19,13 +19,13 @@ from html import escape
 from shared.adapters.services import Services
 from shared.adapters.settings import ConfigurationError
 from shared.adapters.storage import BlobNotFound
-from shared.core.access import READ, authorize
+from shared.core.access import READ, RUN, Refusal, authorize
 from shared.core.definitions import DefinitionsError
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, utcnow
 from shared.core.schedule import next_slot
 from shared.core.status_page import CONTENT_SECURITY_POLICY, ExportStatus, render
-from shared.entrypoints.http_api import ECHO_CHARS, RUN_ID_PATTERN
+from shared.entrypoints.http_api import ECHO_CHARS, RUN_ID_PATTERN, _connection
 
 RUNS_PER_EXPORT = 14  # two weeks of a daily export
 RUNS_WITHOUT_DEFINITIONS = 200  # the newest runs of any export, when the definitions are broken
@@ -106,15 +106,19 @@ class RunFile:
     content_type: str
     disposition: str  # "inline" to show it, "attachment" to download it
     file_name: str  # after the run id, for the browser to save it under
+    needs: str  # the app role (with EXPORT_API_AUTH=entra)
+    personal: bool  # holds customer data: the connection's allowed_roles apply too
 
 
-REPORT = RunFile("report", lambda run: run.report_blob, JSON, "inline", "report.json")
+REPORT = RunFile("report", lambda run: run.report_blob, JSON, "inline", "report.json", READ, False)
 REJECTED_ROWS = RunFile(
     "rejected rows",
     lambda run: run.rejected_blob,
     JSON_LINES,
     "attachment",  # the rows as they were read, personal data included: not left on screen
     "rejected.jsonl",
+    RUN,  # customers' data: whoever may send it through the connection, not every reader
+    True,
 )
 
 
@@ -123,16 +127,27 @@ def run_file(
 ) -> WebResponse:
     """GET /api/runs/{run_id}/report or .../rejected: the file from the runs container."""
     try:
-        if refusal := authorize(services.settings.api_auth, headers, READ):
-            response = _error(refusal.status, refusal.code, refusal.message)
-            if refusal.status == 401:
-                response.headers["WWW-Authenticate"] = "Bearer"
-            return response
+        mode = services.settings.api_auth
+        if refused := _refused(authorize(mode, headers, file.needs)):
+            return refused
         if not RUN_ID_PATTERN.fullmatch(run_id):
             return _error(400, "invalid_run_id", f"'{run_id[:ECHO_CHARS]}' is not a valid run id")
         run = services.runs.get(run_id)
         if run is None:
-            return _error(404, "run_not_found", f"no run '{run_id}'")
+            return _error(404, "run_not_found", f"no run '{run_id[:ECHO_CHARS]}'")
+        connection = _connection(services, run.connection) if file.personal else None
+        if connection is not None and (
+            refused := _refused(
+                authorize(
+                    mode,
+                    headers,
+                    file.needs,
+                    connection=connection.name,
+                    connection_roles=connection.allowed_roles,
+                )
+            )
+        ):
+            return refused
         blob = file.blob(run)
         if not blob:
             return _error(
@@ -144,7 +159,7 @@ def run_file(
             size = services.storage.size(RUNS_CONTAINER, blob)
             if size > MAX_FILE_BYTES:
                 return _error(
-                    413,
+                    409,
                     "file_too_large",
                     f"run '{run_id}': its {file.what} file has {size:,} bytes, more than this "
                     f"app sends ({MAX_FILE_BYTES:,}); download blob '{blob}' from container "
@@ -165,6 +180,15 @@ def run_file(
         )
     except Exception:
         return _error(500, "internal_error", _failed(f"run {file.what}"))
+
+
+def _refused(refusal: Refusal | None) -> WebResponse | None:
+    if refusal is None:
+        return None
+    response = _error(refusal.status, refusal.code, refusal.message)
+    if refusal.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
 
 def _failed(what: str) -> str:

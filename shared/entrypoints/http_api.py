@@ -168,7 +168,7 @@ def get_run(services: Services, run_id: str, *, headers: Mapping[str, str]) -> A
         return _error(400, "invalid_run_id", f"'{run_id[:ECHO_CHARS]}' is not a valid run id")
     run = services.runs.get(run_id)
     if run is None:
-        return _error(404, "run_not_found", f"no run '{run_id}'")
+        return _error(404, "run_not_found", f"no run '{run_id[:ECHO_CHARS]}'")
     return ApiResponse(200, _run_links(services, run))
 
 
@@ -181,8 +181,10 @@ def replay(services: Services, run_id: str, *, headers: Mapping[str, str]) -> Ap
         return _error(400, "invalid_run_id", f"'{run_id[:ECHO_CHARS]}' is not a valid run id")
     run = services.runs.get(run_id)
     if run is None:
-        return _error(404, "run_not_found", f"no run '{run_id}'")
-    if refused := _refused(services, headers, RUN, _connection(services, run.connection)):
+        return _error(404, "run_not_found", f"no run '{run_id[:ECHO_CHARS]}'")
+    # Replaying a teardown removes memberships again: as the teardown itself, Admin only.
+    needs = ADMIN if run.teardown else RUN
+    if refused := _refused(services, headers, needs, _connection(services, run.connection)):
         return refused
     try:
         run = replay_run(services, run_id)

@@ -85,14 +85,24 @@ def test_truncated_gzip_is_an_error_not_a_short_file() -> None:
 def test_empty_csv_and_duplicate_header() -> None:
     with pytest.raises(SourceError, match="empty"):
         _read(b"")
-    with pytest.raises(SourceError, match=r"more than once: \['a'\]"):
+    with pytest.raises(SourceError, match=r"1 column\(s\) more than once: \['a'\]"):
         _read(b"a,b,a\n1,2,3\n")
+    # A data row where the header should be: its values are not quoted.
+    with pytest.raises(SourceError, match=r"more than once; is the header row missing") as error:
+        _read(b"jane@example.com,x,jane@example.com\n1,2,3\n")
+    assert "jane" not in str(error.value)
 
 
-def test_missing_mapped_column_lists_the_header() -> None:
+def test_missing_mapped_column_quotes_no_header_value() -> None:
     reader = RecordReader(open_lines([b"CustomerId,Mail\n1,x\n"]), "csv")
-    with pytest.raises(SourceError, match=r"\['Email'\] not in the CSV header.*'Mail'"):
+    with pytest.raises(SourceError, match=r"\['Email'\] not in the CSV header \(2 columns"):
         reader.require_columns(["CustomerId", "Email"])
+    headerless = RecordReader(open_lines([b"c-1001,ann@example.com,Emil\n"]), "csv")
+    with pytest.raises(SourceError, match="is the header row missing") as error:
+        headerless.require_columns(["CustomerId", "Email"])
+    assert not {"ann@example.com", "c-1001", "Emil"} & set(
+        str(error.value).replace("'", " ").split()
+    )
 
 
 def test_stream_is_not_read_ahead_of_need() -> None:

@@ -25,6 +25,7 @@ LOCAL_ONLY = {
     "EXPORT_DEFINITIONS_PATH": "a local definitions file; Azure reads EXPORT_DEFINITIONS_BLOB",
     "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "optional host.json override",
     "WEBSITE_INSTANCE_ID": "set by the platform on every instance",
+    "WEBSITE_AUTH_ENABLED": "set by the platform when App Service Authentication is on",
     "BRAZE_SECRET_<NAME>": "local API keys; Azure reads them from Key Vault (KEY_VAULT_URL)",
 }
 # Set in Azure but read by the Functions host or the C runtime, not by the app's code.

@@ -140,6 +140,20 @@ def test_an_admin_tears_down_and_a_runner_may_not(quiet_app: App, entra: Service
     assert response.body["teardown"] is True
 
 
+def test_replaying_a_teardown_needs_admin_as_the_teardown_did(
+    quiet_app: App, entra: Services
+) -> None:
+    _define(quiet_app, "acc-replay-teardown")
+    done = _finished_run(quiet_app, "acc-replay-teardown")
+    done.teardown = True
+    quiet_app.services.runs.update(done)
+
+    _assert_refused(api.replay(entra, done.run_id, headers=as_caller(RUN)), 403, ADMIN)
+    stored = quiet_app.services.runs.get(done.run_id)
+    assert stored is not None and stored.status == Status.PARTIALLY_SUCCEEDED
+    assert stored.replay_round == 0
+
+
 @pytest.mark.parametrize(
     ("case", "headers"),
     [

@@ -27,7 +27,7 @@ from devtools.processes import ROOT
 from devtools.sample import make_segment
 from shared.adapters.services import Services
 from shared.adapters.settings import load_settings
-from shared.core.access import READ
+from shared.core.access import READ, RUN
 from shared.core.report import build_report
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, Status, utcnow
@@ -489,7 +489,7 @@ def _services(app: App, **env: str) -> Services:
     return Services(load_settings({**app.env, **env}))
 
 
-def test_with_entra_the_page_and_the_files_need_the_read_role(
+def test_with_entra_the_page_and_report_need_read_and_the_rejected_rows_run(
     history: History, app_env: App
 ) -> None:
     services = _services(app_env, EXPORT_API_AUTH="entra")
@@ -503,9 +503,16 @@ def test_with_entra_the_page_and_the_files_need_the_read_role(
     refused = dashboard.run_file(services, report, dashboard.REPORT, headers={})
     assert refused.status == 401 and json.loads(refused.body)["error"] == "unauthenticated"
     stranger = {"X-MS-CLIENT-PRINCIPAL": principal("Someone.Else")}
-    forbidden = dashboard.run_file(services, report, dashboard.REJECTED_ROWS, headers=stranger)
+    forbidden = dashboard.run_file(services, report, dashboard.REPORT, headers=stranger)
     assert forbidden.status == 403 and READ in json.loads(forbidden.body)["message"]
     assert dashboard.run_file(services, report, dashboard.REPORT, headers=reader).status == 200
+    # The rejected rows hold customers' data: a reader may not download them, a runner may.
+    rows = dashboard.run_file(services, report, dashboard.REJECTED_ROWS, headers=reader)
+    assert rows.status == 403 and RUN in json.loads(rows.body)["message"]
+    runner = {"X-MS-CLIENT-PRINCIPAL": principal(RUN)}
+    assert (
+        dashboard.run_file(services, report, dashboard.REJECTED_ROWS, headers=runner).status == 200
+    )
 
 
 def test_broken_definitions_are_said_and_the_runs_recorded_still_listed(
@@ -530,7 +537,7 @@ def test_a_file_too_large_to_send_is_refused_naming_its_blob(
     monkeypatch.setattr(dashboard, "MAX_FILE_BYTES", 10)
     run = history.real
     response = dashboard.run_file(app_env.services, run.run_id, dashboard.REPORT, headers={})
-    assert response.status == 413
+    assert response.status == 409
     body = json.loads(response.body)
     assert body["error"] == "file_too_large" and run.report_blob in body["message"]
 

@@ -82,22 +82,32 @@ def test_missing_column_fails_the_run_before_anything_is_sent(app: App) -> None:
     run = app.wait_for_final(start_run(app.services, "nocol", "test").run.run_id)
 
     assert run.status == Status.FAILED
-    assert "['Email', 'FirstName'," in run.message and "'Mail'" in run.message
+    assert "['Email', 'FirstName'," in run.message and "(2 columns" in run.message
     assert app.sandbox_requests() == []
 
 
-def test_a_failure_naming_a_wide_header_is_clipped_to_fit_the_run_record(app: App) -> None:
-    """The message names the whole header; the run record keeps its first 2,000 characters."""
-    header = ",".join(["CustomerId", *(f"Extra column {n} with a long name" for n in range(500))])
-    app.upload("e2e/wide.csv", f"{header}\n1,{',' * 499}\n".encode())
-    app.define([export_definition("wide", "e2e/wide.csv", "S")])
+def test_a_file_without_its_header_row_fails_quoting_none_of_its_values(app: App) -> None:
+    """The first data row stands where the header should be: the message (run record, report,
+    status page, the run-end log line) says what is missing without quoting a customer."""
+    row = "cust-001,jane.doe@example.com,Jane,42,true,1990-01-01,hi"
+    app.upload("e2e/headerless.csv", f"{row}\ncust-002,john@example.com,John,7,false,,\n".encode())
+    app.define([export_definition("headerless", "e2e/headerless.csv", "S")])
 
-    run = app.wait_for_final(start_run(app.services, "wide", "test").run.run_id)
+    run = app.wait_for_final(start_run(app.services, "headerless", "test").run.run_id)
 
     assert run.status == Status.FAILED
-    assert run.message.startswith("planning failed: mapped column(s) ['Email'")
-    assert len(run.message) == 2001 and run.message.endswith("…")
+    assert run.message.startswith("planning failed: mapped column(s) ['CustomerId', 'Email'")
+    assert "(7 columns, not quoted" in run.message and "is the header row missing" in run.message
+    for value in row.split(","):
+        assert value not in run.message.split("mapped column(s)")[1].split("]")[1], value
     assert app.sandbox_requests() == []
+
+
+def test_a_long_run_message_is_clipped_to_fit_the_run_record() -> None:
+    from shared.pipeline.finalize import _clip
+
+    assert len(_clip("x" * 5000)) == 2001 and _clip("x" * 5000).endswith("…")
+    assert _clip("short") == "short"
 
 
 def test_a_50_mb_row_is_rejected_with_its_line_and_every_other_row_is_sent(app: App) -> None:

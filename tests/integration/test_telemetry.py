@@ -64,6 +64,22 @@ def test_a_partition_job_names_its_partition(caplog: pytest.LogCaptureFixture) -
     assert caplog.records[-1].chunk == "partition 12"
 
 
+def test_a_connection_string_that_cannot_be_used_turns_telemetry_off_not_the_app() -> None:
+    """In a fresh process (configuring OpenTelemetry is once per process)."""
+    script = (
+        "from shared.adapters import telemetry\n"
+        "env = {'APPLICATIONINSIGHTS_CONNECTION_STRING': 'InstrumentationKey=not-a-key'}\n"
+        "print(telemetry.configure(env), telemetry.metrics())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["False", "None"]
+    assert "telemetry is off: APPLICATIONINSIGHTS_CONNECTION_STRING could not be used" in (
+        done.stderr
+    )
+
+
 @pytest.fixture
 def reader() -> Iterator[InMemoryMetricReader]:
     reader = InMemoryMetricReader()
