@@ -81,7 +81,8 @@ def main() -> int:
     _show_exports()
     print(
         "\nAzurite, the sandbox and the local host (http://localhost:7071) keep running, and "
-        "local.settings.json points at them: try `.venv/bin/python -m shared runs`.\n"
+        "local.settings.json points at them: try `.venv/bin/python -m shared runs`, or open "
+        "the status page, http://localhost:7071/api/dashboard, in a browser.\n"
         "`make stop` ends them."
     )
     return 0
