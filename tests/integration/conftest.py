@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,11 +174,11 @@ class LocalHost:
     output: list[str]
 
 
-@pytest.fixture(scope="session")
-def local_host(app_env: App) -> Iterator[LocalHost]:
-    """`python -m devhost` running function_app.py's triggers against the test Azurite."""
+@contextlib.contextmanager
+def running_local_host(app_env: Mapping[str, str]) -> Iterator[LocalHost]:
+    """`python -m devhost` running function_app.py's triggers with these app settings."""
     env = {k: v for k, v in os.environ.items() if k != "AzureWebJobsStorage"}
-    env.update(app_env.env, PYTHONUNBUFFERED="1")
+    env.update(app_env, PYTHONUNBUFFERED="1")
     host = subprocess.Popen(
         [sys.executable, "-m", "devhost", "--app-dir", str(ROOT), "--port", "0"],
         cwd=ROOT,
@@ -187,21 +187,41 @@ def local_host(app_env: App) -> Iterator[LocalHost]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    output: list[str] = []
-    url = ""
-    assert host.stdout is not None
-    for line in host.stdout:
-        output.append(line)
-        if line.startswith("devhost http listening on "):
-            url = line.split()[-1]
-        if line.strip() == "devhost ready":
-            break
-    else:
-        raise RuntimeError("devhost did not start:\n" + "".join(output))
-    threading.Thread(target=lambda: output.extend(host.stdout), daemon=True).start()  # type: ignore[arg-type]
-    yield LocalHost(host, url, output)
-    host.terminate()
-    host.wait(timeout=60)
+    try:
+        output: list[str] = []
+        url = ""
+        assert host.stdout is not None
+        for line in host.stdout:
+            output.append(line)
+            if line.startswith("devhost http listening on "):
+                url = line.split()[-1]
+            if line.strip() == "devhost ready":
+                break
+        else:
+            raise RuntimeError("devhost did not start:\n" + "".join(output))
+        threading.Thread(target=lambda: output.extend(host.stdout), daemon=True).start()  # type: ignore[arg-type]
+        yield LocalHost(host, url, output)
+    finally:
+        host.terminate()
+        host.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def local_host(app_env: App) -> Iterator[LocalHost]:
+    """The local host against the test Azurite, for the whole session."""
+    with running_local_host(app_env.env) as host:
+        yield host
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120) -> Any:
+    """Poll for an outcome; the deadline only bounds a hang, it asserts no speed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="session")

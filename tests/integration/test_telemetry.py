@@ -7,11 +7,9 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +33,8 @@ from tests.integration.conftest import (
     App,
     export_definition,
     run_in_process,
+    running_local_host,
+    wait_for,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,17 +166,6 @@ def telemetry_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azur
     running.stop()
 
 
-def _wait_for(condition: Any, what: str, timeout: float = 120) -> Any:
-    """Poll for an outcome; the deadline only bounds a hang, it asserts no speed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_with_a_connection_string_logs_and_metrics_reach_application_insights(
     sandbox: Any,
     telemetry_storage: Azurite,
@@ -186,7 +175,6 @@ def test_with_a_connection_string_logs_and_metrics_reach_application_insights(
     port = ingestion.server_address[1]
     definitions = tmp_path / "exports.json"
     env = {
-        **{k: v for k, v in os.environ.items() if k != "AzureWebJobsStorage"},
         "AzureWebJobsStorage": telemetry_storage.connection_string,
         "EXPORT_DEFINITIONS_PATH": str(definitions),
         "BRAZE_SECRET_BRAZE_SANDBOX_KEY": SANDBOX_KEY,
@@ -200,7 +188,6 @@ def test_with_a_connection_string_logs_and_metrics_reach_application_insights(
         "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
         "OTEL_METRIC_EXPORT_INTERVAL": "500",
         "OTEL_BLRP_SCHEDULE_DELAY": "200",
-        "PYTHONUNBUFFERED": "1",
     }
     app = App(env, definitions, sandbox)
     app.services.ensure_resources()
@@ -208,27 +195,8 @@ def test_with_a_connection_string_logs_and_metrics_reach_application_insights(
     sample = make_segment(120, invalid_every=40, id_prefix="wire")
     app.upload("wire/seg.csv", sample.data)
     app.define([export_definition("wire", "wire/seg.csv", "Wire")])
-    host = subprocess.Popen(
-        [sys.executable, "-m", "devhost", "--app-dir", str(ROOT), "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    try:
-        assert host.stdout is not None
-        url = ""
-        for line in host.stdout:
-            output.append(line)
-            if line.startswith("devhost http listening on "):
-                url = line.split()[-1]
-            if line.strip() == "devhost ready":
-                break
-        threading.Thread(target=lambda: output.extend(host.stdout), daemon=True).start()  # type: ignore[arg-type]
-
-        started = requests.post(f"{url}/api/exports/wire/runs", timeout=30).json()
+    with running_local_host(env) as host:
+        started = requests.post(f"{host.url}/api/exports/wire/runs", timeout=30).json()
         run = app.wait_for_final(started["run_id"])
         assert run.status == Status.PARTIALLY_SUCCEEDED
 
@@ -242,7 +210,7 @@ def test_with_a_connection_string_logs_and_metrics_reach_application_insights(
                 and e["data"]["baseData"]["message"].startswith(f"{RUN_ENDED}: status=")
             ]
 
-        (line,) = _wait_for(ended, "the run-end log line in Application Insights")
+        (line,) = wait_for(ended, "the run-end log line in Application Insights")
         assert run.run_id in line["message"]
         assert line["severityLevel"] == 2  # Warning, in Application Insights' numbering
 
@@ -255,7 +223,7 @@ def test_with_a_connection_string_logs_and_metrics_reach_application_insights(
                 if metric["name"] == "exporter.profiles_sent"
             ]
 
-        metric, properties = _wait_for(sent, "exporter.profiles_sent in Application Insights")[0]
+        metric, properties = wait_for(sent, "exporter.profiles_sent in Application Insights")[0]
         assert metric["value"] == run.profiles_accepted == len(sample.expected)
         assert properties["export"] == "wire"
         stamped = [
@@ -268,6 +236,3 @@ def test_with_a_connection_string_logs_and_metrics_reach_application_insights(
         # Only the exporter's telemetry: no request spans, no dependency calls.
         kinds = {e["data"]["baseType"] for e in list(envelopes)}
         assert kinds <= {"MessageData", "MetricData", "ExceptionData"}, kinds
-    finally:
-        host.terminate()
-        host.wait(timeout=60)

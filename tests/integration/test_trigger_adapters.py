@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +16,7 @@ from devtools.sample import make_segment
 from shared.core.report import RUN_ENDED
 from shared.core.runs import Run, Status, utcnow
 from shared.core.schedule import latest_slot, slot_run_id
-from tests.integration.conftest import App, LocalHost, export_definition
+from tests.integration.conftest import App, LocalHost, export_definition, wait_for
 
 
 @pytest.fixture
@@ -30,17 +29,6 @@ def segment(app: App) -> Any:
     sample = make_segment(200, invalid_every=1000, id_prefix="adapt")
     app.upload("adapt/seg.csv", sample.data)
     return sample
-
-
-def _wait_for(condition: Any, what: str, timeout: float = 120) -> Any:
-    """Poll for an outcome; the deadline only bounds a hang, it asserts no speed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _log_lines(host: LocalHost, pattern: str) -> list[str]:
@@ -66,7 +54,7 @@ def test_post_starts_a_run_that_can_be_followed(app: App, host: LocalHost, segme
         body = requests.get(host.url + response.headers["Location"], timeout=30).json()
         return body if body["status"] in ("succeeded", "partially_succeeded", "failed") else None
 
-    final = _wait_for(finished, "the run to finish")
+    final = wait_for(finished, "the run to finish")
     assert final["status"] == "succeeded"
     assert final["profiles_accepted"] == len(segment.expected)
     assert final["links"]["report"].endswith(f"runs/{started['run_id']}/report.json")
@@ -91,7 +79,7 @@ def test_a_failed_run_logs_the_line_the_alert_rule_fires_on(app: App, host: Loca
 
     assert run.status == Status.FAILED
     expected = f"{RUN_ENDED}: status=failed run={run.run_id} export=alerted: planning failed"
-    lines = _wait_for(lambda: _log_lines(host, re.escape(expected)), "the run-end log line")
+    lines = wait_for(lambda: _log_lines(host, re.escape(expected)), "the run-end log line")
     assert len(lines) == 1
     assert "a@example.com" not in lines[0]
 
@@ -108,7 +96,7 @@ def test_dry_run_then_teardown_over_http(app: App, host: LocalHost, segment: Any
             run = requests.get(url, timeout=30).json()
             return run if run["status"] not in ("queued", "planning", "delivering") else None
 
-        result: dict[str, Any] = _wait_for(finished, f"{path} to finish")
+        result: dict[str, Any] = wait_for(finished, f"{path} to finish")
         return result
 
     dry = run_to_end("/api/exports/http-down/runs", {"dry_run": True})
@@ -215,7 +203,7 @@ def test_timer_fired_twice_and_concurrently_starts_one_run_per_slot(
         thread.join()
     fire()
 
-    _wait_for(lambda: len(_log_lines(host, executed)) >= before + 4, "4 ticks")
+    wait_for(lambda: len(_log_lines(host, executed)) >= before + 4, "4 ticks")
     outcomes = _log_lines(host, r"schedule: export timed -> ")
     assert sum("-> started" in line for line in outcomes) == 1, outcomes
     (run,) = app.services.runs.list_runs("timed")
@@ -270,7 +258,7 @@ def test_a_dropped_file_starts_its_export_with_that_file(
     )
     app.upload("adapt/in/today.csv", segment.data)  # the local Event Grid stand-in notices it
 
-    run = _wait_for(lambda: app.services.runs.list_runs("dropper"), "a run from the drop")[0]
+    run = wait_for(lambda: app.services.runs.list_runs("dropper"), "a run from the drop")[0]
     assert (run.trigger, run.source) == ("blob", "segments/adapt/in/today.csv")
     assert app.wait_for_final(run.run_id).profiles_accepted == len(segment.expected)
 
@@ -288,7 +276,7 @@ def test_the_same_event_twice_and_an_unchanged_reupload_start_one_run(
     app.upload("adapt/twice/a.csv", segment.data)  # same bytes, new ETag
 
     pattern = r"drop segments/adapt/twice/a\.csv -> export twice: "
-    _wait_for(lambda: len(_log_lines(host, pattern)) >= 3, "three deliveries of the drop")
+    wait_for(lambda: len(_log_lines(host, pattern)) >= 3, "three deliveries of the drop")
     outcomes = _log_lines(host, pattern)
     assert sum(line.rstrip().endswith("started") for line in outcomes) == 1, outcomes
     assert len(app.services.runs.list_runs("twice")) == 1
@@ -308,7 +296,7 @@ def test_ignored_drops_say_why_and_start_nothing(
     app.define([export_definition("ignorer", "adapt/seg.csv", "I", drop={"path": "adapt/ign/*"})])
     app.upload(name, data)
     _post_event(host, _blob_event(app, name))
-    line = _wait_for(
+    line = wait_for(
         lambda: _log_lines(host, rf"ignored segments/{re.escape(name)}: "), "the ignore log line"
     )
     assert reason in line[0]
@@ -369,14 +357,14 @@ def test_a_cdm_folder_starts_when_model_json_lands_not_on_partitions(
         app.upload(name, text.encode())
         _post_event(host, _blob_event(app, name))
     for name in parts:
-        _wait_for(
+        wait_for(
             lambda n=name: _log_lines(host, rf"{re.escape(n)} -> export cdm-vip: ignored: a CDM"),
             "the partition to be ignored",
         )
     assert app.services.runs.list_runs("cdm-vip") == []
 
     app.upload(f"{folder}/model.json", json.dumps(model).encode())
-    run = _wait_for(lambda: app.services.runs.list_runs("cdm-vip"), "the model.json run")[0]
+    run = wait_for(lambda: app.services.runs.list_runs("cdm-vip"), "the model.json run")[0]
     final = app.wait_for_final(run.run_id)
 
     assert final.source == f"segments/{folder}/model.json"
