@@ -25,7 +25,7 @@ from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, utcnow
 from shared.core.schedule import next_slot
 from shared.core.status_page import CONTENT_SECURITY_POLICY, ExportStatus, render
-from shared.entrypoints.http_api import ECHO_CHARS, RUN_ID_PATTERN, _connection
+from shared.entrypoints.http_api import connection_named, find_run
 
 RUNS_PER_EXPORT = 14  # two weeks of a daily export
 RUNS_WITHOUT_DEFINITIONS = 200  # the newest runs of any export, when the definitions are broken
@@ -130,12 +130,10 @@ def run_file(
         mode = services.settings.api_auth
         if refused := _refused(authorize(mode, headers, file.needs)):
             return refused
-        if not RUN_ID_PATTERN.fullmatch(run_id):
-            return _error(400, "invalid_run_id", f"'{run_id[:ECHO_CHARS]}' is not a valid run id")
-        run = services.runs.get(run_id)
-        if run is None:
-            return _error(404, "run_not_found", f"no run '{run_id[:ECHO_CHARS]}'")
-        connection = _connection(services, run.connection) if file.personal else None
+        run = find_run(services, run_id)
+        if not isinstance(run, Run):
+            return _error(*run)
+        connection = connection_named(services, run.connection) if file.personal else None
         if connection is not None and (
             refused := _refused(
                 authorize(

@@ -164,11 +164,9 @@ def get_run(services: Services, run_id: str, *, headers: Mapping[str, str]) -> A
     """GET /api/runs/{run_id}."""
     if refused := _refused(services, headers, READ):
         return refused
-    if not RUN_ID_PATTERN.fullmatch(run_id):
-        return _error(400, "invalid_run_id", f"'{run_id[:ECHO_CHARS]}' is not a valid run id")
-    run = services.runs.get(run_id)
-    if run is None:
-        return _error(404, "run_not_found", f"no run '{run_id[:ECHO_CHARS]}'")
+    run = find_run(services, run_id)
+    if not isinstance(run, Run):
+        return _error(*run)
     return ApiResponse(200, _run_links(services, run))
 
 
@@ -177,14 +175,12 @@ def replay(services: Services, run_id: str, *, headers: Mapping[str, str]) -> Ap
     """POST /api/runs/{run_id}/replay: send the run's rejected deliveries again (202)."""
     if refused := _refused(services, headers, RUN):
         return refused
-    if not RUN_ID_PATTERN.fullmatch(run_id):
-        return _error(400, "invalid_run_id", f"'{run_id[:ECHO_CHARS]}' is not a valid run id")
-    run = services.runs.get(run_id)
-    if run is None:
-        return _error(404, "run_not_found", f"no run '{run_id[:ECHO_CHARS]}'")
+    run = find_run(services, run_id)
+    if not isinstance(run, Run):
+        return _error(*run)
     # Replaying a teardown removes memberships again: as the teardown itself, Admin only.
     needs = ADMIN if run.teardown else RUN
-    if refused := _refused(services, headers, needs, _connection(services, run.connection)):
+    if refused := _refused(services, headers, needs, connection_named(services, run.connection)):
         return refused
     try:
         run = replay_run(services, run_id)
@@ -251,7 +247,18 @@ def _start_options(body: bytes, allowed: set[str]) -> tuple[dict[str, bool], str
     return data, None
 
 
-def _connection(services: Services, name: str) -> Connection | None:
+def find_run(services: Services, run_id: str) -> Run | tuple[int, str, str]:
+    """The run, or the error (status, code, message) for an id that names none: checked
+    against the pattern before it reaches a storage key."""
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        return 400, "invalid_run_id", f"'{run_id[:ECHO_CHARS]}' is not a valid run id"
+    run = services.runs.get(run_id)
+    if run is None:
+        return 404, "run_not_found", f"no run '{run_id[:ECHO_CHARS]}'"
+    return run
+
+
+def connection_named(services: Services, name: str) -> Connection | None:
     """The connection a run was sent through, if the definitions still have it (without it,
     nothing can be sent, so there is nothing to restrict)."""
     try:
