@@ -2,7 +2,7 @@
 
 Layout in the snapshots container:
     <export>/<connection>/current.json             which run's snapshot is current, and its shape
-    <export>/<connection>/<run id>/part-NNNN.jsonl  one `[customer id, fingerprints]` per line
+    <export>/<connection>/<run id>/part-NNNN.jsonl  one profile per line (`snapshot_line`)
 
 A run writes its snapshot beside the current one and then switches `current.json`, so a crash
 half-way through leaves the previous snapshot in force: the next run diffs against it again.
@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, fields
 
 from shared.adapters.storage import BlobLineWriter, BlobNotFound, Storage
 from shared.core import jsonlines
-from shared.core.fingerprints import Fingerprints
 from shared.core.partitioning import old_partitions_for, partition_of
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
 
@@ -36,6 +35,26 @@ class Manifest:
     # The run's source version when Braze took everything it sent (else empty): a later run of
     # the same version has nothing to send.
     source_version: str = ""
+
+
+# A profile of a snapshot: (customer id as JSON, row digest, fingerprints as JSON). The digest
+# is of the source row the fingerprints came from (`fingerprints.row_digest`; empty when
+# unknown); the diff compares texts, and parses the fingerprints only of a profile whose row
+# changed.
+SnapshotEntry = tuple[str, str, str]
+
+
+def snapshot_line(id_json: str, digest: str, prints_json: str) -> str:
+    """`customer id <TAB> row digest <TAB> fingerprints`; JSON escapes every tab in a value."""
+    return f"{id_json}\t{digest}\t{prints_json}"
+
+
+def parse_snapshot_line(line: str) -> SnapshotEntry:
+    if line.startswith("["):  # written before row digests: `[customer id, fingerprints]`
+        customer_id, prints = jsonlines.loads(line)
+        return jsonlines.dumps(customer_id), "", jsonlines.dumps(prints)
+    id_json, digest, prints_json = line.split("\t")
+    return id_json, digest, prints_json
 
 
 def _prefix(export: str, connection: str) -> str:
@@ -61,14 +80,14 @@ class SnapshotStore:
         # A newer version may have added fields: keep what this one knows.
         return Manifest(**{f.name: data[f.name] for f in fields(Manifest) if f.name in data})
 
-    def profiles(
+    def entries(
         self,
         export: str,
         connection: str,
         snapshot: tuple[str, int],
         partition: int,
         partitions: int,
-    ) -> Iterator[tuple[str, Fingerprints]]:
+    ) -> Iterator[SnapshotEntry]:
         """The profiles of snapshot (run id, partition count) in `partition` of `partitions`."""
         run_id, old_count = snapshot
         for old in old_partitions_for(partition, partitions, old_count):
@@ -79,34 +98,30 @@ class SnapshotStore:
                 continue
             for line in text.split("\n"):
                 if line:
-                    customer_id, prints = jsonlines.loads(line)
+                    entry = parse_snapshot_line(line)
                     # An old partition holds ids of several new ones when there were fewer.
                     if (
                         old_count >= partitions
-                        or partition_of(customer_id, partitions) == partition
+                        or partition_of(jsonlines.loads(entry[0]), partitions) == partition
                     ):
-                        yield customer_id, prints
+                        yield entry
 
     def part_writer(
         self, export: str, connection: str, run_id: str, partition: int
     ) -> BlobLineWriter:
-        """A writer for one partition of a new (not yet current) snapshot: `[id, prints]` lines."""
+        """A writer for one partition of a new (not yet current) snapshot: `snapshot_line`s."""
         return self._storage.line_writer(
             SNAPSHOTS_CONTAINER, _part_name(export, connection, run_id, partition)
         )
 
     def write_partition(
-        self,
-        export: str,
-        connection: str,
-        run_id: str,
-        partition: int,
-        entries: Iterable[tuple[str, Fingerprints]],
+        self, export: str, connection: str, run_id: str, partition: int, lines: Iterable[str]
     ) -> int:
-        """Write one partition of a new (not yet current) snapshot; returns its profile count."""
+        """Write one partition of a new (not yet current) snapshot from its `snapshot_line`s;
+        returns its profile count."""
         writer = self.part_writer(export, connection, run_id, partition)
-        for customer_id, prints in entries:
-            writer.write(jsonlines.dumps([customer_id, prints]))
+        for line in lines:
+            writer.write(line)
         writer.close()
         return writer.lines
 

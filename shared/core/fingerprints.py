@@ -41,6 +41,22 @@ def fingerprint(value: Any) -> str:
     return blake2b(canonical_json(value), digest_size=8).hexdigest()
 
 
+def row_digest(values: list[Any], key: bytes) -> str:
+    """A digest of a row's mapped values, keyed by what turns them into a profile (the code and
+    the mapping, `row_digest_key`): the same digest for the same customer id means the same
+    profile as the one the snapshot remembers, so the diff need not validate the row again."""
+    try:
+        data = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # a lone surrogate, an integer past 64 bits
+        data = json.dumps(values, sort_keys=True).encode()
+    return blake2b(data, digest_size=8, key=key).hexdigest()
+
+
+def row_digest_key(code_digest: str, mapping: str) -> bytes:
+    """A new deployment or mapping gives every row a new digest: rows are validated again."""
+    return blake2b(f"{code_digest}|{mapping}".encode(), digest_size=32).digest()
+
+
 # Most values repeat across a segment's profiles (names, dates, flags, the membership): their
 # fingerprints are remembered by value, so a repeated one skips the hash. Each cache is emptied
 # when full, which bounds its memory (a few MB: values are at most 255 characters after

@@ -169,6 +169,8 @@ class PartitionResult:
     changed: int = 0
     unchanged: int = 0
     removed: int = 0
+    rejected: int = 0  # rows rejected by validation here (their ids were usable)
+    reasons: dict[str, int] = field(default_factory=dict)  # of those rows
     duplicates: int = 0
     objects: int = 0
     removals_held: int = 0

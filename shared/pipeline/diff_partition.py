@@ -3,6 +3,9 @@
 A partition holds the rows whose customer id hashes to it, so duplicates meet in one partition
 (the first valid row wins) and the previous snapshot's entries for the same ids are read from
 the matching snapshot partition. Memory is bounded by one partition, whatever the segment size.
+Rows are validated here, and only those the snapshot does not show unchanged (their digest,
+`fingerprints.row_digest`, differs from the one it remembers): a delta run validates, builds
+and fingerprints only what changed.
 
 Outputs, all in the run's folder:
 - chunk blobs of what to send (`order <TAB> data points <TAB> object`), not queued yet;
@@ -10,7 +13,7 @@ Outputs, all in the run's folder:
   with the previous ones to fall back on if it does not;
 - this run's snapshot partition as it will be if Braze accepts everything sent (in the snapshots
   container, not current yet): finalization then rewrites only partitions with rejections;
-- the duplicate rows, rejected with their reason.
+- the rows rejected by validation and the duplicates, in source order, with their reasons.
 """
 
 from __future__ import annotations
@@ -23,28 +26,36 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from shared.adapters.services import Services
+from shared.adapters.snapshot_store import snapshot_line
 from shared.adapters.storage import BlobLineWriter
 from shared.core import jsonlines
-from shared.core.braze_objects import clearable_attributes, encode_object, removal
+from shared.core.braze_objects import (
+    braze_attributes,
+    clearable_attributes,
+    encode_object,
+    removal,
+)
 from shared.core.definitions import Definitions, Export
-from shared.core.fingerprints import Fingerprints, data_points, delta
+from shared.core.fingerprints import data_points, delta, fingerprints
 from shared.core.jsonlines import loads
 from shared.core.messages import PartitionJob
 from shared.core.report import REMOVAL_ORDER, row_position
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run
+from shared.core.validation import Profile, validate_record
 from shared.pipeline.finalize import finish_early
 from shared.pipeline.release import maybe_release
 from shared.pipeline.run_files import (
     PieceRow,
     batches,
     chunk_blob_name,
-    duplicates_blob_name,
     encoded_chunk_line,
     partition_files_loader,
     partition_piece_name,
+    partition_rejected_name,
     pending_snapshot_name,
     read_rows,
+    rejection_line,
     write_chunk,
 )
 
@@ -89,44 +100,64 @@ def _segment_rows(run: Run, partition: int, services: Services) -> Iterator[Piec
             yield from read_rows(piece.decode())
 
 
-class _Members(NamedTuple):
-    """Who is in the segment in this partition: the first valid row per customer id (in source
-    order), and the ids whose only rows were rejected for another field than the id."""
+class _Member(NamedTuple):
+    """A customer in the segment: the row that counts, and what it makes (None: the row is the
+    one the snapshot remembers, so the profile is unchanged and was not built again)."""
 
-    profiles: dict[str, PieceRow]
+    order: int
+    digest: str
+    obj: dict[str, Any] | None
+
+
+class _Members(NamedTuple):
+    """Who is in the segment in this partition, by customer id as JSON: the first valid row per
+    id (in source order), and the ids whose only rows were rejected for another field than the
+    id."""
+
+    profiles: dict[str, _Member]
     kept: set[str]
+
+
+# The previous snapshot's profiles of the partition: customer id as JSON -> (row digest,
+# fingerprints as JSON).
+_Previous = dict[str, tuple[str, str]]
 
 
 class _SnapshotLines(NamedTuple):
     """The pending snapshot and this run's snapshot partition, written side by side (see the
-    module docstring): `[id, prints]` is final; `[id, new, old]` falls back to old if Braze
-    rejects what was sent."""
+    module docstring). A pending line of three fields is final; one of five
+    (`id, digest, new, old digest, old`) falls back to the old ones if Braze rejects what was
+    sent."""
 
     pending: BlobLineWriter
     snapshot: BlobLineWriter
 
-    def keep(self, line: str) -> None:
+    def keep(self, id_json: str, digest: str, prints_json: str) -> None:
         """A profile whose entry stands whatever Braze does."""
+        line = snapshot_line(id_json, digest, prints_json)
         self.pending.write(line)
         self.snapshot.write(line)
 
-    def sent(self, id_json: str, prints_json: str | None, previous_json: str) -> None:
+    def sent(
+        self, id_json: str, digest: str, prints_json: str | None, previous: tuple[str, str] | None
+    ) -> None:
         """A profile sent with `prints_json` (None: its membership removed)."""
+        old_digest, old_json = previous if previous is not None else ("", "null")
         self.pending.write(
-            f"[{id_json},{'null' if prints_json is None else prints_json},{previous_json}]"
+            f"{id_json}\t{digest}\t{prints_json or 'null'}\t{old_digest}\t{old_json}"
         )
         if prints_json is not None:
-            self.snapshot.write(f"[{id_json},{prints_json}]")
+            self.snapshot.write(snapshot_line(id_json, digest, prints_json))
 
 
 def _diff(
     run: Run, definitions: Definitions, job: PartitionJob, services: Services
 ) -> PartitionResult:
-    """Members, previous snapshot, comparison, removals, then the chunk blobs to send."""
+    """Previous snapshot, members, comparison, removals, then the chunk blobs to send."""
     export = definitions.export(run.export_name)
     counts = PartitionResult(job.partition)  # filled in by each phase
-    members = _collect_members(run, job, services, counts)
     old = _previous_profiles(run, export, job, services)
+    members = _collect_members(run, export, job, old, services, counts)
     lines = _SnapshotLines(
         services.storage.line_writer(
             RUNS_CONTAINER, pending_snapshot_name(run.run_id, job.partition)
@@ -159,91 +190,123 @@ def _diff(
         )
     counts.array_cap_examples, counts.chunk_rows = examples, chunk_rows
     counts.snapshot_profiles = lines.snapshot.lines
-    if counts.duplicates:
-        counts.rejected_blob = duplicates_blob_name(run.run_id, job.partition)
     return counts
 
 
 def _collect_members(
-    run: Run, job: PartitionJob, services: Services, counts: PartitionResult
+    run: Run,
+    export: Export,
+    job: PartitionJob,
+    old: _Previous,
+    services: Services,
+    counts: PartitionResult,
 ) -> _Members:
-    """Read the partition's rows; a later valid row for an id already seen is a duplicate,
-    rejected with its reason."""
+    """Read the partition's rows in source order and validate those that need it.
+
+    A row whose digest is the one the snapshot remembers for its id is the row Braze already
+    holds: valid, unchanged, not validated again (unless the run sends everything anyway). Any
+    other row is validated: a rejected one is listed with every reason; a later valid row for an
+    id already seen is a duplicate, rejected with its reason.
+    """
     members = _Members({}, set())
-    duplicates = services.storage.line_writer(
-        RUNS_CONTAINER, duplicates_blob_name(run.run_id, job.partition)
+    mapping = export.mapping
+    trust_digests = not run.full_refresh_reason
+    rejected = services.storage.line_writer(
+        RUNS_CONTAINER, partition_rejected_name(run.run_id, job.partition)
     )
     files = partition_files_loader(services, run.run_id)
-    for row in _segment_rows(run, job.partition, services):
-        order, customer_id, _, _, _, obj_json = row
-        if not obj_json:
-            members.kept.add(customer_id)
-        elif customer_id in members.profiles:
+    for order, id_json, digest, values_json in _segment_rows(run, job.partition, services):
+        if id_json not in members.profiles and trust_digests:
+            previous = old.get(id_json)
+            if previous is not None and previous[0] == digest:
+                members.profiles[id_json] = _Member(order, digest, None)
+                continue
+        values = loads(values_json)
+        result = validate_record(values, mapping)
+        if not isinstance(result, Profile):
+            counts.rejected += 1
+            for problem in result:
+                counts.reasons[problem.code] = counts.reasons.get(problem.code, 0) + 1
+            problems = [(p.code, p.message) for p in result]
+            position = row_position(order, files)
+            rejected.write(
+                rejection_line(position, values.get(mapping.customer_id), problems, values)
+            )
+            members.kept.add(id_json)
+        elif id_json in members.profiles:
             counts.duplicates += 1
-            duplicates.write(_duplicate_entry(order, customer_id, loads(obj_json), files))
+            obj = braze_attributes(result, export)
+            rejected.write(_duplicate_entry(order, result.customer_id, obj, files))
         else:
-            members.profiles[customer_id] = row
-    duplicates.close()
+            members.profiles[id_json] = _Member(order, digest, braze_attributes(result, export))
+    rejected.close()
+    if rejected.lines:
+        counts.rejected_blob = partition_rejected_name(run.run_id, job.partition)
     return members
 
 
 def _previous_profiles(
     run: Run, export: Export, job: PartitionJob, services: Services
-) -> dict[str, Fingerprints]:
+) -> _Previous:
     """What the snapshot the run diffs against holds for this partition's ids."""
     if not run.previous_snapshot:
         return {}
     snapshot = (run.previous_snapshot, run.previous_partitions)
-    return dict(
-        services.snapshots.profiles(
+    return {
+        id_json: (digest, prints_json)
+        for id_json, digest, prints_json in services.snapshots.entries(
             export.name, run.connection, snapshot, job.partition, job.partitions
         )
-    )
+    }
 
 
 def _compare(
     run: Run,
     export: Export,
     members: _Members,
-    old: dict[str, Fingerprints],
+    old: _Previous,
     lines: _SnapshotLines,
     counts: PartitionResult,
 ) -> list[str]:
     """Each member against the snapshot: the chunk lines to send, and the snapshot lines
-    written as it goes.
-
-    A new profile (most of a first export) is sent whole from the piece's encodings, without
-    decoding anything; an unchanged one costs a comparison of fingerprints.
-    """
+    written as it goes. A profile whose row is the one the snapshot remembers costs a copied
+    line; a new one is fingerprinted and sent whole; a changed one sends what changed."""
     full = bool(run.full_refresh_reason)
     clearable = clearable_attributes(export)
+    dumps = jsonlines.dumps
     sends: list[str] = []
-    for order, customer_id, id_json, points, prints_json, obj_json in members.profiles.values():
-        previous = old.get(customer_id)
+    for id_json, (order, digest, obj) in members.profiles.items():
+        previous = old.get(id_json)
+        if obj is None:  # the row the snapshot remembers: Braze holds this profile already
+            assert previous is not None
+            counts.unchanged += 1
+            lines.keep(id_json, digest, previous[1])
+            continue
+        prints = fingerprints(obj)  # one per attribute Braze bills: their count is the points
+        prints_json = dumps(prints)
         if previous is None:
             counts.new += 1
             counts.objects += 1
-            counts.data_points += points
-            sends.append(encoded_chunk_line(order, points, obj_json))
-            lines.sent(id_json, prints_json, "null")
+            counts.data_points += len(prints)
+            sends.append(encoded_chunk_line(order, len(prints), encode_object(obj)))
+            lines.sent(id_json, digest, prints_json, None)
             continue
-        prints = loads(prints_json)
-        if prints == previous and not full:  # same attributes, same values: nothing to clear
+        old_prints = loads(previous[1])
+        if prints == old_prints and not full:  # same attributes, same values: nothing to clear
             counts.unchanged += 1
-            lines.keep(f"[{id_json},{prints_json}]")
+            lines.keep(id_json, digest, prints_json)
             continue
-        obj = loads(obj_json)
-        change = delta(obj, previous, clearable, False, prints)
+        change = delta(obj, old_prints, clearable, False, prints)
         if change is None:
             counts.unchanged += 1
         else:
             counts.changed += 1
-        body = delta(obj, previous, clearable, True) if full else change
-        if body is None:
-            lines.keep(jsonlines.dumps([customer_id, previous]))
+        body = delta(obj, old_prints, clearable, True) if full else change
+        if body is None:  # Braze keeps what it has, which is what this row makes
+            lines.keep(id_json, digest, previous[1])
             continue
         sends.append(_send_line(order, body, counts))
-        lines.sent(id_json, prints_json, jsonlines.dumps(previous))
+        lines.sent(id_json, digest, prints_json, previous)
     return sends
 
 
@@ -252,7 +315,7 @@ def _removals(
     export: Export,
     job: PartitionJob,
     members: _Members,
-    old: dict[str, Fingerprints],
+    old: _Previous,
     lines: _SnapshotLines,
     counts: PartitionResult,
 ) -> list[str]:
@@ -261,17 +324,18 @@ def _removals(
     stray comma must not remove a customer from the segment)."""
     hold_removals = run.rows_unidentified > 0 and not run.teardown
     sends: list[str] = []
-    for customer_id, previous in old.items():
-        if customer_id in members.profiles:
+    for id_json, previous in old.items():
+        if id_json in members.profiles:
             continue
-        if customer_id in members.kept or hold_removals:
-            counts.removals_held += customer_id not in members.kept
-            lines.keep(jsonlines.dumps([customer_id, previous]))
+        if id_json in members.kept or hold_removals:
+            counts.removals_held += id_json not in members.kept
+            lines.keep(id_json, *previous)
             continue
         counts.removed += 1
         order = REMOVAL_ORDER + (job.partition << 32) + counts.removed
-        sends.append(_send_line(order, removal(customer_id, export, previous), counts))
-        lines.sent(jsonlines.dumps(customer_id), None, jsonlines.dumps(previous))
+        body = removal(loads(id_json), export, loads(previous[1]))
+        sends.append(_send_line(order, body, counts))
+        lines.sent(id_json, "", None, previous)
     return sends
 
 
@@ -301,7 +365,7 @@ def _array_cap_check(
     run: Run,
     export: Export,
     definitions: Definitions,
-    profiles: dict[str, PieceRow],
+    profiles: dict[str, _Member],
     job: PartitionJob,
     services: Services,
     counts: PartitionResult,
@@ -329,11 +393,11 @@ def _array_cap_check(
         if manifest is None:
             continue
         snapshot = (manifest.run_id, manifest.partitions)
-        for customer_id, _ in services.snapshots.profiles(
+        for id_json, _, _ in services.snapshots.entries(
             other.name, other.connection, snapshot, job.partition, job.partitions
         ):
-            if customer_id in profiles:
-                held[customer_id].add(other.segment)
-    over = [customer_id for customer_id, segments in held.items() if len(segments) + 1 > cap]
+            if id_json in profiles:
+                held[id_json].add(other.segment)
+    over = [id_json for id_json, segments in held.items() if len(segments) + 1 > cap]
     counts.array_cap_warnings = len(over)
-    return over[:ARRAY_CAP_EXAMPLES]
+    return [loads(id_json) for id_json in over[:ARRAY_CAP_EXAMPLES]]

@@ -12,14 +12,15 @@ import heapq
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
 from shared.adapters.services import Services
-from shared.adapters.snapshot_store import Manifest
+from shared.adapters.snapshot_store import Manifest, snapshot_line
 from shared.adapters.storage import BlobNotFound
 from shared.adapters.telemetry import metrics
+from shared.core import jsonlines
 from shared.core.partitioning import partition_of
 from shared.core.report import RejectionExamples, build_report, final_status, run_ended, summary
 from shared.core.report_markdown import report_markdown
@@ -180,13 +181,15 @@ def _commit_snapshot(
             profiles += written[partition]  # Braze took everything: the diff's part stands
             continue
         rejected = {
-            entry["customer_id"]
+            jsonlines.dumps(entry["customer_id"])
             # A replay's chunks (partition -1) mix partitions: they are read for each one.
             for result in by_partition.get(partition, []) + by_partition.get(-1, [])
             for _, entry in chunk_rejections(services, result)
             if partition_of(entry["customer_id"], run.partitions) == partition
         }
-        pending = json_lines(services, pending_snapshot_name(run.run_id, partition))
+        pending = services.storage.read_chunks(
+            RUNS_CONTAINER, pending_snapshot_name(run.run_id, partition)
+        )
         profiles += services.snapshots.write_partition(
             run.export_name,
             run.connection,
@@ -232,16 +235,17 @@ def _source_unchanged(run: Run, services: Services) -> bool:
         return False
 
 
-def _committed(
-    pending: Iterator[Any], rejected: set[str], untrusted: bool
-) -> Iterator[tuple[str, dict[str, str]]]:
-    """`[id, prints]` stays; `[id, new, old]` takes new unless Braze rejected it (null: gone)."""
-    for entry in pending:
-        customer_id, prints = entry[0], entry[1]
-        if len(entry) == 3 and (untrusted or customer_id in rejected):
-            prints = entry[2]
-        if prints is not None:
-            yield customer_id, prints
+def _committed(pending: Iterable[bytes], rejected: set[str], untrusted: bool) -> Iterator[str]:
+    """The snapshot lines Braze now holds: a pending line of three fields stands; one of five
+    (`id, digest, new, old digest, old`) takes the new ones unless Braze rejected them (or the
+    partition is untrusted), and a profile whose fingerprints end up null is gone."""
+    for text in open_lines(pending):
+        fields = text.rstrip("\n").split("\t")
+        if len(fields) == 5 and (untrusted or fields[0] in rejected):
+            fields = [fields[0], fields[3], fields[4]]
+        id_json, digest, prints_json = fields[:3]
+        if prints_json != "null":
+            yield snapshot_line(id_json, digest, prints_json)
 
 
 def _merge_rejected(

@@ -9,12 +9,9 @@ Nothing reaches Braze before every partition is diffed and the safety valves pas
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from hashlib import blake2b
-from pathlib import Path
 
 from shared.adapters.services import Services
 from shared.adapters.snapshot_store import Manifest
@@ -28,7 +25,7 @@ from shared.core.resource_names import RUNS_CONTAINER, SPLITS_QUEUE
 from shared.core.runs import Run, Status, utcnow
 from shared.pipeline.finalize import finish_early
 from shared.pipeline.run_files import carried_rejected_name, rejected_blob_name, splits_blob_name
-from shared.pipeline.run_source import open_source, source_format, split_ranges
+from shared.pipeline.run_source import code_digest, open_source, source_format, split_ranges
 from shared.pipeline.split_source import (
     PLANNING_ERRORS,
     finish_split,
@@ -163,7 +160,7 @@ def _source_version(
         files += [f"{p.container}/{p.blob}" for p in partitions]
     read = _digests(files, storage)
     basis = {
-        "app": _code_digest(),
+        "app": code_digest(),
         "files": [[name, digest] for name, (digest, _) in zip(files, read, strict=True)],
         "export": export.model_dump(mode="json"),
         "endpoint": connection.rest_endpoint,
@@ -177,18 +174,6 @@ def _digests(files: list[str], storage: Storage) -> list[tuple[str, str]]:
     files."""
     with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="source-digest") as pool:
         return list(pool.map(lambda name: storage.digest(*name.split("/", 1)), files))
-
-
-@functools.cache
-def _code_digest() -> str:
-    """A digest of this package's code: a deployment that changes how rows are read, validated,
-    mapped or compared gives every source a new version (a version number may not be bumped)."""
-    digest = blake2b(digest_size=8)
-    package = Path(__file__).resolve().parents[1]  # shared/
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def _same_as_snapshot(run: Run, manifest: Manifest | None, services: Services) -> Run | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from datetime import timedelta
 
 from shared.adapters.braze_client import tracking_body
@@ -51,7 +52,8 @@ def maybe_release(run_id: str, services: Services) -> bool:
     definitions = services.definitions()
     export = definitions.export(run.export_name)
     connection = definitions.connection(export.connection)
-    summarize(run, results, connection.objects_per_request)
+    split_reasons = [split.reasons for split in store.split_results(run_id)]
+    summarize(run, results, split_reasons, connection.objects_per_request)
     valve = safety_valve(run, export)
     if run.dry_run:
         _write_dry_run(run, results, connection.objects_per_request, services)
@@ -82,8 +84,15 @@ def maybe_release(run_id: str, services: Services) -> bool:
     return True
 
 
-def summarize(run: Run, results: list[PartitionResult], objects_per_request: int) -> None:
-    """Sum the partitions into the run; set, never add, so a repeated release counts once."""
+def summarize(
+    run: Run,
+    results: list[PartitionResult],
+    split_reasons: list[dict[str, int]],
+    objects_per_request: int,
+) -> None:
+    """Sum the partitions into the run, with the rejection reasons of the splits (rows whose
+    id was unusable) and of the partitions (validated there); set, never add, so a repeated
+    release counts once."""
     run.profiles_new = sum(r.new for r in results)
     run.profiles_changed = sum(r.changed for r in results)
     run.profiles_unchanged = sum(r.unchanged for r in results)
@@ -97,10 +106,13 @@ def summarize(run: Run, results: list[PartitionResult], objects_per_request: int
     )
     run.rows_valid = run.profiles_new + run.profiles_changed + run.profiles_unchanged
     run.rows_rejected = run.rows_read - run.rows_valid
+    reasons: Counter[str] = Counter()
+    for tally in [*split_reasons, *(r.reasons for r in results)]:
+        reasons.update(tally)
     duplicates = sum(r.duplicates for r in results)
     if duplicates:
-        run.validation_rejections = {**run.validation_rejections, DUPLICATE: duplicates}
-    run.rejections = run.validation_rejections
+        reasons[DUPLICATE] = duplicates
+    run.validation_rejections = run.rejections = dict(reasons)
 
 
 def safety_valve(run: Run, export: Export) -> tuple[str, str] | None:

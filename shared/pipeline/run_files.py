@@ -12,7 +12,7 @@ from typing import Any
 from shared.adapters.services import Services
 from shared.core import jsonlines
 from shared.core.braze_objects import encode_object
-from shared.core.fingerprints import data_points, fingerprints
+from shared.core.fingerprints import data_points
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.source_files import open_lines
 
@@ -57,7 +57,7 @@ def pending_snapshot_name(run_id: str, partition: int) -> str:
     return f"{run_prefix(run_id)}snapshot/p{partition:04d}.jsonl"
 
 
-def duplicates_blob_name(run_id: str, partition: int) -> str:
+def partition_rejected_name(run_id: str, partition: int) -> str:
     return f"{rejected_prefix(run_id)}partition-{partition:04d}.jsonl"
 
 
@@ -94,56 +94,49 @@ def rejected_blob_name(run_id: str) -> str:
 
 # Partition pieces: one split job's rows of one partition, as the diff reads them.
 #
-# One line per row, its fields separated by tabs, each field JSON (which escapes every tab and
-# newline inside a value):
-# - a valid row: `order, customer id, data points, fingerprints, object`;
-# - a row rejected for another field than its id: `order, customer id` (the profile is still in
-#   the segment, so the diff must not take it for one that left).
-#
-# The split computes the fingerprints and encodings that the diff needs for every profile, from
-# the object it has just built; the diff of a new profile then only joins strings, and decodes
-# the object only when it has to send part of it.
+# One line per row whose customer id is usable, its fields separated by tabs (JSON escapes
+# every tab and newline inside a value): `order, customer id as JSON, row digest, the row's
+# values as JSON`. The split only reads rows and files them; the diff validates a row only
+# when its digest differs from the one the snapshot remembers for its customer id, so an
+# unchanged profile of a delta run is never validated, converted or fingerprinted again.
 
-# A piece row: (order, customer id, customer id as JSON, data points, fingerprints as JSON,
-# object as JSON); the last three are 0, "" and "" for a row that keeps its place only.
-PieceRow = tuple[int, str, str, int, str, str]
+# A piece row: (order, customer id as JSON, row digest, the row's values as JSON).
+PieceRow = tuple[int, str, str, str]
 
 
-def valid_line(order: int, customer_id: str, obj: dict[str, Any]) -> str:
-    dumps = jsonlines.dumps
-    prints = fingerprints(obj)  # one per attribute Braze bills: their count is the data points
-    return f"{order}\t{dumps(customer_id)}\t{len(prints)}\t{dumps(prints)}\t{dumps(obj)}\n"
-
-
-def kept_line(order: int, customer_id: str) -> str:
-    return f"{order}\t{jsonlines.dumps(customer_id)}\n"
+def piece_line(order: int, id_json: str, digest: str, values: dict[str, Any]) -> str:
+    return f"{order}\t{id_json}\t{digest}\t{jsonlines.dumps(values)}\n"
 
 
 def read_rows(text: str) -> Iterator[PieceRow]:
     """The rows of one piece's text, in the order the split wrote them."""
-    loads = jsonlines.loads
     for line in text.split("\n"):
         if not line:
             continue
-        if line.startswith("["):
-            raise ValueError(
-                "this partition piece was written by an earlier version of the app (a JSON "
-                "array per line); start the run again"
-            )
         fields = line.split("\t")
-        order, customer_id_json = int(fields[0]), fields[1]
-        if len(fields) == 2:
-            yield order, loads(customer_id_json), customer_id_json, 0, "", ""
-        else:
-            _, _, points, prints_json, obj_json = fields
-            yield (
-                order,
-                loads(customer_id_json),
-                customer_id_json,
-                int(points),
-                prints_json,
-                obj_json,
+        if len(fields) != 4:
+            raise ValueError(
+                "this partition piece was written by an earlier version of the app; start the "
+                "run again"
             )
+        order, id_json, digest, values_json = fields
+        yield int(order), id_json, digest, values_json
+
+
+def rejection_line(
+    position: dict[str, Any], customer_id: object, problems: list[tuple[str, str]], values: Any
+) -> str:
+    """A row rejected by validation, as the rejected rows list it: where it is, every reason,
+    and the row as read."""
+    entry = {
+        **position,
+        "customer_id": customer_id,
+        "stage": "validation",
+        "codes": [code for code, _ in problems],
+        "reasons": [message for _, message in problems],
+        "row": values,
+    }
+    return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 # Delivery chunks: `order <TAB> data points <TAB> object` per profile, cut into fixed batches.

@@ -1,8 +1,7 @@
-"""Planning a run, step two: validate one range of the source and file its rows by partition."""
+"""Planning a run, step two: read one range of the source and file its rows by partition."""
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections import Counter
@@ -13,22 +12,23 @@ from pathlib import Path
 from shared.adapters.services import Services
 from shared.adapters.settings import ConfigurationError
 from shared.adapters.storage import BlobLineWriter, BlobNotFound, Storage
-from shared.core.braze_objects import braze_attributes
+from shared.core import jsonlines
 from shared.core.definitions import DefinitionsError, Export, UnknownExport
+from shared.core.fingerprints import row_digest, row_digest_key
 from shared.core.messages import PartitionJob, SplitJob
 from shared.core.partitioning import partition_of
 from shared.core.resource_names import PARTITIONS_QUEUE, RUNS_CONTAINER
 from shared.core.runs import Run, RunConflict, SplitResult, Status, utcnow
 from shared.core.source_files import SourceError
-from shared.core.validation import Profile, usable_customer_id, validate_record
+from shared.core.validation import usable_customer_id, validate_record
 from shared.pipeline.finalize import finish_early
 from shared.pipeline.run_files import (
-    kept_line,
     partition_piece_name,
+    piece_line,
     plan_rejected_name,
-    valid_line,
+    rejection_line,
 )
-from shared.pipeline.run_source import Row, range_rows
+from shared.pipeline.run_source import Row, code_digest, range_rows
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +136,18 @@ def _split(
     tally: SplitResult,
     services: Services,
 ) -> None:
-    """Validate every row of the range and file it under its customer id's partition.
+    """File every row of the range whose customer id is usable under that id's partition.
 
     Rows go to local temporary files first (bounded memory whatever the partition count), then
-    each file is uploaded as this split's piece of the partition (`run_files`); a row
-    rejected for another field than its id keeps its place there, so the diff knows the profile
-    is still in the segment.
+    each file is uploaded as this split's piece of the partition (`run_files`). Validation waits
+    for the diff, which skips the rows the snapshot shows unchanged; a row whose id itself is
+    unusable cannot be filed by id, so it is validated and rejected here with every reason.
     """
     count = tally.partitions = job.partitions
     mapping = export.mapping
+    columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
+    key = row_digest_key(code_digest(), run.mapping_fingerprint)
+    dumps = jsonlines.dumps
     storage = services.storage
     tally.rejected_blob = plan_rejected_name(run.run_id, job.split)
     rejected = storage.line_writer(RUNS_CONTAINER, tally.rejected_blob)
@@ -157,25 +160,23 @@ def _split(
                 if tally.rows_read % PROGRESS_EVERY == 0:
                     # Shows progress, and tells the stalled-run sweep that planning is alive.
                     services.runs.save_split_progress(run.run_id, job.split, tally.rows_read)
+                values = row.values
                 if row.problem:  # unreadable (or too long to read): it could be anyone's
                     tally.unidentified += 1
                     problem = [(row.problem.code, f"row {row.problem.message}")]
                     _reject(rejected, tally, row, None, problem)
                     continue
-                result = validate_record(row.values, mapping)
-                if isinstance(result, Profile):
-                    customer_id: str | None = result.customer_id
-                    line = valid_line(
-                        row.order, result.customer_id, braze_attributes(result, export)
-                    )
-                else:
-                    problems = [(p.code, p.message) for p in result]
-                    raw_id = row.values.get(mapping.customer_id)
-                    _reject(rejected, tally, row, raw_id, problems)
-                    customer_id = usable_customer_id(row.values, mapping)
-                    line = kept_line(row.order, customer_id) if customer_id is not None else ""
-                if customer_id is not None:
-                    files[partition_of(customer_id, count)].write(line)
+                customer_id = usable_customer_id(values, mapping)
+                if customer_id is None:
+                    problems = validate_record(values, mapping)
+                    assert isinstance(problems, list)  # an unusable id is always a problem
+                    reasons = [(p.code, p.message) for p in problems]
+                    _reject(rejected, tally, row, values.get(mapping.customer_id), reasons)
+                    continue
+                digest = row_digest([values.get(column) for column in columns], key)
+                files[partition_of(customer_id, count)].write(
+                    piece_line(row.order, dumps(customer_id), digest, values)
+                )
         finally:
             for file in files:
                 file.close()
@@ -214,14 +215,5 @@ def _reject(
     tally.rows_rejected += 1
     for code, _ in problems:
         tally.reasons[code] = tally.reasons.get(code, 0) + 1
-    entry = {
-        "order": row.order,
-        "line": row.line,
-        **({"file": row.file} if row.file else {}),
-        "customer_id": customer_id,
-        "stage": "validation",
-        "codes": [code for code, _ in problems],
-        "reasons": [message for _, message in problems],
-        "row": row.values,
-    }
-    writer.write(json.dumps(entry, ensure_ascii=False, default=str))
+    position = {"order": row.order, "line": row.line, **({"file": row.file} if row.file else {})}
+    writer.write(rejection_line(position, customer_id, problems, row.values))

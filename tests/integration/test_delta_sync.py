@@ -19,6 +19,7 @@ import requests
 from devtools.sample import HEADER, expected_profile
 from shared.core.partitioning import partition_count
 from shared.core.runs import Status
+from shared.pipeline import diff_partition
 from shared.pipeline.run_files import dry_run_blob_name
 from tests.integration.conftest import BLOCKLISTED, App, export_definition, run_in_process
 
@@ -641,3 +642,126 @@ def test_once_the_reading_runs_rejected_rows_are_deleted_the_source_is_read(
     assert entry["customer_id"] == "gone-00002"
     again = run_in_process(quiet_app, "gone")  # and the carry works from the new reading run
     assert again.unchanged_since == after.run_id
+
+
+class _ValidationSpy:
+    """Records the customer id of every row the diff validates (wrapping the real function:
+    this counts work done, it changes none)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ids: list[str] = []
+        real = diff_partition.validate_record
+
+        def spy(values: dict[str, Any], mapping: Any) -> Any:
+            self.ids.append(values.get("CustomerId"))
+            return real(values, mapping)
+
+        monkeypatch.setattr(diff_partition, "validate_record", spy)
+
+
+def test_a_delta_validates_only_rows_the_snapshot_does_not_show_unchanged(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows whose mapped values are those Braze holds are not validated again; every other row
+    is: changed, new, invalid and later duplicate rows, and rows of a full refresh."""
+    rows = _rows(400, "dig")
+    _export(quiet_app, "dig", rows)
+    spy = _ValidationSpy(monkeypatch)
+    first = run_in_process(quiet_app, "dig")
+    assert sorted(spy.ids) == sorted(rows) and first.profiles_new == 400
+
+    ids = list(rows)
+    new_rows = {k: dict(v) for k, v in rows.items()}
+    new_rows[ids[1]]["LoyaltyPoints"] = "not a number"  # turned invalid: kept, not removed
+    new_rows[ids[2]]["Note"] = "changed, with a comma"
+    new_rows[ids[3]]["Unmapped"] = "ignored"  # not a mapped column: same digest
+    joined = _rows(2, "dig-new", seed=5)
+    written = [*new_rows.values(), *joined.values(), {**rows[ids[4]], "FirstName": "Later"}]
+    _upload(quiet_app, "dig", written)
+    spy.ids.clear()
+    quiet_app.mark_sandbox_requests()
+    second = run_in_process(quiet_app, "dig")
+
+    assert sorted(spy.ids) == sorted([ids[1], ids[2], *joined, ids[4]])
+    sent = {o["external_id"]: o for b in quiet_app.sandbox_requests() for o in b["attributes"]}
+    assert sent == {
+        ids[2]: {"external_id": ids[2], "note": "changed, with a comma"},
+        **{k: sent[k] for k in joined},
+    }
+    assert (second.profiles_new, second.profiles_changed, second.profiles_unchanged) == (2, 1, 398)
+    assert second.profiles_removed == 0
+    assert second.rejections == {"attribute_not_number": 1, "duplicate_customer_id": 1}
+    rejected = [json.loads(x) for x in quiet_app.blob_text(second.rejected_blob).splitlines()]
+    assert [(r["line"], r["codes"][0]) for r in rejected] == [
+        (_line_of(written, 1), "attribute_not_number"),
+        (_line_of(written, 402), "duplicate_customer_id"),
+    ]
+    assert rejected[0]["row"]["LoyaltyPoints"] == "not a number"
+    assert rejected[1]["object"]["first_name"] == "Later"
+
+    spy.ids.clear()
+    _upload(quiet_app, "dig", list(reversed(written)))  # other bytes: the source is read
+    assert run_in_process(quiet_app, "dig", full_refresh=True).objects_planned == 401
+    assert len(spy.ids) == len(written)
+
+
+def test_a_changed_profile_braze_rejected_is_compared_again_next_run(quiet_app: App) -> None:
+    """The snapshot falls back to the previous row's digest with its fingerprints: the row that
+    Braze refused is not taken for the one it holds."""
+    rows = _rows(5, "back")
+    rows[BLOCKLISTED] = {**rows["back-00000"], "CustomerId": BLOCKLISTED}
+    _export(quiet_app, "back", rows)
+    quiet_app.set_sandbox_limits(blocklist=[])
+    try:
+        assert run_in_process(quiet_app, "back").profiles_accepted == 6
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+
+    changed = {k: dict(v) for k, v in rows.items()}
+    changed[BLOCKLISTED]["FirstName"] = "Renamed"
+    _upload(quiet_app, "back", changed)
+    second = run_in_process(quiet_app, "back")
+    assert (second.profiles_changed, second.profiles_rejected_by_braze) == (1, 1)
+
+    quiet_app.set_sandbox_limits(blocklist=[])
+    try:
+        quiet_app.mark_sandbox_requests()
+        third = run_in_process(quiet_app, "back")
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+    sent = [o for b in quiet_app.sandbox_requests() for o in b["attributes"]]
+    assert sent == [{"external_id": BLOCKLISTED, "first_name": "Renamed"}]
+    assert (third.profiles_changed, third.status) == (1, Status.SUCCEEDED)
+
+
+def test_a_snapshot_written_before_row_digests_is_read_and_rewritten(quiet_app: App) -> None:
+    """Snapshots of the earlier format (`[customer id, fingerprints]` per line) still diff:
+    only what changed is sent, and the new snapshot carries the digests."""
+    rows = _rows(200, "old")
+    _export(quiet_app, "old", rows)
+    first = run_in_process(quiet_app, "old")
+    container = quiet_app.services.storage.container("export-snapshots")
+    parts = [b.name for b in container.list_blobs(name_starts_with=f"old/sandbox/{first.run_id}/")]
+    assert parts
+    for name in parts:
+        text = quiet_app.services.storage.read_bytes("export-snapshots", name).decode()
+        lines = text.splitlines()
+        old_format = []
+        for line in lines:
+            id_json, digest, prints_json = line.split("\t")
+            assert len(digest) == 16
+            old_format.append(json.dumps([json.loads(id_json), json.loads(prints_json)]))
+        container.upload_blob(name, "\n".join(old_format) + "\n", overwrite=True)
+
+    changed = {k: dict(v) for k, v in rows.items()}
+    changed["old-00007"]["IsVip"] = "false" if rows["old-00007"]["IsVip"] == "true" else "true"
+    _upload(quiet_app, "old", changed)
+    quiet_app.mark_sandbox_requests()
+    second = run_in_process(quiet_app, "old")
+    sent = [o["external_id"] for b in quiet_app.sandbox_requests() for o in b["attributes"]]
+    assert sent == ["old-00007"] and second.profiles_unchanged == 199
+    text = "".join(
+        quiet_app.services.storage.read_bytes("export-snapshots", b.name).decode()
+        for b in container.list_blobs(name_starts_with=f"old/sandbox/{second.run_id}/")
+    )
+    assert len(text.splitlines()) == 200 and not text.startswith("[")
