@@ -114,6 +114,11 @@ class SnapshotStore:
             SNAPSHOTS_CONTAINER, _part_name(export, connection, run_id, partition)
         )
 
+    def part_lines(self, export: str, connection: str, run_id: str, partition: int) -> list[str]:
+        """The lines of one partition a run wrote (read whole: about one partition's size)."""
+        name = _part_name(export, connection, run_id, partition)
+        return self._storage.read_bytes(SNAPSHOTS_CONTAINER, name).decode().splitlines()
+
     def write_partition(
         self, export: str, connection: str, run_id: str, partition: int, lines: Iterable[str]
     ) -> int:

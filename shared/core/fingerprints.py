@@ -63,37 +63,57 @@ def row_digest_key(code_digest: str, mapping: str) -> bytes:
 # validation) whatever the values are.
 CACHED_VALUES = 32_768
 _string_prints: dict[str, str] = {}
+_int_prints: dict[int, str] = {}  # ints only: True == 1 in a dict, but not in JSON
 _json_prints: dict[str, str] = {}
+_BOOLEAN_PRINTS = {True: fingerprint(True), False: fingerprint(False)}
 
 
 def fingerprints(obj: dict[str, Any]) -> Fingerprints:
     """Per attribute, a fingerprint of the value sent: what the snapshot remembers.
 
-    This runs for every profile of a segment: a string is looked up by itself, any other value
-    without floats by its canonical JSON (orjson's sorted output, the bytes `fingerprint`
-    hashes), so every value keeps exactly the fingerprint `fingerprint` gives it.
+    This runs for every profile of a segment: a string, an integer or a boolean is looked up by
+    itself (a string's canonical JSON is orjson's plain output), any other value without floats
+    by its canonical JSON (orjson's sorted output, the bytes `fingerprint` hashes), so every
+    value keeps exactly the fingerprint `fingerprint` gives it.
     """
     prints: Fingerprints = {}
     for key, value in obj.items():
         if key in CONTROL_KEYS:
             continue
-        if type(value) is str:
-            cache, text = _string_prints, value
+        kind = type(value)
+        if kind is str:
+            found = _string_prints.get(value)
+            if found is None:
+                found = _remember(_string_prints, value, _string_print(value))
+        elif kind is int:
+            found = _int_prints.get(value)
+            if found is None:
+                found = _remember(_int_prints, value, fingerprint(value))
+        elif kind is bool:
+            found = _BOOLEAN_PRINTS[value]
         elif has_float(value):
-            prints[key] = fingerprint(value)
-            continue
+            found = fingerprint(value)
         else:
             try:
                 # Kept as text: orjson's bytes hold a 4 KiB buffer whatever their length.
-                cache, text = _json_prints, _sorted_json(value, option=_SORT_KEYS).decode()
-            except TypeError:  # what orjson refuses (an integer past 64 bits)
+                text = _sorted_json(value, option=_SORT_KEYS).decode()
+            except TypeError:  # what orjson refuses
                 prints[key] = fingerprint(value)
                 continue
-        found = cache.get(text)
-        if found is None:
-            found = _remember(cache, text, fingerprint(value))
+            found = _json_prints.get(text)
+            if found is None:
+                found = _remember(_json_prints, text, fingerprint(value))
         prints[key] = found
     return prints
+
+
+def _string_print(text: str) -> str:
+    """`fingerprint` of a string: its canonical JSON is orjson's output (a lone surrogate, which
+    orjson refuses, takes the standard library's path)."""
+    try:
+        return blake2b(orjson.dumps(text), digest_size=8).hexdigest()
+    except TypeError:
+        return fingerprint(text)
 
 
 def _remember(cache: dict[Any, str], value: Any, digest: str) -> str:

@@ -9,10 +9,10 @@ and fingerprints only what changed.
 
 Outputs, all in the run's folder:
 - chunk blobs of what to send (`order <TAB> data points <TAB> object`), not queued yet;
-- the pending snapshot: per profile the fingerprints Braze will hold if it accepts what is sent,
-  with the previous ones to fall back on if it does not;
 - this run's snapshot partition as it will be if Braze accepts everything sent (in the snapshots
-  container, not current yet): finalization then rewrites only partitions with rejections;
+  container, not current yet);
+- the fallbacks: for each profile sent, the snapshot entry it had before (or null), which
+  finalization puts back for the profiles Braze rejected, in the partitions where it did;
 - the rows rejected by validation and the duplicates, in source order, with their reasons.
 """
 
@@ -53,9 +53,9 @@ from shared.pipeline.run_files import (
     partition_files_loader,
     partition_piece_name,
     partition_rejected_name,
-    pending_snapshot_name,
     read_rows,
     rejection_line,
+    snapshot_fallbacks_name,
     write_chunk,
 )
 
@@ -124,28 +124,21 @@ _Previous = dict[str, tuple[str, str]]
 
 
 class _SnapshotLines(NamedTuple):
-    """The pending snapshot and this run's snapshot partition, written side by side (see the
-    module docstring). A pending line of three fields is final; one of five
-    (`id, digest, new, old digest, old`) falls back to the old ones if Braze rejects what was
-    sent."""
+    """This run's snapshot partition and its fallbacks, written side by side (see the module
+    docstring)."""
 
-    pending: BlobLineWriter
+    fallbacks: BlobLineWriter
     snapshot: BlobLineWriter
 
     def keep(self, id_json: str, digest: str, prints_json: str) -> None:
         """A profile whose entry stands whatever Braze does."""
-        line = snapshot_line(id_json, digest, prints_json)
-        self.pending.write(line)
-        self.snapshot.write(line)
+        self.snapshot.write(snapshot_line(id_json, digest, prints_json))
 
     def sent(
         self, id_json: str, digest: str, prints_json: str | None, previous: tuple[str, str] | None
     ) -> None:
         """A profile sent with `prints_json` (None: its membership removed)."""
-        old_digest, old_json = previous if previous is not None else ("", "null")
-        self.pending.write(
-            f"{id_json}\t{digest}\t{prints_json or 'null'}\t{old_digest}\t{old_json}"
-        )
+        self.fallbacks.write(snapshot_line(id_json, *(previous or ("", "null"))))
         if prints_json is not None:
             self.snapshot.write(snapshot_line(id_json, digest, prints_json))
 
@@ -160,7 +153,7 @@ def _diff(
     members = _collect_members(run, export, job, old, services, counts)
     lines = _SnapshotLines(
         services.storage.line_writer(
-            RUNS_CONTAINER, pending_snapshot_name(run.run_id, job.partition)
+            RUNS_CONTAINER, snapshot_fallbacks_name(run.run_id, job.partition)
         ),
         services.snapshots.part_writer(export.name, run.connection, run.run_id, job.partition),
     )
@@ -169,7 +162,7 @@ def _diff(
     chunks = batches(sends, export.chunk_size)
     services.storage.in_parallel(
         [
-            lines.pending.close,
+            lines.fallbacks.close,
             lines.snapshot.close,
             *(
                 partial(write_chunk, services, chunk_blob_name(run.run_id, job.partition, i), chunk)

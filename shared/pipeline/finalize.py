@@ -30,9 +30,9 @@ from shared.core.source_files import open_lines
 from shared.pipeline.run_files import (
     carried_rejected_name,
     json_lines,
-    pending_snapshot_name,
     rejected_blob_name,
     report_blob_name,
+    snapshot_fallbacks_name,
     summary_blob_name,
 )
 from shared.pipeline.start import start_pending
@@ -161,9 +161,10 @@ def _commit_snapshot(
     """Make what Braze now holds the export's snapshot, one partition at a time.
 
     Each diff wrote its partition as it will be if Braze accepts everything sent; only the
-    partitions where Braze rejected something (in any round) are rewritten from the pending
-    snapshot: a profile Braze rejected keeps its previous fingerprints (or stays out), so the
-    next run sends it again. Rejected ids are loaded per partition, so memory stays bounded.
+    partitions where Braze rejected something (in any round) are rewritten, with the entries
+    the diff's fallbacks hold for the rejected profiles: a profile Braze rejected keeps its
+    previous entry (or stays out), so the next run sends it again. Rejected ids are loaded per
+    partition, so memory stays bounded. Rewriting again gives the same partition.
     """
     written = {p.partition: p.snapshot_profiles for p in partitions}
     touched = {r.partition for r in every_round if r.rejected}
@@ -187,15 +188,18 @@ def _commit_snapshot(
             for _, entry in chunk_rejections(services, result)
             if partition_of(entry["customer_id"], run.partitions) == partition
         }
-        pending = services.storage.read_chunks(
-            RUNS_CONTAINER, pending_snapshot_name(run.run_id, partition)
+        fallbacks = services.storage.read_chunks(
+            RUNS_CONTAINER, snapshot_fallbacks_name(run.run_id, partition)
+        )
+        diffed = services.snapshots.part_lines(
+            run.export_name, run.connection, run.run_id, partition
         )
         profiles += services.snapshots.write_partition(
             run.export_name,
             run.connection,
             run.run_id,
             partition,
-            _committed(pending, rejected, untrusted),
+            _committed(diffed, _fallbacks(fallbacks, rejected, untrusted)),
         )
     # A run vouches for its source version when Braze took everything it sent: a later run of
     # the same version then has nothing to send, and reports this run's rejected rows again
@@ -235,15 +239,30 @@ def _source_unchanged(run: Run, services: Services) -> bool:
         return False
 
 
-def _committed(pending: Iterable[bytes], rejected: set[str], untrusted: bool) -> Iterator[str]:
-    """The snapshot lines Braze now holds: a pending line of three fields stands; one of five
-    (`id, digest, new, old digest, old`) takes the new ones unless Braze rejected them (or the
-    partition is untrusted), and a profile whose fingerprints end up null is gone."""
-    for text in open_lines(pending):
-        fields = text.rstrip("\n").split("\t")
-        if len(fields) == 5 and (untrusted or fields[0] in rejected):
-            fields = [fields[0], fields[3], fields[4]]
-        id_json, digest, prints_json = fields[:3]
+def _fallbacks(
+    lines: Iterable[bytes], rejected: set[str], untrusted: bool
+) -> dict[str, tuple[str, str]]:
+    """The entries to put back: those of the profiles Braze rejected (all sent, untrusted)."""
+    entries = {}
+    for text in open_lines(lines):
+        id_json, digest, prints_json = text.rstrip("\n").split("\t")
+        if untrusted or id_json in rejected:
+            entries[id_json] = (digest, prints_json)
+    return entries
+
+
+def _committed(written: list[str], fallbacks: dict[str, tuple[str, str]]) -> Iterator[str]:
+    """The partition's snapshot lines Braze now holds: what the diff wrote, with the entries
+    of rejected profiles put back as they were (gone, if they had none), and the entries of
+    profiles whose removal Braze rejected put back."""
+    for line in written:
+        id_json = line.split("\t", 1)[0]
+        fallback = fallbacks.pop(id_json, None)
+        if fallback is None:
+            yield line
+        elif fallback[1] != "null":
+            yield snapshot_line(id_json, *fallback)
+    for id_json, (digest, prints_json) in fallbacks.items():
         if prints_json != "null":
             yield snapshot_line(id_json, digest, prints_json)
 

@@ -53,8 +53,9 @@ def carried_rejected_name(run_id: str) -> str:
     return f"{rejected_prefix(run_id)}carried.jsonl"
 
 
-def pending_snapshot_name(run_id: str, partition: int) -> str:
-    return f"{run_prefix(run_id)}snapshot/p{partition:04d}.jsonl"
+def snapshot_fallbacks_name(run_id: str, partition: int) -> str:
+    """Per profile a partition's diff sent, the snapshot line it had before (null prints: none)."""
+    return f"{run_prefix(run_id)}snapshot/p{partition:04d}.tsv"
 
 
 def partition_rejected_name(run_id: str, partition: int) -> str:

@@ -765,3 +765,33 @@ def test_a_snapshot_written_before_row_digests_is_read_and_rewritten(quiet_app: 
         for b in container.list_blobs(name_starts_with=f"old/sandbox/{second.run_id}/")
     )
     assert len(text.splitlines()) == 200 and not text.startswith("[")
+
+
+def test_a_removal_braze_rejected_is_sent_again_next_run(quiet_app: App) -> None:
+    """A profile whose removal Braze refused stays in the snapshot, so it leaves next time."""
+    rows = _rows(4, "gone")
+    rows[BLOCKLISTED] = {**rows["gone-00000"], "CustomerId": BLOCKLISTED}
+    _export(quiet_app, "gone", rows)
+    quiet_app.set_sandbox_limits(blocklist=[])
+    try:
+        assert run_in_process(quiet_app, "gone").profiles_accepted == 5
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+
+    remaining = {k: v for k, v in rows.items() if k != BLOCKLISTED}
+    _upload(quiet_app, "gone", remaining)
+    second = run_in_process(quiet_app, "gone", override_safety_valves=True)
+    assert (second.profiles_removed, second.profiles_rejected_by_braze) == (1, 1)
+    assert quiet_app.services.snapshots.current("gone", "sandbox").profiles == 5  # type: ignore[union-attr]
+
+    quiet_app.set_sandbox_limits(blocklist=[])
+    try:
+        quiet_app.mark_sandbox_requests()
+        third = run_in_process(quiet_app, "gone", override_safety_valves=True)
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+    sent = [o for b in quiet_app.sandbox_requests() for o in b["attributes"]]
+    assert [o["external_id"] for o in sent] == [BLOCKLISTED]
+    assert sent[0]["segments"] == {"remove": ["Delta Seg"]}
+    assert (third.profiles_removed, third.status) == (1, Status.SUCCEEDED)
+    assert quiet_app.services.snapshots.current("gone", "sandbox").profiles == 4  # type: ignore[union-attr]
