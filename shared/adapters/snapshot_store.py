@@ -117,7 +117,8 @@ class SnapshotStore:
     def part_lines(self, export: str, connection: str, run_id: str, partition: int) -> list[str]:
         """The lines of one partition a run wrote (read whole: about one partition's size)."""
         name = _part_name(export, connection, run_id, partition)
-        return self._storage.read_bytes(SNAPSHOTS_CONTAINER, name).decode().splitlines()
+        text = self._storage.read_bytes(SNAPSHOTS_CONTAINER, name).decode()
+        return [line for line in text.split("\n") if line]
 
     def write_partition(
         self, export: str, connection: str, run_id: str, partition: int, lines: Iterable[str]

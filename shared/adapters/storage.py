@@ -169,8 +169,14 @@ class Storage:
         except ResourceNotFoundError:
             raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
 
-    def digest(self, container: str, name: str) -> tuple[str, str]:
-        """A digest of the blob's bytes, read through once, and the ETag of the bytes read.
+    def digest(
+        self,
+        container: str,
+        name: str,
+        scan: Callable[[Iterable[bytes]], object] | None = None,
+    ) -> tuple[str, str]:
+        """A digest of the blob's bytes, read through once, and the ETag of the bytes read;
+        `scan` sees the same bytes on the way (a second look without a second read).
 
         Unlike the ETag, the digest stays the same when the same bytes are written again (an
         export tool that rewrites an unchanged segment on every refresh); the ETag tells later
@@ -180,8 +186,17 @@ class Storage:
         except ResourceNotFoundError:
             raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
         digest = blake2b(digest_size=16)
-        for piece in downloader.chunks():
-            digest.update(piece)
+
+        def pieces() -> Iterator[bytes]:
+            for piece in downloader.chunks():
+                digest.update(piece)
+                yield piece
+
+        stream = pieces()
+        if scan is not None:
+            scan(stream)
+        for _ in stream:  # what the scan left unread
+            pass
         return digest.hexdigest(), str(downloader.properties.etag)
 
     def etag(self, container: str, name: str) -> str:

@@ -29,6 +29,7 @@ from shared.core.runs import ChunkResult, PartitionResult, Run, RunConflict, Sta
 from shared.core.source_files import open_lines
 from shared.pipeline.run_files import (
     carried_rejected_name,
+    diffed_snapshot_name,
     json_lines,
     rejected_blob_name,
     report_blob_name,
@@ -164,7 +165,7 @@ def _commit_snapshot(
     partitions where Braze rejected something (in any round) are rewritten, with the entries
     the diff's fallbacks hold for the rejected profiles: a profile Braze rejected keeps its
     previous entry (or stays out), so the next run sends it again. Rejected ids are loaded per
-    partition, so memory stays bounded. Rewriting again gives the same partition.
+    partition, so memory stays bounded.
     """
     written = {p.partition: p.snapshot_profiles for p in partitions}
     touched = {r.partition for r in every_round if r.rejected}
@@ -191,9 +192,7 @@ def _commit_snapshot(
         fallbacks = services.storage.read_chunks(
             RUNS_CONTAINER, snapshot_fallbacks_name(run.run_id, partition)
         )
-        diffed = services.snapshots.part_lines(
-            run.export_name, run.connection, run.run_id, partition
-        )
+        diffed = _diffed_partition(run, partition, services)
         profiles += services.snapshots.write_partition(
             run.export_name,
             run.connection,
@@ -237,6 +236,22 @@ def _source_unchanged(run: Run, services: Services) -> bool:
         )
     except BlobNotFound:
         return False
+
+
+def _diffed_partition(run: Run, partition: int, services: Services) -> list[str]:
+    """The snapshot partition as the diff wrote it. The first rewrite keeps a copy in the run's
+    folder, so a later one (after a replay round, or a finalizer that died) starts again from
+    what the diff wrote, not from an earlier round's result."""
+    storage, copy = services.storage, diffed_snapshot_name(run.run_id, partition)
+    try:
+        text = storage.read_bytes(RUNS_CONTAINER, copy).decode()
+        return [line for line in text.split("\n") if line]  # not splitlines: ids may hold U+2028
+    except BlobNotFound:
+        pass
+    lines = services.snapshots.part_lines(run.export_name, run.connection, run.run_id, partition)
+    text = "".join(f"{line}\n" for line in lines)
+    storage.write_bytes(RUNS_CONTAINER, copy, text, "text/tab-separated-values; charset=utf-8")
+    return lines
 
 
 def _fallbacks(

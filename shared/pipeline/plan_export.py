@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from shared.adapters.services import Services
@@ -23,9 +24,17 @@ from shared.core.messages import ExportJob, SplitJob
 from shared.core.partitioning import partition_count
 from shared.core.resource_names import RUNS_CONTAINER, SPLITS_QUEUE
 from shared.core.runs import Run, Status, utcnow
+from shared.core.source_files import RecordStart
 from shared.pipeline.finalize import finish_early
 from shared.pipeline.run_files import carried_rejected_name, rejected_blob_name, splits_blob_name
-from shared.pipeline.run_source import code_digest, open_source, source_format, split_ranges
+from shared.pipeline.run_source import (
+    code_digest,
+    open_source,
+    range_targets,
+    record_start_scan,
+    source_format,
+    split_ranges,
+)
 from shared.pipeline.split_source import (
     PLANNING_ERRORS,
     finish_split,
@@ -65,17 +74,23 @@ def plan_run(job: ExportJob, services: Services) -> None:
             finish_split(run, max(run.previous_partitions, 1), [], services)
             return
         run.unchanged_since = ""  # an earlier attempt may have decided otherwise
+        # The source's version is read before its rows: a write in between is then seen by
+        # the ETag check at the end, and the run does not vouch for bytes it did not send.
+        targets, starts = range_targets(run, export, services), list[RecordStart]()
+        scan = record_start_scan(run, export, targets, starts) if targets else None
         if not run.dry_run:  # a dry run commits no snapshot, so it needs no version
             run.source_version, run.source_etags = _source_version(
-                run, export, connection, services
+                run, export, connection, services, scan
             )
+        elif scan is not None:
+            scan(services.storage.read_chunks(*run.source.split("/", 1)))
         previous = _same_as_snapshot(run, manifest, services)
         if previous is not None and _carry_rejected(run, previous, services):
             _carry_forward(run, previous, services)
             return
         source = open_source(run, export, services)
         partitions = partition_count(source.size, source.compressed)
-        ranges = split_ranges(run, source, services)
+        ranges = split_ranges(source, starts)
     except PLANNING_ERRORS as error:
         finish_early(run, services, message=f"planning failed: {error}", failed=True)
         return
@@ -140,7 +155,11 @@ def _compare_with_snapshot(
 
 
 def _source_version(
-    run: Run, export: Export, connection: Connection, services: Services
+    run: Run,
+    export: Export,
+    connection: Connection,
+    services: Services,
+    scan: Callable[[Iterable[bytes]], None] | None,
 ) -> tuple[str, str]:
     """What this run would read and how: a digest of each source file's bytes (for a CDM
     folder, the model and every partition file), the export's whole definition, the endpoint
@@ -150,7 +169,8 @@ def _source_version(
 
     Digests, not ETags: Customer Insights and most export tools write the whole segment again
     on every refresh, so an unchanged segment gets a new ETag each time. Reading the bytes once
-    costs a fraction of a second per 100 MB, against the parsing, validation and diff saved."""
+    costs a fraction of a second per 100 MB, against the parsing, validation and diff saved;
+    `scan` looks at a plain file's bytes on the same read (to find where to cut it)."""
     storage = services.storage
     container, _, path = run.source.partition("/")
     files = [run.source]
@@ -158,7 +178,7 @@ def _source_version(
         model = parse_model(storage.read_bytes(container, path), source=run.source)
         partitions = model.entity(export.source.entity).partitions
         files += [f"{p.container}/{p.blob}" for p in partitions]
-    read = _digests(files, storage)
+    read = _digests(files, storage, scan)
     basis = {
         "app": code_digest(),
         "files": [[name, digest] for name, (digest, _) in zip(files, read, strict=True)],
@@ -169,11 +189,16 @@ def _source_version(
     return fingerprint(basis), json.dumps(etags)
 
 
-def _digests(files: list[str], storage: Storage) -> list[tuple[str, str]]:
+def _digests(
+    files: list[str], storage: Storage, scan: Callable[[Iterable[bytes]], None] | None
+) -> list[tuple[str, str]]:
     """Each file's digest and ETag, several read at once: a CDM folder may hold many large
-    files."""
+    files. `scan` sees the first file's bytes."""
+    scans = [scan] + [None] * (len(files) - 1)
     with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="source-digest") as pool:
-        return list(pool.map(lambda name: storage.digest(*name.split("/", 1)), files))
+        return list(
+            pool.map(lambda name, look: storage.digest(*name.split("/", 1), look), files, scans)
+        )
 
 
 def _same_as_snapshot(run: Run, manifest: Manifest | None, services: Services) -> Run | None:

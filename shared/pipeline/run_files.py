@@ -58,6 +58,11 @@ def snapshot_fallbacks_name(run_id: str, partition: int) -> str:
     return f"{run_prefix(run_id)}snapshot/p{partition:04d}.tsv"
 
 
+def diffed_snapshot_name(run_id: str, partition: int) -> str:
+    """A snapshot partition as its diff wrote it, kept when finalizing first rewrites it."""
+    return f"{run_prefix(run_id)}snapshot/p{partition:04d}-diffed.tsv"
+
+
 def partition_rejected_name(run_id: str, partition: int) -> str:
     return f"{rejected_prefix(run_id)}partition-{partition:04d}.jsonl"
 

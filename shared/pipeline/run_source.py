@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from hashlib import blake2b
 from pathlib import Path
@@ -127,25 +127,44 @@ def _cdm_rows(
         yield Row(order, record.line, files[part], record.values, record.problem)
 
 
-def split_ranges(run: Run, source: _Source, services: Services) -> list[tuple[int, int, int]]:
-    """How to cut the source for parallel split jobs: `(start, end, first line)` per range.
+def range_targets(run: Run, export: Export, services: Services) -> list[int]:
+    """Where to cut the source for parallel split jobs: byte offsets of a plain CSV or JSON
+    Lines file larger than `EXPORT_SPLIT_MIB` (each range then starts at the first record
+    boundary past its offset, see `record_starts`); none for a smaller or gzip file (read by
+    one reader) or a CDM folder (split by partition file)."""
+    container, _, path = run.source.partition("/")
+    if source_format(run, export) == "cdm" or path.endswith(".gz"):
+        return []
+    size, split_bytes = services.storage.size(container, path), services.settings.split_bytes
+    if size <= split_bytes:
+        return []
+    count = min(MAX_SPLITS, math.ceil(size / split_bytes))
+    return [size * k // count for k in range(1, count)]
 
-    A CDM folder splits by partition file; a plain CSV or JSON Lines file larger than
-    `EXPORT_SPLIT_MIB` into byte ranges that start at record boundaries (one pass that counts
-    quotes, see `record_starts`); a gzip file is read by one reader. One range: split inline.
-    """
+
+def record_start_scan(
+    run: Run, export: Export, targets: list[int], found: list[RecordStart]
+) -> Callable[[Iterable[bytes]], None]:
+    """A pass over the file's bytes that finds the record boundaries at the targets: one pass
+    that counts quotes (CSV) and newlines, with no parsing; given to the read that digests
+    the file, so the file is not read again for it."""
+    quoted = source_format(run, export) == "csv"
+
+    def scan(blocks: Iterable[bytes]) -> None:
+        found.extend(record_starts(blocks, targets, quoted=quoted))
+
+    return scan
+
+
+def split_ranges(source: _Source, starts: list[RecordStart]) -> list[tuple[int, int, int]]:
+    """How to cut the source for parallel split jobs: `(start, end, first line)` per range.
+    A CDM folder splits by partition file; a plain file at the record starts found (none: one
+    range, split inline)."""
     if source.fmt == "cdm":
         return [(0, -1, 1)] * source.files
-    split_bytes = services.settings.split_bytes
-    if source.compressed or source.size <= split_bytes:
-        return [(0, -1, 1)]
-    count = min(MAX_SPLITS, math.ceil(source.size / split_bytes))
-    targets = [source.size * k // count for k in range(1, count)]
-    container, _, path = run.source.partition("/")
-    blocks = services.storage.read_chunks(container, path)
-    starts = [RecordStart(0, 1), *record_starts(blocks, targets, quoted=source.fmt == "csv")]
-    ends = [start.offset for start in starts[1:]] + [source.size]
-    return [(start.offset, end, start.line) for start, end in zip(starts, ends, strict=True)]
+    bounds = [RecordStart(0, 1), *starts]
+    ends = [start.offset for start in bounds[1:]] + [source.size]
+    return [(start.offset, end, start.line) for start, end in zip(bounds, ends, strict=True)]
 
 
 def range_rows(run: Run, export: Export, job: SplitJob, services: Services) -> Iterator[Row]:

@@ -585,8 +585,8 @@ def test_a_source_written_while_the_run_reads_it_is_read_again_next_time(
     storage = quiet_app.services.storage
     digest = storage.digest
 
-    def digest_then_overwrite(container: str, name: str) -> tuple[str, str]:
-        found = digest(container, name)
+    def digest_then_overwrite(container: str, name: str, scan: Any = None) -> tuple[str, str]:
+        found = digest(container, name, scan)
         _upload(quiet_app, "race", rows_b)  # another writer, between the digest and the read
         return found
 
@@ -769,29 +769,30 @@ def test_a_snapshot_written_before_row_digests_is_read_and_rewritten(quiet_app: 
 
 def test_a_removal_braze_rejected_is_sent_again_next_run(quiet_app: App) -> None:
     """A profile whose removal Braze refused stays in the snapshot, so it leaves next time."""
-    rows = _rows(4, "gone")
-    rows[BLOCKLISTED] = {**rows["gone-00000"], "CustomerId": BLOCKLISTED}
-    _export(quiet_app, "gone", rows)
+    rows = _rows(4, "refused")
+    rows[BLOCKLISTED] = {**rows["refused-00000"], "CustomerId": BLOCKLISTED}
+    _export(quiet_app, "refused", rows)
     quiet_app.set_sandbox_limits(blocklist=[])
     try:
-        assert run_in_process(quiet_app, "gone").profiles_accepted == 5
+        first = run_in_process(quiet_app, "refused")
+        assert first.profiles_accepted == 5, first.message
     finally:
         quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
 
     remaining = {k: v for k, v in rows.items() if k != BLOCKLISTED}
-    _upload(quiet_app, "gone", remaining)
-    second = run_in_process(quiet_app, "gone", override_safety_valves=True)
+    _upload(quiet_app, "refused", remaining)
+    second = run_in_process(quiet_app, "refused", override_safety_valves=True)
     assert (second.profiles_removed, second.profiles_rejected_by_braze) == (1, 1)
-    assert quiet_app.services.snapshots.current("gone", "sandbox").profiles == 5  # type: ignore[union-attr]
+    assert quiet_app.services.snapshots.current("refused", "sandbox").profiles == 5  # type: ignore[union-attr]
 
     quiet_app.set_sandbox_limits(blocklist=[])
     try:
         quiet_app.mark_sandbox_requests()
-        third = run_in_process(quiet_app, "gone", override_safety_valves=True)
+        third = run_in_process(quiet_app, "refused", override_safety_valves=True)
     finally:
         quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
     sent = [o for b in quiet_app.sandbox_requests() for o in b["attributes"]]
     assert [o["external_id"] for o in sent] == [BLOCKLISTED]
     assert sent[0]["segments"] == {"remove": ["Delta Seg"]}
     assert (third.profiles_removed, third.status) == (1, Status.SUCCEEDED)
-    assert quiet_app.services.snapshots.current("gone", "sandbox").profiles == 4  # type: ignore[union-attr]
+    assert quiet_app.services.snapshots.current("refused", "sandbox").profiles == 4  # type: ignore[union-attr]
