@@ -796,3 +796,47 @@ def test_a_removal_braze_rejected_is_sent_again_next_run(quiet_app: App) -> None
     assert sent[0]["segments"] == {"remove": ["Delta Seg"]}
     assert (third.profiles_removed, third.status) == (1, Status.SUCCEEDED)
     assert quiet_app.services.snapshots.current("refused", "sandbox").profiles == 4  # type: ignore[union-attr]
+
+
+def test_a_json_lines_delta_skips_records_whose_mapped_values_are_unchanged(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JSON values of every kind keep their digest from run to run, whatever the key order and
+    whatever unmapped keys change; a changed value, a new record and a nested value are
+    validated (the nested one rejected)."""
+    records = [
+        {
+            "CustomerId": f"js-{n}",
+            "Email": f"u{n}@example.com",
+            "FirstName": ["Zoë 🎉", 'says "hi"', "line\u2028separator", "Ünïcödé"][n % 4],
+            "LoyaltyPoints": [1.5e-7, 10**20, n, -0.0][n % 4],
+            "IsVip": n % 2 == 0,
+            "BirthDate": "1990-01-01",
+            "Note": None if n % 3 else "tab\there",
+            "Unmapped": {"deep": [n]},
+        }
+        for n in range(40)
+    ]
+
+    def upload(items: list[dict[str, Any]]) -> None:
+        text = "\n".join(json.dumps(item, ensure_ascii=False) for item in items) + "\n"
+        quiet_app.upload("delta/js.jsonl", text.encode("utf-8"))
+
+    upload(records)
+    quiet_app.define([export_definition("js", "delta/js.jsonl", "Delta Seg")])
+    spy = _ValidationSpy(monkeypatch)
+    first = run_in_process(quiet_app, "js")
+    assert len(spy.ids) == 40 and first.rows_read == first.rows_valid + first.rows_rejected
+
+    later = [dict(reversed(list(r.items()))) for r in records]  # every key order reversed
+    for record in later:
+        record["Unmapped"] = "changed, not mapped"
+    later[5]["LoyaltyPoints"] = 6
+    later.append({**records[0], "CustomerId": "js-nested", "FirstName": {"nested": True}})
+    upload(later)
+    spy.ids.clear()
+    second = run_in_process(quiet_app, "js")
+    assert sorted(spy.ids) == ["js-5", "js-nested"]
+    assert (second.profiles_changed, second.profiles_new, second.profiles_removed) == (1, 0, 0)
+    assert second.profiles_unchanged == first.rows_valid - 1
+    assert second.rejections == {**first.rejections, "attribute_type": 1}
