@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from shared.core.definitions import Connection, Export
-from shared.core.jsonlines import has_float
+from shared.core.jsonlines import has_float, has_non_finite
 
 # Keys that identify or steer an update; they are not attributes Braze bills or keeps.
 CONTROL_KEYS = frozenset({"external_id", "_update_existing_only"})
@@ -47,7 +47,9 @@ def row_digest(values: list[Any], key: bytes) -> str:
     profile as the one the snapshot remembers, so the diff need not validate the row again."""
     try:
         data = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # a lone surrogate, an integer past 64 bits
+        if b"null" in data and has_non_finite(values):  # orjson writes NaN as null
+            raise TypeError
+    except TypeError:  # a lone surrogate, an integer past 64 bits, NaN or an infinity
         data = json.dumps(values, sort_keys=True).encode()
     return blake2b(data, digest_size=8, key=key).hexdigest()
 

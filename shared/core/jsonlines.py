@@ -12,6 +12,7 @@ the standard library's only in how a float's exponent is spelled (`1e-7`, not `1
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -21,11 +22,16 @@ _LONG_DIGITS = re.compile(r"[0-9]{19}")
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON with UTF-8 kept as is."""
+    """Compact JSON with UTF-8 kept as is. orjson writes NaN and the infinities as null, which
+    would turn a value validation must reject into a blank one: those take the standard
+    library's path, which writes them as it reads them (`NaN`, `Infinity`)."""
     try:
-        return orjson.dumps(value).decode("utf-8")
+        data = orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if b"null" in data and has_non_finite(value):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return data.decode("utf-8")
 
 
 def loads(text: str) -> Any:
@@ -58,6 +64,18 @@ def has_float(value: Any) -> bool:
         if kind is float or ((kind is dict or kind is list) and has_float(item)):
             return True
     return False
+
+
+def has_non_finite(value: Any) -> bool:
+    """Whether a JSON value holds NaN or an infinity anywhere (the standard library reads them)."""
+    kind = type(value)
+    if kind is float:
+        return not math.isfinite(value)
+    if kind is dict:
+        value = value.values()
+    elif kind is not list:
+        return False
+    return any(has_non_finite(item) for item in value)
 
 
 JSON_KINDS: dict[type, str] = {

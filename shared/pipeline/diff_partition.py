@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from functools import partial
 from typing import Any, NamedTuple
@@ -44,7 +44,7 @@ from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run
 from shared.core.validation import Profile, validate_record
 from shared.pipeline.finalize import finish_early
-from shared.pipeline.release import maybe_release
+from shared.pipeline.release import DUPLICATE, maybe_release
 from shared.pipeline.run_files import (
     PieceRow,
     batches,
@@ -58,6 +58,7 @@ from shared.pipeline.run_files import (
     snapshot_fallbacks_name,
     write_chunk,
 )
+from shared.pipeline.run_source import code_digest
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,15 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
         f"planning failed: partition {job.partition} of {job.partitions} could not be diffed "
         f"after every retry ({type(error).__name__}: {error}); nothing was sent"
     )
+    # The partitions diffed so far rejected rows too: their rejected rows are reported.
+    results = services.runs.partition_results(run.run_id)
+    reasons = Counter(run.validation_rejections)
+    for result in results:
+        reasons.update(result.reasons)
+    if duplicates := sum(r.duplicates for r in results):
+        reasons[DUPLICATE] += duplicates
+    run.rows_rejected += sum(r.rejected for r in results) + duplicates
+    run.validation_rejections = run.rejections = dict(reasons)
     finish_early(run, services, message=message, failed=True)
 
 
@@ -203,7 +213,8 @@ def _collect_members(
     """
     members = _Members({}, set())
     mapping = export.mapping
-    trust_digests = not run.full_refresh_reason
+    same_code = run.code_version == code_digest()  # else the digests may not mean the same
+    trust_digests = same_code and not run.full_refresh_reason
     rejected = services.storage.line_writer(
         RUNS_CONTAINER, partition_rejected_name(run.run_id, job.partition)
     )
@@ -231,7 +242,8 @@ def _collect_members(
             obj = braze_attributes(result, export)
             rejected.write(_duplicate_entry(order, result.customer_id, obj, files))
         else:
-            members.profiles[id_json] = _Member(order, digest, braze_attributes(result, export))
+            obj = braze_attributes(result, export)
+            members.profiles[id_json] = _Member(order, digest if same_code else "", obj)
     rejected.close()
     if rejected.lines:
         counts.rejected_blob = partition_rejected_name(run.run_id, job.partition)

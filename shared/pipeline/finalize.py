@@ -31,6 +31,7 @@ from shared.pipeline.run_files import (
     carried_rejected_name,
     diffed_snapshot_name,
     json_lines,
+    legacy_pending_snapshot_name,
     rejected_blob_name,
     report_blob_name,
     snapshot_fallbacks_name,
@@ -189,16 +190,21 @@ def _commit_snapshot(
             for _, entry in chunk_rejections(services, result)
             if partition_of(entry["customer_id"], run.partitions) == partition
         }
-        fallbacks = services.storage.read_chunks(
-            RUNS_CONTAINER, snapshot_fallbacks_name(run.run_id, partition)
-        )
-        diffed = _diffed_partition(run, partition, services)
+        storage, copy = services.storage, diffed_snapshot_name(run.run_id, partition)
+        if not (rejected or untrusted or storage.exists(RUNS_CONTAINER, copy)):
+            profiles += written[partition]  # a replay round took this partition's rows in
+            continue
+        fallbacks = snapshot_fallbacks_name(run.run_id, partition)
+        if storage.exists(RUNS_CONTAINER, fallbacks):
+            lines = _committed(
+                _diffed_partition(run, partition, services),
+                _fallbacks(storage.read_chunks(RUNS_CONTAINER, fallbacks), rejected, untrusted),
+            )
+        else:  # diffed by the version before row digests, finalized by this one
+            pending = json_lines(services, legacy_pending_snapshot_name(run.run_id, partition))
+            lines = _legacy_committed(pending, rejected, untrusted)
         profiles += services.snapshots.write_partition(
-            run.export_name,
-            run.connection,
-            run.run_id,
-            partition,
-            _committed(diffed, _fallbacks(fallbacks, rejected, untrusted)),
+            run.export_name, run.connection, run.run_id, partition, lines
         )
     # A run vouches for its source version when Braze took everything it sent: a later run of
     # the same version then has nothing to send, and reports this run's rejected rows again
@@ -236,6 +242,19 @@ def _source_unchanged(run: Run, services: Services) -> bool:
         )
     except BlobNotFound:
         return False
+
+
+def _legacy_committed(pending: Iterator[Any], rejected: set[str], untrusted: bool) -> Iterator[str]:
+    """A pending snapshot of the version before row digests: `[id, prints]` stays; `[id, new,
+    old]` takes new unless Braze rejected it (null: gone). No digests: those rows are validated
+    again next run."""
+    for entry in pending:
+        customer_id, prints = entry[0], entry[1]
+        id_json = jsonlines.dumps(customer_id)
+        if len(entry) == 3 and (untrusted or id_json in rejected):
+            prints = entry[2]
+        if prints is not None:
+            yield snapshot_line(id_json, "", jsonlines.dumps(prints))
 
 
 def _diffed_partition(run: Run, partition: int, services: Services) -> list[str]:

@@ -64,6 +64,7 @@ def plan_run(job: ExportJob, services: Services) -> None:
         _queue_splits(run, services)
         return
     run.status, run.planning_started_at = Status.PLANNING, utcnow()
+    run.code_version = code_digest()
     services.runs.update(run)
     try:
         definitions = services.definitions()

@@ -38,8 +38,8 @@ def splits_blob_name(run_id: str) -> str:
 
 
 def partition_piece_name(run_id: str, partition: int, split: int) -> str:
-    """One split's valid rows of one hash partition: `[order, customer id, object or null]`
-    per line; the partition is its pieces in split order, which is source order."""
+    """One split's rows of one hash partition (`piece_line`, tab-separated); the partition is
+    its pieces in split order, which is source order."""
     return f"{run_prefix(run_id)}partitions/p{partition:04d}-s{split:04d}.jsonl"
 
 
@@ -51,6 +51,12 @@ def plan_rejected_name(run_id: str, split: int) -> str:
 def carried_rejected_name(run_id: str) -> str:
     """A run that found its source unchanged: the rejected rows of the run it names, copied."""
     return f"{rejected_prefix(run_id)}carried.jsonl"
+
+
+def legacy_pending_snapshot_name(run_id: str, partition: int) -> str:
+    """What a diff of the version before row digests wrote instead of fallbacks (a run diffed
+    before an upgrade and finalized after it): `[id, prints]` or `[id, new, old]` per line."""
+    return f"{run_prefix(run_id)}snapshot/p{partition:04d}.jsonl"
 
 
 def snapshot_fallbacks_name(run_id: str, partition: int) -> str:

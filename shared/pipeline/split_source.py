@@ -38,7 +38,8 @@ PLANNING_ERRORS = (SourceError, BlobNotFound, DefinitionsError, ConfigurationErr
 
 
 def split_source(job: SplitJob, services: Services) -> None:
-    """One split job: validate and partition one byte range (or one CDM file) of the source."""
+    """One split job: read one byte range (or one CDM file) of the source and file its rows by
+    partition."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         log.warning("run %s is missing or finished; dropping split %d", job.run_id, job.split)
@@ -146,7 +147,8 @@ def _split(
     count = tally.partitions = job.partitions
     mapping = export.mapping
     columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
-    key = row_digest_key(code_digest(), run.mapping_fingerprint)
+    # Keyed by the code that planned the run: the diff trusts digests only on the same code.
+    key = row_digest_key(run.code_version or code_digest(), run.mapping_fingerprint)
     dumps = jsonlines.dumps
     storage = services.storage
     tally.rejected_blob = plan_rejected_name(run.run_id, job.split)

@@ -93,3 +93,13 @@ def test_the_remembered_fingerprints_stay_bounded_in_count_and_memory() -> None:
         assert fingerprints(obj) == _uncached(obj) or pytest.fail(f"profile {n}")
     assert len(fingerprints_module._string_prints) <= CACHED_VALUES
     assert 0 < len(fingerprints_module._json_prints) <= CACHED_VALUES
+
+
+def test_non_finite_numbers_are_written_as_the_standard_library_reads_them() -> None:
+    """orjson would write NaN as null: a value validation rejects must not turn blank."""
+    value = {"nan": float("nan"), "inf": [float("inf"), -float("inf")], "none": None}
+    text = jsonlines.dumps(value)
+    assert text == '{"nan":NaN,"inf":[Infinity,-Infinity],"none":null}'
+    back = jsonlines.loads(text)
+    assert back["nan"] != back["nan"] and back["inf"] == [float("inf"), -float("inf")]
+    assert back["none"] is None

@@ -17,11 +17,26 @@ import pytest
 import requests
 
 from devtools.sample import HEADER, expected_profile
+from shared.core.messages import ExportJob
 from shared.core.partitioning import partition_count
+from shared.core.resource_names import JOBS_QUEUE
 from shared.core.runs import Status
 from shared.pipeline import diff_partition
-from shared.pipeline.run_files import dry_run_blob_name
-from tests.integration.conftest import BLOCKLISTED, App, export_definition, run_in_process
+from shared.pipeline.deliver_chunk import deliver_chunk
+from shared.pipeline.run_files import (
+    dry_run_blob_name,
+    legacy_pending_snapshot_name,
+    snapshot_fallbacks_name,
+)
+from shared.pipeline.start import start_run
+from tests.integration.conftest import (
+    BLOCKLISTED,
+    App,
+    export_definition,
+    plan_in_process,
+    run_in_process,
+    take,
+)
 
 NOTES = ['says "hi", twice', "multi\nline, comma", "emoji 🎉", "  padded  ", "Zoë; José"]
 
@@ -832,11 +847,86 @@ def test_a_json_lines_delta_skips_records_whose_mapped_values_are_unchanged(
     for record in later:
         record["Unmapped"] = "changed, not mapped"
     later[5]["LoyaltyPoints"] = 6
+    later[7]["LoyaltyPoints"] = float("nan")  # read as NaN: rejected, never sent as a blank
     later.append({**records[0], "CustomerId": "js-nested", "FirstName": {"nested": True}})
     upload(later)
     spy.ids.clear()
+    quiet_app.mark_sandbox_requests()
     second = run_in_process(quiet_app, "js")
-    assert sorted(spy.ids) == ["js-5", "js-nested"]
+    assert sorted(spy.ids) == ["js-5", "js-7", "js-nested"]
+    sent = [o for b in quiet_app.sandbox_requests() for o in b["attributes"]]
+    assert sent == [{"external_id": "js-5", "loyalty_points": 6}]
     assert (second.profiles_changed, second.profiles_new, second.profiles_removed) == (1, 0, 0)
-    assert second.profiles_unchanged == first.rows_valid - 1
-    assert second.rejections == {**first.rejections, "attribute_type": 1}
+    assert second.profiles_unchanged == first.rows_valid - 2
+    assert second.rejections == {
+        **first.rejections,
+        "attribute_type": 1,
+        "attribute_not_number": first.rejections.get("attribute_not_number", 0) + 1,
+    }
+    rejected = [json.loads(x) for x in quiet_app.blob_text(second.rejected_blob).splitlines()]
+    (nan_row,) = [r for r in rejected if r["customer_id"] == "js-7"]
+    assert "finite" in nan_row["reasons"][0]
+
+
+def test_a_run_diffed_before_an_upgrade_is_finalized_after_it(quiet_app: App) -> None:
+    """A diff of the version before row digests wrote a pending snapshot, not fallbacks; this
+    version finalizes it: the profile Braze rejected stays out of the snapshot."""
+    rows = _rows(6, "upg")
+    rows[BLOCKLISTED] = {**rows["upg-00000"], "CustomerId": BLOCKLISTED}
+    _export(quiet_app, "upg", rows)
+    run = start_run(quiet_app.services, "upg", "test").run
+    take(quiet_app, JOBS_QUEUE, ExportJob, run.run_id)
+    jobs = plan_in_process(quiet_app, run)
+    storage, container = quiet_app.services.storage, "export-runs"
+    planned = quiet_app.services.runs.get(run.run_id)
+    assert planned is not None
+    for partition in range(planned.partitions):
+        diffed = quiet_app.services.snapshots.part_lines("upg", "sandbox", run.run_id, partition)
+        name = snapshot_fallbacks_name(run.run_id, partition)
+        sent = storage.read_bytes(container, name).decode().split("\n")
+        sent_ids = {line.split("\t")[0] for line in sent if line}
+        pending = []  # what the earlier version wrote: every profile sent is new here
+        for line in diffed:
+            id_json, _, prints_json = line.split("\t")
+            entry = [json.loads(id_json), json.loads(prints_json)]
+            pending.append(json.dumps([*entry, None] if id_json in sent_ids else entry))
+        storage.container(container).delete_blob(name)
+        text = "".join(f"{line}\n" for line in pending)
+        legacy = legacy_pending_snapshot_name(run.run_id, partition)
+        storage.write_bytes(container, legacy, text, "application/x-ndjson")
+    for job in jobs:
+        deliver_chunk(job, quiet_app.services)
+    final = quiet_app.services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.PARTIALLY_SUCCEEDED
+    assert (final.profiles_accepted, final.profiles_rejected_by_braze) == (6, 1)
+    assert quiet_app.services.snapshots.current("upg", "sandbox").profiles == 6  # type: ignore[union-attr]
+
+    quiet_app.mark_sandbox_requests()
+    again = run_in_process(quiet_app, "upg")
+    sent_again = [o["external_id"] for b in quiet_app.sandbox_requests() for o in b["attributes"]]
+    assert sent_again == [BLOCKLISTED] and again.profiles_unchanged == 6
+
+
+def test_a_diff_on_other_code_than_the_plan_validates_every_row(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment between a run's split and its diff: the digests were keyed by the code
+    that planned it, so the diff trusts none and remembers none; the next run validates every
+    row once more, then skips them again."""
+    rows = _rows(50, "code")
+    _export(quiet_app, "code", rows)
+    spy = _ValidationSpy(monkeypatch)
+    run_in_process(quiet_app, "code")
+    _upload(quiet_app, "code", list(reversed(rows.values())))  # other bytes: read again
+
+    spy.ids.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(diff_partition, "code_digest", lambda: "a later deployment")
+        assert run_in_process(quiet_app, "code").objects_planned == 0
+    assert len(spy.ids) == 50
+
+    for expected in (50, 0):  # once to remember the digests, then not at all
+        _upload(quiet_app, "code", rows if expected else list(rows.values())[::-1])
+        spy.ids.clear()
+        assert run_in_process(quiet_app, "code").objects_planned == 0
+        assert len(spy.ids) == expected
