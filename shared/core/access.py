@@ -56,6 +56,11 @@ class Refusal:
     code: str
     message: str
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """A 401 says how to authenticate (RFC 9110); a 403 needs nothing more."""
+        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+
 
 def principal_roles(headers: Mapping[str, str]) -> frozenset[str] | None:
     """The app roles in the client-principal header; None when there is no such header.

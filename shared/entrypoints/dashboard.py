@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from html import escape
@@ -25,7 +24,7 @@ from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, utcnow
 from shared.core.schedule import next_slot
 from shared.core.status_page import CONTENT_SECURITY_POLICY, ExportStatus, render
-from shared.entrypoints.http_api import connection_named, find_run
+from shared.entrypoints.http_api import connection_named, find_run, unexpected_error
 
 RUNS_PER_EXPORT = 14  # two weeks of a daily export
 RUNS_WITHOUT_DEFINITIONS = 200  # the newest runs of any export, when the definitions are broken
@@ -67,7 +66,7 @@ def dashboard(
     says what is wrong with them and lists the runs the table holds."""
     try:
         if refusal := authorize(services.settings.api_auth, headers, READ):
-            return _page(refusal.status, refusal.message, unauthenticated=refusal.status == 401)
+            return _page(refusal.status, refusal.message, refusal.headers)
         now = utcnow()
         problem = None
         try:
@@ -183,37 +182,28 @@ def run_file(
 def _refused(refusal: Refusal | None) -> WebResponse | None:
     if refusal is None:
         return None
-    response = _error(refusal.status, refusal.code, refusal.message)
-    if refusal.status == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"
-    return response
+    return _error(refusal.status, refusal.code, refusal.message, refusal.headers)
 
 
 def _failed(what: str) -> str:
-    """Log an unexpected error under a new correlation id; the message naming it. An
-    exception's text (hosts, paths, values) is for the log, not for the caller."""
-    correlation_id = uuid.uuid4().hex
-    log.exception("HTTP %s failed (correlation id %s)", what, correlation_id)
-    return (
-        "the request failed unexpectedly; the app's log has the cause under correlation id "
-        f"{correlation_id}"
-    )
+    """The message for an unexpected error, logged under a new correlation id. An exception's
+    text (hosts, paths, values) is for the log, not for the caller."""
+    return unexpected_error(what)[1]
 
 
-def _error(status: int, code: str, message: str) -> WebResponse:
+def _error(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> WebResponse:
     """The API's error shape: JSON `{"error": code, "message": text}`."""
     body = json.dumps({"error": code, "message": message}, ensure_ascii=False).encode()
-    return WebResponse(status, body, _secured({"Content-Type": JSON}))
+    return WebResponse(status, body, _secured({"Content-Type": JSON, **(headers or {})}))
 
 
-def _page(status: int, message: str, *, unauthenticated: bool = False) -> WebResponse:
+def _page(status: int, message: str, headers: Mapping[str, str] | None = None) -> WebResponse:
     """An error as a small page, since a person opened the status page."""
     body = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<link rel="icon" href="data:,"><title>Export status</title></head>'
         f"<body><h1>Export status</h1><p>{escape(message)}</p></body></html>\n"
     )
-    headers = _secured({"Content-Type": HTML})
-    if unauthenticated:
-        headers["WWW-Authenticate"] = "Bearer"
-    return WebResponse(status, body.encode(), headers)
+    return WebResponse(status, body.encode(), _secured({"Content-Type": HTML, **(headers or {})}))

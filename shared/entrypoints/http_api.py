@@ -64,18 +64,24 @@ def _guarded(handler: Callable[P, ApiResponse]) -> Callable[P, ApiResponse]:
         try:
             return handler(*args, **kwargs)
         except Exception:
-            correlation_id = uuid.uuid4().hex
-            log.exception("HTTP %s failed (correlation id %s)", handler.__name__, correlation_id)
-            response = _error(
-                500,
-                "internal_error",
-                "the request failed unexpectedly; the app's log has the cause under "
-                f"correlation id {correlation_id}",
-            )
+            correlation_id, message = unexpected_error(handler.__name__)
+            response = _error(500, "internal_error", message)
             response.body["correlation_id"] = correlation_id
             return response
 
     return guarded
+
+
+def unexpected_error(what: str) -> tuple[str, str]:
+    """Log the exception being handled under a new correlation id; the id, and the message
+    naming it for the caller."""
+    correlation_id = uuid.uuid4().hex
+    log.exception("HTTP %s failed (correlation id %s)", what, correlation_id)
+    message = (
+        "the request failed unexpectedly; the app's log has the cause under correlation id "
+        f"{correlation_id}"
+    )
+    return correlation_id, message
 
 
 def _refused(
@@ -95,8 +101,7 @@ def _refused(
     if refusal is None:
         return None
     response = _error(refusal.status, refusal.code, refusal.message)
-    if refusal.status == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"
+    response.headers.update(refusal.headers)
     return response
 
 

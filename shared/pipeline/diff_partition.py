@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from functools import partial
 from typing import Any, NamedTuple
@@ -44,7 +44,7 @@ from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run
 from shared.core.validation import Profile, validate_record
 from shared.pipeline.finalize import finish_early
-from shared.pipeline.release import DUPLICATE, maybe_release
+from shared.pipeline.release import maybe_release, rejection_reasons
 from shared.pipeline.run_files import (
     PieceRow,
     batches,
@@ -91,13 +91,9 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
     )
     # The partitions diffed so far rejected rows too: their rejected rows are reported.
     results = services.runs.partition_results(run.run_id)
-    reasons = Counter(run.validation_rejections)
-    for result in results:
-        reasons.update(result.reasons)
-    if duplicates := sum(r.duplicates for r in results):
-        reasons[DUPLICATE] += duplicates
-    run.rows_rejected += sum(r.rejected for r in results) + duplicates
-    run.validation_rejections = run.rejections = dict(reasons)
+    run.rows_rejected += sum(r.rejected + r.duplicates for r in results)
+    split_reasons = [split.reasons for split in services.runs.split_results(run.run_id)]
+    run.validation_rejections = run.rejections = rejection_reasons(split_reasons, results)
     finish_early(run, services, message=message, failed=True)
 
 

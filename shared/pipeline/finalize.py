@@ -190,14 +190,15 @@ def _commit_snapshot(
             for _, entry in chunk_rejections(services, result)
             if partition_of(entry["customer_id"], run.partitions) == partition
         }
-        storage, copy = services.storage, diffed_snapshot_name(run.run_id, partition)
-        if not (rejected or untrusted or storage.exists(RUNS_CONTAINER, copy)):
+        storage = services.storage
+        rewritten = storage.exists(RUNS_CONTAINER, diffed_snapshot_name(run.run_id, partition))
+        if not (rejected or untrusted or rewritten):
             profiles += written[partition]  # a replay round took this partition's rows in
             continue
         fallbacks = snapshot_fallbacks_name(run.run_id, partition)
         if storage.exists(RUNS_CONTAINER, fallbacks):
             lines = _committed(
-                _diffed_partition(run, partition, services),
+                _diffed_partition(run, partition, rewritten, services),
                 _fallbacks(storage.read_chunks(RUNS_CONTAINER, fallbacks), rejected, untrusted),
             )
         else:  # diffed by the version before row digests, finalized by this one
@@ -257,16 +258,14 @@ def _legacy_committed(pending: Iterator[Any], rejected: set[str], untrusted: boo
             yield snapshot_line(id_json, "", jsonlines.dumps(prints))
 
 
-def _diffed_partition(run: Run, partition: int, services: Services) -> list[str]:
+def _diffed_partition(run: Run, partition: int, rewritten: bool, services: Services) -> list[str]:
     """The snapshot partition as the diff wrote it. The first rewrite keeps a copy in the run's
     folder, so a later one (after a replay round, or a finalizer that died) starts again from
     what the diff wrote, not from an earlier round's result."""
     storage, copy = services.storage, diffed_snapshot_name(run.run_id, partition)
-    try:
+    if rewritten:
         text = storage.read_bytes(RUNS_CONTAINER, copy).decode()
         return [line for line in text.split("\n") if line]  # not splitlines: ids may hold U+2028
-    except BlobNotFound:
-        pass
     lines = services.snapshots.part_lines(run.export_name, run.connection, run.run_id, partition)
     text = "".join(f"{line}\n" for line in lines)
     storage.write_bytes(RUNS_CONTAINER, copy, text, "text/tab-separated-values; charset=utf-8")

@@ -106,13 +106,20 @@ def summarize(
     )
     run.rows_valid = run.profiles_new + run.profiles_changed + run.profiles_unchanged
     run.rows_rejected = run.rows_read - run.rows_valid
+    run.validation_rejections = run.rejections = rejection_reasons(split_reasons, results)
+
+
+def rejection_reasons(
+    split_reasons: list[dict[str, int]], results: list[PartitionResult]
+) -> dict[str, int]:
+    """Rows rejected by validation, by reason: in the splits (unusable ids, unreadable rows)
+    and in the partitions (validated there), with the duplicates."""
     reasons: Counter[str] = Counter()
     for tally in [*split_reasons, *(r.reasons for r in results)]:
         reasons.update(tally)
-    duplicates = sum(r.duplicates for r in results)
-    if duplicates:
+    if duplicates := sum(r.duplicates for r in results):
         reasons[DUPLICATE] = duplicates
-    run.validation_rejections = run.rejections = dict(reasons)
+    return dict(reasons)
 
 
 def safety_valve(run: Run, export: Export) -> tuple[str, str] | None:

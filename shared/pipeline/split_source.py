@@ -28,7 +28,7 @@ from shared.pipeline.run_files import (
     plan_rejected_name,
     rejection_line,
 )
-from shared.pipeline.run_source import Row, code_digest, range_rows
+from shared.pipeline.run_source import Row, range_rows
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _split(
     mapping = export.mapping
     columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
     # Keyed by the code that planned the run: the diff trusts digests only on the same code.
-    key = row_digest_key(run.code_version or code_digest(), run.mapping_fingerprint)
+    key = row_digest_key(run.code_version, run.mapping_fingerprint)
     dumps = jsonlines.dumps
     storage = services.storage
     tally.rejected_blob = plan_rejected_name(run.run_id, job.split)
