@@ -11,9 +11,11 @@ rate window over the delivery phase (min, median, max), 429s and the CPU seconds
 used, in all and per phase (with the machine's idle and steal time: a shared VM's state shows
 there); then each process's peak RSS and `import function_app` time in a fresh process. Writes
 `<out>/<date>.json`, `<out>/<date>.md` and `<out>/<date>.png` (requests per second against the
-limit). Bounded: three runs, each with a deadline.
+limit). Bounded: three runs, each with a deadline. With `--flame-graphs`, py-spy samples each
+local host through each run and writes `<out>/<date>-<run>-worker<n>.svg`: where the CPU went.
 
     .venv/bin/python bench/export_bench.py --profiles 1000000 --workers 2 --latency-ms 50
+    .venv/bin/python bench/export_bench.py --runs 2 --flame-graphs
     .venv/bin/python bench/export_bench.py --runs 1 --max-in-flight 64 --logs /tmp/hosts
 """
 
@@ -25,6 +27,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -196,11 +199,49 @@ def window_counts(timeline: dict[str, Any], first: float, last: float) -> dict[s
     }
 
 
+class FlameGraphs:
+    """py-spy sampling each local host for the length of one run, written as SVG flame graphs
+    (py-spy reads the process from outside: nothing in the app changes)."""
+
+    def __init__(self, workers: dict[str, int], prefix: Path | None) -> None:
+        self._targets = workers if prefix else {}
+        self._prefix = prefix
+        self._spies: list[subprocess.Popen[bytes]] = []
+        self.written: list[Path] = []
+
+    def __enter__(self) -> FlameGraphs:
+        py_spy = Path(sys.executable).with_name("py-spy")
+        for name, pid in self._targets.items():
+            assert self._prefix is not None
+            path = self._prefix.with_name(f"{self._prefix.name}-{name.replace(' ', '')}.svg")
+            command = [str(py_spy), "record", "--pid", str(pid), "--rate", "97", "--nonblocking"]
+            self._spies.append(
+                subprocess.Popen(
+                    [*command, "--format", "flamegraph", "--output", str(path)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            self.written.append(path)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for spy in self._spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes the graph when interrupted
+        for spy in self._spies:
+            spy.wait(timeout=120)
+
+
 def run_once(
-    services: Services, sandbox: Sandbox, label: str, processes: dict[str, int]
+    services: Services,
+    sandbox: Sandbox,
+    label: str,
+    processes: dict[str, int],
+    flame_prefix: Path | None = None,
 ) -> dict[str, Any]:
     requests.post(f"{sandbox.url}/_sandbox/reset", timeout=30).raise_for_status()
-    with CpuSampler(processes) as sampler:
+    workers = {name: pid for name, pid in processes.items() if name.startswith("worker")}
+    with FlameGraphs(workers, flame_prefix) as flames, CpuSampler(processes) as sampler:
         started = time.time()
         run_id = start_run(services, "demo-vip", "bench").run.run_id
         deadline = time.monotonic() + RUN_DEADLINE_SECONDS
@@ -220,6 +261,7 @@ def run_once(
     return {
         "label": label,
         "run_id": run_id,
+        "flame_graphs": [path.name for path in flames.written],
         "status": run.status,
         "wall_seconds": round(wall, 2),
         "phases_seconds": {name: round(end - start, 3) for name, start, end in bounds},
@@ -332,15 +374,20 @@ def main() -> int:
     parser.add_argument(
         "--logs", type=Path, default=None, help="copy the local hosts' logs into this folder"
     )
+    parser.add_argument(
+        "--flame-graphs",
+        action="store_true",
+        help="sample each local host with py-spy and write a flame graph per run and host",
+    )
     args = parser.parse_args()
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        results = measure(args, workdir)
-    results["cold_start_import_seconds"] = cold_start_seconds()
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / stamp
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        results = measure(args, workdir, base if args.flame_graphs else None)
+    results["cold_start_import_seconds"] = cold_start_seconds()
     base.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     base.with_suffix(".md").write_text(summary(results))
     plot(results, base.with_suffix(".png"))
@@ -350,7 +397,7 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) -> dict[str, Any]:
     azurite: Azurite = start_azurite(workdir)
     sandbox = start_sandbox(API_KEY, "--latency-ms", str(args.latency_ms))
     workers: list[subprocess.Popen[bytes]] = []
@@ -394,7 +441,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     services.storage.blobs.get_blob_client("segments", SOURCE).upload_blob(
                         data, overwrite=True, max_concurrency=4
                     )
-            result = run_once(services, sandbox, label, processes)
+            slug = label.split(" (")[0].replace(" ", "-")
+            flame_prefix = flame_base.with_name(f"{flame_base.name}-{slug}") if flame_base else None
+            result = run_once(services, sandbox, label, processes, flame_prefix)
             result["valid_rows_generated"] = valid
             runs.append(result)
             print(
@@ -489,6 +538,9 @@ def summary(results: dict[str, Any]) -> str:
             f"| {phase} | {seconds:.1f} | {cells} | {total:.1f} | {used['idle']:g} "
             f"| {used['steal']:g} |"
         )
+    graphs = [name for run in results["runs"] for name in run["flame_graphs"]]
+    if graphs:
+        lines += ["", "Flame graphs (py-spy): " + ", ".join(f"[{n}]({n})" for n in graphs) + "."]
     rss = ", ".join(f"{name} {mb:.0f} MB" for name, mb in results["peak_rss_mb"].items())
     lines += [
         "",

@@ -3,7 +3,7 @@
 No timing is asserted; `make bench` measures speed. This checks that the benchmark measures the
 run it claims to: the requests the sandbox received are the run's, the windows hold them all,
 the delta sends only the changed profiles, the unchanged re-run (the same bytes written again)
-is read and sends nothing, and the summary and the plot are written.
+is read and sends nothing, and the summary, the plot and the flame graphs are written.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             str(CHANGED_EVERY),
             "--out",
             str(out),
+            "--flame-graphs",
         ],
         cwd=ROOT,
         check=True,
@@ -49,6 +50,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert json_file.with_suffix(".md").read_text().startswith("# Export benchmark")
     assert json_file.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data: dict[str, Any] = json.loads(json_file.read_text())
+    data["out"] = out
     return data
 
 
@@ -97,3 +99,18 @@ def test_every_process_reports_its_peak_memory_and_the_cold_start_is_measured(
     assert set(results["peak_rss_mb"]) == {"worker 0", "sandbox", "azurite"}
     assert all(mb > 0 for mb in results["peak_rss_mb"].values())
     assert results["cold_start_import_seconds"] > 0
+
+
+def test_each_run_has_a_flame_graph_of_its_host_showing_the_stages_it_ran(
+    results: dict[str, Any],
+) -> None:
+    first, delta, unchanged = results["runs"]
+    graphs = [results["out"] / name for name in first["flame_graphs"]]
+    assert [graph.name for graph in graphs] == [graphs[0].name]
+    assert graphs[0].name.endswith("-first-export-worker0.svg")
+    svg = graphs[0].read_text()
+    assert svg.startswith("<?xml") and "<svg" in svg
+    # Each graph names the pipeline stage that spent the CPU (py-spy records function names).
+    assert "split_source" in svg and "diff_partition" in svg
+    assert delta["flame_graphs"][0].endswith("-delta-worker0.svg")
+    assert (results["out"] / unchanged["flame_graphs"][0]).is_file()
