@@ -33,6 +33,7 @@ class _Message:
             raise MessageError(f"not JSON: {error}") from error
         if not isinstance(data, dict) or data.get("kind") != cls.kind:
             raise MessageError(f"expected a {cls.kind!r} message, got {str(text)[:200]!r}")
+        data = cls._upgrade(data)
         if data.get("version") != cls.version:
             raise MessageError(
                 f"{cls.kind} message version {data.get('version')!r} is not supported "
@@ -43,6 +44,11 @@ class _Message:
         if missing:
             raise MessageError(f"{cls.kind} message lacks {', '.join(sorted(missing))}")
         return cls(**{name: data[name] for name in names})
+
+    @classmethod
+    def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """A message an earlier version queued, in this version's form where it has one."""
+        return data
 
 
 @dataclass(frozen=True)
@@ -86,13 +92,30 @@ class PartitionJob(_Message):
 
 @dataclass(frozen=True)
 class ChunkJob(_Message):
-    """Deliver one chunk blob of a run to Braze; `partition` is the partition it came from."""
+    """Deliver one chunk of a run to Braze: its blobs' profiles in order, `rows` in all.
+
+    Small chunk blobs (a delta's few changes per partition) travel together, up to the export's
+    chunk size, so they fill whole requests and take one message; `partition` is the partition
+    the blobs came from, or MIXED_PARTITION when they came from several.
+    """
 
     kind: ClassVar[str] = "chunk-job"
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3
     run_id: str
     export_name: str
     chunk_index: int
-    blob_name: str
+    blob_names: list[str]
     rows: int
     partition: int
+
+    @classmethod
+    def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("version") != 2:
+            return data
+        upgraded = {**data, "version": 3}  # version 2 named one blob per chunk
+        if "blob_name" in data:
+            upgraded["blob_names"] = [upgraded.pop("blob_name")]
+        return upgraded
+
+
+MIXED_PARTITION = -1  # a chunk whose blobs came from several partitions (or a replay's)

@@ -58,6 +58,9 @@ class Run:
     rows_rejected: int = 0
     chunks_planned: int = 0
     chunks_total: int | None = None
+    # The export's chunk size when the run was released: small chunk blobs are grouped up to it
+    # (`release.chunk_jobs`), and anything that lists the run's chunks again must group alike.
+    chunk_size: int = 0
     profiles_accepted: int = 0
     profiles_rejected_by_braze: int = 0
     requests_sent: int = 0

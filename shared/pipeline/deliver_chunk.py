@@ -53,11 +53,12 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
     # Both at once: while a worker sets up a chunk, it has no request in flight.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-setup") as pool:
         saved = pool.submit(services.runs.chunk_progress, job.run_id, job.chunk_index)
-        items = read_chunk(services, job.blob_name)
+        items = read_chunk(services, job.blob_names)
         progress = saved.result()
     if len(items) != job.rows:
         raise ValueError(
-            f"chunk {job.blob_name} holds {len(items)} profiles but was planned with {job.rows}"
+            f"chunk {job.chunk_index} ({', '.join(job.blob_names)}) holds {len(items)} profiles "
+            f"but was planned with {job.rows}"
         )
     progress.batch_size = progress.batch_size or connection.objects_per_request
     if progress.batches_done:
@@ -271,7 +272,7 @@ def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
     progress = services.runs.chunk_progress(job.run_id, job.chunk_index)
     progress.failure = reason
     try:
-        items: list[tuple[int, int, str]] | None = read_chunk(services, job.blob_name)
+        items: list[tuple[int, int, str]] | None = read_chunk(services, job.blob_names)
     except Exception:
         log.exception("run %s chunk %d: its blob is unreadable too", job.run_id, job.chunk_index)
         items = None

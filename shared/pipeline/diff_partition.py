@@ -106,13 +106,10 @@ def _segment_rows(run: Run, partition: int, services: Services) -> Iterator[Piec
             yield from read_rows(piece.decode())
 
 
-class _Member(NamedTuple):
-    """A customer in the segment: the row that counts, and what it makes (None: the row is the
-    one the snapshot remembers, so the profile is unchanged and was not built again)."""
-
-    order: int
-    digest: str
-    obj: dict[str, Any] | None
+# A customer in the segment: (order, row digest, object) of the row that counts; the object is
+# None when the row is the one the snapshot remembers, so the profile is unchanged and was not
+# built again. A plain tuple: one is made per row, and a named one costs a third more here.
+_Member = tuple[int, str, dict[str, Any] | None]
 
 
 class _Members(NamedTuple):
@@ -219,7 +216,7 @@ def _collect_members(
         if id_json not in members.profiles and trust_digests:
             previous = old.get(id_json)
             if previous is not None and previous[0] == digest:
-                members.profiles[id_json] = _Member(order, digest, None)
+                members.profiles[id_json] = (order, digest, None)
                 continue
         values = loads(values_json)
         result = validate_record(values, mapping)
@@ -239,7 +236,7 @@ def _collect_members(
             rejected.write(_duplicate_entry(order, result.customer_id, obj, files))
         else:
             obj = braze_attributes(result, export)
-            members.profiles[id_json] = _Member(order, digest if same_code else "", obj)
+            members.profiles[id_json] = (order, digest if same_code else "", obj)
     rejected.close()
     if rejected.lines:
         counts.rejected_blob = partition_rejected_name(run.run_id, job.partition)

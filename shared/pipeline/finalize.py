@@ -21,6 +21,7 @@ from shared.adapters.snapshot_store import Manifest, snapshot_line
 from shared.adapters.storage import BlobNotFound
 from shared.adapters.telemetry import metrics
 from shared.core import jsonlines
+from shared.core.messages import MIXED_PARTITION
 from shared.core.partitioning import partition_of
 from shared.core.report import RejectionExamples, build_report, final_status, run_ended, summary
 from shared.core.report_markdown import report_markdown
@@ -174,19 +175,19 @@ def _commit_snapshot(
     for result in results:
         by_partition.setdefault(result.partition, []).append(result)
     # A chunk that failed with an unreadable blob could not list its rows, in this round or an
-    # earlier one: trust nothing sent in its partition (all partitions, for a replay chunk),
-    # so the next run sends them again.
+    # earlier one: trust nothing sent in its partition (in all of them, for a chunk that mixes
+    # partitions), so the next run sends them again.
     unlisted = {r.partition for r in every_round if r.unlisted}
     profiles = 0
     for partition in range(run.partitions):
-        untrusted = bool(unlisted & {partition, -1})
-        if not (untrusted or touched & {partition, -1}):
+        untrusted = bool(unlisted & {partition, MIXED_PARTITION})
+        if not (untrusted or touched & {partition, MIXED_PARTITION}):
             profiles += written[partition]  # Braze took everything: the diff's part stands
             continue
         rejected = {
             jsonlines.dumps(entry["customer_id"])
-            # A replay's chunks (partition -1) mix partitions: they are read for each one.
-            for result in by_partition.get(partition, []) + by_partition.get(-1, [])
+            # Chunks of small blobs and a replay's chunks mix partitions: they are read for each.
+            for result in by_partition.get(partition, []) + by_partition.get(MIXED_PARTITION, [])
             for _, entry in chunk_rejections(services, result)
             if partition_of(entry["customer_id"], run.partitions) == partition
         }

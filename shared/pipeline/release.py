@@ -16,7 +16,7 @@ from shared.adapters.braze_client import tracking_body
 from shared.adapters.services import Services
 from shared.adapters.settings import ConfigurationError
 from shared.core.definitions import Connection, Export
-from shared.core.messages import ChunkJob
+from shared.core.messages import MIXED_PARTITION, ChunkJob
 from shared.core.resource_names import CHUNKS_QUEUE, RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run, RunConflict, Status, utcnow
 from shared.pipeline.finalize import finish_early, maybe_finalize
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 RELEASE_LEASE = timedelta(minutes=5)
 DUPLICATE = "duplicate_customer_id"
+MAX_CHUNK_BLOBS = 64  # blobs named by one chunk message (a queue message holds 64 KB)
 
 
 def maybe_release(run_id: str, services: Services) -> bool:
@@ -52,6 +53,7 @@ def maybe_release(run_id: str, services: Services) -> bool:
     definitions = services.definitions()
     export = definitions.export(run.export_name)
     connection = definitions.connection(export.connection)
+    run.chunk_size = export.chunk_size
     split_reasons = [split.reasons for split in store.split_results(run_id)]
     summarize(run, results, split_reasons, connection.objects_per_request)
     valve = safety_valve(run, export)
@@ -102,7 +104,7 @@ def summarize(
     run.data_points_estimated = sum(r.data_points for r in results)
     run.array_cap_warnings = sum(r.array_cap_warnings for r in results)
     run.requests_planned = sum(
-        math.ceil(rows / objects_per_request) for r in results for rows in r.chunk_rows
+        math.ceil(job.rows / objects_per_request) for job in chunk_jobs(run, results)
     )
     run.rows_valid = run.profiles_new + run.profiles_changed + run.profiles_unchanged
     run.rows_rejected = run.rows_read - run.rows_valid
@@ -163,14 +165,32 @@ def _undeliverable(connection: Connection, services: Services) -> str | None:
 
 
 def chunk_jobs(run: Run, results: list[PartitionResult]) -> list[ChunkJob]:
-    """Every chunk of every partition, numbered across the run in partition order."""
-    jobs = []
+    """Every chunk blob of every partition, in partition order, as the run's delivery jobs.
+
+    Consecutive blobs travel in one job while their rows fit the run's chunk size: a delta's
+    partitions each hold a few changed profiles, and sent apart each would end in a part-filled
+    request and cost a message, a blob read and a progress record of its own. A full chunk of a
+    first export stays a job of its own.
+    """
+    jobs: list[ChunkJob] = []
+    group: list[tuple[str, int, int]] = []  # (blob, rows, partition)
+
+    def close_group() -> None:
+        partitions = {partition for _, _, partition in group}
+        partition = partitions.pop() if len(partitions) == 1 else MIXED_PARTITION
+        blobs, rows = [blob for blob, _, _ in group], sum(rows for _, rows, _ in group)
+        jobs.append(ChunkJob(run.run_id, run.export_name, len(jobs), blobs, rows, partition))
+        group.clear()
+
     for result in results:
         for index, rows in enumerate(result.chunk_rows):
             blob = chunk_blob_name(run.run_id, result.partition, index)
-            jobs.append(
-                ChunkJob(run.run_id, run.export_name, len(jobs), blob, rows, result.partition)
-            )
+            grouped = sum(rows for _, rows, _ in group)
+            if group and (grouped + rows > run.chunk_size or len(group) == MAX_CHUNK_BLOBS):
+                close_group()
+            group.append((blob, rows, result.partition))
+    if group:
+        close_group()
     return jobs
 
 
@@ -180,7 +200,7 @@ def _write_dry_run(
     """Write each request body exactly as delivery would send it, one per line."""
     writer = services.storage.line_writer(RUNS_CONTAINER, dry_run_blob_name(run.run_id))
     for job in chunk_jobs(run, results):
-        for batch in batches(read_chunk(services, job.blob_name), objects_per_request):
+        for batch in batches(read_chunk(services, job.blob_names), objects_per_request):
             writer.write(tracking_body([obj for _, _, obj in batch]).decode("utf-8"))
     writer.close()
     run.dry_run_blob = dry_run_blob_name(run.run_id)

@@ -174,14 +174,15 @@ def write_chunk(services: Services, blob_name: str, lines: list[str]) -> None:
     )
 
 
-def read_chunk(services: Services, blob_name: str) -> list[tuple[int, int, str]]:
-    """(row order, data points, serialized object) per profile of a chunk blob, read whole:
-    a chunk is a few MiB, and delivery holds its profiles anyway."""
+def read_chunk(services: Services, blob_names: list[str]) -> list[tuple[int, int, str]]:
+    """(row order, data points, serialized object) per profile of a chunk's blobs in order,
+    read whole: a chunk is a few MiB, and delivery holds its profiles anyway."""
     items = []
-    for text in services.storage.read_bytes(RUNS_CONTAINER, blob_name).decode().split("\n"):
-        order, points, obj = text.split("\t", 2) if text.strip() else ("", "", "")
-        if obj:
-            items.append((int(order), int(points), obj))
+    for data in services.storage.read_many(RUNS_CONTAINER, blob_names):
+        for text in data.decode().split("\n"):
+            order, points, obj = text.split("\t", 2) if text.strip() else ("", "", "")
+            if obj:
+                items.append((int(order), int(points), obj))
     return items
 
 

@@ -14,7 +14,7 @@ from shared.adapters.settings import ConfigurationError
 from shared.adapters.storage import BlobLineWriter, BlobNotFound, Storage
 from shared.core import jsonlines
 from shared.core.definitions import DefinitionsError, Export, UnknownExport
-from shared.core.fingerprints import row_digest, row_digest_key
+from shared.core.fingerprints import row_digest, row_digester
 from shared.core.messages import PartitionJob, SplitJob
 from shared.core.partitioning import partition_of
 from shared.core.resource_names import PARTITIONS_QUEUE, RUNS_CONTAINER
@@ -148,7 +148,7 @@ def _split(
     mapping = export.mapping
     columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
     # Keyed by the code that planned the run: the diff trusts digests only on the same code.
-    key = row_digest_key(run.code_version, run.mapping_fingerprint)
+    keyed = row_digester(run.code_version, run.mapping_fingerprint)
     dumps = jsonlines.dumps
     storage = services.storage
     tally.rejected_blob = plan_rejected_name(run.run_id, job.split)
@@ -175,7 +175,7 @@ def _split(
                     reasons = [(p.code, p.message) for p in problems]
                     _reject(rejected, tally, row, values.get(mapping.customer_id), reasons)
                     continue
-                digest = row_digest([values.get(column) for column in columns], key)
+                digest = row_digest([values.get(column) for column in columns], keyed)
                 files[partition_of(customer_id, count)].write(
                     piece_line(row.order, dumps(customer_id), digest, values)
                 )

@@ -13,13 +13,12 @@ import logging
 from datetime import datetime
 
 from shared.adapters.services import Services
-from shared.core.messages import ChunkJob
+from shared.core.messages import MIXED_PARTITION, ChunkJob
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, Status
 from shared.pipeline.deliver_chunk import fail_chunk
 from shared.pipeline.finalize import finish_early, maybe_finalize
 from shared.pipeline.release import chunk_jobs, maybe_release
-from shared.pipeline.replay import REPLAY_PARTITION
 from shared.pipeline.run_files import replay_chunk_prefix
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ def _unfinished_chunks(services: Services, run: Run) -> list[ChunkJob]:
         names = sorted(blob.name for blob in container.list_blobs(name_starts_with=prefix))
         first = (run.chunks_total or 0) - len(names)
         jobs = [j for j in jobs if j.chunk_index < first] + [
-            ChunkJob(run.run_id, run.export_name, first + i, name, 0, REPLAY_PARTITION)
+            ChunkJob(run.run_id, run.export_name, first + i, [name], 0, MIXED_PARTITION)
             for i, name in enumerate(names)
         ]
     return [job for job in jobs if job.chunk_index not in done]

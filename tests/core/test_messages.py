@@ -1,24 +1,44 @@
 """Queue messages: small, versioned, and refused when they are not what this code reads."""
 
+import base64
+
 import pytest
 
-from shared.core.messages import ChunkJob, ExportJob, MessageError
+from shared.core.messages import MIXED_PARTITION, ChunkJob, ExportJob, MessageError
+from shared.pipeline.release import MAX_CHUNK_BLOBS
 
 
 def test_round_trip_and_size() -> None:
     job = ChunkJob(
-        "vip-20261128T101500Z-abc123", "vip", 41, "runs/x/chunks/p0003-0001.tsv", 3000, 3
+        "vip-20261128T101500Z-abc123", "vip", 41, ["runs/x/chunks/p0003-0001.tsv"], 3000, 3
     )
     text = job.to_json()
     assert ChunkJob.from_json(text.encode()) == job
     assert len(text) < 512
-    assert '"version": 2' in text
+    assert '"version": 3' in text
+
+
+def test_a_chunk_of_the_most_blobs_release_groups_fits_a_queue_message() -> None:
+    names = [f"runs/{'r' * 60}/chunks/p{p:04d}-0000.tsv" for p in range(MAX_CHUNK_BLOBS)]
+    text = ChunkJob("r" * 60, "e" * 64, 10**6, names, 40_000, MIXED_PARTITION).to_json()
+    assert len(base64.b64encode(text.encode())) < 64 * 1024  # the Storage queue's cap
+
+
+def test_a_chunk_job_queued_by_the_version_before_is_read_as_its_one_blob() -> None:
+    text = (
+        '{"kind": "chunk-job", "version": 2, "run_id": "r", "export_name": "e", '
+        '"chunk_index": 4, "blob_name": "runs/r/chunks/p0001-0000.tsv", "rows": 9, '
+        '"partition": 1}'
+    )
+    job = ChunkJob.from_json(text)
+    assert job == ChunkJob("r", "e", 4, ["runs/r/chunks/p0001-0000.tsv"], 9, 1)
 
 
 @pytest.mark.parametrize(
     ("reader", "text", "words"),
     [
         (ExportJob, "nonsense", "not JSON"),
+        (ChunkJob, '{"kind": "chunk-job", "version": 3, "run_id": "r"}', "lacks"),
         (ChunkJob, '{"kind": "chunk-job", "version": 2, "run_id": "r"}', "lacks"),
         (
             ChunkJob,

@@ -930,3 +930,45 @@ def test_a_diff_on_other_code_than_the_plan_validates_every_row(
         spy.ids.clear()
         assert run_in_process(quiet_app, "code").objects_planned == 0
         assert len(spy.ids) == expected
+
+
+def test_a_delta_across_partitions_travels_as_one_chunk_and_a_rejection_in_it_stays_owed(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each partition's few changes would be a part-filled request of its own; grouped, the
+    changes fill whole requests. Braze's rejection of one of them is put back in its own
+    partition of the snapshot, so the next run sends that one again and nothing else."""
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 4096)
+    rows = _rows(600, "grp")
+    rows[BLOCKLISTED] = {**rows["grp-00000"], "CustomerId": BLOCKLISTED}
+    _export(quiet_app, "grp", rows)
+    quiet_app.set_sandbox_limits(blocklist=[])
+    try:
+        first = run_in_process(quiet_app, "grp")
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+    assert first.profiles_accepted == 601 and first.partitions >= 16
+
+    changed = {k: dict(v) for k, v in rows.items()}
+    renamed = [f"grp-{n:05d}" for n in range(0, 600, 6)]  # 100, in every partition
+    for customer_id in [*renamed, BLOCKLISTED]:
+        changed[customer_id]["FirstName"] = "Renamed, twice"
+    _upload(quiet_app, "grp", changed)
+    quiet_app.mark_sandbox_requests()
+    second = run_in_process(quiet_app, "grp")
+    batches = quiet_app.sandbox_requests()
+    assert (second.chunks_total, second.requests_planned) == (1, 2)  # 101 = 75 + 26
+    assert sorted(len(b["attributes"]) for b in batches) == [26, 75]  # in flight together
+    assert (second.profiles_changed, second.profiles_accepted) == (101, 100)
+    assert second.profiles_rejected_by_braze == 1
+
+    quiet_app.set_sandbox_limits(blocklist=[])
+    try:
+        quiet_app.mark_sandbox_requests()
+        third = run_in_process(quiet_app, "grp")
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+    sent = [o for b in quiet_app.sandbox_requests() for o in b["attributes"]]
+    assert sent == [{"external_id": BLOCKLISTED, "first_name": "Renamed, twice"}]
+    assert (third.profiles_changed, third.status) == (1, Status.SUCCEEDED)
+    _assert_braze_holds(quiet_app, changed, set())

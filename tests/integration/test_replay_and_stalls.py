@@ -200,7 +200,7 @@ def test_a_failed_chunk_that_cannot_list_its_rows_keeps_its_partition_out_of_the
     jobs = plan_in_process(quiet_app, run)
     services = quiet_app.services
     deliver_chunk(jobs[0], services)
-    services.storage.container(RUNS_CONTAINER).delete_blob(jobs[1].blob_name)
+    services.storage.container(RUNS_CONTAINER).delete_blob(jobs[1].blob_names[0])
     fail_chunk(jobs[1], OSError("chunk blob lost"), services)
 
     ended = services.runs.get(run.run_id)
@@ -285,7 +285,7 @@ def test_a_replay_after_a_chunk_that_could_not_list_its_rows_keeps_them_owed(
     take(quiet_app, JOBS_QUEUE, ExportJob, run.run_id)
     first, second = plan_in_process(quiet_app, run)
     deliver_chunk(first, services)  # holds the blocklisted row
-    services.storage.container(RUNS_CONTAINER).delete_blob(second.blob_name)
+    services.storage.container(RUNS_CONTAINER).delete_blob(second.blob_names[0])
     fail_chunk(second, OSError("chunk blob lost"), services)
 
     quiet_app.set_sandbox_limits(blocklist=[])

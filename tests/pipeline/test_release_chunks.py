@@ -1,0 +1,62 @@
+"""How release turns the partitions' chunk blobs into delivery jobs.
+
+Small blobs (a delta's few changes per partition) travel together up to the run's chunk size,
+so they fill whole requests and take one queue message; full chunks stay alone; a run released
+by a version that did not group (chunk size 0) lists one job per blob, as it was queued.
+"""
+
+from __future__ import annotations
+
+from shared.core.messages import MIXED_PARTITION
+from shared.core.runs import PartitionResult, Run
+from shared.pipeline.release import MAX_CHUNK_BLOBS, chunk_jobs, summarize
+from shared.pipeline.run_files import chunk_blob_name
+
+
+def _run(chunk_size: int) -> Run:
+    return Run("r-1", "vip", "VIP", "sandbox", "segments/vip.csv", "test", chunk_size=chunk_size)
+
+
+def _results(*chunk_rows: list[int]) -> list[PartitionResult]:
+    return [PartitionResult(p, chunk_rows=rows) for p, rows in enumerate(chunk_rows)]
+
+
+def test_small_blobs_travel_together_up_to_the_chunk_size_in_partition_order() -> None:
+    results = _results([40_000, 300], [200], [], [39_600], [100, 40_000])
+    jobs = chunk_jobs(_run(40_000), results)
+    name = chunk_blob_name
+    assert [(job.blob_names, job.rows, job.partition) for job in jobs] == [
+        ([name("r-1", 0, 0)], 40_000, 0),
+        ([name("r-1", 0, 1), name("r-1", 1, 0)], 500, MIXED_PARTITION),
+        ([name("r-1", 3, 0), name("r-1", 4, 0)], 39_700, MIXED_PARTITION),
+        ([name("r-1", 4, 1)], 40_000, 4),
+    ]
+    assert [job.chunk_index for job in jobs] == [0, 1, 2, 3]
+
+
+def test_blobs_of_one_partition_keep_their_partition() -> None:
+    (job,) = chunk_jobs(_run(1_000), _results([], [], [300, 200]))
+    assert (job.partition, job.rows, len(job.blob_names)) == (2, 500, 2)
+
+
+def test_one_job_names_at_most_the_blobs_a_queue_message_can_hold() -> None:
+    jobs = chunk_jobs(_run(40_000), _results(*([[1]] * (MAX_CHUNK_BLOBS + 6))))
+    assert [len(job.blob_names) for job in jobs] == [MAX_CHUNK_BLOBS, 6]
+    assert sum(job.rows for job in jobs) == MAX_CHUNK_BLOBS + 6
+
+
+def test_a_run_released_without_a_chunk_size_lists_one_job_per_blob() -> None:
+    jobs = chunk_jobs(_run(0), _results([5, 7], [3]))
+    assert [(len(job.blob_names), job.rows, job.partition) for job in jobs] == [
+        (1, 5, 0),
+        (1, 7, 0),
+        (1, 3, 1),
+    ]
+
+
+def test_planned_requests_count_whole_batches_of_the_grouped_jobs() -> None:
+    """32 partitions of 5 changed profiles: 3 requests of 75, 75 and 10, not 32 of 5."""
+    run = _run(40_000)
+    results = _results(*([[5]] * 32))
+    summarize(run, results, [], objects_per_request=75)
+    assert run.requests_planned == 3
