@@ -257,7 +257,9 @@ def run_once(
     arrivals = {int(k): v for k, v in timeline["arrivals_per_second"].items()}
     rate = timeline["rate_limit"] / timeline["rate_window_seconds"]
     floor = math.ceil(run.objects_planned / 75) / rate
-    delivery = (min(arrivals), max(arrivals) + 1) if arrivals else (started, started)
+    # The delivery phase from the release to the last chunk's record, to the millisecond: a
+    # window the release fell inside is not a full window of delivery.
+    delivery = next((start, end) for name, start, end in bounds if name == "deliver")
     return {
         "label": label,
         "run_id": run_id,

@@ -83,7 +83,7 @@ class RunStore:
         return sum(1 for _ in self._rows(run_id, CHUNK_PREFIX, select=["RowKey"]))
 
     def chunk_results(self, run_id: str) -> list[ChunkResult]:
-        results = [_decode(ChunkResult, entity) for entity in self._rows(run_id, CHUNK_PREFIX)]
+        results = [_chunk_result(entity) for entity in self._rows(run_id, CHUNK_PREFIX)]
         return sorted(results, key=lambda r: r.chunk_index)
 
     def profiles_answered(self, run_id: str) -> int:
@@ -321,6 +321,15 @@ def _decode(cls: type[D], entity: Any) -> D:
             value = datetime.fromisoformat(value)
         values[item.name] = value
     return cls(**values)
+
+
+def _chunk_result(entity: Any) -> ChunkResult:
+    """A chunk's outcome; one recorded by a version that delivered one partition per chunk
+    holds `partition`, which is read as the list of one."""
+    result = _decode(ChunkResult, entity)
+    if "partitions" not in entity and "partition" in entity:
+        result.partitions = [entity["partition"]]
+    return result
 
 
 def _run_from(entity: Any) -> Run:

@@ -297,12 +297,14 @@ class Export(_Strict):
         description="false sends _update_existing_only, so only existing Braze users are updated.",
     )
     chunk_size: int = Field(
-        default=40000,
+        default=80000,
         ge=75,
-        le=50000,
-        description="Profiles per chunk blob, the unit of parallel delivery. A worker sends one "
-        "chunk at a time with many requests in flight, which drain at the chunk's end: the "
-        "default (534 requests, a whole partition of a typical source) keeps them busy.",
+        le=100000,
+        description="Most profiles per delivery job, the unit of parallel delivery: a "
+        "partition's changes are cut into blobs of at most this many, and blobs travel together "
+        "up to it. A worker sends one job at a time with many requests in flight, which drain "
+        "at the job's end: the default (1,067 requests, about two partitions of a typical "
+        "source) keeps them busy.",
     )
     schedule: str | None = Field(
         default=None,

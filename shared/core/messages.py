@@ -94,9 +94,10 @@ class PartitionJob(_Message):
 class ChunkJob(_Message):
     """Deliver one chunk of a run to Braze: its blobs' profiles in order, `rows` in all.
 
-    Small chunk blobs (a delta's few changes per partition) travel together, up to the export's
-    chunk size, so they fill whole requests and take one message; `partition` is the partition
-    the blobs came from, or MIXED_PARTITION when they came from several.
+    Chunk blobs travel together up to the export's chunk size (a delta's few changes per
+    partition, or two partitions of a first export), so they fill whole requests and each
+    message keeps a worker busy longer; `partitions` are those the blobs came from (a replay's
+    chunk: [ANY_PARTITION]).
     """
 
     kind: ClassVar[str] = "chunk-job"
@@ -106,16 +107,18 @@ class ChunkJob(_Message):
     chunk_index: int
     blob_names: list[str]
     rows: int
-    partition: int
+    partitions: list[int]
 
     @classmethod
     def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
         if data.get("version") != 2:
             return data
-        upgraded = {**data, "version": 3}  # version 2 named one blob per chunk
+        upgraded = {**data, "version": 3}  # version 2 named one blob of one partition per chunk
         if "blob_name" in data:
             upgraded["blob_names"] = [upgraded.pop("blob_name")]
+        if "partition" in data:
+            upgraded["partitions"] = [upgraded.pop("partition")]
         return upgraded
 
 
-MIXED_PARTITION = -1  # a chunk whose blobs came from several partitions (or a replay's)
+ANY_PARTITION = -1  # a replay's chunk: its profiles may be of any partition

@@ -149,7 +149,7 @@ class ChunkResult(DeliveryCounts):
     chunk_index: int
     rows: int
     finished_at: datetime = field(default_factory=utcnow)
-    partition: int = 0
+    partitions: list[int] = field(default_factory=list)  # as in its ChunkJob
     round: int = 0  # 0 for the run's own chunks, n for the n-th replay of its rejected rows
 
 

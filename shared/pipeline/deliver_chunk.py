@@ -255,7 +255,7 @@ def _record(
 ) -> None:
     counts = {item.name: getattr(progress, item.name) for item in fields(DeliveryCounts)}
     result = ChunkResult(
-        **counts, chunk_index=job.chunk_index, rows=rows, partition=job.partition, round=round_
+        **counts, chunk_index=job.chunk_index, rows=rows, partitions=job.partitions, round=round_
     )
     services.runs.record_chunk(job.run_id, result)
     maybe_finalize(job.run_id, services)

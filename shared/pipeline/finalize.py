@@ -21,7 +21,7 @@ from shared.adapters.snapshot_store import Manifest, snapshot_line
 from shared.adapters.storage import BlobNotFound
 from shared.adapters.telemetry import metrics
 from shared.core import jsonlines
-from shared.core.messages import MIXED_PARTITION
+from shared.core.messages import ANY_PARTITION
 from shared.core.partitioning import partition_of
 from shared.core.report import RejectionExamples, build_report, final_status, run_ended, summary
 from shared.core.report_markdown import report_markdown
@@ -170,24 +170,25 @@ def _commit_snapshot(
     partition, so memory stays bounded.
     """
     written = {p.partition: p.snapshot_profiles for p in partitions}
-    touched = {r.partition for r in every_round if r.rejected}
+    touched = {p for r in every_round if r.rejected for p in r.partitions}
     by_partition: dict[int, list[ChunkResult]] = {}
     for result in results:
-        by_partition.setdefault(result.partition, []).append(result)
+        for partition in result.partitions:
+            by_partition.setdefault(partition, []).append(result)
     # A chunk that failed with an unreadable blob could not list its rows, in this round or an
-    # earlier one: trust nothing sent in its partition (in all of them, for a chunk that mixes
-    # partitions), so the next run sends them again.
-    unlisted = {r.partition for r in every_round if r.unlisted}
+    # earlier one: trust nothing sent in its partitions (in all of them, for a replay's chunk),
+    # so the next run sends them again.
+    unlisted = {p for r in every_round if r.unlisted for p in r.partitions}
     profiles = 0
     for partition in range(run.partitions):
-        untrusted = bool(unlisted & {partition, MIXED_PARTITION})
-        if not (untrusted or touched & {partition, MIXED_PARTITION}):
+        untrusted = bool(unlisted & {partition, ANY_PARTITION})
+        if not (untrusted or touched & {partition, ANY_PARTITION}):
             profiles += written[partition]  # Braze took everything: the diff's part stands
             continue
         rejected = {
             jsonlines.dumps(entry["customer_id"])
-            # Chunks of small blobs and a replay's chunks mix partitions: they are read for each.
-            for result in by_partition.get(partition, []) + by_partition.get(MIXED_PARTITION, [])
+            # A chunk of several partitions, or a replay's, is read for each of them.
+            for result in by_partition.get(partition, []) + by_partition.get(ANY_PARTITION, [])
             for _, entry in chunk_rejections(services, result)
             if partition_of(entry["customer_id"], run.partitions) == partition
         }

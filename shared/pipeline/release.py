@@ -16,7 +16,7 @@ from shared.adapters.braze_client import tracking_body
 from shared.adapters.services import Services
 from shared.adapters.settings import ConfigurationError
 from shared.core.definitions import Connection, Export
-from shared.core.messages import MIXED_PARTITION, ChunkJob
+from shared.core.messages import ChunkJob
 from shared.core.resource_names import CHUNKS_QUEUE, RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run, RunConflict, Status, utcnow
 from shared.pipeline.finalize import finish_early, maybe_finalize
@@ -167,19 +167,19 @@ def _undeliverable(connection: Connection, services: Services) -> str | None:
 def chunk_jobs(run: Run, results: list[PartitionResult]) -> list[ChunkJob]:
     """Every chunk blob of every partition, in partition order, as the run's delivery jobs.
 
-    Consecutive blobs travel in one job while their rows fit the run's chunk size: a delta's
-    partitions each hold a few changed profiles, and sent apart each would end in a part-filled
-    request and cost a message, a blob read and a progress record of its own. A full chunk of a
-    first export stays a job of its own.
+    Consecutive blobs travel in one job while their rows fit the run's chunk size. A delta's
+    partitions each hold a few changed profiles: sent apart, each would end in a part-filled
+    request and cost a message, a blob read and a progress record of its own. A first export's
+    partitions travel two or so to a job: a worker's requests in flight drain, and it takes its
+    next message, half as often.
     """
     jobs: list[ChunkJob] = []
     group: list[tuple[str, int, int]] = []  # (blob, rows, partition)
 
     def close_group() -> None:
-        partitions = {partition for _, _, partition in group}
-        partition = partitions.pop() if len(partitions) == 1 else MIXED_PARTITION
+        partitions = list(dict.fromkeys(partition for _, _, partition in group))
         blobs, rows = [blob for blob, _, _ in group], sum(rows for _, rows, _ in group)
-        jobs.append(ChunkJob(run.run_id, run.export_name, len(jobs), blobs, rows, partition))
+        jobs.append(ChunkJob(run.run_id, run.export_name, len(jobs), blobs, rows, partitions))
         group.clear()
 
     for result in results:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from shared.adapters.services import Services
-from shared.core.messages import MIXED_PARTITION, ChunkJob
+from shared.core.messages import ANY_PARTITION, ChunkJob
 from shared.core.resource_names import CHUNKS_QUEUE
 from shared.core.runs import Run, RunConflict, Status
 from shared.pipeline.run_files import chunk_line, json_lines, replay_chunk_name, write_chunk
@@ -71,7 +71,7 @@ def _write_replay_chunks(services: Services, run: Run, round_: int) -> list[Chun
         write_chunk(services, name, part)
         chunk_index = (run.chunks_total or 0) + len(jobs)
         jobs.append(
-            ChunkJob(run.run_id, run.export_name, chunk_index, [name], len(part), MIXED_PARTITION)
+            ChunkJob(run.run_id, run.export_name, chunk_index, [name], len(part), [ANY_PARTITION])
         )
         part.clear()
 

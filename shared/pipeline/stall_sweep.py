@@ -13,7 +13,7 @@ import logging
 from datetime import datetime
 
 from shared.adapters.services import Services
-from shared.core.messages import MIXED_PARTITION, ChunkJob
+from shared.core.messages import ANY_PARTITION, ChunkJob
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, Status
 from shared.pipeline.deliver_chunk import fail_chunk
@@ -84,7 +84,7 @@ def _unfinished_chunks(services: Services, run: Run) -> list[ChunkJob]:
         names = sorted(blob.name for blob in container.list_blobs(name_starts_with=prefix))
         first = (run.chunks_total or 0) - len(names)
         jobs = [j for j in jobs if j.chunk_index < first] + [
-            ChunkJob(run.run_id, run.export_name, first + i, [name], 0, MIXED_PARTITION)
+            ChunkJob(run.run_id, run.export_name, first + i, [name], 0, [ANY_PARTITION])
             for i, name in enumerate(names)
         ]
     return [job for job in jobs if job.chunk_index not in done]

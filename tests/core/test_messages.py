@@ -4,13 +4,13 @@ import base64
 
 import pytest
 
-from shared.core.messages import MIXED_PARTITION, ChunkJob, ExportJob, MessageError
+from shared.core.messages import ChunkJob, ExportJob, MessageError
 from shared.pipeline.release import MAX_CHUNK_BLOBS
 
 
 def test_round_trip_and_size() -> None:
     job = ChunkJob(
-        "vip-20261128T101500Z-abc123", "vip", 41, ["runs/x/chunks/p0003-0001.tsv"], 3000, 3
+        "vip-20261128T101500Z-abc123", "vip", 41, ["runs/x/chunks/p0003-0001.tsv"], 3000, [3]
     )
     text = job.to_json()
     assert ChunkJob.from_json(text.encode()) == job
@@ -20,7 +20,8 @@ def test_round_trip_and_size() -> None:
 
 def test_a_chunk_of_the_most_blobs_release_groups_fits_a_queue_message() -> None:
     names = [f"runs/{'r' * 60}/chunks/p{p:04d}-0000.tsv" for p in range(MAX_CHUNK_BLOBS)]
-    text = ChunkJob("r" * 60, "e" * 64, 10**6, names, 40_000, MIXED_PARTITION).to_json()
+    partitions = list(range(200, 200 + MAX_CHUNK_BLOBS))
+    text = ChunkJob("r" * 60, "e" * 64, 10**6, names, 40_000, partitions).to_json()
     assert len(base64.b64encode(text.encode())) < 64 * 1024  # the Storage queue's cap
 
 
@@ -31,7 +32,7 @@ def test_a_chunk_job_queued_by_the_version_before_is_read_as_its_one_blob() -> N
         '"partition": 1}'
     )
     job = ChunkJob.from_json(text)
-    assert job == ChunkJob("r", "e", 4, ["runs/r/chunks/p0001-0000.tsv"], 9, 1)
+    assert job == ChunkJob("r", "e", 4, ["runs/r/chunks/p0001-0000.tsv"], 9, [1])
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ from itertools import chain, repeat
 from typing import Any
 
 from devtools.sample import make_segment
+from shared.adapters.run_store import chunk_row
+from shared.core.resource_names import RUNS_TABLE
 from shared.core.runs import ChunkResult, Run, Status
 from shared.pipeline.finalize import maybe_finalize
 from shared.pipeline.start import start_run
@@ -219,6 +221,26 @@ def test_update_existing_only_does_not_create_users(app: App) -> None:
     assert run.profiles_accepted == 2  # Braze accepts both; it silently skips the unknown one
     bodies = app.sandbox_requests()
     assert all(o["_update_existing_only"] is True for o in bodies[-1]["attributes"])
+
+
+def test_a_chunk_outcome_recorded_by_the_version_before_is_read_with_its_partition(
+    app: App,
+) -> None:
+    """That version delivered one partition per chunk and recorded it as `partition`: a run
+    upgraded mid-delivery must still find which partition Braze's rejections were in."""
+    table = app.services.storage.table(RUNS_TABLE)
+    old = {"chunk_index": 0, "rows": 3, "accepted": 2, "rejected": 1, "requests": 1}
+    table.create_entity(
+        {"PartitionKey": "old-chunk-1", "RowKey": chunk_row(0), **old, "partition": 5}
+    )
+    app.services.runs.record_chunk(
+        "old-chunk-1", ChunkResult(chunk_index=1, rows=2, partitions=[6, 7])
+    )
+    results = app.services.runs.chunk_results("old-chunk-1")
+    assert [(r.chunk_index, r.partitions, r.rejected) for r in results] == [
+        (0, [5], 1),
+        (1, [6, 7], 0),
+    ]
 
 
 def test_finalization_happens_once_when_the_last_chunks_finish_together(app: App) -> None:

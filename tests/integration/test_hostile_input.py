@@ -174,7 +174,7 @@ def test_a_job_for_a_run_that_is_not_here_is_dropped(
         ExportJob("elsewhere-1", "vip"),
         SplitJob("elsewhere-1", "vip", 0, 2, 4, 0, 100, 1),
         PartitionJob("elsewhere-1", "vip", 0, 4),
-        ChunkJob("elsewhere-1", "vip", 0, ["runs/elsewhere-1/chunks/x.tsv"], 75, 0),
+        ChunkJob("elsewhere-1", "vip", 0, ["runs/elsewhere-1/chunks/x.tsv"], 75, [0]),
     ]
     with caplog.at_level(logging.INFO, logger="shared"):
         for (trigger, _), job in zip(TRIGGERS, jobs, strict=True):

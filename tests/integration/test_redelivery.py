@@ -100,7 +100,7 @@ def test_a_chunk_that_fails_every_attempt_ends_the_run_with_its_rows_reported(
     deliver(_message(good, 1))
     requests_before = len(quiet_app.sandbox_requests())
     broken = ChunkJob(
-        bad.run_id, bad.export_name, bad.chunk_index, bad.blob_names, bad.rows + 1, bad.partition
+        bad.run_id, bad.export_name, bad.chunk_index, bad.blob_names, bad.rows + 1, bad.partitions
     )
     attempts = quiet_app.services.settings.max_dequeue_count
     for attempt in range(1, attempts + 1):

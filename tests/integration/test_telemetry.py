@@ -44,7 +44,7 @@ log = logging.getLogger("shared.test_telemetry")
 def test_lines_logged_for_a_job_carry_its_run_export_and_chunk(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    job = ChunkJob("vip-20261204T000000Z-abc", "vip", 7, ["runs/x/chunks/7.jsonl"], 10, 3)
+    job = ChunkJob("vip-20261204T000000Z-abc", "vip", 7, ["runs/x/chunks/7.jsonl"], 10, [3])
     with caplog.at_level(logging.INFO):
         with telemetry.job_context(job):
             log.info("on the function's thread")

@@ -7,7 +7,6 @@ by a version that did not group (chunk size 0) lists one job per blob, as it was
 
 from __future__ import annotations
 
-from shared.core.messages import MIXED_PARTITION
 from shared.core.runs import PartitionResult, Run
 from shared.pipeline.release import MAX_CHUNK_BLOBS, chunk_jobs, summarize
 from shared.pipeline.run_files import chunk_blob_name
@@ -25,18 +24,18 @@ def test_small_blobs_travel_together_up_to_the_chunk_size_in_partition_order() -
     results = _results([40_000, 300], [200], [], [39_600], [100, 40_000])
     jobs = chunk_jobs(_run(40_000), results)
     name = chunk_blob_name
-    assert [(job.blob_names, job.rows, job.partition) for job in jobs] == [
-        ([name("r-1", 0, 0)], 40_000, 0),
-        ([name("r-1", 0, 1), name("r-1", 1, 0)], 500, MIXED_PARTITION),
-        ([name("r-1", 3, 0), name("r-1", 4, 0)], 39_700, MIXED_PARTITION),
-        ([name("r-1", 4, 1)], 40_000, 4),
+    assert [(job.blob_names, job.rows, job.partitions) for job in jobs] == [
+        ([name("r-1", 0, 0)], 40_000, [0]),
+        ([name("r-1", 0, 1), name("r-1", 1, 0)], 500, [0, 1]),
+        ([name("r-1", 3, 0), name("r-1", 4, 0)], 39_700, [3, 4]),
+        ([name("r-1", 4, 1)], 40_000, [4]),
     ]
     assert [job.chunk_index for job in jobs] == [0, 1, 2, 3]
 
 
-def test_blobs_of_one_partition_keep_their_partition() -> None:
+def test_a_job_names_each_partition_its_blobs_came_from_once() -> None:
     (job,) = chunk_jobs(_run(1_000), _results([], [], [300, 200]))
-    assert (job.partition, job.rows, len(job.blob_names)) == (2, 500, 2)
+    assert (job.partitions, job.rows, len(job.blob_names)) == ([2], 500, 2)
 
 
 def test_one_job_names_at_most_the_blobs_a_queue_message_can_hold() -> None:
@@ -47,10 +46,10 @@ def test_one_job_names_at_most_the_blobs_a_queue_message_can_hold() -> None:
 
 def test_a_run_released_without_a_chunk_size_lists_one_job_per_blob() -> None:
     jobs = chunk_jobs(_run(0), _results([5, 7], [3]))
-    assert [(len(job.blob_names), job.rows, job.partition) for job in jobs] == [
-        (1, 5, 0),
-        (1, 7, 0),
-        (1, 3, 1),
+    assert [(len(job.blob_names), job.rows, job.partitions) for job in jobs] == [
+        (1, 5, [0]),
+        (1, 7, [0]),
+        (1, 3, [1]),
     ]
 
 
