@@ -58,7 +58,7 @@ from shared.pipeline.run_files import (
     snapshot_fallbacks_name,
     write_chunk,
 )
-from shared.pipeline.run_source import code_digest
+from shared.pipeline.run_source import code_digest, source_format
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +212,15 @@ def _collect_members(
         RUNS_CONTAINER, partition_rejected_name(run.run_id, job.partition)
     )
     files = partition_files_loader(services, run.run_id)
+    # A CSV row's values (CDM's too) are strings: only JSON Lines records can hold numbers.
+    read_values = loads if source_format(run, export) == "jsonl" else jsonlines.loads_strings
     for order, id_json, digest, values_json in _segment_rows(run, job.partition, services):
         if id_json not in members.profiles and trust_digests:
             previous = old.get(id_json)
             if previous is not None and previous[0] == digest:
                 members.profiles[id_json] = (order, digest, None)
                 continue
-        values = loads(values_json)
+        values = read_values(values_json)
         result = validate_record(values, mapping)
         if not isinstance(result, Profile):
             counts.rejected += 1

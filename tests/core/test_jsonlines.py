@@ -103,3 +103,11 @@ def test_non_finite_numbers_are_written_as_the_standard_library_reads_them() -> 
     back = jsonlines.loads(text)
     assert back["nan"] != back["nan"] and back["inf"] == [float("inf"), -float("inf")]
     assert back["none"] is None
+
+
+def test_a_row_of_strings_reads_back_exactly_without_the_float_check() -> None:
+    """CSV values are strings: every messy one (a lone surrogate too) comes back as written."""
+    row = {f"column {n}": value for n, value in enumerate(MESSY_VALUES) if isinstance(value, str)}
+    row["digits"] = "1234567890123456789012345"  # 25 digits, but a string
+    assert jsonlines.loads_strings(jsonlines.dumps(row)) == row
+    assert json.loads(jsonlines.dumps(row)) == row
