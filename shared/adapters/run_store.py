@@ -15,6 +15,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from shared.core.messages import ANY_PARTITION
 from shared.core.runs import (
     ChunkProgress,
     ChunkResult,
@@ -73,7 +74,12 @@ class RunStore:
 
     def record_chunk(self, run_id: str, result: ChunkResult) -> bool:
         """Record a chunk's outcome once: the first attempt to finish wins, later ones lose."""
-        return self._create_once(run_id, chunk_row(result.chunk_index), asdict(result))
+        values = asdict(result)
+        # The version before read one `partition` per chunk; a chunk of several reads as a
+        # replay's (any partition), which that version's finalize handles correctly.
+        partitions = result.partitions
+        values["partition"] = partitions[0] if len(partitions) == 1 else ANY_PARTITION
+        return self._create_once(run_id, chunk_row(result.chunk_index), values)
 
     def chunk_done(self, run_id: str, chunk_index: int) -> bool:
         return self._exists(run_id, chunk_row(chunk_index))

@@ -45,15 +45,19 @@ def maybe_release(run_id: str, services: Services) -> bool:
     results = store.partition_results(run_id)
     if len(results) < run.partitions:
         return False
+    definitions = services.definitions()
+    export = definitions.export(run.export_name)
+    connection = definitions.connection(export.connection)
+    if run.release_claimed_at is None:
+        # Fixed with the first claim: a releaser taking over after the lease must number the
+        # jobs as the one before it did, whatever the definition says by then (and a run first
+        # claimed by a version that did not group keeps 0: one job per blob).
+        run.chunk_size = export.chunk_size
     run.release_claimed_at = now
     try:
         store.update(run, if_unchanged=True)
     except RunConflict:
         return False
-    definitions = services.definitions()
-    export = definitions.export(run.export_name)
-    connection = definitions.connection(export.connection)
-    run.chunk_size = export.chunk_size
     split_reasons = [split.reasons for split in store.split_results(run_id)]
     summarize(run, results, split_reasons, connection.objects_per_request)
     valve = safety_valve(run, export)

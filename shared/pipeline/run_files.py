@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterator
+from operator import itemgetter
 from typing import Any
 
 from shared.adapters.services import Services
@@ -175,14 +176,20 @@ def write_chunk(services: Services, blob_name: str, lines: list[str]) -> None:
 
 
 def read_chunk(services: Services, blob_names: list[str]) -> list[tuple[int, int, str]]:
-    """(row order, data points, serialized object) per profile of a chunk's blobs in order,
-    read whole: a chunk is a few MiB, and delivery holds its profiles anyway."""
+    """(row order, data points, serialized object) per profile of a chunk's blobs, in row order
+    (leavers last), read whole: a chunk is a few MiB, and delivery holds its profiles anyway.
+
+    Each blob is in row order; the blobs of several partitions are merged into it, so the rows
+    Braze rejects are listed in source order, and every attempt cuts the same batches.
+    """
     items = []
     for data in services.storage.read_many(RUNS_CONTAINER, blob_names):
         for text in data.decode().split("\n"):
             order, points, obj = text.split("\t", 2) if text.strip() else ("", "", "")
             if obj:
                 items.append((int(order), int(points), obj))
+    if len(blob_names) > 1:
+        items.sort(key=itemgetter(0))
     return items
 
 

@@ -19,9 +19,9 @@ def test_round_trip_and_size() -> None:
 
 
 def test_a_chunk_of_the_most_blobs_release_groups_fits_a_queue_message() -> None:
-    names = [f"runs/{'r' * 60}/chunks/p{p:04d}-0000.tsv" for p in range(MAX_CHUNK_BLOBS)]
+    names = [f"runs/{'r' * 87}/chunks/p{p:04d}-0000.tsv" for p in range(MAX_CHUNK_BLOBS)]
     partitions = list(range(200, 200 + MAX_CHUNK_BLOBS))
-    text = ChunkJob("r" * 60, "e" * 64, 10**6, names, 40_000, partitions).to_json()
+    text = ChunkJob("r" * 87, "e" * 63, 10**6, names, 80_000, partitions).to_json()
     assert len(base64.b64encode(text.encode())) < 64 * 1024  # the Storage queue's cap
 
 

@@ -11,20 +11,23 @@ import csv
 import io
 import json
 import random
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import requests
 
 from devtools.sample import HEADER, expected_profile
-from shared.core.messages import ExportJob
-from shared.core.partitioning import partition_count
-from shared.core.resource_names import JOBS_QUEUE
-from shared.core.runs import Status
+from shared.core.messages import ChunkJob, ExportJob
+from shared.core.partitioning import partition_count, partition_of
+from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE
+from shared.core.runs import Status, utcnow
 from shared.pipeline import diff_partition
 from shared.pipeline.deliver_chunk import deliver_chunk
+from shared.pipeline.release import RELEASE_LEASE, maybe_release
 from shared.pipeline.run_files import (
     dry_run_blob_name,
+    json_lines,
     legacy_pending_snapshot_name,
     snapshot_fallbacks_name,
 )
@@ -932,43 +935,82 @@ def test_a_diff_on_other_code_than_the_plan_validates_every_row(
         assert len(spy.ids) == expected
 
 
-def test_a_delta_across_partitions_travels_as_one_chunk_and_a_rejection_in_it_stays_owed(
+def test_a_delta_across_partitions_travels_as_one_chunk_and_its_rejections_stay_owed(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each partition's few changes would be a part-filled request of its own; grouped, the
-    changes fill whole requests. Braze's rejection of one of them is put back in its own
-    partition of the snapshot, so the next run sends that one again and nothing else."""
+    changes fill whole requests. Braze's rejections among them are listed in source order (the
+    job's blobs come from several partitions) and put back in their own partitions of the
+    snapshot, so the next run sends those again and nothing else."""
     monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 4096)
     rows = _rows(600, "grp")
-    rows[BLOCKLISTED] = {**rows["grp-00000"], "CustomerId": BLOCKLISTED}
     _export(quiet_app, "grp", rows)
-    quiet_app.set_sandbox_limits(blocklist=[])
-    try:
-        first = run_in_process(quiet_app, "grp")
-    finally:
-        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
-    assert first.profiles_accepted == 601 and first.partitions >= 16
+    first = run_in_process(quiet_app, "grp")
+    assert first.profiles_accepted == 600 and first.partitions >= 16
 
     changed = {k: dict(v) for k, v in rows.items()}
     renamed = [f"grp-{n:05d}" for n in range(0, 600, 6)]  # 100, in every partition
-    for customer_id in [*renamed, BLOCKLISTED]:
+    for customer_id in renamed:
         changed[customer_id]["FirstName"] = "Renamed, twice"
+    # Two refused: the earlier row's partition comes after the later row's, so the job holds
+    # the later one first.
+    earlier, later = next(
+        (a, b)
+        for a in renamed
+        for b in renamed
+        if a < b and partition_of(a, first.partitions) > partition_of(b, first.partitions)
+    )
     _upload(quiet_app, "grp", changed)
-    quiet_app.mark_sandbox_requests()
-    second = run_in_process(quiet_app, "grp")
-    batches = quiet_app.sandbox_requests()
-    assert (second.chunks_total, second.requests_planned) == (1, 2)  # 101 = 75 + 26
-    assert sorted(len(b["attributes"]) for b in batches) == [26, 75]  # in flight together
-    assert (second.profiles_changed, second.profiles_accepted) == (101, 100)
-    assert second.profiles_rejected_by_braze == 1
-
-    quiet_app.set_sandbox_limits(blocklist=[])
+    quiet_app.set_sandbox_limits(blocklist=[earlier, later])
     try:
         quiet_app.mark_sandbox_requests()
-        third = run_in_process(quiet_app, "grp")
+        second = run_in_process(quiet_app, "grp")
     finally:
         quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
-    sent = [o for b in quiet_app.sandbox_requests() for o in b["attributes"]]
-    assert sent == [{"external_id": BLOCKLISTED, "first_name": "Renamed, twice"}]
-    assert (third.profiles_changed, third.status) == (1, Status.SUCCEEDED)
+    batches = quiet_app.sandbox_requests()
+    assert (second.chunks_total, second.requests_planned) == (1, 2)  # 100 = 75 + 25
+    assert sorted(len(b["attributes"]) for b in batches) == [25, 75]  # in flight together
+    assert (second.profiles_changed, second.profiles_accepted) == (100, 98)
+    refused = [e for e in json_lines(quiet_app.services, second.rejected_blob)]
+    assert [e["customer_id"] for e in refused] == [earlier, later]
+    assert refused[0]["line"] < refused[1]["line"]
+
+    quiet_app.mark_sandbox_requests()
+    third = run_in_process(quiet_app, "grp")
+    sent = sorted(o["external_id"] for b in quiet_app.sandbox_requests() for o in b["attributes"])
+    assert sent == [earlier, later]
+    assert (third.profiles_changed, third.status) == (2, Status.SUCCEEDED)
     _assert_braze_holds(quiet_app, changed, set())
+
+
+def test_a_releaser_taking_over_numbers_the_jobs_as_the_first_claim_did(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first releaser claimed the run when the chunk size was 75 and died; by the time
+    another takes over, the definition says 80,000. Jobs already queued are numbered by the
+    first claim, so the takeover must number them alike: one per blob, not one in all."""
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 4096)
+    rows = _rows(200, "take")
+    _export(quiet_app, "take", rows)
+    services = quiet_app.services
+    run = start_run(services, "take", "test").run
+    take(quiet_app, JOBS_QUEUE, ExportJob, run.run_id)
+    monkeypatch.setattr(diff_partition, "maybe_release", lambda *_: False)
+    plan_in_process(quiet_app, run)
+    claimed = services.runs.get(run.run_id)
+    assert claimed is not None and claimed.partitions >= 4
+    claimed.chunk_size = 75
+    claimed.release_claimed_at = utcnow() - RELEASE_LEASE - timedelta(seconds=1)
+    services.runs.update(claimed)
+
+    assert maybe_release(run.run_id, services)
+    released = services.runs.get(run.run_id)
+    assert released is not None and released.chunk_size == 75
+    jobs = take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)
+    assert len(jobs) == released.chunks_total == claimed.partitions  # 200 rows: each has some
+    assert all(len(job.blob_names) == 1 for job in jobs)
+    for job in jobs:
+        deliver_chunk(job, services)
+    final = services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.SUCCEEDED
+    assert final.profiles_accepted == 200

@@ -227,20 +227,25 @@ def test_a_chunk_outcome_recorded_by_the_version_before_is_read_with_its_partiti
     app: App,
 ) -> None:
     """That version delivered one partition per chunk and recorded it as `partition`: a run
-    upgraded mid-delivery must still find which partition Braze's rejections were in."""
+    upgraded mid-delivery must still find which partitions Braze's rejections were in."""
     table = app.services.storage.table(RUNS_TABLE)
     old = {"chunk_index": 0, "rows": 3, "accepted": 2, "rejected": 1, "requests": 1}
     table.create_entity(
         {"PartitionKey": "old-chunk-1", "RowKey": chunk_row(0), **old, "partition": 5}
     )
-    app.services.runs.record_chunk(
-        "old-chunk-1", ChunkResult(chunk_index=1, rows=2, partitions=[6, 7])
-    )
-    results = app.services.runs.chunk_results("old-chunk-1")
+    store = app.services.runs
+    store.record_chunk("old-chunk-1", ChunkResult(chunk_index=1, rows=2, partitions=[6, 7]))
+    store.record_chunk("old-chunk-1", ChunkResult(chunk_index=2, rows=2, partitions=[8]))
+    results = store.chunk_results("old-chunk-1")
     assert [(r.chunk_index, r.partitions, r.rejected) for r in results] == [
         (0, [5], 1),
         (1, [6, 7], 0),
+        (2, [8], 0),
     ]
+    # And the other way: that version, finalizing a run this one delivered, reads `partition`;
+    # a chunk of several partitions reads as a replay's (any partition: -1).
+    legacy = [e["partition"] for e in table.query_entities("PartitionKey eq 'old-chunk-1'")]
+    assert legacy == [5, -1, 8]
 
 
 def test_finalization_happens_once_when_the_last_chunks_finish_together(app: App) -> None:
