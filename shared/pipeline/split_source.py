@@ -12,7 +12,6 @@ from pathlib import Path
 from shared.adapters.services import Services
 from shared.adapters.settings import ConfigurationError
 from shared.adapters.storage import BlobLineWriter, BlobNotFound, Storage
-from shared.core import jsonlines
 from shared.core.definitions import DefinitionsError, Export, UnknownExport
 from shared.core.fingerprints import row_digest, row_digester
 from shared.core.messages import PartitionJob, SplitJob
@@ -149,13 +148,12 @@ def _split(
     columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
     # Keyed by the code that planned the run: the diff trusts digests only on the same code.
     keyed = row_digester(run.code_version, run.mapping_fingerprint)
-    dumps = jsonlines.dumps
     storage = services.storage
     tally.rejected_blob = plan_rejected_name(run.run_id, job.split)
     rejected = storage.line_writer(RUNS_CONTAINER, tally.rejected_blob)
     with tempfile.TemporaryDirectory(prefix="plan-") as directory:
         paths = [Path(directory, f"{p:04d}.jsonl") for p in range(count)]
-        files = [path.open("w", encoding="utf-8") for path in paths]
+        files = [path.open("wb") for path in paths]
         try:
             for row in rows:
                 tally.rows_read += 1
@@ -177,7 +175,7 @@ def _split(
                     continue
                 digest = row_digest([values.get(column) for column in columns], keyed)
                 files[partition_of(customer_id, count)].write(
-                    piece_line(row.order, dumps(customer_id), digest, values)
+                    piece_line(row.order, customer_id, digest, values)
                 )
         finally:
             for file in files:
