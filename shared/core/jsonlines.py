@@ -22,16 +22,28 @@ _LONG_DIGITS = re.compile(r"[0-9]{19}")
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON with UTF-8 kept as is. orjson writes NaN and the infinities as null, which
-    would turn a value validation must reject into a blank one: those take the standard
-    library's path, which writes them as it reads them (`NaN`, `Infinity`)."""
+    """Compact JSON with UTF-8 kept as is (`dumpb`, as text)."""
+    return dumpb(value).decode("utf-8", "surrogatepass")
+
+
+def dumpb(value: Any, *, sort_keys: bool = False) -> bytes:
+    """Compact JSON as UTF-8 bytes, orjson's own where it writes what the standard library
+    reads back: it writes NaN and the infinities as null, which would turn a value validation
+    must reject into a blank one, and refuses integers past 64 bits and lone surrogates; those
+    take the standard library's path (`NaN`, `Infinity`, every digit; a lone surrogate passes
+    through as it would in `json.dumps`' text)."""
     try:
-        data = orjson.dumps(value)
+        data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return _standard_json(value, sort_keys)
     if data.find(b"null") >= 0 and has_non_finite(value):  # find: cheaper than `in` here
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return data.decode("utf-8")
+        return _standard_json(value, sort_keys)
+    return data
+
+
+def _standard_json(value: Any, sort_keys: bool) -> bytes:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+    return text.encode("utf-8", "surrogatepass")
 
 
 def loads(text: str) -> Any:

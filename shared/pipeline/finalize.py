@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from shared.adapters.services import Services
-from shared.adapters.snapshot_store import Manifest, snapshot_line
+from shared.adapters.snapshot_store import Manifest, parse_snapshot_line, snapshot_line
 from shared.adapters.storage import BlobNotFound
 from shared.adapters.telemetry import metrics
 from shared.core import jsonlines
@@ -280,7 +280,7 @@ def _fallbacks(
     """The entries to put back: those of the profiles Braze rejected (all sent, untrusted)."""
     entries = {}
     for text in open_lines(lines):
-        id_json, digest, prints_json = text.rstrip("\n").split("\t")
+        id_json, digest, prints_json = parse_snapshot_line(text.rstrip("\n"))
         if untrusted or id_json in rejected:
             entries[id_json] = (digest, prints_json)
     return entries

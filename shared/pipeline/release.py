@@ -177,25 +177,27 @@ def chunk_jobs(run: Run, results: list[PartitionResult]) -> list[ChunkJob]:
     partitions travel two or so to a job: a worker's requests in flight drain, and it takes its
     next message, half as often.
     """
-    jobs: list[ChunkJob] = []
-    group: list[tuple[str, int, int]] = []  # (blob, rows, partition)
-
-    def close_group() -> None:
-        partitions = list(dict.fromkeys(partition for _, _, partition in group))
-        blobs, rows = [blob for blob, _, _ in group], sum(rows for _, rows, _ in group)
-        jobs.append(ChunkJob(run.run_id, run.export_name, len(jobs), blobs, rows, partitions))
-        group.clear()
-
+    groups: list[list[tuple[str, int, int]]] = []  # per job: (blob, rows, partition)
     for result in results:
         for index, rows in enumerate(result.chunk_rows):
-            blob = chunk_blob_name(run.run_id, result.partition, index)
-            grouped = sum(rows for _, rows, _ in group)
-            if group and (grouped + rows > run.chunk_size or len(group) == MAX_CHUNK_BLOBS):
-                close_group()
-            group.append((blob, rows, result.partition))
-    if group:
-        close_group()
-    return jobs
+            group = groups[-1] if groups else []
+            grouped = sum(count for _, count, _ in group)
+            if not group or grouped + rows > run.chunk_size or len(group) == MAX_CHUNK_BLOBS:
+                groups.append(group := [])
+            group.append(
+                (chunk_blob_name(run.run_id, result.partition, index), rows, result.partition)
+            )
+    return [
+        ChunkJob(
+            run.run_id,
+            run.export_name,
+            number,
+            [blob for blob, _, _ in group],
+            sum(rows for _, rows, _ in group),
+            list(dict.fromkeys(partition for _, _, partition in group)),
+        )
+        for number, group in enumerate(groups)
+    ]
 
 
 def _write_dry_run(

@@ -10,13 +10,10 @@ from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import Any
 
-import orjson
-
 from shared.adapters.services import Services
 from shared.core import jsonlines
 from shared.core.braze_objects import encode_object
 from shared.core.fingerprints import data_points
-from shared.core.jsonlines import has_non_finite
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.source_files import open_lines
 
@@ -121,21 +118,10 @@ PieceRow = tuple[int, str, str, str]
 
 
 def piece_line(order: int, customer_id: str, digest: str, values: dict[str, Any]) -> bytes:
-    """One row of a piece, as the bytes the split writes: orjson's bytes go straight into the
-    line (this runs for every row of a segment), unless orjson would not give `jsonlines.dumps`'
-    text (an integer past 64 bits, NaN or an infinity, which it writes as null)."""
-    try:
-        id_json, values_json = orjson.dumps(customer_id), orjson.dumps(values)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return _exact_piece_line(order, customer_id, digest, values)
-    if values_json.find(b"null") >= 0 and has_non_finite(values):
-        return _exact_piece_line(order, customer_id, digest, values)
-    return b"%d\t%b\t%b\t%b\n" % (order, id_json, digest.encode(), values_json)
-
-
-def _exact_piece_line(order: int, customer_id: str, digest: str, values: dict[str, Any]) -> bytes:
-    dumps = jsonlines.dumps
-    return f"{order}\t{dumps(customer_id)}\t{digest}\t{dumps(values)}\n".encode()
+    """One row of a piece, as the bytes the split writes: JSON bytes go straight into the line
+    (this runs for every row of a segment), never decoded and encoded again."""
+    dumpb = jsonlines.dumpb
+    return b"%d\t%b\t%b\t%b\n" % (order, dumpb(customer_id), digest.encode(), dumpb(values))
 
 
 def read_rows(text: str) -> Iterator[PieceRow]:

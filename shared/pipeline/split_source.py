@@ -152,7 +152,7 @@ def _split(
     tally.rejected_blob = plan_rejected_name(run.run_id, job.split)
     rejected = storage.line_writer(RUNS_CONTAINER, tally.rejected_blob)
     with tempfile.TemporaryDirectory(prefix="plan-") as directory:
-        paths = [Path(directory, f"{p:04d}.jsonl") for p in range(count)]
+        paths = [Path(directory, f"{p:04d}.tsv") for p in range(count)]
         files = [path.open("wb") for path in paths]
         try:
             for row in rows:
@@ -189,7 +189,7 @@ def _split(
 
 def _upload_piece(storage: Storage, path: Path, name: str) -> None:
     with path.open("rb") as data:
-        storage.write_bytes(RUNS_CONTAINER, name, data, "application/x-ndjson")
+        storage.write_bytes(RUNS_CONTAINER, name, data, "text/tab-separated-values; charset=utf-8")
 
 
 def fail_split(job: SplitJob, error: BaseException, services: Services) -> None:
