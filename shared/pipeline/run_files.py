@@ -10,10 +10,13 @@ from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import Any
 
+import orjson
+
 from shared.adapters.services import Services
 from shared.core import jsonlines
 from shared.core.braze_objects import encode_object
 from shared.core.fingerprints import data_points
+from shared.core.jsonlines import has_non_finite
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.source_files import open_lines
 
@@ -118,10 +121,18 @@ PieceRow = tuple[int, str, str, str]
 
 
 def piece_line(order: int, customer_id: str, digest: str, values: dict[str, Any]) -> bytes:
-    """One row of a piece, as the bytes the split writes: JSON bytes go straight into the line
-    (this runs for every row of a segment), never decoded and encoded again."""
-    dumpb = jsonlines.dumpb
-    return b"%d\t%b\t%b\t%b\n" % (order, dumpb(customer_id), digest.encode(), dumpb(values))
+    """One row of a piece, as the bytes the split writes: JSON bytes go straight into the line,
+    never decoded and encoded again. This runs for every row of a segment, so orjson is called
+    here directly (two calls of `jsonlines.dumpb` cost half a microsecond more per row); a row
+    orjson cannot write exactly takes `jsonlines.dumpb`."""
+    try:
+        id_json, values_json = orjson.dumps(customer_id), orjson.dumps(values)
+        exact = values_json.find(b"null") < 0 or not has_non_finite(values)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        exact = False
+    if not exact:
+        id_json, values_json = jsonlines.dumpb(customer_id), jsonlines.dumpb(values)
+    return b"%d\t%b\t%b\t%b\n" % (order, id_json, digest.encode(), values_json)
 
 
 def read_rows(text: str) -> Iterator[PieceRow]:
