@@ -297,13 +297,13 @@ class Export(_Strict):
         description="false sends _update_existing_only, so only existing Braze users are updated.",
     )
     chunk_size: int = Field(
-        default=80000,
+        default=100000,
         ge=75,
         le=100000,
         description="Most profiles per delivery job, the unit of parallel delivery: a "
         "partition's changes are cut into blobs of at most this many, and blobs travel together "
         "up to it. A worker sends one job at a time with many requests in flight, which drain "
-        "at the job's end: the default (1,067 requests, about two partitions of a typical "
+        "at the job's end: the default (1,334 requests, about three partitions of a typical "
         "source) keeps them busy.",
     )
     schedule: str | None = Field(

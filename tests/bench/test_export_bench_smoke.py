@@ -113,3 +113,12 @@ def test_each_run_has_a_flame_graph_of_its_host_showing_the_stages_it_ran(
     assert "split_source" in svg and "diff_partition" in svg
     assert delta["flame_graphs"][0].endswith("-delta-worker0.svg")
     assert (results["out"] / unchanged["flame_graphs"][0]).is_file()
+
+
+def test_the_hosts_ran_below_the_stand_ins_cpu_priority_and_the_summary_says_so(
+    results: dict[str, Any],
+) -> None:
+    # Read back from the running host: Azurite and the sandbox (niceness 0) get the cores first.
+    assert results["host_nice"] == {"worker 0": 19}
+    summary = next(results["out"].glob("*.md")).read_text()
+    assert "CPU niceness of the hosts 19 (Azurite and the sandbox 0)" in summary

@@ -269,7 +269,7 @@ def test_each_problem_has_its_json_path_and_a_suggestion() -> None:
         "exports[0].mapping.email": 'add "email": Column sent as the Braze email field.',
         "exports[0].mapping.attributes[0].type": 'did you mean "number"?',
         "exports[0].chunk_size": (
-            "use a whole number from 75 to 100000, or leave it out for the default, 80000"
+            "use a whole number from 75 to 100000, or leave it out for the default, 100000"
         ),
         "exports[0].membership": 'use "array" or "boolean"',
         "exprots": 'did you mean "exports"?',

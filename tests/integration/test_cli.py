@@ -222,7 +222,7 @@ def test_validate_lists_exports_or_every_problem_with_its_path_and_a_suggestion(
         '  suggestion: add "email": Column sent as the Braze email field.',
         "exports[0] (Bad Name).chunk_size: Input should be greater than or equal to 75",
         "  suggestion: use a whole number from 75 to 100000, or leave it out for the default, "
-        "80000",
+        "100000",
         "exports[0] (Bad Name).connection: 'sandbx' is not a defined connection",
         '  suggestion: did you mean "sandbox"?',
     ]
@@ -235,7 +235,7 @@ def test_validate_lists_exports_or_every_problem_with_its_path_and_a_suggestion(
         ("exports[0].mapping.email", 'add "email": Column sent as the Braze email field.'),
         (
             "exports[0].chunk_size",
-            "use a whole number from 75 to 100000, or leave it out for the default, 80000",
+            "use a whole number from 75 to 100000, or leave it out for the default, 100000",
         ),
         ("exports[0].connection", 'did you mean "sandbox"?'),
     ]
