@@ -217,6 +217,8 @@ class BrazeClient:
                     raise BrazeUnavailable(f"still rate limited after {rate_limit_waits} waits")
                 self._wait_after_429(response.headers, rate_limit_waits)
                 continue
+            if 300 <= status < 400:  # not followed: the API key goes nowhere but the endpoint
+                return TrackOutcome(status, {}, _describe_redirect(response))
             if status == 401 and not refreshed_key and self._may_reread_key():
                 refreshed_key = True
                 self._headers = self._headers_for(self._api_key(True))
@@ -300,6 +302,15 @@ def _object_errors(response: urllib3.BaseHTTPResponse) -> dict[int, str]:
             if isinstance(index, int):
                 errors[index] = str(item.get("type", "unknown error"))
     return errors
+
+
+def _describe_redirect(response: urllib3.BaseHTTPResponse) -> str:
+    """A redirect means the endpoint is not the workspace's REST endpoint: no retry would help."""
+    location = (response.headers.get("Location") or "nowhere given")[:200]
+    return (
+        f"Braze redirected the request (HTTP {response.status}) to {location}: redirects are not "
+        "followed; set the connection's rest_endpoint to your Braze instance's REST endpoint"
+    )
 
 
 def _describe_failure(response: urllib3.BaseHTTPResponse) -> str:
