@@ -155,6 +155,7 @@ def build_report(
             "rows_read": run.rows_read,
             "rows_valid": run.rows_valid,
             "rows_rejected_by_validation": run.rows_rejected,
+            "rows_not_validated": run.rows_not_validated,
             "profiles_new": run.profiles_new,
             "profiles_changed": run.profiles_changed,
             "profiles_unchanged": run.profiles_unchanged,

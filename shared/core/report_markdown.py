@@ -91,6 +91,11 @@ def count_rows(report: dict[str, Any]) -> list[list[str]]:
         ("Rows read", counts["rows_read"]),
         ("Valid", counts["rows_valid"]),
         ("Rejected by validation", counts["rows_rejected_by_validation"]),
+        *(
+            [("Not validated (planning failed first)", counts["rows_not_validated"])]
+            if counts.get("rows_not_validated")
+            else []
+        ),
         ("New", counts["profiles_new"]),
         ("Changed", counts["profiles_changed"]),
         ("Unchanged", counts["profiles_unchanged"]),

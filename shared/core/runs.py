@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -19,6 +20,7 @@ class Status(StrEnum):
     STOPPED = "stopped"  # a safety valve held the run before anything was sent
 
 
+DUPLICATE_REASON = "duplicate_customer_id"  # a later valid row for an id already seen
 FINAL_STATUSES = {Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED, Status.FAILED, Status.STOPPED}
 
 
@@ -56,6 +58,8 @@ class Run:
     rows_read: int = 0
     rows_valid: int = 0
     rows_rejected: int = 0
+    # Rows of a run whose planning failed that no diff validated: neither valid nor rejected.
+    rows_not_validated: int = 0
     chunks_planned: int = 0
     chunks_total: int | None = None
     # The export's chunk size when the run was released: small chunk blobs are grouped up to it
@@ -186,6 +190,19 @@ class PartitionResult:
     rejected_blob: str = ""
     snapshot_profiles: int = 0  # in this run's snapshot partition if Braze accepts everything
     array_cap_examples: list[str] = field(default_factory=list)
+
+
+def rejection_reasons(
+    split_reasons: list[dict[str, int]], results: list[PartitionResult]
+) -> dict[str, int]:
+    """Rows rejected by validation, by reason: in the splits (unusable ids, unreadable rows)
+    and in the partitions (validated there), with the duplicates."""
+    reasons: Counter[str] = Counter()
+    for tally in [*split_reasons, *(r.reasons for r in results)]:
+        reasons.update(tally)
+    if duplicates := sum(r.duplicates for r in results):
+        reasons[DUPLICATE_REASON] = duplicates
+    return dict(reasons)
 
 
 @dataclass(kw_only=True)

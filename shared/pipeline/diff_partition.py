@@ -44,7 +44,7 @@ from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run
 from shared.core.validation import Profile, validate_record
 from shared.pipeline.finalize import finish_early
-from shared.pipeline.release import maybe_release, rejection_reasons
+from shared.pipeline.release import maybe_release
 from shared.pipeline.run_files import (
     PieceRow,
     batches,
@@ -89,11 +89,6 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
         f"planning failed: partition {job.partition} of {job.partitions} could not be diffed "
         f"after every retry ({type(error).__name__}: {error}); nothing was sent"
     )
-    # The partitions diffed so far rejected rows too: their rejected rows are reported.
-    results = services.runs.partition_results(run.run_id)
-    run.rows_rejected += sum(r.rejected + r.duplicates for r in results)
-    split_reasons = [split.reasons for split in services.runs.split_results(run.run_id)]
-    run.validation_rejections = run.rejections = rejection_reasons(split_reasons, results)
     finish_early(run, services, message=message, failed=True)
 
 

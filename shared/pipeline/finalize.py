@@ -26,7 +26,15 @@ from shared.core.partitioning import partition_of
 from shared.core.report import RejectionExamples, build_report, final_status, run_ended, summary
 from shared.core.report_markdown import report_markdown
 from shared.core.resource_names import RUNS_CONTAINER
-from shared.core.runs import ChunkResult, PartitionResult, Run, RunConflict, Status, utcnow
+from shared.core.runs import (
+    ChunkResult,
+    PartitionResult,
+    Run,
+    RunConflict,
+    Status,
+    rejection_reasons,
+    utcnow,
+)
 from shared.core.source_files import open_lines
 from shared.pipeline.run_files import (
     carried_rejected_name,
@@ -52,12 +60,29 @@ def finish_early(
     run is done. The report and rejected rows are written as for any run."""
     run.planning_failed = run.planning_failed or failed
     run.stopped_by, run.message = stopped_by, _clip(message)
-    if run.planning_failed:  # the diff never finished: valid is what was read and not rejected
-        run.rows_valid = run.rows_read - run.rows_rejected
+    if run.planning_failed:
+        _count_unfinished_planning(run, services)
     if run.chunks_total is None:
         run.chunks_total = 0
     services.runs.update(run)
     maybe_finalize(run.run_id, services)
+
+
+def _count_unfinished_planning(run: Run, services: Services) -> None:
+    """Planning failed: the rows of the partitions diffed so far are valid or rejected as their
+    diffs found, the splits' rejected rows (unusable ids, unreadable rows) are rejected, and
+    every other row read was never validated, so it is counted as neither."""
+    splits = services.runs.split_results(run.run_id)
+    diffed = services.runs.partition_results(run.run_id)
+    if splits:  # else the plan failed before the source was read: nothing to count
+        run.rows_read = sum(s.rows_read for s in splits)
+        run.rows_rejected = sum(s.rows_rejected for s in splits) + sum(
+            p.rejected + p.duplicates for p in diffed
+        )
+        reasons = [s.reasons for s in splits]
+        run.validation_rejections = run.rejections = rejection_reasons(reasons, diffed)
+    run.rows_valid = sum(p.new + p.changed + p.unchanged for p in diffed)
+    run.rows_not_validated = max(0, run.rows_read - run.rows_rejected - run.rows_valid)
 
 
 def _clip(message: str, limit: int = 2000) -> str:

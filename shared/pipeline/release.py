@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from datetime import timedelta
 
 from shared.adapters.braze_client import tracking_body
@@ -18,14 +17,13 @@ from shared.adapters.settings import ConfigurationError
 from shared.core.definitions import Connection, Export
 from shared.core.messages import ChunkJob
 from shared.core.resource_names import CHUNKS_QUEUE, RUNS_CONTAINER
-from shared.core.runs import PartitionResult, Run, RunConflict, Status, utcnow
+from shared.core.runs import PartitionResult, Run, RunConflict, Status, rejection_reasons, utcnow
 from shared.pipeline.finalize import finish_early, maybe_finalize
 from shared.pipeline.run_files import batches, chunk_blob_name, dry_run_blob_name, read_chunk
 
 log = logging.getLogger(__name__)
 
 RELEASE_LEASE = timedelta(minutes=5)
-DUPLICATE = "duplicate_customer_id"
 MAX_CHUNK_BLOBS = 64  # blobs named by one chunk message (a queue message holds 64 KB)
 
 
@@ -113,19 +111,6 @@ def summarize(
     run.rows_valid = run.profiles_new + run.profiles_changed + run.profiles_unchanged
     run.rows_rejected = run.rows_read - run.rows_valid
     run.validation_rejections = run.rejections = rejection_reasons(split_reasons, results)
-
-
-def rejection_reasons(
-    split_reasons: list[dict[str, int]], results: list[PartitionResult]
-) -> dict[str, int]:
-    """Rows rejected by validation, by reason: in the splits (unusable ids, unreadable rows)
-    and in the partitions (validated there), with the duplicates."""
-    reasons: Counter[str] = Counter()
-    for tally in [*split_reasons, *(r.reasons for r in results)]:
-        reasons.update(tally)
-    if duplicates := sum(r.duplicates for r in results):
-        reasons[DUPLICATE] = duplicates
-    return dict(reasons)
 
 
 def safety_valve(run: Run, export: Export) -> tuple[str, str] | None:

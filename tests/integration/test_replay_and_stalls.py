@@ -10,14 +10,17 @@ from typing import Any
 import pytest
 
 from devtools.sample import make_segment
-from shared.core.messages import ExportJob, PartitionJob
-from shared.core.resource_names import JOBS_QUEUE, PARTITIONS_QUEUE, RUNS_CONTAINER
+from shared.core.messages import ExportJob, PartitionJob, SplitJob
+from shared.core.partitioning import partition_of
+from shared.core.resource_names import JOBS_QUEUE, PARTITIONS_QUEUE, RUNS_CONTAINER, SPLITS_QUEUE
 from shared.core.runs import Run, Status, utcnow
 from shared.entrypoints import http_api as api
 from shared.pipeline.deliver_chunk import deliver_chunk, fail_chunk
-from shared.pipeline.diff_partition import fail_partition
+from shared.pipeline.diff_partition import diff_partition, fail_partition
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.replay import NotReplayable, replay_run
+from shared.pipeline.run_files import report_blob_name, summary_blob_name
+from shared.pipeline.split_source import split_source
 from shared.pipeline.stall_sweep import check_run, sweep_stalled
 from shared.pipeline.start import start_run
 from tests.integration.conftest import (
@@ -308,5 +311,56 @@ def test_counts_add_up_when_a_partition_job_is_poisoned(quiet_app: App) -> None:
     final = quiet_app.services.runs.get(run.run_id)
     assert final is not None and final.status == Status.FAILED
     assert "partition 0 of 1" in final.message and "nothing was sent" in final.message
-    assert final.rows_read == final.rows_valid + final.rows_rejected == 10
+    # Its only partition was never diffed: no row was validated, so none is counted valid.
+    assert (final.rows_read, final.rows_valid, final.rows_not_validated) == (10, 0, 10)
     assert quiet_app.sandbox_requests() == []
+
+
+def test_a_failed_planning_counts_the_rows_no_diff_validated_as_neither_valid_nor_rejected(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half the partitions are diffed, then one is poisoned: their rows count as valid or
+    rejected as the diffs found, the split's rejected row as rejected, and the rows of the
+    partitions never diffed as not validated (the report says so)."""
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 1024)
+    ids = [f'pf-{n:03d}, "q"' if n % 7 == 0 else f"pf-{n:03d}" for n in range(120)]
+    rows = "CustomerId,Email,FirstName,LoyaltyPoints,IsVip,BirthDate,Note\n"
+    for n, customer in enumerate(ids):
+        email = "not an email" if n % 10 == 0 else f"p{n}@example.com"
+        quoted = customer.replace('"', '""')
+        rows += f'"{quoted}",{email},Zoë 🎉,{n},true,1990-01-01,"line\nbreak, comma"\n'
+    rows += ",blank@example.com,Ann,1,true,1990-01-01,\n"  # no id: rejected by the split
+    rows += "pf-001,dup@example.com,Ann,1,true,1990-01-01,\n"  # a duplicate of pf-001
+    quiet_app.upload("replay/planfail.csv", rows.encode())
+    quiet_app.define([export_definition("planfail", "replay/planfail.csv", "R")])
+    services = quiet_app.services
+    run = start_run(services, "planfail", "test").run
+    take(quiet_app, JOBS_QUEUE, ExportJob, run.run_id)
+    plan_run(ExportJob(run.run_id, run.export_name), services)
+    for split in take(quiet_app, SPLITS_QUEUE, SplitJob, run.run_id):
+        split_source(split, services)
+    jobs = sorted(take(quiet_app, PARTITIONS_QUEUE, PartitionJob, run.run_id), key=_partition)
+    assert len(jobs) >= 4
+    diffed = jobs[: len(jobs) // 2]
+    for job in diffed:
+        diff_partition(job, services)
+    fail_partition(jobs[-1], TimeoutError("kept timing out"), services)
+
+    done = {job.partition for job in diffed}
+    seen = [n for n, customer in enumerate(ids) if partition_of(customer, len(jobs)) in done]
+    valid = [n for n in seen if n % 10]
+    duplicate = int(partition_of("pf-001", len(jobs)) in done)
+    rejected = 1 + (len(seen) - len(valid)) + duplicate
+    final = services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.FAILED
+    assert (final.rows_read, final.rows_valid, final.rows_rejected) == (122, len(valid), rejected)
+    assert final.rows_not_validated == 122 - len(valid) - rejected > 0
+    report = json.loads(services.storage.read_bytes(RUNS_CONTAINER, report_blob_name(run.run_id)))
+    assert report["counts"]["rows_not_validated"] == final.rows_not_validated
+    summary = services.storage.read_bytes(RUNS_CONTAINER, summary_blob_name(run.run_id)).decode()
+    assert f"| Not validated (planning failed first) | {final.rows_not_validated} |" in summary
+    assert quiet_app.sandbox_requests() == []
+
+
+def _partition(job: PartitionJob) -> int:
+    return job.partition
