@@ -429,6 +429,9 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
         document = demo_definitions(sandbox.url, "segments", SOURCE, "Bench")
         if args.chunk_size:
             document["exports"][0]["chunk_size"] = args.chunk_size
+        # About 6 data points per profile: past 1.6M profiles the default valve (10M) would stop
+        # the run before sending, as it should for a user who did not raise it.
+        document["exports"][0]["max_data_points"] = max(10_000_000, 10 * args.profiles)
         document["connections"][0]["expected_latency_ms"] = max(1, round(args.latency_ms))
         if args.max_in_flight:
             document["connections"][0]["max_in_flight"] = args.max_in_flight

@@ -4,6 +4,7 @@ API that tests use to read back users, inspect stats and switch faults on a runn
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
 from collections import deque
@@ -23,6 +24,10 @@ from braze_sandbox.tracking import INPUT_ARRAYS, TrackProcessor
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # Braze's documented request size limit for most endpoints
 EXPORT_MAX_IDENTIFIERS = 50
+# Profiles live until a reset: each time the store has grown by this many, everything alive is
+# moved out of the collector's sight (gc.freeze), so a full collection no longer scans millions
+# of profiles (a pause of over a second, every request waiting, at 5M).
+FREEZE_EVERY_USERS = 250_000
 USERS_STREAM_CHUNK = 1000
 
 PARSE_ERROR = "Error while parsing request body. Please check your syntax."
@@ -68,6 +73,7 @@ class BrazeSandbox:
         self.faults = FaultInjector(faults)
         self.limiter = RateLimiter()
         self.store = UserStore()
+        self._frozen_at_users = 0
         self.tracker = TrackProcessor(self.store)
         self.stats = SandboxStats()
         self.request_log: deque[tuple[int | str, bytes]] = deque(maxlen=request_log_size)
@@ -174,6 +180,9 @@ class BrazeSandbox:
         except RequestRejected as error:
             return json_response(error.status, {"message": error.message}, headers)
         outcome = self.tracker.process(arrays, limits)
+        if len(self.store) >= self._frozen_at_users + FREEZE_EVERY_USERS:
+            gc.freeze()
+            self._frozen_at_users = len(self.store)
         self.stats.objects_applied += outcome.objects_applied
         self.stats.objects_rejected += len(outcome.errors)
         self.stats.data_points += outcome.data_points
@@ -290,6 +299,8 @@ class BrazeSandbox:
         """Forget users, stats, rate windows and logged requests; keep limits and faults, but
         restart the fault RNG so a seeded scenario replays from its start."""
         self.store.clear()
+        gc.unfreeze()  # the forgotten profiles can be collected again
+        self._frozen_at_users = 0
         self.stats = SandboxStats()
         self.limiter.clear()
         self.request_log.clear()

@@ -11,7 +11,9 @@ keep their sum within a window; they coordinate through one Table entity per con
 - a worker leases slots in blocks (at most `lease_fraction` of the budget) and hands them to its
   threads locally, so the table sees a few operations per window instead of one per request;
 - slots are valid only inside their window and are never handed out in its last `guard_seconds`,
-  so a request granted in window w reaches Braze in w unless it is delayed longer than that;
+  so a request granted in window w reaches Braze in w unless it is delayed longer than that; a
+  thread held up between its grant and its send (a busy machine, a long GIL hold) checks
+  `still_usable` first and takes a new slot rather than land in the next window's budget;
 - one entity per connection (and window length) rolls over in place, so nothing piles up.
 """
 
@@ -174,6 +176,11 @@ class RateGovernor:
         finally:
             with self._cond:
                 self._waiters -= 1
+
+    def still_usable(self, window: int) -> bool:
+        """Whether a slot of `window` may still be sent: not in the window's last half guard,
+        which leaves the request that long to reach Braze within the window."""
+        return self._clock() < (window + 1) * self._window_seconds - self._guard / 2
 
     def observe(self, headers: Mapping[str, str], window: int) -> None:
         """Adapt to what Braze reported for a request granted in `window`.

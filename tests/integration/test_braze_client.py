@@ -224,6 +224,43 @@ def test_a_governed_client_takes_a_slot_for_every_send_retries_included(
     assert state["Granted"] == sent
 
 
+def test_a_slot_held_up_past_its_window_is_not_sent_late_but_taken_again(
+    braze: Sandbox, rate_table: TableClient
+) -> None:
+    """A thread that got its slot and then lost the CPU until its window's last moments would
+    land in the next window, over that window's budget: it takes a slot of the next one."""
+    clock = {"now": 1000.0}  # window 100 of 10 s: [1000, 1010)
+    granted: list[int] = []
+
+    class HeldUpAfterItsFirstGrant(RateGovernor):
+        def acquire(self) -> int:
+            window = super().acquire()
+            granted.append(window)
+            if len(granted) == 1:
+                clock["now"] = 1009.96  # past the window's end minus half its 0.1 s guard
+            return window
+
+    def sleep(seconds: float) -> None:
+        clock["now"] += seconds
+
+    key = f"c-{uuid.uuid4().hex[:12]}"
+    governor = HeldUpAfterItsFirstGrant(
+        rate_table,
+        key,
+        requests_per_window=100,
+        window_seconds=10,
+        lease_fraction=0.01,  # one slot per lease
+        clock=lambda: clock["now"],
+        sleep=sleep,
+    )
+    client = BrazeClient(braze.url, lambda refresh: KEY, governor=governor, sleep=sleep)
+    assert client.track(_objects(1)).status == 201
+    assert granted == [100, 101]  # the held-up slot was dropped; the send took one of 101
+    assert _stats(braze)["requests_total"] == 1
+    (state,) = rate_table.query_entities(f"PartitionKey eq '{key}'")
+    assert (state["Window"], state["Granted"]) == (101, 1)
+
+
 def test_governed_instances_together_stay_within_the_budget(
     braze: Sandbox, rate_table: TableClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
