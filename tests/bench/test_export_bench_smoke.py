@@ -40,6 +40,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "--out",
             str(out),
             "--flame-graphs",
+            "--host-nice",
+            "7",
         ],
         cwd=ROOT,
         check=True,
@@ -119,6 +121,6 @@ def test_the_hosts_ran_below_the_stand_ins_cpu_priority_and_the_summary_says_so(
     results: dict[str, Any],
 ) -> None:
     # Read back from the running host: Azurite and the sandbox (niceness 0) get the cores first.
-    assert results["host_nice"] == {"worker 0": 19}
+    assert results["host_nice"] == {"worker 0": 7}
     summary = next(results["out"].glob("*.md")).read_text()
-    assert "CPU niceness of the hosts 19 (Azurite and the sandbox 0)" in summary
+    assert "CPU niceness of the hosts 7 (Azurite and the sandbox 0)" in summary
