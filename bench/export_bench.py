@@ -374,8 +374,8 @@ def main() -> int:
         default=0,
         choices=range(20),
         metavar="0-19",
-        help="the local hosts' CPU niceness (Azurite and the sandbox run at 0): above 0 the "
-        "stand-ins for services that run elsewhere get the cores first",
+        help="added to the local hosts' CPU niceness (Azurite and the sandbox keep the "
+        "benchmark's): above 0 the stand-ins for services that run elsewhere get the cores first",
     )
     parser.add_argument(
         "--chunk-size", type=int, default=None, help="profiles per chunk (default: the app's)"
@@ -484,10 +484,9 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
             "workers": args.workers,
             "sandbox_latency_ms": args.latency_ms,
             "chunk_size": services.definitions().exports[0].chunk_size,
-            # As read back from the hosts, so the summary states what ran.
-            "host_nice": {
-                f"worker {n}": os.getpriority(os.PRIO_PROCESS, w.pid) for n, w in enumerate(workers)
-            },
+            # Read back from every process (`nice` adds to the benchmark's own niceness), so the
+            # summary states what ran.
+            "nice": {name: os.getpriority(os.PRIO_PROCESS, pid) for name, pid in processes.items()},
             "in_flight_per_worker": services.definitions().connections[0].in_flight_per_worker(),
             "runs": runs,
             "peak_rss_mb": {
@@ -518,9 +517,8 @@ def summary(results: dict[str, Any]) -> str:
         f"{results['in_flight_per_worker']} requests in flight each to start with (then as latency "
         "measured asks); sandbox latency "
         f"{results['sandbox_latency_ms']:g} ms; chunk size {results['chunk_size']:,}; "
-        f"{results['machine']['cores']} cores shared by everything; CPU niceness of the hosts "
-        f"{', '.join(str(v) for v in results['host_nice'].values())} (Azurite and the sandbox "
-        "0).",
+        f"{results['machine']['cores']} cores shared by everything; CPU niceness: "
+        f"{', '.join(f'{name} {value}' for name, value in results['nice'].items())}.",
         "",
         "| run | wall s | split | diff | release | deliver | finalize | requests | profiles/s "
         "| floor s | × floor | per window min / median / max (limit) | 429s |",

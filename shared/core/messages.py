@@ -95,7 +95,7 @@ class ChunkJob(_Message):
     """Deliver one chunk of a run to Braze: its blobs' profiles in order, `rows` in all.
 
     Chunk blobs travel together up to the export's chunk size (a delta's few changes per
-    partition, or two partitions of a first export), so they fill whole requests and each
+    partition, or about three partitions of a first export), so they fill whole requests and each
     message keeps a worker busy longer; `partitions` are those the blobs came from (a replay's
     chunk: [ANY_PARTITION]).
     """

@@ -45,6 +45,11 @@ HTTP_REASONS = {
     "http_413": "Braze refused the request as too large (HTTP 413)",
     "http_415": "Braze refused the request's content type (HTTP 415)",
 }
+# A redirect is not followed: the endpoint is the wrong one (rejected.jsonl names the target).
+REDIRECT_REASON = (
+    "Braze redirected the request (HTTP {status}): check rest_endpoint; rejected.jsonl names "
+    "where it pointed"
+)
 
 
 def reason_text(code: str) -> str:
@@ -52,6 +57,8 @@ def reason_text(code: str) -> str:
     if code in REASONS:
         return REASONS[code]
     if code.startswith("http_"):
+        if code[5:6] == "3":
+            return REDIRECT_REASON.format(status=code[5:])
         return HTTP_REASONS.get(code, f"Braze refused the whole request (HTTP {code[5:]})")
     return "Braze rejected the profile with this error type"
 

@@ -36,6 +36,7 @@ STOP_CHECK_SECONDS = 10.0
 # Progress is saved at most this often per chunk (and when an attempt fails): a Table write per
 # batch cost more than the batch's POST, and a crash may then re-send what was answered since.
 PROGRESS_SAVE_SECONDS = 1.0
+FAILED_ROWS_PER_WRITE = 5_000  # a poisoned chunk's unsent rows are listed this many at a time
 
 
 def deliver_chunk(job: ChunkJob, services: Services) -> None:
@@ -286,20 +287,25 @@ def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
         rest = items[progress.batches_done * size :]
         undelivered, rows = len(rest), len(items)
         files = partition_files_loader(services, job.run_id)
-        entries = [
-            {
-                **row_position(order, files),
-                "customer_id": json.loads(obj).get("external_id"),
-                "stage": "delivery",
-                "codes": ["delivery_failed"],
-                "reasons": [reason],
-                "object": json.loads(obj),
-                "batch": progress.batches_done + index // size,
-            }
-            for index, (order, _, obj) in enumerate(rest)
-        ]
         attempt = _Attempt(job, services)
-        attempt.write(progress, entries)
+        # In slices: every row of a 100,000-profile job parsed and written at once held about
+        # 330 MB of entries and text.
+        for start in range(0, len(rest), FAILED_ROWS_PER_WRITE):
+            entries = [
+                {
+                    **row_position(order, files),
+                    "customer_id": (parsed := json.loads(obj)).get("external_id"),
+                    "stage": "delivery",
+                    "codes": ["delivery_failed"],
+                    "reasons": [reason],
+                    "object": parsed,
+                    "batch": progress.batches_done + index // size,
+                }
+                for index, (order, _, obj) in enumerate(
+                    rest[start : start + FAILED_ROWS_PER_WRITE], start
+                )
+            ]
+            attempt.write(progress, entries)
         progress.batches_done = -(-len(items) // size)
         attempt.recorded(progress)
     progress.rejected += undelivered

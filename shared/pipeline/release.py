@@ -159,8 +159,8 @@ def chunk_jobs(run: Run, results: list[PartitionResult]) -> list[ChunkJob]:
     Consecutive blobs travel in one job while their rows fit the run's chunk size. A delta's
     partitions each hold a few changed profiles: sent apart, each would end in a part-filled
     request and cost a message, a blob read and a progress record of its own. A first export's
-    partitions travel two or so to a job: a worker's requests in flight drain, and it takes its
-    next message, half as often.
+    partitions travel about three to a job at the default chunk size: a worker's requests in
+    flight drain, and it takes its next message, a third as often as one partition per job.
     """
     groups: list[list[tuple[str, int, int]]] = []  # per job: (blob, rows, partition)
     for result in results:

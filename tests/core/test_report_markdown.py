@@ -193,6 +193,10 @@ def test_examples_stop_at_five_per_reason_and_keep_only_positions() -> None:
 def test_codes_get_reasons_and_odd_braze_codes_stay_in_their_cell() -> None:
     assert reason_text("http_401").startswith("Braze refused the API key")
     assert reason_text("http_502") == "Braze refused the whole request (HTTP 502)"
+    assert reason_text("http_308") == (
+        "Braze redirected the request (HTTP 308): check rest_endpoint; rejected.jsonl names "
+        "where it pointed"
+    )
     assert reason_text("delivery_failed").startswith("its chunk failed every retry")
     odd = "bad | `type`\nhere"
     text = report_markdown(build_report(_run(rejections={odd: 1})))

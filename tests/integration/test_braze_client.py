@@ -104,14 +104,14 @@ def test_over_the_object_limit_is_a_non_retryable_failure(braze: Sandbox) -> Non
 def test_a_redirect_is_reported_at_once_not_retried_or_followed() -> None:
     """An endpoint that redirects (a plain-HTTP or retired URL) is the wrong endpoint: the
     batch fails with the place it was sent to, after one request, and the key stays here."""
-    received: list[str | None] = []
+    received: list[tuple[str, str | None]] = []
 
     class Redirecting(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            received.append(self.headers.get("Authorization"))
+            received.append((self.path, self.headers.get("Authorization")))
             self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(301)
-            self.send_header("Location", "https://rest.iad-01.braze.com/users/track")
+            self.send_header("Location", f"{endpoint}/elsewhere/users/track")
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -119,9 +119,9 @@ def test_a_redirect_is_reported_at_once_not_retried_or_followed() -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
         outcome = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait).track(
             _objects(2)
         )
@@ -130,11 +130,12 @@ def test_a_redirect_is_reported_at_once_not_retried_or_followed() -> None:
         server.server_close()
     assert outcome.status == 301 and outcome.object_errors == {}
     assert outcome.failure == (
-        "Braze redirected the request (HTTP 301) to https://rest.iad-01.braze.com/users/track: "
+        f"Braze redirected the request (HTTP 301) to {endpoint}/elsewhere/users/track: "
         "redirects are not followed; set the connection's rest_endpoint to your Braze "
         "instance's REST endpoint"
     )
-    assert received == [f"Bearer {KEY}"]  # one request; the redirect target got nothing
+    # One request, to the endpoint; the place it was redirected to got nothing.
+    assert received == [("/users/track", f"Bearer {KEY}")]
 
 
 def test_a_rejected_key_is_refreshed_once(braze: Sandbox) -> None:

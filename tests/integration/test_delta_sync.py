@@ -987,7 +987,7 @@ def test_a_releaser_taking_over_numbers_the_jobs_as_the_first_claim_did(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first releaser claimed the run when the chunk size was 75 and died; by the time
-    another takes over, the definition says 80,000. Jobs already queued are numbered by the
+    another takes over, the definition says 100,000. Jobs already queued are numbered by the
     first claim, so the takeover must number them alike: one per blob, not one in all."""
     monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 4096)
     rows = _rows(200, "take")

@@ -104,11 +104,15 @@ def test_rows_braze_rejected_are_replayed_after_the_fix_and_the_counts_stay_true
         replay_run(quiet_app.services, first.run_id)
 
 
-def test_a_poisoned_chunk_is_named_reported_row_by_row_and_replayable(quiet_app: App) -> None:
+def test_a_poisoned_chunk_is_named_reported_row_by_row_and_replayable(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run, sample = _start(quiet_app, "poisoned", 250)
     jobs = plan_in_process(quiet_app, run)
     deliver_chunk(jobs[0], quiet_app.services)
     deliver_chunk(jobs[2], quiet_app.services)
+    # Listed a few rows at a time, as a 100,000-profile job's are 5,000 at a time.
+    monkeypatch.setattr("shared.pipeline.deliver_chunk.FAILED_ROWS_PER_WRITE", 7)
     fail_chunk(jobs[1], ConnectionError("Braze kept failing"), quiet_app.services)
 
     ended = quiet_app.services.runs.get(run.run_id)
@@ -117,6 +121,8 @@ def test_a_poisoned_chunk_is_named_reported_row_by_row_and_replayable(quiet_app:
     failed = _rejected(quiet_app, ended)
     assert len(failed) == 100 and {r["codes"][0] for r in failed} == {"delivery_failed"}
     assert all(r["object"]["external_id"] == r["customer_id"] for r in failed)
+    assert [r["line"] for r in failed] == sorted(r["line"] for r in failed)  # source order
+    assert len({r["customer_id"] for r in failed}) == 100  # every row once
     _adds_up(ended)
 
     final = _replay_in_process(quiet_app, run.run_id)
