@@ -192,6 +192,12 @@ class PartitionResult:
     array_cap_examples: list[str] = field(default_factory=list)
 
 
+def valid_rows(results: list[PartitionResult]) -> int:
+    """The rows the partitions' diffs found valid: each member's first valid row, whether its
+    profile is new, changed or unchanged."""
+    return sum(r.new + r.changed + r.unchanged for r in results)
+
+
 def rejection_reasons(
     split_reasons: list[dict[str, int]], results: list[PartitionResult]
 ) -> dict[str, int]:

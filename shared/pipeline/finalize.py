@@ -34,6 +34,7 @@ from shared.core.runs import (
     Status,
     rejection_reasons,
     utcnow,
+    valid_rows,
 )
 from shared.core.source_files import open_lines
 from shared.pipeline.run_files import (
@@ -81,7 +82,7 @@ def _count_unfinished_planning(run: Run, services: Services) -> None:
         )
         reasons = [s.reasons for s in splits]
         run.validation_rejections = run.rejections = rejection_reasons(reasons, diffed)
-    run.rows_valid = sum(p.new + p.changed + p.unchanged for p in diffed)
+    run.rows_valid = valid_rows(diffed)
     run.rows_not_validated = max(0, run.rows_read - run.rows_rejected - run.rows_valid)
 
 

@@ -17,7 +17,15 @@ from shared.adapters.settings import ConfigurationError
 from shared.core.definitions import Connection, Export
 from shared.core.messages import ChunkJob
 from shared.core.resource_names import CHUNKS_QUEUE, RUNS_CONTAINER
-from shared.core.runs import PartitionResult, Run, RunConflict, Status, rejection_reasons, utcnow
+from shared.core.runs import (
+    PartitionResult,
+    Run,
+    RunConflict,
+    Status,
+    rejection_reasons,
+    utcnow,
+    valid_rows,
+)
 from shared.pipeline.finalize import finish_early, maybe_finalize
 from shared.pipeline.run_files import batches, chunk_blob_name, dry_run_blob_name, read_chunk
 
@@ -108,7 +116,7 @@ def summarize(
     run.requests_planned = sum(
         math.ceil(job.rows / objects_per_request) for job in chunk_jobs(run, results)
     )
-    run.rows_valid = run.profiles_new + run.profiles_changed + run.profiles_unchanged
+    run.rows_valid = valid_rows(results)
     run.rows_rejected = run.rows_read - run.rows_valid
     run.validation_rejections = run.rejections = rejection_reasons(split_reasons, results)
 
