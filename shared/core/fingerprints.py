@@ -81,7 +81,9 @@ def fingerprints(obj: dict[str, Any]) -> Fingerprints:
         if key in CONTROL_KEYS:
             continue
         kind = type(value)
-        if kind is str:
+        if key == "email":  # one per customer: remembering it would only push out the rest
+            found = _string_print(value) if kind is str else fingerprint(value)
+        elif kind is str:
             found = _string_prints.get(value)
             if found is None:
                 found = _remember(_string_prints, value, _string_print(value))

@@ -42,7 +42,7 @@ from shared.core.messages import PartitionJob
 from shared.core.report import REMOVAL_ORDER, row_position
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run
-from shared.core.validation import Profile, validate_record
+from shared.core.validation import Profile, record_validator
 from shared.pipeline.finalize import finish_early
 from shared.pipeline.release import maybe_release
 from shared.pipeline.run_files import (
@@ -201,6 +201,7 @@ def _collect_members(
     """
     members = _Members({}, set())
     mapping = export.mapping
+    validate = record_validator(mapping)
     same_code = run.code_version == code_digest()  # else the digests may not mean the same
     trust_digests = same_code and not run.full_refresh_reason
     rejected = services.storage.line_writer(
@@ -216,7 +217,7 @@ def _collect_members(
                 members.profiles[id_json] = (order, digest, None)
                 continue
         values = read_values(values_json)
-        result = validate_record(values, mapping)
+        result = validate(values)
         if not isinstance(result, Profile):
             counts.rejected += 1
             for problem in result:

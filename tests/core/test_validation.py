@@ -3,7 +3,7 @@
 import pytest
 
 from shared.core.definitions import Mapping
-from shared.core.validation import Profile, email_problem, validate_record
+from shared.core.validation import Profile, email_problem, record_validator, validate_record
 
 MAPPING = Mapping.model_validate(
     {
@@ -160,3 +160,55 @@ def test_integers_in_every_spelling(text: str, expected: int) -> None:
     result = validate_record(_row(points=text), MAPPING)
     assert isinstance(result, Profile)
     assert result.attributes["points"] == expected and type(result.attributes["points"]) is int
+
+
+# Rows the per-partition validator must judge exactly as `validate_record` does: the plain
+# shapes it converts itself, and every near miss it must leave to the full checks.
+MESSY_ROWS = [
+    _row(),
+    _row(id="  c-1 ", email=" zoe@example.com\t", name=' Zoë "Z" 🎉, Jr. ', points=" 42 "),
+    _row(name="line one\nline two, with a comma", points="007", vip=" True ", born="1990-05-17"),
+    _row(born="1990-05-17"),  # seen before: the quick path knows it now
+    _row(born="1990-02-30"),
+    _row(name="x" * 255),
+    _row(name="x" * 256),
+    _row(name=" " * 300),
+    _row(id="é" * 246),  # 492 bytes: quick
+    _row(id="x" * 300),  # over the quick length, under Braze's bytes: full checks
+    _row(id="🎉" * 247),  # 988 bytes: too long
+    _row(id=" "),
+    _row(id="\ufeffc-1"),
+    _row(email="Zoë@example.com"),
+    _row(email="zoe@example"),
+    _row(email="zoe@exa_mple.com"),
+    _row(email="zoe@-example.com"),
+    _row(email="a" * 65 + "@example.com"),
+    _row(email="zoe@" + "a" * 250 + ".com"),
+    _row(email="first last@example.com"),
+    _row(email=""),
+    _row(points="+42"),
+    _row(points="-42"),
+    _row(points="4.5e2"),
+    _row(points="١٢"),
+    _row(points="9" * 18),
+    _row(points="9" * 19),
+    _row(points="9" * 5000),  # past what int() reads
+    _row(points="12abc"),
+    _row(points="NaN"),
+    _row(vip="yes"),
+    _row(vip="FALSE"),
+    _row(born="2026-11-28T10:00:00Z"),
+    _row(born="28/11/2026"),
+    {"id": "c-1", "email": "zoe@example.com"},  # columns absent (JSON Lines)
+    {"id": 17, "email": "zoe@example.com", "points": 42, "vip": True, "born": None},
+    {"id": "c-1", "email": "zoe@example.com", "points": 4.5, "name": {"first": "Zoë"}},
+    {"id": True, "email": ["zoe@example.com"], "name": 3},
+]
+
+
+def test_the_per_partition_validator_judges_every_row_as_the_full_checks_do() -> None:
+    validate = record_validator(MAPPING)
+    for row in MESSY_ROWS:
+        assert validate(row) == validate_record(row, MAPPING), row
+    valid = [row for row in MESSY_ROWS if isinstance(validate_record(row, MAPPING), Profile)]
+    assert len(valid) == 18  # both paths are exercised: valid rows and rejected ones

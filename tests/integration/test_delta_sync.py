@@ -668,13 +668,18 @@ class _ValidationSpy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.ids: list[str] = []
-        real = diff_partition.validate_record
+        real = diff_partition.record_validator
 
-        def spy(values: dict[str, Any], mapping: Any) -> Any:
-            self.ids.append(values.get("CustomerId"))
-            return real(values, mapping)
+        def spying_validator(mapping: Any) -> Any:
+            validate = real(mapping)
 
-        monkeypatch.setattr(diff_partition, "validate_record", spy)
+            def spy(values: dict[str, Any]) -> Any:
+                self.ids.append(values.get("CustomerId"))
+                return validate(values)
+
+            return spy
+
+        monkeypatch.setattr(diff_partition, "record_validator", spying_validator)
 
 
 def test_a_delta_validates_only_rows_the_snapshot_does_not_show_unchanged(
