@@ -40,6 +40,9 @@ from shared.adapters.telemetry import metrics
 log = logging.getLogger(__name__)
 
 KEY_REREAD_SECONDS = 60.0
+# Answers that say the connection itself is wrong (the endpoint, the key, its permissions),
+# whatever the batch holds; a redirect (3xx) is one too.
+CONNECTION_REFUSALS = frozenset({401, 403, 404})
 
 # pyproject.toml's version: that file is not deployed, so a unit test keeps the two equal.
 VERSION = "0.1.0"
@@ -55,11 +58,13 @@ class TrackOutcome:
 
     `failure` is set when the whole request was refused (every object rejected for that
     reason); otherwise `object_errors` maps an index in `attributes` to Braze's error type.
+    `sent` is False for a batch held back because Braze had just refused the connection.
     """
 
     status: int
     object_errors: dict[int, str] = field(default_factory=dict)
     failure: str | None = None
+    sent: bool = True
 
 
 def user_agent(environ: Mapping[str, str]) -> str:
@@ -118,6 +123,10 @@ class BrazeClient:
     `submit` sends on a pool of threads, each with its own keep-alive connection: at Braze's
     latency, requests in flight are what spends the budget. `in_flight` is a fixed number or an
     `InFlightSizer` that follows the latency measured.
+
+    Once Braze refuses the connection itself (a redirect, or 401, 403 or 404 after the key was
+    read again), the next batches are not sent for a minute but given the same answer: a
+    wrong key or endpoint costs a request a minute, not one per batch of a million profiles.
     """
 
     def __init__(
@@ -142,6 +151,7 @@ class BrazeClient:
         self._sleep = sleep
         self._key_lock = threading.Lock()
         self._key_reread_at: float | None = None
+        self._refused: tuple[float, TrackOutcome] | None = None  # when, and Braze's answer
         self._user_agent = user_agent(os.environ)
         self._headers = self._headers_for(api_key(False))
         self._in_flight = in_flight
@@ -187,6 +197,9 @@ class BrazeClient:
         failures = rate_limit_waits = 0
         refreshed_key = False
         while True:
+            held_back = self._held_back()
+            if held_back is not None:  # also for a retry: another batch may have been refused
+                return held_back
             window = self._limiter.acquire()
             if not self._limiter.still_usable(window):
                 continue  # held up since the grant: sent now, it would count in the next window
@@ -212,6 +225,8 @@ class BrazeClient:
             if 200 <= status < 300:
                 if not isinstance(self._in_flight, int):
                     self._in_flight.observe(time.perf_counter() - sent_at)
+                if self._refused is not None:  # the connection works (again)
+                    self._refused = None
                 return TrackOutcome(status, _object_errors(response))
             if status == 429:
                 rate_limit_waits += 1
@@ -220,15 +235,35 @@ class BrazeClient:
                 self._wait_after_429(response.headers, rate_limit_waits)
                 continue
             if 300 <= status < 400:  # not followed: the API key goes nowhere but the endpoint
-                return TrackOutcome(status, {}, _describe_redirect(response))
+                return self._refusal(TrackOutcome(status, {}, _describe_redirect(response)))
             if status == 401 and not refreshed_key and self._may_reread_key():
                 refreshed_key = True
                 self._headers = self._headers_for(self._api_key(True))
                 continue
             if 400 <= status < 500:  # 400, 401, 403, 404, 413, 415: the request itself is wrong
-                return TrackOutcome(status, _object_errors(response), _describe_failure(response))
+                outcome = TrackOutcome(
+                    status, _object_errors(response), _describe_failure(response)
+                )
+                return self._refusal(outcome) if status in CONNECTION_REFUSALS else outcome
             failures += 1
             self._backoff(failures, f"HTTP {status}")
+
+    def _refusal(self, outcome: TrackOutcome) -> TrackOutcome:
+        """Braze refused the connection: batches sent within the minute would get the same."""
+        self._refused = (time.monotonic(), outcome)
+        return outcome
+
+    def _held_back(self) -> TrackOutcome | None:
+        """The answer for a batch not sent because Braze refused the connection less than a
+        minute ago; None when the batch goes (after the minute, a request tries again)."""
+        refused = self._refused
+        if refused is None or time.monotonic() - refused[0] >= KEY_REREAD_SECONDS:
+            return None
+        answer = refused[1]
+        failure = (
+            f"not sent: Braze refused this connection less than a minute before: {answer.failure}"
+        )
+        return TrackOutcome(answer.status, {}, failure, sent=False)
 
     def _may_reread_key(self) -> bool:
         """A 401 re-reads the key (it may have been rotated), at most once a minute per client:

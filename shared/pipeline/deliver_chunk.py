@@ -156,7 +156,7 @@ class _Ledger:
             rejection["batch"] = number
         # Written before it is counted: if the write fails, the progress still adds up.
         self._attempt.write(progress, rejections)
-        _add_batch(progress, batch, rejections)
+        _add_batch(progress, batch, rejections, sent=outcome.sent)
         progress.batches_done = number + 1
         self._attempt.recorded(progress)
         if time.monotonic() - self._saved_at >= PROGRESS_SAVE_SECONDS:
@@ -237,11 +237,15 @@ def _copy(progress: ChunkProgress) -> ChunkProgress:
 
 
 def _add_batch(
-    progress: ChunkProgress, batch: list[tuple[int, int, str]], rejections: list[dict[str, Any]]
+    progress: ChunkProgress,
+    batch: list[tuple[int, int, str]],
+    rejections: list[dict[str, Any]],
+    *,
+    sent: bool,
 ) -> None:
-    """Count a batch Braze answered."""
+    """Count a batch Braze answered (or that was held back with Braze's last answer)."""
     rejected_orders = {r["order"] for r in rejections}
-    progress.requests += 1
+    progress.requests += sent
     progress.accepted += len(batch) - len(rejections)
     progress.rejected += len(rejections)
     progress.data_points += sum(p for order, p, _ in batch if order not in rejected_orders)

@@ -3,6 +3,7 @@ the shared rate governor on the test Azurite."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import uuid
@@ -101,41 +102,113 @@ def test_over_the_object_limit_is_a_non_retryable_failure(braze: Sandbox) -> Non
     assert _stats(braze)["requests_total"] == 1
 
 
-def test_a_redirect_is_reported_at_once_not_retried_or_followed() -> None:
-    """An endpoint that redirects (a plain-HTTP or retired URL) is the wrong endpoint: the
-    batch fails with the place it was sent to, after one request, and the key stays here."""
+@contextlib.contextmanager
+def _answering(
+    status: int | list[int], headers: dict[str, str]
+) -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
+    """A local endpoint that gives every POST the same answer (`status`, or a list's first
+    item, which the test may change meanwhile): its URL, and the (path, Authorization) of
+    each request it received."""
     received: list[tuple[str, str | None]] = []
+    answers = status if isinstance(status, list) else [status]
 
-    class Redirecting(BaseHTTPRequestHandler):
+    class Answering(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             received.append((self.path, self.headers.get("Authorization")))
             self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(301)
-            self.send_header("Location", f"{endpoint}/elsewhere/users/track")
-            self.send_header("Content-Length", "0")
+            body = b'{"message":"refused here"}'
+            self.send_response(answers[0])
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answering)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        outcome = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait).track(
-            _objects(2)
-        )
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_redirect_is_reported_at_once_not_retried_or_followed() -> None:
+    """An endpoint that redirects (a plain-HTTP or retired URL) is the wrong endpoint: the
+    batch fails with the place it was sent to, after one request, and the key stays here."""
+    elsewhere = "http://127.0.0.1:9/elsewhere/users/track"
+    with _answering(301, {"Location": elsewhere}) as (endpoint, received):
+        client = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait)
+        outcome = client.track(_objects(2))
+        held_back = client.track(_objects(2))
     assert outcome.status == 301 and outcome.object_errors == {}
     assert outcome.failure == (
-        f"Braze redirected the request (HTTP 301) to {endpoint}/elsewhere/users/track: "
+        f"Braze redirected the request (HTTP 301) to {elsewhere}: "
         "redirects are not followed; set the connection's rest_endpoint to your Braze "
         "instance's REST endpoint"
     )
-    # One request, to the endpoint; the place it was redirected to got nothing.
+    # One request, to the endpoint (the place it was redirected to is closed: nothing was
+    # followed), and the next batch was not sent within the minute.
     assert received == [("/users/track", f"Bearer {KEY}")]
+    assert (held_back.status, held_back.sent) == (301, False)
+    assert held_back.failure == (
+        f"not sent: Braze refused this connection less than a minute before: {outcome.failure}"
+    )
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_refused_connection_holds_back_the_next_batches_for_a_minute(
+    monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
+    """A wrong key, a key without the permission, a wrong endpoint: every batch would get the
+    same answer, so a minute of batches costs one request (two with the key read again), not
+    one each; after the minute, a request tries again."""
+    with _answering(status, {}) as (endpoint, received):
+        client = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait)
+        first = client.track(_objects(2))
+        held = [client.track(_objects(2, f"b{n}")) for n in range(5)]
+        sent_then = len(received)
+        monkeypatch.setattr("shared.adapters.braze_client.KEY_REREAD_SECONDS", 0.0)  # later on
+        again = client.track(_objects(2))
+        sent_in_all = len(received)
+    assert (first.status, first.sent) == (status, True)
+    assert first.failure == f"Braze refused the request (HTTP {status}): refused here"
+    assert sent_then == (2 if status == 401 else 1)  # a 401 reads the key again, once
+    reason = f"not sent: Braze refused this connection less than a minute before: {first.failure}"
+    assert [(o.status, o.sent, o.object_errors, o.failure) for o in held] == [
+        (status, False, {}, reason)
+    ] * 5
+    assert (again.status, again.sent) == (status, True)
+    assert sent_in_all > sent_then
+
+
+def test_an_accepted_batch_ends_the_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Braze accepting a batch (after the minute, or another thread's) shows the connection
+    works again: the next batches go at once, however recent the refusal."""
+    answers = [401]
+    with _answering(answers, {}) as (endpoint, received):
+        client = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait)
+        assert client.track(_objects(1)).status == 401
+        answers[0] = 201  # fixed, say, in Braze's dashboard
+        monkeypatch.setattr("shared.adapters.braze_client.KEY_REREAD_SECONDS", 0.0)
+        assert client.track(_objects(1)).status == 201
+        monkeypatch.setattr("shared.adapters.braze_client.KEY_REREAD_SECONDS", 60.0)
+        after = [client.track(_objects(1)) for _ in range(3)]
+    assert [(o.status, o.sent) for o in after] == [(201, True)] * 3
+    assert len(received) == 2 + 1 + 3
+
+
+def test_a_bad_request_does_not_hold_back_the_next_batches() -> None:
+    """A 400 may be this batch's own fault: the next batch is sent."""
+    with _answering(400, {}) as (endpoint, received):
+        client = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait)
+        outcomes = [client.track(_objects(2)) for _ in range(3)]
+    assert [(o.status, o.sent) for o in outcomes] == [(400, True)] * 3
+    assert len(received) == 3
 
 
 def test_a_rejected_key_is_refreshed_once(braze: Sandbox) -> None:

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import requests
 
 from devtools.sample import make_segment
 from shared.core.messages import ExportJob, PartitionJob, SplitJob
@@ -370,3 +371,59 @@ def test_a_failed_planning_counts_the_rows_no_diff_validated_as_neither_valid_no
 
 def _partition(job: PartitionJob) -> int:
     return job.partition
+
+
+def test_a_wrong_key_costs_one_request_not_one_per_batch_and_its_rows_replay(
+    quiet_app: App,
+) -> None:
+    """A key Braze refuses would be refused for every batch: the first is sent (and sent again
+    with the key read anew), the rest of the minute's batches are not, and every row is
+    reported with the reason and replayed once the key is fixed."""
+    ids = [f"wk-{n:03d}" for n in range(300)]
+    notes = ['"says ""hi"", twice"', '"multi\nline"', "Zoë 🎉", ""]
+    rows = "".join(
+        f"{i},x{n}@example.com,Ann,{n},true,1990-01-01,{notes[n % 4]}\n" for n, i in enumerate(ids)
+    )
+    quiet_app.upload("replay/wrong-key.csv", (HEAD + rows).encode())
+    definition = export_definition("wrongkey", "replay/wrong-key.csv", "Seg", chunk_size=300)
+    wrong = App(
+        {**quiet_app.env, "BRAZE_SECRET_NOT_THE_KEY": "not-the-key"},
+        quiet_app.definitions_path,
+        quiet_app.sandbox,
+    )
+    wrong.define([definition], objects_per_request=1, max_in_flight=1, api_key_secret="not-the-key")
+    refused_before = _refused_requests(quiet_app)
+    first = run_in_process(wrong, "wrongkey")
+    # The first batch, and again after reading the key anew; nothing more within the minute.
+    assert _refused_requests(quiet_app) - refused_before == 2
+    assert first.status == Status.FAILED
+    assert (first.profiles_rejected_by_braze, first.requests_sent) == (300, 1)
+    _adds_up(first)
+    rejected = _rejected(quiet_app, first)
+    assert [r["customer_id"] for r in rejected] == ids
+    assert {r["codes"][0] for r in rejected} == {"http_401"}
+    assert rejected[0]["reasons"][0].startswith("Braze refused the request (HTTP 401)")
+    assert all(
+        r["reasons"][0].startswith("not sent: Braze refused this connection less than a minute")
+        for r in rejected[1:]
+    )
+    assert rejected[1]["object"]["note"] == "multi\nline"
+
+    quiet_app.define([definition], objects_per_request=1, max_in_flight=1)  # the key fixed
+    quiet_app.mark_sandbox_requests()
+    final = _replay_in_process(quiet_app, first.run_id)
+    assert (final.status, final.profiles_accepted, final.profiles_rejected_by_braze) == (
+        Status.SUCCEEDED,
+        300,
+        0,
+    )
+    sent = [o["external_id"] for b in quiet_app.sandbox_requests() for o in b["attributes"]]
+    assert sent == ids
+    assert quiet_app.braze_users()["wk-002"]["note"] == "Zoë 🎉"
+
+
+def _refused_requests(app: App) -> int:
+    """The /users/track requests the sandbox answered with 401 since it started."""
+    response = requests.get(f"{app.sandbox.url}/_sandbox/stats", timeout=10)
+    response.raise_for_status()
+    return int(response.json()["responses_by_status"].get("401", 0))
