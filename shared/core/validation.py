@@ -69,7 +69,7 @@ def record_validator(mapping: Mapping) -> RecordValidator:
     segment.
 
     A row whose values all have the common valid shape (text ids and emails of the plain form,
-    short strings, unsigned integers, known booleans, dates already seen) is converted on a
+    short strings, unsigned integers, known booleans, valid dates) is converted on a
     path that only accepts what the full checks accept and converts it the same way; any other
     row takes the full checks, which name every problem.
     """
@@ -358,8 +358,8 @@ def _quick_boolean(value: str) -> Any:
 
 
 def _quick_date(value: str) -> Any:
-    text = value.strip()
-    return text if text in _valid_dates else _NOT_QUICK
+    text, reason = _as_date(value)  # a date not seen before is parsed here, then remembered
+    return _NOT_QUICK if reason else text
 
 
 _QUICK = {
