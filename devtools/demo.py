@@ -158,7 +158,8 @@ def _show_profiles(customer_ids: list[str]) -> None:
 
 
 def _show_rejected(blobs: BlobServiceClient, container: str, name: str) -> None:
-    lines = blobs.get_blob_client(container, name).download_blob().readall().decode().splitlines()
+    text = blobs.get_blob_client(container, name).download_blob().readall().decode()
+    lines = [line for line in text.split("\n") if line]  # not splitlines: JSON keeps U+2028
     print(f"\n{len(lines)} rejected rows are in {container}/{name}; the first five:")
     for text in lines[:5]:
         entry = json.loads(text)

@@ -11,10 +11,12 @@ import contextlib
 import heapq
 import json
 import logging
+import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from shared.adapters.services import Services
 from shared.adapters.snapshot_store import Manifest, parse_snapshot_line, snapshot_line
@@ -197,44 +199,23 @@ def _commit_snapshot(
     """
     written = {p.partition: p.snapshot_profiles for p in partitions}
     touched = {p for r in every_round if r.rejected for p in r.partitions}
-    by_partition: dict[int, list[ChunkResult]] = {}
-    for result in results:
-        for partition in result.partitions:
-            by_partition.setdefault(partition, []).append(result)
     # A chunk that failed with an unreadable blob could not list its rows, in this round or an
     # earlier one: trust nothing sent in its partitions (in all of them, for a replay's chunk),
     # so the next run sends them again.
     unlisted = {p for r in every_round if r.unlisted for p in r.partitions}
-    profiles = 0
-    for partition in range(run.partitions):
-        untrusted = bool(unlisted & {partition, ANY_PARTITION})
-        if not (untrusted or touched & {partition, ANY_PARTITION}):
-            profiles += written[partition]  # Braze took everything: the diff's part stands
-            continue
-        rejected = {
-            jsonlines.dumps(entry["customer_id"])
-            # A chunk of several partitions, or a replay's, is read for each of them.
-            for result in by_partition.get(partition, []) + by_partition.get(ANY_PARTITION, [])
-            for _, entry in chunk_rejections(services, result)
-            if partition_of(entry["customer_id"], run.partitions) == partition
-        }
-        storage = services.storage
-        rewritten = storage.exists(RUNS_CONTAINER, diffed_snapshot_name(run.run_id, partition))
-        if not (rejected or untrusted or rewritten):
-            profiles += written[partition]  # a replay round took this partition's rows in
-            continue
-        fallbacks = snapshot_fallbacks_name(run.run_id, partition)
-        if storage.exists(RUNS_CONTAINER, fallbacks):
-            lines = _committed(
-                _diffed_partition(run, partition, rewritten, services),
-                _fallbacks(storage.read_chunks(RUNS_CONTAINER, fallbacks), rejected, untrusted),
-            )
-        else:  # diffed by the version before row digests, finalized by this one
-            pending = json_lines(services, legacy_pending_snapshot_name(run.run_id, partition))
-            lines = _legacy_committed(pending, rejected, untrusted)
-        profiles += services.snapshots.write_partition(
-            run.export_name, run.connection, run.run_id, partition, lines
+    with tempfile.TemporaryDirectory(prefix="finalize-") as directory:
+        rejected_ids = _rejected_ids_by_partition(
+            run.partitions, results, Path(directory), services
         )
+        profiles = 0
+        for partition in range(run.partitions):
+            untrusted = bool(unlisted & {partition, ANY_PARTITION})
+            if not (untrusted or touched & {partition, ANY_PARTITION}):
+                profiles += written[partition]  # Braze took everything: the diff's part stands
+                continue
+            profiles += _commit_partition(
+                run, partition, rejected_ids(partition), untrusted, written, services
+            )
     # A run vouches for its source version when Braze took everything it sent: a later run of
     # the same version then has nothing to send, and reports this run's rejected rows again
     # (validating the same rows with the same code rejects the same ones). After a rejection
@@ -364,6 +345,67 @@ def _merge_rejected(
         writer.write(text)
     writer.close()
     return examples
+
+
+def _commit_partition(
+    run: Run,
+    partition: int,
+    rejected: set[str],
+    untrusted: bool,
+    written: dict[int, int],
+    services: Services,
+) -> int:
+    """Rewrite one partition of the snapshot where Braze rejected profiles; its profiles."""
+    storage = services.storage
+    rewritten = storage.exists(RUNS_CONTAINER, diffed_snapshot_name(run.run_id, partition))
+    if not (rejected or untrusted or rewritten):
+        return written[partition]  # a replay round took this partition's rows in
+    fallbacks = snapshot_fallbacks_name(run.run_id, partition)
+    if storage.exists(RUNS_CONTAINER, fallbacks):
+        lines = _committed(
+            _diffed_partition(run, partition, rewritten, services),
+            _fallbacks(storage.read_chunks(RUNS_CONTAINER, fallbacks), rejected, untrusted),
+        )
+    else:  # diffed by the version before row digests, finalized by this one
+        pending = json_lines(services, legacy_pending_snapshot_name(run.run_id, partition))
+        lines = _legacy_committed(pending, rejected, untrusted)
+    return services.snapshots.write_partition(
+        run.export_name, run.connection, run.run_id, partition, lines
+    )
+
+
+def _rejected_ids_by_partition(
+    partitions: int, results: list[ChunkResult], directory: Path, services: Services
+) -> Callable[[int], set[str]]:
+    """The ids (as JSON) Braze rejected, by partition: each chunk's rejected rows are read once
+    and filed in a local file per partition (a chunk covers several partitions, a replay's all
+    of them), so memory holds one partition's ids at a time however many were rejected."""
+    files: dict[int, IO[str]] = {}
+    try:
+        for result in results:
+            covered = set(result.partitions)
+            for _, entry in chunk_rejections(services, result):
+                partition = partition_of(entry["customer_id"], partitions)
+                if partition in covered or ANY_PARTITION in covered:
+                    file = files.get(partition)
+                    if file is None:
+                        path = directory / f"{partition}.txt"
+                        file = files[partition] = path.open("w", **_TEXT)
+                    file.write(jsonlines.dumps(entry["customer_id"]) + "\n")
+    finally:
+        for file in files.values():
+            file.close()
+
+    def rejected_ids(partition: int) -> set[str]:
+        if partition not in files:
+            return set()
+        with (directory / f"{partition}.txt").open(**_TEXT) as file:
+            return set(file.read().split("\n")[:-1])  # not splitlines: JSON keeps U+2028 as is
+
+    return rejected_ids
+
+
+_TEXT: dict[str, Any] = {"encoding": "utf-8", "errors": "surrogatepass"}  # ids as JSON text
 
 
 def chunk_rejections(services: Services, result: ChunkResult) -> Iterator[tuple[int, Any]]:

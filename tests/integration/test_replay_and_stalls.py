@@ -16,6 +16,7 @@ from shared.core.partitioning import partition_of
 from shared.core.resource_names import JOBS_QUEUE, PARTITIONS_QUEUE, RUNS_CONTAINER, SPLITS_QUEUE
 from shared.core.runs import Run, Status, utcnow
 from shared.entrypoints import http_api as api
+from shared.pipeline import finalize
 from shared.pipeline.deliver_chunk import deliver_chunk, fail_chunk
 from shared.pipeline.diff_partition import diff_partition, fail_partition
 from shared.pipeline.plan_export import plan_run
@@ -57,7 +58,8 @@ def _replay_in_process(app: App, run_id: str) -> Run:
 
 
 def _rejected(app: App, run: Run) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in app.blob_text(run.rejected_blob).splitlines()]
+    text = app.blob_text(run.rejected_blob)
+    return [json.loads(line) for line in text.split("\n") if line]  # JSON keeps U+2028 as is
 
 
 def _adds_up(run: Run) -> None:
@@ -427,3 +429,41 @@ def _refused_requests(app: App) -> int:
     response = requests.get(f"{app.sandbox.url}/_sandbox/stats", timeout=10)
     response.raise_for_status()
     return int(response.json()["responses_by_status"].get("401", 0))
+
+
+def test_finalize_reads_each_chunks_rejected_rows_once_however_many_partitions_it_covers(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery job covers several partitions (a replay's, all of them): the ids Braze
+    rejected are filed by partition in one reading, not read again for each partition, and
+    every one, however odd, is kept out of the snapshot, so the next run sends it again."""
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 4096)
+    ids = [f"fin-{n:03d}" for n in range(200)]
+    ids[7] = 'fin "7", 🎉\u2028x'  # quotes, a comma, an emoji and a line separator
+    blocked = [*ids[::10], ids[7]]
+    quoted = ['"' + i.replace('"', '""') + '"' for i in ids]
+    rows = "".join(f"{i},x{n}@example.com,Ann,{n},true,1990-01-01,\n" for n, i in enumerate(quoted))
+    quiet_app.upload("replay/once.csv", (HEAD + rows).encode())
+    quiet_app.define([export_definition("once", "replay/once.csv", "Seg", chunk_size=1000)])
+    reads: list[int] = []
+    real = finalize.chunk_rejections
+
+    def counted(services: Any, result: Any) -> Any:
+        reads.append(result.chunk_index)
+        return real(services, result)
+
+    monkeypatch.setattr(finalize, "chunk_rejections", counted)
+    quiet_app.set_sandbox_limits(blocklist=blocked)
+    try:
+        first = run_in_process(quiet_app, "once")
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+    assert first.partitions == 4 and first.chunks_total == 1  # one job, every partition
+    assert reads == [0, 0]  # the snapshot's commit and the rejected rows' report, once each
+    assert sorted(r["customer_id"] for r in _rejected(quiet_app, first)) == sorted(blocked)
+
+    quiet_app.mark_sandbox_requests()
+    second = run_in_process(quiet_app, "once")
+    sent = [o["external_id"] for b in quiet_app.sandbox_requests() for o in b["attributes"]]
+    assert sorted(sent) == sorted(blocked)
+    assert (second.status, second.profiles_accepted) == (Status.SUCCEEDED, len(blocked))
