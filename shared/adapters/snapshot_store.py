@@ -3,6 +3,7 @@
 Layout in the snapshots container:
     <export>/<connection>/current.json             which run's snapshot is current, and its shape
     <export>/<connection>/<run id>/part-NNNN.jsonl  one profile per line (`snapshot_line`)
+    <export>/<connection>/<run id>/part-NNNN.raw    the raw digests of its rows (`record_index`)
 
 A run writes its snapshot beside the current one and then switches `current.json`, so a crash
 half-way through leaves the previous snapshot in force: the next run diffs against it again.
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from shared.adapters.storage import BlobLineWriter, BlobNotFound, Storage
 from shared.core import jsonlines
 from shared.core.partitioning import old_partitions_for, partition_of
+from shared.core.record_index import RAW_DIGEST_CHARS, RecordIndex
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
 
 log = logging.getLogger(__name__)
@@ -37,24 +39,29 @@ class Manifest:
     source_version: str = ""
 
 
-# A profile of a snapshot: (customer id as JSON, row digest, fingerprints as JSON). The digest
-# is of the source row the fingerprints came from (`fingerprints.row_digest`; empty when
-# unknown); the diff compares texts, and parses the fingerprints only of a profile whose row
-# changed.
-SnapshotEntry = tuple[str, str, str]
+# A profile of a snapshot: (customer id as JSON, row digest, fingerprints as JSON, raw
+# digest). The row digest is of the values the fingerprints came from
+# (`fingerprints.row_digest`), the raw digest of the row's bytes (`raw_records`, 16 hex
+# digits); either is empty when unknown. The diff compares texts, and parses the fingerprints
+# only of a profile whose row changed.
+SnapshotEntry = tuple[str, str, str, str]
 
 
-def snapshot_line(id_json: str, digest: str, prints_json: str) -> str:
-    """`customer id <TAB> row digest <TAB> fingerprints`; JSON escapes every tab in a value."""
-    return f"{id_json}\t{digest}\t{prints_json}"
+def snapshot_line(id_json: str, digest: str, prints_json: str, raw: str = "") -> str:
+    """`customer id <TAB> row digest <TAB> fingerprints <TAB> raw digest`; JSON escapes every
+    tab in a value."""
+    return f"{id_json}\t{digest}\t{prints_json}\t{raw}"
 
 
 def parse_snapshot_line(line: str) -> SnapshotEntry:
     if line.startswith("["):  # written before row digests: `[customer id, fingerprints]`
         customer_id, prints = jsonlines.loads(line)
-        return jsonlines.dumps(customer_id), "", jsonlines.dumps(prints)
-    id_json, digest, prints_json = line.split("\t")
-    return id_json, digest, prints_json
+        return jsonlines.dumps(customer_id), "", jsonlines.dumps(prints), ""
+    fields = line.split("\t")
+    if len(fields) == 3:  # written before raw digests
+        return fields[0], fields[1], fields[2], ""
+    id_json, digest, prints_json, raw = fields
+    return id_json, digest, prints_json, raw
 
 
 def _prefix(export: str, connection: str) -> str:
@@ -63,6 +70,37 @@ def _prefix(export: str, connection: str) -> str:
 
 def _part_name(export: str, connection: str, run_id: str, partition: int) -> str:
     return f"{_prefix(export, connection)}{run_id}/part-{partition:04d}.jsonl"
+
+
+def _index_name(export: str, connection: str, run_id: str, partition: int) -> str:
+    return f"{_prefix(export, connection)}{run_id}/part-{partition:04d}.raw"
+
+
+class SnapshotPartWriter(BlobLineWriter):
+    """Writes a snapshot partition, and beside it the raw digests of its entries (the index a
+    split looks records up in); the index is written after the partition, so a crash in
+    between leaves an index the diff does not trust blindly (it checks each entry)."""
+
+    def __init__(self, storage: Storage, name: str, index_name: str) -> None:
+        super().__init__(storage.container(SNAPSHOTS_CONTAINER), name)
+        self._storage, self._index_name = storage, index_name
+        self._raw: list[str] = []
+
+    def write(self, line: str) -> None:
+        """One `snapshot_line` (whose last field is the raw digest)."""
+        super().write(line)
+        raw = line[line.rfind("\t") + 1 :]
+        if len(raw) == RAW_DIGEST_CHARS:
+            self._raw.append(raw)
+
+    def close(self) -> None:
+        super().close()
+        self._storage.write_bytes(
+            SNAPSHOTS_CONTAINER,
+            self._index_name,
+            bytes.fromhex("".join(self._raw)),
+            "application/octet-stream",
+        )
 
 
 class SnapshotStore:
@@ -89,6 +127,20 @@ class SnapshotStore:
         partitions: int,
     ) -> Iterator[SnapshotEntry]:
         """The profiles of snapshot (run id, partition count) in `partition` of `partitions`."""
+        for _, line in self.entry_lines(export, connection, snapshot, partition, partitions):
+            yield parse_snapshot_line(line)
+
+    def entry_lines(
+        self,
+        export: str,
+        connection: str,
+        snapshot: tuple[str, int],
+        partition: int,
+        partitions: int,
+    ) -> Iterator[tuple[str, str]]:
+        """(customer id as JSON, `snapshot_line`) per profile of snapshot (run id, partition
+        count) in `partition` of `partitions`: the line as written (an earlier format made
+        this one), so an unchanged profile's entry is copied, not parsed and written again."""
         run_id, old_count = snapshot
         for old in old_partitions_for(partition, partitions, old_count):
             name = _part_name(export, connection, run_id, old)
@@ -97,22 +149,38 @@ class SnapshotStore:
             except BlobNotFound:
                 continue
             for line in text.split("\n"):
-                if line:
-                    entry = parse_snapshot_line(line)
-                    # An old partition holds ids of several new ones when there were fewer.
-                    if (
-                        old_count >= partitions
-                        or partition_of(jsonlines.loads(entry[0]), partitions) == partition
-                    ):
-                        yield entry
+                if not line:
+                    continue
+                if line.count("\t") != 3:  # an earlier format
+                    line = snapshot_line(*parse_snapshot_line(line))
+                id_json = line[: line.find("\t")]
+                # An old partition holds ids of several new ones when there were fewer.
+                if old_count >= partitions or (
+                    partition_of(jsonlines.loads(id_json), partitions) == partition
+                ):
+                    yield id_json, line
 
     def part_writer(
         self, export: str, connection: str, run_id: str, partition: int
-    ) -> BlobLineWriter:
+    ) -> SnapshotPartWriter:
         """A writer for one partition of a new (not yet current) snapshot: `snapshot_line`s."""
-        return self._storage.line_writer(
-            SNAPSHOTS_CONTAINER, _part_name(export, connection, run_id, partition)
+        return SnapshotPartWriter(
+            self._storage,
+            _part_name(export, connection, run_id, partition),
+            _index_name(export, connection, run_id, partition),
         )
+
+    def record_index(
+        self, export: str, connection: str, snapshot: tuple[str, int]
+    ) -> RecordIndex | None:
+        """The raw digests of every profile of snapshot (run id, partition count), or None
+        when a partition has none (written before raw digests)."""
+        run_id, partitions = snapshot
+        names = [_index_name(export, connection, run_id, p) for p in range(partitions)]
+        try:
+            return RecordIndex(list(self._storage.read_many(SNAPSHOTS_CONTAINER, names)))
+        except BlobNotFound:
+            return None
 
     def part_lines(self, export: str, connection: str, run_id: str, partition: int) -> list[str]:
         """The lines of one partition a run wrote (read whole: about one partition's size)."""

@@ -36,14 +36,17 @@ from shared.core.braze_objects import (
     removal,
 )
 from shared.core.definitions import Definitions, Export
-from shared.core.fingerprints import data_points, delta, fingerprints
+from shared.core.fingerprints import data_points, delta, fingerprints, row_digest, row_digester
 from shared.core.jsonlines import loads
 from shared.core.messages import PartitionJob
+from shared.core.partitioning import partition_of
 from shared.core.report import REMOVAL_ORDER, row_position
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run
-from shared.core.validation import Profile, record_validator
+from shared.core.source_files import SourceError
+from shared.core.validation import Profile, record_validator, usable_customer_id
 from shared.pipeline.finalize import finish_early
+from shared.pipeline.raw_source import reread
 from shared.pipeline.release import maybe_release
 from shared.pipeline.run_files import (
     PieceRow,
@@ -53,6 +56,7 @@ from shared.pipeline.run_files import (
     partition_files_loader,
     partition_piece_name,
     partition_rejected_name,
+    piece_line,
     read_rows,
     rejection_line,
     snapshot_fallbacks_name,
@@ -101,10 +105,11 @@ def _segment_rows(run: Run, partition: int, services: Services) -> Iterator[Piec
             yield from read_rows(piece.decode())
 
 
-# A customer in the segment: (order, row digest, object) of the row that counts; the object is
-# None when the row is the one the snapshot remembers, so the profile is unchanged and was not
-# built again. A plain tuple: one is made per row, and a named one costs a third more here.
-_Member = tuple[int, str, dict[str, Any] | None]
+# A customer in the segment: (order, row digest, object, raw digest) of the row that counts;
+# the object is None when the row is the one the snapshot remembers, so the profile is
+# unchanged and was not built again. A plain tuple: one is made per row, and a named one costs
+# a third more here.
+_Member = tuple[int, str, dict[str, Any] | None, str]
 
 
 class _Members(NamedTuple):
@@ -116,9 +121,15 @@ class _Members(NamedTuple):
     kept: set[str]
 
 
-# The previous snapshot's profiles of the partition: customer id as JSON -> (row digest,
-# fingerprints as JSON).
-_Previous = dict[str, tuple[str, str]]
+# The previous snapshot's profiles of the partition: customer id as JSON -> its
+# `snapshot_line`, parsed only for a profile whose row changed (`_entry`).
+_Previous = dict[str, str]
+
+
+def _entry(line: str) -> tuple[str, str, str]:
+    """(row digest, fingerprints as JSON, raw digest) of a snapshot line."""
+    _, digest, prints_json, raw = line.split("\t")
+    return digest, prints_json, raw
 
 
 class _SnapshotLines(NamedTuple):
@@ -128,17 +139,26 @@ class _SnapshotLines(NamedTuple):
     fallbacks: BlobLineWriter
     snapshot: BlobLineWriter
 
-    def keep(self, id_json: str, digest: str, prints_json: str) -> None:
+    def keep(self, id_json: str, digest: str, prints_json: str, raw: str) -> None:
         """A profile whose entry stands whatever Braze does."""
-        self.snapshot.write(snapshot_line(id_json, digest, prints_json))
+        self.snapshot.write(snapshot_line(id_json, digest, prints_json, raw))
+
+    def copy(self, line: str) -> None:
+        """A profile whose previous entry stands as it is, whatever Braze does."""
+        self.snapshot.write(line)
 
     def sent(
-        self, id_json: str, digest: str, prints_json: str | None, previous: tuple[str, str] | None
+        self,
+        id_json: str,
+        member: tuple[str, str | None, str],
+        previous: str | None,
     ) -> None:
-        """A profile sent with `prints_json` (None: its membership removed)."""
-        self.fallbacks.write(snapshot_line(id_json, *(previous or ("", "null"))))
+        """A profile sent as `member` (row digest, fingerprints as JSON, raw digest; None
+        fingerprints: its membership removed); `previous` is its snapshot line, if any."""
+        self.fallbacks.write(previous or snapshot_line(id_json, "", "null"))
+        digest, prints_json, raw = member
         if prints_json is not None:
-            self.snapshot.write(snapshot_line(id_json, digest, prints_json))
+            self.snapshot.write(snapshot_line(id_json, digest, prints_json, raw))
 
 
 def _diff(
@@ -198,6 +218,10 @@ def _collect_members(
     holds: valid, unchanged, not validated again (unless the run sends everything anyway). Any
     other row is validated: a rejected one is listed with every reason; a later valid row for an
     id already seen is a duplicate, rejected with its reason.
+
+    A row the split filed by its raw digest is the snapshot's entry with that digest, taken as
+    it is; a digest the snapshot does not hold (an index a crash left stale), a repeated row or
+    a run on other code reads the row from the source again and takes the way of any other.
     """
     members = _Members({}, set())
     mapping = export.mapping
@@ -210,11 +234,21 @@ def _collect_members(
     files = partition_files_loader(services, run.run_id)
     # A CSV row's values (CDM's too) are strings: only JSON Lines records can hold numbers.
     read_values = loads if source_format(run, export) == "jsonl" else jsonlines.loads_strings
-    for order, id_json, digest, values_json in _segment_rows(run, job.partition, services):
+    raw_ids: dict[str, str] | None = None  # raw digest -> customer id as JSON, when needed
+    for row in _segment_rows(run, job.partition, services):
+        order, id_json, digest, values_json, raw = row
+        if not id_json:  # filed by its raw digest
+            if raw_ids is None:
+                raw_ids = _raw_ids(old)
+            id_json = raw_ids.get(raw, "")
+            if id_json and trust_digests and id_json not in members.profiles:
+                members.profiles[id_json] = (order, "", None, raw)
+                continue
+            order, id_json, digest, values_json, raw = _reread(run, export, job, row, services)
         if id_json not in members.profiles and trust_digests:
             previous = old.get(id_json)
-            if previous is not None and previous[0] == digest:
-                members.profiles[id_json] = (order, digest, None)
+            if previous is not None and _entry(previous)[0] == digest:
+                members.profiles[id_json] = (order, digest, None, raw)
                 continue
         values = read_values(values_json)
         result = validate(values)
@@ -234,11 +268,42 @@ def _collect_members(
             rejected.write(_duplicate_entry(order, result.customer_id, obj, files))
         else:
             obj = braze_attributes(result, export)
-            members.profiles[id_json] = (order, digest if same_code else "", obj)
+            if same_code:
+                members.profiles[id_json] = (order, digest, obj, raw)
+            else:
+                members.profiles[id_json] = (order, "", obj, "")
     rejected.close()
     if rejected.lines:
         counts.rejected_blob = partition_rejected_name(run.run_id, job.partition)
     return members
+
+
+def _reread(
+    run: Run, export: Export, job: PartitionJob, row: PieceRow, services: Services
+) -> PieceRow:
+    """A row filed by its raw digest, read from the source and made a piece row like any other
+    (rare: see `_collect_members`). Its id must belong here: a digest the index held for
+    another partition (two rows' digests alike in their top 56 bits) fails the run before
+    anything is sent, rather than file a profile where its snapshot entry is not."""
+    order, _, _, where, raw = row
+    source_row = reread(run, export, order, where, services)
+    mapping = export.mapping
+    columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
+    values = source_row.values
+    customer_id = usable_customer_id(values, mapping)
+    if customer_id is None:  # the split took it for a row the snapshot holds, so it is one
+        raise SourceError(
+            f"line {order} of {run.source} no longer holds the record read from it while "
+            "planning: the file was written during the run; start the run again"
+        )
+    if partition_of(customer_id, job.partitions) != job.partition:
+        raise SourceError(
+            f"line {order} of {run.source} was filed by a digest that another row shares; "
+            "start a full refresh, which files every row by its customer id"
+        )
+    keyed = row_digester(run.code_version, run.mapping_fingerprint)
+    digest = row_digest([values.get(column) for column in columns], keyed)
+    return next(read_rows(piece_line(order, customer_id, digest, values, raw).decode()))
 
 
 def _previous_profiles(
@@ -248,12 +313,22 @@ def _previous_profiles(
     if not run.previous_snapshot:
         return {}
     snapshot = (run.previous_snapshot, run.previous_partitions)
-    return {
-        id_json: (digest, prints_json)
-        for id_json, digest, prints_json in services.snapshots.entries(
+    return dict(
+        services.snapshots.entry_lines(
             export.name, run.connection, snapshot, job.partition, job.partitions
         )
-    }
+    )
+
+
+def _raw_ids(old: _Previous) -> dict[str, str]:
+    """Raw digest -> customer id as JSON, for the snapshot's entries that have one (the last
+    field of the line)."""
+    found = {}
+    for id_json, line in old.items():
+        raw = line[line.rfind("\t") + 1 :]
+        if raw:
+            found[raw] = id_json
+    return found
 
 
 def _compare(
@@ -271,12 +346,15 @@ def _compare(
     clearable = clearable_attributes(export)
     dumps = jsonlines.dumps
     sends: list[str] = []
-    for id_json, (order, digest, obj) in members.profiles.items():
+    for id_json, (order, digest, obj, raw) in members.profiles.items():
         previous = old.get(id_json)
         if obj is None:  # the row the snapshot remembers: Braze holds this profile already
             assert previous is not None
             counts.unchanged += 1
-            lines.keep(id_json, digest, previous[1])
+            if previous.endswith("\t" + raw):  # the same bytes, or none known
+                lines.copy(previous)
+            else:  # the same values in other bytes (a column not mapped changed)
+                lines.keep(id_json, digest, _entry(previous)[1], raw)
             continue
         prints = fingerprints(obj)  # one per attribute Braze bills: their count is the points
         prints_json = dumps(prints)
@@ -285,12 +363,13 @@ def _compare(
             counts.objects += 1
             counts.data_points += len(prints)
             sends.append(encoded_chunk_line(order, len(prints), encode_object(obj)))
-            lines.sent(id_json, digest, prints_json, None)
+            lines.sent(id_json, (digest, prints_json, raw), None)
             continue
-        old_prints = loads(previous[1])
+        previous_prints = _entry(previous)[1]
+        old_prints = loads(previous_prints)
         if prints == old_prints and not full:  # same attributes, same values: nothing to clear
             counts.unchanged += 1
-            lines.keep(id_json, digest, prints_json)
+            lines.keep(id_json, digest, prints_json, raw)
             continue
         change = delta(obj, old_prints, clearable, False, prints)
         if change is None:
@@ -299,10 +378,10 @@ def _compare(
             counts.changed += 1
         body = delta(obj, old_prints, clearable, True) if full else change
         if body is None:  # Braze keeps what it has, which is what this row makes
-            lines.keep(id_json, digest, previous[1])
+            lines.keep(id_json, digest, previous_prints, raw)
             continue
         sends.append(_send_line(order, body, counts))
-        lines.sent(id_json, digest, prints_json, previous)
+        lines.sent(id_json, (digest, prints_json, raw), previous)
     return sends
 
 
@@ -325,13 +404,13 @@ def _removals(
             continue
         if id_json in members.kept or hold_removals:
             counts.removals_held += id_json not in members.kept
-            lines.keep(id_json, *previous)
+            lines.copy(previous)
             continue
         counts.removed += 1
         order = REMOVAL_ORDER + (job.partition << 32) + counts.removed
-        body = removal(loads(id_json), export, loads(previous[1]))
+        body = removal(loads(id_json), export, loads(_entry(previous)[1]))
         sends.append(_send_line(order, body, counts))
-        lines.sent(id_json, "", None, previous)
+        lines.sent(id_json, ("", None, ""), previous)
     return sends
 
 
@@ -389,7 +468,7 @@ def _array_cap_check(
         if manifest is None:
             continue
         snapshot = (manifest.run_id, manifest.partitions)
-        for id_json, _, _ in services.snapshots.entries(
+        for id_json, *_ in services.snapshots.entries(
             other.name, other.connection, snapshot, job.partition, job.partitions
         ):
             if id_json in profiles:

@@ -283,17 +283,17 @@ def _diffed_partition(run: Run, partition: int, rewritten: bool, services: Servi
 
 def _fallbacks(
     lines: Iterable[bytes], rejected: set[str], untrusted: bool
-) -> dict[str, tuple[str, str]]:
+) -> dict[str, tuple[str, str, str]]:
     """The entries to put back: those of the profiles Braze rejected (all sent, untrusted)."""
     entries = {}
     for text in open_lines(lines):
-        id_json, digest, prints_json = parse_snapshot_line(text.rstrip("\n"))
+        id_json, digest, prints_json, raw = parse_snapshot_line(text.rstrip("\n"))
         if untrusted or id_json in rejected:
-            entries[id_json] = (digest, prints_json)
+            entries[id_json] = (digest, prints_json, raw)
     return entries
 
 
-def _committed(written: list[str], fallbacks: dict[str, tuple[str, str]]) -> Iterator[str]:
+def _committed(written: list[str], fallbacks: dict[str, tuple[str, str, str]]) -> Iterator[str]:
     """The partition's snapshot lines Braze now holds: what the diff wrote, with the entries
     of rejected profiles put back as they were (gone, if they had none), and the entries of
     profiles whose removal Braze rejected put back."""
@@ -304,9 +304,9 @@ def _committed(written: list[str], fallbacks: dict[str, tuple[str, str]]) -> Ite
             yield line
         elif fallback[1] != "null":
             yield snapshot_line(id_json, *fallback)
-    for id_json, (digest, prints_json) in fallbacks.items():
+    for id_json, (digest, prints_json, raw) in fallbacks.items():
         if prints_json != "null":
-            yield snapshot_line(id_json, digest, prints_json)
+            yield snapshot_line(id_json, digest, prints_json, raw)
 
 
 def _merge_rejected(

@@ -112,15 +112,22 @@ def rejected_blob_name(run_id: str) -> str:
 #
 # One line per row whose customer id is usable, its fields separated by tabs (JSON escapes
 # every tab and newline inside a value): `order, customer id as JSON, row digest, the row's
-# values as JSON`. The split only reads rows and files them; the diff validates a row only
-# when its digest differs from the one the snapshot remembers for its customer id, so an
-# unchanged profile of a delta run is never validated, converted or fingerprinted again.
+# values as JSON, raw digest`. The split only reads rows and files them; the diff validates a
+# row only when its digest differs from the one the snapshot remembers for its customer id, so
+# an unchanged profile of a delta run is never validated, converted or fingerprinted again.
+#
+# A row whose bytes are those of a row the snapshot holds (`raw_records`) is not even parsed:
+# its line is `order, raw digest, offset:length` (where its bytes are in the source file, to
+# read it again if the diff cannot take it as it is).
 
-# A piece row: (order, customer id as JSON, row digest, the row's values as JSON).
-PieceRow = tuple[int, str, str, str]
+# A piece row: (order, customer id as JSON, row digest, the row's values as JSON, raw digest);
+# for a row filed by its raw digest: (order, "", "", "offset:length", raw digest).
+PieceRow = tuple[int, str, str, str, str]
 
 
-def piece_line(order: int, customer_id: str, digest: str, values: dict[str, Any]) -> bytes:
+def piece_line(
+    order: int, customer_id: str, digest: str, values: dict[str, Any], raw: str = ""
+) -> bytes:
     """One row of a piece, as the bytes the split writes: JSON bytes go straight into the line,
     never decoded and encoded again. This runs for every row of a segment, so orjson is called
     here directly (two calls of `jsonlines.dumpb` cost half a microsecond more per row); a row
@@ -132,7 +139,12 @@ def piece_line(order: int, customer_id: str, digest: str, values: dict[str, Any]
         exact = False
     if not exact:
         id_json, values_json = jsonlines.dumpb(customer_id), jsonlines.dumpb(values)
-    return b"%d\t%b\t%b\t%b\n" % (order, id_json, digest.encode(), values_json)
+    return b"%d\t%b\t%b\t%b\t%b\n" % (order, id_json, digest.encode(), values_json, raw.encode())
+
+
+def matched_piece_line(order: int, raw: str, offset: int, length: int) -> bytes:
+    """A row filed by its raw digest: where to find its bytes again."""
+    return b"%d\t%b\t%d:%d\n" % (order, raw.encode(), offset, length)
 
 
 def read_rows(text: str) -> Iterator[PieceRow]:
@@ -141,13 +153,20 @@ def read_rows(text: str) -> Iterator[PieceRow]:
         if not line:
             continue
         fields = line.split("\t")
-        if len(fields) != 4:
+        if len(fields) == 5:
+            order, id_json, digest, values_json, raw = fields
+            yield int(order), id_json, digest, values_json, raw
+        elif len(fields) == 3:
+            order, raw, where = fields
+            yield int(order), "", "", where, raw
+        elif len(fields) == 4:  # written before raw digests
+            order, id_json, digest, values_json = fields
+            yield int(order), id_json, digest, values_json, ""
+        else:
             raise ValueError(
-                "this partition piece was written by an earlier version of the app; start the "
+                "this partition piece was written by an unknown version of the app; start the "
                 "run again"
             )
-        order, id_json, digest, values_json = fields
-        yield int(order), id_json, digest, values_json
 
 
 def rejection_line(

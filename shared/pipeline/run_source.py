@@ -43,6 +43,7 @@ class Row:
     file: str | None
     values: dict[str, Any]
     problem: RecordProblem | None
+    raw: str = ""  # the digest of the record's bytes (`raw_records`), when known
 
 
 @dataclass

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import IO
 
 from shared.adapters.services import Services
 from shared.adapters.settings import ConfigurationError
@@ -16,11 +17,13 @@ from shared.core.definitions import DefinitionsError, Export, UnknownExport
 from shared.core.fingerprints import row_digest, row_digester
 from shared.core.messages import PartitionJob, SplitJob
 from shared.core.partitioning import partition_of
+from shared.core.raw_records import RawPathUnsafe
 from shared.core.resource_names import PARTITIONS_QUEUE, RUNS_CONTAINER
 from shared.core.runs import Run, RunConflict, SplitResult, Status, utcnow
 from shared.core.source_files import SourceError
 from shared.core.validation import usable_customer_id, validate_record
 from shared.pipeline.finalize import finish_early
+from shared.pipeline.raw_source import raw_rows, reads_raw, record_index
 from shared.pipeline.run_files import (
     partition_piece_name,
     piece_line,
@@ -48,6 +51,8 @@ def split_source(job: SplitJob, services: Services) -> None:
         return
     try:
         export = services.definitions().export(run.export_name)
+        if reads_raw(run, export, job) and _split_raw(run, export, job, services):
+            return
         rows = range_rows(run, export, job, services)
     except PLANNING_ERRORS as error:
         _fail_split(run, job, SplitResult(job.split), error, services)
@@ -60,12 +65,40 @@ def split_and_record(
 ) -> None:
     result = SplitResult(job.split)
     try:
-        _split(run, export, job, rows, result, services)
+        _split(run, export, job, lambda files, tally: rows, result, services)
     except PLANNING_ERRORS as error:
         _fail_split(run, job, result, error, services)
         return
     services.runs.record_split(run.run_id, result)
     _maybe_finish_split(run.run_id, services, repeated=False)
+
+
+def _split_raw(run: Run, export: Export, job: SplitJob, services: Services) -> bool:
+    """Split the range as raw records (`raw_source`); False when it must be read as rows."""
+    result = SplitResult(job.split)
+    index = record_index(run, export, job, services)
+
+    def read(files: list[IO[bytes]], tally: SplitResult) -> Iterator[Row]:
+        saved = [0]
+
+        def progress() -> None:
+            if tally.rows_read - saved[0] >= PROGRESS_EVERY:
+                saved[0] = tally.rows_read
+                services.runs.save_split_progress(run.run_id, job.split, tally.rows_read)
+
+        return raw_rows(run, export, job, index, files, tally, services, progress)
+
+    try:
+        _split(run, export, job, read, result, services)
+    except RawPathUnsafe as reason:
+        log.info("run %s split %d: read as rows (%s)", run.run_id, job.split, reason)
+        return False
+    except PLANNING_ERRORS as error:
+        _fail_split(run, job, result, error, services)
+        return True
+    services.runs.record_split(run.run_id, result)
+    _maybe_finish_split(run.run_id, services, repeated=False)
+    return True
 
 
 def _fail_split(
@@ -132,16 +165,18 @@ def _split(
     run: Run,
     export: Export,
     job: SplitJob,
-    rows: Iterator[Row],
+    read: Callable[[list[IO[bytes]], SplitResult], Iterator[Row]],
     tally: SplitResult,
     services: Services,
 ) -> None:
     """File every row of the range whose customer id is usable under that id's partition.
 
     Rows go to local temporary files first (bounded memory whatever the partition count), then
-    each file is uploaded as this split's piece of the partition (`run_files`). Validation waits
-    for the diff, which skips the rows the snapshot shows unchanged; a row whose id itself is
-    unusable cannot be filed by id, so it is validated and rejected here with every reason.
+    each file is uploaded as this split's piece of the partition (`run_files`). `read` gives
+    the rows, and may file rows itself (those the snapshot holds byte for byte, `raw_source`);
+    nothing is uploaded when it raises. Validation waits for the diff, which skips the rows the
+    snapshot shows unchanged; a row whose id itself is unusable cannot be filed by id, so it is
+    validated and rejected here with every reason.
     """
     count = tally.partitions = job.partitions
     mapping = export.mapping
@@ -155,7 +190,7 @@ def _split(
         paths = [Path(directory, f"{p:04d}.tsv") for p in range(count)]
         files = [path.open("wb") for path in paths]
         try:
-            for row in rows:
+            for row in read(files, tally):
                 tally.rows_read += 1
                 if tally.rows_read % PROGRESS_EVERY == 0:
                     # Shows progress, and tells the stalled-run sweep that planning is alive.
@@ -175,7 +210,7 @@ def _split(
                     continue
                 digest = row_digest([values.get(column) for column in columns], keyed)
                 files[partition_of(customer_id, count)].write(
-                    piece_line(row.order, customer_id, digest, values)
+                    piece_line(row.order, customer_id, digest, values, row.raw)
                 )
         finally:
             for file in files:

@@ -24,10 +24,11 @@ MESSY_ROWS = [
 def test_a_piece_row_reads_back_as_the_standard_library_writes_and_reads_it(
     values: dict[str, object],
 ) -> None:
-    line = piece_line(41, 'cust "7"\t', "0123456789abcdef", values)
+    line = piece_line(41, 'cust "7"\t', "0123456789abcdef", values, "fedcba9876543210")
     assert line.endswith(b"\n") and line.count(b"\n") == 1  # one row, one line
-    ((order, id_json, digest, values_json),) = list(read_rows(line.decode()))
+    ((order, id_json, digest, values_json, raw),) = list(read_rows(line.decode()))
     assert (order, json.loads(id_json), digest) == (41, 'cust "7"\t', "0123456789abcdef")
+    assert raw == "fedcba9876543210"
     assert values_json == jsonlines.dumps(values)
     read = jsonlines.loads(values_json)
     expected = json.loads(json.dumps(values))

@@ -1,0 +1,171 @@
+"""A split job's range read as raw records (`raw_records`): the records the snapshot holds byte
+for byte are filed by their raw digest without being parsed; the others are parsed, a stretch
+of consecutive ones at a time, and carry their raw digest to the snapshot for the next run.
+
+Used for the byte ranges of a plain CSV or JSON Lines file (a large one, split in parallel);
+a gzip file, a CDM folder and a file small enough to split inline are read as rows throughout.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import IO
+
+from shared.adapters.services import Services
+from shared.core.definitions import Export, SourceFormat
+from shared.core.messages import SplitJob
+from shared.core.raw_records import (
+    RawBlock,
+    RawPathUnsafe,
+    digest_records,
+    raw_blocks,
+    raw_digester,
+)
+from shared.core.record_index import RecordIndex
+from shared.core.resource_names import RUNS_CONTAINER
+from shared.core.runs import Run, SplitResult
+from shared.core.source_files import MAX_RECORD_BYTES, RecordReader, SourceError, open_lines
+from shared.pipeline.run_files import matched_piece_line, splits_blob_name
+from shared.pipeline.run_source import Row, code_digest, source_format
+
+
+def reads_raw(run: Run, export: Export, job: SplitJob) -> bool:
+    """Whether the job's range is a byte range of a plain CSV or JSON Lines file."""
+    return (
+        job.splits > 1
+        and job.end >= 0
+        and source_format(run, export) in ("csv", "jsonl")
+        and not run.source.endswith(".gz")
+    )
+
+
+def record_index(run: Run, export: Export, job: SplitJob, services: Services) -> RecordIndex | None:
+    """The previous snapshot's raw digests, when its rows may be taken as they are: same code,
+    same partitioning, and no full refresh (which validates and sends every row)."""
+    if (
+        not run.previous_snapshot
+        or run.previous_partitions != job.partitions
+        or run.full_refresh_reason
+        or run.code_version != code_digest()
+    ):
+        return None
+    snapshot = (run.previous_snapshot, run.previous_partitions)
+    return services.snapshots.record_index(export.name, run.connection, snapshot)
+
+
+def planned_header(run: Run, fmt: SourceFormat, services: Services) -> list[str] | None:
+    """The CSV header the plan read (a later range does not hold it)."""
+    if fmt != "csv":
+        return None
+    plan = json.loads(services.storage.read_bytes(RUNS_CONTAINER, splits_blob_name(run.run_id)))
+    header: list[str] = plan["header"]
+    return header
+
+
+def raw_rows(
+    run: Run,
+    export: Export,
+    job: SplitJob,
+    index: RecordIndex | None,
+    files: list[IO[bytes]],
+    tally: SplitResult,
+    services: Services,
+    progress: Callable[[], None],
+) -> Iterator[Row]:
+    """Write the range's records the index holds to their partition's piece (`files`), and
+    yield the others as rows, each with its raw digest. Raises RawPathUnsafe when the range
+    must be read as rows instead (nothing of this attempt is kept then)."""
+    fmt = source_format(run, export)
+    header = planned_header(run, fmt, services)
+    keyed = raw_digester(run.code_version, run.mapping_fingerprint, fmt, header)
+    container, _, path = run.source.partition("/")
+    chunks = services.storage.read_chunks(container, path, job.start, job.end - job.start)
+    blocks = raw_blocks(
+        chunks,
+        offset=job.start,
+        first_line=job.first_line,
+        quoted=fmt == "csv",
+        limit=MAX_RECORD_BYTES,
+    )
+    header_ahead = job.split == 0 and fmt == "csv"
+    for block in blocks:
+        if header_ahead and block.lines:
+            _skip_header(block, header)
+            header_ahead = False
+        digests = digest_records(block, keyed)
+        found = index.partitions(digests) if index is not None else [-1] * len(digests)
+        count, start = len(found), 0
+        while start < count:
+            partition = found[start]
+            if partition >= 0:
+                where = block.offset + block.starts[start]
+                length = block.ends[start] - block.starts[start]
+                raw = digests[start].hex()
+                files[partition].write(matched_piece_line(block.lines[start], raw, where, length))
+                tally.rows_read += 1
+                start += 1
+                continue
+            end = start + 1
+            while end < count and found[end] < 0:
+                end += 1
+            yield from _parsed(block, start, end, digests, fmt, header)
+            start = end
+        progress()
+
+
+def _skip_header(block: RawBlock, header: list[str] | None) -> None:
+    """Drop the range's first record, the header, after checking it is the one the plan read
+    (a header the raw records cut differently from the parser is no header to skip)."""
+    text = block.data[block.starts[0] : block.ends[0]] + b"\n"
+    try:
+        columns = RecordReader(open_lines([text]), "csv").columns
+    except SourceError as error:
+        raise RawPathUnsafe(str(error)) from None
+    if block.lines[0] != 1 or columns != header:
+        raise RawPathUnsafe("the first record is not the header the plan read")
+    del block.lines[0], block.starts[0], block.ends[0]
+
+
+def _parsed(
+    block: RawBlock,
+    start: int,
+    end: int,
+    digests: list[bytes],
+    fmt: SourceFormat,
+    header: list[str] | None,
+) -> Iterator[Row]:
+    """Records start to end (exclusive) of the block, parsed together (with the blank lines
+    between them, so line numbers hold); each must be one of the raw records, else the raw
+    cut disagrees with the parser and the range is read as rows."""
+    text = block.data[block.starts[start] : block.ends[end - 1]] + b"\n"
+    reader = RecordReader(open_lines([text], first_line=block.lines[start]), fmt, header=header)
+    expected = dict(zip(block.lines[start:end], digests[start:end], strict=True))
+    try:
+        for record in reader:
+            raw = expected.pop(record.line, None)
+            if raw is None:
+                raise RawPathUnsafe(f"the parser read a record at line {record.line}")
+            yield Row(record.line, record.line, None, record.values, record.problem, raw.hex())
+    except SourceError as error:
+        raise RawPathUnsafe(str(error)) from None
+    if expected:
+        raise RawPathUnsafe(f"the parser read no record at line {min(expected)}")
+
+
+def reread(run: Run, export: Export, order: int, where: str, services: Services) -> Row:
+    """The row a split filed by its raw digest (at `offset:length` in the file), read and
+    parsed again: the diff needs its values when the snapshot does not hold it as it is."""
+    fmt = source_format(run, export)
+    offset, length = (int(part) for part in where.split(":"))
+    container, _, path = run.source.partition("/")
+    data = b"".join(services.storage.read_chunks(container, path, offset, length))
+    lines = open_lines([data + b"\n"], first_line=order)
+    records = list(RecordReader(lines, fmt, header=planned_header(run, fmt, services)))
+    if len(records) != 1 or records[0].problem or records[0].line != order:
+        raise SourceError(
+            f"line {order} of {run.source} no longer holds the record read from it while "
+            "planning: the file was written during the run; start the run again"
+        )
+    record = records[0]
+    return Row(order, order, None, record.values, None)
