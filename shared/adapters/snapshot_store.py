@@ -76,6 +76,9 @@ def _index_name(export: str, connection: str, run_id: str, partition: int) -> st
     return f"{_prefix(export, connection)}{run_id}/part-{partition:04d}.raw"
 
 
+PENDING_LINES = 8192
+
+
 class SnapshotPartWriter(BlobLineWriter):
     """Writes a snapshot partition, and beside it the raw digests of its entries (the index a
     split looks records up in); the index is written after the partition, so a crash in
@@ -84,16 +87,23 @@ class SnapshotPartWriter(BlobLineWriter):
     def __init__(self, storage: Storage, name: str, index_name: str) -> None:
         super().__init__(storage.container(SNAPSHOTS_CONTAINER), name)
         self._storage, self._index_name = storage, index_name
+        self._pending: list[str] = []  # written a few thousand at a time: one join each
         self._raw: list[str] = []
 
     def write(self, line: str) -> None:
         """One `snapshot_line` (whose last field is the raw digest)."""
-        super().write(line)
-        raw = line[line.rfind("\t") + 1 :]
-        if len(raw) == RAW_DIGEST_CHARS:
-            self._raw.append(raw)
+        self._pending.append(line)
+        if len(self._pending) >= PENDING_LINES:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self.write_lines(pending)
+        tails = [line[line.rfind("\t") + 1 :] for line in pending]
+        self._raw.extend(raw for raw in tails if len(raw) == RAW_DIGEST_CHARS)
 
     def close(self) -> None:
+        self._flush()
         super().close()
         self._storage.write_bytes(
             SNAPSHOTS_CONTAINER,
@@ -127,7 +137,7 @@ class SnapshotStore:
         partitions: int,
     ) -> Iterator[SnapshotEntry]:
         """The profiles of snapshot (run id, partition count) in `partition` of `partitions`."""
-        for _, line in self.entry_lines(export, connection, snapshot, partition, partitions):
+        for line in self.entry_lines(export, connection, snapshot, partition, partitions).values():
             yield parse_snapshot_line(line)
 
     def entry_lines(
@@ -137,28 +147,32 @@ class SnapshotStore:
         snapshot: tuple[str, int],
         partition: int,
         partitions: int,
-    ) -> Iterator[tuple[str, str]]:
-        """(customer id as JSON, `snapshot_line`) per profile of snapshot (run id, partition
+    ) -> dict[str, str]:
+        """Customer id as JSON -> `snapshot_line`, per profile of snapshot (run id, partition
         count) in `partition` of `partitions`: the line as written (an earlier format made
         this one), so an unchanged profile's entry is copied, not parsed and written again."""
         run_id, old_count = snapshot
+        found: dict[str, str] = {}
         for old in old_partitions_for(partition, partitions, old_count):
             name = _part_name(export, connection, run_id, old)
             try:  # a snapshot partition is about the size of the partition its diff holds
                 text = self._storage.read_bytes(SNAPSHOTS_CONTAINER, name).decode()
             except BlobNotFound:
                 continue
-            for line in text.split("\n"):
+            lines = text.split("\n")
+            legacy = lines[0].count("\t") != 3  # an earlier format (a blob holds one)
+            for line in lines:
                 if not line:
                     continue
-                if line.count("\t") != 3:  # an earlier format
+                if legacy:
                     line = snapshot_line(*parse_snapshot_line(line))
                 id_json = line[: line.find("\t")]
                 # An old partition holds ids of several new ones when there were fewer.
                 if old_count >= partitions or (
                     partition_of(jsonlines.loads(id_json), partitions) == partition
                 ):
-                    yield id_json, line
+                    found[id_json] = line
+        return found
 
     def part_writer(
         self, export: str, connection: str, run_id: str, partition: int

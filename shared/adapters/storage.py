@@ -255,6 +255,16 @@ class BlobLineWriter:
         if len(self._buffer) >= BLOCK_BYTES:
             self._stage()
 
+    def write_lines(self, lines: list[str]) -> None:
+        """Many lines at once: one join and one encoding for all of them."""
+        if not lines:
+            return
+        self._buffer += "\n".join(lines).encode("utf-8")
+        self._buffer += b"\n"
+        self.lines += len(lines)
+        if len(self._buffer) >= BLOCK_BYTES:
+            self._stage()
+
     def _stage(self) -> None:
         block_id = b64encode(uuid.uuid4().bytes).decode()
         self._blob.stage_block(block_id, bytes(self._buffer))

@@ -313,21 +313,16 @@ def _previous_profiles(
     if not run.previous_snapshot:
         return {}
     snapshot = (run.previous_snapshot, run.previous_partitions)
-    return dict(
-        services.snapshots.entry_lines(
-            export.name, run.connection, snapshot, job.partition, job.partitions
-        )
+    return services.snapshots.entry_lines(
+        export.name, run.connection, snapshot, job.partition, job.partitions
     )
 
 
 def _raw_ids(old: _Previous) -> dict[str, str]:
     """Raw digest -> customer id as JSON, for the snapshot's entries that have one (the last
     field of the line)."""
-    found = {}
-    for id_json, line in old.items():
-        raw = line[line.rfind("\t") + 1 :]
-        if raw:
-            found[raw] = id_json
+    found = {line[line.rfind("\t") + 1 :]: id_json for id_json, line in old.items()}
+    found.pop("", None)
     return found
 
 
