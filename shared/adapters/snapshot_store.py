@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 
 from shared.adapters.storage import BlobLineWriter, BlobNotFound, Storage
@@ -127,18 +127,6 @@ class SnapshotStore:
             return None
         # A newer version may have added fields: keep what this one knows.
         return Manifest(**{f.name: data[f.name] for f in fields(Manifest) if f.name in data})
-
-    def entries(
-        self,
-        export: str,
-        connection: str,
-        snapshot: tuple[str, int],
-        partition: int,
-        partitions: int,
-    ) -> Iterator[SnapshotEntry]:
-        """The profiles of snapshot (run id, partition count) in `partition` of `partitions`."""
-        for line in self.entry_lines(export, connection, snapshot, partition, partitions).values():
-            yield parse_snapshot_line(line)
 
     def entry_lines(
         self,

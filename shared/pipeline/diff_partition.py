@@ -463,7 +463,7 @@ def _array_cap_check(
         if manifest is None:
             continue
         snapshot = (manifest.run_id, manifest.partitions)
-        for id_json, *_ in services.snapshots.entries(
+        for id_json in services.snapshots.entry_lines(
             other.name, other.connection, snapshot, job.partition, job.partitions
         ):
             if id_json in profiles:

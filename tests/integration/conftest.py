@@ -251,6 +251,19 @@ def quiet_app(
     return app
 
 
+SPLIT_MIB = 0.02  # about 20 KiB a range: a few thousand rows make a dozen ranges
+
+
+@pytest.fixture
+def split_app(quiet_app: App) -> App:
+    """The in-process app with a tiny range size, so small files are cut into many ranges."""
+    return App(
+        {**quiet_app.env, "EXPORT_SPLIT_MIB": str(SPLIT_MIB)},
+        quiet_app.definitions_path,
+        quiet_app.sandbox,
+    )
+
+
 def take(app: App, queue_name: str, kind: type[Any], run_id: str) -> list[Any]:
     """Take this run's messages off a queue (others are left alone)."""
     queue = app.services.storage.queue(queue_name)

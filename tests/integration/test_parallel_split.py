@@ -21,18 +21,6 @@ from shared.pipeline.split_source import split_source
 from shared.pipeline.start import start_run
 from tests.integration.conftest import App, export_definition, run_in_process, take
 
-SPLIT_MIB = 0.02  # about 20 KiB a range: a few thousand rows make a dozen ranges
-
-
-@pytest.fixture
-def split_app(quiet_app: App) -> App:
-    """The in-process app with a tiny range size, so small files are cut into many ranges."""
-    return App(
-        {**quiet_app.env, "EXPORT_SPLIT_MIB": str(SPLIT_MIB)},
-        quiet_app.definitions_path,
-        quiet_app.sandbox,
-    )
-
 
 def _rejected(app: App, run: Run) -> list[dict[str, Any]]:
     return [json.loads(line) for line in app.blob_text(run.rejected_blob).splitlines()]

@@ -19,19 +19,8 @@ from shared.pipeline import diff_partition
 from shared.pipeline.run_files import partition_piece_name
 from tests.integration.conftest import App, export_definition, run_in_process
 
-SPLIT_MIB = 0.02  # about 20 KiB a range: a few thousand rows make a dozen ranges
 HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
 NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
-
-
-@pytest.fixture
-def split_app(quiet_app: App) -> App:
-    """The in-process app with a tiny range size, so small files are cut into many ranges."""
-    return App(
-        {**quiet_app.env, "EXPORT_SPLIT_MIB": str(SPLIT_MIB)},
-        quiet_app.definitions_path,
-        quiet_app.sandbox,
-    )
 
 
 def _row(n: int, **changes: str) -> dict[str, str]:
