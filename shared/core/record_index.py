@@ -29,7 +29,8 @@ class RecordIndex:
             (np.frombuffer(data, dtype=">u8").astype(np.uint64) & digest_bits) | np.uint64(p)
             for p, data in enumerate(partitions)
         ]
-        self._keys = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+        self._keys = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+        self._keys.sort()  # in place: no second copy of the index
 
     def __len__(self) -> int:
         return len(self._keys)

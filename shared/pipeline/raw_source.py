@@ -40,14 +40,21 @@ def reads_raw(run: Run, export: Export, job: SplitJob) -> bool:
     )
 
 
+# A split job holds the whole index (8 bytes a profile, sorted in place): past this many
+# profiles its rows are parsed as before, so a split's memory stays bounded.
+INDEX_MAX_PROFILES = 8_000_000
+
+
 def record_index(run: Run, export: Export, job: SplitJob, services: Services) -> RecordIndex | None:
     """The previous snapshot's raw digests, when its rows may be taken as they are: same code,
-    same partitioning, and no full refresh (which validates and sends every row)."""
+    same partitioning, no full refresh (which validates and sends every row), and a snapshot
+    small enough to hold."""
     if (
         not run.previous_snapshot
         or run.previous_partitions != job.partitions
         or run.full_refresh_reason
         or run.code_version != code_digest()
+        or run.previous_profiles > INDEX_MAX_PROFILES
     ):
         return None
     snapshot = (run.previous_snapshot, run.previous_partitions)

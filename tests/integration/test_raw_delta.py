@@ -15,7 +15,7 @@ import pytest
 
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
 from shared.core.runs import Run
-from shared.pipeline import diff_partition
+from shared.pipeline import diff_partition, raw_source
 from shared.pipeline.run_files import partition_piece_name
 from tests.integration.conftest import App, export_definition, run_in_process
 
@@ -240,3 +240,23 @@ def test_a_full_refresh_parses_and_sends_every_row(split_app: App) -> None:
 
     assert _filed_by_bytes(split_app, again) == 0
     assert len(_sent(split_app)) == 1_000 and again.profiles_accepted == 1_000
+
+
+def test_a_snapshot_too_large_to_hold_as_an_index_has_its_rows_parsed(
+    split_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A split holds the whole index; past `INDEX_MAX_PROFILES` it parses every row instead,
+    with the same outcome."""
+    monkeypatch.setattr(raw_source, "INDEX_MAX_PROFILES", 999)
+    path = _define(split_app, "raw-large")
+    rows = [_row(n) for n in range(1_000)]
+    split_app.upload(path, _csv(rows))
+    run_in_process(split_app, "raw-large")
+    rows[3]["FirstName"] = "Changed"
+    split_app.upload(path, _csv(rows))
+    split_app.mark_sandbox_requests()
+
+    again = run_in_process(split_app, "raw-large")
+
+    assert _filed_by_bytes(split_app, again) == 0
+    assert list(_sent(split_app)) == ["raw-00003"] and again.profiles_unchanged == 999
