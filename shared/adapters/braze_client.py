@@ -10,6 +10,7 @@ certificate settings from the environment and copies the request on every call).
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import math
 import os
@@ -125,8 +126,11 @@ class BrazeClient:
     `InFlightSizer` that follows the latency measured.
 
     Once Braze refuses the connection itself (a redirect, or 401, 403 or 404 after the key was
-    read again), the next batches are not sent for a minute but given the same answer: a
+    read again), batches not yet sent are not sent for a minute but given the same answer: a
     wrong key or endpoint costs a request a minute, not one per batch of a million profiles.
+    Requests cross in flight, so the answer to the request sent last decides: a refusal of a
+    request sent before one Braze accepted (say with the key since rotated) starts no hold.
+    When the minute ends, one batch tries again while the others wait for its answer.
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class BrazeClient:
         max_rate_limit_waits: int = 30,
         timeout: tuple[float, float] = (3.05, 30.0),
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         url = rest_endpoint.rstrip("/") + "/users/track"
         self._path = urlsplit(url).path
@@ -149,9 +154,13 @@ class BrazeClient:
         self._max_rate_limit_waits = max_rate_limit_waits
         self._timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
         self._sleep = sleep
+        self._clock = clock
         self._key_lock = threading.Lock()
         self._key_reread_at: float | None = None
-        self._refused: tuple[float, TrackOutcome] | None = None  # when, and Braze's answer
+        self._sends = itertools.count()  # numbers requests in the order they are sent
+        self._verdict_lock = threading.Lock()
+        self._verdict_send = -1  # the latest-sent request whose answer said if the connection works
+        self._hold: _Hold | None = None
         self._user_agent = user_agent(os.environ)
         self._headers = self._headers_for(api_key(False))
         self._in_flight = in_flight
@@ -195,21 +204,25 @@ class BrazeClient:
         """Send one batch of attribute objects; retry what is worth retrying."""
         body = tracking_body(objects_json)
         failures = rate_limit_waits = 0
-        refreshed_key = False
+        refreshed_key = tried = False
         while True:
-            held_back = self._held_back()
-            if held_back is not None:  # also for a retry: another batch may have been refused
+            # Only before its first request: a batch Braze has seen is counted as sent, and its
+            # retry gets its own answer.
+            if not tried and (held_back := self._held_back()) is not None:
                 return held_back
             window = self._limiter.acquire()
             if not self._limiter.still_usable(window):
                 continue  # held up since the grant: sent now, it would count in the next window
+            tried = True
+            headers = self._headers
+            send = next(self._sends)
             sent_at = time.perf_counter()
             try:
                 response = self._connections.urlopen(
                     "POST",
                     self._path,
                     body=body,
-                    headers=self._headers,
+                    headers=headers,
                     retries=False,
                     redirect=False,
                     timeout=self._timeout,
@@ -225,8 +238,7 @@ class BrazeClient:
             if 200 <= status < 300:
                 if not isinstance(self._in_flight, int):
                     self._in_flight.observe(time.perf_counter() - sent_at)
-                if self._refused is not None:  # the connection works (again)
-                    self._refused = None
+                self._connection_works(send)
                 return TrackOutcome(status, _object_errors(response))
             if status == 429:
                 rate_limit_waits += 1
@@ -235,7 +247,9 @@ class BrazeClient:
                 self._wait_after_429(response.headers, rate_limit_waits)
                 continue
             if 300 <= status < 400:  # not followed: the API key goes nowhere but the endpoint
-                return self._refusal(TrackOutcome(status, {}, _describe_redirect(response)))
+                return self._refusal(TrackOutcome(status, {}, _describe_redirect(response)), send)
+            if status == 401 and headers is not self._headers:
+                continue  # sent with a key another batch has read again since: try the new one
             if status == 401 and not refreshed_key and self._may_reread_key():
                 refreshed_key = True
                 self._headers = self._headers_for(self._api_key(True))
@@ -244,22 +258,43 @@ class BrazeClient:
                 outcome = TrackOutcome(
                     status, _object_errors(response), _describe_failure(response)
                 )
-                return self._refusal(outcome) if status in CONNECTION_REFUSALS else outcome
+                return self._refusal(outcome, send) if status in CONNECTION_REFUSALS else outcome
             failures += 1
             self._backoff(failures, f"HTTP {status}")
 
-    def _refusal(self, outcome: TrackOutcome) -> TrackOutcome:
-        """Braze refused the connection: batches sent within the minute would get the same."""
-        self._refused = (time.monotonic(), outcome)
+    def _connection_works(self, send: int) -> None:
+        """Braze accepted request `send`: a hold started by a request sent before it ends."""
+        with self._verdict_lock:
+            if send > self._verdict_send:
+                self._verdict_send = send
+                self._hold = None
+
+    def _refusal(self, outcome: TrackOutcome, send: int) -> TrackOutcome:
+        """Braze refused the connection: batches sent within the minute would get the same,
+        unless a request sent after this one was accepted."""
+        with self._verdict_lock:
+            if send > self._verdict_send:
+                self._verdict_send = send
+                self._hold = _Hold(self._clock() + KEY_REREAD_SECONDS, outcome)
         return outcome
 
     def _held_back(self) -> TrackOutcome | None:
         """The answer for a batch not sent because Braze refused the connection less than a
-        minute ago; None when the batch goes (after the minute, a request tries again)."""
-        refused = self._refused
-        if refused is None or time.monotonic() - refused[0] >= KEY_REREAD_SECONDS:
+        minute ago; None when the batch goes. When the minute is up, the first batch to ask
+        goes and the hold starts again for the others until Braze answers it."""
+        hold = self._hold
+        if hold is None:
             return None
-        answer = refused[1]
+        now = self._clock()
+        if now >= hold.until:
+            with self._verdict_lock:
+                if self._hold is hold:
+                    self._hold = _Hold(now + KEY_REREAD_SECONDS, hold.answer)
+                    return None
+                hold = self._hold  # another batch is trying again, or Braze has answered it
+            if hold is None:
+                return None
+        answer = hold.answer
         failure = (
             f"not sent: Braze refused this connection less than a minute before: {answer.failure}"
         )
@@ -270,7 +305,7 @@ class BrazeClient:
         a key that stays wrong is not fetched again for every batch, yet a fixed one is picked
         up without a restart."""
         with self._key_lock:
-            now = time.monotonic()
+            now = self._clock()
             if self._key_reread_at is not None and now - self._key_reread_at < KEY_REREAD_SECONDS:
                 return False
             self._key_reread_at = now
@@ -289,6 +324,14 @@ class BrazeClient:
         if wait is None:
             wait = min(8.0, 0.5 * 2**attempt)
         self._limiter.block_until(now + wait)
+
+
+@dataclass(frozen=True)
+class _Hold:
+    """Batches are not sent until `until` (the client's clock): Braze refused the connection."""
+
+    until: float
+    answer: TrackOutcome
 
 
 class LocalLimiter:

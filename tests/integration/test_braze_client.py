@@ -7,7 +7,8 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -15,7 +16,13 @@ import requests
 from azure.data.tables import TableClient
 
 from devtools.processes import Azurite, Sandbox, start_sandbox
-from shared.adapters.braze_client import VERSION, BrazeClient, BrazeUnavailable, InFlightSizer
+from shared.adapters.braze_client import (
+    VERSION,
+    BrazeClient,
+    BrazeUnavailable,
+    InFlightSizer,
+    TrackOutcome,
+)
 from shared.adapters.rate_governor import RateGovernor
 from shared.adapters.settings import StorageSettings
 from shared.adapters.storage import Storage
@@ -102,22 +109,43 @@ def test_over_the_object_limit_is_a_non_retryable_failure(braze: Sandbox) -> Non
     assert _stats(braze)["requests_total"] == 1
 
 
+class Clock:
+    """The client's clock in these tests: it moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @contextlib.contextmanager
 def _answering(
-    status: int | list[int], headers: dict[str, str]
+    status: int | list[int] | Callable[[int, str | None], int], headers: dict[str, str]
 ) -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
     """A local endpoint that gives every POST the same answer (`status`, or a list's first
-    item, which the test may change meanwhile): its URL, and the (path, Authorization) of
-    each request it received."""
+    item, which the test may change meanwhile), or what `status(n, authorization)` returns for
+    the n-th request (it may wait there): its URL, and the (path, Authorization) of each
+    request it received."""
     received: list[tuple[str, str | None]] = []
-    answers = status if isinstance(status, list) else [status]
+    lock = threading.Lock()
+    if callable(status):
+        answer = status
+    else:
+        answers = status if isinstance(status, list) else [status]
+
+        def answer(n: int, authorization: str | None) -> int:
+            return answers[0]
 
     class Answering(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            received.append((self.path, self.headers.get("Authorization")))
+            authorization = self.headers.get("Authorization")
+            with lock:
+                n = len(received)
+                received.append((self.path, authorization))
             self.rfile.read(int(self.headers["Content-Length"]))
             body = b'{"message":"refused here"}'
-            self.send_response(answers[0])
+            self.send_response(answer(n, authorization))
             for name, value in headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
@@ -161,18 +189,18 @@ def test_a_redirect_is_reported_at_once_not_retried_or_followed() -> None:
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
-def test_a_refused_connection_holds_back_the_next_batches_for_a_minute(
-    monkeypatch: pytest.MonkeyPatch, status: int
-) -> None:
+def test_a_refused_connection_holds_back_the_next_batches_for_a_minute(status: int) -> None:
     """A wrong key, a key without the permission, a wrong endpoint: every batch would get the
     same answer, so a minute of batches costs one request (two with the key read again), not
     one each; after the minute, a request tries again."""
+    clock = Clock()
     with _answering(status, {}) as (endpoint, received):
-        client = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait)
+        client = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait, clock=clock)
         first = client.track(_objects(2))
+        clock.now += 59.9
         held = [client.track(_objects(2, f"b{n}")) for n in range(5)]
         sent_then = len(received)
-        monkeypatch.setattr("shared.adapters.braze_client.KEY_REREAD_SECONDS", 0.0)  # later on
+        clock.now += 0.1
         again = client.track(_objects(2))
         sent_in_all = len(received)
     assert (first.status, first.sent) == (status, True)
@@ -186,20 +214,135 @@ def test_a_refused_connection_holds_back_the_next_batches_for_a_minute(
     assert sent_in_all > sent_then
 
 
-def test_an_accepted_batch_ends_the_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_accepted_batch_ends_the_hold() -> None:
     """Braze accepting a batch (after the minute, or another thread's) shows the connection
     works again: the next batches go at once, however recent the refusal."""
     answers = [401]
+    clock = Clock()
     with _answering(answers, {}) as (endpoint, received):
-        client = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait)
+        client = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait, clock=clock)
         assert client.track(_objects(1)).status == 401
         answers[0] = 201  # fixed, say, in Braze's dashboard
-        monkeypatch.setattr("shared.adapters.braze_client.KEY_REREAD_SECONDS", 0.0)
+        clock.now += 60
         assert client.track(_objects(1)).status == 201
-        monkeypatch.setattr("shared.adapters.braze_client.KEY_REREAD_SECONDS", 60.0)
         after = [client.track(_objects(1)) for _ in range(3)]
     assert [(o.status, o.sent) for o in after] == [(201, True)] * 3
     assert len(received) == 2 + 1 + 3
+
+
+def _in_thread(client: BrazeClient) -> Future[TrackOutcome]:
+    """One batch tracked on a thread of its own (the endpoint may hold its request)."""
+    return ThreadPoolExecutor(1).submit(client.track, _objects(1, "other"))
+
+
+def test_a_batch_sent_with_a_key_read_again_meanwhile_tries_the_new_key() -> None:
+    """Key rotation with requests in flight: batch A goes with the old key; batch B gets a 401,
+    reads the new key and is accepted; A's 401 then arrives. A is sent again with the new key
+    (not reported refused), and no hold starts: the next batch goes."""
+    keys = iter(["old-key", "new-key"])
+    a_arrived, a_may_answer = threading.Event(), threading.Event()
+
+    def answer(n: int, authorization: str | None) -> int:
+        if n == 0:
+            a_arrived.set()
+            a_may_answer.wait()
+        return 201 if authorization == "Bearer new-key" else 401
+
+    with _answering(answer, {}) as (endpoint, received):
+        client = BrazeClient(endpoint, lambda refresh: next(keys), sleep=_refuse_to_wait)
+        a = _in_thread(client)
+        a_arrived.wait()
+        b = client.track(_objects(1))
+        a_may_answer.set()
+        a_outcome = a.result()
+        after = client.track(_objects(1))
+    assert (b.status, a_outcome.status, after.status, after.sent) == (201, 201, 201, True)
+    assert [auth for _, auth in received] == [
+        "Bearer old-key",  # A
+        "Bearer old-key",  # B
+        "Bearer new-key",  # B, after reading the key again
+        "Bearer new-key",  # A again
+        "Bearer new-key",  # the next batch
+    ]
+
+
+def test_a_refusal_of_a_request_sent_before_an_accepted_one_starts_no_hold() -> None:
+    """Answers cross: A is sent, then B; B is accepted, then A's 403 arrives. What Braze said
+    of the later request stands: A keeps its 403, and the next batch is sent."""
+    a_arrived, a_may_answer = threading.Event(), threading.Event()
+
+    def answer(n: int, authorization: str | None) -> int:
+        if n == 0:
+            a_arrived.set()
+            a_may_answer.wait()
+            return 403
+        return 201
+
+    with _answering(answer, {}) as (endpoint, received):
+        client = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait)
+        a = _in_thread(client)
+        a_arrived.wait()
+        b = client.track(_objects(1))
+        a_may_answer.set()
+        a_outcome = a.result()
+        after = client.track(_objects(1))
+    assert (b.status, a_outcome.status, a_outcome.sent) == (201, 403, True)
+    assert (after.status, after.sent) == (201, True)
+    assert len(received) == 3
+
+
+def test_a_batch_braze_has_seen_is_retried_not_held_back() -> None:
+    """A gets a 500 while B's 403 starts a hold: A's retry is sent and gets its own answer, so
+    A is reported as sent (counted as a request), not as held back."""
+    a_arrived, a_may_answer = threading.Event(), threading.Event()
+
+    def answer(n: int, authorization: str | None) -> int:
+        if n == 0:
+            a_arrived.set()
+            a_may_answer.wait()
+            return 500
+        return 403
+
+    with _answering(answer, {}) as (endpoint, received):
+        client = BrazeClient(endpoint, lambda refresh: KEY, sleep=lambda s: None)
+        a = _in_thread(client)
+        a_arrived.wait()
+        b = client.track(_objects(1))
+        a_may_answer.set()
+        a_outcome = a.result()
+    assert (b.status, b.sent) == (403, True)
+    assert (a_outcome.status, a_outcome.sent) == (403, True)
+    assert a_outcome.failure == "Braze refused the request (HTTP 403): refused here"
+    assert len(received) == 3
+
+
+def test_when_the_minute_is_up_one_batch_tries_again_and_the_others_wait_for_it() -> None:
+    """After a minute's hold the first batch is sent; while Braze has not answered it, the
+    other batches stay held back, so a key that stays wrong costs a request a minute, not one
+    per thread."""
+    clock = Clock()
+    retry_arrived, retry_may_answer = threading.Event(), threading.Event()
+
+    def answer(n: int, authorization: str | None) -> int:
+        if n == 1:
+            retry_arrived.set()
+            retry_may_answer.wait()
+        return 403
+
+    with _answering(answer, {}) as (endpoint, received):
+        client = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait, clock=clock)
+        assert client.track(_objects(1)).status == 403
+        clock.now += 60
+        retry = _in_thread(client)
+        retry_arrived.wait()
+        meanwhile = [client.track(_objects(1)) for _ in range(3)]
+        retry_may_answer.set()
+        assert (retry.result().status, retry.result().sent) == (403, True)
+        clock.now += 59
+        still_held = client.track(_objects(1))
+    assert [(o.status, o.sent) for o in meanwhile] == [(403, False)] * 3
+    assert (still_held.status, still_held.sent) == (403, False)  # the retry's refusal: a new minute
+    assert len(received) == 2
 
 
 def test_a_bad_request_does_not_hold_back_the_next_batches() -> None:
@@ -218,9 +361,7 @@ def test_a_rejected_key_is_refreshed_once(braze: Sandbox) -> None:
     assert still_bad.status == 401 and "HTTP 401" in (still_bad.failure or "")
 
 
-def test_a_key_fixed_after_a_rejection_is_picked_up_without_a_restart(
-    braze: Sandbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_key_fixed_after_a_rejection_is_picked_up_without_a_restart(braze: Sandbox) -> None:
     """Rotated in Braze before Key Vault: the worker keeps failing without hammering Key Vault,
     and once the vault holds the new key, a later batch re-reads it (no process restart)."""
     vault = {"key": "rotated-away"}
@@ -230,13 +371,13 @@ def test_a_key_fixed_after_a_rejection_is_picked_up_without_a_restart(
         reads.append(refresh)
         return vault["key"]
 
-    client = BrazeClient(braze.url, read, sleep=lambda s: None)
+    clock = Clock()
+    client = BrazeClient(braze.url, read, sleep=lambda s: None, clock=clock)
     assert client.track(_objects(1)).status == 401
     assert client.track(_objects(1)).status == 401
     assert reads == [False, True]  # one re-read, not one per batch
     vault["key"] = KEY
-    # The minute has passed.
-    monkeypatch.setattr("shared.adapters.braze_client.KEY_REREAD_SECONDS", 0.0)
+    clock.now += 60  # the minute has passed
     assert client.track(_objects(1)).status == 201
     assert reads == [False, True, True]
 
