@@ -285,6 +285,16 @@ class BlobLineWriter:
         )
 
 
+def read_ahead(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """`chunks` (a download's pieces) with the next one on its way while the caller works on
+    this one, so a split's parsing and the storage round trips overlap instead of taking turns."""
+    with ThreadPoolExecutor(1, thread_name_prefix="storage-ahead") as pool:
+        pending = pool.submit(next, chunks, None)
+        while (chunk := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield chunk
+
+
 def _ignore_exists(create: Any) -> None:
     with contextlib.suppress(ResourceExistsError):
         create()

@@ -87,33 +87,49 @@ def _records(
     data: bytes, base: int, first_line: int, quoted: bool, limit: int
 ) -> tuple[RawBlock, int, int]:
     """The records of `data` (whole lines): the block, how many bytes it holds (a record still
-    inside quotes at the end is left out for the next chunk), and the next line's number."""
-    lines: list[int] = []
-    starts: list[int] = []
-    ends: list[int] = []
-    position, number = 0, first_line
-    open_at = open_line = -1  # where a record that goes on past its first line began
-    for text in data.split(b"\n")[:-1]:
-        end = position + len(text)
-        if open_at >= 0:
-            if b'"' in text and text.count(b'"') & 1:
-                if end - open_at >= limit:
-                    raise RawPathUnsafe(f"the record on line {open_line} is over the cap")
-                starts.append(open_at)
-                ends.append(end)
-                lines.append(open_line)
-                open_at = -1
-        elif quoted and b'"' in text and text.count(b'"') & 1:
-            open_at, open_line = position, number
-        elif text and text != b"\r" and (quoted or text.strip()):
-            if len(text) >= limit:
-                raise RawPathUnsafe(f"the record on line {number} is over the cap")
-            starts.append(position)
-            ends.append(end)
-            lines.append(number)
-        position, number = end + 1, number + 1
-    if open_at >= 0:
-        if position - open_at > limit:
-            raise RawPathUnsafe(f"the record on line {open_line} is over the cap")
-        return RawBlock(data[:open_at], base, lines, starts, ends), open_at, open_line
-    return RawBlock(data, base, lines, starts, ends), len(data), number
+    inside quotes at the end is left out for the next chunk), and the next line's number.
+
+    Found with numpy, a block at a time (a loop over lines cost about 2 µs a record): a line
+    break ends a record when the quotes before it in the block are even in number (the block
+    starts at a record start); a blank line is no record, nor, in JSON Lines, a line of spaces.
+    """
+    import numpy as np  # only a split that reads a delta needs it
+
+    octets = np.frombuffer(data, dtype=np.uint8)
+    breaks = np.flatnonzero(octets == 10)  # data ends with one
+    if quoted:
+        quotes = np.flatnonzero(octets == 34)
+        closing = np.flatnonzero((np.searchsorted(quotes, breaks) & 1) == 0)
+    else:
+        closing = np.arange(len(breaks))
+    ends = breaks[closing]
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1] + 1
+    lines = np.empty_like(closing)
+    lines[:1] = 0
+    lines[1:] = closing[:-1] + 1
+    lengths = ends - starts
+    blank = (lengths == 0) | ((lengths == 1) & (octets[starts] == 13))
+    if not quoted:  # a line of spaces is no record either (`bytes.strip`'s spaces)
+        for at in np.flatnonzero(~blank & np.isin(octets[starts], _SPACES)).tolist():
+            blank[at] = not data[int(starts[at]) : int(ends[at])].strip()
+    keep = ~blank
+    over = keep & (lengths >= limit)
+    if over.any():
+        line = first_line + int(lines[np.argmax(over)])
+        raise RawPathUnsafe(f"the record on line {line} is over the cap")
+    block_lines = (lines[keep] + first_line).tolist()
+    block = RawBlock(b"", base, block_lines, starts[keep].tolist(), ends[keep].tolist())
+    kept = int(ends[-1]) + 1 if len(ends) else 0
+    next_line = first_line + (int(closing[-1]) + 1 if len(closing) else 0)
+    if kept < len(data):  # a record goes on past the block's last line break
+        if len(data) - kept > limit:
+            raise RawPathUnsafe(f"the record on line {next_line} is over the cap")
+        block.data = data[:kept]
+        return block, kept, next_line
+    block.data = data
+    return block, len(data), next_line
+
+
+_SPACES = (9, 11, 12, 13, 32)  # the ASCII spaces `bytes.strip` takes off, but for line feeds

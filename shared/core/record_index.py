@@ -11,6 +11,10 @@ snapshot's entry, so a stale or colliding entry costs a re-read, never a wrong p
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RAW_DIGEST_CHARS = 16  # an 8-byte digest in hex, as snapshot lines and pieces hold it
 _PARTITION_BITS = 0xFF
@@ -35,16 +39,16 @@ class RecordIndex:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def partitions(self, digests: list[bytes]) -> list[int]:
-        """The partition holding each digest's record, or -1."""
+    def partitions(self, digests: list[bytes]) -> np.ndarray:
+        """The partition holding each digest's record, or -1 (an int64 array)."""
         import numpy as np
 
         if not digests or not len(self._keys):
-            return [-1] * len(digests)
+            return np.full(len(digests), -1, dtype=np.int64)
         wanted = np.frombuffer(b"".join(digests), dtype=">u8").astype(np.uint64)
         wanted &= np.uint64(_DIGEST_BITS)
         found = np.searchsorted(self._keys, wanted)
         found[found == len(self._keys)] = 0
         keys = self._keys[found]
         hit = (keys & np.uint64(_DIGEST_BITS)) == wanted
-        return np.where(hit, (keys & np.uint64(_PARTITION_BITS)).astype(np.int64), -1).tolist()
+        return np.where(hit, (keys & np.uint64(_PARTITION_BITS)).astype(np.int64), -1)

@@ -22,6 +22,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -96,13 +97,21 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
     finish_early(run, services, message=message, failed=True)
 
 
-def _segment_rows(run: Run, partition: int, services: Services) -> Iterator[PieceRow]:
-    """The partition's rows in source order: its pieces in split order (none for a teardown:
-    everyone in the snapshot leaves). A piece is a fraction of a partition, read whole."""
-    if not run.teardown:
-        names = [partition_piece_name(run.run_id, partition, s) for s in range(run.splits)]
-        for piece in services.storage.read_many(RUNS_CONTAINER, names):
-            yield from read_rows(piece.decode())
+def _pieces(run: Run, partition: int, services: Services) -> list[bytes]:
+    """The partition's pieces in split order (none for a teardown: everyone in the snapshot
+    leaves). A piece is a fraction of a partition, read whole."""
+    if run.teardown:
+        return []
+    names = [partition_piece_name(run.run_id, partition, s) for s in range(run.splits)]
+    return list(services.storage.read_many(RUNS_CONTAINER, names))
+
+
+def _segment_rows(pieces: list[bytes]) -> Iterator[PieceRow]:
+    """The partition's rows in source order; each piece is let go once read (it empties
+    `pieces`)."""
+    pieces.reverse()
+    while pieces:
+        yield from read_rows(pieces.pop().decode())
 
 
 # A customer in the segment: (order, row digest, object, raw digest) of the row that counts;
@@ -167,8 +176,10 @@ def _diff(
     """Previous snapshot, members, comparison, removals, then the chunk blobs to send."""
     export = definitions.export(run.export_name)
     counts = PartitionResult(job.partition)  # filled in by each phase
-    old = _previous_profiles(run, export, job, services)
-    members = _collect_members(run, export, job, old, services, counts)
+    with ThreadPoolExecutor(1, thread_name_prefix="pieces") as ahead:
+        pieces = ahead.submit(_pieces, run, job.partition, services)  # while the snapshot loads
+        old = _previous_profiles(run, export, job, services)
+        members = _collect_members(run, export, job, old, pieces.result(), services, counts)
     lines = _SnapshotLines(
         services.storage.line_writer(
             RUNS_CONTAINER, snapshot_fallbacks_name(run.run_id, job.partition)
@@ -209,10 +220,11 @@ def _collect_members(
     export: Export,
     job: PartitionJob,
     old: _Previous,
+    pieces: list[bytes],
     services: Services,
     counts: PartitionResult,
 ) -> _Members:
-    """Read the partition's rows in source order and validate those that need it.
+    """Read the partition's rows (`pieces`) in source order and validate those that need it.
 
     A row whose digest is the one the snapshot remembers for its id is the row Braze already
     holds: valid, unchanged, not validated again (unless the run sends everything anyway). Any
@@ -235,7 +247,7 @@ def _collect_members(
     # A CSV row's values (CDM's too) are strings: only JSON Lines records can hold numbers.
     read_values = loads if source_format(run, export) == "jsonl" else jsonlines.loads_strings
     raw_ids: dict[str, str] | None = None  # raw digest -> customer id as JSON, when needed
-    for row in _segment_rows(run, job.partition, services):
+    for row in _segment_rows(pieces):
         order, id_json, digest, values_json, raw = row
         if not id_json:  # filed by its raw digest
             if raw_ids is None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import IO
+from itertools import pairwise
+from typing import IO, TYPE_CHECKING
 
 from shared.adapters.services import Services
+from shared.adapters.storage import read_ahead
 from shared.core.definitions import Export, SourceFormat
 from shared.core.messages import SplitJob
 from shared.core.raw_records import (
@@ -26,8 +28,11 @@ from shared.core.record_index import RecordIndex
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, SplitResult
 from shared.core.source_files import MAX_RECORD_BYTES, RecordReader, SourceError, open_lines
-from shared.pipeline.run_files import matched_piece_line, splits_blob_name
+from shared.pipeline.run_files import matched_piece_lines, splits_blob_name
 from shared.pipeline.run_source import Row, code_digest, source_format
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def reads_raw(run: Run, export: Export, job: SplitJob) -> bool:
@@ -87,7 +92,9 @@ def raw_rows(
     header = planned_header(run, fmt, services)
     keyed = raw_digester(run.code_version, run.mapping_fingerprint, fmt, header)
     container, _, path = run.source.partition("/")
-    chunks = services.storage.read_chunks(container, path, job.start, job.end - job.start)
+    chunks = read_ahead(
+        services.storage.read_chunks(container, path, job.start, job.end - job.start)
+    )
     blocks = raw_blocks(
         chunks,
         offset=job.start,
@@ -101,24 +108,47 @@ def raw_rows(
             _skip_header(block, header)
             header_ahead = False
         digests = digest_records(block, keyed)
-        found = index.partitions(digests) if index is not None else [-1] * len(digests)
-        count, start = len(found), 0
-        while start < count:
-            partition = found[start]
-            if partition >= 0:
-                where = block.offset + block.starts[start]
-                length = block.ends[start] - block.starts[start]
-                raw = digests[start].hex()
-                files[partition].write(matched_piece_line(block.lines[start], raw, where, length))
-                tally.rows_read += 1
-                start += 1
-                continue
-            end = start + 1
-            while end < count and found[end] < 0:
-                end += 1
-            yield from _parsed(block, start, end, digests, fmt, header)
-            start = end
+        if index is None:
+            yield from _parsed(block, 0, len(digests), digests, fmt, header)
+        else:
+            found = index.partitions(digests)
+            yield from _filed_or_parsed(block, digests, found, fmt, header, files, tally)
         progress()
+
+
+def _filed_or_parsed(
+    block: RawBlock,
+    digests: list[bytes],
+    found: np.ndarray,
+    fmt: SourceFormat,
+    header: list[str] | None,
+    files: list[IO[bytes]],
+    tally: SplitResult,
+) -> Iterator[Row]:
+    """Write the block's records the index found to their partition's piece, and yield the
+    others parsed; in source order, a stretch of found or not found records at a time (a
+    partition's piece must keep its rows in source order: the first valid row of an id wins).
+    The piece lines are made for the whole block at once."""
+    import numpy as np
+
+    count = len(digests)
+    if not count:
+        return
+    starts, ends = np.asarray(block.starts), np.asarray(block.ends)
+    raws = np.frombuffer(b"".join(digests).hex().encode(), dtype="S16").tolist()
+    lines = matched_piece_lines(
+        block.lines, raws, (starts + block.offset).tolist(), (ends - starts).tolist()
+    )
+    partitions = found.tolist()
+    missing = found < 0
+    bounds = [0, *(np.flatnonzero(missing[1:] != missing[:-1]) + 1).tolist(), count]
+    for start, end in pairwise(bounds):
+        if missing[start]:
+            yield from _parsed(block, start, end, digests, fmt, header)
+            continue
+        for at in range(start, end):
+            files[partitions[at]].write(lines[at])
+        tally.rows_read += end - start
 
 
 def _skip_header(block: RawBlock, header: list[str] | None) -> None:
@@ -145,6 +175,8 @@ def _parsed(
     """Records start to end (exclusive) of the block, parsed together (with the blank lines
     between them, so line numbers hold); each must be one of the raw records, else the raw
     cut disagrees with the parser and the range is read as rows."""
+    if start == end:  # a block of blank lines
+        return
     text = block.data[block.starts[start] : block.ends[end - 1]] + b"\n"
     reader = RecordReader(open_lines([text], first_line=block.lines[start]), fmt, header=header)
     expected = dict(zip(block.lines[start:end], digests[start:end], strict=True))

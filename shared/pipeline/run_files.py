@@ -142,9 +142,11 @@ def piece_line(
     return b"%d\t%b\t%b\t%b\t%b\n" % (order, id_json, digest.encode(), values_json, raw.encode())
 
 
-def matched_piece_line(order: int, raw: str, offset: int, length: int) -> bytes:
-    """A row filed by its raw digest: where to find its bytes again."""
-    return b"%d\t%b\t%d:%d\n" % (order, raw.encode(), offset, length)
+def matched_piece_lines(
+    orders: list[int], raws: list[bytes], offsets: list[int], lengths: list[int]
+) -> list[bytes]:
+    """Rows filed by their raw digests (hex): where to find each one's bytes again."""
+    return [b"%d\t%b\t%d:%d\n" % row for row in zip(orders, raws, offsets, lengths, strict=True)]
 
 
 def read_rows(text: str) -> Iterator[PieceRow]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.adapters.services import Services
+from shared.adapters.storage import read_ahead
 from shared.core.cdm import CdmEntity, parse_model, read_entity
 from shared.core.definitions import Export, SourceFormat, format_of
 from shared.core.messages import SplitJob
@@ -175,7 +176,9 @@ def range_rows(run: Run, export: Export, job: SplitJob, services: Services) -> I
         entity, files = _cdm_entity(run, export, services, record_files=False)
         return _cdm_rows(entity, files, range(job.split, job.split + 1), services)
     container, _, path = run.source.partition("/")
-    chunks = services.storage.read_chunks(container, path, job.start, job.end - job.start)
+    chunks = read_ahead(
+        services.storage.read_chunks(container, path, job.start, job.end - job.start)
+    )
     lines = open_lines(chunks, first_line=job.first_line)
     if job.split == 0:  # the range that holds the header
         return _file_rows(RecordReader(lines, fmt))
