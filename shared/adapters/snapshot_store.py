@@ -88,7 +88,7 @@ class SnapshotPartWriter(BlobLineWriter):
         super().__init__(storage.container(SNAPSHOTS_CONTAINER), name)
         self._storage, self._index_name = storage, index_name
         self._pending: list[str] = []  # written a few thousand at a time: one join each
-        self._raw: list[str] = []
+        self._raw: list[bytes] = []
 
     def write(self, line: str) -> None:
         """One `snapshot_line` (whose last field is the raw digest)."""
@@ -100,7 +100,14 @@ class SnapshotPartWriter(BlobLineWriter):
         pending, self._pending = self._pending, []
         self.write_lines(pending)
         tails = [line[line.rfind("\t") + 1 :] for line in pending]
-        self._raw.extend(raw for raw in tails if len(raw) == RAW_DIGEST_CHARS)
+        self._raw.append(bytes.fromhex("".join(r for r in tails if len(r) == RAW_DIGEST_CHARS)))
+
+    def write_copies(self, lines: list[str], raws: bytes) -> None:
+        """Lines of the previous snapshot as they are, and their raw digests (8 bytes each, in
+        order: every line has one)."""
+        self._flush()
+        self.write_lines(lines)
+        self._raw.append(raws)
 
     def close(self) -> None:
         self._flush()
@@ -108,7 +115,7 @@ class SnapshotPartWriter(BlobLineWriter):
         self._storage.write_bytes(
             SNAPSHOTS_CONTAINER,
             self._index_name,
-            bytes.fromhex("".join(self._raw)),
+            b"".join(self._raw),
             "application/octet-stream",
         )
 
@@ -135,18 +142,20 @@ class SnapshotStore:
         snapshot: tuple[str, int],
         partition: int,
         partitions: int,
+        *,
+        blob: bytes | None = None,
     ) -> dict[str, str]:
         """Customer id as JSON -> `snapshot_line`, per profile of snapshot (run id, partition
         count) in `partition` of `partitions`: the line as written (an earlier format made
-        this one), so an unchanged profile's entry is copied, not parsed and written again."""
+        this one), so an unchanged profile's entry is copied, not parsed and written again.
+        `blob`: the one old partition's bytes (`part_bytes`), when the caller has read them."""
         run_id, old_count = snapshot
         found: dict[str, str] = {}
         for old in old_partitions_for(partition, partitions, old_count):
-            name = _part_name(export, connection, run_id, old)
-            try:  # a snapshot partition is about the size of the partition its diff holds
-                text = self._storage.read_bytes(SNAPSHOTS_CONTAINER, name).decode()
-            except BlobNotFound:
-                continue
+            if blob is not None and old_count == partitions:
+                text = blob.decode()
+            else:  # a snapshot partition is about the size of the partition its diff holds
+                text = self.part_bytes(export, connection, run_id, old).decode()
             lines = text.split("\n")
             legacy = lines[0].count("\t") != 3  # an earlier format (a blob holds one)
             for line in lines:
@@ -161,6 +170,15 @@ class SnapshotStore:
                 ):
                     found[id_json] = line
         return found
+
+    def part_bytes(self, export: str, connection: str, run_id: str, partition: int) -> bytes:
+        """One partition of a snapshot as stored (empty when it was never written)."""
+        try:
+            return self._storage.read_bytes(
+                SNAPSHOTS_CONTAINER, _part_name(export, connection, run_id, partition)
+            )
+        except BlobNotFound:
+            return b""
 
     def part_writer(
         self, export: str, connection: str, run_id: str, partition: int

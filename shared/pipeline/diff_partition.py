@@ -5,7 +5,10 @@ A partition holds the rows whose customer id hashes to it, so duplicates meet in
 the matching snapshot partition. Memory is bounded by one partition, whatever the segment size.
 Rows are validated here, and only those the snapshot does not show unchanged (their digest,
 `fingerprints.row_digest`, differs from the one it remembers): a delta run validates, builds
-and fingerprints only what changed.
+and fingerprints only what changed. The rows the split filed by their raw digest (the bytes of
+a row the snapshot holds) are taken in bulk: their snapshot lines are found all at once and
+copied, and only the rows in doubt among them (a repeated row, an id another row names, a
+digest the snapshot lacks) go row by row with the rest (`_take_in_bulk`).
 
 Outputs, all in the run's folder:
 - chunk blobs of what to send (`order <TAB> data points <TAB> object`), not queued yet;
@@ -18,12 +21,14 @@ Outputs, all in the run's folder:
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from shared.adapters.services import Services
@@ -44,20 +49,24 @@ from shared.core.partitioning import partition_of
 from shared.core.report import REMOVAL_ORDER, row_position
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run
+from shared.core.snapshot_partition import SnapshotPartition
 from shared.core.source_files import SourceError
 from shared.core.validation import Profile, record_validator, usable_customer_id
 from shared.pipeline.finalize import finish_early
 from shared.pipeline.raw_source import reread
 from shared.pipeline.release import maybe_release
 from shared.pipeline.run_files import (
+    MATCHED_MARK,
     PieceRow,
     batches,
     chunk_blob_name,
     encoded_chunk_line,
+    matched_rows,
     partition_files_loader,
     partition_piece_name,
     partition_rejected_name,
     piece_line,
+    piece_sections,
     read_rows,
     rejection_line,
     snapshot_fallbacks_name,
@@ -107,11 +116,63 @@ def _pieces(run: Run, partition: int, services: Services) -> list[bytes]:
 
 
 def _segment_rows(pieces: list[bytes]) -> Iterator[PieceRow]:
-    """The partition's rows in source order; each piece is let go once read (it empties
-    `pieces`)."""
+    """The partition's rows in source order, the matched records among them as rows; each
+    piece is let go once read (it empties `pieces`)."""
     pieces.reverse()
     while pieces:
-        yield from read_rows(pieces.pop().decode())
+        text, records = piece_sections(pieces.pop())
+        yield from heapq.merge(read_rows(text), matched_rows(records), key=itemgetter(0))
+
+
+class _Bulk(NamedTuple):
+    """The profiles taken in bulk: their snapshot lines, copied as they are, and those lines'
+    raw digests (8 bytes each, in order) and customer ids as JSON."""
+
+    lines: list[str]
+    raws: bytes
+    ids: list[str]
+
+
+_NO_BULK = _Bulk([], b"", [])
+
+
+def _take_in_bulk(
+    partition: SnapshotPartition, pieces: list[bytes]
+) -> tuple[list[PieceRow], _Previous, _Bulk] | None:
+    """The matched records whose snapshot line stands as it is, found all at once; what is
+    left for the row by row path (the text rows and the matched records in doubt, in source
+    order, and the snapshot lines not taken); None when a piece holds matched rows as text
+    (written by an earlier version: their ids are unknown until looked up one by one).
+
+    A record is in doubt when the snapshot lacks its digest, when another record has the same
+    digest (a repeated row: the first counts, the next is a duplicate), or when a text row
+    names the customer id of its line (the row first in the file counts): the row by row path
+    settles these as it settles any row."""
+    import numpy as np
+
+    sections = [piece_sections(piece) for piece in pieces]
+    text_rows = [row for text, _ in sections for row in read_rows(text)]
+    if any(not id_json for _, id_json, *_ in text_rows):
+        return None
+    records = np.concatenate([records for _, records in sections])
+    found = partition.find(records["raw"].astype(np.uint64))
+    lines, seen = np.unique(found[found >= 0], return_counts=True)
+    doubt = lines[seen > 1].tolist()
+    named = (partition.position.get(id_json) for _, id_json, *_ in text_rows)
+    doubt += [line for line in named if line is not None]
+    in_doubt = (found < 0) | np.isin(found, doubt)
+    taken = np.sort(found[~in_doubt])
+    rows = list(heapq.merge(text_rows, matched_rows(records[in_doubt]), key=itemgetter(0)))
+    left = np.ones(len(partition), dtype=bool)
+    left[taken] = False
+    old = {partition.ids[q]: partition.lines[q] for q in np.flatnonzero(left).tolist()}
+    taken_lines = taken.tolist()
+    bulk = _Bulk(
+        [partition.lines[q] for q in taken_lines],
+        partition.raws[taken].astype(">u8").tobytes(),
+        [partition.ids[q] for q in taken_lines],
+    )
+    return rows, old, bulk
 
 
 # A customer in the segment: (order, row digest, object, raw digest) of the row that counts;
@@ -177,15 +238,30 @@ def _diff(
     export = definitions.export(run.export_name)
     counts = PartitionResult(job.partition)  # filled in by each phase
     with ThreadPoolExecutor(1, thread_name_prefix="pieces") as ahead:
-        pieces = ahead.submit(_pieces, run, job.partition, services)  # while the snapshot loads
-        old = _previous_profiles(run, export, job, services)
-        members = _collect_members(run, export, job, old, pieces.result(), services, counts)
+        fetched = ahead.submit(_pieces, run, job.partition, services)  # while the snapshot loads
+        blob = _previous_blob(run, export, job, services)
+        pieces = fetched.result()
+    taken = None
+    if blob and _trusts_digests(run) and any(MATCHED_MARK in piece for piece in pieces):
+        partition = SnapshotPartition(blob)
+        if partition.lines and partition.lines[0].count("\t") == 3:  # the current format
+            taken = _take_in_bulk(partition, pieces)
+    if taken is None:
+        old = _previous_profiles(run, export, job, services, blob)
+        rows: Iterable[PieceRow] = _segment_rows(pieces)
+        bulk = _NO_BULK
+    else:
+        rows, old, bulk = taken
+    del blob
+    members = _collect_members(run, export, job, old, rows, services, counts)
     lines = _SnapshotLines(
         services.storage.line_writer(
             RUNS_CONTAINER, snapshot_fallbacks_name(run.run_id, job.partition)
         ),
         services.snapshots.part_writer(export.name, run.connection, run.run_id, job.partition),
     )
+    lines.snapshot.write_copies(bulk.lines, bulk.raws)
+    counts.unchanged += len(bulk.lines)
     sends = _compare(run, export, members, old, lines, counts)
     sends += _removals(run, export, job, members, old, lines, counts)
     chunks = batches(sends, export.chunk_size)
@@ -200,7 +276,10 @@ def _diff(
         ]
     )
     chunk_rows = [len(chunk) for chunk in chunks]
-    examples = _array_cap_check(run, export, definitions, members.profiles, job, services, counts)
+    member_ids: Collection[str] = members.profiles.keys()
+    if bulk.ids and export.membership == "array":
+        member_ids = member_ids | set(bulk.ids)
+    examples = _array_cap_check(run, export, definitions, member_ids, job, services, counts)
     if examples:  # the ids go to the run's report (a private blob), never to the logs
         log.warning(
             "run %s partition %d: %d profiles would pass the array cap of %s; the report "
@@ -220,11 +299,11 @@ def _collect_members(
     export: Export,
     job: PartitionJob,
     old: _Previous,
-    pieces: list[bytes],
+    rows: Iterable[PieceRow],
     services: Services,
     counts: PartitionResult,
 ) -> _Members:
-    """Read the partition's rows (`pieces`) in source order and validate those that need it.
+    """Read the partition's rows in source order and validate those that need it.
 
     A row whose digest is the one the snapshot remembers for its id is the row Braze already
     holds: valid, unchanged, not validated again (unless the run sends everything anyway). Any
@@ -239,7 +318,7 @@ def _collect_members(
     mapping = export.mapping
     validate = record_validator(mapping)
     same_code = run.code_version == code_digest()  # else the digests may not mean the same
-    trust_digests = same_code and not run.full_refresh_reason
+    trust_digests = _trusts_digests(run)
     rejected = services.storage.line_writer(
         RUNS_CONTAINER, partition_rejected_name(run.run_id, job.partition)
     )
@@ -247,7 +326,7 @@ def _collect_members(
     # A CSV row's values (CDM's too) are strings: only JSON Lines records can hold numbers.
     read_values = loads if source_format(run, export) == "jsonl" else jsonlines.loads_strings
     raw_ids: dict[str, str] | None = None  # raw digest -> customer id as JSON, when needed
-    for row in _segment_rows(pieces):
+    for row in rows:
         order, id_json, digest, values_json, raw = row
         if not id_json:  # filed by its raw digest
             if raw_ids is None:
@@ -318,15 +397,32 @@ def _reread(
     return next(read_rows(piece_line(order, customer_id, digest, values, raw).decode()))
 
 
+def _trusts_digests(run: Run) -> bool:
+    """Whether a digest the snapshot remembers means what it meant to this run: the same code
+    wrote it, and the run is no full refresh."""
+    return run.code_version == code_digest() and not run.full_refresh_reason
+
+
+def _previous_blob(run: Run, export: Export, job: PartitionJob, services: Services) -> bytes | None:
+    """The previous snapshot's partition as stored, when it is this partition's (the same
+    partition count); empty when it has no profiles."""
+    if not run.previous_snapshot or run.previous_partitions != job.partitions:
+        return None
+    return services.snapshots.part_bytes(
+        export.name, run.connection, run.previous_snapshot, job.partition
+    )
+
+
 def _previous_profiles(
-    run: Run, export: Export, job: PartitionJob, services: Services
+    run: Run, export: Export, job: PartitionJob, services: Services, blob: bytes | None
 ) -> _Previous:
-    """What the snapshot the run diffs against holds for this partition's ids."""
+    """What the snapshot the run diffs against holds for this partition's ids (`blob`: its
+    partition as stored, when already read)."""
     if not run.previous_snapshot:
         return {}
     snapshot = (run.previous_snapshot, run.previous_partitions)
     return services.snapshots.entry_lines(
-        export.name, run.connection, snapshot, job.partition, job.partitions
+        export.name, run.connection, snapshot, job.partition, job.partitions, blob=blob
     )
 
 

@@ -28,7 +28,7 @@ from shared.core.record_index import RecordIndex
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, SplitResult
 from shared.core.source_files import MAX_RECORD_BYTES, RecordReader, SourceError, open_lines
-from shared.pipeline.run_files import matched_piece_lines, splits_blob_name
+from shared.pipeline.run_files import matched_record_type, splits_blob_name
 from shared.pipeline.run_source import Row, code_digest, source_format
 
 if TYPE_CHECKING:
@@ -80,14 +80,15 @@ def raw_rows(
     export: Export,
     job: SplitJob,
     index: RecordIndex | None,
-    files: list[IO[bytes]],
+    matched: list[IO[bytes]],
     tally: SplitResult,
     services: Services,
     progress: Callable[[], None],
 ) -> Iterator[Row]:
-    """Write the range's records the index holds to their partition's piece (`files`), and
-    yield the others as rows, each with its raw digest. Raises RawPathUnsafe when the range
-    must be read as rows instead (nothing of this attempt is kept then)."""
+    """Write the range's records the index holds to their partition's matched records
+    (`matched`, `run_files`), and yield the others as rows, each with its raw digest. Raises
+    RawPathUnsafe when the range must be read as rows instead (nothing of this attempt is kept
+    then)."""
     fmt = source_format(run, export)
     header = planned_header(run, fmt, services)
     keyed = raw_digester(run.code_version, run.mapping_fingerprint, fmt, header)
@@ -112,7 +113,7 @@ def raw_rows(
             yield from _parsed(block, 0, len(digests), digests, fmt, header)
         else:
             found = index.partitions(digests)
-            yield from _filed_or_parsed(block, digests, found, fmt, header, files, tally)
+            yield from _filed_or_parsed(block, digests, found, fmt, header, matched, tally)
         progress()
 
 
@@ -122,33 +123,37 @@ def _filed_or_parsed(
     found: np.ndarray,
     fmt: SourceFormat,
     header: list[str] | None,
-    files: list[IO[bytes]],
+    matched: list[IO[bytes]],
     tally: SplitResult,
 ) -> Iterator[Row]:
-    """Write the block's records the index found to their partition's piece, and yield the
-    others parsed; in source order, a stretch of found or not found records at a time (a
-    partition's piece must keep its rows in source order: the first valid row of an id wins).
-    The piece lines are made for the whole block at once."""
+    """Write the block's records the index found to their partition's matched records, all at
+    once, and yield the others parsed, a stretch of consecutive ones at a time. The records
+    carry their order: the diff puts them back in source order where that matters."""
     import numpy as np
 
     count = len(digests)
     if not count:
         return
-    starts, ends = np.asarray(block.starts), np.asarray(block.ends)
-    raws = np.frombuffer(b"".join(digests).hex().encode(), dtype="S16").tolist()
-    lines = matched_piece_lines(
-        block.lines, raws, (starts + block.offset).tolist(), (ends - starts).tolist()
-    )
-    partitions = found.tolist()
+    hits = np.flatnonzero(found >= 0)
+    if len(hits):
+        starts = np.asarray(block.starts)[hits]
+        records = np.empty(len(hits), matched_record_type())
+        records["order"] = np.asarray(block.lines)[hits]
+        records["offset"] = starts + block.offset
+        records["length"] = np.asarray(block.ends)[hits] - starts
+        records["raw"] = np.frombuffer(b"".join(digests), ">u8")[hits]
+        partitions = found[hits]
+        by_partition = np.argsort(partitions, kind="stable")  # source order within each
+        records, partitions = records[by_partition], partitions[by_partition]
+        cuts = (np.flatnonzero(partitions[1:] != partitions[:-1]) + 1).tolist()
+        for start, end in pairwise([0, *cuts, len(hits)]):
+            matched[int(partitions[start])].write(records[start:end].tobytes())
+        tally.rows_read += len(hits)
     missing = found < 0
     bounds = [0, *(np.flatnonzero(missing[1:] != missing[:-1]) + 1).tolist(), count]
     for start, end in pairwise(bounds):
         if missing[start]:
             yield from _parsed(block, start, end, digests, fmt, header)
-            continue
-        for at in range(start, end):
-            files[partitions[at]].write(lines[at])
-        tally.rows_read += end - start
 
 
 def _skip_header(block: RawBlock, header: list[str] | None) -> None:

@@ -8,7 +8,7 @@ import functools
 import json
 from collections.abc import Callable, Iterator
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -19,6 +19,9 @@ from shared.core.fingerprints import data_points
 from shared.core.jsonlines import has_non_finite
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.source_files import open_lines
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Where each file lives: every name is under the run's prefix.
 
@@ -117,12 +120,40 @@ def rejected_blob_name(run_id: str) -> str:
 # an unchanged profile of a delta run is never validated, converted or fingerprinted again.
 #
 # A row whose bytes are those of a row the snapshot holds (`raw_records`) is not even parsed:
-# its line is `order, raw digest, offset:length` (where its bytes are in the source file, to
-# read it again if the diff cannot take it as it is).
+# it is a fixed-size binary record after the text, behind a NUL byte (which no text line holds:
+# JSON escapes it): its order, where its bytes are in the source file (to read it again if the
+# diff cannot take it as it is) and its raw digest. The diff takes these records in bulk.
+# (A piece written before that has the line `order, raw digest, offset:length` instead.)
+MATCHED_MARK = b"\x00"
 
 # A piece row: (order, customer id as JSON, row digest, the row's values as JSON, raw digest);
 # for a row filed by its raw digest: (order, "", "", "offset:length", raw digest).
 PieceRow = tuple[int, str, str, str, str]
+
+
+def matched_record_type() -> np.dtype:
+    """A matched record: order, offset and length in the source file, raw digest."""
+    import numpy as np
+
+    return np.dtype([("order", "<i8"), ("offset", "<i8"), ("length", "<i8"), ("raw", ">u8")])
+
+
+def piece_sections(piece: bytes) -> tuple[str, np.ndarray]:
+    """A piece's text rows, and its matched records (`matched_record_type`)."""
+    import numpy as np
+
+    mark = piece.find(MATCHED_MARK)
+    if mark < 0:
+        return piece.decode(), np.zeros(0, matched_record_type())
+    return piece[:mark].decode(), np.frombuffer(piece, matched_record_type(), offset=mark + 1)
+
+
+def matched_rows(records: np.ndarray) -> list[PieceRow]:
+    """Matched records as piece rows (for the diff's row by row path)."""
+    return [
+        (order, "", "", f"{offset}:{length}", f"{raw:016x}")
+        for order, offset, length, raw in records.tolist()
+    ]
 
 
 def piece_line(
@@ -140,13 +171,6 @@ def piece_line(
     if not exact:
         id_json, values_json = jsonlines.dumpb(customer_id), jsonlines.dumpb(values)
     return b"%d\t%b\t%b\t%b\t%b\n" % (order, id_json, digest.encode(), values_json, raw.encode())
-
-
-def matched_piece_lines(
-    orders: list[int], raws: list[bytes], offsets: list[int], lengths: list[int]
-) -> list[bytes]:
-    """Rows filed by their raw digests (hex): where to find each one's bytes again."""
-    return [b"%d\t%b\t%d:%d\n" % row for row in zip(orders, raws, offsets, lengths, strict=True)]
 
 
 def read_rows(text: str) -> Iterator[PieceRow]:

@@ -25,6 +25,7 @@ from shared.core.validation import usable_customer_id, validate_record
 from shared.pipeline.finalize import finish_early
 from shared.pipeline.raw_source import raw_rows, reads_raw, record_index
 from shared.pipeline.run_files import (
+    MATCHED_MARK,
     partition_piece_name,
     piece_line,
     plan_rejected_name,
@@ -65,7 +66,7 @@ def split_and_record(
 ) -> None:
     result = SplitResult(job.split)
     try:
-        _split(run, export, job, lambda files, tally: rows, result, services)
+        _split(run, export, job, lambda matched, tally: rows, result, services)
     except PLANNING_ERRORS as error:
         _fail_split(run, job, result, error, services)
         return
@@ -78,7 +79,7 @@ def _split_raw(run: Run, export: Export, job: SplitJob, services: Services) -> b
     result = SplitResult(job.split)
     index = record_index(run, export, job, services)
 
-    def read(files: list[IO[bytes]], tally: SplitResult) -> Iterator[Row]:
+    def read(matched: list[IO[bytes]], tally: SplitResult) -> Iterator[Row]:
         saved = [0]
 
         def progress() -> None:
@@ -86,7 +87,7 @@ def _split_raw(run: Run, export: Export, job: SplitJob, services: Services) -> b
                 saved[0] = tally.rows_read
                 services.runs.save_split_progress(run.run_id, job.split, tally.rows_read)
 
-        return raw_rows(run, export, job, index, files, tally, services, progress)
+        return raw_rows(run, export, job, index, matched, tally, services, progress)
 
     try:
         _split(run, export, job, read, result, services)
@@ -173,10 +174,10 @@ def _split(
 
     Rows go to local temporary files first (bounded memory whatever the partition count), then
     each file is uploaded as this split's piece of the partition (`run_files`). `read` gives
-    the rows, and may file rows itself (those the snapshot holds byte for byte, `raw_source`);
-    nothing is uploaded when it raises. Validation waits for the diff, which skips the rows the
-    snapshot shows unchanged; a row whose id itself is unusable cannot be filed by id, so it is
-    validated and rejected here with every reason.
+    the rows, and may file rows itself as matched records (those the snapshot holds byte for
+    byte, `raw_source`); nothing is uploaded when it raises. Validation waits for the diff,
+    which skips the rows the snapshot shows unchanged; a row whose id itself is unusable cannot
+    be filed by id, so it is validated and rejected here with every reason.
     """
     count = tally.partitions = job.partitions
     mapping = export.mapping
@@ -188,9 +189,11 @@ def _split(
     rejected = storage.line_writer(RUNS_CONTAINER, tally.rejected_blob)
     with tempfile.TemporaryDirectory(prefix="plan-") as directory:
         paths = [Path(directory, f"{p:04d}.tsv") for p in range(count)]
+        matched_paths = [Path(directory, f"{p:04d}.matched") for p in range(count)]
         files = [path.open("wb") for path in paths]
+        matched = [path.open("wb") for path in matched_paths]
         try:
-            for row in read(files, tally):
+            for row in read(matched, tally):
                 tally.rows_read += 1
                 if tally.rows_read % PROGRESS_EVERY == 0:
                     # Shows progress, and tells the stalled-run sweep that planning is alive.
@@ -213,18 +216,29 @@ def _split(
                     piece_line(row.order, customer_id, digest, values, row.raw)
                 )
         finally:
-            for file in files:
+            for file in files + matched:
                 file.close()
             rejected.close()  # a failed run still reports the rows rejected before the failure
         storage.in_parallel(
-            partial(_upload_piece, storage, path, partition_piece_name(run.run_id, p, job.split))
+            partial(
+                _upload_piece,
+                storage,
+                (path, matched_paths[p]),
+                partition_piece_name(run.run_id, p, job.split),
+            )
             for p, path in enumerate(paths)
         )
 
 
-def _upload_piece(storage: Storage, path: Path, name: str) -> None:
-    with path.open("rb") as data:
-        storage.write_bytes(RUNS_CONTAINER, name, data, "text/tab-separated-values; charset=utf-8")
+def _upload_piece(storage: Storage, paths: tuple[Path, Path], name: str) -> None:
+    """A piece: its text rows, then its matched records behind `MATCHED_MARK` (if any)."""
+    text, matched = paths
+    with text.open("rb") as rows, matched.open("rb") as records:
+        if matched.stat().st_size:  # a delta's piece: its text rows are few
+            data: bytes | IO[bytes] = rows.read() + MATCHED_MARK + records.read()
+        else:
+            data = rows
+        storage.write_bytes(RUNS_CONTAINER, name, data, "application/octet-stream")
 
 
 def fail_split(job: SplitJob, error: BaseException, services: Services) -> None:

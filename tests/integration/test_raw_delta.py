@@ -16,7 +16,7 @@ import pytest
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
 from shared.core.runs import Run
 from shared.pipeline import diff_partition, raw_source
-from shared.pipeline.run_files import partition_piece_name
+from shared.pipeline.run_files import partition_piece_name, piece_sections
 from tests.integration.conftest import App, export_definition, run_in_process
 
 HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
@@ -55,12 +55,13 @@ def _sent(app: App) -> dict[str, dict[str, Any]]:
 
 
 def _filed_by_bytes(app: App, run: Run) -> int:
-    """Rows of the run's pieces filed by their raw digest (`order, raw digest, offset:length`)."""
+    """Rows of the run's pieces filed by their raw digest (matched records)."""
     count = 0
     for partition in range(run.partitions):
         for split in range(run.splits):
-            text = app.blob_text(partition_piece_name(run.run_id, partition, split))
-            count += sum(1 for line in text.split("\n") if line.count("\t") == 2)
+            name = partition_piece_name(run.run_id, partition, split)
+            _, records = piece_sections(app.services.storage.read_bytes("export-runs", name))
+            count += len(records)
     return count
 
 
@@ -260,3 +261,132 @@ def test_a_snapshot_too_large_to_hold_as_an_index_has_its_rows_parsed(
 
     assert _filed_by_bytes(split_app, again) == 0
     assert list(_sent(split_app)) == ["raw-00003"] and again.profiles_unchanged == 999
+
+
+def _snapshot_entries(app: App, export: str) -> dict[str, str]:
+    """Every profile of the export's current snapshot: customer id as JSON -> its line."""
+    manifest = app.services.snapshots.current(export, "sandbox")
+    assert manifest is not None
+    entries: dict[str, str] = {}
+    for partition in range(manifest.partitions):
+        entries |= app.services.snapshots.entry_lines(
+            export,
+            "sandbox",
+            (manifest.run_id, manifest.partitions),
+            partition,
+            manifest.partitions,
+        )
+    return entries
+
+
+def _raw_index(app: App, export: str) -> list[list[bytes]]:
+    """Each partition's raw digests in the export's current snapshot index, sorted."""
+    manifest = app.services.snapshots.current(export, "sandbox")
+    assert manifest is not None
+    index = []
+    for partition in range(manifest.partitions):
+        name = f"{export}/sandbox/{manifest.run_id}/part-{partition:04d}.raw"
+        data = app.services.storage.read_bytes(SNAPSHOTS_CONTAINER, name)
+        index.append(sorted(data[i : i + 8] for i in range(0, len(data), 8)))
+    return index
+
+
+def test_rows_taken_in_bulk_give_what_the_row_by_row_path_gives(
+    split_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two exports of the same segment and file, one diffed with the matched records taken in
+    bulk and one row by row (`_take_in_bulk` switched off): the same profiles sent, the same
+    counts, the same rejected rows (duplicates with their objects) and the same snapshot, for a
+    delta full of the cases the bulk path must leave to the row by row one: repeated rows in
+    the same range and ranges apart, a changed row before and after an unchanged row of its
+    id, an invalid row before an unchanged one, a changed row naming the first line of a
+    snapshot partition, and a row the snapshot lacks."""
+    definitions = [
+        export_definition(name, f"raw/{name}.csv", "Raw bulk", chunk_size=500)
+        for name in ("raw-bulk", "raw-rows")
+    ]
+    split_app.define(definitions)
+    rows = [_row(n) for n in range(3_000)]
+    for name in ("raw-bulk", "raw-rows"):
+        split_app.upload(f"raw/{name}.csv", _csv(rows))
+        run_in_process(split_app, name)
+    manifest = split_app.services.snapshots.current("raw-bulk", "sandbox")
+    assert manifest is not None
+    first_lines = split_app.services.snapshots.part_bytes(
+        "raw-bulk", "sandbox", manifest.run_id, 0
+    ).split(b"\t", 1)[0]
+    first_of_partition = json.loads(first_lines)  # the snapshot's line 0 of partition 0
+
+    line_0 = int(first_of_partition.removeprefix("raw-"))
+    before = {  # rows put in before the row at that index
+        0: dict(rows[line_0], FirstName="Renamed at line 0"),  # changed, before its own row
+        5: dict(rows[1_200], LoyaltyPoints="99"),  # changed, before its own row
+        7: dict(rows[1_600], Email="not an email"),  # invalid, before its own row
+        20: dict(rows[20]),  # the same bytes twice in a row
+    }
+    changed = []
+    for n, row in enumerate(rows):
+        if n in before:
+            changed.append(before[n])
+        if row["CustomerId"] not in {"raw-00100", "raw-02222"}:  # leaving
+            changed.append(dict(row, Note='changed, "quoted"\nand multi-line') if n == 10 else row)
+    changed.append(dict(rows[1_400], LoyaltyPoints="98"))  # changed, after its own row
+    changed.append(dict(rows[2_500]))  # the same bytes ranges apart
+    changed.append(_row(7_000))  # new
+    outcomes = {}
+    bulk_calls: list[bool] = []
+    take_in_bulk = diff_partition._take_in_bulk
+
+    def counted(*args: Any) -> Any:
+        taken = take_in_bulk(*args)
+        bulk_calls.append(taken is not None)
+        return taken
+
+    for name in ("raw-bulk", "raw-rows"):
+        monkeypatch.setattr(
+            diff_partition, "_take_in_bulk", counted if name == "raw-bulk" else lambda *a: None
+        )
+        split_app.upload(f"raw/{name}.csv", _csv(changed))
+        split_app.mark_sandbox_requests()
+        run = run_in_process(split_app, name)
+        outcomes[name] = (
+            _sent(split_app),
+            {
+                key: getattr(run, key)
+                for key in (
+                    "rows_read",
+                    "rows_valid",
+                    "rows_rejected",
+                    "profiles_new",
+                    "profiles_changed",
+                    "profiles_unchanged",
+                    "profiles_removed",
+                    "profiles_accepted",
+                )
+            },
+            _rejected(split_app, run),
+            _snapshot_entries(split_app, name),
+            _raw_index(split_app, name),
+        )
+    assert bulk_calls and all(bulk_calls)
+    bulk, row_by_row = outcomes["raw-bulk"], outcomes["raw-rows"]
+    assert bulk[0] == row_by_row[0]
+    assert set(bulk[0]) == {
+        first_of_partition,
+        "raw-00010",
+        "raw-01200",
+        "raw-00100",
+        "raw-02222",
+        "raw-07000",
+    }
+    assert bulk[0]["raw-01200"] == {"external_id": "raw-01200", "loyalty_points": 99}
+    assert bulk[1] == row_by_row[1]
+    assert bulk[1]["profiles_unchanged"] == 3_000 - 2 - 3
+    assert bulk[2] == row_by_row[2]
+    codes = sorted(r["codes"][0] for r in bulk[2])
+    assert codes == ["duplicate_customer_id"] * 5 + ["email_invalid"]
+    assert bulk[3] == row_by_row[3]
+    assert len(bulk[3]) == 3_000 - 2 + 1
+    # The index the next run looks rows up in: the same digests, one per profile.
+    assert bulk[4] == row_by_row[4]
+    assert sum(len(digests) for digests in bulk[4]) == 3_000 - 2 + 1
