@@ -125,6 +125,9 @@ class SnapshotStore:
 
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
+        # The last index loaded, by (export, connection, run id, partitions): a run's split jobs
+        # look rows up in the same one, and a snapshot's index never changes once current.
+        self._last_index: tuple[tuple[str, str, str, int], RecordIndex] | None = None
 
     def current(self, export: str, connection: str) -> Manifest | None:
         name = _prefix(export, connection) + "current.json"
@@ -196,11 +199,17 @@ class SnapshotStore:
         """The raw digests of every profile of snapshot (run id, partition count), or None
         when a partition has none (written before raw digests)."""
         run_id, partitions = snapshot
+        key = (export, connection, run_id, partitions)
+        last = self._last_index
+        if last is not None and last[0] == key:
+            return last[1]
         names = [_index_name(export, connection, run_id, p) for p in range(partitions)]
         try:
-            return RecordIndex(list(self._storage.read_many(SNAPSHOTS_CONTAINER, names)))
+            index = RecordIndex(list(self._storage.read_many(SNAPSHOTS_CONTAINER, names)))
         except BlobNotFound:
             return None
+        self._last_index = (key, index)
+        return index
 
     def part_lines(self, export: str, connection: str, run_id: str, partition: int) -> list[str]:
         """The lines of one partition a run wrote (read whole: about one partition's size)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.storage import Storage
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
 from shared.core.runs import Run
 from shared.pipeline import diff_partition, raw_source
@@ -390,3 +391,29 @@ def test_rows_taken_in_bulk_give_what_the_row_by_row_path_gives(
     # The index the next run looks rows up in: the same digests, one per profile.
     assert bulk[4] == row_by_row[4]
     assert sum(len(digests) for digests in bulk[4]) == 3_000 - 2 + 1
+
+
+def test_a_runs_split_jobs_load_the_snapshot_index_once_per_process(
+    split_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each split job looks its records up in the whole index: a worker loads it once per
+    snapshot, not once per job (the next snapshot's index is loaded afresh)."""
+    path = _define(split_app, "raw-once")
+    rows = [_row(n) for n in range(2_000)]
+    split_app.upload(path, _csv(rows))
+    run_in_process(split_app, "raw-once")
+    loads: list[str] = []
+    read_many = Storage.read_many
+
+    def counted(storage: Storage, container: str, names: Any) -> Any:
+        if container == SNAPSHOTS_CONTAINER:
+            loads.append(names[0])
+        return read_many(storage, container, names)
+
+    monkeypatch.setattr(Storage, "read_many", counted)
+    for n in (3, 4):
+        rows[n]["FirstName"] = f"Changed {n}"
+        split_app.upload(path, _csv(rows))
+        second = run_in_process(split_app, "raw-once")
+        assert second.splits >= 5 and second.profiles_changed == 1
+    assert len(loads) == 2 and loads[0] != loads[1]  # one per snapshot
