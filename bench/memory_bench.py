@@ -82,6 +82,7 @@ def measure(profiles: int, workdir: Path) -> dict[str, object]:
         document["exports"][0]["name"] = "bench"
         definitions.write_text(json.dumps(document))
         env = {
+            "MALLOC_ARENA_MAX": "2",  # as infra/app/api.bicep sets it in Azure
             **os.environ,
             "AzureWebJobsStorage": azurite.connection_string,
             "EXPORT_DEFINITIONS_PATH": str(definitions),

@@ -62,7 +62,7 @@ def raw_blocks(
     """The records of a byte range (starting at a record start), a downloaded chunk's worth at
     a time; a record longer than `limit` bytes or a quote never closed raises RawPathUnsafe."""
     pending, base, line = b"", offset, first_line
-    for chunk in chunks:
+    for chunk in _at_most(chunks, BLOCK_BYTES):
         data = pending + chunk if pending else chunk
         cut = data.rfind(b"\n") + 1
         if cut == 0:
@@ -81,6 +81,21 @@ def raw_blocks(
         if kept < len(pending):
             raise RawPathUnsafe(f"the quote opened on line {line} is never closed")
         yield RawBlock(pending, block.offset, block.lines, block.starts, block.ends)
+
+
+BLOCK_BYTES = 4 << 20  # a download's first piece may be 32 MiB: numpy's passes over it would
+# hold several times that at once
+
+
+def _at_most(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The chunks, a long one in pieces of `size` bytes."""
+    for chunk in chunks:
+        if len(chunk) <= size:
+            yield chunk
+            continue
+        view = memoryview(chunk)
+        for start in range(0, len(chunk), size):
+            yield bytes(view[start : start + size])
 
 
 def _records(

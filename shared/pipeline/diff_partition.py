@@ -61,6 +61,7 @@ from shared.pipeline.run_files import (
     batches,
     chunk_blob_name,
     encoded_chunk_line,
+    matched_records,
     matched_rows,
     partition_files_loader,
     partition_piece_name,
@@ -120,7 +121,8 @@ def _segment_rows(pieces: list[bytes]) -> Iterator[PieceRow]:
     piece is let go once read (it empties `pieces`)."""
     pieces.reverse()
     while pieces:
-        text, records = piece_sections(pieces.pop())
+        text, matched = piece_sections(pieces.pop())
+        records = matched_records(matched) if matched else None  # numpy only for a delta
         yield from heapq.merge(read_rows(text), matched_rows(records), key=itemgetter(0))
 
 
@@ -154,7 +156,7 @@ def _take_in_bulk(
     text_rows = [row for text, _ in sections for row in read_rows(text)]
     if any(not id_json for _, id_json, *_ in text_rows):
         return None
-    records = np.concatenate([records for _, records in sections])
+    records = matched_records(b"".join(matched for _, matched in sections))
     found = partition.find(records["raw"].astype(np.uint64))
     lines, seen = np.unique(found[found >= 0], return_counts=True)
     doubt = lines[seen > 1].tolist()

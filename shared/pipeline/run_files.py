@@ -138,18 +138,25 @@ def matched_record_type() -> np.dtype:
     return np.dtype([("order", "<i8"), ("offset", "<i8"), ("length", "<i8"), ("raw", ">u8")])
 
 
-def piece_sections(piece: bytes) -> tuple[str, np.ndarray]:
-    """A piece's text rows, and its matched records (`matched_record_type`)."""
-    import numpy as np
-
+def piece_sections(piece: bytes) -> tuple[str, bytes]:
+    """A piece's text rows, and the bytes of its matched records (`matched_records`)."""
     mark = piece.find(MATCHED_MARK)
     if mark < 0:
-        return piece.decode(), np.zeros(0, matched_record_type())
-    return piece[:mark].decode(), np.frombuffer(piece, matched_record_type(), offset=mark + 1)
+        return piece.decode(), b""
+    return piece[:mark].decode(), piece[mark + 1 :]
 
 
-def matched_rows(records: np.ndarray) -> list[PieceRow]:
+def matched_records(data: bytes) -> np.ndarray:
+    """Matched records (`matched_record_type`) from their bytes."""
+    import numpy as np
+
+    return np.frombuffer(data, matched_record_type())
+
+
+def matched_rows(records: np.ndarray | None) -> list[PieceRow]:
     """Matched records as piece rows (for the diff's row by row path)."""
+    if records is None:
+        return []
     return [
         (order, "", "", f"{offset}:{length}", f"{raw:016x}")
         for order, offset, length, raw in records.tolist()

@@ -11,6 +11,7 @@ from hashlib import blake2b
 
 import pytest
 
+from shared.core import raw_records
 from shared.core.raw_records import RawPathUnsafe, digest_records, raw_blocks, raw_digester
 from shared.core.record_index import RecordIndex
 
@@ -51,6 +52,17 @@ def test_records_are_the_csv_modules_records_whatever_the_chunks(size: int) -> N
     assert [line for line, _, _ in records] == [7, 8, 10, 14, 16, 18]
     for _, offset, record in records:
         assert MESSY_CSV[offset - 100 : offset - 100 + len(record)] == record
+
+
+@pytest.mark.parametrize("block", [1, 5, 64])
+def test_a_long_download_piece_is_cut_in_blocks_with_the_same_records(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download's first piece may be 32 MiB: it is cut into blocks (4 MiB, here a few
+    bytes), whatever the records, and gives what small pieces give."""
+    expected = _records(MESSY_CSV, 10_000)
+    monkeypatch.setattr(raw_records, "BLOCK_BYTES", block)
+    assert _records(MESSY_CSV, len(MESSY_CSV)) == expected
 
 
 def test_a_range_without_a_final_line_break_ends_with_its_last_record() -> None:

@@ -17,7 +17,7 @@ from shared.adapters.storage import Storage
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
 from shared.core.runs import Run
 from shared.pipeline import diff_partition, raw_source
-from shared.pipeline.run_files import partition_piece_name, piece_sections
+from shared.pipeline.run_files import matched_records, partition_piece_name, piece_sections
 from tests.integration.conftest import App, export_definition, run_in_process
 
 HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
@@ -61,8 +61,8 @@ def _filed_by_bytes(app: App, run: Run) -> int:
     for partition in range(run.partitions):
         for split in range(run.splits):
             name = partition_piece_name(run.run_id, partition, split)
-            _, records = piece_sections(app.services.storage.read_bytes("export-runs", name))
-            count += len(records)
+            _, matched = piece_sections(app.services.storage.read_bytes("export-runs", name))
+            count += len(matched_records(matched))
     return count
 
 
