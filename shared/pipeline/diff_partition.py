@@ -144,7 +144,8 @@ def _take_in_bulk(
     """The matched records whose snapshot line stands as it is, found all at once; what is
     left for the row by row path (the text rows and the matched records in doubt, in source
     order, and the snapshot lines not taken); None when a piece holds matched rows as text
-    (written by an earlier version: their ids are unknown until looked up one by one).
+    (written by an earlier version: their ids are unknown until looked up one by one) or when
+    the snapshot holds an id twice (the row by row path keeps one line per id).
 
     A record is in doubt when the snapshot lacks its digest, when another record has the same
     digest (a repeated row: the first counts, the next is a duplicate), or when a text row
@@ -152,6 +153,8 @@ def _take_in_bulk(
     settles these as it settles any row."""
     import numpy as np
 
+    if len(partition.position) != len(partition):
+        return None
     sections = [piece_sections(piece) for piece in pieces]
     text_rows = [row for text, _ in sections for row in read_rows(text)]
     if any(not id_json for _, id_json, *_ in text_rows):

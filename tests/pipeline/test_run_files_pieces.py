@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from shared.core import jsonlines
-from shared.pipeline.run_files import piece_line, read_rows
+from shared.core.snapshot_partition import SnapshotPartition
+from shared.pipeline import diff_partition
+from shared.pipeline.run_files import MATCHED_MARK, matched_record_type, piece_line, read_rows
 
 MESSY_ROWS = [
     {"CustomerId": "c-1", "Note": 'says "hi", twice\nand\ttabs', "Name": "Zoë 李 🎉"},
@@ -33,3 +36,17 @@ def test_a_piece_row_reads_back_as_the_standard_library_writes_and_reads_it(
     read = jsonlines.loads(values_json)
     expected = json.loads(json.dumps(values))
     assert json.dumps(read, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+def test_a_snapshot_holding_an_id_twice_is_not_taken_in_bulk() -> None:
+    """The row by row path keeps one line per id; taken in bulk, the other line of the id
+    would be taken for a customer who left."""
+    line = '"dup"\tabc\t{}\t00000000000000aa'
+    twice = SnapshotPartition(f"{line}\n{line[:-2]}bb\n".encode())
+    records = np.zeros(1, matched_record_type())
+    records["raw"] = 0xAA
+    piece = MATCHED_MARK + records.tobytes()
+    assert diff_partition._take_in_bulk(twice, [piece]) is None
+    once = SnapshotPartition(f"{line}\n".encode())
+    taken = diff_partition._take_in_bulk(once, [piece])
+    assert taken is not None and taken[2].lines == [line]
