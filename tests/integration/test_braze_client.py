@@ -8,8 +8,9 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 
 import pytest
 import requests
@@ -230,9 +231,34 @@ def test_an_accepted_batch_ends_the_hold() -> None:
     assert len(received) == 2 + 1 + 3
 
 
-def _in_thread(client: BrazeClient) -> Future[TrackOutcome]:
-    """One batch tracked on a thread of its own (the endpoint may hold its request)."""
-    return ThreadPoolExecutor(1).submit(client.track, _objects(1, "other"))
+class Held:
+    """An endpoint's answer that holds request number `n` (from 0) until `released` is set,
+    and otherwise answers as `answer(n, authorization)` does."""
+
+    def __init__(self, n: int, answer: Callable[[int, str | None], int]) -> None:
+        self.n, self.answer = n, answer
+        self.arrived, self.released = threading.Event(), threading.Event()
+
+    def __call__(self, n: int, authorization: str | None) -> int:
+        if n == self.n:
+            self.arrived.set()
+            self.released.wait()
+        return self.answer(n, authorization)
+
+
+T = TypeVar("T")
+
+
+def _crossing(
+    client: BrazeClient, held: Held, meanwhile: Callable[[], T]
+) -> tuple[TrackOutcome, T]:
+    """Batch A tracked on a thread of its own; while the endpoint holds its request,
+    `meanwhile` runs. A's outcome, and what `meanwhile` returned."""
+    a = ThreadPoolExecutor(1).submit(client.track, _objects(1, "other"))
+    held.arrived.wait()
+    result = meanwhile()
+    held.released.set()
+    return a.result(), result
 
 
 def test_a_batch_sent_with_a_key_read_again_meanwhile_tries_the_new_key() -> None:
@@ -240,23 +266,12 @@ def test_a_batch_sent_with_a_key_read_again_meanwhile_tries_the_new_key() -> Non
     reads the new key and is accepted; A's 401 then arrives. A is sent again with the new key
     (not reported refused), and no hold starts: the next batch goes."""
     keys = iter(["old-key", "new-key"])
-    a_arrived, a_may_answer = threading.Event(), threading.Event()
-
-    def answer(n: int, authorization: str | None) -> int:
-        if n == 0:
-            a_arrived.set()
-            a_may_answer.wait()
-        return 201 if authorization == "Bearer new-key" else 401
-
-    with _answering(answer, {}) as (endpoint, received):
+    held = Held(0, lambda n, authorization: 201 if authorization == "Bearer new-key" else 401)
+    with _answering(held, {}) as (endpoint, received):
         client = BrazeClient(endpoint, lambda refresh: next(keys), sleep=_refuse_to_wait)
-        a = _in_thread(client)
-        a_arrived.wait()
-        b = client.track(_objects(1))
-        a_may_answer.set()
-        a_outcome = a.result()
+        a, b = _crossing(client, held, lambda: client.track(_objects(1)))
         after = client.track(_objects(1))
-    assert (b.status, a_outcome.status, after.status, after.sent) == (201, 201, 201, True)
+    assert (b.status, a.status, after.status, after.sent) == (201, 201, 201, True)
     assert [auth for _, auth in received] == [
         "Bearer old-key",  # A
         "Bearer old-key",  # B
@@ -269,24 +284,12 @@ def test_a_batch_sent_with_a_key_read_again_meanwhile_tries_the_new_key() -> Non
 def test_a_refusal_of_a_request_sent_before_an_accepted_one_starts_no_hold() -> None:
     """Answers cross: A is sent, then B; B is accepted, then A's 403 arrives. What Braze said
     of the later request stands: A keeps its 403, and the next batch is sent."""
-    a_arrived, a_may_answer = threading.Event(), threading.Event()
-
-    def answer(n: int, authorization: str | None) -> int:
-        if n == 0:
-            a_arrived.set()
-            a_may_answer.wait()
-            return 403
-        return 201
-
-    with _answering(answer, {}) as (endpoint, received):
+    held = Held(0, lambda n, authorization: 403 if n == 0 else 201)
+    with _answering(held, {}) as (endpoint, received):
         client = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait)
-        a = _in_thread(client)
-        a_arrived.wait()
-        b = client.track(_objects(1))
-        a_may_answer.set()
-        a_outcome = a.result()
+        a, b = _crossing(client, held, lambda: client.track(_objects(1)))
         after = client.track(_objects(1))
-    assert (b.status, a_outcome.status, a_outcome.sent) == (201, 403, True)
+    assert (b.status, a.status, a.sent) == (201, 403, True)
     assert (after.status, after.sent) == (201, True)
     assert len(received) == 3
 
@@ -294,25 +297,13 @@ def test_a_refusal_of_a_request_sent_before_an_accepted_one_starts_no_hold() -> 
 def test_a_batch_braze_has_seen_is_retried_not_held_back() -> None:
     """A gets a 500 while B's 403 starts a hold: A's retry is sent and gets its own answer, so
     A is reported as sent (counted as a request), not as held back."""
-    a_arrived, a_may_answer = threading.Event(), threading.Event()
-
-    def answer(n: int, authorization: str | None) -> int:
-        if n == 0:
-            a_arrived.set()
-            a_may_answer.wait()
-            return 500
-        return 403
-
-    with _answering(answer, {}) as (endpoint, received):
+    held = Held(0, lambda n, authorization: 500 if n == 0 else 403)
+    with _answering(held, {}) as (endpoint, received):
         client = BrazeClient(endpoint, lambda refresh: KEY, sleep=lambda s: None)
-        a = _in_thread(client)
-        a_arrived.wait()
-        b = client.track(_objects(1))
-        a_may_answer.set()
-        a_outcome = a.result()
+        a, b = _crossing(client, held, lambda: client.track(_objects(1)))
     assert (b.status, b.sent) == (403, True)
-    assert (a_outcome.status, a_outcome.sent) == (403, True)
-    assert a_outcome.failure == "Braze refused the request (HTTP 403): refused here"
+    assert (a.status, a.sent) == (403, True)
+    assert a.failure == "Braze refused the request (HTTP 403): refused here"
     assert len(received) == 3
 
 
@@ -321,25 +312,17 @@ def test_when_the_minute_is_up_one_batch_tries_again_and_the_others_wait_for_it(
     other batches stay held back, so a key that stays wrong costs a request a minute, not one
     per thread."""
     clock = Clock()
-    retry_arrived, retry_may_answer = threading.Event(), threading.Event()
-
-    def answer(n: int, authorization: str | None) -> int:
-        if n == 1:
-            retry_arrived.set()
-            retry_may_answer.wait()
-        return 403
-
-    with _answering(answer, {}) as (endpoint, received):
+    held = Held(1, lambda n, authorization: 403)
+    with _answering(held, {}) as (endpoint, received):
         client = BrazeClient(endpoint, lambda refresh: KEY, sleep=_refuse_to_wait, clock=clock)
         assert client.track(_objects(1)).status == 403
         clock.now += 60
-        retry = _in_thread(client)
-        retry_arrived.wait()
-        meanwhile = [client.track(_objects(1)) for _ in range(3)]
-        retry_may_answer.set()
-        assert (retry.result().status, retry.result().sent) == (403, True)
+        retry, meanwhile = _crossing(
+            client, held, lambda: [client.track(_objects(1)) for _ in range(3)]
+        )
         clock.now += 59
         still_held = client.track(_objects(1))
+    assert (retry.status, retry.sent) == (403, True)
     assert [(o.status, o.sent) for o in meanwhile] == [(403, False)] * 3
     assert (still_held.status, still_held.sent) == (403, False)  # the retry's refusal: a new minute
     assert len(received) == 2
