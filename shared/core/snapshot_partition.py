@@ -61,7 +61,8 @@ def _raw_digests(octets: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray
     ends = ends[:count]
     starts = np.concatenate(([0], ends[:-1] + 1)) if count else ends
     known = (ends - starts) > _RAW_HEX
-    digits = octets[np.maximum(ends - _RAW_HEX, 0)[:, None] + np.arange(_RAW_HEX)]
+    columns = np.maximum(ends - _RAW_HEX, 0)[:, None] + np.arange(_RAW_HEX)
+    digits = octets[np.minimum(columns, max(len(octets) - 1, 0))]  # a short line: no digest
     nibbles = _hex_values()[digits]
     known &= (nibbles < 16).all(axis=1) & (octets[np.maximum(ends - _RAW_HEX - 1, 0)] == 9)
     raws = np.zeros(count, dtype=np.uint64)

@@ -145,7 +145,8 @@ def _take_in_bulk(
     left for the row by row path (the text rows and the matched records in doubt, in source
     order, and the snapshot lines not taken); None when a piece holds matched rows as text
     (written by an earlier version: their ids are unknown until looked up one by one) or when
-    the snapshot holds an id twice (the row by row path keeps one line per id).
+    the snapshot holds an id twice or a blank line (the row by row path keeps one line per id
+    and skips blank ones).
 
     A record is in doubt when the snapshot lacks its digest, when another record has the same
     digest (a repeated row: the first counts, the next is a duplicate), or when a text row
@@ -153,8 +154,8 @@ def _take_in_bulk(
     settles these as it settles any row."""
     import numpy as np
 
-    if len(partition.position) != len(partition):
-        return None
+    if len(partition.position) != len(partition) or "" in partition.position:
+        return None  # an id twice, or a blank line
     sections = [piece_sections(piece) for piece in pieces]
     text_rows = [row for text, _ in sections for row in read_rows(text)]
     if any(not id_json for _, id_json, *_ in text_rows):
@@ -190,7 +191,7 @@ _Member = tuple[int, str, dict[str, Any] | None, str]
 class _Members(NamedTuple):
     """Who is in the segment in this partition, by customer id as JSON: the first valid row per
     id (in source order), and the ids whose only rows were rejected for another field than the
-    id."""
+    id. The profiles taken in bulk (`_Bulk`) are members too, and not in `profiles`."""
 
     profiles: dict[str, _Member]
     kept: set[str]
@@ -241,24 +242,17 @@ def _diff(
 ) -> PartitionResult:
     """Previous snapshot, members, comparison, removals, then the chunk blobs to send."""
     export = definitions.export(run.export_name)
-    counts = PartitionResult(job.partition)  # filled in by each phase
     with ThreadPoolExecutor(1, thread_name_prefix="pieces") as ahead:
         fetched = ahead.submit(_pieces, run, job.partition, services)  # while the snapshot loads
         blob = _previous_blob(run, export, job, services)
         pieces = fetched.result()
-    taken = None
-    if blob and _trusts_digests(run) and any(MATCHED_MARK in piece for piece in pieces):
-        partition = SnapshotPartition(blob)
-        if partition.lines and partition.lines[0].count("\t") == 3:  # the current format
-            taken = _take_in_bulk(partition, pieces)
-    if taken is None:
+    counts, members, old, bulk = _members_in_bulk(run, export, job, blob, pieces, services)
+    if bulk is None:
+        counts = PartitionResult(job.partition)  # filled in by each phase
         old = _previous_profiles(run, export, job, services, blob)
-        rows: Iterable[PieceRow] = _segment_rows(pieces)
+        members = _collect_members(run, export, job, old, _segment_rows(pieces), services, counts)
         bulk = _NO_BULK
-    else:
-        rows, old, bulk = taken
-    del blob
-    members = _collect_members(run, export, job, old, rows, services, counts)
+    del blob, pieces
     lines = _SnapshotLines(
         services.storage.line_writer(
             RUNS_CONTAINER, snapshot_fallbacks_name(run.run_id, job.partition)
@@ -297,6 +291,36 @@ def _diff(
     counts.array_cap_examples, counts.chunk_rows = examples, chunk_rows
     counts.snapshot_profiles = lines.snapshot.lines
     return counts
+
+
+def _members_in_bulk(
+    run: Run,
+    export: Export,
+    job: PartitionJob,
+    blob: bytes | None,
+    pieces: list[bytes],
+    services: Services,
+) -> tuple[PartitionResult, _Members, _Previous, _Bulk | None]:
+    """The members with the matched records taken in bulk (`_take_in_bulk`); the bulk part is
+    None when the partition must go row by row: no matched records, digests this run cannot
+    trust, a snapshot in an earlier format, or a row read again that names a customer whose
+    line was taken in bulk (an index that disagrees with its snapshot: row by row, the first
+    of the two rows counts and the other is a duplicate)."""
+    counts = PartitionResult(job.partition)
+    if not blob or not _trusts_digests(run) or not any(MATCHED_MARK in p for p in pieces):
+        return counts, _Members({}, set()), {}, None
+    partition = SnapshotPartition(blob)
+    if not partition.lines or partition.lines[0].count("\t") != 3:  # not the current format
+        return counts, _Members({}, set()), {}, None
+    taken = _take_in_bulk(partition, pieces)
+    del partition
+    if taken is None:
+        return counts, _Members({}, set()), {}, None
+    rows, old, bulk = taken
+    members = _collect_members(run, export, job, old, rows, services, counts)
+    if not members.profiles.keys().isdisjoint(bulk.ids):
+        return counts, members, old, None
+    return counts, members, old, bulk
 
 
 def _collect_members(
@@ -548,7 +572,7 @@ def _array_cap_check(
     run: Run,
     export: Export,
     definitions: Definitions,
-    profiles: dict[str, _Member],
+    member_ids: Collection[str],
     job: PartitionJob,
     services: Services,
     counts: PartitionResult,
@@ -559,7 +583,7 @@ def _array_cap_check(
     their snapshots (partitioned by the same hash) tell who holds which. Braze silently drops
     an update that would pass the cap, so the report warns before that happens.
     """
-    if export.membership != "array" or not profiles:
+    if export.membership != "array" or not member_ids:
         return []
     cap = definitions.connection(export.connection).array_element_cap
     held: dict[str, set[str]] = defaultdict(set)
@@ -579,7 +603,7 @@ def _array_cap_check(
         for id_json in services.snapshots.entry_lines(
             other.name, other.connection, snapshot, job.partition, job.partitions
         ):
-            if id_json in profiles:
+            if id_json in member_ids:
                 held[id_json].add(other.segment)
     over = [id_json for id_json, segments in held.items() if len(segments) + 1 > cap]
     counts.array_cap_warnings = len(over)

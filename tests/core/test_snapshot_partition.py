@@ -47,3 +47,8 @@ def test_upper_case_or_stray_digits_are_no_raw_digest() -> None:
         "\n".join([_line('"a"', "00000000000000FF"), _line('"b"', "00000000000000fg")]).encode()
     )
     assert partition.find(np.array([0xFF], np.uint64)).tolist() == [-1]
+
+
+def test_a_line_shorter_than_a_digest_has_none() -> None:
+    partition = SnapshotPartition(b'"1"\t\t{}\t')
+    assert partition.ids == ['"1"'] and partition.find(np.array([1], np.uint64)).tolist() == [-1]

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from shared.adapters.storage import Storage
+from shared.core.partitioning import partition_of
+from shared.core.raw_records import digest_records, raw_blocks, raw_digester
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
 from shared.core.runs import Run
 from shared.pipeline import diff_partition, raw_source
@@ -417,3 +419,39 @@ def test_a_runs_split_jobs_load_the_snapshot_index_once_per_process(
         second = run_in_process(split_app, "raw-once")
         assert second.splits >= 5 and second.profiles_changed == 1
     assert len(loads) == 2 and loads[0] != loads[1]  # one per snapshot
+
+
+def test_a_row_read_again_that_names_a_customer_taken_in_bulk_is_a_duplicate(
+    split_app: App,
+) -> None:
+    """An index that disagrees with its snapshot (a crash between the two writes): customer
+    X's unchanged row is taken in bulk, and a later changed row of X, whose digest the stale
+    index holds, is read again and names X. The partition goes row by row instead, so the
+    first row counts and the later one is reported as the duplicate it is: nothing sent, and X
+    once in the snapshot."""
+    path = _define(split_app, "raw-twice")
+    rows = [_row(n) for n in range(2_000)]
+    split_app.upload(path, _csv(rows))
+    first = run_in_process(split_app, "raw-twice")
+    later = dict(rows[700], FirstName="Changed, later")
+    record = _csv([later]).split(b"\r\n")[1]  # its bytes, as the split digests them
+    keyed = raw_digester(first.code_version, first.mapping_fingerprint, "csv", HEADER)
+    (block,) = raw_blocks([record + b"\r\n"], offset=0, first_line=1, quoted=True, limit=1 << 20)
+    (digest,) = digest_records(block, keyed)
+    partition = partition_of("raw-00700", first.partitions)
+    index = f"raw-twice/sandbox/{first.run_id}/part-{partition:04d}.raw"
+    stale = split_app.services.storage.read_bytes(SNAPSHOTS_CONTAINER, index) + digest
+    split_app.services.storage.write_bytes(SNAPSHOTS_CONTAINER, index, stale, "x/y")
+
+    split_app.upload(path, _csv([*rows, later]))
+    split_app.mark_sandbox_requests()
+    second = run_in_process(split_app, "raw-twice")
+
+    assert _filed_by_bytes(split_app, second) == 2_001  # the later row too: the index held it
+    assert _sent(split_app) == {}
+    rejected = _rejected(split_app, second)
+    line = _line_of([*rows, later], 2_000)
+    assert [(r["codes"], r["line"]) for r in rejected] == [(["duplicate_customer_id"], line)]
+    assert rejected[0]["object"]["first_name"] == "Changed, later"
+    assert second.profiles_unchanged == 2_000 and second.profiles_new == 0
+    assert len(_snapshot_entries(split_app, "raw-twice")) == 2_000

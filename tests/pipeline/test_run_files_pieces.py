@@ -50,3 +50,12 @@ def test_a_snapshot_holding_an_id_twice_is_not_taken_in_bulk() -> None:
     once = SnapshotPartition(f"{line}\n".encode())
     taken = diff_partition._take_in_bulk(once, [piece])
     assert taken is not None and taken[2].lines == [line]
+
+
+def test_a_snapshot_with_a_blank_line_is_not_taken_in_bulk() -> None:
+    """The row by row path skips a blank line; taken in bulk it would be an id of its own."""
+    line = '"x"\tabc\t{}\t00000000000000aa'
+    records = np.zeros(1, matched_record_type())
+    records["raw"] = 0xAA
+    piece = MATCHED_MARK + records.tobytes()
+    assert diff_partition._take_in_bulk(SnapshotPartition(f"{line}\n\n".encode()), [piece]) is None
