@@ -122,8 +122,11 @@ def _segment_rows(pieces: list[bytes]) -> Iterator[PieceRow]:
     pieces.reverse()
     while pieces:
         text, matched = piece_sections(pieces.pop())
-        records = matched_records(matched) if matched else None  # numpy only for a delta
-        yield from heapq.merge(read_rows(text), matched_rows(records), key=itemgetter(0))
+        if not matched:  # numpy only for a delta's pieces
+            yield from read_rows(text)
+            continue
+        filed = matched_rows(matched_records(matched))
+        yield from heapq.merge(read_rows(text), filed, key=itemgetter(0))
 
 
 class _Bulk(NamedTuple):
@@ -144,9 +147,9 @@ def _take_in_bulk(
     """The matched records whose snapshot line stands as it is, found all at once; what is
     left for the row by row path (the text rows and the matched records in doubt, in source
     order, and the snapshot lines not taken); None when a piece holds matched rows as text
-    (written by an earlier version: their ids are unknown until looked up one by one) or when
-    the snapshot holds an id twice or a blank line (the row by row path keeps one line per id
-    and skips blank ones).
+    (written by an earlier version: their ids are unknown until looked up one by one), or when
+    the snapshot partition is in an earlier format or holds an id twice or a blank line (the
+    row by row path reads earlier formats, keeps one line per id and skips blank lines).
 
     A record is in doubt when the snapshot lacks its digest, when another record has the same
     digest (a repeated row: the first counts, the next is a duplicate), or when a text row
@@ -154,8 +157,13 @@ def _take_in_bulk(
     settles these as it settles any row."""
     import numpy as np
 
-    if len(partition.position) != len(partition) or "" in partition.position:
-        return None  # an id twice, or a blank line
+    if (
+        not partition.lines
+        or partition.lines[0].count("\t") != 3  # not the current format
+        or len(partition.position) != len(partition)  # an id twice
+        or "" in partition.position  # a blank line
+    ):
+        return None
     sections = [piece_sections(piece) for piece in pieces]
     text_rows = [row for text, _ in sections for row in read_rows(text)]
     if any(not id_json for _, id_json, *_ in text_rows):
@@ -246,12 +254,14 @@ def _diff(
         fetched = ahead.submit(_pieces, run, job.partition, services)  # while the snapshot loads
         blob = _previous_blob(run, export, job, services)
         pieces = fetched.result()
-    counts, members, old, bulk = _members_in_bulk(run, export, job, blob, pieces, services)
-    if bulk is None:
+    in_bulk = _members_in_bulk(run, export, job, blob, pieces, services)
+    if in_bulk is None:
         counts = PartitionResult(job.partition)  # filled in by each phase
         old = _previous_profiles(run, export, job, services, blob)
         members = _collect_members(run, export, job, old, _segment_rows(pieces), services, counts)
         bulk = _NO_BULK
+    else:
+        counts, members, old, bulk = in_bulk
     del blob, pieces
     lines = _SnapshotLines(
         services.storage.line_writer(
@@ -300,26 +310,22 @@ def _members_in_bulk(
     blob: bytes | None,
     pieces: list[bytes],
     services: Services,
-) -> tuple[PartitionResult, _Members, _Previous, _Bulk | None]:
-    """The members with the matched records taken in bulk (`_take_in_bulk`); the bulk part is
-    None when the partition must go row by row: no matched records, digests this run cannot
-    trust, a snapshot in an earlier format, or a row read again that names a customer whose
-    line was taken in bulk (an index that disagrees with its snapshot: row by row, the first
-    of the two rows counts and the other is a duplicate)."""
-    counts = PartitionResult(job.partition)
+) -> tuple[PartitionResult, _Members, _Previous, _Bulk] | None:
+    """The counts, members and snapshot lines left with the matched records taken in bulk
+    (`_take_in_bulk`); None when the partition must go row by row: no matched records, digests
+    this run cannot trust, a snapshot `_take_in_bulk` leaves alone, or a row read again that
+    names a customer whose line was taken in bulk (an index that disagrees with its snapshot:
+    row by row, the first of the two rows counts and the other is a duplicate)."""
     if not blob or not _trusts_digests(run) or not any(MATCHED_MARK in p for p in pieces):
-        return counts, _Members({}, set()), {}, None
-    partition = SnapshotPartition(blob)
-    if not partition.lines or partition.lines[0].count("\t") != 3:  # not the current format
-        return counts, _Members({}, set()), {}, None
-    taken = _take_in_bulk(partition, pieces)
-    del partition
+        return None
+    taken = _take_in_bulk(SnapshotPartition(blob), pieces)
     if taken is None:
-        return counts, _Members({}, set()), {}, None
+        return None
     rows, old, bulk = taken
+    counts = PartitionResult(job.partition)
     members = _collect_members(run, export, job, old, rows, services, counts)
     if not members.profiles.keys().isdisjoint(bulk.ids):
-        return counts, members, old, None
+        return None
     return counts, members, old, bulk
 
 

@@ -153,10 +153,8 @@ def matched_records(data: bytes) -> np.ndarray:
     return np.frombuffer(data, matched_record_type())
 
 
-def matched_rows(records: np.ndarray | None) -> list[PieceRow]:
+def matched_rows(records: np.ndarray) -> list[PieceRow]:
     """Matched records as piece rows (for the diff's row by row path)."""
-    if records is None:
-        return []
     return [
         (order, "", "", f"{offset}:{length}", f"{raw:016x}")
         for order, offset, length, raw in records.tolist()
