@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import threading
 import uuid
 from base64 import b64encode
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from hashlib import blake2b
 from typing import Any, BinaryIO
+from urllib.request import getproxies
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient
@@ -53,6 +55,7 @@ class Storage:
 
     def __init__(self, settings: StorageSettings) -> None:
         self._settings = settings
+        self._containers: dict[str, ContainerClient] = {}
         self._queues: dict[str, QueueClient] = {}
         self._lock = threading.Lock()
 
@@ -63,29 +66,49 @@ class Storage:
         return DefaultAzureCredential(managed_identity_client_id=self._settings.client_id)
 
     @cached_property
+    def _transport(self) -> dict[str, Any]:
+        """How the clients' HTTP transport treats the environment, decided once."""
+        return {"use_env_settings": environment_configures_http()}
+
+    @cached_property
     def blobs(self) -> BlobServiceClient:
         if self._settings.connection_string:
-            return BlobServiceClient.from_connection_string(self._settings.connection_string)
-        return BlobServiceClient(self._settings.blob_service_uri or "", credential=self._credential)
+            return BlobServiceClient.from_connection_string(
+                self._settings.connection_string, **self._transport
+            )
+        return BlobServiceClient(
+            self._settings.blob_service_uri or "", credential=self._credential, **self._transport
+        )
 
     @cached_property
     def _queue_service(self) -> QueueServiceClient:
         if self._settings.connection_string:
-            return QueueServiceClient.from_connection_string(self._settings.connection_string)
+            return QueueServiceClient.from_connection_string(
+                self._settings.connection_string, **self._transport
+            )
         return QueueServiceClient(
-            self._settings.queue_service_uri or "", credential=self._credential
+            self._settings.queue_service_uri or "", credential=self._credential, **self._transport
         )
 
     @cached_property
     def _table_service(self) -> TableServiceClient:
         if self._settings.connection_string:
-            return TableServiceClient.from_connection_string(self._settings.connection_string)
+            return TableServiceClient.from_connection_string(
+                self._settings.connection_string, **self._transport
+            )
         return TableServiceClient(
-            endpoint=self._settings.table_service_uri or "", credential=self._credential
+            endpoint=self._settings.table_service_uri or "",
+            credential=self._credential,
+            **self._transport,
         )
 
     def container(self, name: str) -> ContainerClient:
-        return self.blobs.get_container_client(name)
+        """The container's client, made once: making one builds a pipeline of policies, which
+        costs about a tenth of a blob call, and a run makes thousands of calls."""
+        client = self._containers.get(name)
+        if client is None:
+            client = self._containers.setdefault(name, self.blobs.get_container_client(name))
+        return client
 
     def queue(self, name: str) -> QueueClient:
         """A queue client speaking base64, the Functions host's default message encoding."""
@@ -283,6 +306,16 @@ class BlobLineWriter:
         self._blob.commit_block_list(
             [BlobBlock(block_id=b) for b in self._blocks], content_settings=settings
         )
+
+
+def environment_configures_http() -> bool:
+    """Whether the environment names a proxy or a CA bundle for `requests`. When it names
+    neither, the storage clients are made with `use_env_settings=False`: `requests` would
+    otherwise look proxies, a `.netrc` and CA bundle variables up again on every call, about a
+    tenth of a storage call's CPU, to find nothing. The Braze client never looks."""
+    return bool(
+        getproxies() or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    )
 
 
 def read_ahead(chunks: Iterator[bytes]) -> Iterator[bytes]:

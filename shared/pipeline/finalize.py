@@ -14,13 +14,14 @@ import logging
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from shared.adapters.services import Services
 from shared.adapters.snapshot_store import Manifest, parse_snapshot_line, snapshot_line
-from shared.adapters.storage import BlobNotFound
+from shared.adapters.storage import IO_THREADS, BlobNotFound
 from shared.adapters.telemetry import metrics
 from shared.core import jsonlines
 from shared.core.messages import ANY_PARTITION
@@ -245,13 +246,14 @@ def _source_unchanged(run: Run, services: Services) -> bool:
     from: then the splits read those very bytes, and the version describes what was sent."""
     if not run.source_etags:
         return False
-    try:
-        return all(
-            services.storage.etag(*name.split("/", 1)) == etag
-            for name, etag in json.loads(run.source_etags)
-        )
+    files: list[tuple[str, str]] = json.loads(run.source_etags)
+    storage = services.storage
+    try:  # a CDM folder may name many files: several are asked at once
+        with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="source-etags") as pool:
+            now = list(pool.map(lambda file: storage.etag(*file[0].split("/", 1)), files))
     except BlobNotFound:
         return False
+    return now == [etag for _, etag in files]
 
 
 def _legacy_committed(pending: Iterator[Any], rejected: set[str], untrusted: bool) -> Iterator[str]:

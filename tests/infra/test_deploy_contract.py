@@ -27,6 +27,8 @@ LOCAL_ONLY = {
     "WEBSITE_INSTANCE_ID": "set by the platform on every instance",
     "WEBSITE_AUTH_ENABLED": "set by the platform when App Service Authentication is on",
     "BRAZE_SECRET_<NAME>": "local API keys; Azure reads them from Key Vault (KEY_VAULT_URL)",
+    "REQUESTS_CA_BUNDLE": "requests' own; the storage clients honour it where it is set",
+    "CURL_CA_BUNDLE": "requests' own; the storage clients honour it where it is set",
 }
 # Set in Azure but read by the Functions host or the C runtime, not by the app's code.
 READ_BY_PLATFORM = {
