@@ -190,11 +190,37 @@ def machine_seconds() -> tuple[float, float]:
     return (int(fields[4]) + int(fields[5])) / ticks, int(fields[8]) / ticks
 
 
-def window_counts(timeline: dict[str, Any], first: float, last: float) -> dict[str, Any]:
-    """Requests per rate window of the key; "full" windows lie wholly inside [first, last]."""
+def delivery_spans(run: Run, services: Services) -> list[tuple[float, float]]:
+    """When a run that delivered while diffing had delivery work: each partition's job from
+    its diff's record (when it was queued) to its own record, overlapping spans merged."""
+    table = services.storage.table(RUNS_TABLE)
+    queued: dict[int, float] = {}
+    done: dict[int, float] = {}
+    for entity in table.query_entities(f"PartitionKey eq '{run.run_id}'"):
+        key, stamp = entity["RowKey"], entity.metadata["timestamp"].timestamp()
+        if key.startswith("part-"):
+            queued[int(key.removeprefix("part-"))] = stamp
+        elif key.startswith("chunk-"):
+            done[int(key.removeprefix("chunk-"))] = stamp
+    spans: list[tuple[float, float]] = []
+    for start, end in sorted((queued[p], done[p]) for p in queued if p in done):
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+        else:
+            spans.append((start, end))
+    return spans
+
+
+def window_counts(timeline: dict[str, Any], spans: list[tuple[float, float]]) -> dict[str, Any]:
+    """Requests per rate window of the key; "full" windows lie wholly inside one of the spans
+    (when delivery had work)."""
     limit, length = timeline["rate_limit"], timeline["rate_window_seconds"]
     windows = {float(k): v for k, v in timeline["windows_per_key"].get(API_KEY, {}).items()}
-    inside = {k: v for k, v in windows.items() if first <= k and k + length <= last}
+    inside = {
+        k: v
+        for k, v in windows.items()
+        if any(first <= k and k + length <= last for first, last in spans)
+    }
     full = sorted(inside.values())
     return {
         "limit": limit,
@@ -267,8 +293,15 @@ def run_once(
     rate = timeline["rate_limit"] / timeline["rate_window_seconds"]
     floor = math.ceil(run.objects_planned / 75) / rate
     # The delivery phase from the release to the last chunk's record, to the millisecond: a
-    # window the release fell inside is not a full window of delivery.
+    # window the release fell inside is not a full window of delivery. A run that delivered
+    # each partition as it was diffed had work only while a diffed partition waited or was
+    # being sent (`delivery_spans`): a window while every job was done and the next partition
+    # still being diffed measures the diffs, not delivery.
     delivery = next((start, end) for name, start, end in bounds if name == "deliver")
+    spans = [delivery]
+    if run.delivers_while_diffing:
+        spans = delivery_spans(run, services)
+        delivery = (spans[0][0], delivery[1])
     return {
         "label": label,
         "run_id": run_id,
@@ -294,7 +327,10 @@ def run_once(
         "profiles_per_second": round(run.rows_valid / wall) if wall else None,
         "floor_seconds": round(floor, 2),
         "ratio_to_floor": round(wall / floor, 2) if floor else None,
-        "windows": window_counts(timeline, *delivery),
+        "windows": window_counts(timeline, spans),
+        "delivered_while_diffing": run.delivers_while_diffing,
+        "delivery_span_seconds": [round(delivery[0] - started, 1), round(delivery[1] - started, 1)],
+        "delivery_busy_seconds": round(sum(end - start for start, end in spans), 1),
         "timeline": {
             "started_epoch": started,
             "arrivals_per_second": arrivals,
@@ -539,6 +575,17 @@ def summary(results: dict[str, Any]) -> str:
             f"| {run['throttled_429']} |"
         )
     lines += [
+        "",
+        *(
+            f"{run['label'].capitalize()}: each partition went to Braze as it was diffed; "
+            f"delivery ran from {run['delivery_span_seconds'][0]:g} s to "
+            f"{run['delivery_span_seconds'][1]:g} s of the run and had work (a diffed partition "
+            f"waiting or being sent) for {run['delivery_busy_seconds']:g} s of it; the windows "
+            "above are those wholly inside that time (the deliver column is what was left "
+            "after the release)."
+            for run in results["runs"]
+            if run.get("delivered_while_diffing")
+        ),
         "",
         f"CPU seconds used per run (the machine has {results['machine']['cores']} cores):",
         "",

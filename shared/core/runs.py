@@ -65,6 +65,10 @@ class Run:
     # The export's chunk size when the run was released: small chunk blobs are grouped up to it
     # (`release.chunk_jobs`), and anything that lists the run's chunks again must group alike.
     chunk_size: int = 0
+    # Each partition goes to Braze as soon as it is diffed, one delivery job per partition
+    # numbered by it, instead of all at the release: decided when the splits finish, only where
+    # no safety valve can stop the run (`release.delivers_while_diffing`).
+    delivers_while_diffing: bool = False
     profiles_accepted: int = 0
     profiles_rejected_by_braze: int = 0
     requests_sent: int = 0

@@ -47,14 +47,14 @@ from shared.core.jsonlines import loads
 from shared.core.messages import PartitionJob
 from shared.core.partitioning import partition_of
 from shared.core.report import REMOVAL_ORDER, row_position
-from shared.core.resource_names import RUNS_CONTAINER
+from shared.core.resource_names import CHUNKS_QUEUE, RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run
 from shared.core.snapshot_partition import SnapshotPartition
 from shared.core.source_files import SourceError
 from shared.core.validation import Profile, record_validator, usable_customer_id
-from shared.pipeline.finalize import finish_early
+from shared.pipeline.finalize import finish_early, sent_so_far
 from shared.pipeline.raw_source import reread
-from shared.pipeline.release import maybe_release
+from shared.pipeline.release import maybe_release, partition_chunk_job
 from shared.pipeline.run_files import (
     MATCHED_MARK,
     PieceRow,
@@ -88,21 +88,35 @@ def diff_partition(job: PartitionJob, services: Services) -> None:
             "run %s is missing or finished; dropping partition %d", job.run_id, job.partition
         )
         return
+    result: PartitionResult | None = None
     if not services.runs.partition_done(run.run_id, job.partition):
         definitions = services.definitions()
         result = _diff(run, definitions, job, services)
         services.runs.record_partition(run.run_id, result)
+    if run.delivers_while_diffing:  # queued again by a repeated job: delivered once
+        _queue_delivery(run, job.partition, result, services)
     maybe_release(run.run_id, services)
 
 
+def _queue_delivery(
+    run: Run, partition: int, result: PartitionResult | None, services: Services
+) -> None:
+    """Send the partition to Braze now, not at the release (`delivers_while_diffing`)."""
+    if result is None:  # recorded by an earlier attempt
+        result = next(
+            r for r in services.runs.partition_results(run.run_id) if r.partition == partition
+        )
+    services.storage.send_messages(CHUNKS_QUEUE, [partition_chunk_job(run, result).to_json()])
+
+
 def fail_partition(job: PartitionJob, error: BaseException, services: Services) -> None:
-    """The partition job is being poisoned: nothing was sent yet, so the run fails cleanly."""
+    """The partition job is being poisoned: the run fails, and sends nothing (more)."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         return
     message = (
         f"planning failed: partition {job.partition} of {job.partitions} could not be diffed "
-        f"after every retry ({type(error).__name__}: {error}); nothing was sent"
+        f"after every retry ({type(error).__name__}: {error}); {sent_so_far(run)}"
     )
     finish_early(run, services, message=message, failed=True)
 

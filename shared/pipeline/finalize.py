@@ -67,9 +67,31 @@ def finish_early(
     if run.planning_failed:
         _count_unfinished_planning(run, services)
     if run.chunks_total is None:
-        run.chunks_total = 0
+        run.chunks_total = _chunks_under_way(run, services) if run.delivers_while_diffing else 0
     services.runs.update(run)
     maybe_finalize(run.run_id, services)
+
+
+def sent_so_far(run: Run) -> str:
+    """What Braze got from a run that ends before its release, for the run's message."""
+    if not run.delivers_while_diffing:
+        return "nothing was sent"
+    return (
+        "the partitions diffed before that went to Braze (the report counts them); a failed "
+        "first export keeps no snapshot, so the next run sends everyone again"
+    )
+
+
+def _chunks_under_way(run: Run, services: Services) -> int:
+    """A run that delivers while diffing and ends before its release: each partition diffed so
+    far queued its job, which is delivered and recorded as usual; every other partition's job
+    is recorded as empty (none will come, and one that does finds it done), so the run
+    finalizes once the queued jobs are recorded and its report counts what they sent."""
+    diffed = {result.partition for result in services.runs.partition_results(run.run_id)}
+    for partition in sorted(set(range(run.partitions)) - diffed):
+        empty = ChunkResult(chunk_index=partition, rows=0, partitions=[partition])
+        services.runs.record_chunk(run.run_id, empty)
+    return run.partitions
 
 
 def _count_unfinished_planning(run: Run, services: Services) -> None:
@@ -150,7 +172,8 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     examples = _merge_rejected(run, partitions, latest, services)
     run.status = final_status(run)
     delivered = run.profiles_accepted + run.profiles_rejected_by_braze
-    if delivered != run.objects_planned and run.chunks_total:
+    # (A run that delivered while diffing and failed in planning planned no total to check.)
+    if delivered != run.objects_planned and run.chunks_total and not run.planning_failed:
         run.status = Status.FAILED
         run.message = (
             f"counts do not add up: {run.objects_planned} profiles planned to be sent but "

@@ -2,7 +2,9 @@
 
 Nothing is sent before this point, so a run that would remove too much of the segment or spend
 too many data points stops here with nothing sent, and a dry run ends here having written the
-exact request bodies it would have sent.
+exact request bodies it would have sent. The exception is a run no valve can stop whatever its
+diffs find (`delivers_while_diffing`): each of its partitions is queued for delivery as soon as
+it is diffed, and the release only sums them up.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ def maybe_release(run_id: str, services: Services) -> bool:
         return False
     split_reasons = [split.reasons for split in store.split_results(run_id)]
     summarize(run, results, split_reasons, connection.objects_per_request)
+    if run.delivers_while_diffing:  # each partition queued its own job once diffed
+        _delivering(run, len(results), services)
+        return True
     valve = safety_valve(run, export)
     if run.dry_run:
         _write_dry_run(run, results, connection.objects_per_request, services)
@@ -80,20 +85,63 @@ def maybe_release(run_id: str, services: Services) -> bool:
         finish_early(run, services, message=problem, failed=True)
         return True
     services.storage.send_messages(CHUNKS_QUEUE, (job.to_json() for job in jobs))
-    run.chunks_total = run.chunks_planned = len(jobs)
+    _delivering(run, len(jobs), services)
+    return True
+
+
+def _delivering(run: Run, chunks: int, services: Services) -> None:
+    run.chunks_total = run.chunks_planned = chunks
     run.status, run.planning_finished_at = Status.DELIVERING, utcnow()
-    store.update(run)
+    services.runs.update(run)
     log.info(
-        "run %s released: %d new, %d changed, %d removed, %d unchanged; %d chunks queued",
+        "run %s released: %d new, %d changed, %d removed, %d unchanged; %d chunks %s",
         run.run_id,
         run.profiles_new,
         run.profiles_changed,
         run.profiles_removed,
         run.profiles_unchanged,
-        len(jobs),
+        chunks,
+        "queued as diffed" if run.delivers_while_diffing else "queued",
     )
-    maybe_finalize(run_id, services)  # a run with nothing to send finishes here
-    return True
+    maybe_finalize(run.run_id, services)  # a run with nothing (more) to send finishes here
+
+
+def delivers_while_diffing(
+    run: Run, export: Export, connection: Connection, services: Services
+) -> bool:
+    """Whether each partition may go to Braze as soon as it is diffed, before the others are:
+    only when no safety valve can stop the run whatever the diffs find, so that "nothing is
+    sent before the valves are checked" still holds. Nobody can leave a segment whose snapshot
+    holds nobody (a first export), and a new profile writes at most its email, its mapped
+    attributes and its membership, so the rows read bound the data points. Each partition is
+    one job, so its chunk blobs must fit one message, which the rows read also bound.
+
+    A dry run, a teardown, a run with one partition (nothing to overlap) and a connection that
+    cannot be delivered to now wait for the release as before; the release says why."""
+    if run.dry_run or run.teardown or run.previous_profiles or run.partitions < 2:
+        return False
+    if run.rows_read > export.chunk_size * MAX_CHUNK_BLOBS:
+        return False
+    most_points = run.rows_read * (2 + len(export.mapping.attributes))
+    if most_points > export.max_data_points and not run.override_safety_valves:
+        return False
+    return _undeliverable(connection, services) is None
+
+
+def partition_chunk_job(run: Run, result: PartitionResult) -> ChunkJob:
+    """A partition's delivery job when the run delivers while diffing: all its chunk blobs,
+    numbered by the partition (an empty one too, so the numbers run 0..partitions-1)."""
+    names = [
+        chunk_blob_name(run.run_id, result.partition, i) for i in range(len(result.chunk_rows))
+    ]
+    return ChunkJob(
+        run.run_id,
+        run.export_name,
+        result.partition,
+        names,
+        sum(result.chunk_rows),
+        [result.partition],
+    )
 
 
 def summarize(
@@ -162,7 +210,8 @@ def _undeliverable(connection: Connection, services: Services) -> str | None:
 
 
 def chunk_jobs(run: Run, results: list[PartitionResult]) -> list[ChunkJob]:
-    """Every chunk blob of every partition, in partition order, as the run's delivery jobs.
+    """Every chunk blob of every partition, in partition order, as the run's delivery jobs
+    (one job per partition when the run delivers while diffing).
 
     Consecutive blobs travel in one job while their rows fit the run's chunk size. A delta's
     partitions each hold a few changed profiles: sent apart, each would end in a part-filled
@@ -170,6 +219,8 @@ def chunk_jobs(run: Run, results: list[PartitionResult]) -> list[ChunkJob]:
     partitions travel about three to a job at the default chunk size: a worker's requests in
     flight drain, and it takes its next message, a third as often as one partition per job.
     """
+    if run.delivers_while_diffing:
+        return [partition_chunk_job(run, result) for result in results]
     groups: list[list[tuple[str, int, int]]] = []  # per job: (blob, rows, partition)
     for result in results:
         for index, rows in enumerate(result.chunk_rows):

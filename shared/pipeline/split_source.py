@@ -24,6 +24,7 @@ from shared.core.source_files import SourceError
 from shared.core.validation import usable_customer_id, validate_record
 from shared.pipeline.finalize import finish_early
 from shared.pipeline.raw_source import raw_rows, reads_raw, record_index
+from shared.pipeline.release import delivers_while_diffing
 from shared.pipeline.run_files import (
     MATCHED_MARK,
     partition_piece_name,
@@ -135,12 +136,25 @@ def _maybe_finish_split(run_id: str, services: Services, *, repeated: bool) -> N
 def finish_split(run: Run, partitions: int, results: list[SplitResult], services: Services) -> None:
     _sum_splits(run, results)
     run.partitions, run.split_finished_at = partitions, utcnow()
+    run.delivers_while_diffing = _delivers_while_diffing(run, services)
     try:
         services.runs.update(run, if_unchanged=True)
     except RunConflict:
         return  # another split finished at the same time and goes on
     queue_partitions(run, services)
     log.info("run %s: %d rows read, %d partitions queued", run.run_id, run.rows_read, partitions)
+
+
+def _delivers_while_diffing(run: Run, services: Services) -> bool:
+    """Fixed once, with the partition count: the diffs of a run that may go to Braze before
+    the release queue their own delivery (`release.delivers_while_diffing`)."""
+    try:
+        definitions = services.definitions()
+        export = definitions.export(run.export_name)
+        connection = definitions.connection(export.connection)
+    except PLANNING_ERRORS:
+        return False  # the release fails the run, saying why
+    return delivers_while_diffing(run, export, connection, services)
 
 
 def _sum_splits(run: Run, results: list[SplitResult]) -> None:

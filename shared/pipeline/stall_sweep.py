@@ -17,7 +17,7 @@ from shared.core.messages import ANY_PARTITION, ChunkJob
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, Status
 from shared.pipeline.deliver_chunk import fail_chunk
-from shared.pipeline.finalize import finish_early, maybe_finalize
+from shared.pipeline.finalize import finish_early, maybe_finalize, sent_so_far
 from shared.pipeline.release import chunk_jobs, maybe_release
 from shared.pipeline.run_files import replay_chunk_prefix
 
@@ -62,7 +62,7 @@ def check_run(services: Services, run: Run, now: datetime) -> str | None:
         done = len(services.runs.partition_results(run.run_id))
         message = (
             f"stalled while {current.status}: {since} ({done} of {current.partitions} "
-            "partitions diffed); nothing was sent, start the export again"
+            f"partitions diffed); {sent_so_far(current)}; start the export again"
         )
         log.error("run %s %s", run.run_id, message)
         finish_early(current, services, message=message, failed=True)

@@ -280,6 +280,13 @@ def chunk_jobs(app: App, run_id: str) -> list[ChunkJob]:
     return sorted(take(app, CHUNKS_QUEUE, ChunkJob, run_id), key=lambda j: j.chunk_index)
 
 
+def released_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs wait for the release to queue their delivery, as deltas do: for tests of the
+    release's grouping and of what a run sends nothing for, on first exports (which otherwise
+    deliver each partition once diffed, `release.delivers_while_diffing`)."""
+    monkeypatch.setattr("shared.pipeline.split_source.delivers_while_diffing", lambda *_: False)
+
+
 def plan_in_process(app: App, run: Run) -> list[ChunkJob]:
     """Plan the run, split its ranges and diff its partitions, as the planning functions
     would; its chunks."""

@@ -37,6 +37,7 @@ from tests.integration.conftest import (
     App,
     export_definition,
     plan_in_process,
+    released_whole,
     run_in_process,
     take,
 )
@@ -997,6 +998,7 @@ def test_a_releaser_taking_over_numbers_the_jobs_as_the_first_claim_did(
     another takes over, the definition says 100,000. Jobs already queued are numbered by the
     first claim, so the takeover must number them alike: one per blob, not one in all."""
     monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 4096)
+    released_whole(monkeypatch)
     rows = _rows(200, "take")
     _export(quiet_app, "take", rows)
     services = quiet_app.services

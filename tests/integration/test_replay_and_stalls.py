@@ -32,6 +32,7 @@ from tests.integration.conftest import (
     chunk_jobs,
     export_definition,
     plan_in_process,
+    released_whole,
     run_in_process,
     take,
 )
@@ -332,6 +333,7 @@ def test_a_failed_planning_counts_the_rows_no_diff_validated_as_neither_valid_no
     rejected as the diffs found, the split's rejected row as rejected, and the rows of the
     partitions never diffed as not validated (the report says so)."""
     monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 1024)
+    released_whole(monkeypatch)
     ids = [f'pf-{n:03d}, "q"' if n % 7 == 0 else f"pf-{n:03d}" for n in range(120)]
     rows = "CustomerId,Email,FirstName,LoyaltyPoints,IsVip,BirthDate,Note\n"
     for n, customer in enumerate(ids):
@@ -438,6 +440,7 @@ def test_finalize_reads_each_chunks_rejected_rows_once_however_many_partitions_i
     rejected are filed by partition in one reading, not read again for each partition, and
     every one, however odd, is kept out of the snapshot, so the next run sends it again."""
     monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 4096)
+    released_whole(monkeypatch)
     ids = [f"fin-{n:03d}" for n in range(200)]
     ids[7] = 'fin "7", 🎉\u2028x'  # quotes, a comma, an emoji and a line separator
     blocked = [*ids[::10], ids[7]]

@@ -1,0 +1,153 @@
+"""A first export's partitions go to Braze as each one is diffed, where no safety valve can stop
+the run (`release.delivers_while_diffing`). Driven stage by stage in process against Azurite
+and the Braze sandbox over HTTP, so what Braze holds between two diffs is known exactly."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from devtools.sample import SampleSegment, make_segment
+from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
+from shared.core.partitioning import partition_of
+from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE
+from shared.core.runs import Run, Status
+from shared.pipeline.deliver_chunk import deliver_chunk
+from shared.pipeline.diff_partition import diff_partition, fail_partition
+from shared.pipeline.plan_export import plan_run
+from shared.pipeline.split_source import split_source
+from shared.pipeline.start import start_run
+from tests.integration.conftest import App, export_definition, run_in_process, take
+
+
+@pytest.fixture(autouse=True)
+def small_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few hundred rows make eight or more partitions."""
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 4096)
+
+
+def _planned(
+    app: App, name: str, **overrides: Any
+) -> tuple[Run, SampleSegment, list[PartitionJob]]:
+    """A first export of a messy 300-row segment, split, with its partition jobs taken."""
+    sample = make_segment(300, invalid_every=25, id_prefix=name)
+    app.upload(f"early/{name}.csv", sample.data)
+    app.define([export_definition(name, f"early/{name}.csv", sample.segment, **overrides)])
+    run = start_run(app.services, name, "test").run
+    take(app, JOBS_QUEUE, ExportJob, run.run_id)
+    plan_run(ExportJob(run.run_id, run.export_name), app.services)
+    for split in take(app, SPLITS_QUEUE, SplitJob, run.run_id):
+        split_source(split, app.services)
+    jobs = take(app, PARTITIONS_QUEUE, PartitionJob, run.run_id)
+    return run, sample, sorted(jobs, key=lambda job: job.partition)
+
+
+def _profiles_of(sample: SampleSegment, partitions: set[int], count: int) -> dict[str, Any]:
+    return {
+        customer: profile
+        for customer, profile in sample.expected.items()
+        if partition_of(customer, count) in partitions
+    }
+
+
+def _run(app: App, run_id: str) -> Run:
+    run = app.services.runs.get(run_id)
+    assert run is not None
+    return run
+
+
+def test_each_partition_reaches_braze_once_diffed_and_the_run_adds_up(quiet_app: App) -> None:
+    run, sample, jobs = _planned(quiet_app, "early")
+    assert len(jobs) >= 8 and _run(quiet_app, run.run_id).delivers_while_diffing
+    diffed: set[int] = set()
+    for job in jobs:
+        diff_partition(job, quiet_app.services)
+        (chunk,) = take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)
+        assert (chunk.chunk_index, chunk.partitions) == (job.partition, [job.partition])
+        deliver_chunk(chunk, quiet_app.services)
+        diffed.add(job.partition)
+        # Braze holds exactly the partitions diffed so far, before the others are diffed.
+        assert quiet_app.braze_users() == _profiles_of(sample, diffed, len(jobs))
+        if len(diffed) < len(jobs):
+            waiting = _run(quiet_app, run.run_id)
+            assert (waiting.status, waiting.chunks_total) == (Status.PLANNING, None)
+
+    final = _run(quiet_app, run.run_id)
+    assert final.status == Status.PARTIALLY_SUCCEEDED  # the invalid rows
+    assert final.chunks_total == len(jobs) and final.requests_sent >= len(jobs)
+    assert final.profiles_accepted == final.objects_planned == len(sample.expected)
+    assert final.rows_read == final.rows_valid + final.rows_rejected == sample.rows
+    text = quiet_app.blob_text(final.rejected_blob)
+    rejected = [json.loads(line) for line in text.split("\n") if line]
+    assert {row["line"] for row in rejected} == sample.invalid_lines.keys()
+    for row in rejected:
+        assert sample.invalid_lines[row["line"]] in row["codes"]
+
+    # The snapshot holds everyone: the same file again sends nothing, and a delta (a snapshot
+    # to remove people from) waits for its release.
+    assert run_in_process(quiet_app, "early").objects_planned == 0
+    quiet_app.upload("early/early.csv", sample.data.replace(b"true", b"false", 1))
+    delta = run_in_process(quiet_app, "early", full_refresh=True)
+    assert not delta.delivers_while_diffing and delta.status == Status.PARTIALLY_SUCCEEDED
+
+
+def test_a_run_a_valve_might_stop_sends_nothing_before_its_release(quiet_app: App) -> None:
+    """300 rows could write 300 x 7 data points; with room for fewer, the run waits for the
+    release, which counts the real ones: here fewer than the valve allows, so all are sent."""
+    run, sample, jobs = _planned(quiet_app, "valved", max_data_points=300 * 7 - 1)
+    assert not _run(quiet_app, run.run_id).delivers_while_diffing
+    for job in jobs[:-1]:
+        diff_partition(job, quiet_app.services)
+    assert take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id) == []
+    assert quiet_app.braze_users() == {}
+    diff_partition(jobs[-1], quiet_app.services)
+    for chunk in take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id):
+        deliver_chunk(chunk, quiet_app.services)
+    final = _run(quiet_app, run.run_id)
+    assert final.data_points_estimated < 300 * 7 - 1
+    assert final.profiles_accepted == len(sample.expected) == len(quiet_app.braze_users())
+
+
+def test_the_valve_still_stops_a_first_export_with_nothing_sent(quiet_app: App) -> None:
+    run, _, jobs = _planned(quiet_app, "stopped", max_data_points=100)
+    for job in jobs:
+        diff_partition(job, quiet_app.services)
+    final = _run(quiet_app, run.run_id)
+    assert (final.status, final.stopped_by) == (Status.STOPPED, "max_data_points")
+    assert take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id) == []
+    assert quiet_app.braze_users() == {}
+
+
+def test_a_failure_in_planning_keeps_what_was_sent_says_so_and_the_next_run_sends_all(
+    quiet_app: App,
+) -> None:
+    run, sample, jobs = _planned(quiet_app, "broken")
+    half = jobs[: len(jobs) // 2]
+    for job in half:
+        diff_partition(job, quiet_app.services)
+    chunks = take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)
+    assert [chunk.chunk_index for chunk in chunks] == [job.partition for job in half]
+    deliver_chunk(chunks[0], quiet_app.services)
+
+    fail_partition(jobs[-1], TimeoutError("kept timing out"), quiet_app.services)
+    # The run ends once the jobs already queued are delivered, not before.
+    assert not _run(quiet_app, run.run_id).is_final
+    for chunk in chunks[1:]:
+        deliver_chunk(chunk, quiet_app.services)
+    final = _run(quiet_app, run.run_id)
+    assert final.status == Status.FAILED
+    assert "the partitions diffed before that went to Braze" in final.message
+    sent = _profiles_of(sample, {job.partition for job in half}, len(jobs))
+    assert quiet_app.braze_users() == sent
+    assert final.profiles_accepted == len(sent) > 0
+    # A job for a partition never diffed finds it recorded as empty and sends nothing.
+    diff_partition(jobs[-1], quiet_app.services)  # the run is over: nothing is diffed
+    assert take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id) == []
+    assert quiet_app.services.snapshots.current("broken", "sandbox") is None
+
+    again = run_in_process(quiet_app, "broken")
+    assert again.full_refresh_reason == "first run of this export on this connection"
+    assert again.profiles_accepted == len(sample.expected)
+    assert quiet_app.braze_users() == sample.expected
