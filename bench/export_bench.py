@@ -300,7 +300,7 @@ def run_once(
     delivery = next((start, end) for name, start, end in bounds if name == "deliver")
     spans = [delivery]
     if run.delivers_while_diffing:
-        spans = delivery_spans(run, services)
+        spans = delivery_spans(run, services) or [delivery]
         delivery = (spans[0][0], delivery[1])
     return {
         "label": label,

@@ -130,6 +130,14 @@ class RunStore:
     def partition_done(self, run_id: str, partition: int) -> bool:
         return self._exists(run_id, partition_row(partition))
 
+    def partition_result(self, run_id: str, partition: int) -> PartitionResult | None:
+        entity = self._get(run_id, partition_row(partition))
+        return _decode(PartitionResult, entity) if entity else None
+
+    def mark_delivery_queued(self, run_id: str, partition: int) -> None:
+        entity = {"PartitionKey": run_id, "RowKey": partition_row(partition)}
+        self._table.update_entity({**entity, "delivery_queued": True}, mode=UpdateMode.MERGE)
+
     def _create_once(self, run_id: str, row: str, values: dict[str, Any]) -> bool:
         """Create the entity unless it exists; True for the writer that created it."""
         entity = {"PartitionKey": run_id, "RowKey": row, **_to_entity_values(values)}

@@ -194,6 +194,12 @@ class PartitionResult:
     rejected_blob: str = ""
     snapshot_profiles: int = 0  # in this run's snapshot partition if Braze accepts everything
     array_cap_examples: list[str] = field(default_factory=list)
+    # Delivering while diffing: the partition's job was queued. A repeated diff job queues it
+    # only if not, so a job goes twice only after a crash between the two.
+    delivery_queued: bool = False
+    # Recorded instead of a diff when a run delivering while diffing ended in planning: no diff
+    # of this partition will count, and no job of it will come.
+    abandoned: bool = False
 
 
 def valid_rows(results: list[PartitionResult]) -> int:

@@ -88,25 +88,29 @@ def diff_partition(job: PartitionJob, services: Services) -> None:
             "run %s is missing or finished; dropping partition %d", job.run_id, job.partition
         )
         return
-    result: PartitionResult | None = None
+    recorded: PartitionResult | None = None
     if not services.runs.partition_done(run.run_id, job.partition):
         definitions = services.definitions()
         result = _diff(run, definitions, job, services)
-        services.runs.record_partition(run.run_id, result)
-    if run.delivers_while_diffing:  # queued again by a repeated job: delivered once
-        _queue_delivery(run, job.partition, result, services)
+        if services.runs.record_partition(run.run_id, result):
+            recorded = result
+    if run.delivers_while_diffing:
+        _queue_delivery(run, job.partition, recorded, services)
     maybe_release(run.run_id, services)
 
 
 def _queue_delivery(
-    run: Run, partition: int, result: PartitionResult | None, services: Services
+    run: Run, partition: int, recorded: PartitionResult | None, services: Services
 ) -> None:
-    """Send the partition to Braze now, not at the release (`delivers_while_diffing`)."""
-    if result is None:  # recorded by an earlier attempt
-        result = next(
-            r for r in services.runs.partition_results(run.run_id) if r.partition == partition
-        )
-    services.storage.send_messages(CHUNKS_QUEUE, [partition_chunk_job(run, result).to_json()])
+    """Send the partition to Braze now, not at the release (`delivers_while_diffing`): the
+    job whose result was recorded queues it; a repeated job only if that one died before it
+    did, and never for a partition abandoned when the run ended in planning."""
+    if recorded is None:
+        recorded = services.runs.partition_result(run.run_id, partition)
+        if recorded is None or recorded.delivery_queued or recorded.abandoned:
+            return
+    services.storage.send_messages(CHUNKS_QUEUE, [partition_chunk_job(run, recorded).to_json()])
+    services.runs.mark_delivery_queued(run.run_id, partition)
 
 
 def fail_partition(job: PartitionJob, error: BaseException, services: Services) -> None:
@@ -116,7 +120,7 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
         return
     message = (
         f"planning failed: partition {job.partition} of {job.partitions} could not be diffed "
-        f"after every retry ({type(error).__name__}: {error}); {sent_so_far(run)}"
+        f"after every retry ({type(error).__name__}: {error}); {sent_so_far(run, services)}"
     )
     finish_early(run, services, message=message, failed=True)
 

@@ -64,33 +64,41 @@ def finish_early(
     run is done. The report and rejected rows are written as for any run."""
     run.planning_failed = run.planning_failed or failed
     run.stopped_by, run.message = stopped_by, _clip(message)
-    if run.planning_failed:
-        _count_unfinished_planning(run, services)
     if run.chunks_total is None:
         run.chunks_total = _chunks_under_way(run, services) if run.delivers_while_diffing else 0
+    if run.planning_failed:
+        _count_unfinished_planning(run, services)
     services.runs.update(run)
     maybe_finalize(run.run_id, services)
 
 
-def sent_so_far(run: Run) -> str:
+def sent_so_far(run: Run, services: Services) -> str:
     """What Braze got from a run that ends before its release, for the run's message."""
-    if not run.delivers_while_diffing:
+    diffed = len(services.runs.partition_results(run.run_id))
+    if not run.delivers_while_diffing or not diffed:
         return "nothing was sent"
     return (
-        "the partitions diffed before that went to Braze (the report counts them); a failed "
-        "first export keeps no snapshot, so the next run sends everyone again"
+        f"the {diffed} partition(s) diffed before that go to Braze (the report counts them); a "
+        "failed first export keeps no snapshot, so the next run sends everyone again"
     )
 
 
 def _chunks_under_way(run: Run, services: Services) -> int:
     """A run that delivers while diffing and ends before its release: each partition diffed so
-    far queued its job, which is delivered and recorded as usual; every other partition's job
-    is recorded as empty (none will come, and one that does finds it done), so the run
-    finalizes once the queued jobs are recorded and its report counts what they sent."""
-    diffed = {result.partition for result in services.runs.partition_results(run.run_id)}
-    for partition in sorted(set(range(run.partitions)) - diffed):
-        empty = ChunkResult(chunk_index=partition, rows=0, partitions=[partition])
-        services.runs.record_chunk(run.run_id, empty)
+    far queued its job, which is delivered and recorded as usual. Every other partition is
+    recorded as abandoned, which a diff finishing now cannot then record over (so it queues
+    nothing), and its job as empty; the run finalizes once the queued jobs are recorded, and
+    plans (and reports) what those send."""
+    for partition in range(run.partitions):
+        if services.runs.record_partition(run.run_id, PartitionResult(partition, abandoned=True)):
+            empty = ChunkResult(chunk_index=partition, rows=0, partitions=[partition])
+            services.runs.record_chunk(run.run_id, empty)
+    sent = [r for r in services.runs.partition_results(run.run_id) if not r.abandoned]
+    run.profiles_new = sum(r.new for r in sent)
+    run.profiles_changed = sum(r.changed for r in sent)
+    run.profiles_unchanged = sum(r.unchanged for r in sent)
+    run.objects_planned = sum(r.objects for r in sent)
+    run.data_points_estimated = sum(r.data_points for r in sent)
     return run.partitions
 
 
@@ -172,8 +180,7 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     examples = _merge_rejected(run, partitions, latest, services)
     run.status = final_status(run)
     delivered = run.profiles_accepted + run.profiles_rejected_by_braze
-    # (A run that delivered while diffing and failed in planning planned no total to check.)
-    if delivered != run.objects_planned and run.chunks_total and not run.planning_failed:
+    if delivered != run.objects_planned and run.chunks_total:
         run.status = Status.FAILED
         run.message = (
             f"counts do not add up: {run.objects_planned} profiles planned to be sent but "

@@ -47,6 +47,8 @@ def maybe_release(run_id: str, services: Services) -> bool:
     run = store.get(run_id)
     if run is None or run.status != Status.PLANNING or not run.partitions:
         return False
+    if run.chunks_total is not None:  # ended in planning (or stopped): nothing to release
+        return False
     now = utcnow()
     if run.release_claimed_at and now - run.release_claimed_at < RELEASE_LEASE:
         return False

@@ -58,11 +58,13 @@ def check_run(services: Services, run: Run, now: datetime) -> str | None:
     if now - last < services.settings.stall_after:
         return None
     since = f"no progress since {last:%Y-%m-%d %H:%M:%S}Z"
-    if current.status != Status.DELIVERING:
+    # A run delivering while diffing that ended in planning waits for its queued jobs (it has
+    # its chunk total): those that stall end as delivery_failed, as after a release.
+    if current.status != Status.DELIVERING and current.chunks_total is None:
         done = len(services.runs.partition_results(run.run_id))
         message = (
             f"stalled while {current.status}: {since} ({done} of {current.partitions} "
-            f"partitions diffed); {sent_so_far(current)}; start the export again"
+            f"partitions diffed); {sent_so_far(current, services)}; start the export again"
         )
         log.error("run %s %s", run.run_id, message)
         finish_early(current, services, message=message, failed=True)

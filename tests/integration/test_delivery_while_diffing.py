@@ -5,6 +5,7 @@ and the Braze sandbox over HTTP, so what Braze holds between two diffs is known 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,11 +14,12 @@ from devtools.sample import SampleSegment, make_segment
 from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
 from shared.core.partitioning import partition_of
 from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE
-from shared.core.runs import Run, Status
+from shared.core.runs import Run, Status, utcnow
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition, fail_partition
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.split_source import split_source
+from shared.pipeline.stall_sweep import check_run
 from shared.pipeline.start import start_run
 from tests.integration.conftest import App, export_definition, run_in_process, take
 
@@ -132,22 +134,75 @@ def test_a_failure_in_planning_keeps_what_was_sent_says_so_and_the_next_run_send
     deliver_chunk(chunks[0], quiet_app.services)
 
     fail_partition(jobs[-1], TimeoutError("kept timing out"), quiet_app.services)
-    # The run ends once the jobs already queued are delivered, not before.
+    # The run ends once the jobs already queued are delivered, not before; a diff finishing
+    # meanwhile counts for nothing and sends nothing (its partition was abandoned), and
+    # releases nothing.
     assert not _run(quiet_app, run.run_id).is_final
+    diff_partition(jobs[-2], quiet_app.services)
+    assert take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id) == []
+    assert _run(quiet_app, run.run_id).status == Status.PLANNING
     for chunk in chunks[1:]:
         deliver_chunk(chunk, quiet_app.services)
     final = _run(quiet_app, run.run_id)
     assert final.status == Status.FAILED
-    assert "the partitions diffed before that went to Braze" in final.message
+    assert f"the {len(half)} partition(s) diffed before that go to Braze" in final.message
     sent = _profiles_of(sample, {job.partition for job in half}, len(jobs))
     assert quiet_app.braze_users() == sent
-    assert final.profiles_accepted == len(sent) > 0
-    # A job for a partition never diffed finds it recorded as empty and sends nothing.
-    diff_partition(jobs[-1], quiet_app.services)  # the run is over: nothing is diffed
-    assert take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id) == []
+    # The counts add up (else the run would say so): what was planned is what was sent.
+    assert final.profiles_accepted == final.objects_planned == final.profiles_new == len(sent)
+    assert final.rows_valid == len(sent) and final.rows_not_validated > 0
     assert quiet_app.services.snapshots.current("broken", "sandbox") is None
 
     again = run_in_process(quiet_app, "broken")
     assert again.full_refresh_reason == "first run of this export on this connection"
     assert again.profiles_accepted == len(sample.expected)
     assert quiet_app.braze_users() == sample.expected
+
+
+def test_a_repeated_diff_job_queues_the_partition_once_and_again_only_after_a_crash(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, _, jobs = _planned(quiet_app, "again")
+    services = quiet_app.services
+    diff_partition(jobs[0], services)
+    assert len(take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)) == 1
+    diff_partition(jobs[0], services)  # a repeated message: the job is queued already
+    assert take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id) == []
+
+    real = services.storage.send_messages
+
+    def crash(*_: object) -> None:
+        raise ConnectionError("the worker died after recording its partition")
+
+    monkeypatch.setattr(services.storage, "send_messages", crash)
+    with pytest.raises(ConnectionError):
+        diff_partition(jobs[1], services)
+    monkeypatch.setattr(services.storage, "send_messages", real)
+    diff_partition(jobs[1], services)  # the queue's retry of that message
+    (chunk,) = take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)
+    assert chunk.chunk_index == jobs[1].partition
+
+
+def test_a_queued_job_lost_after_a_planning_failure_is_ended_by_the_stall_sweep(
+    quiet_app: App,
+) -> None:
+    run, sample, jobs = _planned(quiet_app, "lost")
+    services = quiet_app.services
+    for job in jobs[:3]:
+        diff_partition(job, services)
+    first, lost, third = take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)
+    fail_partition(jobs[-1], TimeoutError("kept timing out"), services)
+    deliver_chunk(first, services)
+    deliver_chunk(third, services)
+    assert not _run(quiet_app, run.run_id).is_final  # waiting for `lost`, which never comes
+
+    future = utcnow() + services.settings.stall_after + timedelta(minutes=1)
+    assert check_run(services, _run(quiet_app, run.run_id), future) == "stalled: 1 chunk(s) ended"
+    final = _run(quiet_app, run.run_id)
+    assert final.status == Status.FAILED
+    assert "kept timing out" in final.message  # the planning failure stays the run's message
+    never = _profiles_of(sample, {lost.chunk_index}, len(jobs))
+    text = quiet_app.blob_text(final.rejected_blob)
+    failed = [json.loads(line) for line in text.split("\n") if line]
+    assert {r["customer_id"] for r in failed if "delivery_failed" in r["codes"]} == set(never)
+    assert final.profiles_accepted + final.profiles_rejected_by_braze == final.objects_planned
