@@ -172,6 +172,9 @@ class SplitResult:
     unidentified: int = 0  # malformed rows: whose they are cannot be told
     reasons: dict[str, int] = field(default_factory=dict)
     rejected_blob: str = ""
+    # Rows filed under each partition (empty from a version that did not count them): a diff's
+    # sends are at most its rows, which bounds its chunk blobs before it runs.
+    partition_rows: list[int] = field(default_factory=list)
 
 
 @dataclass

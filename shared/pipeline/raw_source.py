@@ -147,7 +147,9 @@ def _filed_or_parsed(
         records, partitions = records[by_partition], partitions[by_partition]
         cuts = (np.flatnonzero(partitions[1:] != partitions[:-1]) + 1).tolist()
         for start, end in pairwise([0, *cuts, len(hits)]):
-            matched[int(partitions[start])].write(records[start:end].tobytes())
+            partition = int(partitions[start])
+            matched[partition].write(records[start:end].tobytes())
+            tally.partition_rows[partition] += end - start
         tally.rows_read += len(hits)
     missing = found < 0
     bounds = [0, *(np.flatnonzero(missing[1:] != missing[:-1]) + 1).tolist(), count]

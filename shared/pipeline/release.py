@@ -109,20 +109,21 @@ def _delivering(run: Run, chunks: int, services: Services) -> None:
 
 
 def delivers_while_diffing(
-    run: Run, export: Export, connection: Connection, services: Services
+    run: Run, export: Export, connection: Connection, largest: int | None, services: Services
 ) -> bool:
     """Whether each partition may go to Braze as soon as it is diffed, before the others are:
     only when no safety valve can stop the run whatever the diffs find, so that "nothing is
     sent before the valves are checked" still holds. Nobody can leave a segment whose snapshot
     holds nobody (a first export), and a new profile writes at most its email, its mapped
     attributes and its membership, so the rows read bound the data points. Each partition is
-    one job, so its chunk blobs must fit one message, which the rows read also bound.
+    one job, so its chunk blobs must fit one message: `largest`, the most rows filed under one
+    partition (the rows read when a split did not count them), bounds them.
 
     A dry run, a teardown, a run with one partition (nothing to overlap) and a connection that
     cannot be delivered to now wait for the release as before; the release says why."""
     if run.dry_run or run.teardown or run.previous_profiles or run.partitions < 2:
         return False
-    if run.rows_read > export.chunk_size * MAX_CHUNK_BLOBS:
+    if (run.rows_read if largest is None else largest) > export.chunk_size * MAX_CHUNK_BLOBS:
         return False
     most_points = run.rows_read * (2 + len(export.mapping.attributes))
     if most_points > export.max_data_points and not run.override_safety_valves:

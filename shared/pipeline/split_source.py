@@ -136,7 +136,7 @@ def _maybe_finish_split(run_id: str, services: Services, *, repeated: bool) -> N
 def finish_split(run: Run, partitions: int, results: list[SplitResult], services: Services) -> None:
     _sum_splits(run, results)
     run.partitions, run.split_finished_at = partitions, utcnow()
-    run.delivers_while_diffing = _delivers_while_diffing(run, services)
+    run.delivers_while_diffing = _delivers_while_diffing(run, _largest(results), services)
     try:
         services.runs.update(run, if_unchanged=True)
     except RunConflict:
@@ -145,7 +145,14 @@ def finish_split(run: Run, partitions: int, results: list[SplitResult], services
     log.info("run %s: %d rows read, %d partitions queued", run.run_id, run.rows_read, partitions)
 
 
-def _delivers_while_diffing(run: Run, services: Services) -> bool:
+def _largest(results: list[SplitResult]) -> int | None:
+    """The most rows filed under one partition, None if a split did not count them."""
+    if not results or any(len(r.partition_rows) != r.partitions for r in results):
+        return None
+    return max(map(sum, zip(*(r.partition_rows for r in results), strict=True)))
+
+
+def _delivers_while_diffing(run: Run, largest: int | None, services: Services) -> bool:
     """Fixed once, with the partition count: the diffs of a run that may go to Braze before
     the release queue their own delivery (`release.delivers_while_diffing`)."""
     try:
@@ -154,7 +161,7 @@ def _delivers_while_diffing(run: Run, services: Services) -> bool:
         connection = definitions.connection(export.connection)
     except PLANNING_ERRORS:
         return False  # the release fails the run, saying why
-    return delivers_while_diffing(run, export, connection, services)
+    return delivers_while_diffing(run, export, connection, largest, services)
 
 
 def _sum_splits(run: Run, results: list[SplitResult]) -> None:
@@ -194,6 +201,7 @@ def _split(
     be filed by id, so it is validated and rejected here with every reason.
     """
     count = tally.partitions = job.partitions
+    filed = tally.partition_rows = [0] * count
     mapping = export.mapping
     columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
     # Keyed by the code that planned the run: the diff trusts digests only on the same code.
@@ -226,9 +234,9 @@ def _split(
                     _reject(rejected, tally, row, values.get(mapping.customer_id), reasons)
                     continue
                 digest = row_digest([values.get(column) for column in columns], keyed)
-                files[partition_of(customer_id, count)].write(
-                    piece_line(row.order, customer_id, digest, values, row.raw)
-                )
+                partition = partition_of(customer_id, count)
+                files[partition].write(piece_line(row.order, customer_id, digest, values, row.raw))
+                filed[partition] += 1
         finally:
             for file in files + matched:
                 file.close()

@@ -18,6 +18,7 @@ from shared.core.runs import Run, Status, utcnow
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition, fail_partition
 from shared.pipeline.plan_export import plan_run
+from shared.pipeline.release import MAX_CHUNK_BLOBS
 from shared.pipeline.split_source import split_source
 from shared.pipeline.stall_sweep import check_run
 from shared.pipeline.start import start_run
@@ -206,3 +207,44 @@ def test_a_queued_job_lost_after_a_planning_failure_is_ended_by_the_stall_sweep(
     failed = [json.loads(line) for line in text.split("\n") if line]
     assert {r["customer_id"] for r in failed if "delivery_failed" in r["codes"]} == set(never)
     assert final.profiles_accepted + final.profiles_rejected_by_braze == final.objects_planned
+
+
+def _segment_run(app: App, name: str, rows: int, **overrides: Any) -> Run:
+    """A first export of `rows` rows, planned and split; the run as the splits left it."""
+    sample = make_segment(rows, invalid_every=97, id_prefix=name)
+    app.upload(f"early/{name}.csv", sample.data)
+    app.define([export_definition(name, f"early/{name}.csv", sample.segment, **overrides)])
+    run = start_run(app.services, name, "test").run
+    take(app, JOBS_QUEUE, ExportJob, run.run_id)
+    plan_run(ExportJob(run.run_id, run.export_name), app.services)
+    for split in take(app, SPLITS_QUEUE, SplitJob, run.run_id):
+        split_source(split, app.services)
+    return _run(app, run.run_id)
+
+
+def test_the_rows_of_each_partition_not_the_rows_read_bound_its_job(quiet_app: App) -> None:
+    """5,000 rows at 75 profiles a blob would be 67 blobs in one job, over the 64 a message
+    names; spread over 128 partitions of about 40 rows, each job holds one."""
+    run = _segment_run(quiet_app, "spread", 5_000, chunk_size=75)
+    assert run.rows_read > 75 * MAX_CHUNK_BLOBS and run.delivers_while_diffing
+    for job in take(quiet_app, PARTITIONS_QUEUE, PartitionJob, run.run_id):
+        diff_partition(job, quiet_app.services)
+    chunks = take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)
+    assert len(chunks) == run.partitions and all(len(c.blob_names) == 1 for c in chunks)
+    for chunk in chunks:
+        deliver_chunk(chunk, quiet_app.services)
+    final = _run(quiet_app, run.run_id)
+    assert final.profiles_accepted == final.objects_planned == final.rows_valid
+
+
+def test_a_partition_too_big_for_one_job_waits_for_the_release(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 512 * 1024)
+    run = _segment_run(quiet_app, "lumpy", 10_000, chunk_size=75)  # 846 KB
+    assert run.partitions == 2 and not run.delivers_while_diffing  # about 5,000 rows each
+    for job in take(quiet_app, PARTITIONS_QUEUE, PartitionJob, run.run_id):
+        diff_partition(job, quiet_app.services)
+    chunks = take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)
+    assert all(len(chunk.blob_names) <= MAX_CHUNK_BLOBS for chunk in chunks)
+    assert len(chunks) == _run(quiet_app, run.run_id).chunks_total > run.partitions

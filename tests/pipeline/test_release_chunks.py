@@ -7,9 +7,10 @@ by a version that did not group (chunk size 0) lists one job per blob, as it was
 
 from __future__ import annotations
 
-from shared.core.runs import PartitionResult, Run
+from shared.core.runs import PartitionResult, Run, SplitResult
 from shared.pipeline.release import MAX_CHUNK_BLOBS, chunk_jobs, summarize
 from shared.pipeline.run_files import chunk_blob_name
+from shared.pipeline.split_source import _largest
 
 
 def _run(chunk_size: int) -> Run:
@@ -59,3 +60,25 @@ def test_planned_requests_count_whole_batches_of_the_grouped_jobs() -> None:
     results = _results(*([[5]] * 32))
     summarize(run, results, [], objects_per_request=75)
     assert run.requests_planned == 3
+
+
+def test_a_run_delivering_while_diffing_has_one_job_per_partition_numbered_by_it() -> None:
+    run = _run(40_000)
+    run.delivers_while_diffing = True
+    jobs = chunk_jobs(run, _results([40_000, 300], [], [7]))
+    name = chunk_blob_name
+    assert [(job.chunk_index, job.blob_names, job.rows, job.partitions) for job in jobs] == [
+        (0, [name("r-1", 0, 0), name("r-1", 0, 1)], 40_300, [0]),
+        (1, [], 0, [1]),  # nothing to send, but the numbers stay 0..partitions-1
+        (2, [name("r-1", 2, 0)], 7, [2]),
+    ]
+
+
+def test_the_largest_partition_is_known_only_when_every_split_counted_its_rows() -> None:
+    counted = [
+        SplitResult(0, 3, partition_rows=[5, 0, 2]),
+        SplitResult(1, 3, partition_rows=[1, 4, 2]),
+    ]
+    assert _largest(counted) == 6
+    older = [counted[0], SplitResult(1, 3)]  # a split by a version that did not count
+    assert _largest(older) is None  # so the rows read bound the jobs instead
