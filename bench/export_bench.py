@@ -110,23 +110,40 @@ def write_segment(path: Path, profiles: int, changed_every: int = 0, seed: int =
 PHASES = ("split", "diff", "release", "deliver", "finalize")
 
 
-def phase_bounds(run: Run, services: Services) -> list[tuple[str, float, float]]:
-    """Each phase from the run's own timestamps and its table entities' (Azurite's clock)."""
+# When each partition's diff and each chunk's delivery was recorded, by number (epoch seconds,
+# Azurite's clock): {"part-": {partition: epoch}, "chunk-": {chunk: epoch}}.
+RecordStamps = dict[str, dict[int, float]]
+
+
+def record_stamps(run: Run, services: Services) -> RecordStamps:
+    """The run's partition and chunk records' timestamps, read once for the phases and spans."""
     table = services.storage.table(RUNS_TABLE)
-    stamps: dict[str, list[datetime]] = {"part-": [], "chunk-": []}
+    stamps: RecordStamps = {"part-": {}, "chunk-": {}}
     for entity in table.query_entities(f"PartitionKey eq '{run.run_id}'"):
+        key = entity["RowKey"]
         for prefix, found in stamps.items():
-            if entity["RowKey"].startswith(prefix):
-                found.append(entity.metadata["timestamp"])
+            if key.startswith(prefix):
+                found[int(key.removeprefix(prefix))] = entity.metadata["timestamp"].timestamp()
+    return stamps
+
+
+def phase_bounds(run: Run, stamps: RecordStamps) -> list[tuple[str, float, float]]:
+    """Each phase from the run's own timestamps and its table entities' (Azurite's clock)."""
     assert run.planning_started_at and run.finished_at
     # A run that found its source unchanged ends during planning: its later phases take 0 s.
-    split_finished = run.split_finished_at or run.finished_at
-    planned = run.planning_finished_at or run.finished_at
-    diffed = max(stamps["part-"], default=split_finished)
-    delivered = max(stamps["chunk-"], default=planned)
+    split_finished = (run.split_finished_at or run.finished_at).timestamp()
+    planned = (run.planning_finished_at or run.finished_at).timestamp()
+    diffed = max(stamps["part-"].values(), default=split_finished)
+    delivered = max(stamps["chunk-"].values(), default=planned)
 
-    marks = [run.planning_started_at, split_finished, diffed, planned, delivered, run.finished_at]
-    epochs = [mark.timestamp() for mark in marks]
+    epochs = [
+        run.planning_started_at.timestamp(),
+        split_finished,
+        diffed,
+        planned,
+        delivered,
+        run.finished_at.timestamp(),
+    ]
     for n in range(1, len(epochs)):  # two clocks: a phase never ends before the one before it
         epochs[n] = max(epochs[n], epochs[n - 1])
     return [(name, epochs[n], epochs[n + 1]) for n, name in enumerate(PHASES)]
@@ -190,18 +207,10 @@ def machine_seconds() -> tuple[float, float]:
     return (int(fields[4]) + int(fields[5])) / ticks, int(fields[8]) / ticks
 
 
-def delivery_spans(run: Run, services: Services) -> list[tuple[float, float]]:
+def delivery_spans(stamps: RecordStamps) -> list[tuple[float, float]]:
     """When a run that delivered while diffing had delivery work: each partition's job from
     its diff's record (when it was queued) to its own record, overlapping spans merged."""
-    table = services.storage.table(RUNS_TABLE)
-    queued: dict[int, float] = {}
-    done: dict[int, float] = {}
-    for entity in table.query_entities(f"PartitionKey eq '{run.run_id}'"):
-        key, stamp = entity["RowKey"], entity.metadata["timestamp"].timestamp()
-        if key.startswith("part-"):
-            queued[int(key.removeprefix("part-"))] = stamp
-        elif key.startswith("chunk-"):
-            done[int(key.removeprefix("chunk-"))] = stamp
+    queued, done = stamps["part-"], stamps["chunk-"]
     spans: list[tuple[float, float]] = []
     for start, end in sorted((queued[p], done[p]) for p in queued if p in done):
         if spans and start <= spans[-1][1]:
@@ -285,7 +294,8 @@ def run_once(
                 raise SystemExit(f"{label}: run {run_id} did not finish: {run}")
             time.sleep(0.05)
         wall = time.time() - started
-    bounds = phase_bounds(run, services)
+    stamps = record_stamps(run, services)
+    bounds = phase_bounds(run, stamps)
     first, last = sampler.samples[0], sampler.samples[-1]
     stats = requests.get(f"{sandbox.url}/_sandbox/stats", timeout=30).json()
     timeline = requests.get(f"{sandbox.url}/_sandbox/timeline", timeout=30).json()
@@ -300,7 +310,7 @@ def run_once(
     delivery = next((start, end) for name, start, end in bounds if name == "deliver")
     spans = [delivery]
     if run.delivers_while_diffing:
-        spans = delivery_spans(run, services) or [delivery]
+        spans = delivery_spans(stamps) or [delivery]
         delivery = (spans[0][0], delivery[1])
     return {
         "label": label,

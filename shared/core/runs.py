@@ -205,6 +205,19 @@ class PartitionResult:
     abandoned: bool = False
 
 
+def sum_diffs(run: Run, results: list[PartitionResult]) -> None:
+    """What the partitions' diffs found, into the run: set, never added, so summing again
+    counts once."""
+    run.profiles_new = sum(r.new for r in results)
+    run.profiles_changed = sum(r.changed for r in results)
+    run.profiles_unchanged = sum(r.unchanged for r in results)
+    run.profiles_removed = sum(r.removed for r in results)
+    run.removals_held = sum(r.removals_held for r in results)
+    run.objects_planned = sum(r.objects for r in results)
+    run.data_points_estimated = sum(r.data_points for r in results)
+    run.array_cap_warnings = sum(r.array_cap_warnings for r in results)
+
+
 def valid_rows(results: list[PartitionResult]) -> int:
     """The rows the partitions' diffs found valid: each member's first valid row, whether its
     profile is new, changed or unchanged."""

@@ -36,6 +36,7 @@ from shared.core.runs import (
     RunConflict,
     Status,
     rejection_reasons,
+    sum_diffs,
     utcnow,
     valid_rows,
 )
@@ -93,12 +94,7 @@ def _chunks_under_way(run: Run, services: Services) -> int:
         if services.runs.record_partition(run.run_id, PartitionResult(partition, abandoned=True)):
             empty = ChunkResult(chunk_index=partition, rows=0, partitions=[partition])
             services.runs.record_chunk(run.run_id, empty)
-    sent = [r for r in services.runs.partition_results(run.run_id) if not r.abandoned]
-    run.profiles_new = sum(r.new for r in sent)
-    run.profiles_changed = sum(r.changed for r in sent)
-    run.profiles_unchanged = sum(r.unchanged for r in sent)
-    run.objects_planned = sum(r.objects for r in sent)
-    run.data_points_estimated = sum(r.data_points for r in sent)
+    sum_diffs(run, [r for r in services.runs.partition_results(run.run_id) if not r.abandoned])
     return run.partitions
 
 

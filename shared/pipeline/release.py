@@ -25,6 +25,7 @@ from shared.core.runs import (
     RunConflict,
     Status,
     rejection_reasons,
+    sum_diffs,
     utcnow,
     valid_rows,
 )
@@ -156,14 +157,7 @@ def summarize(
     """Sum the partitions into the run, with the rejection reasons of the splits (rows whose
     id was unusable) and of the partitions (validated there); set, never add, so a repeated
     release counts once."""
-    run.profiles_new = sum(r.new for r in results)
-    run.profiles_changed = sum(r.changed for r in results)
-    run.profiles_unchanged = sum(r.unchanged for r in results)
-    run.profiles_removed = sum(r.removed for r in results)
-    run.removals_held = sum(r.removals_held for r in results)
-    run.objects_planned = sum(r.objects for r in results)
-    run.data_points_estimated = sum(r.data_points for r in results)
-    run.array_cap_warnings = sum(r.array_cap_warnings for r in results)
+    sum_diffs(run, results)
     run.requests_planned = sum(
         math.ceil(job.rows / objects_per_request) for job in chunk_jobs(run, results)
     )

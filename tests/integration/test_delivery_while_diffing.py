@@ -31,11 +31,11 @@ def small_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 4096)
 
 
-def _planned(
-    app: App, name: str, **overrides: Any
-) -> tuple[Run, SampleSegment, list[PartitionJob]]:
-    """A first export of a messy 300-row segment, split, with its partition jobs taken."""
-    sample = make_segment(300, invalid_every=25, id_prefix=name)
+def _split_first_export(
+    app: App, name: str, rows: int = 300, invalid_every: int = 25, **overrides: Any
+) -> tuple[Run, SampleSegment]:
+    """A first export of a messy segment, planned and split: the run as the splits left it."""
+    sample = make_segment(rows, invalid_every=invalid_every, id_prefix=name)
     app.upload(f"early/{name}.csv", sample.data)
     app.define([export_definition(name, f"early/{name}.csv", sample.segment, **overrides)])
     run = start_run(app.services, name, "test").run
@@ -43,6 +43,14 @@ def _planned(
     plan_run(ExportJob(run.run_id, run.export_name), app.services)
     for split in take(app, SPLITS_QUEUE, SplitJob, run.run_id):
         split_source(split, app.services)
+    return _run(app, run.run_id), sample
+
+
+def _planned(
+    app: App, name: str, **overrides: Any
+) -> tuple[Run, SampleSegment, list[PartitionJob]]:
+    """A 300-row first export, split, with its partition jobs taken."""
+    run, sample = _split_first_export(app, name, **overrides)
     jobs = take(app, PARTITIONS_QUEUE, PartitionJob, run.run_id)
     return run, sample, sorted(jobs, key=lambda job: job.partition)
 
@@ -209,23 +217,10 @@ def test_a_queued_job_lost_after_a_planning_failure_is_ended_by_the_stall_sweep(
     assert final.profiles_accepted + final.profiles_rejected_by_braze == final.objects_planned
 
 
-def _segment_run(app: App, name: str, rows: int, **overrides: Any) -> Run:
-    """A first export of `rows` rows, planned and split; the run as the splits left it."""
-    sample = make_segment(rows, invalid_every=97, id_prefix=name)
-    app.upload(f"early/{name}.csv", sample.data)
-    app.define([export_definition(name, f"early/{name}.csv", sample.segment, **overrides)])
-    run = start_run(app.services, name, "test").run
-    take(app, JOBS_QUEUE, ExportJob, run.run_id)
-    plan_run(ExportJob(run.run_id, run.export_name), app.services)
-    for split in take(app, SPLITS_QUEUE, SplitJob, run.run_id):
-        split_source(split, app.services)
-    return _run(app, run.run_id)
-
-
 def test_the_rows_of_each_partition_not_the_rows_read_bound_its_job(quiet_app: App) -> None:
     """5,000 rows at 75 profiles a blob would be 67 blobs in one job, over the 64 a message
     names; spread over 128 partitions of about 40 rows, each job holds one."""
-    run = _segment_run(quiet_app, "spread", 5_000, chunk_size=75)
+    run, _ = _split_first_export(quiet_app, "spread", 5_000, 97, chunk_size=75)
     assert run.rows_read > 75 * MAX_CHUNK_BLOBS and run.delivers_while_diffing
     for job in take(quiet_app, PARTITIONS_QUEUE, PartitionJob, run.run_id):
         diff_partition(job, quiet_app.services)
@@ -241,7 +236,7 @@ def test_a_partition_too_big_for_one_job_waits_for_the_release(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 512 * 1024)
-    run = _segment_run(quiet_app, "lumpy", 10_000, chunk_size=75)  # 846 KB
+    run, _ = _split_first_export(quiet_app, "lumpy", 10_000, 97, chunk_size=75)  # 846 KB
     assert run.partitions == 2 and not run.delivers_while_diffing  # about 5,000 rows each
     for job in take(quiet_app, PARTITIONS_QUEUE, PartitionJob, run.run_id):
         diff_partition(job, quiet_app.services)
