@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
@@ -37,6 +37,14 @@ PENDING_PARTITION = "~pending"  # a start deferred while the export was busy
 SCHEDULE_PARTITION = "~schedule"  # the last schedule slot handled per export
 
 _RUN_FIELDS = {f.name for f in fields(Run)} - {"run_id", "etag"}
+
+
+class SavedProgress(NamedTuple):
+    """A chunk's progress and when and as what it was last saved (None: never)."""
+
+    progress: ChunkProgress
+    etag: str | None
+    saved_at: datetime | None
 
 
 class RunStore:
@@ -161,13 +169,42 @@ class RunStore:
         return sorted(results, key=lambda r: r.partition)
 
     def chunk_progress(self, run_id: str, chunk_index: int) -> ChunkProgress:
-        entity = self._get(run_id, progress_row(chunk_index))
-        return _decode(ChunkProgress, entity) if entity else ChunkProgress()
+        return self.saved_progress(run_id, chunk_index).progress
 
-    def save_progress(self, run_id: str, chunk_index: int, progress: ChunkProgress) -> None:
+    def saved_progress(self, run_id: str, chunk_index: int) -> SavedProgress:
+        """The chunk's progress as last saved, with what a conditional save needs."""
+        entity = self._get(run_id, progress_row(chunk_index))
+        if entity is None:
+            return SavedProgress(ChunkProgress(), None, None)
+        metadata = entity.metadata
+        return SavedProgress(
+            _decode(ChunkProgress, entity), metadata["etag"], metadata.get("timestamp")
+        )
+
+    def save_progress(
+        self, run_id: str, chunk_index: int, progress: ChunkProgress, etag: str | None
+    ) -> str | None:
+        """Save the chunk's progress only if nobody saved it since `etag` (None: it was never
+        saved); the new ETag, or None when another attempt got there first."""
         entity = {"PartitionKey": run_id, "RowKey": progress_row(chunk_index)}
         entity.update(_to_entity_values(asdict(progress)))
-        self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        try:
+            if etag is None:
+                metadata = self._table.create_entity(entity)
+            else:
+                metadata = self._table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except ResourceExistsError:
+            return None
+        except HttpResponseError as error:
+            if error.status_code == 412:
+                return None
+            raise
+        return str(metadata["etag"])
 
     def _rows(self, run_id: str, prefix: str, select: list[str] | None = None) -> Any:
         """Entities of a run whose row key starts with `prefix` (a range query on the key)."""

@@ -243,6 +243,9 @@ class ChunkProgress(DeliveryCounts):
 
     batches_done: int = 0
     batch_size: int = 0  # fixed at the first attempt, so a resume cuts the same batches
+    # The delivery attempt that holds the chunk ("" when none): a second attempt of the same
+    # chunk waits while the holder keeps saving, instead of sending the chunk again.
+    holder: str = ""
 
 
 class RunConflict(Exception):

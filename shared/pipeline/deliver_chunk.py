@@ -5,6 +5,12 @@ progress (a prefix of the chunk's batches) is saved about once a second and when
 fails, so a redelivered chunk resumes at the first batch whose answer was not saved. A worker
 killed outright may therefore re-send what was in flight and what was answered in its last
 second (attribute updates are idempotent; Braze bills their data points again).
+
+The saved progress is also the chunk's lease. An attempt takes it with a conditional save and
+keeps saving (a heartbeat while no answer comes), so a second attempt of the same chunk (a
+duplicate message) waits while the holder is alive instead of sending the chunk again, and
+takes over once the holder has been silent for `LEASE_SECONDS` (a killed worker). A holder that
+finds its lease taken (it was silent that long, but alive) stops sending.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from dataclasses import fields, replace
 from typing import Any
 
 from shared.adapters.braze_client import BrazeClient, TrackOutcome
+from shared.adapters.run_store import SavedProgress
 from shared.adapters.services import Services
 from shared.core.messages import ChunkJob
 from shared.core.report import row_position
 from shared.core.resource_names import RUNS_CONTAINER
-from shared.core.runs import ChunkProgress, ChunkResult, DeliveryCounts
+from shared.core.runs import ChunkProgress, ChunkResult, DeliveryCounts, utcnow
 from shared.pipeline.finalize import maybe_finalize
 from shared.pipeline.run_files import batches, partition_files_loader, read_chunk, rejected_prefix
 
@@ -36,6 +43,13 @@ STOP_CHECK_SECONDS = 10.0
 # Progress is saved at most this often per chunk (and when an attempt fails): a Table write per
 # batch cost more than the batch's POST, and a crash may then re-send what was answered since.
 PROGRESS_SAVE_SECONDS = 1.0
+# The lease: a holder saves at least this often, even while no answer comes (429 waits, slow
+# answers); another attempt takes the chunk once its holder has saved nothing for LEASE_SECONDS,
+# and gives up waiting (the queue retries its message) after HOLD_WAIT_SECONDS.
+HEARTBEAT_SECONDS = 2.0
+LEASE_SECONDS = 15.0
+LEASE_CHECK_SECONDS = 1.0
+HOLD_WAIT_SECONDS = 300.0
 FAILED_ROWS_PER_WRITE = 5_000  # a poisoned chunk's unsent rows are listed this many at a time
 
 
@@ -53,14 +67,18 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
     client = services.braze(connection)
     # Both at once: while a worker sets up a chunk, it has no request in flight.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-setup") as pool:
-        saved = pool.submit(services.runs.chunk_progress, job.run_id, job.chunk_index)
+        saved = pool.submit(services.runs.saved_progress, job.run_id, job.chunk_index)
         items = read_chunk(services, job.blob_names)
-        progress = saved.result()
+        found = saved.result()
     if len(items) != job.rows:
         raise ValueError(
             f"chunk {job.chunk_index} ({', '.join(job.blob_names)}) holds {len(items)} profiles "
             f"but was planned with {job.rows}"
         )
+    lease = _take_lease(job, services, found)
+    if lease is None:
+        return
+    progress = lease.progress
     progress.batch_size = progress.batch_size or connection.objects_per_request
     if progress.batches_done:
         log.info(
@@ -69,13 +87,80 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
             job.chunk_index,
             progress.batches_done,
         )
-    ledger = _Ledger(job, services, progress)
+    ledger = _Ledger(job, services, lease)
     todo = batches(items, progress.batch_size)[progress.batches_done :]
     started = time.monotonic()
     if not _send_in_order(job, services, client, todo, ledger):
         return
     _log_pace(job, len(todo), time.monotonic() - started, client)
     _record(job, progress, len(items), run.replay_round, services)
+
+
+class ChunkHeld(Exception):
+    """Another attempt kept delivering the chunk while this one waited: its message is retried
+    later."""
+
+
+def _take_lease(job: ChunkJob, services: Services, found: SavedProgress) -> SavedProgress | None:
+    """Hold the chunk for this attempt (its progress saved with this attempt as holder and the
+    ETag that save returned), or None when the chunk was recorded or the run ended meanwhile.
+
+    A holder that saved within `LEASE_SECONDS` is alive, so this attempt waits for it: when it
+    records the chunk there is nothing left to do; when it lets go (an attempt that fails saves
+    its progress without holder) or falls silent (a killed worker) this one takes over and
+    resumes after the batches it saved. Silence is measured both on this worker's clock, from
+    ETag to ETag, and from the store's timestamp (quicker after a crash, if the clocks agree).
+    """
+    attempt = uuid.uuid4().hex[:12]
+    started = changed_at = time.monotonic()
+    waiting = False
+    while True:
+        if not found.progress.holder or _silent(found, changed_at):
+            previous, found.progress.holder = found.progress.holder, attempt
+            etag = services.runs.save_progress(
+                job.run_id, job.chunk_index, found.progress, found.etag
+            )
+            if etag is not None:
+                if previous and _finished_elsewhere(job, services):
+                    return None  # the silent holder had recorded it just before
+                return SavedProgress(found.progress, etag, None)
+        elif not waiting:
+            waiting = True
+            log.info(
+                "run %s chunk %d is being delivered by another attempt; waiting for it",
+                job.run_id,
+                job.chunk_index,
+            )
+        if time.monotonic() - started > HOLD_WAIT_SECONDS:
+            raise ChunkHeld(
+                f"chunk {job.chunk_index} was still being delivered by another attempt after "
+                f"{HOLD_WAIT_SECONDS:.0f} s; this message is retried later"
+            )
+        time.sleep(LEASE_CHECK_SECONDS)
+        if _finished_elsewhere(job, services):
+            return None
+        latest = services.runs.saved_progress(job.run_id, job.chunk_index)
+        if latest.etag != found.etag:
+            changed_at = time.monotonic()
+        found = latest
+
+
+def _finished_elsewhere(job: ChunkJob, services: Services) -> bool:
+    """Whether the chunk was recorded (by the attempt that held it) or its run ended."""
+    if services.runs.chunk_done(job.run_id, job.chunk_index):
+        log.info("run %s chunk %d was delivered by another attempt", job.run_id, job.chunk_index)
+        return True
+    run = services.runs.get(job.run_id)
+    return run is None or run.is_final
+
+
+def _silent(found: SavedProgress, changed_at: float) -> bool:
+    """Whether the holder saved nothing for `LEASE_SECONDS`."""
+    if time.monotonic() - changed_at >= LEASE_SECONDS:
+        return True
+    return found.saved_at is not None and (utcnow() - found.saved_at).total_seconds() >= (
+        LEASE_SECONDS
+    )
 
 
 def _log_pace(job: ChunkJob, requests: int, seconds: float, client: BrazeClient) -> None:
@@ -125,7 +210,23 @@ def _send_in_order(
             if not in_flight:
                 finished = True
                 return True
-            ledger.answered(in_flight.popleft().result())
+            oldest = in_flight[0]
+            try:
+                outcome = oldest.result(timeout=HEARTBEAT_SECONDS)
+            except TimeoutError:
+                if oldest.done():  # the request itself timed out
+                    raise
+                ledger.heartbeat()
+            else:
+                in_flight.popleft()
+                ledger.answered(outcome)
+            if ledger.lost:
+                log.warning(
+                    "run %s chunk %d was taken over by another attempt; not sending the rest",
+                    job.run_id,
+                    job.chunk_index,
+                )
+                return False
     finally:
         for future in in_flight:
             future.cancel()
@@ -136,10 +237,12 @@ class _Ledger:
     """Accounts for a chunk's answered batches in order and saves the progress now and then
     (while the next batches are on their way), not after every batch."""
 
-    def __init__(self, job: ChunkJob, services: Services, progress: ChunkProgress) -> None:
+    def __init__(self, job: ChunkJob, services: Services, lease: SavedProgress) -> None:
         self._job = job
         self._services = services
-        self.progress = progress
+        self.progress = lease.progress
+        self._etag = lease.etag
+        self.lost = False  # another attempt took the chunk: stop sending
         self.sending: deque[list[tuple[int, int, str]]] = deque()
         self._attempt = _Attempt(job, services)
         self._files = partition_files_loader(services, job.run_id)
@@ -162,27 +265,38 @@ class _Ledger:
         if time.monotonic() - self._saved_at >= PROGRESS_SAVE_SECONDS:
             self._save_in_background()
 
+    def heartbeat(self) -> None:
+        """No answer came for a while: save anyway, so the lease stays ours."""
+        if time.monotonic() - self._saved_at >= HEARTBEAT_SECONDS:
+            self._save_in_background()
+
     def _save_in_background(self) -> None:
         if self._saving is not None and not self._saving.done():
             return  # the next answer saves instead
         self._saved_at = time.monotonic()
-        self._saving = self._saver.submit(
-            self._services.runs.save_progress,
-            self._job.run_id,
-            self._job.chunk_index,
-            _copy(self.progress),
+        self._saving = self._saver.submit(self._save, _copy(self.progress))
+
+    def _save(self, progress: ChunkProgress) -> None:
+        """Save only over our own last save: otherwise another attempt holds the chunk now."""
+        if self.lost:
+            return
+        etag = self._services.runs.save_progress(
+            self._job.run_id, self._job.chunk_index, progress, self._etag
         )
+        if etag is None:
+            self.lost = True
+        else:
+            self._etag = etag
 
     def close(self, *, save: bool) -> None:
         """Wait for the background save; an attempt that fails or stops saves what it got
-        answered, so the queue's retry resumes after it."""
+        answered and lets go of the chunk, so the queue's retry resumes after it at once."""
         self._saver.shutdown(wait=True)
         if self._saving is not None:
             self._saving.result()
         if save:
-            self._services.runs.save_progress(
-                self._job.run_id, self._job.chunk_index, _copy(self.progress)
-            )
+            self.progress.holder = ""
+            self._save(_copy(self.progress))
 
 
 def _taken_from_us(job: ChunkJob, services: Services) -> bool:
@@ -269,7 +383,13 @@ def _record(
 def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
     """The chunk is being poisoned (or its work stalled): batches Braze answered keep their
     outcome, and every row of the rest is reported as delivery_failed, so none goes
-    unaccounted for."""
+    unaccounted for. Not when this message only waited for another attempt that still holds
+    the chunk: that one records it."""
+    if isinstance(error, ChunkHeld):
+        log.warning(
+            "run %s chunk %d: %s; that attempt records it", job.run_id, job.chunk_index, error
+        )
+        return
     run = services.runs.get(job.run_id)
     if run is None or run.is_final or services.runs.chunk_done(job.run_id, job.chunk_index):
         return

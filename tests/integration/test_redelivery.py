@@ -7,6 +7,11 @@ timeout) so each attempt is deterministic; the Braze sandbox answers over HTTP.
 from __future__ import annotations
 
 import json
+import logging
+import threading
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,10 +25,19 @@ from shared.adapters.storage import Storage
 from shared.core.messages import ChunkJob, ExportJob, PartitionJob
 from shared.core.resource_names import PARTITIONS_QUEUE
 from shared.core.runs import Run, Status
-from shared.pipeline.deliver_chunk import deliver_chunk
+from shared.pipeline.deliver_chunk import ChunkHeld, deliver_chunk
 from shared.pipeline.plan_export import plan_run
-from shared.pipeline.run_files import partition_piece_name, report_blob_name
-from tests.integration.conftest import App, OneAtATime, export_definition, plan_in_process, take
+from shared.pipeline.run_files import partition_piece_name, read_chunk, report_blob_name
+from tests.integration.conftest import (
+    App,
+    OneAtATime,
+    export_definition,
+    plan_in_process,
+    take,
+    wait_for,
+)
+
+LEASE = "shared.pipeline.deliver_chunk"  # where the lease's timings are set
 
 
 def _new_run(app: App, name: str, path: str, rows: int, **overrides: Any) -> tuple[Run, Any]:
@@ -187,6 +201,11 @@ def test_a_worker_killed_mid_chunk_resumes_at_the_first_unfinished_batch(
         deliver_chunk(job, quiet_app.services)
     first = quiet_app.sandbox_requests()
     assert len(first) == 2
+    # The failed attempt let go of the chunk (its lease): the retry need not wait for it, and
+    # would give up at once here if it had to.
+    saved = quiet_app.services.runs.chunk_progress(job.run_id, job.chunk_index)
+    assert (saved.holder, saved.batches_done) == ("", 2)
+    monkeypatch.setattr(f"{LEASE}.HOLD_WAIT_SECONDS", 0.0)
 
     monkeypatch.setattr(quiet_app.services, "braze", lambda _: real)
     deliver_chunk(job, quiet_app.services)  # the message comes back after the crash
@@ -198,3 +217,214 @@ def test_a_worker_killed_mid_chunk_resumes_at_the_first_unfinished_batch(
     assert final is not None and final.status == Status.SUCCEEDED
     assert (final.profiles_accepted, final.requests_sent) == (400, 6)
     assert set(quiet_app.braze_users()) == set(sample.expected)
+
+
+# --- the chunk's lease: two deliveries of one chunk at once send it once -----------------------
+
+
+class GatedBraze:
+    """The real client behind gates: an attempt's nth request (by the name of the attempt's
+    thread) waits until its gate opens, as a slow Braze or a starved thread would keep a batch
+    in flight. Requests run on threads of their own, as the real client's do, so the attempt
+    waiting for them keeps its heartbeat."""
+
+    max_in_flight = 1
+    latency_seconds = None
+
+    def __init__(self, real: Any, gates: dict[tuple[str, int], threading.Event]) -> None:
+        self._real, self._gates = real, gates
+        self._submitted: Counter[str] = Counter()
+        self.sent_by: list[str] = []  # the attempt that sent each request, in order
+        self._pool = ThreadPoolExecutor(max_workers=4)
+
+    def submit(self, objects: Any) -> Future[TrackOutcome]:
+        sender = threading.current_thread().name
+        self._submitted[sender] += 1
+        gate = self._gates.get((sender, self._submitted[sender]))
+        return self._pool.submit(self._track, objects, sender, gate)
+
+    def _track(self, objects: Any, sender: str, gate: threading.Event | None) -> TrackOutcome:
+        if gate is not None:
+            assert gate.wait(timeout=120), "the test never opened the gate"
+        self.sent_by.append(sender)
+        outcome: TrackOutcome = self._real.track(objects)
+        return outcome
+
+
+def _gated(
+    app: App, monkeypatch: pytest.MonkeyPatch, gates: dict[tuple[str, int], threading.Event]
+) -> GatedBraze:
+    real = app.services.braze(app.services.definitions().connection("sandbox"))
+    gated = GatedBraze(real, gates)
+    monkeypatch.setattr(app.services, "braze", lambda _: gated)
+    return gated
+
+
+def _in_thread(name: str, job: ChunkJob, app: App) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            deliver_chunk(job, app.services)
+        except BaseException as error:  # handed to the test's thread
+            errors.append(error)
+
+    thread = threading.Thread(target=attempt, name=name)
+    thread.start()
+    return thread, errors
+
+
+def _holder(app: App, job: ChunkJob) -> str:
+    return app.services.runs.chunk_progress(job.run_id, job.chunk_index).holder
+
+
+def test_a_duplicate_delivery_waits_for_the_attempt_under_way_and_sends_nothing(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    run, sample = _new_run(quiet_app, "leasedup", "redeliver/leasedup.csv", 400, chunk_size=400)
+    (job,) = plan_in_process(quiet_app, run)
+    monkeypatch.setattr(f"{LEASE}.LEASE_CHECK_SECONDS", 0.05)
+    gate = threading.Event()
+    gated = _gated(quiet_app, monkeypatch, {("first", 1): gate})
+    caplog.set_level(logging.INFO, logger=LEASE)
+
+    first, first_errors = _in_thread("first", job, quiet_app)
+    wait_for(lambda: _holder(quiet_app, job), "the first attempt to hold the chunk")
+    second, second_errors = _in_thread("second", job, quiet_app)  # the duplicate message
+    wait_for(lambda: "waiting for it" in caplog.text, "the duplicate to wait")
+    gate.set()
+    first.join(timeout=120)
+    second.join(timeout=120)
+
+    assert first_errors == second_errors == []
+    assert gated.sent_by == ["first"] * 6  # 400 profiles in batches of 75, each sent once
+    sent = [o["external_id"] for body in quiet_app.sandbox_requests() for o in body["attributes"]]
+    assert len(sent) == len(set(sent)) == 400
+    assert "was delivered by another attempt" in caplog.text
+    final = quiet_app.services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.SUCCEEDED
+    assert (final.profiles_accepted, final.requests_sent) == (400, 6)
+    assert set(quiet_app.braze_users()) == set(sample.expected)
+
+
+def test_the_holder_saves_while_it_waits_for_an_answer(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, _ = _new_run(quiet_app, "leasebeat", "redeliver/leasebeat.csv", 150, chunk_size=150)
+    (job,) = plan_in_process(quiet_app, run)
+    monkeypatch.setattr(f"{LEASE}.HEARTBEAT_SECONDS", 0.01)
+    gate = threading.Event()
+    _gated(quiet_app, monkeypatch, {("holder", 1): gate})
+    runs = quiet_app.services.runs
+
+    attempt, errors = _in_thread("holder", job, quiet_app)
+    claimed = wait_for(
+        lambda: (
+            (saved := runs.saved_progress(job.run_id, job.chunk_index)).progress.holder and saved
+        ),
+        "the attempt to hold the chunk",
+    )
+    # No answer has come (the first batch waits at the gate), yet the lease is saved again.
+    wait_for(
+        lambda: runs.saved_progress(job.run_id, job.chunk_index).etag != claimed.etag,
+        "a heartbeat while the first batch is unanswered",
+    )
+    assert runs.saved_progress(job.run_id, job.chunk_index).progress.batches_done == 0
+    gate.set()
+    attempt.join(timeout=120)
+    assert errors == []
+    assert runs.get(run.run_id).profiles_accepted == 150  # type: ignore[union-attr]
+
+
+def _killed_holder(app: App, job: ChunkJob, batches_done: int) -> None:
+    """The progress a worker killed mid-chunk leaves: its batches, and itself as holder."""
+    runs = app.services.runs
+    saved = runs.saved_progress(job.run_id, job.chunk_index)
+    progress = replace(saved.progress, holder="killed-worker", batches_done=batches_done)
+    progress.batch_size, progress.requests, progress.accepted = 75, batches_done, 75 * batches_done
+    assert runs.save_progress(job.run_id, job.chunk_index, progress, saved.etag)
+
+
+def test_a_chunk_held_by_an_attempt_still_saving_is_not_sent_and_its_message_is_retried(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, _ = _new_run(quiet_app, "leaseheld", "redeliver/leaseheld.csv", 400, chunk_size=400)
+    (job,) = plan_in_process(quiet_app, run)
+    _killed_holder(quiet_app, job, 0)
+    monkeypatch.setattr(f"{LEASE}.HOLD_WAIT_SECONDS", 0.0)  # the holder saved just now
+    monkeypatch.setattr("functions.delivery.app_services", lambda: quiet_app.services)
+    with pytest.raises(ChunkHeld, match="still being delivered by another attempt"):
+        deliver(_message(job, 1))
+    # Even on its last attempt the duplicate reports no row as failed: the holder records them.
+    with pytest.raises(ChunkHeld):
+        deliver(_message(job, quiet_app.services.settings.max_dequeue_count))
+    assert quiet_app.sandbox_requests() == []
+    assert _holder(quiet_app, job) == "killed-worker"
+    assert not quiet_app.services.runs.chunk_done(run.run_id, job.chunk_index)
+    assert quiet_app.services.runs.get(run.run_id).status == Status.DELIVERING  # type: ignore[union-attr]
+
+
+def test_a_silent_holder_is_taken_over_and_the_chunk_resumes_after_its_saved_batches(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, sample = _new_run(
+        quiet_app, "leasetakeover", "redeliver/leasetakeover.csv", 400, chunk_size=400
+    )
+    (job,) = plan_in_process(quiet_app, run)
+    items = read_chunk(quiet_app.services, job.blob_names)
+    first_two = [json.loads(obj)["external_id"] for _, _, obj in items[:150]]
+    _killed_holder(quiet_app, job, 2)  # its first two batches were answered and saved
+    monkeypatch.setattr(f"{LEASE}.LEASE_SECONDS", 0.0)  # silent for the whole lease
+    deliver_chunk(job, quiet_app.services)
+
+    sent = [o["external_id"] for body in quiet_app.sandbox_requests() for o in body["attributes"]]
+    assert len(sent) == 250 and not set(sent) & set(first_two)  # batches 3 to 6 only
+    final = quiet_app.services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.SUCCEEDED
+    assert (final.profiles_accepted, final.requests_sent) == (400, 6)
+    assert set(sent) | set(first_two) == set(sample.expected)
+
+
+def test_a_holder_whose_lease_was_taken_stops_sending(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, _ = _new_run(quiet_app, "leasestolen", "redeliver/leasestolen.csv", 750, chunk_size=750)
+    (job,) = plan_in_process(quiet_app, run)
+    runs = quiet_app.services.runs
+    monkeypatch.setattr(f"{LEASE}.PROGRESS_SAVE_SECONDS", 0.0)  # a save after every answer
+    monkeypatch.setattr(f"{LEASE}.HEARTBEAT_SECONDS", 3600.0)  # alive, but silent
+    refused = threading.Event()  # a save found the lease taken
+    save = runs.save_progress
+
+    def watched_save(*args: Any) -> str | None:
+        etag = save(*args)
+        if etag is None:
+            refused.set()
+        return etag
+
+    monkeypatch.setattr(runs, "save_progress", watched_save)
+    answer_late = threading.Event()
+    # The slow holder's second batch waits until the thief has taken over; its third (if it
+    # gets that far) until the slow holder's save after the second was refused.
+    gated = _gated(quiet_app, monkeypatch, {("slow", 2): answer_late, ("slow", 3): refused})
+
+    slow, slow_errors = _in_thread("slow", job, quiet_app)
+    wait_for(
+        lambda: runs.chunk_progress(job.run_id, job.chunk_index).batches_done == 1,
+        "the first batch's answer to be saved",
+    )
+    monkeypatch.setattr(f"{LEASE}.LEASE_SECONDS", 0.0)  # the slow holder looks gone
+    thief, thief_errors = _in_thread("thief", job, quiet_app)
+    thief.join(timeout=120)
+    answer_late.set()
+    slow.join(timeout=120)
+
+    assert slow_errors == thief_errors == []
+    assert gated.sent_by.count("thief") == 9  # 750 profiles: batches 2 to 10
+    # The slow holder's batch in flight went out, then it stopped at its first refused save:
+    # at most the batch it had queued meanwhile went too, not the chunk's remaining eight.
+    assert refused.is_set()
+    assert 2 <= gated.sent_by.count("slow") <= 3
+    final = runs.get(run.run_id)
+    assert final is not None and final.status == Status.SUCCEEDED
+    assert final.profiles_accepted == 750
