@@ -608,24 +608,9 @@ def summary(results: dict[str, Any]) -> str:
             f"- {run['label']}: {used}; total {total:.1f} over {wall:.1f} s "
             f"(machine idle {run['idle_seconds']:g} s, steal {run['steal_seconds']:g} s)"
         )
-    first = results["runs"][0]
-    names = list(first["cpu_seconds"])
-    lines += [
-        "",
-        f"CPU seconds per phase, {first['label']} (idle and steal: the machine's, all cores; "
-        "steal is time the hypervisor gave to other guests):",
-        "",
-        "| phase | s | " + " | ".join(names) + " | total | idle | steal |",
-        "|---|---|" + "---|" * (len(names) + 3),
-    ]
-    for phase, used in first["cpu_seconds_per_phase"].items():
-        total = sum(used[name] for name in names)
-        cells = " | ".join(f"{used[name]:g}" for name in names)
-        seconds = first["phases_seconds"][phase]
-        lines.append(
-            f"| {phase} | {seconds:.1f} | {cells} | {total:.1f} | {used['idle']:g} "
-            f"| {used['steal']:g} |"
-        )
+    for run in results["runs"]:
+        if run["requests_sent"]:
+            lines += phase_cpu_table(run)
     graphs = [name for run in results["runs"] for name in run["flame_graphs"]]
     if graphs:
         lines += ["", "Flame graphs (py-spy): " + ", ".join(f"[{n}]({n})" for n in graphs) + "."]
@@ -637,6 +622,29 @@ def summary(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def phase_cpu_table(run: dict[str, Any]) -> list[str]:
+    """Where a run's CPU went, phase by phase: which process was busy, and how idle the
+    machine was (a phase with idle cores waits on something else than CPU)."""
+    names = list(run["cpu_seconds"])
+    lines = [
+        "",
+        f"CPU seconds per phase, {run['label']} (idle and steal: the machine's, all cores; "
+        "steal is time the hypervisor gave to other guests):",
+        "",
+        "| phase | s | " + " | ".join(names) + " | total | idle | steal |",
+        "|---|---|" + "---|" * (len(names) + 3),
+    ]
+    for phase, used in run["cpu_seconds_per_phase"].items():
+        total = sum(used[name] for name in names)
+        cells = " | ".join(f"{used[name]:g}" for name in names)
+        seconds = run["phases_seconds"][phase]
+        lines.append(
+            f"| {phase} | {seconds:.1f} | {cells} | {total:.1f} | {used['idle']:g} "
+            f"| {used['steal']:g} |"
+        )
+    return lines
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -10,7 +10,8 @@ The saved progress is also the chunk's lease. An attempt takes it with a conditi
 keeps saving (a heartbeat while no answer comes), so a second attempt of the same chunk (a
 duplicate message) waits while the holder is alive instead of sending the chunk again, and
 takes over once the holder has been silent for `LEASE_SECONDS` (a killed worker). A holder that
-finds its lease taken (it was silent that long, but alive) stops sending.
+finds its lease taken (it was silent that long, but alive) stops sending, and its message comes
+back later. Reporting a poisoned chunk's rows as failed holds the lease too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import fields, replace
 from typing import Any
 
@@ -111,18 +112,15 @@ def _take_lease(job: ChunkJob, services: Services, found: SavedProgress) -> Save
     resumes after the batches it saved. Silence is measured both on this worker's clock, from
     ETag to ETag, and from the store's timestamp (quicker after a crash, if the clocks agree).
     """
-    attempt = uuid.uuid4().hex[:12]
     started = changed_at = time.monotonic()
     waiting = False
     while True:
         if not found.progress.holder or _silent(found, changed_at):
-            previous, found.progress.holder = found.progress.holder, attempt
-            etag = services.runs.save_progress(
-                job.run_id, job.chunk_index, found.progress, found.etag
-            )
+            found.progress.holder = uuid.uuid4().hex[:12]  # this attempt
+            etag = _save_held(job, services, found.progress, found.etag)
             if etag is not None:
-                if previous and _finished_elsewhere(job, services):
-                    return None  # the silent holder had recorded it just before
+                if _finished_elsewhere(job, services):
+                    return None  # recorded just before: by a silent holder, or as failed
                 return SavedProgress(found.progress, etag, None)
         elif not waiting:
             waiting = True
@@ -143,6 +141,20 @@ def _take_lease(job: ChunkJob, services: Services, found: SavedProgress) -> Save
         if latest.etag != found.etag:
             changed_at = time.monotonic()
         found = latest
+
+
+def _save_held(
+    job: ChunkJob, services: Services, progress: ChunkProgress, etag: str | None
+) -> str | None:
+    """Save the progress of the attempt named in it, over the save `etag` names: the new ETag,
+    or None when another attempt saved meanwhile. A refusal of our own save (a request the
+    client sent again after its answer was lost) is recognised by reading the entry back."""
+    saved = services.runs.save_progress(job.run_id, job.chunk_index, progress, etag)
+    if saved is None:
+        latest = services.runs.saved_progress(job.run_id, job.chunk_index)
+        if latest.progress.holder == progress.holder:
+            return latest.etag
+    return saved
 
 
 def _finished_elsewhere(job: ChunkJob, services: Services) -> bool:
@@ -189,7 +201,9 @@ def _send_in_order(
     for the answers in batch order, so the recorded progress is always a prefix of the chunk.
 
     False when the run was ended meanwhile (nothing more is sent). When a batch fails for good,
-    what was answered before it is saved and the error goes up for the queue to retry.
+    what was answered before it is saved and the error goes up for the queue to retry; when
+    another attempt took the chunk over, ChunkHeld goes up (the retry finds the chunk recorded,
+    or waits for that attempt).
     """
     in_flight: deque[Future[TrackOutcome]] = deque()
     pending = iter(todo)
@@ -210,23 +224,16 @@ def _send_in_order(
             if not in_flight:
                 finished = True
                 return True
-            oldest = in_flight[0]
-            try:
-                outcome = oldest.result(timeout=HEARTBEAT_SECONDS)
-            except TimeoutError:
-                if oldest.done():  # the request itself timed out
-                    raise
-                ledger.heartbeat()
+            answered, _ = wait([in_flight[0]], timeout=HEARTBEAT_SECONDS)
+            if answered:
+                ledger.answered(in_flight.popleft().result())
             else:
-                in_flight.popleft()
-                ledger.answered(outcome)
+                ledger.heartbeat()
             if ledger.lost:
-                log.warning(
-                    "run %s chunk %d was taken over by another attempt; not sending the rest",
-                    job.run_id,
-                    job.chunk_index,
+                raise ChunkHeld(
+                    f"chunk {job.chunk_index} was taken over by another attempt (this one saved "
+                    f"nothing for {LEASE_SECONDS:.0f} s); this message is retried later"
                 )
-                return False
     finally:
         for future in in_flight:
             future.cancel()
@@ -271,8 +278,10 @@ class _Ledger:
             self._save_in_background()
 
     def _save_in_background(self) -> None:
-        if self._saving is not None and not self._saving.done():
-            return  # the next answer saves instead
+        if self._saving is not None:
+            if not self._saving.done():
+                return  # the next answer saves instead
+            self._log_failed_save()
         self._saved_at = time.monotonic()
         self._saving = self._saver.submit(self._save, _copy(self.progress))
 
@@ -280,23 +289,44 @@ class _Ledger:
         """Save only over our own last save: otherwise another attempt holds the chunk now."""
         if self.lost:
             return
-        etag = self._services.runs.save_progress(
-            self._job.run_id, self._job.chunk_index, progress, self._etag
-        )
+        etag = _save_held(self._job, self._services, progress, self._etag)
         if etag is None:
             self.lost = True
         else:
             self._etag = etag
 
+    def _log_failed_save(self) -> None:
+        """A save that failed is not fatal (the next one saves the same and more), but a lease
+        that is not renewed may be taken over: say so."""
+        assert self._saving is not None
+        if error := self._saving.exception():
+            log.warning(
+                "run %s chunk %d: saving its progress failed (%s: %s); the next save tries again",
+                self._job.run_id,
+                self._job.chunk_index,
+                type(error).__name__,
+                error,
+            )
+
     def close(self, *, save: bool) -> None:
         """Wait for the background save; an attempt that fails or stops saves what it got
-        answered and lets go of the chunk, so the queue's retry resumes after it at once."""
+        answered and lets go of the chunk, so the queue's retry resumes after it at once. A
+        failed save is logged, not raised: this may run while another error goes up."""
         self._saver.shutdown(wait=True)
         if self._saving is not None:
-            self._saving.result()
+            self._log_failed_save()
         if save:
             self.progress.holder = ""
-            self._save(_copy(self.progress))
+            try:
+                self._save(_copy(self.progress))
+            except Exception as error:  # the retry resumes from the last save that worked
+                log.warning(
+                    "run %s chunk %d: its last progress could not be saved (%s: %s)",
+                    self._job.run_id,
+                    self._job.chunk_index,
+                    type(error).__name__,
+                    error,
+                )
 
 
 def _taken_from_us(job: ChunkJob, services: Services) -> bool:
@@ -393,8 +423,10 @@ def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
     run = services.runs.get(job.run_id)
     if run is None or run.is_final or services.runs.chunk_done(job.run_id, job.chunk_index):
         return
+    progress = _lease_to_fail(job, services)
+    if progress is None:
+        return
     reason = f"delivery failed after every retry: {type(error).__name__}: {error}"[:1000]
-    progress = services.runs.chunk_progress(job.run_id, job.chunk_index)
     progress.failure = reason
     try:
         items: list[tuple[int, int, str]] | None = read_chunk(services, job.blob_names)
@@ -437,6 +469,30 @@ def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
     tally["delivery_failed"] += undelivered
     progress.rejections = dict(tally)
     _record(job, progress, rows, run.replay_round, services)
+
+
+def _lease_to_fail(job: ChunkJob, services: Services) -> ChunkProgress | None:
+    """The chunk's progress, held while its rows are reported as failed, so that a duplicate
+    waiting for the chunk keeps waiting; None when another attempt holds it and is alive (it
+    records the chunk) or took it meanwhile."""
+    found = services.runs.saved_progress(job.run_id, job.chunk_index)
+    if found.progress.holder and not _silent(found, time.monotonic()):
+        log.warning(
+            "run %s chunk %d: another attempt is delivering it; its rows are not reported as "
+            "failed",
+            job.run_id,
+            job.chunk_index,
+        )
+        return None
+    found.progress.holder = f"failing-{uuid.uuid4().hex[:8]}"
+    if _save_held(job, services, found.progress, found.etag) is None:
+        log.warning(
+            "run %s chunk %d: another attempt took it; its rows are not reported as failed",
+            job.run_id,
+            job.chunk_index,
+        )
+        return None
+    return found.progress
 
 
 def rejected_rows(

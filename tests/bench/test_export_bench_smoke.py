@@ -142,3 +142,22 @@ def test_a_first_export_delivering_while_diffing_counts_windows_while_delivery_h
     summary = next(results["out"].glob("*.md")).read_text()
     assert "First export: each partition went to Braze as it was diffed" in summary
     assert "Delta (1% changed): each partition" not in summary
+
+
+def test_the_summary_shows_where_each_sending_runs_cpu_went_phase_by_phase(
+    results: dict[str, Any],
+) -> None:
+    first, delta, unchanged = results["runs"]
+    summary = next(results["out"].glob("*.md")).read_text()
+    for run in (first, delta):
+        assert f"CPU seconds per phase, {run['label']} " in summary
+        used = run["cpu_seconds_per_phase"]
+        assert set(used) == {"split", "diff", "release", "deliver", "finalize"}
+        # The phases' CPU adds up to no more than the run's (samples at the phases' bounds).
+        by_process = {
+            name: sum(phase[name] for phase in used.values()) for name in run["cpu_seconds"]
+        }
+        assert all(
+            by_process[name] <= seconds + 0.5 for name, seconds in run["cpu_seconds"].items()
+        )
+    assert f"CPU seconds per phase, {unchanged['label']} " not in summary  # it sent nothing

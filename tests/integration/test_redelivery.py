@@ -25,7 +25,7 @@ from shared.adapters.storage import Storage
 from shared.core.messages import ChunkJob, ExportJob, PartitionJob
 from shared.core.resource_names import PARTITIONS_QUEUE
 from shared.core.runs import Run, Status
-from shared.pipeline.deliver_chunk import ChunkHeld, deliver_chunk
+from shared.pipeline.deliver_chunk import ChunkHeld, _Ledger, deliver_chunk, fail_chunk
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.run_files import partition_piece_name, read_chunk, report_blob_name
 from tests.integration.conftest import (
@@ -393,20 +393,20 @@ def test_a_holder_whose_lease_was_taken_stops_sending(
     runs = quiet_app.services.runs
     monkeypatch.setattr(f"{LEASE}.PROGRESS_SAVE_SECONDS", 0.0)  # a save after every answer
     monkeypatch.setattr(f"{LEASE}.HEARTBEAT_SECONDS", 3600.0)  # alive, but silent
-    refused = threading.Event()  # a save found the lease taken
-    save = runs.save_progress
+    monkeypatch.setattr(f"{LEASE}.STOP_CHECK_SECONDS", 3600.0)  # only the lease can stop it
+    lost = threading.Event()  # the slow holder knows its lease was taken
+    save = _Ledger._save
 
-    def watched_save(*args: Any) -> str | None:
-        etag = save(*args)
-        if etag is None:
-            refused.set()
-        return etag
+    def watched_save(ledger: _Ledger, progress: Any) -> None:
+        save(ledger, progress)
+        if ledger.lost:
+            lost.set()
 
-    monkeypatch.setattr(runs, "save_progress", watched_save)
+    monkeypatch.setattr(_Ledger, "_save", watched_save)
     answer_late = threading.Event()
     # The slow holder's second batch waits until the thief has taken over; its third (if it
-    # gets that far) until the slow holder's save after the second was refused.
-    gated = _gated(quiet_app, monkeypatch, {("slow", 2): answer_late, ("slow", 3): refused})
+    # gets that far) until the slow holder's save after the second found the lease taken.
+    gated = _gated(quiet_app, monkeypatch, {("slow", 2): answer_late, ("slow", 3): lost})
 
     slow, slow_errors = _in_thread("slow", job, quiet_app)
     wait_for(
@@ -419,12 +419,69 @@ def test_a_holder_whose_lease_was_taken_stops_sending(
     answer_late.set()
     slow.join(timeout=120)
 
-    assert slow_errors == thief_errors == []
+    assert thief_errors == []
+    # It stops, and its message comes back later (to find the chunk recorded).
+    assert [type(e) for e in slow_errors] == [ChunkHeld]
     assert gated.sent_by.count("thief") == 9  # 750 profiles: batches 2 to 10
     # The slow holder's batch in flight went out, then it stopped at its first refused save:
     # at most the batch it had queued meanwhile went too, not the chunk's remaining eight.
-    assert refused.is_set()
+    assert lost.is_set()
     assert 2 <= gated.sent_by.count("slow") <= 3
     final = runs.get(run.run_id)
     assert final is not None and final.status == Status.SUCCEEDED
     assert final.profiles_accepted == 750
+
+
+def test_an_attempt_whose_own_save_is_refused_when_sent_again_keeps_the_chunk(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save applied whose answer was lost is sent again by the storage client and refused
+    (the entry changed since the ETag it names): the attempt reads the entry back, finds
+    itself holding it and goes on, instead of waiting for a holder that is itself."""
+    run, sample = _new_run(quiet_app, "leaseretry", "redeliver/leaseretry.csv", 450, chunk_size=450)
+    (job,) = plan_in_process(quiet_app, run)
+    _killed_holder(quiet_app, job, 0)
+    _let_go(quiet_app, job)  # an earlier attempt failed and let go: taking it is an update
+    monkeypatch.setattr(f"{LEASE}.HOLD_WAIT_SECONDS", 0.0)  # waiting would give up at once
+    runs = quiet_app.services.runs
+    save, calls = runs.save_progress, []
+
+    def answer_lost_once(*args: Any) -> str | None:
+        calls.append(args)
+        etag = save(*args)
+        return None if len(calls) == 1 else etag  # applied, but answered as refused
+
+    monkeypatch.setattr(runs, "save_progress", answer_lost_once)
+    deliver_chunk(job, quiet_app.services)
+
+    final = runs.get(run.run_id)
+    assert final is not None and final.status == Status.SUCCEEDED
+    assert (final.profiles_accepted, final.requests_sent) == (450, 6)
+    assert set(quiet_app.braze_users()) == set(sample.expected)
+
+
+def _let_go(app: App, job: ChunkJob) -> None:
+    runs = app.services.runs
+    saved = runs.saved_progress(job.run_id, job.chunk_index)
+    assert runs.save_progress(
+        job.run_id, job.chunk_index, replace(saved.progress, holder=""), saved.etag
+    )
+
+
+def test_a_poisoned_duplicate_does_not_report_the_rows_of_a_chunk_another_attempt_holds(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, _ = _new_run(quiet_app, "leasepoison", "redeliver/leasepoison.csv", 400, chunk_size=400)
+    (job,) = plan_in_process(quiet_app, run)
+    runs = quiet_app.services.runs
+    _killed_holder(quiet_app, job, 2)  # an attempt that saved just now: alive
+    fail_chunk(job, ConnectionError("table storage unreachable"), quiet_app.services)
+    assert not runs.chunk_done(run.run_id, job.chunk_index)
+    assert _holder(quiet_app, job) == "killed-worker"
+
+    monkeypatch.setattr(f"{LEASE}.LEASE_SECONDS", 0.0)  # now silent: the rest is reported
+    fail_chunk(job, ConnectionError("table storage unreachable"), quiet_app.services)
+    final = runs.get(run.run_id)
+    assert final is not None and final.status == Status.PARTIALLY_SUCCEEDED
+    assert (final.profiles_accepted, final.profiles_rejected_by_braze) == (150, 250)
+    assert _holder(quiet_app, job).startswith("failing-")
