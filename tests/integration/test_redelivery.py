@@ -222,6 +222,13 @@ def test_a_worker_killed_mid_chunk_resumes_at_the_first_unfinished_batch(
 # --- the chunk's lease: two deliveries of one chunk at once send it once -----------------------
 
 
+def _one_chunk(app: App, name: str, rows: int) -> tuple[Run, ChunkJob, Any]:
+    """A run of `rows` profiles planned as one chunk; its segment sample."""
+    run, sample = _new_run(app, name, f"redeliver/{name}.csv", rows, chunk_size=rows)
+    (job,) = plan_in_process(app, run)
+    return run, job, sample
+
+
 class GatedBraze:
     """The real client behind gates: an attempt's nth request (by the name of the attempt's
     thread) waits until its gate opens, as a slow Braze or a starved thread would keep a batch
@@ -281,8 +288,7 @@ def _holder(app: App, job: ChunkJob) -> str:
 def test_a_duplicate_delivery_waits_for_the_attempt_under_way_and_sends_nothing(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    run, sample = _new_run(quiet_app, "leasedup", "redeliver/leasedup.csv", 400, chunk_size=400)
-    (job,) = plan_in_process(quiet_app, run)
+    run, job, sample = _one_chunk(quiet_app, "leasedup", 400)
     monkeypatch.setattr(f"{LEASE}.LEASE_CHECK_SECONDS", 0.05)
     gate = threading.Event()
     gated = _gated(quiet_app, monkeypatch, {("first", 1): gate})
@@ -310,8 +316,7 @@ def test_a_duplicate_delivery_waits_for_the_attempt_under_way_and_sends_nothing(
 def test_the_holder_saves_while_it_waits_for_an_answer(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run, _ = _new_run(quiet_app, "leasebeat", "redeliver/leasebeat.csv", 150, chunk_size=150)
-    (job,) = plan_in_process(quiet_app, run)
+    run, job, _ = _one_chunk(quiet_app, "leasebeat", 150)
     monkeypatch.setattr(f"{LEASE}.HEARTBEAT_SECONDS", 0.01)
     gate = threading.Event()
     _gated(quiet_app, monkeypatch, {("holder", 1): gate})
@@ -348,8 +353,7 @@ def _killed_holder(app: App, job: ChunkJob, batches_done: int) -> None:
 def test_a_chunk_held_by_an_attempt_still_saving_is_not_sent_and_its_message_is_retried(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run, _ = _new_run(quiet_app, "leaseheld", "redeliver/leaseheld.csv", 400, chunk_size=400)
-    (job,) = plan_in_process(quiet_app, run)
+    run, job, _ = _one_chunk(quiet_app, "leaseheld", 400)
     _killed_holder(quiet_app, job, 0)
     monkeypatch.setattr(f"{LEASE}.HOLD_WAIT_SECONDS", 0.0)  # the holder saved just now
     monkeypatch.setattr("functions.delivery.app_services", lambda: quiet_app.services)
@@ -367,10 +371,7 @@ def test_a_chunk_held_by_an_attempt_still_saving_is_not_sent_and_its_message_is_
 def test_a_silent_holder_is_taken_over_and_the_chunk_resumes_after_its_saved_batches(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run, sample = _new_run(
-        quiet_app, "leasetakeover", "redeliver/leasetakeover.csv", 400, chunk_size=400
-    )
-    (job,) = plan_in_process(quiet_app, run)
+    run, job, sample = _one_chunk(quiet_app, "leasetakeover", 400)
     items = read_chunk(quiet_app.services, job.blob_names)
     first_two = [json.loads(obj)["external_id"] for _, _, obj in items[:150]]
     _killed_holder(quiet_app, job, 2)  # its first two batches were answered and saved
@@ -388,8 +389,7 @@ def test_a_silent_holder_is_taken_over_and_the_chunk_resumes_after_its_saved_bat
 def test_a_holder_whose_lease_was_taken_stops_sending(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run, _ = _new_run(quiet_app, "leasestolen", "redeliver/leasestolen.csv", 750, chunk_size=750)
-    (job,) = plan_in_process(quiet_app, run)
+    run, job, _ = _one_chunk(quiet_app, "leasestolen", 750)
     runs = quiet_app.services.runs
     monkeypatch.setattr(f"{LEASE}.PROGRESS_SAVE_SECONDS", 0.0)  # a save after every answer
     monkeypatch.setattr(f"{LEASE}.HEARTBEAT_SECONDS", 3600.0)  # alive, but silent
@@ -438,8 +438,7 @@ def test_an_attempt_whose_own_save_is_refused_when_sent_again_keeps_the_chunk(
     """A save applied whose answer was lost is sent again by the storage client and refused
     (the entry changed since the ETag it names): the attempt reads the entry back, finds
     itself holding it and goes on, instead of waiting for a holder that is itself."""
-    run, sample = _new_run(quiet_app, "leaseretry", "redeliver/leaseretry.csv", 450, chunk_size=450)
-    (job,) = plan_in_process(quiet_app, run)
+    run, job, sample = _one_chunk(quiet_app, "leaseretry", 450)
     _killed_holder(quiet_app, job, 0)
     _let_go(quiet_app, job)  # an earlier attempt failed and let go: taking it is an update
     monkeypatch.setattr(f"{LEASE}.HOLD_WAIT_SECONDS", 0.0)  # waiting would give up at once
@@ -471,8 +470,7 @@ def _let_go(app: App, job: ChunkJob) -> None:
 def test_a_poisoned_duplicate_does_not_report_the_rows_of_a_chunk_another_attempt_holds(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run, _ = _new_run(quiet_app, "leasepoison", "redeliver/leasepoison.csv", 400, chunk_size=400)
-    (job,) = plan_in_process(quiet_app, run)
+    run, job, _ = _one_chunk(quiet_app, "leasepoison", 400)
     runs = quiet_app.services.runs
     _killed_holder(quiet_app, job, 2)  # an attempt that saved just now: alive
     fail_chunk(job, ConnectionError("table storage unreachable"), quiet_app.services)
