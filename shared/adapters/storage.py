@@ -211,15 +211,17 @@ class Storage:
         digest = blake2b(digest_size=16)
 
         def pieces() -> Iterator[bytes]:
-            for piece in downloader.chunks():
+            # The next piece downloads while this one is hashed and scanned.
+            for piece in read_ahead(downloader.chunks()):
                 digest.update(piece)
                 yield piece
 
         stream = pieces()
-        if scan is not None:
-            scan(stream)
-        for _ in stream:  # what the scan left unread
-            pass
+        with contextlib.closing(stream):
+            if scan is not None:
+                scan(stream)
+            for _ in stream:  # what the scan left unread
+                pass
         return digest.hexdigest(), str(downloader.properties.etag)
 
     def etag(self, container: str, name: str) -> str:
