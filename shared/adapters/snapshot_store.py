@@ -229,9 +229,11 @@ class SnapshotStore:
         writer.close()
         return writer.lines
 
-    def make_current(self, export: str, connection: str, manifest: Manifest) -> None:
-        """Switch to the new snapshot, then delete every other one: the one it replaces, and
-        any a run left behind that never became current (it crashed or was stopped)."""
+    def make_current(self, export: str, connection: str, manifest: Manifest) -> list[str]:
+        """Switch to the new snapshot; the blobs of every other one, to delete once the run is
+        recorded (`delete_superseded`): the one it replaces, and any a run left behind that
+        never became current (it crashed or was stopped). They are listed now, while the run
+        is still active, so that no later run's snapshot can be among them."""
         self._storage.write_bytes(
             SNAPSHOTS_CONTAINER,
             _prefix(export, connection) + "current.json",
@@ -240,12 +242,16 @@ class SnapshotStore:
         )
         container = self._storage.container(SNAPSHOTS_CONTAINER)
         keep = f"{_prefix(export, connection)}{manifest.run_id}/"
-        self._delete(
+        return [
             blob.name
             for blob in container.list_blobs(name_starts_with=_prefix(export, connection))
             if "/" in blob.name.removeprefix(_prefix(export, connection))
             and not blob.name.startswith(keep)
-        )
+        ]
+
+    def delete_superseded(self, names: list[str]) -> None:
+        """Delete what `make_current` listed; nothing reads those blobs any more."""
+        self._delete(names)
 
     def discard(self, export: str, connection: str, run_id: str) -> None:
         """Delete the snapshot a run wrote but will not make current (dry run, stopped, failed)."""

@@ -185,8 +185,9 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
         )
     elif not run.message:
         run.message = summary(run, latest, sum(r.unlisted for r in results))
+    superseded: list[str] = []
     if run.partitions and not (run.planning_failed or run.stopped_by or run.dry_run):
-        _commit_snapshot(run, partitions, latest, results, services)
+        superseded = _commit_snapshot(run, partitions, latest, results, services)
     elif run.partitions:
         services.snapshots.discard(run.export_name, run.connection, run.run_id)
     run.finished_at = utcnow()
@@ -199,6 +200,7 @@ def _finalize(run: Run, results: list[ChunkResult], services: Services) -> None:
     )
     services.runs.update(run, if_unchanged=True)  # a finalizer that outlived its lease loses
     log.log(*run_ended(run))
+    _delete_superseded(run, superseded, services)
     if (recorder := metrics()) is not None:
         recorder.run_ended(
             run.export_name,
@@ -215,8 +217,9 @@ def _commit_snapshot(
     results: list[ChunkResult],
     every_round: list[ChunkResult],
     services: Services,
-) -> None:
-    """Make what Braze now holds the export's snapshot, one partition at a time.
+) -> list[str]:
+    """Make what Braze now holds the export's snapshot, one partition at a time; the blobs of
+    the snapshots it supersedes, for `_delete_superseded`.
 
     Each diff wrote its partition as it will be if Braze accepts everything sent; only the
     partitions where Braze rejected something (in any round) are rewritten, with the entries
@@ -263,8 +266,24 @@ def _commit_snapshot(
         utcnow().isoformat(),
         source_version=run.source_version if settled else "",
     )
-    services.snapshots.make_current(run.export_name, run.connection, manifest)
     run.snapshot_profiles = profiles
+    return services.snapshots.make_current(run.export_name, run.connection, manifest)
+
+
+def _delete_superseded(run: Run, names: list[str], services: Services) -> None:
+    """The snapshots the run's replaced, deleted once the run is recorded: the run is over
+    sooner, and a failure here changes nothing (the next run that commits deletes them)."""
+    try:
+        services.snapshots.delete_superseded(names)
+    except Exception as error:
+        log.warning(
+            "run %s: %d blobs of superseded snapshots were not deleted (%s: %s); the next run "
+            "of the export deletes them",
+            run.run_id,
+            len(names),
+            type(error).__name__,
+            error,
+        )
 
 
 def _source_unchanged(run: Run, services: Services) -> bool:

@@ -1023,3 +1023,31 @@ def test_a_releaser_taking_over_numbers_the_jobs_as_the_first_claim_did(
     final = services.runs.get(run.run_id)
     assert final is not None and final.status == Status.SUCCEEDED
     assert final.profiles_accepted == 200
+
+
+def test_superseded_snapshots_are_deleted_after_the_run_is_recorded_or_by_the_next_run(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = _rows(120, "sup")
+    _export(quiet_app, "sup", rows)
+    first = run_in_process(quiet_app, "sup")
+    rows["sup-00001"]["FirstName"] = "Changed"
+    _upload(quiet_app, "sup", rows)
+
+    # A storage outage while deleting (no local equivalent: the call is made to fail).
+    def outage(names: list[str]) -> None:
+        raise ConnectionError("storage went away")
+
+    snapshots = quiet_app.services.snapshots
+    monkeypatch.setattr(snapshots, "delete_superseded", outage)
+    second = run_in_process(quiet_app, "sup")
+    assert second.status == Status.SUCCEEDED and second.profiles_changed == 1
+    assert _snapshot_run(quiet_app, "sup") == second.run_id
+    assert _snapshot_folders(quiet_app, "sup") == {first.run_id, second.run_id}
+
+    monkeypatch.undo()
+    rows["sup-00002"]["FirstName"] = "Changed too"
+    _upload(quiet_app, "sup", rows)
+    third = run_in_process(quiet_app, "sup")
+    assert third.status == Status.SUCCEEDED and third.profiles_changed == 1
+    assert _snapshot_folders(quiet_app, "sup") == {third.run_id}  # the leftover went too
