@@ -168,9 +168,6 @@ class RunStore:
         ]
         return sorted(results, key=lambda r: r.partition)
 
-    def chunk_progress(self, run_id: str, chunk_index: int) -> ChunkProgress:
-        return self.saved_progress(run_id, chunk_index).progress
-
     def saved_progress(self, run_id: str, chunk_index: int) -> SavedProgress:
         """The chunk's progress as last saved, with what a conditional save needs."""
         entity = self._get(run_id, progress_row(chunk_index))

@@ -231,7 +231,7 @@ class SnapshotStore:
 
     def make_current(self, export: str, connection: str, manifest: Manifest) -> list[str]:
         """Switch to the new snapshot; the blobs of every other one, to delete once the run is
-        recorded (`delete_superseded`): the one it replaces, and any a run left behind that
+        recorded (`delete`): the one it replaces, and any a run left behind that
         never became current (it crashed or was stopped). They are listed now, while the run
         is still active, so that no later run's snapshot can be among them."""
         self._storage.write_bytes(
@@ -249,18 +249,14 @@ class SnapshotStore:
             and not blob.name.startswith(keep)
         ]
 
-    def delete_superseded(self, names: list[str]) -> None:
-        """Delete what `make_current` listed; nothing reads those blobs any more."""
-        self._delete(names)
-
     def discard(self, export: str, connection: str, run_id: str) -> None:
         """Delete the snapshot a run wrote but will not make current (dry run, stopped, failed)."""
         container = self._storage.container(SNAPSHOTS_CONTAINER)
         prefix = f"{_prefix(export, connection)}{run_id}/"
-        self._delete(blob.name for blob in container.list_blobs(name_starts_with=prefix))
+        self.delete(blob.name for blob in container.list_blobs(name_starts_with=prefix))
         log.info("deleted snapshot %s of %s on %s", run_id, export, connection)
 
-    def _delete(self, names: Iterable[str]) -> None:
+    def delete(self, names: Iterable[str]) -> None:
         """Delete blobs several at a time: a snapshot is two blobs per partition, and one by
         one their round trips add up to a visible part of a small run's finalization."""
         container = self._storage.container(SNAPSHOTS_CONTAINER)

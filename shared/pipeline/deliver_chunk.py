@@ -119,7 +119,7 @@ def _take_lease(job: ChunkJob, services: Services, found: SavedProgress) -> Save
             found.progress.holder = uuid.uuid4().hex[:12]  # this attempt
             etag = _save_held(job, services, found.progress, found.etag)
             if etag is not None:
-                if _finished_elsewhere(job, services):
+                if _chunk_over(job, services):
                     return None  # recorded just before: by a silent holder, or as failed
                 return SavedProgress(found.progress, etag, None)
         elif not waiting:
@@ -135,7 +135,12 @@ def _take_lease(job: ChunkJob, services: Services, found: SavedProgress) -> Save
                 f"{HOLD_WAIT_SECONDS:.0f} s; this message is retried later"
             )
         time.sleep(LEASE_CHECK_SECONDS)
-        if _finished_elsewhere(job, services):
+        if _chunk_over(job, services):
+            log.info(
+                "run %s chunk %d was recorded by the attempt it waited for (or its run ended)",
+                job.run_id,
+                job.chunk_index,
+            )
             return None
         latest = services.runs.saved_progress(job.run_id, job.chunk_index)
         if latest.etag != found.etag:
@@ -157,18 +162,17 @@ def _save_held(
     return saved
 
 
-def _finished_elsewhere(job: ChunkJob, services: Services) -> bool:
-    """Whether the chunk was recorded (by the attempt that held it) or its run ended."""
-    if services.runs.chunk_done(job.run_id, job.chunk_index):
-        log.info("run %s chunk %d was delivered by another attempt", job.run_id, job.chunk_index)
-        return True
+def _chunk_over(job: ChunkJob, services: Services) -> bool:
+    """Whether the chunk was recorded (by another attempt, or as failed) or its run ended
+    (the stalled-run sweep does both after a long silence): then nothing more is sent."""
     run = services.runs.get(job.run_id)
-    return run is None or run.is_final
+    return run is None or run.is_final or services.runs.chunk_done(job.run_id, job.chunk_index)
 
 
-def _silent(found: SavedProgress, changed_at: float) -> bool:
-    """Whether the holder saved nothing for `LEASE_SECONDS`."""
-    if time.monotonic() - changed_at >= LEASE_SECONDS:
+def _silent(found: SavedProgress, changed_at: float | None = None) -> bool:
+    """Whether the holder saved nothing for `LEASE_SECONDS`: watched from `changed_at` (when
+    this worker last saw the entry change) and by the store's timestamp of the save."""
+    if changed_at is not None and time.monotonic() - changed_at >= LEASE_SECONDS:
         return True
     return found.saved_at is not None and (utcnow() - found.saved_at).total_seconds() >= (
         LEASE_SECONDS
@@ -217,7 +221,12 @@ def _send_in_order(
                     break
                 if time.monotonic() - last_check > STOP_CHECK_SECONDS:
                     last_check = time.monotonic()
-                    if _taken_from_us(job, services):
+                    if _chunk_over(job, services):
+                        log.warning(
+                            "run %s chunk %d was ended while it waited; not sending the rest",
+                            job.run_id,
+                            job.chunk_index,
+                        )
                         return False
                 in_flight.append(client.submit([obj for _, _, obj in batch]))
                 ledger.sending.append(batch)
@@ -327,20 +336,6 @@ class _Ledger:
                     type(error).__name__,
                     error,
                 )
-
-
-def _taken_from_us(job: ChunkJob, services: Services) -> bool:
-    """Whether the run ended or the chunk was recorded meanwhile (the stalled-run sweep does
-    both after a long silence): then what is left must not be sent, it may be stale."""
-    run = services.runs.get(job.run_id)
-    if run is None or run.is_final or services.runs.chunk_done(job.run_id, job.chunk_index):
-        log.warning(
-            "run %s chunk %d was ended while it waited; not sending the rest",
-            job.run_id,
-            job.chunk_index,
-        )
-        return True
-    return False
 
 
 class _Attempt:
@@ -476,7 +471,7 @@ def _lease_to_fail(job: ChunkJob, services: Services) -> ChunkProgress | None:
     waiting for the chunk keeps waiting; None when another attempt holds it and is alive (it
     records the chunk) or took it meanwhile."""
     found = services.runs.saved_progress(job.run_id, job.chunk_index)
-    if found.progress.holder and not _silent(found, time.monotonic()):
+    if found.progress.holder and not _silent(found):
         log.warning(
             "run %s chunk %d: another attempt is delivering it; its rows are not reported as "
             "failed",

@@ -274,7 +274,7 @@ def _delete_superseded(run: Run, names: list[str], services: Services) -> None:
     """The snapshots the run's replaced, deleted once the run is recorded: the run is over
     sooner, and a failure here changes nothing (the next run that commits deletes them)."""
     try:
-        services.snapshots.delete_superseded(names)
+        services.snapshots.delete(names)
     except Exception as error:
         log.warning(
             "run %s: %d blobs of superseded snapshots were not deleted (%s: %s); the next run "

@@ -1039,7 +1039,7 @@ def test_superseded_snapshots_are_deleted_after_the_run_is_recorded_or_by_the_ne
         raise ConnectionError("storage went away")
 
     snapshots = quiet_app.services.snapshots
-    monkeypatch.setattr(snapshots, "delete_superseded", outage)
+    monkeypatch.setattr(snapshots, "delete", outage)
     second = run_in_process(quiet_app, "sup")
     assert second.status == Status.SUCCEEDED and second.profiles_changed == 1
     assert _snapshot_run(quiet_app, "sup") == second.run_id

@@ -203,7 +203,7 @@ def test_a_worker_killed_mid_chunk_resumes_at_the_first_unfinished_batch(
     assert len(first) == 2
     # The failed attempt let go of the chunk (its lease): the retry need not wait for it, and
     # would give up at once here if it had to.
-    saved = quiet_app.services.runs.chunk_progress(job.run_id, job.chunk_index)
+    saved = quiet_app.services.runs.saved_progress(job.run_id, job.chunk_index).progress
     assert (saved.holder, saved.batches_done) == ("", 2)
     monkeypatch.setattr(f"{LEASE}.HOLD_WAIT_SECONDS", 0.0)
 
@@ -282,7 +282,7 @@ def _in_thread(name: str, job: ChunkJob, app: App) -> tuple[threading.Thread, li
 
 
 def _holder(app: App, job: ChunkJob) -> str:
-    return app.services.runs.chunk_progress(job.run_id, job.chunk_index).holder
+    return app.services.runs.saved_progress(job.run_id, job.chunk_index).progress.holder
 
 
 def test_a_duplicate_delivery_waits_for_the_attempt_under_way_and_sends_nothing(
@@ -306,7 +306,7 @@ def test_a_duplicate_delivery_waits_for_the_attempt_under_way_and_sends_nothing(
     assert gated.sent_by == ["first"] * 6  # 400 profiles in batches of 75, each sent once
     sent = [o["external_id"] for body in quiet_app.sandbox_requests() for o in body["attributes"]]
     assert len(sent) == len(set(sent)) == 400
-    assert "was delivered by another attempt" in caplog.text
+    assert "was recorded by the attempt it waited for" in caplog.text
     final = quiet_app.services.runs.get(run.run_id)
     assert final is not None and final.status == Status.SUCCEEDED
     assert (final.profiles_accepted, final.requests_sent) == (400, 6)
@@ -410,7 +410,7 @@ def test_a_holder_whose_lease_was_taken_stops_sending(
 
     slow, slow_errors = _in_thread("slow", job, quiet_app)
     wait_for(
-        lambda: runs.chunk_progress(job.run_id, job.chunk_index).batches_done == 1,
+        lambda: runs.saved_progress(job.run_id, job.chunk_index).progress.batches_done == 1,
         "the first batch's answer to be saved",
     )
     monkeypatch.setattr(f"{LEASE}.LEASE_SECONDS", 0.0)  # the slow holder looks gone
