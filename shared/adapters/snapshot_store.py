@@ -2,7 +2,7 @@
 
 Layout in the snapshots container:
     <export>/<connection>/current.json             which run's snapshot is current, and its shape
-    <export>/<connection>/<run id>/part-NNNN.jsonl  one profile per line (`snapshot_line`)
+    <export>/<connection>/<run id>/part-NNNN.jsonl  its profiles' entries (`snapshot_partition`)
     <export>/<connection>/<run id>/part-NNNN.raw    the raw digests of its rows (`record_index`)
 
 A run writes its snapshot beside the current one and then switches `current.json`, so a crash
@@ -13,15 +13,27 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import partial
+from typing import TYPE_CHECKING
 
-from shared.adapters.storage import BlobLineWriter, BlobNotFound, Storage
+from shared.adapters.storage import BlobNotFound, Storage
 from shared.core import jsonlines
 from shared.core.partitioning import old_partitions_for, partition_of
-from shared.core.record_index import RAW_DIGEST_CHARS, RecordIndex
+from shared.core.record_index import RecordIndex
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
+from shared.core.snapshot_partition import (
+    EntryPacker,
+    SnapshotFormatError,
+    SnapshotPartition,
+    assemble,
+    merged,
+    parse_snapshot_line,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -40,36 +52,13 @@ class Manifest:
     source_version: str = ""
 
 
-# A profile of a snapshot: (customer id as JSON, row digest, fingerprints as JSON, raw
-# digest). The row digest is of the values the fingerprints came from
-# (`fingerprints.row_digest`), the raw digest of the row's bytes (`raw_records`, 16 hex
-# digits); either is empty when unknown. The diff compares texts, and parses the fingerprints
-# only of a profile whose row changed.
-SnapshotEntry = tuple[str, str, str, str]
-
-
-def snapshot_line(id_json: str, digest: str, prints_json: str, raw: str = "") -> str:
-    """`customer id <TAB> row digest <TAB> fingerprints <TAB> raw digest`; JSON escapes every
-    tab in a value."""
-    return f"{id_json}\t{digest}\t{prints_json}\t{raw}"
-
-
-def parse_snapshot_line(line: str) -> SnapshotEntry:
-    if line.startswith("["):  # written before row digests: `[customer id, fingerprints]`
-        customer_id, prints = jsonlines.loads(line)
-        return jsonlines.dumps(customer_id), "", jsonlines.dumps(prints), ""
-    fields = line.split("\t")
-    if len(fields) == 3:  # written before raw digests
-        return fields[0], fields[1], fields[2], ""
-    id_json, digest, prints_json, raw = fields
-    return id_json, digest, prints_json, raw
-
-
 def _prefix(export: str, connection: str) -> str:
     return f"{export}/{connection}/"
 
 
 def _part_name(export: str, connection: str, run_id: str, partition: int) -> str:
+    # The name of the text format: an earlier version that finds this one's partition there
+    # fails on its first byte (nothing sent), rather than take a missing one for an empty one.
     return f"{_prefix(export, connection)}{run_id}/part-{partition:04d}.jsonl"
 
 
@@ -77,46 +66,49 @@ def _index_name(export: str, connection: str, run_id: str, partition: int) -> st
     return f"{_prefix(export, connection)}{run_id}/part-{partition:04d}.raw"
 
 
-PENDING_LINES = 8192
+class SnapshotPartWriter:
+    """Writes a snapshot partition (`snapshot_partition`), and beside it the raw digests of its
+    entries (the index a split looks records up in). Entries come one at a time (`add`, or
+    `write` for a text entry) or as copies of a partition read (`copy`); nothing is visible
+    until `close`, which writes the partition and then the index, so a crash in between leaves
+    an index the diff does not trust blindly (it checks each entry)."""
 
+    def __init__(
+        self, storage: Storage, name: str, index_name: str, columns: Sequence[str] = ()
+    ) -> None:
+        self._storage, self._name, self._index_name = storage, name, index_name
+        self._packer = EntryPacker(columns)
+        self._copies: list[tuple[SnapshotPartition, np.ndarray]] = []
+        self.profiles = 0
 
-class SnapshotPartWriter(BlobLineWriter):
-    """Writes a snapshot partition, and beside it the raw digests of its entries (the index a
-    split looks records up in); the index is written after the partition, so a crash in
-    between leaves an index the diff does not trust blindly (it checks each entry)."""
-
-    def __init__(self, storage: Storage, name: str, index_name: str) -> None:
-        super().__init__(storage.container(SNAPSHOTS_CONTAINER), name)
-        self._storage, self._index_name = storage, index_name
-        self._pending: list[str] = []  # written a few thousand at a time: one join each
-        self._raw: list[bytes] = []
+    def add(self, id_json: str, digest: str, prints: Mapping[str, str], raw: str) -> None:
+        self._packer.add(id_json, digest, prints, raw)
+        self.profiles += 1
 
     def write(self, line: str) -> None:
-        """One `snapshot_line` (whose last field is the raw digest)."""
-        self._pending.append(line)
-        if len(self._pending) >= PENDING_LINES:
-            self._flush()
+        """One entry as text (`snapshot_line`)."""
+        id_json, digest, prints_json, raw = parse_snapshot_line(line)
+        self.add(id_json, digest, jsonlines.loads(prints_json), raw)
 
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        self.write_lines(pending)
-        tails = [line[line.rfind("\t") + 1 :] for line in pending]
-        self._raw.append(bytes.fromhex("".join(r for r in tails if len(r) == RAW_DIGEST_CHARS)))
+    def copy(self, partition: SnapshotPartition, taken: Sequence[int] | np.ndarray) -> None:
+        """Entries of a partition read, as they are (`taken`: their indexes)."""
+        import numpy as np
 
-    def write_copies(self, lines: list[str], raws: bytes) -> None:
-        """Lines of the previous snapshot as they are, and their raw digests (8 bytes each, in
-        order: every line has one)."""
-        self._flush()
-        self.write_lines(lines)
-        self._raw.append(raws)
+        taken = np.asarray(taken, dtype=np.int64)
+        if len(taken):
+            self._copies.append((partition, taken))
+            self.profiles += len(taken)
 
     def close(self) -> None:
-        self._flush()
-        super().close()
+        partition = assemble(self._packer, self._copies)
+        self._storage.write_bytes(
+            SNAPSHOTS_CONTAINER, self._name, partition.to_blob(), "application/octet-stream"
+        )
+        raws = partition.raws
         self._storage.write_bytes(
             SNAPSHOTS_CONTAINER,
             self._index_name,
-            b"".join(self._raw),
+            raws[raws != 0].astype(">u8").tobytes(),
             "application/octet-stream",
         )
 
@@ -139,59 +131,63 @@ class SnapshotStore:
         # A newer version may have added fields: keep what this one knows.
         return Manifest(**{f.name: data[f.name] for f in fields(Manifest) if f.name in data})
 
-    def entry_lines(
+    def partition(
+        self, export: str, connection: str, run_id: str, partition: int
+    ) -> SnapshotPartition:
+        """One partition of a snapshot as stored (empty when it was never written)."""
+        name = _part_name(export, connection, run_id, partition)
+        try:
+            blob = self._storage.read_bytes(SNAPSHOTS_CONTAINER, name)
+        except BlobNotFound:
+            return SnapshotPartition.empty()
+        try:
+            return SnapshotPartition.from_blob(blob)
+        except ValueError as error:  # a SnapshotFormatError, or text that is not UTF-8
+            raise SnapshotFormatError(f"snapshot partition '{name}': {error}") from error
+
+    def previous_partition(
         self,
         export: str,
         connection: str,
         snapshot: tuple[str, int],
         partition: int,
         partitions: int,
-        *,
-        blob: bytes | None = None,
-    ) -> dict[str, str]:
-        """Customer id as JSON -> `snapshot_line`, per profile of snapshot (run id, partition
-        count) in `partition` of `partitions`: the line as written (an earlier format made
-        this one), so an unchanged profile's entry is copied, not parsed and written again.
-        `blob`: the one old partition's bytes (`part_bytes`), when the caller has read them."""
+    ) -> SnapshotPartition:
+        """What snapshot (run id, partition count) holds for the ids of `partition` of
+        `partitions`: its partition of that number, or, when it has another count, the
+        entries of the partitions that held those ids, those ids only."""
         run_id, old_count = snapshot
-        found: dict[str, str] = {}
+        if old_count == partitions:
+            return self.partition(export, connection, run_id, partition)
+        parts = []
         for old in old_partitions_for(partition, partitions, old_count):
-            if blob is not None and old_count == partitions:
-                text = blob.decode()
-            else:  # a snapshot partition is about the size of the partition its diff holds
-                text = self.part_bytes(export, connection, run_id, old).decode()
-            lines = text.split("\n")
-            legacy = lines[0].count("\t") != 3  # an earlier format (a blob holds one)
-            for line in lines:
-                if not line:
-                    continue
-                if legacy:
-                    line = snapshot_line(*parse_snapshot_line(line))
-                id_json = line[: line.find("\t")]
-                # An old partition holds ids of several new ones when there were fewer.
-                if old_count >= partitions or (
-                    partition_of(jsonlines.loads(id_json), partitions) == partition
-                ):
-                    found[id_json] = line
-        return found
+            part = self.partition(export, connection, run_id, old)
+            if old_count < partitions:  # an old partition held ids of several new ones
+                import numpy as np
 
-    def part_bytes(self, export: str, connection: str, run_id: str, partition: int) -> bytes:
-        """One partition of a snapshot as stored (empty when it was never written)."""
-        try:
-            return self._storage.read_bytes(
-                SNAPSHOTS_CONTAINER, _part_name(export, connection, run_id, partition)
-            )
-        except BlobNotFound:
-            return b""
+                mine = [
+                    partition_of(jsonlines.loads(id_json), partitions) == partition
+                    for id_json in part.ids
+                ]
+                part = part.select(np.array(mine, dtype=bool))
+            parts.append(part)
+        return merged(parts) if parts else SnapshotPartition.empty()
 
     def part_writer(
-        self, export: str, connection: str, run_id: str, partition: int
+        self,
+        export: str,
+        connection: str,
+        run_id: str,
+        partition: int,
+        columns: Sequence[str] = (),
     ) -> SnapshotPartWriter:
-        """A writer for one partition of a new (not yet current) snapshot: `snapshot_line`s."""
+        """A writer for one partition of a new (not yet current) snapshot; `columns`: the
+        attributes its entries fingerprint (more are added as entries name them)."""
         return SnapshotPartWriter(
             self._storage,
             _part_name(export, connection, run_id, partition),
             _index_name(export, connection, run_id, partition),
+            columns,
         )
 
     def record_index(
@@ -212,22 +208,16 @@ class SnapshotStore:
         self._last_index = (key, index)
         return index
 
-    def part_lines(self, export: str, connection: str, run_id: str, partition: int) -> list[str]:
-        """The lines of one partition a run wrote (read whole: about one partition's size)."""
-        name = _part_name(export, connection, run_id, partition)
-        text = self._storage.read_bytes(SNAPSHOTS_CONTAINER, name).decode()
-        return [line for line in text.split("\n") if line]
-
     def write_partition(
         self, export: str, connection: str, run_id: str, partition: int, lines: Iterable[str]
     ) -> int:
-        """Write one partition of a new (not yet current) snapshot from its `snapshot_line`s;
-        returns its profile count."""
+        """Write one partition of a new (not yet current) snapshot from text entries
+        (`snapshot_line`); returns its profile count."""
         writer = self.part_writer(export, connection, run_id, partition)
         for line in lines:
             writer.write(line)
         writer.close()
-        return writer.lines
+        return writer.profiles
 
     def make_current(self, export: str, connection: str, manifest: Manifest) -> list[str]:
         """Switch to the new snapshot; the blobs of every other one, to delete once the run is

@@ -1,82 +1,286 @@
-"""A snapshot partition as its blob holds it, for a delta's diff to take in bulk.
+"""A snapshot partition: what Braze holds for each profile of one partition, as columns.
 
-Most profiles of a delta run are rows the snapshot holds byte for byte (`raw_records`): the
-split files them as matched records, and the diff finds each one's snapshot line by its raw
-digest, the last field of the line, all at once (numpy). The lines it finds are copied as they
-are; only the others (changed, new, leaving, or in doubt) are handled one by one.
+A snapshot remembers per profile its customer id, the digest of the values its entry came from
+(`fingerprints.row_digest`), the raw digest of its row's bytes (`raw_records`) and a
+fingerprint per attribute Braze holds. Written one text line per profile (`snapshot_line`),
+that took about 270 bytes a profile, most of them attribute names and hex digits, and a delta's
+diff read and wrote every line. Stored as columns it takes about 90: the customer ids as JSON,
+one per line, then per profile the row digest, the raw digest and one fingerprint per column
+as big-endian 64-bit numbers, 0 meaning unknown (a digest) or absent (an attribute). A delta's
+diff takes the entries of unchanged profiles with one numpy take, and turns into text
+(`line`) only the entries of the profiles it sends.
+
+Layout: `MAGIC`, a JSON header line (`profiles`, `columns`, `ids_bytes`, `version`), the ids
+(`ids_bytes` bytes, joined by line breaks: JSON escapes any line break inside an id), then the
+numbers. Partitions written as text by earlier versions are read too (`from_blob`).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
+
+from shared.core import jsonlines
 
 if TYPE_CHECKING:
     import numpy as np
 
-_RAW_HEX = 16  # an 8-byte raw digest in hex, after the line's last tab
+# Not UTF-8: an earlier version, which reads snapshot partitions as text, fails on a partition
+# in this format (nothing sent) instead of taking it for an empty one.
+MAGIC = b"\xffsnapshot-columns\n"
+FORMAT_VERSION = 1
+_UNKNOWN = "0" * 16  # a digest or fingerprint not known, as the numbers hold it
+_FIXED = 2  # the row digest and the raw digest come before the fingerprints
+
+
+class SnapshotFormatError(ValueError):
+    """A snapshot partition that cannot be read; the message says what is wrong."""
+
+
+# A profile of a snapshot: (customer id as JSON, row digest, fingerprints, raw digest); either
+# digest is empty when unknown.
+SnapshotEntry = tuple[str, str, dict[str, str], str]
+
+
+def snapshot_line(id_json: str, digest: str, prints_json: str, raw: str = "") -> str:
+    """An entry as text, as the run's fallbacks keep it: `customer id <TAB> row digest <TAB>
+    fingerprints as JSON <TAB> raw digest` (JSON escapes every tab in a value)."""
+    return f"{id_json}\t{digest}\t{prints_json}\t{raw}"
+
+
+def parse_snapshot_line(line: str) -> tuple[str, str, str, str]:
+    """(customer id as JSON, row digest, fingerprints as JSON, raw digest) of a text entry, in
+    any format an earlier version wrote."""
+    if line.startswith("["):  # written before row digests: `[customer id, fingerprints]`
+        customer_id, prints = jsonlines.loads(line)
+        return jsonlines.dumps(customer_id), "", jsonlines.dumps(prints), ""
+    fields = line.split("\t")
+    if len(fields) == 3:  # written before raw digests
+        return fields[0], fields[1], fields[2], ""
+    id_json, digest, prints_json, raw = fields
+    return id_json, digest, prints_json, raw
+
+
+class EntryPacker:
+    """Packs entries into rows of numbers, one at a time, with columns added as attributes
+    appear (an entry kept from a snapshot of an earlier mapping may name others)."""
+
+    def __init__(self, columns: Sequence[str] = ()) -> None:
+        self.columns = list(dict.fromkeys(columns))
+        self._known = set(self.columns)
+        self.ids: list[str] = []
+        self._rows: list[bytes] = []
+        self._narrower = False  # a row packed before the last column was added
+
+    def add(self, id_json: str, digest: str, prints: Mapping[str, str], raw: str) -> None:
+        if not self._known.issuperset(prints):
+            self._narrower = bool(self._rows)
+            for key in prints:
+                if key not in self._known:
+                    self.columns.append(key)
+                    self._known.add(key)
+        row = f"{digest or _UNKNOWN}{raw or _UNKNOWN}" + "".join(
+            [prints.get(column, _UNKNOWN) for column in self.columns]
+        )
+        try:
+            self._rows.append(bytes.fromhex(row))
+        except ValueError:
+            raise SnapshotFormatError(
+                f"the snapshot entry of customer {id_json} holds a digest that is not 16 hex digits"
+            ) from None
+        self.ids.append(id_json)
+
+    def numbers(self, columns: Sequence[str]) -> np.ndarray:
+        """The rows packed so far, in `columns` (which start with this packer's)."""
+        import numpy as np
+
+        width = (_FIXED + len(columns)) * 8
+        rows = self._rows
+        if self._narrower or len(columns) != len(self.columns):
+            rows = [row.ljust(width, b"\0") for row in rows]
+        packed = np.frombuffer(b"".join(rows), dtype=">u8").astype(np.uint64)
+        return packed.reshape(len(rows), _FIXED + len(columns))
 
 
 class SnapshotPartition:
-    """The lines of one snapshot partition (the current format: four fields), each one's
-    customer id as JSON, and where each raw digest is."""
+    """One snapshot partition in memory: ids, and a row of numbers per profile."""
 
-    def __init__(self, blob: bytes) -> None:
+    def __init__(self, ids: list[str], numbers: np.ndarray, columns: list[str]) -> None:
+        self.ids, self.numbers, self.columns = ids, numbers, columns
+
+    @classmethod
+    def empty(cls) -> SnapshotPartition:
         import numpy as np
 
-        text = blob.decode()
-        self.lines = text.split("\n")
-        if self.lines and not self.lines[-1]:
-            self.lines.pop()
-        self.ids = [line[: line.find("\t")] for line in self.lines]
-        self.position = dict(zip(self.ids, range(len(self.ids)), strict=True))
-        self.raws, known = _raw_digests(np.frombuffer(blob, dtype=np.uint8), len(self.lines))
-        lines_with_raw = np.flatnonzero(known)
-        by_raw = np.argsort(self.raws[lines_with_raw])
-        self._sorted_lines = lines_with_raw[by_raw]
-        self._sorted_raws = self.raws[self._sorted_lines]
+        return cls([], np.zeros((0, _FIXED), dtype=np.uint64), [])
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[SnapshotEntry]) -> SnapshotPartition:
+        packer = EntryPacker()
+        for entry in entries:
+            packer.add(*entry)
+        return cls(packer.ids, packer.numbers(packer.columns), packer.columns)
+
+    @classmethod
+    def from_blob(cls, blob: bytes) -> SnapshotPartition:
+        """A partition as stored, in this format or as text lines (an earlier version's)."""
+        if not blob.startswith(MAGIC):
+            return cls.from_entries(_text_entries(blob.decode()))
+        import numpy as np
+
+        end = blob.find(b"\n", len(MAGIC))
+        try:
+            header = json.loads(blob[len(MAGIC) : end])
+            version, count = header["version"], header["profiles"]
+            columns, ids_bytes = header["columns"], header["ids_bytes"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise SnapshotFormatError(
+                f"the header of a snapshot partition is unreadable: {error}"
+            ) from error
+        if version != FORMAT_VERSION:
+            raise SnapshotFormatError(
+                f"a snapshot partition in format {version!r} (this version reads "
+                f"{FORMAT_VERSION}): a newer version of the app wrote it"
+            )
+        start = end + 1
+        ids = blob[start : start + ids_bytes].decode().split("\n") if count else []
+        width = _FIXED + len(columns)
+        numbers_at = start + ids_bytes
+        if len(ids) != count or len(blob) - numbers_at != count * width * 8:
+            raise SnapshotFormatError(
+                f"a snapshot partition holds {len(ids)} ids and {len(blob) - numbers_at} bytes "
+                f"of numbers where its header says {count} profiles of {width} numbers: it "
+                "was cut short or altered"
+            )
+        numbers = np.frombuffer(blob, dtype=">u8", offset=numbers_at).astype(np.uint64)
+        return cls(ids, numbers.reshape(count, width), list(columns))
 
     def __len__(self) -> int:
-        return len(self.lines)
+        return len(self.ids)
+
+    def to_blob(self) -> bytes:
+        """The partition as stored."""
+        ids_text = "\n".join(self.ids).encode()
+        header = {
+            "version": FORMAT_VERSION,
+            "profiles": len(self.ids),
+            "columns": self.columns,
+            "ids_bytes": len(ids_text),
+        }
+        numbers = self.numbers.astype(">u8").tobytes()
+        return b"".join([MAGIC, json.dumps(header).encode(), b"\n", ids_text, numbers])
+
+    @functools.cached_property
+    def position(self) -> dict[str, int]:
+        """Customer id as JSON -> its entry (the last one, should an id be there twice)."""
+        return dict(zip(self.ids, range(len(self.ids)), strict=True))
+
+    @property
+    def raws(self) -> np.ndarray:
+        return self.numbers[:, 1]
+
+    def digest(self, at: int) -> str:
+        value = int(self.numbers[at, 0])
+        return f"{value:016x}" if value else ""
+
+    def raw(self, at: int) -> str:
+        value = int(self.numbers[at, 1])
+        return f"{value:016x}" if value else ""
+
+    def prints(self, at: int) -> dict[str, str]:
+        values = self.numbers[at, _FIXED:].tolist()
+        pairs = zip(self.columns, values, strict=True)
+        return {column: f"{value:016x}" for column, value in pairs if value}
+
+    def line(self, at: int) -> str:
+        """The entry as text (`snapshot_line`)."""
+        prints_json = jsonlines.dumps(self.prints(at))
+        return snapshot_line(self.ids[at], self.digest(at), prints_json, self.raw(at))
+
+    def select(self, keep: np.ndarray) -> SnapshotPartition:
+        """The entries where `keep` (a boolean array) is true."""
+        ids = [self.ids[at] for at in keep.nonzero()[0].tolist()]
+        return SnapshotPartition(ids, self.numbers[keep], self.columns)
 
     def find(self, raws: np.ndarray) -> np.ndarray:
-        """The line holding each raw digest (uint64), or -1."""
+        """The entry holding each raw digest (uint64), or -1."""
         import numpy as np
 
-        if not len(self._sorted_raws):
+        sorted_raws, sorted_at = self._by_raw
+        if not len(sorted_raws):
             return np.full(len(raws), -1, dtype=np.int64)
-        at = np.searchsorted(self._sorted_raws, raws)
-        at[at == len(self._sorted_raws)] = 0
-        return np.where(self._sorted_raws[at] == raws, self._sorted_lines[at], -1)
+        at = np.searchsorted(sorted_raws, raws)
+        at[at == len(sorted_raws)] = 0
+        return np.where(sorted_raws[at] == raws, sorted_at[at], -1)
+
+    @functools.cached_property
+    def _by_raw(self) -> tuple[np.ndarray, np.ndarray]:
+        """The known raw digests, sorted, and the entry of each."""
+        import numpy as np
+
+        known = np.flatnonzero(self.raws)
+        order = known[np.argsort(self.raws[known], kind="stable")]
+        return self.raws[order], order
 
 
-def _raw_digests(octets: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each line's raw digest as uint64, and whether it has one (its last field is 16 hex
-    digits after a tab)."""
+def merged(parts: Sequence[SnapshotPartition]) -> SnapshotPartition:
+    """One partition holding the entries of several (in order), in the union of their columns."""
     import numpy as np
 
-    ends = np.flatnonzero(octets == 10)
-    if len(ends) < count:  # the last line has no line break
-        ends = np.append(ends, len(octets))
-    ends = ends[:count]
-    starts = np.concatenate(([0], ends[:-1] + 1)) if count else ends
-    known = (ends - starts) > _RAW_HEX
-    columns = np.maximum(ends - _RAW_HEX, 0)[:, None] + np.arange(_RAW_HEX)
-    digits = octets[np.minimum(columns, max(len(octets) - 1, 0))]  # a short line: no digest
-    nibbles = _hex_values()[digits]
-    known &= (nibbles < 16).all(axis=1) & (octets[np.maximum(ends - _RAW_HEX - 1, 0)] == 9)
-    raws = np.zeros(count, dtype=np.uint64)
-    for column in range(_RAW_HEX):
-        raws = (raws << np.uint64(4)) | nibbles[:, column].astype(np.uint64)
-    return raws, known
+    if len(parts) == 1:
+        return parts[0]
+    columns = list(dict.fromkeys(column for part in parts for column in part.columns))
+    ids = [id_json for part in parts for id_json in part.ids]
+    blocks = [_in_columns(part.numbers, part.columns, columns) for part in parts]
+    numbers = np.concatenate(blocks) if blocks else np.zeros((0, _FIXED), dtype=np.uint64)
+    return SnapshotPartition(ids, numbers, columns)
 
 
-@functools.cache
-def _hex_values() -> np.ndarray:
-    """Each byte's value as a hex digit, or 255."""
+def assemble(
+    packer: EntryPacker, copies: Sequence[tuple[SnapshotPartition, np.ndarray]]
+) -> SnapshotPartition:
+    """The entries packed, then the entries copied from partitions read (each an index array
+    into one), in the union of their columns."""
     import numpy as np
 
-    values = np.full(256, 255, dtype=np.uint8)
-    values[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
-    values[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
-    return values
+    columns = list(packer.columns)
+    for part, _ in copies:
+        columns += [column for column in part.columns if column not in columns]
+    ids = packer.ids + [part.ids[at] for part, taken in copies for at in taken.tolist()]
+    blocks = [packer.numbers(columns)]
+    blocks += [_in_columns(part.numbers[taken], part.columns, columns) for part, taken in copies]
+    return SnapshotPartition(ids, np.concatenate(blocks), columns)
+
+
+def _in_columns(numbers: np.ndarray, columns: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
+    """Rows of numbers in `columns`, rearranged into `wanted` (a superset): 0 where absent."""
+    import numpy as np
+
+    if list(columns) == list(wanted):
+        return numbers
+    out = np.zeros((len(numbers), _FIXED + len(wanted)), dtype=np.uint64)
+    out[:, :_FIXED] = numbers[:, :_FIXED]
+    place = {column: _FIXED + at for at, column in enumerate(wanted)}
+    for at, column in enumerate(columns):
+        out[:, place[column]] = numbers[:, _FIXED + at]
+    return out
+
+
+def _text_entries(text: str) -> Iterable[SnapshotEntry]:
+    """The entries of a partition an earlier version wrote as text lines (blank lines skipped;
+    a digest that is not 16 hex digits is taken as unknown)."""
+    for line in text.split("\n"):  # not splitlines: ids may hold U+2028
+        if line:
+            id_json, digest, prints_json, raw = parse_snapshot_line(line)
+            prints = jsonlines.loads(prints_json)
+            yield id_json, _hex_or_unknown(digest), prints, _hex_or_unknown(raw)
+
+
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+
+
+def _hex_or_unknown(digest: str) -> str:
+    return digest if _HEX16.fullmatch(digest) else ""

@@ -25,14 +25,14 @@ import heapq
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from operator import itemgetter
 from typing import Any, NamedTuple
 
 from shared.adapters.services import Services
-from shared.adapters.snapshot_store import snapshot_line
+from shared.adapters.snapshot_store import SnapshotPartWriter
 from shared.adapters.storage import BlobLineWriter
 from shared.core import jsonlines
 from shared.core.braze_objects import (
@@ -42,14 +42,21 @@ from shared.core.braze_objects import (
     removal,
 )
 from shared.core.definitions import Definitions, Export
-from shared.core.fingerprints import data_points, delta, fingerprints, row_digest, row_digester
+from shared.core.fingerprints import (
+    Fingerprints,
+    data_points,
+    delta,
+    fingerprints,
+    row_digest,
+    row_digester,
+)
 from shared.core.jsonlines import loads
 from shared.core.messages import PartitionJob
 from shared.core.partitioning import partition_of
 from shared.core.report import REMOVAL_ORDER, row_position
 from shared.core.resource_names import CHUNKS_QUEUE, RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run
-from shared.core.snapshot_partition import SnapshotPartition
+from shared.core.snapshot_partition import SnapshotPartition, snapshot_line
 from shared.core.source_files import SourceError
 from shared.core.validation import Profile, record_validator, usable_customer_id
 from shared.pipeline.finalize import finish_early, sent_so_far
@@ -148,26 +155,25 @@ def _segment_rows(pieces: list[bytes]) -> Iterator[PieceRow]:
 
 
 class _Bulk(NamedTuple):
-    """The profiles taken in bulk: their snapshot lines, copied as they are, and those lines'
-    raw digests (8 bytes each, in order) and customer ids as JSON."""
+    """The profiles taken in bulk: their entries in the previous snapshot partition, copied as
+    they are, and their customer ids as JSON."""
 
-    lines: list[str]
-    raws: bytes
+    taken: Sequence[int]
     ids: list[str]
 
 
-_NO_BULK = _Bulk([], b"", [])
+_NO_BULK = _Bulk((), [])
 
 
 def _take_in_bulk(
     partition: SnapshotPartition, pieces: list[bytes]
 ) -> tuple[list[PieceRow], _Previous, _Bulk] | None:
-    """The matched records whose snapshot line stands as it is, found all at once; what is
+    """The matched records whose snapshot entry stands as it is, found all at once; what is
     left for the row by row path (the text rows and the matched records in doubt, in source
-    order, and the snapshot lines not taken); None when a piece holds matched rows as text
+    order, and the snapshot entries not taken); None when a piece holds matched rows as text
     (written by an earlier version: their ids are unknown until looked up one by one), or when
-    the snapshot partition is in an earlier format or holds an id twice or a blank line (the
-    row by row path reads earlier formats, keeps one line per id and skips blank lines).
+    the snapshot partition holds an id twice or a blank one (the row by row path keeps one
+    entry per id).
 
     A record is in doubt when the snapshot lacks its digest, when another record has the same
     digest (a repeated row: the first counts, the next is a duplicate), or when a text row
@@ -176,10 +182,9 @@ def _take_in_bulk(
     import numpy as np
 
     if (
-        not partition.lines
-        or partition.lines[0].count("\t") != 3  # not the current format
+        not len(partition)
         or len(partition.position) != len(partition)  # an id twice
-        or "" in partition.position  # a blank line
+        or "" in partition.position  # a blank id
     ):
         return None
     sections = [piece_sections(piece) for piece in pieces]
@@ -197,14 +202,8 @@ def _take_in_bulk(
     rows = list(heapq.merge(text_rows, matched_rows(records[in_doubt]), key=itemgetter(0)))
     left = np.ones(len(partition), dtype=bool)
     left[taken] = False
-    old = {partition.ids[q]: partition.lines[q] for q in np.flatnonzero(left).tolist()}
-    taken_lines = taken.tolist()
-    bulk = _Bulk(
-        [partition.lines[q] for q in taken_lines],
-        partition.raws[taken].astype(">u8").tobytes(),
-        [partition.ids[q] for q in taken_lines],
-    )
-    return rows, old, bulk
+    old = _Previous(partition, {partition.ids[q]: q for q in np.flatnonzero(left).tolist()})
+    return rows, old, _Bulk(taken, [partition.ids[q] for q in taken.tolist()])
 
 
 # A customer in the segment: (order, row digest, object, raw digest) of the row that counts;
@@ -223,44 +222,50 @@ class _Members(NamedTuple):
     kept: set[str]
 
 
-# The previous snapshot's profiles of the partition: customer id as JSON -> its
-# `snapshot_line`, parsed only for a profile whose row changed (`_entry`).
-_Previous = dict[str, str]
+class _Previous(NamedTuple):
+    """The previous snapshot's entries of the partition left for the row by row path: customer
+    id as JSON -> its entry in `partition`, read only for a profile whose row changed."""
 
-
-def _entry(line: str) -> tuple[str, str, str]:
-    """(row digest, fingerprints as JSON, raw digest) of a snapshot line."""
-    _, digest, prints_json, raw = line.split("\t")
-    return digest, prints_json, raw
+    partition: SnapshotPartition
+    at: dict[str, int]
 
 
 class _SnapshotLines(NamedTuple):
     """This run's snapshot partition and its fallbacks, written side by side (see the module
-    docstring)."""
+    docstring); `previous`: the partition the entries copied come from."""
 
     fallbacks: BlobLineWriter
-    snapshot: BlobLineWriter
+    snapshot: SnapshotPartWriter
+    previous: SnapshotPartition
+    copies: list[int]
 
-    def keep(self, id_json: str, digest: str, prints_json: str, raw: str) -> None:
+    def keep(self, id_json: str, digest: str, prints: Fingerprints, raw: str) -> None:
         """A profile whose entry stands whatever Braze does."""
-        self.snapshot.write(snapshot_line(id_json, digest, prints_json, raw))
+        self.snapshot.add(id_json, digest, prints, raw)
 
-    def copy(self, line: str) -> None:
+    def copy(self, previous: int) -> None:
         """A profile whose previous entry stands as it is, whatever Braze does."""
-        self.snapshot.write(line)
+        self.copies.append(previous)
 
     def sent(
         self,
         id_json: str,
-        member: tuple[str, str | None, str],
-        previous: str | None,
+        member: tuple[str, Fingerprints | None, str],
+        previous: int | None,
     ) -> None:
-        """A profile sent as `member` (row digest, fingerprints as JSON, raw digest; None
-        fingerprints: its membership removed); `previous` is its snapshot line, if any."""
-        self.fallbacks.write(previous or snapshot_line(id_json, "", "null"))
-        digest, prints_json, raw = member
-        if prints_json is not None:
-            self.snapshot.write(snapshot_line(id_json, digest, prints_json, raw))
+        """A profile sent as `member` (row digest, fingerprints, raw digest; None fingerprints:
+        its membership removed); `previous` is its previous entry, if any."""
+        if previous is None:
+            self.fallbacks.write(snapshot_line(id_json, "", "null"))
+        else:
+            self.fallbacks.write(self.previous.line(previous))
+        digest, prints, raw = member
+        if prints is not None:
+            self.snapshot.add(id_json, digest, prints, raw)
+
+    def close_snapshot(self) -> None:
+        self.snapshot.copy(self.previous, self.copies)
+        self.snapshot.close()
 
 
 def _diff(
@@ -270,32 +275,43 @@ def _diff(
     export = definitions.export(run.export_name)
     with ThreadPoolExecutor(1, thread_name_prefix="pieces") as ahead:
         fetched = ahead.submit(_pieces, run, job.partition, services)  # while the snapshot loads
-        blob = _previous_blob(run, export, job, services)
+        previous = _previous_partition(run, export, job, services)
         pieces = fetched.result()
-    in_bulk = _members_in_bulk(run, export, job, blob, pieces, services)
+    in_bulk = _members_in_bulk(run, export, job, previous, pieces, services)
     if in_bulk is None:
         counts = PartitionResult(job.partition)  # filled in by each phase
-        old = _previous_profiles(run, export, job, services, blob)
+        old = _Previous(previous, previous.position)
         members = _collect_members(run, export, job, old, _segment_rows(pieces), services, counts)
         bulk = _NO_BULK
     else:
         counts, members, old, bulk = in_bulk
-    del blob, pieces
+    del pieces
+    # The attributes a profile's entry fingerprints, in the order `braze_attributes` sets them.
+    columns = ["email", *(a.attribute for a in export.mapping.attributes)]
+    columns.append(export.membership_attribute)
     lines = _SnapshotLines(
         services.storage.line_writer(
             RUNS_CONTAINER, snapshot_fallbacks_name(run.run_id, job.partition)
         ),
-        services.snapshots.part_writer(export.name, run.connection, run.run_id, job.partition),
+        services.snapshots.part_writer(
+            export.name,
+            run.connection,
+            run.run_id,
+            job.partition,
+            columns,
+        ),
+        previous,
+        [],
     )
-    lines.snapshot.write_copies(bulk.lines, bulk.raws)
-    counts.unchanged += len(bulk.lines)
+    lines.snapshot.copy(previous, bulk.taken)
+    counts.unchanged += len(bulk.ids)
     sends = _compare(run, export, members, old, lines, counts)
     sends += _removals(run, export, job, members, old, lines, counts)
     chunks = batches(sends, export.chunk_size)
     services.storage.in_parallel(
         [
             lines.fallbacks.close,
-            lines.snapshot.close,
+            lines.close_snapshot,
             *(
                 partial(write_chunk, services, chunk_blob_name(run.run_id, job.partition, i), chunk)
                 for i, chunk in enumerate(chunks)
@@ -317,7 +333,7 @@ def _diff(
             export.membership_attribute,
         )
     counts.array_cap_examples, counts.chunk_rows = examples, chunk_rows
-    counts.snapshot_profiles = lines.snapshot.lines
+    counts.snapshot_profiles = lines.snapshot.profiles
     return counts
 
 
@@ -325,18 +341,22 @@ def _members_in_bulk(
     run: Run,
     export: Export,
     job: PartitionJob,
-    blob: bytes | None,
+    previous: SnapshotPartition,
     pieces: list[bytes],
     services: Services,
 ) -> tuple[PartitionResult, _Members, _Previous, _Bulk] | None:
-    """The counts, members and snapshot lines left with the matched records taken in bulk
+    """The counts, members and snapshot entries left with the matched records taken in bulk
     (`_take_in_bulk`); None when the partition must go row by row: no matched records, digests
     this run cannot trust, a snapshot `_take_in_bulk` leaves alone, or a row read again that
-    names a customer whose line was taken in bulk (an index that disagrees with its snapshot:
+    names a customer whose entry was taken in bulk (an index that disagrees with its snapshot:
     row by row, the first of the two rows counts and the other is a duplicate)."""
-    if not blob or not _trusts_digests(run) or not any(MATCHED_MARK in p for p in pieces):
+    if (
+        run.previous_partitions != job.partitions  # the index files rows by old partition
+        or not _trusts_digests(run)
+        or not any(MATCHED_MARK in p for p in pieces)
+    ):
         return None
-    taken = _take_in_bulk(SnapshotPartition(blob), pieces)
+    taken = _take_in_bulk(previous, pieces)
     if taken is None:
         return None
     rows, old, bulk = taken
@@ -390,8 +410,8 @@ def _collect_members(
                 continue
             order, id_json, digest, values_json, raw = _reread(run, export, job, row, services)
         if id_json not in members.profiles and trust_digests:
-            previous = old.get(id_json)
-            if previous is not None and _entry(previous)[0] == digest:
+            previous = old.at.get(id_json)
+            if previous is not None and old.partition.digest(previous) == digest:
                 members.profiles[id_json] = (order, digest, None, raw)
                 continue
         values = read_values(values_json)
@@ -456,33 +476,21 @@ def _trusts_digests(run: Run) -> bool:
     return run.code_version == code_digest() and not run.full_refresh_reason
 
 
-def _previous_blob(run: Run, export: Export, job: PartitionJob, services: Services) -> bytes | None:
-    """The previous snapshot's partition as stored, when it is this partition's (the same
-    partition count); empty when it has no profiles."""
-    if not run.previous_snapshot or run.previous_partitions != job.partitions:
-        return None
-    return services.snapshots.part_bytes(
-        export.name, run.connection, run.previous_snapshot, job.partition
-    )
-
-
-def _previous_profiles(
-    run: Run, export: Export, job: PartitionJob, services: Services, blob: bytes | None
-) -> _Previous:
-    """What the snapshot the run diffs against holds for this partition's ids (`blob`: its
-    partition as stored, when already read)."""
+def _previous_partition(
+    run: Run, export: Export, job: PartitionJob, services: Services
+) -> SnapshotPartition:
+    """What the snapshot the run diffs against holds for this partition's ids."""
     if not run.previous_snapshot:
-        return {}
+        return SnapshotPartition.empty()
     snapshot = (run.previous_snapshot, run.previous_partitions)
-    return services.snapshots.entry_lines(
-        export.name, run.connection, snapshot, job.partition, job.partitions, blob=blob
+    return services.snapshots.previous_partition(
+        export.name, run.connection, snapshot, job.partition, job.partitions
     )
 
 
 def _raw_ids(old: _Previous) -> dict[str, str]:
-    """Raw digest -> customer id as JSON, for the snapshot's entries that have one (the last
-    field of the line)."""
-    found = {line[line.rfind("\t") + 1 :]: id_json for id_json, line in old.items()}
+    """Raw digest -> customer id as JSON, for the snapshot's entries that have one."""
+    found = {old.partition.raw(at): id_json for id_json, at in old.at.items()}
     found.pop("", None)
     return found
 
@@ -495,37 +503,35 @@ def _compare(
     lines: _SnapshotLines,
     counts: PartitionResult,
 ) -> list[str]:
-    """Each member against the snapshot: the chunk lines to send, and the snapshot lines
+    """Each member against the snapshot: the chunk lines to send, and the snapshot entries
     written as it goes. A profile whose row is the one the snapshot remembers costs a copied
-    line; a new one is fingerprinted and sent whole; a changed one sends what changed."""
+    entry; a new one is fingerprinted and sent whole; a changed one sends what changed."""
     full = bool(run.full_refresh_reason)
     clearable = clearable_attributes(export)
-    dumps = jsonlines.dumps
+    partition = old.partition
     sends: list[str] = []
     for id_json, (order, digest, obj, raw) in members.profiles.items():
-        previous = old.get(id_json)
+        previous = old.at.get(id_json)
         if obj is None:  # the row the snapshot remembers: Braze holds this profile already
             assert previous is not None
             counts.unchanged += 1
-            if previous.endswith("\t" + raw):  # the same bytes, or none known
+            if partition.raw(previous) == raw:  # the same bytes, or none known
                 lines.copy(previous)
             else:  # the same values in other bytes (a column not mapped changed)
-                lines.keep(id_json, digest, _entry(previous)[1], raw)
+                lines.keep(id_json, digest, partition.prints(previous), raw)
             continue
         prints = fingerprints(obj)  # one per attribute Braze bills: their count is the points
-        prints_json = dumps(prints)
         if previous is None:
             counts.new += 1
             counts.objects += 1
             counts.data_points += len(prints)
             sends.append(encoded_chunk_line(order, len(prints), encode_object(obj)))
-            lines.sent(id_json, (digest, prints_json, raw), None)
+            lines.sent(id_json, (digest, prints, raw), None)
             continue
-        previous_prints = _entry(previous)[1]
-        old_prints = loads(previous_prints)
+        old_prints = partition.prints(previous)
         if prints == old_prints and not full:  # same attributes, same values: nothing to clear
             counts.unchanged += 1
-            lines.keep(id_json, digest, prints_json, raw)
+            lines.keep(id_json, digest, prints, raw)
             continue
         change = delta(obj, old_prints, clearable, False, prints)
         if change is None:
@@ -534,10 +540,10 @@ def _compare(
             counts.changed += 1
         body = delta(obj, old_prints, clearable, True) if full else change
         if body is None:  # Braze keeps what it has, which is what this row makes
-            lines.keep(id_json, digest, previous_prints, raw)
+            lines.keep(id_json, digest, old_prints, raw)
             continue
         sends.append(_send_line(order, body, counts))
-        lines.sent(id_json, (digest, prints_json, raw), previous)
+        lines.sent(id_json, (digest, prints, raw), previous)
     return sends
 
 
@@ -555,7 +561,7 @@ def _removals(
     stray comma must not remove a customer from the segment)."""
     hold_removals = run.rows_unidentified > 0 and not run.teardown
     sends: list[str] = []
-    for id_json, previous in old.items():
+    for id_json, previous in old.at.items():
         if id_json in members.profiles:
             continue
         if id_json in members.kept or hold_removals:
@@ -564,7 +570,7 @@ def _removals(
             continue
         counts.removed += 1
         order = REMOVAL_ORDER + (job.partition << 32) + counts.removed
-        body = removal(loads(id_json), export, loads(_entry(previous)[1]))
+        body = removal(loads(id_json), export, old.partition.prints(previous))
         sends.append(_send_line(order, body, counts))
         lines.sent(id_json, ("", None, ""), previous)
     return sends
@@ -624,9 +630,9 @@ def _array_cap_check(
         if manifest is None:
             continue
         snapshot = (manifest.run_id, manifest.partitions)
-        for id_json in services.snapshots.entry_lines(
+        for id_json in services.snapshots.previous_partition(
             other.name, other.connection, snapshot, job.partition, job.partitions
-        ):
+        ).ids:
             if id_json in member_ids:
                 held[id_json].add(other.segment)
     over = [id_json for id_json, segments in held.items() if len(segments) + 1 > cap]

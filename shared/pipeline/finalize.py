@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from shared.adapters.services import Services
-from shared.adapters.snapshot_store import Manifest, parse_snapshot_line, snapshot_line
+from shared.adapters.snapshot_store import Manifest, SnapshotPartWriter
 from shared.adapters.storage import IO_THREADS, BlobNotFound
 from shared.adapters.telemetry import metrics
 from shared.core import jsonlines
@@ -40,6 +40,7 @@ from shared.core.runs import (
     utcnow,
     valid_rows,
 )
+from shared.core.snapshot_partition import SnapshotPartition, parse_snapshot_line, snapshot_line
 from shared.core.source_files import open_lines
 from shared.pipeline.run_files import (
     carried_rejected_name,
@@ -314,18 +315,19 @@ def _legacy_committed(pending: Iterator[Any], rejected: set[str], untrusted: boo
             yield snapshot_line(id_json, "", jsonlines.dumps(prints))
 
 
-def _diffed_partition(run: Run, partition: int, rewritten: bool, services: Services) -> list[str]:
+def _diffed_partition(
+    run: Run, partition: int, rewritten: bool, services: Services
+) -> SnapshotPartition:
     """The snapshot partition as the diff wrote it. The first rewrite keeps a copy in the run's
     folder, so a later one (after a replay round, or a finalizer that died) starts again from
-    what the diff wrote, not from an earlier round's result."""
+    what the diff wrote, not from an earlier round's result (a copy an earlier version kept is
+    text, which `from_blob` reads too)."""
     storage, copy = services.storage, diffed_snapshot_name(run.run_id, partition)
     if rewritten:
-        text = storage.read_bytes(RUNS_CONTAINER, copy).decode()
-        return [line for line in text.split("\n") if line]  # not splitlines: ids may hold U+2028
-    lines = services.snapshots.part_lines(run.export_name, run.connection, run.run_id, partition)
-    text = "".join(f"{line}\n" for line in lines)
-    storage.write_bytes(RUNS_CONTAINER, copy, text, "text/tab-separated-values; charset=utf-8")
-    return lines
+        return SnapshotPartition.from_blob(storage.read_bytes(RUNS_CONTAINER, copy))
+    diffed = services.snapshots.partition(run.export_name, run.connection, run.run_id, partition)
+    storage.write_bytes(RUNS_CONTAINER, copy, diffed.to_blob(), "application/octet-stream")
+    return diffed
 
 
 def _fallbacks(
@@ -340,20 +342,21 @@ def _fallbacks(
     return entries
 
 
-def _committed(written: list[str], fallbacks: dict[str, tuple[str, str, str]]) -> Iterator[str]:
-    """The partition's snapshot lines Braze now holds: what the diff wrote, with the entries
-    of rejected profiles put back as they were (gone, if they had none), and the entries of
+def _write_committed(
+    writer: SnapshotPartWriter,
+    written: SnapshotPartition,
+    fallbacks: dict[str, tuple[str, str, str]],
+) -> None:
+    """The partition's entries Braze now holds: what the diff wrote, with the entries of
+    rejected profiles put back as they were (gone, if they had none), and the entries of
     profiles whose removal Braze rejected put back."""
-    for line in written:
-        id_json = line.split("\t", 1)[0]
-        fallback = fallbacks.pop(id_json, None)
-        if fallback is None:
-            yield line
-        elif fallback[1] != "null":
-            yield snapshot_line(id_json, *fallback)
+    import numpy as np
+
+    kept = np.fromiter((i not in fallbacks for i in written.ids), dtype=bool, count=len(written))
+    writer.copy(written, np.flatnonzero(kept))
     for id_json, (digest, prints_json, raw) in fallbacks.items():
         if prints_json != "null":
-            yield snapshot_line(id_json, digest, prints_json, raw)
+            writer.add(id_json, digest, jsonlines.loads(prints_json), raw)
 
 
 def _merge_rejected(
@@ -408,17 +411,23 @@ def _commit_partition(
     if not (rejected or untrusted or rewritten):
         return written[partition]  # a replay round took this partition's rows in
     fallbacks = snapshot_fallbacks_name(run.run_id, partition)
-    if storage.exists(RUNS_CONTAINER, fallbacks):
-        lines = _committed(
-            _diffed_partition(run, partition, rewritten, services),
-            _fallbacks(storage.read_chunks(RUNS_CONTAINER, fallbacks), rejected, untrusted),
-        )
-    else:  # diffed by the version before row digests, finalized by this one
+    snapshots = services.snapshots
+    if not storage.exists(RUNS_CONTAINER, fallbacks):
+        # diffed by the version before row digests, finalized by this one
         pending = json_lines(services, legacy_pending_snapshot_name(run.run_id, partition))
         lines = _legacy_committed(pending, rejected, untrusted)
-    return services.snapshots.write_partition(
-        run.export_name, run.connection, run.run_id, partition, lines
+        return snapshots.write_partition(
+            run.export_name, run.connection, run.run_id, partition, lines
+        )
+    written = _diffed_partition(run, partition, rewritten, services)
+    writer = snapshots.part_writer(run.export_name, run.connection, run.run_id, partition)
+    _write_committed(
+        writer,
+        written,
+        _fallbacks(storage.read_chunks(RUNS_CONTAINER, fallbacks), rejected, untrusted),
     )
+    writer.close()
+    return writer.profiles
 
 
 def _rejected_ids_by_partition(

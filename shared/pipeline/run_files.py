@@ -72,7 +72,8 @@ def snapshot_fallbacks_name(run_id: str, partition: int) -> str:
 
 
 def diffed_snapshot_name(run_id: str, partition: int) -> str:
-    """A snapshot partition as its diff wrote it, kept when finalizing first rewrites it."""
+    """A snapshot partition as its diff wrote it, kept when finalizing first rewrites it (in
+    the snapshot's format: an earlier version kept it as text, which is read too)."""
     return f"{run_prefix(run_id)}snapshot/p{partition:04d}-diffed.tsv"
 
 

@@ -1,54 +1,149 @@
-"""A snapshot partition read in bulk: its lines, ids and raw digests, and lookups by digest,
-for messy ids and lines without a raw digest."""
+"""A snapshot partition in columns: what is written reads back entry for entry (messy ids,
+unknown digests, absent attributes, columns added on the way, copies from partitions of
+other columns), earlier text formats are read, a damaged partition is refused with a reason,
+and lookups by raw digest find the right entry."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 
-from shared.core.snapshot_partition import SnapshotPartition
+from shared.core.snapshot_partition import (
+    MAGIC,
+    EntryPacker,
+    SnapshotFormatError,
+    SnapshotPartition,
+    assemble,
+    merged,
+    parse_snapshot_line,
+)
+
+MESSY_IDS = [
+    json.dumps("Zoë 李 🎉", ensure_ascii=False),
+    json.dumps('tab\there, "quoted", comma'),
+    json.dumps("line\nbreak and \u2028 separator", ensure_ascii=False),
+    json.dumps("\ufeffbom", ensure_ascii=False),
+    "12345",
+    json.dumps("x" * 5_000),
+]
+PRINTS = {"email": "00112233445566ff", "first_name": "8899aabbccddeeff", "segments": "0" * 15 + "1"}
 
 
-def _line(id_json: str, raw: str) -> str:
-    return f'{id_json}\tabc123\t{{"email":"0011223344556677"}}\t{raw}'
+def _packed(
+    entries: list[tuple[str, str, dict[str, str], str]], columns: list[str] | None = None
+) -> SnapshotPartition:
+    packer = EntryPacker(columns or [])
+    for entry in entries:
+        packer.add(*entry)
+    return assemble(packer, [])
 
 
-def test_lines_ids_and_raw_digests_are_found_for_messy_ids() -> None:
-    lines = [
-        _line('"Zoë 李 🎉"', "00000000000000ff"),
-        _line('"tab\\there, \\"quoted\\""', ""),  # no raw digest known
-        _line('"\\ufeffbom"', "ffffffffffffffff"),
-        _line("12345", "0123456789abcdef"),
-        _line('"short raw"', "abc"),
+def _entries(partition: SnapshotPartition) -> list[tuple[str, str, dict[str, str], str]]:
+    return [
+        (partition.ids[at], partition.digest(at), partition.prints(at), partition.raw(at))
+        for at in range(len(partition))
     ]
-    partition = SnapshotPartition(("\n".join(lines) + "\n").encode())
-    assert partition.lines == lines
-    assert partition.ids == [
-        '"Zoë 李 🎉"',
-        '"tab\\there, \\"quoted\\""',
-        '"\\ufeffbom"',
-        "12345",
-        '"short raw"',
+
+
+def test_entries_with_messy_ids_read_back_as_written() -> None:
+    entries = [
+        (id_json, f"{n + 1:016x}", {**PRINTS, "note": f"{n + 7:016x}"}, f"{n + 100:016x}")
+        for n, id_json in enumerate(MESSY_IDS)
     ]
-    assert partition.position['"\\ufeffbom"'] == 2
-    wanted = np.array([0xFF, 0xFFFF_FFFF_FFFF_FFFF, 0x0123456789ABCDEF, 0xABC, 0, 7], np.uint64)
-    assert partition.find(wanted).tolist() == [0, 2, 3, -1, -1, -1]
-    assert partition.raws[3] == 0x0123456789ABCDEF
+    entries.append(('"no digests"', "", {"email": "00000000000000aa"}, ""))  # unknown: empty
+    blob = _packed(entries, ["email", "first_name"]).to_blob()
+    assert blob.startswith(MAGIC)
+    with pytest.raises(UnicodeDecodeError):  # what an earlier version does with it: it fails
+        blob.decode()
+    read = SnapshotPartition.from_blob(blob)
+    assert _entries(read) == entries
+    assert read.columns == ["email", "first_name", "segments", "note"]
+    assert read.position['"no digests"'] == len(entries) - 1
+    id_json, digest, prints_json, raw = parse_snapshot_line(read.line(0))
+    assert (id_json, digest, json.loads(prints_json), raw) == entries[0]
 
 
-def test_a_last_line_without_a_line_break_and_an_empty_partition() -> None:
-    partition = SnapshotPartition(_line('"a"', "000000000000000a").encode())
-    assert partition.ids == ['"a"'] and partition.find(np.array([10], np.uint64)).tolist() == [0]
-    empty = SnapshotPartition(b"")
-    assert len(empty) == 0 and empty.find(np.array([10], np.uint64)).tolist() == [-1]
+def test_a_column_added_after_entries_were_packed_leaves_them_without_it() -> None:
+    """An entry kept from a snapshot of an earlier mapping names an attribute the others lack."""
+    entries = [
+        ('"a"', "0" * 15 + "a", {"email": "1" * 16}, "2" * 16),
+        ('"b"', "0" * 15 + "b", {"email": "3" * 16, "old_attribute": "4" * 16}, ""),
+        ('"c"', "0" * 15 + "c", {}, "5" * 16),
+    ]
+    read = SnapshotPartition.from_blob(_packed(entries, ["email"]).to_blob())
+    assert _entries(read) == entries and read.columns == ["email", "old_attribute"]
 
 
-def test_upper_case_or_stray_digits_are_no_raw_digest() -> None:
-    partition = SnapshotPartition(
-        "\n".join([_line('"a"', "00000000000000FF"), _line('"b"', "00000000000000fg")]).encode()
+def test_copies_from_partitions_of_other_columns_keep_their_entries() -> None:
+    first = _packed([('"a"', "1" * 16, {"email": "a" * 16, "x": "b" * 16}, "c" * 16)])
+    second = _packed(
+        [
+            ('"b"', "2" * 16, {"y": "d" * 16}, ""),
+            ('"c"', "3" * 16, {"email": "e" * 16}, "f" * 16),
+        ]
     )
-    assert partition.find(np.array([0xFF], np.uint64)).tolist() == [-1]
+    packer = EntryPacker(["email"])
+    packer.add('"new"', "", {"email": "9" * 16}, "8" * 16)
+    written = assemble(packer, [(second, np.array([1, 0])), (first, np.array([0]))])
+    read = SnapshotPartition.from_blob(written.to_blob())
+    assert _entries(read) == [
+        ('"new"', "", {"email": "9" * 16}, "8" * 16),
+        ('"c"', "3" * 16, {"email": "e" * 16}, "f" * 16),
+        ('"b"', "2" * 16, {"y": "d" * 16}, ""),
+        ('"a"', "1" * 16, {"email": "a" * 16, "x": "b" * 16}, "c" * 16),
+    ]
+    both = merged([first, second])
+    assert both.ids == ['"a"', '"b"', '"c"'] and both.prints(1) == {"y": "d" * 16}
+    assert both.select(np.array([False, True, False])).ids == ['"b"']
 
 
-def test_a_line_shorter_than_a_digest_has_none() -> None:
-    partition = SnapshotPartition(b'"1"\t\t{}\t')
-    assert partition.ids == ['"1"'] and partition.find(np.array([1], np.uint64)).tolist() == [-1]
+def test_an_empty_partition_reads_back_empty() -> None:
+    read = SnapshotPartition.from_blob(_packed([]).to_blob())
+    assert len(read) == 0 and read.find(np.array([1], np.uint64)).tolist() == [-1]
+    assert len(SnapshotPartition.from_blob(b"")) == 0  # a text partition with no lines
+
+
+def test_text_partitions_of_earlier_versions_are_read() -> None:
+    """Four fields (with raw digests), three (before them), `[id, fingerprints]` (before row
+    digests); blank lines skipped; a digest that is not 16 hex digits is unknown."""
+    lines = [
+        '"four"\t0123456789abcdef\t{"email":"00000000000000ff"}\tfedcba9876543210',
+        "",
+        '"three"\t0123456789abcdef\t{"email":"00000000000000ee"}',
+        json.dumps(["bracket", {"email": "00000000000000dd"}]),
+        '"short"\tabc123\t{}\tABCDEF0123456789',  # upper case and short digests: unknown
+    ]
+    read = SnapshotPartition.from_blob("\n".join(lines).encode())
+    assert _entries(read) == [
+        ('"four"', "0123456789abcdef", {"email": "00000000000000ff"}, "fedcba9876543210"),
+        ('"three"', "0123456789abcdef", {"email": "00000000000000ee"}, ""),
+        ('"bracket"', "", {"email": "00000000000000dd"}, ""),
+        ('"short"', "", {}, ""),
+    ]
+
+
+def test_a_damaged_partition_is_refused_with_what_is_wrong() -> None:
+    blob = _packed([('"a"', "1" * 16, {"email": "2" * 16}, "3" * 16)]).to_blob()
+    with pytest.raises(SnapshotFormatError, match="cut short or altered"):
+        SnapshotPartition.from_blob(blob[:-3])
+    with pytest.raises(SnapshotFormatError, match="header"):
+        SnapshotPartition.from_blob(MAGIC + b"{not json\n")
+    newer = blob.replace(b'"version": 1', b'"version": 2')
+    with pytest.raises(SnapshotFormatError, match="newer version"):
+        SnapshotPartition.from_blob(newer)
+    with pytest.raises(SnapshotFormatError, match="16 hex digits"):
+        EntryPacker().add('"a"', "not hex", {}, "")
+
+
+def test_raw_digests_are_found_and_unknown_ones_never_match() -> None:
+    entries = [
+        ('"a"', "", {}, "00000000000000ff"),
+        ('"b"', "", {}, ""),  # unknown: 0, which no lookup may find
+        ('"c"', "", {}, "ffffffffffffffff"),
+        ('"d"', "", {}, "0123456789abcdef"),
+    ]
+    read = SnapshotPartition.from_blob(_packed(entries).to_blob())
+    wanted = np.array([0xFF, 0xFFFF_FFFF_FFFF_FFFF, 0x0123456789ABCDEF, 0, 7], np.uint64)
+    assert read.find(wanted).tolist() == [0, 2, 3, -1, -1]

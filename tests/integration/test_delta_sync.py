@@ -22,6 +22,7 @@ from shared.core.messages import ChunkJob, ExportJob
 from shared.core.partitioning import partition_count, partition_of
 from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE
 from shared.core.runs import Status, utcnow
+from shared.core.snapshot_partition import MAGIC, SnapshotPartition
 from shared.pipeline import diff_partition
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.release import RELEASE_LEASE, maybe_release
@@ -758,39 +759,47 @@ def test_a_changed_profile_braze_rejected_is_compared_again_next_run(quiet_app: 
     assert (third.profiles_changed, third.status) == (1, Status.SUCCEEDED)
 
 
-def test_a_snapshot_written_before_row_digests_is_read_and_rewritten(quiet_app: App) -> None:
-    """Snapshots of the earlier format (`[customer id, fingerprints]` per line) still diff:
-    only what changed is sent, and the new snapshot carries the digests."""
+@pytest.mark.parametrize("earlier", ["text lines", "before row digests"])
+def test_a_snapshot_of_an_earlier_format_is_read_and_rewritten(
+    quiet_app: App, earlier: str
+) -> None:
+    """Snapshots the earlier versions wrote as text (`customer id, row digest, fingerprints,
+    raw digest` per line, and before that `[customer id, fingerprints]`) still diff: only what
+    changed is sent, and the new snapshot is in columns, with the digests."""
     rows = _rows(200, "old")
     _export(quiet_app, "old", rows)
     first = run_in_process(quiet_app, "old")
+    snapshots = quiet_app.services.snapshots
     container = quiet_app.services.storage.container("export-snapshots")
-    listed = container.list_blobs(name_starts_with=f"old/sandbox/{first.run_id}/")
-    parts = [b.name for b in listed if b.name.endswith(".jsonl")]
-    assert parts
-    for name in parts:
-        text = quiet_app.services.storage.read_bytes("export-snapshots", name).decode()
-        lines = text.splitlines()
-        old_format = []
-        for line in lines:
-            id_json, digest, prints_json, _ = line.split("\t")
-            assert len(digest) == 16
-            old_format.append(json.dumps([json.loads(id_json), json.loads(prints_json)]))
-        container.upload_blob(name, "\n".join(old_format) + "\n", overwrite=True)
+    for partition in range(first.partitions):
+        written = snapshots.partition("old", "sandbox", first.run_id, partition)
+        lines = [written.line(at) for at in range(len(written))]
+        assert all(len(written.digest(at)) == 16 for at in range(len(written)))
+        if earlier == "before row digests":
+            lines = [
+                json.dumps([json.loads(id_json), json.loads(prints_json)])
+                for id_json, _, prints_json, _ in (line.split("\t") for line in lines)
+            ]
+        name = f"old/sandbox/{first.run_id}/part-{partition:04d}.jsonl"
+        container.upload_blob(name, "".join(f"{line}\n" for line in lines), overwrite=True)
 
     changed = {k: dict(v) for k, v in rows.items()}
     changed["old-00007"]["IsVip"] = "false" if rows["old-00007"]["IsVip"] == "true" else "true"
     _upload(quiet_app, "old", changed)
     quiet_app.mark_sandbox_requests()
     second = run_in_process(quiet_app, "old")
-    sent = [o["external_id"] for b in quiet_app.sandbox_requests() for o in b["attributes"]]
-    assert sent == ["old-00007"] and second.profiles_unchanged == 199
-    text = "".join(
-        quiet_app.services.storage.read_bytes("export-snapshots", b.name).decode()
+    sent = [o for b in quiet_app.sandbox_requests() for o in b["attributes"]]
+    assert sent == [{"external_id": "old-00007", "is_vip": changed["old-00007"]["IsVip"] == "true"}]
+    assert second.profiles_unchanged == 199
+    blobs = [
+        quiet_app.services.storage.read_bytes("export-snapshots", b.name)
         for b in container.list_blobs(name_starts_with=f"old/sandbox/{second.run_id}/")
         if b.name.endswith(".jsonl")
-    )
-    assert len(text.splitlines()) == 200 and not text.startswith("[")
+    ]
+    assert blobs and all(blob.startswith(MAGIC) for blob in blobs)
+    now = [SnapshotPartition.from_blob(blob) for blob in blobs]
+    assert sum(len(part) for part in now) == 200
+    assert all(len(part.digest(at)) == 16 for part in now for at in range(len(part)))
 
 
 def test_a_removal_braze_rejected_is_sent_again_next_run(quiet_app: App) -> None:
@@ -892,7 +901,8 @@ def test_a_run_diffed_before_an_upgrade_is_finalized_after_it(quiet_app: App) ->
     planned = quiet_app.services.runs.get(run.run_id)
     assert planned is not None
     for partition in range(planned.partitions):
-        diffed = quiet_app.services.snapshots.part_lines("upg", "sandbox", run.run_id, partition)
+        written = quiet_app.services.snapshots.partition("upg", "sandbox", run.run_id, partition)
+        diffed = [written.line(at) for at in range(len(written))]
         name = snapshot_fallbacks_name(run.run_id, partition)
         sent = storage.read_bytes(container, name).decode().split("\n")
         sent_ids = {line.split("\t")[0] for line in sent if line}

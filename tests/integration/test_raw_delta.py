@@ -11,6 +11,7 @@ import io
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 
 from shared.adapters.storage import Storage
@@ -162,12 +163,15 @@ def test_a_stale_index_costs_a_reread_not_a_wrong_profile(split_app: App) -> Non
     first = run_in_process(split_app, "raw-stale")
     container = split_app.services.storage.container(SNAPSHOTS_CONTAINER)
     dropped = []
-    for blob in container.list_blobs(name_starts_with=f"raw-stale/sandbox/{first.run_id}/"):
-        if blob.name.endswith(".jsonl"):
-            text = split_app.services.storage.read_bytes(SNAPSHOTS_CONTAINER, blob.name).decode()
-            lines = text.split("\n")
-            dropped.append(json.loads(lines[0].split("\t")[0]))
-            container.upload_blob(blob.name, "\n".join(lines[1:]), overwrite=True)
+    for partition in range(first.partitions):
+        written = split_app.services.snapshots.partition(
+            "raw-stale", "sandbox", first.run_id, partition
+        )
+        dropped.append(json.loads(written.ids[0]))
+        keep = np.ones(len(written), dtype=bool)
+        keep[0] = False
+        name = f"raw-stale/sandbox/{first.run_id}/part-{partition:04d}.jsonl"
+        container.upload_blob(name, written.select(keep).to_blob(), overwrite=True)
 
     rows[5]["FirstName"] = "Changed"
     split_app.upload(path, _csv(rows))
@@ -272,13 +276,8 @@ def _snapshot_entries(app: App, export: str) -> dict[str, str]:
     assert manifest is not None
     entries: dict[str, str] = {}
     for partition in range(manifest.partitions):
-        entries |= app.services.snapshots.entry_lines(
-            export,
-            "sandbox",
-            (manifest.run_id, manifest.partitions),
-            partition,
-            manifest.partitions,
-        )
+        part = app.services.snapshots.partition(export, "sandbox", manifest.run_id, partition)
+        entries |= {part.ids[at]: part.line(at) for at in range(len(part))}
     return entries
 
 
@@ -315,10 +314,10 @@ def test_rows_taken_in_bulk_give_what_the_row_by_row_path_gives(
         run_in_process(split_app, name)
     manifest = split_app.services.snapshots.current("raw-bulk", "sandbox")
     assert manifest is not None
-    first_lines = split_app.services.snapshots.part_bytes(
+    first_ids = split_app.services.snapshots.partition(
         "raw-bulk", "sandbox", manifest.run_id, 0
-    ).split(b"\t", 1)[0]
-    first_of_partition = json.loads(first_lines)  # the snapshot's line 0 of partition 0
+    ).ids
+    first_of_partition = json.loads(first_ids[0])  # the snapshot's entry 0 of partition 0
 
     line_0 = int(first_of_partition.removeprefix("raw-"))
     before = {  # rows put in before the row at that index

@@ -38,24 +38,29 @@ def test_a_piece_row_reads_back_as_the_standard_library_writes_and_reads_it(
     assert json.dumps(read, sort_keys=True) == json.dumps(expected, sort_keys=True)
 
 
+def _matched_piece(raw: int) -> bytes:
+    records = np.zeros(1, matched_record_type())
+    records["raw"] = raw
+    return MATCHED_MARK + records.tobytes()
+
+
 def test_a_snapshot_holding_an_id_twice_is_not_taken_in_bulk() -> None:
-    """The row by row path keeps one line per id; taken in bulk, the other line of the id
+    """The row by row path keeps one entry per id; taken in bulk, the other entry of the id
     would be taken for a customer who left."""
-    line = '"dup"\tabc\t{}\t00000000000000aa'
-    twice = SnapshotPartition(f"{line}\n{line[:-2]}bb\n".encode())
-    records = np.zeros(1, matched_record_type())
-    records["raw"] = 0xAA
-    piece = MATCHED_MARK + records.tobytes()
-    assert diff_partition._take_in_bulk(twice, [piece]) is None
-    once = SnapshotPartition(f"{line}\n".encode())
-    taken = diff_partition._take_in_bulk(once, [piece])
-    assert taken is not None and taken[2].lines == [line]
+    line = '"dup"\t0123456789abcdef\t{}\t00000000000000aa'
+    twice = SnapshotPartition.from_blob(f"{line}\n{line[:-2]}bb\n".encode())
+    assert diff_partition._take_in_bulk(twice, [_matched_piece(0xAA)]) is None
+    once = SnapshotPartition.from_blob(f"{line}\n".encode())
+    taken = diff_partition._take_in_bulk(once, [_matched_piece(0xAA)])
+    assert taken is not None and taken[2].ids == ['"dup"'] and list(taken[2].taken) == [0]
 
 
-def test_a_snapshot_with_a_blank_line_is_not_taken_in_bulk() -> None:
-    """The row by row path skips a blank line; taken in bulk it would be an id of its own."""
-    line = '"x"\tabc\t{}\t00000000000000aa'
-    records = np.zeros(1, matched_record_type())
-    records["raw"] = 0xAA
-    piece = MATCHED_MARK + records.tobytes()
-    assert diff_partition._take_in_bulk(SnapshotPartition(f"{line}\n\n".encode()), [piece]) is None
+def test_a_snapshot_with_a_blank_id_is_not_taken_in_bulk() -> None:
+    """A blank line of a text snapshot is skipped on both paths; an entry whose id is blank
+    would be taken in bulk for an id of its own, so it goes row by row."""
+    line = '"x"\t0123456789abcdef\t{}\t00000000000000aa'
+    blank_line = SnapshotPartition.from_blob(f"{line}\n\n".encode())
+    taken = diff_partition._take_in_bulk(blank_line, [_matched_piece(0xAA)])
+    assert taken is not None and taken[2].ids == ['"x"']
+    blank_id = SnapshotPartition.from_blob(f"{line}\n\t\t{{}}\t00000000000000bb\n".encode())
+    assert diff_partition._take_in_bulk(blank_id, [_matched_piece(0xAA)]) is None
