@@ -28,8 +28,8 @@ from shared.core.snapshot_partition import (
     SnapshotFormatError,
     SnapshotPartition,
     assemble,
+    checked_entry,
     merged,
-    parse_snapshot_line,
 )
 
 if TYPE_CHECKING:
@@ -86,9 +86,8 @@ class SnapshotPartWriter:
         self.profiles += 1
 
     def write(self, line: str) -> None:
-        """One entry as text (`snapshot_line`)."""
-        id_json, digest, prints_json, raw = parse_snapshot_line(line)
-        self.add(id_json, digest, jsonlines.loads(prints_json), raw)
+        """One entry as text (`snapshot_line`), as read from storage."""
+        self.add(*checked_entry(line))
 
     def copy(self, partition: SnapshotPartition, taken: Sequence[int] | np.ndarray) -> None:
         """Entries of a partition read, as they are (`taken`: their indexes)."""
@@ -113,6 +112,14 @@ class SnapshotPartWriter:
         )
 
 
+def read_partition(blob: bytes, name: str) -> SnapshotPartition:
+    """A stored snapshot partition; a damaged one raises SnapshotFormatError naming the blob."""
+    try:
+        return SnapshotPartition.from_blob(blob)
+    except ValueError as error:  # a SnapshotFormatError, or text that is not UTF-8
+        raise SnapshotFormatError(f"snapshot partition '{name}': {error}") from error
+
+
 class SnapshotStore:
     """Reads and writes snapshots; one active run per export makes each export single-writer."""
 
@@ -132,18 +139,19 @@ class SnapshotStore:
         return Manifest(**{f.name: data[f.name] for f in fields(Manifest) if f.name in data})
 
     def partition(
-        self, export: str, connection: str, run_id: str, partition: int
+        self, export: str, connection: str, run_id: str, partition: int, *, written: bool = False
     ) -> SnapshotPartition:
-        """One partition of a snapshot as stored (empty when it was never written)."""
+        """One partition of a snapshot as stored: empty when there is none (an earlier version
+        wrote no blob for a partition without profiles), unless it must be there (`written`:
+        then BlobNotFound)."""
         name = _part_name(export, connection, run_id, partition)
         try:
             blob = self._storage.read_bytes(SNAPSHOTS_CONTAINER, name)
         except BlobNotFound:
+            if written:
+                raise
             return SnapshotPartition.empty()
-        try:
-            return SnapshotPartition.from_blob(blob)
-        except ValueError as error:  # a SnapshotFormatError, or text that is not UTF-8
-            raise SnapshotFormatError(f"snapshot partition '{name}': {error}") from error
+        return read_partition(blob, name)
 
     def previous_partition(
         self,

@@ -76,6 +76,8 @@ class EntryPacker:
         self._narrower = False  # a row packed before the last column was added
 
     def add(self, id_json: str, digest: str, prints: Mapping[str, str], raw: str) -> None:
+        """One entry whose digests and fingerprints are 16 hex digits or empty (unknown): the
+        app's own; text read from storage is checked first (`checked_entry`)."""
         if not self._known.issuperset(prints):
             self._narrower = bool(self._rows)
             for key in prints:
@@ -86,11 +88,12 @@ class EntryPacker:
             [prints.get(column, _UNKNOWN) for column in self.columns]
         )
         try:
-            self._rows.append(bytes.fromhex(row))
+            packed = bytes.fromhex(row)
         except ValueError:
-            raise SnapshotFormatError(
-                f"the snapshot entry of customer {id_json} holds a digest that is not 16 hex digits"
-            ) from None
+            packed = b""
+        if len(packed) != (_FIXED + len(self.columns)) * 8:  # names no customer: it may be logged
+            raise SnapshotFormatError("a snapshot entry holds a digest that is not 16 hex digits")
+        self._rows.append(packed)
         self.ids.append(id_json)
 
     def numbers(self, columns: Sequence[str]) -> np.ndarray:
@@ -162,15 +165,21 @@ class SnapshotPartition:
         return len(self.ids)
 
     def to_blob(self) -> bytes:
-        """The partition as stored."""
+        """The partition as stored; a column no entry has (an attribute the mapping no longer
+        sends, once no entry remembers it) is left out."""
+        used = self.numbers[:, _FIXED:].any(axis=0).tolist()
+        columns = [column for column, kept in zip(self.columns, used, strict=True) if kept]
+        numbers = self.numbers
+        if len(columns) < len(self.columns):
+            numbers = numbers[:, [0, 1, *(_FIXED + at for at, kept in enumerate(used) if kept)]]
         ids_text = "\n".join(self.ids).encode()
         header = {
             "version": FORMAT_VERSION,
             "profiles": len(self.ids),
-            "columns": self.columns,
+            "columns": columns,
             "ids_bytes": len(ids_text),
         }
-        numbers = self.numbers.astype(">u8").tobytes()
+        numbers = numbers.astype(">u8").tobytes()
         return b"".join([MAGIC, json.dumps(header).encode(), b"\n", ids_text, numbers])
 
     @functools.cached_property
@@ -270,16 +279,32 @@ def _in_columns(numbers: np.ndarray, columns: Sequence[str], wanted: Sequence[st
 
 
 def _text_entries(text: str) -> Iterable[SnapshotEntry]:
-    """The entries of a partition an earlier version wrote as text lines (blank lines skipped;
-    a digest that is not 16 hex digits is taken as unknown)."""
+    """The entries of a partition an earlier version wrote as text lines (blank lines skipped)."""
     for line in text.split("\n"):  # not splitlines: ids may hold U+2028
         if line:
-            id_json, digest, prints_json, raw = parse_snapshot_line(line)
-            prints = jsonlines.loads(prints_json)
-            yield id_json, _hex_or_unknown(digest), prints, _hex_or_unknown(raw)
+            yield checked_entry(line)
 
 
 _HEX16 = re.compile(r"[0-9a-f]{16}")
+
+
+def checked_entry(line: str) -> SnapshotEntry:
+    """A text entry (`snapshot_line`, or an earlier format) read from storage: a digest that is
+    not 16 hex digits is taken as unknown (the row is validated again); fingerprints that are
+    not an object of 16-hex-digit values are a damaged entry (SnapshotFormatError, naming no
+    customer)."""
+    id_json, digest, prints_json, raw = parse_snapshot_line(line)
+    try:
+        prints = jsonlines.loads(prints_json)
+    except ValueError:
+        prints = None
+    if not isinstance(prints, dict) or not all(
+        isinstance(value, str) and _HEX16.fullmatch(value) for value in prints.values()
+    ):
+        raise SnapshotFormatError(
+            "a snapshot entry's fingerprints are not an object of 16-hex-digit values"
+        )
+    return id_json, _hex_or_unknown(digest), prints, _hex_or_unknown(raw)
 
 
 def _hex_or_unknown(digest: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from shared.adapters.services import Services
-from shared.adapters.snapshot_store import Manifest, SnapshotPartWriter
+from shared.adapters.snapshot_store import Manifest, SnapshotPartWriter, read_partition
 from shared.adapters.storage import IO_THREADS, BlobNotFound
 from shared.adapters.telemetry import metrics
 from shared.core import jsonlines
@@ -324,8 +324,10 @@ def _diffed_partition(
     text, which `from_blob` reads too)."""
     storage, copy = services.storage, diffed_snapshot_name(run.run_id, partition)
     if rewritten:
-        return SnapshotPartition.from_blob(storage.read_bytes(RUNS_CONTAINER, copy))
-    diffed = services.snapshots.partition(run.export_name, run.connection, run.run_id, partition)
+        return read_partition(storage.read_bytes(RUNS_CONTAINER, copy), copy)
+    diffed = services.snapshots.partition(
+        run.export_name, run.connection, run.run_id, partition, written=True
+    )
     storage.write_bytes(RUNS_CONTAINER, copy, diffed.to_blob(), "application/octet-stream")
     return diffed
 
@@ -356,7 +358,7 @@ def _write_committed(
     writer.copy(written, np.flatnonzero(kept))
     for id_json, (digest, prints_json, raw) in fallbacks.items():
         if prints_json != "null":
-            writer.add(id_json, digest, jsonlines.loads(prints_json), raw)
+            writer.write(snapshot_line(id_json, digest, prints_json, raw))
 
 
 def _merge_rejected(
@@ -419,11 +421,11 @@ def _commit_partition(
         return snapshots.write_partition(
             run.export_name, run.connection, run.run_id, partition, lines
         )
-    written = _diffed_partition(run, partition, rewritten, services)
+    diffed = _diffed_partition(run, partition, rewritten, services)
     writer = snapshots.part_writer(run.export_name, run.connection, run.run_id, partition)
     _write_committed(
         writer,
-        written,
+        diffed,
         _fallbacks(storage.read_chunks(RUNS_CONTAINER, fallbacks), rejected, untrusted),
     )
     writer.close()
