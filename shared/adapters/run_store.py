@@ -162,6 +162,16 @@ class RunStore:
             return False
         return True
 
+    def splits_recorded(self, run_id: str) -> int:
+        """How many splits have a result, read without the results (`partitions_diffed`)."""
+        return sum(1 for _ in self._rows(run_id, SPLIT_PREFIX, select=["RowKey"]))
+
+    def partitions_diffed(self, run_id: str) -> int:
+        """How many partitions have a result, read without the results: every diff asks
+        whether it was the last, so reading them all each time would cost the square of a
+        run's partition count in entities read and decoded."""
+        return sum(1 for _ in self._rows(run_id, PARTITION_PREFIX, select=["RowKey"]))
+
     def partition_results(self, run_id: str) -> list[PartitionResult]:
         results = [
             _decode(PartitionResult, entity) for entity in self._rows(run_id, PARTITION_PREFIX)

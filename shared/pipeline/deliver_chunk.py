@@ -494,6 +494,8 @@ def rejected_rows(
     batch: list[tuple[int, int, str]], outcome: TrackOutcome, files: Callable[[], list[str]]
 ) -> list[dict[str, Any]]:
     """Map Braze's answer back to source rows: `errors[].index` is the position in the batch."""
+    if outcome.failure is None and not outcome.object_errors:  # the common answer: all taken
+        return []
     rejected = []
     for index, (order, _, obj_json) in enumerate(batch):
         error = outcome.object_errors.get(index)

@@ -76,7 +76,7 @@ def finish_early(
 
 def sent_so_far(run: Run, services: Services) -> str:
     """What Braze got from a run that ends before its release, for the run's message."""
-    diffed = len(services.runs.partition_results(run.run_id))
+    diffed = services.runs.partitions_diffed(run.run_id)
     if not run.delivers_while_diffing or not diffed:
         return "nothing was sent"
     return (

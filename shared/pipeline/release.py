@@ -53,9 +53,9 @@ def maybe_release(run_id: str, services: Services) -> bool:
     now = utcnow()
     if run.release_claimed_at and now - run.release_claimed_at < RELEASE_LEASE:
         return False
-    results = store.partition_results(run_id)
-    if len(results) < run.partitions:
+    if store.partitions_diffed(run_id) < run.partitions:
         return False
+    results = store.partition_results(run_id)
     definitions = services.definitions()
     export = definitions.export(run.export_name)
     connection = definitions.connection(export.connection)

@@ -127,9 +127,9 @@ def _maybe_finish_split(run_id: str, services: Services, *, repeated: bool) -> N
         if repeated:
             queue_partitions(run, services)
         return
-    results = services.runs.split_results(run_id)
-    if len(results) < run.splits:
+    if services.runs.splits_recorded(run_id) < run.splits:
         return
+    results = services.runs.split_results(run_id)
     finish_split(run, results[0].partitions, results, services)
 
 

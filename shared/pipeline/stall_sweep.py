@@ -61,7 +61,7 @@ def check_run(services: Services, run: Run, now: datetime) -> str | None:
     # A run delivering while diffing that ended in planning waits for its queued jobs (it has
     # its chunk total): those that stall end as delivery_failed, as after a release.
     if current.status != Status.DELIVERING and current.chunks_total is None:
-        done = len(services.runs.partition_results(run.run_id))
+        done = services.runs.partitions_diffed(run.run_id)
         message = (
             f"stalled while {current.status}: {since} ({done} of {current.partitions} "
             f"partitions diffed); {sent_so_far(current, services)}; start the export again"

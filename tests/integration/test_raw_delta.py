@@ -454,3 +454,31 @@ def test_a_row_read_again_that_names_a_customer_taken_in_bulk_is_a_duplicate(
     assert rejected[0]["object"]["first_name"] == "Changed, later"
     assert second.profiles_unchanged == 2_000 and second.profiles_new == 0
     assert len(_snapshot_entries(split_app, "raw-twice")) == 2_000
+
+
+def test_each_job_counts_the_results_and_only_the_last_reads_them(
+    split_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every split and every diff asks whether it was the last one; reading every result each
+    time would cost the square of their count (256 partitions at 50M rows). They count the
+    results instead, and only the release reads them whole."""
+    runs = split_app.services.runs
+    reads = {"split": 0, "partition": 0}
+    split_results, partition_results = runs.split_results, runs.partition_results
+
+    def counted(kind: str, read: Any) -> Any:
+        def reading(run_id: str) -> Any:
+            reads[kind] += 1
+            return read(run_id)
+
+        return reading
+
+    monkeypatch.setattr(runs, "split_results", counted("split", split_results))
+    monkeypatch.setattr(runs, "partition_results", counted("partition", partition_results))
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 16 * 1024)
+    path = _define(split_app, "raw-counts")
+    split_app.upload(path, _csv([_row(n) for n in range(3_000)]))
+    run = run_in_process(split_app, "raw-counts")
+
+    assert run.profiles_accepted == 3_000 and run.splits >= 10 and run.partitions >= 16
+    assert reads["split"] <= 3 and reads["partition"] <= 4, reads
