@@ -3,6 +3,7 @@ a profile that left the segment."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from shared.core import jsonlines
@@ -15,7 +16,14 @@ def membership_value(export: Export, member: bool) -> Any:
     """How the export writes membership: the segment name in an array, or a boolean."""
     if export.membership == "boolean":
         return member
-    return {"add" if member else "remove": [export.segment]}
+    return _array_update(export.segment, member)
+
+
+@functools.cache
+def _array_update(segment: str, member: bool) -> dict[str, list[str]]:
+    """One object for every profile of a segment, never changed once made: a diff holds a
+    partition's profiles at once, and a dict and a list each would be a quarter of them."""
+    return {"add" if member else "remove": [segment]}
 
 
 def removal(customer_id: str, export: Export, old: Fingerprints) -> dict[str, Any]:
