@@ -5,7 +5,7 @@ import json
 import pytest
 
 from shared.adapters.braze_client import TrackOutcome, tracking_body
-from shared.core.braze_objects import braze_attributes, encode_object
+from shared.core.braze_objects import braze_attributes, encode_object, removal
 from shared.core.definitions import Export
 from shared.core.source_files import row_order, row_part
 from shared.core.validation import Profile
@@ -30,6 +30,22 @@ def test_object_carries_identity_email_attributes_and_membership() -> None:
         "points": 3,
         "segments": {"add": ["VIP – 🎉"]},
     }
+
+
+def test_profiles_of_a_segment_share_one_membership_update_and_leavers_another() -> None:
+    """A diff holds a partition's objects at once: one shared update instead of a dict and a
+    list per profile; the values stay those of each export."""
+    export = Export.model_validate(EXPORT)
+    first = braze_attributes(Profile("c-1", "a@example.com", {}), export)
+    second = braze_attributes(Profile("c-2", "b@example.com", {}), export)
+    assert first["segments"] is second["segments"]
+    other = braze_attributes(
+        Profile("c-3", "c@example.com", {}), Export.model_validate({**EXPORT, "segment": "Other"})
+    )
+    assert other["segments"] == {"add": ["Other"]} and first["segments"] == {"add": ["VIP – 🎉"]}
+    leaving = removal("c-1", export, {})
+    assert leaving["segments"] == {"remove": ["VIP – 🎉"]}
+    assert json.loads(encode_object(first))["segments"] == {"add": ["VIP – 🎉"]}
 
 
 def test_update_existing_only_and_custom_membership_attribute() -> None:
