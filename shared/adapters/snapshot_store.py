@@ -164,22 +164,22 @@ class SnapshotStore:
         """What snapshot (run id, partition count) holds for the ids of `partition` of
         `partitions`: its partition of that number, or, when it has another count, the
         entries of the partitions that held those ids, those ids only."""
+        import numpy as np
+
         run_id, old_count = snapshot
         if old_count == partitions:
             return self.partition(export, connection, run_id, partition)
         parts = []
-        for old in old_partitions_for(partition, partitions, old_count):
+        for old in old_partitions_for(partition, partitions, old_count):  # one at least
             part = self.partition(export, connection, run_id, old)
             if old_count < partitions:  # an old partition held ids of several new ones
-                import numpy as np
-
                 mine = [
                     partition_of(jsonlines.loads(id_json), partitions) == partition
                     for id_json in part.ids
                 ]
                 part = part.select(np.array(mine, dtype=bool))
             parts.append(part)
-        return merged(parts) if parts else SnapshotPartition.empty()
+        return merged(parts)
 
     def part_writer(
         self,

@@ -6,7 +6,7 @@ the matching snapshot partition. Memory is bounded by one partition, whatever th
 Rows are validated here, and only those the snapshot does not show unchanged (their digest,
 `fingerprints.row_digest`, differs from the one it remembers): a delta run validates, builds
 and fingerprints only what changed. The rows the split filed by their raw digest (the bytes of
-a row the snapshot holds) are taken in bulk: their snapshot lines are found all at once and
+a row the snapshot holds) are taken in bulk: their snapshot entries are found all at once and
 copied, and only the rows in doubt among them (a repeated row, an id another row names, a
 digest the snapshot lacks) go row by row with the rest (`_take_in_bulk`).
 
@@ -177,7 +177,7 @@ def _take_in_bulk(
 
     A record is in doubt when the snapshot lacks its digest, when another record has the same
     digest (a repeated row: the first counts, the next is a duplicate), or when a text row
-    names the customer id of its line (the row first in the file counts): the row by row path
+    names the customer id of its entry (the row first in the file counts): the row by row path
     settles these as it settles any row."""
     import numpy as np
 

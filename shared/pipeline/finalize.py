@@ -40,7 +40,13 @@ from shared.core.runs import (
     utcnow,
     valid_rows,
 )
-from shared.core.snapshot_partition import SnapshotPartition, parse_snapshot_line, snapshot_line
+from shared.core.snapshot_partition import (
+    SnapshotEntry,
+    SnapshotPartition,
+    checked_entry,
+    parse_snapshot_line,
+    snapshot_line,
+)
 from shared.core.source_files import open_lines
 from shared.pipeline.run_files import (
     carried_rejected_name,
@@ -334,20 +340,22 @@ def _diffed_partition(
 
 def _fallbacks(
     lines: Iterable[bytes], rejected: set[str], untrusted: bool
-) -> dict[str, tuple[str, str, str]]:
-    """The entries to put back: those of the profiles Braze rejected (all sent, untrusted)."""
-    entries = {}
+) -> dict[str, SnapshotEntry | None]:
+    """The entries to put back: those of the profiles Braze rejected (all sent, untrusted);
+    None for a profile that had none (a new one)."""
+    entries: dict[str, SnapshotEntry | None] = {}
     for text in open_lines(lines):
-        id_json, digest, prints_json, raw = parse_snapshot_line(text.rstrip("\n"))
+        line = text.rstrip("\n")
+        id_json, _, prints_json, _ = parse_snapshot_line(line)
         if untrusted or id_json in rejected:
-            entries[id_json] = (digest, prints_json, raw)
+            entries[id_json] = None if prints_json == "null" else checked_entry(line)
     return entries
 
 
 def _write_committed(
     writer: SnapshotPartWriter,
     written: SnapshotPartition,
-    fallbacks: dict[str, tuple[str, str, str]],
+    fallbacks: dict[str, SnapshotEntry | None],
 ) -> None:
     """The partition's entries Braze now holds: what the diff wrote, with the entries of
     rejected profiles put back as they were (gone, if they had none), and the entries of
@@ -356,9 +364,9 @@ def _write_committed(
 
     kept = np.fromiter((i not in fallbacks for i in written.ids), dtype=bool, count=len(written))
     writer.copy(written, np.flatnonzero(kept))
-    for id_json, (digest, prints_json, raw) in fallbacks.items():
-        if prints_json != "null":
-            writer.write(snapshot_line(id_json, digest, prints_json, raw))
+    for entry in fallbacks.values():
+        if entry is not None:
+            writer.add(*entry)
 
 
 def _merge_rejected(
