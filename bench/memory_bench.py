@@ -27,7 +27,7 @@ from devtools.processes import ROOT, start_azurite
 from devtools.sample import demo_definitions
 from shared.adapters.services import Services
 from shared.adapters.settings import load_settings
-from shared.core.resource_names import JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE
+from shared.core.resource_names import JOBS_QUEUE
 from shared.pipeline.start import start_run
 
 HEADER = "CustomerId,Email,FirstName,LoyaltyPoints,IsVip,BirthDate,Note\n"
@@ -59,13 +59,13 @@ def child(stage: str, run_id: str) -> None:
         plan_run(ExportJob(run_id, "bench"), services)
         partitions = services.runs.get(run_id).splits  # type: ignore[union-attr]
     elif stage == "split":
-        queue = services.storage.queue(SPLITS_QUEUE)
+        queue = services.storage.queue(JOBS_QUEUE)  # the splits, then the diffs they queue
         while messages := list(queue.receive_messages(messages_per_page=32, max_messages=32)):
             for message in messages:
-                split_source(SplitJob.from_json(message.content), services)
+                if json.loads(message.content)["kind"] == SplitJob.kind:
+                    split_source(SplitJob.from_json(message.content), services)
                 queue.delete_message(message)
         partitions = services.runs.get(run_id).partitions  # type: ignore[union-attr]
-        services.storage.queue(PARTITIONS_QUEUE).clear_messages()
     else:
         partitions = services.runs.get(run_id).partitions  # type: ignore[union-attr]
         diff_partition(PartitionJob(run_id, "bench", 0, partitions), services)

@@ -1,18 +1,16 @@
-"""Queue triggers that plan a run: check and cut the source, split each range, diff each
-partition."""
+"""The queue trigger that plans a run: check and cut the source, split each range, diff each
+partition. The three steps share one queue (`JOBS_QUEUE`), so a worker goes from one step to
+the next without waiting out an idle listener's back-off."""
+
+from collections.abc import Callable
 
 import azure.functions as func
 
 from functions.last_attempt import failing_the_run_on_last_attempt
-from shared.adapters.services import app_services
+from shared.adapters.services import Services, app_services
 from shared.adapters.telemetry import job_context
-from shared.core.messages import ExportJob, PartitionJob, SplitJob
-from shared.core.resource_names import (
-    JOBS_QUEUE,
-    PARTITIONS_QUEUE,
-    SPLITS_QUEUE,
-    STORAGE_CONNECTION,
-)
+from shared.core.messages import ExportJob, PartitionJob, PlanningJob, SplitJob, planning_job
+from shared.core.resource_names import JOBS_QUEUE, STORAGE_CONNECTION
 from shared.pipeline.diff_partition import diff_partition, fail_partition
 from shared.pipeline.plan_export import fail_planning, plan_run
 from shared.pipeline.split_source import fail_split, split_source
@@ -23,44 +21,32 @@ bp = func.Blueprint()
 @bp.function_name("plan_export")
 @bp.queue_trigger(arg_name="msg", queue_name=JOBS_QUEUE, connection=STORAGE_CONNECTION)
 def plan_export(msg: func.QueueMessage) -> None:
-    """Plan one run. Failures raise so the host retries; the last attempt also ends the run."""
+    """One planning step of a run. Failures raise so the host retries; the last attempt also
+    ends the run (nothing was sent, or what was is reported)."""
     services = app_services()
-    job = ExportJob.from_json(msg.get_body())
-    with (
-        job_context(job),
-        failing_the_run_on_last_attempt(
-            msg, services, lambda error: fail_planning(job.run_id, error, services)
-        ),
-    ):
-        plan_run(job, services)
+    job = planning_job(msg.get_body())
+    step, fail = _step(job, services)
+    with job_context(job), failing_the_run_on_last_attempt(msg, services, fail):
+        step()
 
 
-@bp.function_name("split_source")
-@bp.queue_trigger(arg_name="msg", queue_name=SPLITS_QUEUE, connection=STORAGE_CONNECTION)
-def split_source_job(msg: func.QueueMessage) -> None:
-    """Split one range of the source. Failures raise so the host retries; the last attempt
-    fails the run (nothing was sent)."""
-    services = app_services()
-    job = SplitJob.from_json(msg.get_body())
-    with (
-        job_context(job),
-        failing_the_run_on_last_attempt(
-            msg, services, lambda error: fail_split(job, error, services)
-        ),
-    ):
-        split_source(job, services)
-
-
-@bp.function_name("diff_partition")
-@bp.queue_trigger(arg_name="msg", queue_name=PARTITIONS_QUEUE, connection=STORAGE_CONNECTION)
-def diff_partition_job(msg: func.QueueMessage) -> None:
-    """Diff one partition. Failures raise so the host retries; the last attempt fails the run."""
-    services = app_services()
-    job = PartitionJob.from_json(msg.get_body())
-    with (
-        job_context(job),
-        failing_the_run_on_last_attempt(
-            msg, services, lambda error: fail_partition(job, error, services)
-        ),
-    ):
-        diff_partition(job, services)
+def _step(
+    job: PlanningJob, services: Services
+) -> tuple[Callable[[], None], Callable[[BaseException], None]]:
+    """The step the job asks for, and what ends its run when its last attempt fails."""
+    match job:
+        case ExportJob():
+            return (
+                lambda: plan_run(job, services),
+                lambda error: fail_planning(job.run_id, error, services),
+            )
+        case SplitJob():
+            return (
+                lambda: split_source(job, services),
+                lambda error: fail_split(job, error, services),
+            )
+        case PartitionJob():
+            return (
+                lambda: diff_partition(job, services),
+                lambda error: fail_partition(job, error, services),
+            )

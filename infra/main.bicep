@@ -129,8 +129,6 @@ var segmentDropFunctionName = 'segment_dropped'
 var eventGridDeadLetterContainerName = 'eventgrid-deadletter'
 var exportDefinitionsBlob = '${exportConfigContainerName}/exports.json'
 var exportJobsQueueName = 'export-jobs'
-var exportSplitsQueueName = 'export-splits'
-var exportPartitionsQueueName = 'export-partitions'
 var exportChunksQueueName = 'export-chunks'
 var exportRunsTableName = 'exportruns'
 var rateLimitsTableName = 'ratelimits'
@@ -184,12 +182,8 @@ module storage 'app/storage.bicep' = {
     // monitorable and covered by the same diagnostics from day one.
     queues: [
       exportJobsQueueName
-      exportSplitsQueueName
-      exportPartitionsQueueName
       exportChunksQueueName
       '${exportJobsQueueName}-poison'
-      '${exportSplitsQueueName}-poison'
-      '${exportPartitionsQueueName}-poison'
       '${exportChunksQueueName}-poison'
     ]
     tables: [

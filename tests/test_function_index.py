@@ -13,11 +13,9 @@ from shared.core.resource_names import (
     CHUNKS_QUEUE,
     DROPS_CONTAINER,
     JOBS_QUEUE,
-    PARTITIONS_QUEUE,
     RUNS_CONTAINER,
     RUNS_TABLE,
     SNAPSHOTS_CONTAINER,
-    SPLITS_QUEUE,
     STORAGE_CONNECTION,
 )
 
@@ -34,7 +32,6 @@ def test_exactly_the_expected_functions(index: dict[str, list[dict]]) -> None:
     assert sorted(index) == [
         "dashboard",
         "deliver_chunk",
-        "diff_partition",
         "get_run",
         "get_run_rejected_rows",
         "get_run_report",
@@ -44,7 +41,6 @@ def test_exactly_the_expected_functions(index: dict[str, list[dict]]) -> None:
         "replay_run",
         "schedule_exports",
         "segment_dropped",
-        "split_source",
         "start_export_run",
         "start_teardown",
     ]
@@ -54,8 +50,6 @@ def test_exactly_the_expected_functions(index: dict[str, list[dict]]) -> None:
     ("function", "queue"),
     [
         ("plan_export", JOBS_QUEUE),
-        ("split_source", SPLITS_QUEUE),
-        ("diff_partition", PARTITIONS_QUEUE),
         ("deliver_chunk", CHUNKS_QUEUE),
     ],
 )
@@ -113,8 +107,6 @@ def test_storage_names_match_the_infrastructure() -> None:
     bicep = (Path(__file__).resolve().parents[1] / "infra" / "main.bicep").read_text()
     names = (
         JOBS_QUEUE,
-        SPLITS_QUEUE,
-        PARTITIONS_QUEUE,
         CHUNKS_QUEUE,
         RUNS_CONTAINER,
         SNAPSHOTS_CONTAINER,
@@ -125,8 +117,6 @@ def test_storage_names_match_the_infrastructure() -> None:
         assert f"= '{name}'" in bicep, f"{name} is not declared in infra/main.bicep"
     queues = (
         "exportJobsQueueName",
-        "exportSplitsQueueName",
-        "exportPartitionsQueueName",
         "exportChunksQueueName",
     )
     for queue in queues:

@@ -33,12 +33,10 @@ from shared.adapters.settings import StorageSettings
 from shared.core.resource_names import (
     CHUNKS_QUEUE,
     JOBS_QUEUE,
-    PARTITIONS_QUEUE,
     RATE_TABLE,
     RUNS_CONTAINER,
     RUNS_TABLE,
     SNAPSHOTS_CONTAINER,
-    SPLITS_QUEUE,
 )
 
 BLOCK_BYTES = 16 * 1024 * 1024  # a line writer's block (the service allows 4,000 MiB)
@@ -149,7 +147,7 @@ class Storage:
         """Create the containers, queues and tables if absent (Bicep creates them in Azure)."""
         for container in (RUNS_CONTAINER, SNAPSHOTS_CONTAINER):
             _ignore_exists(lambda c=container: self.blobs.create_container(c))
-        for queue in (JOBS_QUEUE, SPLITS_QUEUE, PARTITIONS_QUEUE, CHUNKS_QUEUE):
+        for queue in (JOBS_QUEUE, CHUNKS_QUEUE):
             _ignore_exists(lambda q=queue: self._queue_service.create_queue(q))
             _ignore_exists(lambda q=queue: self._queue_service.create_queue(f"{q}-poison"))
         for table in (RUNS_TABLE, RATE_TABLE):

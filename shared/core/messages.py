@@ -121,4 +121,20 @@ class ChunkJob(_Message):
         return upgraded
 
 
+PlanningJob = ExportJob | SplitJob | PartitionJob
+
+
+def planning_job(text: str | bytes) -> PlanningJob:
+    """A message of the planning queue (`JOBS_QUEUE`), whichever step it asks for."""
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise MessageError(f"not JSON: {error}") from error
+    kind = data.get("kind") if isinstance(data, dict) else None
+    for step in (ExportJob, SplitJob, PartitionJob):
+        if kind == step.kind:
+            return step.from_json(text)
+    raise MessageError(f"expected a planning job message, got {str(text)[:200]!r}")
+
+
 ANY_PARTITION = -1  # a replay's chunk: its profiles may be of any partition

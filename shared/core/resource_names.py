@@ -6,10 +6,11 @@ literals, and a constant cannot be mis-set per instance.
 
 from __future__ import annotations
 
+# Every planning job of a run (plan, split, diff) goes on this one queue: a worker that has
+# just finished one step's job asks for more at once and picks up the next step's, where a
+# queue of its own would wait out an idle listener's back-off (up to `maxPollingInterval`).
 JOBS_QUEUE = "export-jobs"
 CHUNKS_QUEUE = "export-chunks"
-PARTITIONS_QUEUE = "export-partitions"
-SPLITS_QUEUE = "export-splits"
 RUNS_CONTAINER = "export-runs"
 SNAPSHOTS_CONTAINER = "export-snapshots"
 RUNS_TABLE = "exportruns"

@@ -22,7 +22,7 @@ from shared.core.definitions import Connection, Export
 from shared.core.fingerprints import fingerprint, mapping_fingerprint
 from shared.core.messages import ExportJob, SplitJob
 from shared.core.partitioning import partition_count
-from shared.core.resource_names import RUNS_CONTAINER, SPLITS_QUEUE
+from shared.core.resource_names import JOBS_QUEUE, RUNS_CONTAINER
 from shared.core.runs import Run, Status, utcnow
 from shared.core.source_files import RecordStart
 from shared.pipeline.finalize import finish_early
@@ -129,7 +129,7 @@ def _plan_splits(
 
 def _queue_splits(run: Run, services: Services) -> None:
     plan = json.loads(services.storage.read_bytes(RUNS_CONTAINER, splits_blob_name(run.run_id)))
-    services.storage.send_messages(SPLITS_QUEUE, plan["jobs"])
+    services.storage.send_messages(JOBS_QUEUE, plan["jobs"])
 
 
 def _compare_with_snapshot(

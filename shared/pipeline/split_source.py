@@ -18,7 +18,7 @@ from shared.core.fingerprints import row_digest, row_digester
 from shared.core.messages import PartitionJob, SplitJob
 from shared.core.partitioning import partition_of
 from shared.core.raw_records import RawPathUnsafe
-from shared.core.resource_names import PARTITIONS_QUEUE, RUNS_CONTAINER
+from shared.core.resource_names import JOBS_QUEUE, RUNS_CONTAINER
 from shared.core.runs import Run, RunConflict, SplitResult, Status, utcnow
 from shared.core.source_files import SourceError
 from shared.core.validation import usable_customer_id, validate_record
@@ -180,7 +180,7 @@ def queue_partitions(run: Run, services: Services) -> None:
         PartitionJob(run.run_id, run.export_name, partition, run.partitions)
         for partition in range(run.partitions)
     )
-    services.storage.send_messages(PARTITIONS_QUEUE, (job.to_json() for job in jobs))
+    services.storage.send_messages(JOBS_QUEUE, (job.to_json() for job in jobs))
 
 
 def _split(

@@ -4,7 +4,14 @@ import base64
 
 import pytest
 
-from shared.core.messages import ChunkJob, ExportJob, MessageError
+from shared.core.messages import (
+    ChunkJob,
+    ExportJob,
+    MessageError,
+    PartitionJob,
+    SplitJob,
+    planning_job,
+)
 from shared.pipeline.release import MAX_CHUNK_BLOBS
 
 
@@ -59,3 +66,33 @@ def test_unreadable_messages_are_refused(
 ) -> None:
     with pytest.raises(MessageError, match=words):
         reader.from_json(text)
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        ExportJob("r1", "e"),
+        SplitJob("r1", "e", 2, 10, 32, 1_000, 2_000, 17),
+        PartitionJob("r1", "e", 5, 32),
+    ],
+)
+def test_the_planning_queue_gives_each_step_its_own_job(
+    job: ExportJob | SplitJob | PartitionJob,
+) -> None:
+    assert planning_job(job.to_json()) == job
+    assert planning_job(job.to_json().encode()) == job
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (ChunkJob("r", "e", 0, ["b"], 1, [0]).to_json(), "expected a planning job"),
+        ('{"version": 1, "run_id": "r"}', "expected a planning job"),
+        ("[1, 2]", "expected a planning job"),
+        ("{not json", "not JSON"),
+        ('{"kind": "split-job", "version": 1, "run_id": "r"}', "split-job message lacks"),
+    ],
+)
+def test_a_message_no_planning_step_reads_is_refused(text: str, words: str) -> None:
+    with pytest.raises(MessageError, match=words):
+        planning_job(text)

@@ -111,8 +111,6 @@ def test_every_setting_is_in_the_readme() -> None:
 
 def test_resource_names_match_the_code() -> None:
     assert variable("exportJobsQueueName") == resource_names.JOBS_QUEUE
-    assert variable("exportSplitsQueueName") == resource_names.SPLITS_QUEUE
-    assert variable("exportPartitionsQueueName") == resource_names.PARTITIONS_QUEUE
     assert variable("exportChunksQueueName") == resource_names.CHUNKS_QUEUE
     assert variable("exportRunsContainerName") == resource_names.RUNS_CONTAINER
     assert variable("exportSnapshotsContainerName") == resource_names.SNAPSHOTS_CONTAINER
@@ -125,8 +123,6 @@ def test_storage_declares_every_queue_container_and_table_the_code_uses() -> Non
     storage = resolve(module_params("storage"))
     queues = {
         resource_names.JOBS_QUEUE,
-        resource_names.SPLITS_QUEUE,
-        resource_names.PARTITIONS_QUEUE,
         resource_names.CHUNKS_QUEUE,
     }
     assert set(storage["queues"]) == queues | {f"{q}-poison" for q in queues}

@@ -24,7 +24,7 @@ from devtools.sample import demo_definitions
 from shared.adapters.services import Services
 from shared.adapters.settings import load_settings
 from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
-from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE
+from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE
 from shared.core.runs import Run
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition
@@ -265,14 +265,20 @@ def split_app(quiet_app: App) -> App:
 
 
 def take(app: App, queue_name: str, kind: type[Any], run_id: str) -> list[Any]:
-    """Take this run's messages off a queue (others are left alone)."""
+    """Take this run's messages of `kind` off a queue; the others are left, visible again at
+    once (the planning queue holds several kinds)."""
     queue = app.services.storage.queue(queue_name)
-    jobs = []
-    for message in queue.receive_messages(messages_per_page=32, visibility_timeout=1):
-        job = kind.from_json(message.content)
-        if job.run_id == run_id:
-            jobs.append(job)
-            queue.delete_message(message)
+    jobs, left = [], []
+    for message in queue.receive_messages(messages_per_page=32, visibility_timeout=30):
+        if json.loads(message.content)["kind"] == kind.kind:
+            job = kind.from_json(message.content)
+            if job.run_id == run_id:
+                jobs.append(job)
+                queue.delete_message(message)
+                continue
+        left.append(message)
+    for message in left:
+        queue.update_message(message, visibility_timeout=0)
     return jobs
 
 
@@ -291,9 +297,9 @@ def plan_in_process(app: App, run: Run) -> list[ChunkJob]:
     """Plan the run, split its ranges and diff its partitions, as the planning functions
     would; its chunks."""
     plan_run(ExportJob(run.run_id, run.export_name), app.services)
-    for split in take(app, SPLITS_QUEUE, SplitJob, run.run_id):
+    for split in take(app, JOBS_QUEUE, SplitJob, run.run_id):
         split_source(split, app.services)
-    for job in take(app, PARTITIONS_QUEUE, PartitionJob, run.run_id):
+    for job in take(app, JOBS_QUEUE, PartitionJob, run.run_id):
         diff_partition(job, app.services)
     return chunk_jobs(app, run.run_id)
 

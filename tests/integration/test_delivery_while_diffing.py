@@ -13,7 +13,7 @@ import pytest
 from devtools.sample import SampleSegment, make_segment
 from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
 from shared.core.partitioning import partition_of
-from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE, PARTITIONS_QUEUE, SPLITS_QUEUE
+from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE
 from shared.core.runs import Run, Status, utcnow
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition, fail_partition
@@ -41,7 +41,7 @@ def _split_first_export(
     run = start_run(app.services, name, "test").run
     take(app, JOBS_QUEUE, ExportJob, run.run_id)
     plan_run(ExportJob(run.run_id, run.export_name), app.services)
-    for split in take(app, SPLITS_QUEUE, SplitJob, run.run_id):
+    for split in take(app, JOBS_QUEUE, SplitJob, run.run_id):
         split_source(split, app.services)
     return _run(app, run.run_id), sample
 
@@ -51,7 +51,7 @@ def _planned(
 ) -> tuple[Run, SampleSegment, list[PartitionJob]]:
     """A 300-row first export, split, with its partition jobs taken."""
     run, sample = _split_first_export(app, name, **overrides)
-    jobs = take(app, PARTITIONS_QUEUE, PartitionJob, run.run_id)
+    jobs = take(app, JOBS_QUEUE, PartitionJob, run.run_id)
     return run, sample, sorted(jobs, key=lambda job: job.partition)
 
 
@@ -222,7 +222,7 @@ def test_the_rows_of_each_partition_not_the_rows_read_bound_its_job(quiet_app: A
     names; spread over 128 partitions of about 40 rows, each job holds one."""
     run, _ = _split_first_export(quiet_app, "spread", 5_000, 97, chunk_size=75)
     assert run.rows_read > 75 * MAX_CHUNK_BLOBS and run.delivers_while_diffing
-    for job in take(quiet_app, PARTITIONS_QUEUE, PartitionJob, run.run_id):
+    for job in take(quiet_app, JOBS_QUEUE, PartitionJob, run.run_id):
         diff_partition(job, quiet_app.services)
     chunks = take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)
     assert len(chunks) == run.partitions and all(len(c.blob_names) == 1 for c in chunks)
@@ -238,7 +238,7 @@ def test_a_partition_too_big_for_one_job_waits_for_the_release(
     monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 512 * 1024)
     run, _ = _split_first_export(quiet_app, "lumpy", 10_000, 97, chunk_size=75)  # 846 KB
     assert run.partitions == 2 and not run.delivers_while_diffing  # about 5,000 rows each
-    for job in take(quiet_app, PARTITIONS_QUEUE, PartitionJob, run.run_id):
+    for job in take(quiet_app, JOBS_QUEUE, PartitionJob, run.run_id):
         diff_partition(job, quiet_app.services)
     chunks = take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)
     assert all(len(chunk.blob_names) <= MAX_CHUNK_BLOBS for chunk in chunks)

@@ -17,7 +17,7 @@ from azure.functions.queue import QueueMessage
 
 from devtools.sample import make_segment
 from functions.delivery import deliver
-from functions.planning import diff_partition_job, plan_export, split_source_job
+from functions.planning import plan_export
 from shared.core.definitions import DefinitionsError
 from shared.core.messages import ChunkJob, ExportJob, MessageError, PartitionJob, SplitJob
 from shared.core.resource_names import JOBS_QUEUE
@@ -123,9 +123,9 @@ def test_broken_definitions_refuse_a_start_and_fail_a_queued_run_naming_the_prob
 
 
 TRIGGERS: list[tuple[Callable[[QueueMessage], None], str]] = [
-    (plan_export, "export-job"),
-    (split_source_job, "split-job"),
-    (diff_partition_job, "partition-job"),
+    (plan_export, "export-job"),  # the planning queue carries the three planning steps
+    (plan_export, "split-job"),
+    (plan_export, "partition-job"),
     (deliver, "chunk-job"),
 ]
 
@@ -142,7 +142,7 @@ def triggers_on(quiet_app: App, monkeypatch: pytest.MonkeyPatch) -> App:
     ("body", "words"),
     [
         (b"hello", "not JSON: "),
-        (b'{"eventType": "Microsoft.Storage.BlobCreated", "subject": "/x"}', "expected a '"),
+        (b'{"eventType": "Microsoft.Storage.BlobCreated", "subject": "/x"}', "expected a "),
         (b'{"kind": "%s", "version": 9, "run_id": "r"}', "message version 9 is not supported"),
     ],
     ids=["not-json", "someone-elses-json", "another-version"],

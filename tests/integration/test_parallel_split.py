@@ -13,7 +13,7 @@ import pytest
 
 from devtools.sample import make_segment
 from shared.core.messages import ExportJob, SplitJob
-from shared.core.resource_names import JOBS_QUEUE, SPLITS_QUEUE
+from shared.core.resource_names import JOBS_QUEUE
 from shared.core.runs import Run, Status
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.run_files import splits_blob_name
@@ -88,7 +88,7 @@ def test_a_bad_line_in_a_later_range_fails_the_run_naming_its_line(split_app: Ap
     take(split_app, JOBS_QUEUE, ExportJob, run.run_id)
 
     plan_run(ExportJob(run.run_id, "broken-range"), split_app.services)
-    jobs = take(split_app, SPLITS_QUEUE, SplitJob, run.run_id)
+    jobs = take(split_app, JOBS_QUEUE, SplitJob, run.run_id)
     assert len(jobs) > 1
     for job in jobs:
         split_source(job, split_app.services)

@@ -23,7 +23,7 @@ from functions.planning import plan_export
 from shared.adapters.braze_client import TrackOutcome
 from shared.adapters.storage import Storage
 from shared.core.messages import ChunkJob, ExportJob, PartitionJob
-from shared.core.resource_names import PARTITIONS_QUEUE
+from shared.core.resource_names import JOBS_QUEUE
 from shared.core.runs import Run, Status
 from shared.pipeline.deliver_chunk import ChunkHeld, _Ledger, deliver_chunk, fail_chunk
 from shared.pipeline.plan_export import plan_run
@@ -73,7 +73,7 @@ def test_a_plan_retried_after_a_transient_error_loses_no_row(
 
     with pytest.raises(ConnectionError):
         plan_run(ExportJob(run.run_id, "replan"), quiet_app.services)
-    assert take(quiet_app, PARTITIONS_QUEUE, PartitionJob, run.run_id) == []
+    assert take(quiet_app, JOBS_QUEUE, PartitionJob, run.run_id) == []
     assert quiet_app.sandbox_requests() == []  # nothing is sent before the whole plan is done
 
     jobs = plan_in_process(quiet_app, run)  # the queue's retry

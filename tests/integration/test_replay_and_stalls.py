@@ -13,7 +13,7 @@ import requests
 from devtools.sample import make_segment
 from shared.core.messages import ExportJob, PartitionJob, SplitJob
 from shared.core.partitioning import partition_of
-from shared.core.resource_names import JOBS_QUEUE, PARTITIONS_QUEUE, RUNS_CONTAINER, SPLITS_QUEUE
+from shared.core.resource_names import JOBS_QUEUE, RUNS_CONTAINER
 from shared.core.runs import Run, Status, utcnow
 from shared.entrypoints import http_api as api
 from shared.pipeline import finalize
@@ -319,7 +319,7 @@ def test_a_replay_after_a_chunk_that_could_not_list_its_rows_keeps_them_owed(
 def test_counts_add_up_when_a_partition_job_is_poisoned(quiet_app: App) -> None:
     run, _ = _start(quiet_app, "partdead", 10)
     plan_run(ExportJob(run.run_id, run.export_name), quiet_app.services)
-    (job,) = take(quiet_app, PARTITIONS_QUEUE, PartitionJob, run.run_id)
+    (job,) = take(quiet_app, JOBS_QUEUE, PartitionJob, run.run_id)
     fail_partition(job, TimeoutError("kept timing out"), quiet_app.services)
     final = quiet_app.services.runs.get(run.run_id)
     assert final is not None and final.status == Status.FAILED
@@ -351,9 +351,9 @@ def test_a_failed_planning_counts_the_rows_no_diff_validated_as_neither_valid_no
     run = start_run(services, "planfail", "test").run
     take(quiet_app, JOBS_QUEUE, ExportJob, run.run_id)
     plan_run(ExportJob(run.run_id, run.export_name), services)
-    for split in take(quiet_app, SPLITS_QUEUE, SplitJob, run.run_id):
+    for split in take(quiet_app, JOBS_QUEUE, SplitJob, run.run_id):
         split_source(split, services)
-    jobs = sorted(take(quiet_app, PARTITIONS_QUEUE, PartitionJob, run.run_id), key=_partition)
+    jobs = sorted(take(quiet_app, JOBS_QUEUE, PartitionJob, run.run_id), key=_partition)
     assert len(jobs) >= 4
     diffed = jobs[: len(jobs) // 2]
     for job in diffed:
