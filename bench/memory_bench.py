@@ -61,15 +61,17 @@ def child(stage: str, run_id: str) -> None:
     elif stage == "split":
         queue = services.storage.queue(JOBS_QUEUE)  # the splits, then the diffs they queue
         while messages := list(queue.receive_messages(messages_per_page=32, max_messages=32)):
-            for message in messages:
+            for message in messages:  # a diff's message stays, invisible, until cleared below
                 if json.loads(message.content)["kind"] == SplitJob.kind:
                     split_source(SplitJob.from_json(message.content), services)
-                queue.delete_message(message)
+                    queue.delete_message(message)
         partitions = services.runs.get(run_id).partitions  # type: ignore[union-attr]
     else:
         partitions = services.runs.get(run_id).partitions  # type: ignore[union-attr]
         diff_partition(PartitionJob(run_id, "bench", 0, partitions), services)
     seconds = time.perf_counter() - started
+    if stage == "split":
+        services.storage.queue(JOBS_QUEUE).clear_messages()  # the diffs run one by one below
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "peak_mib": peak_mib, "partitions": partitions}))
 

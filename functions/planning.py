@@ -3,6 +3,7 @@ partition. The three steps share one queue (`JOBS_QUEUE`), so a worker goes from
 the next without waiting out an idle listener's back-off."""
 
 from collections.abc import Callable
+from typing import assert_never
 
 import azure.functions as func
 
@@ -50,3 +51,5 @@ def _step(
                 lambda: diff_partition(job, services),
                 lambda error: fail_partition(job, error, services),
             )
+        case _:
+            assert_never(job)

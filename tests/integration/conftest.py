@@ -269,16 +269,18 @@ def take(app: App, queue_name: str, kind: type[Any], run_id: str) -> list[Any]:
     once (the planning queue holds several kinds)."""
     queue = app.services.storage.queue(queue_name)
     jobs, left = [], []
-    for message in queue.receive_messages(messages_per_page=32, visibility_timeout=30):
-        if json.loads(message.content)["kind"] == kind.kind:
-            job = kind.from_json(message.content)
-            if job.run_id == run_id:
-                jobs.append(job)
-                queue.delete_message(message)
-                continue
-        left.append(message)
-    for message in left:
-        queue.update_message(message, visibility_timeout=0)
+    try:
+        for message in queue.receive_messages(messages_per_page=32, visibility_timeout=30):
+            if json.loads(message.content).get("kind") == kind.kind:
+                job = kind.from_json(message.content)
+                if job.run_id == run_id:
+                    jobs.append(job)
+                    queue.delete_message(message)
+                    continue
+            left.append(message)
+    finally:
+        for message in left:
+            queue.update_message(message, visibility_timeout=0)
     return jobs
 
 

@@ -142,7 +142,7 @@ def triggers_on(quiet_app: App, monkeypatch: pytest.MonkeyPatch) -> App:
     ("body", "words"),
     [
         (b"hello", "not JSON: "),
-        (b'{"eventType": "Microsoft.Storage.BlobCreated", "subject": "/x"}', "expected a "),
+        (b'{"eventType": "Microsoft.Storage.BlobCreated", "subject": "/x"}', "{expected}"),
         (b'{"kind": "%s", "version": 9, "run_id": "r"}', "message version 9 is not supported"),
     ],
     ids=["not-json", "someone-elses-json", "another-version"],
@@ -157,7 +157,8 @@ def test_a_queue_message_that_is_not_ours_is_refused_and_touches_nothing(
     last = app.services.settings.max_dequeue_count
     for trigger, kind in TRIGGERS:
         text = body.replace(b"%s", kind.encode())
-        with pytest.raises(MessageError, match=re.escape(words)):
+        expected = "expected a 'chunk-job'" if kind == "chunk-job" else "expected a planning job"
+        with pytest.raises(MessageError, match=re.escape(words.format(expected=expected))):
             trigger(QueueMessage(id="foreign", body=text, dequeue_count=last))
     assert app.services.runs.list_runs(limit=100) == runs_before
     assert app.sandbox_requests() == []

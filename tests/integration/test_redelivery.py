@@ -22,7 +22,7 @@ from functions.delivery import deliver
 from functions.planning import plan_export
 from shared.adapters.braze_client import TrackOutcome
 from shared.adapters.storage import Storage
-from shared.core.messages import ChunkJob, ExportJob, PartitionJob
+from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
 from shared.core.resource_names import JOBS_QUEUE
 from shared.core.runs import Run, Status
 from shared.pipeline.deliver_chunk import ChunkHeld, _Ledger, deliver_chunk, fail_chunk
@@ -101,7 +101,9 @@ def test_a_redelivered_chunk_is_not_sent_or_counted_twice(quiet_app: App) -> Non
     )  # 75+25, 50
 
 
-def _message(job: ExportJob | ChunkJob, dequeue_count: int) -> QueueMessage:
+def _message(
+    job: ExportJob | SplitJob | PartitionJob | ChunkJob, dequeue_count: int
+) -> QueueMessage:
     return QueueMessage(id="m", body=job.to_json().encode(), dequeue_count=dequeue_count)
 
 
@@ -151,6 +153,52 @@ def test_a_plan_that_fails_every_attempt_ends_the_run_saying_why(
     assert final is not None and final.status == Status.FAILED
     assert "planning failed after every retry: ConnectionError" in final.message
     assert final.rows_read == final.rows_valid + final.rows_rejected
+    assert quiet_app.sandbox_requests() == []
+
+
+@pytest.mark.parametrize(
+    ("step", "words"),
+    [
+        (
+            "split_source",
+            "planning failed: split 2 of 2 of the source could not be read after every retry "
+            "(ConnectionError: table storage unreachable); nothing was sent",
+        ),
+        (
+            "diff_partition",
+            "planning failed: partition 3 of 4 could not be diffed after every retry "
+            "(ConnectionError: table storage unreachable)",
+        ),
+    ],
+    ids=["split", "partition"],
+)
+def test_a_planning_step_that_fails_every_attempt_ends_the_run_naming_its_job(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch, step: str, words: str
+) -> None:
+    """The planning queue carries every step: the last attempt of a split or partition job
+    fails the run with that job's own reason, and only the last."""
+    name = step.replace("_", "")
+    run, _ = _new_run(quiet_app, name, f"redeliver/{name}.csv", 120)
+    job: SplitJob | PartitionJob = (
+        SplitJob(run.run_id, name, 1, 2, 4, 100, -1, 3)
+        if step == "split_source"
+        else PartitionJob(run.run_id, name, 3, 4)
+    )
+    monkeypatch.setattr("functions.planning.app_services", lambda: quiet_app.services)
+
+    def broken_step(*args: object) -> None:
+        raise ConnectionError("table storage unreachable")
+
+    monkeypatch.setattr(f"functions.planning.{step}", broken_step)
+    attempts = quiet_app.services.settings.max_dequeue_count
+    for attempt in range(1, attempts + 1):
+        with pytest.raises(ConnectionError):
+            plan_export(_message(job, attempt))
+        current = quiet_app.services.runs.get(run.run_id)
+        assert current is not None and current.is_final == (attempt == attempts)
+    final = quiet_app.services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.FAILED
+    assert final.message.startswith(words), final.message
     assert quiet_app.sandbox_requests() == []
 
 
