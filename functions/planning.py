@@ -2,7 +2,10 @@
 partition. The three steps share one queue (`JOBS_QUEUE`), so a worker goes from one step to
 the next without waiting out an idle listener's back-off."""
 
-from collections.abc import Callable
+import gc
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import assert_never
 
 import azure.functions as func
@@ -27,7 +30,11 @@ def plan_export(msg: func.QueueMessage) -> None:
     services = app_services()
     job = planning_job(msg.get_body())
     step, fail = _step(job, services)
-    with job_context(job), failing_the_run_on_last_attempt(msg, services, fail):
+    with (
+        job_context(job),
+        failing_the_run_on_last_attempt(msg, services, fail),
+        cyclic_gc_paused(),
+    ):
         step()
 
 
@@ -53,3 +60,33 @@ def _step(
             )
         case _:
             assert_never(job)
+
+
+_pause_lock = threading.Lock()
+_pauses = 0
+_enabled_before = False
+
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Run a planning step without Python's cyclic garbage collector.
+
+    A split or a diff makes containers for every row and keeps most of them for the whole job,
+    so the collector scans them again and again as they pile up: 11% of a 1M first export's
+    diff CPU and 5% of its splits', measured in one process. Refcounting still frees what the
+    job drops; the few hundred objects a job leaves in cycles (the storage client's) wait for
+    the collector, which runs again once no step of this process holds it paused (steps may
+    overlap in one process; the setting is the process's)."""
+    global _pauses, _enabled_before
+    with _pause_lock:
+        if _pauses == 0:
+            _enabled_before = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _enabled_before:
+                gc.enable()
