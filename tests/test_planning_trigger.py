@@ -1,5 +1,5 @@
-"""The planning trigger pauses the cyclic garbage collector while a step runs, and gives it
-back as it found it, however steps overlap or end."""
+"""The planning trigger pauses the cyclic garbage collector while a partition's diff runs
+(only then), and gives it back as it found it, however diffs overlap or end."""
 
 import gc
 import threading
@@ -18,11 +18,11 @@ def collector_on() -> Iterator[None]:
     was = gc.isenabled()
     gc.enable()
     yield
-    if not was:
-        gc.disable()
+    assert planning._pauses == 0
+    (gc.enable if was else gc.disable)()
 
 
-def test_each_planning_step_runs_with_the_collector_paused_and_gets_it_back(
+def test_a_diff_runs_with_the_collector_paused_and_the_other_steps_without(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: dict[str, bool] = {}
@@ -46,7 +46,7 @@ def test_each_planning_step_runs_with_the_collector_paused_and_gets_it_back(
     for job in jobs:
         planning.plan_export(QueueMessage(id="m", body=job.to_json().encode(), dequeue_count=1))
         assert gc.isenabled()
-    assert seen == {"plan_run": False, "split_source": False, "diff_partition": False}
+    assert seen == {"plan_run": True, "split_source": True, "diff_partition": False}
 
 
 def test_a_step_that_raises_gives_the_collector_back() -> None:
@@ -56,23 +56,36 @@ def test_a_step_that_raises_gives_the_collector_back() -> None:
     assert gc.isenabled()
 
 
-def test_overlapping_steps_keep_it_paused_until_the_last_ends() -> None:
-    first_in, second_done = threading.Event(), threading.Event()
-    during: list[bool] = []
-
-    def other_step() -> None:
+def _other_step(entered: threading.Event, leave: threading.Event) -> threading.Thread:
+    def run() -> None:
         with cyclic_gc_paused():
-            first_in.wait(5)
-        second_done.set()
+            entered.set()
+            assert leave.wait(5)
 
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert entered.wait(5)
+    return thread
+
+
+def test_the_collector_stays_paused_until_the_last_of_overlapping_steps_ends() -> None:
+    # The first step ends while the second still runs, then the other way round.
+    entered, leave = threading.Event(), threading.Event()
     with cyclic_gc_paused():
-        thread = threading.Thread(target=other_step)
-        thread.start()
-        first_in.set()
-        second_done.wait(5)
-        during.append(gc.isenabled())  # the other step ended; this one still runs
-    thread.join(5)
-    assert during == [False]
+        other = _other_step(entered, leave)
+    assert not gc.isenabled()  # the first ended; the other still runs
+    leave.set()
+    other.join(5)
+    assert not other.is_alive()
+    assert gc.isenabled()
+
+    entered, leave = threading.Event(), threading.Event()
+    with cyclic_gc_paused():
+        other = _other_step(entered, leave)
+        leave.set()
+        other.join(5)
+        assert not other.is_alive()
+        assert not gc.isenabled()  # the other ended; this one still runs
     assert gc.isenabled()
 
 

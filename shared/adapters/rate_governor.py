@@ -29,6 +29,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from shared.adapters.storage import forget_traceback
+
 EPOCH_THRESHOLD = 1_000_000_000
 MAX_RESET_WAIT_SECONDS = 3600.0
 REMAINING_HEADER = "X-RateLimit-Remaining"
@@ -303,7 +305,8 @@ class RateGovernor:
     def _read(self) -> _Shared:
         try:
             entity = self._table.get_entity(self._key, self._row)
-        except ResourceNotFoundError:
+        except ResourceNotFoundError as missing:
+            forget_traceback(missing)
             return _Shared(-1, 0, self.budget, 0.0, None)
         return _Shared(
             window=int(entity["Window"]),
@@ -335,6 +338,7 @@ class RateGovernor:
                     etag=read.etag,
                     match_condition=MatchConditions.IfNotModified,
                 )
-        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError) as lost:
+            forget_traceback(lost)  # another worker wrote first: an answer, not a failure
             return False
         return True

@@ -15,6 +15,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from shared.adapters.storage import forget_traceback
 from shared.core.messages import ANY_PARTITION
 from shared.core.runs import (
     ChunkProgress,
@@ -57,13 +58,15 @@ class RunStore:
         """Insert a new run; raise RunConflict if that run id exists (a duplicate trigger)."""
         try:
             self._table.create_entity(self._entity(run))
-        except ResourceExistsError:
+        except ResourceExistsError as exists:
+            forget_traceback(exists)
             raise RunConflict(f"run {run.run_id} already exists") from None
 
     def get(self, run_id: str) -> Run | None:
         try:
             entity = self._table.get_entity(run_id, RUN_ROW)
-        except ResourceNotFoundError:
+        except ResourceNotFoundError as missing:
+            forget_traceback(missing)
             return None
         return _run_from(entity)
 
@@ -76,6 +79,7 @@ class RunStore:
             metadata = self._table.update_entity(self._entity(run), **kwargs)
         except HttpResponseError as error:
             if error.status_code == 412:
+                forget_traceback(error)
                 raise RunConflict(f"run {run.run_id} changed concurrently") from None
             raise
         run.etag = metadata.get("etag")
@@ -151,14 +155,16 @@ class RunStore:
         entity = {"PartitionKey": run_id, "RowKey": row, **_to_entity_values(values)}
         try:
             self._table.create_entity(entity)
-        except ResourceExistsError:
+        except ResourceExistsError as exists:
+            forget_traceback(exists)
             return False
         return True
 
     def _exists(self, partition: str, row: str) -> bool:
         try:
             self._table.get_entity(partition, row, select=["RowKey"])
-        except ResourceNotFoundError:
+        except ResourceNotFoundError as missing:
+            forget_traceback(missing)
             return False
         return True
 
@@ -205,10 +211,12 @@ class RunStore:
                     etag=etag,
                     match_condition=MatchConditions.IfNotModified,
                 )
-        except ResourceExistsError:
+        except ResourceExistsError as exists:
+            forget_traceback(exists)
             return None
         except HttpResponseError as error:
             if error.status_code == 412:
+                forget_traceback(error)
                 return None
             raise
         return str(metadata["etag"])
@@ -268,11 +276,13 @@ class RunStore:
                     match_condition=MatchConditions.IfNotModified,
                 )
                 return
-            except ResourceExistsError:
+            except ResourceExistsError as exists:
+                forget_traceback(exists)
                 continue
             except HttpResponseError as error:
                 if error.status_code != 412:
                     raise
+                forget_traceback(error)
 
     def defer_start(self, export_name: str, run_id: str, trigger: str, source: str) -> None:
         self._table.upsert_entity(
@@ -319,7 +329,8 @@ class RunStore:
     def _get(self, partition: str, row: str) -> Any:
         try:
             return self._table.get_entity(partition, row)
-        except ResourceNotFoundError:
+        except ResourceNotFoundError as missing:
+            forget_traceback(missing)
             return None
 
     def list_runs(self, export_name: str | None = None, limit: int = 20) -> list[Run]:

@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import os
 import threading
+import traceback
 import uuid
 from base64 import b64encode
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,7 +20,7 @@ from hashlib import blake2b
 from typing import Any, BinaryIO
 from urllib.request import getproxies
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import (
@@ -44,8 +45,37 @@ APPEND_BLOCK_BYTES = 1024 * 1024  # well under the 4 MiB an append may carry
 IO_THREADS = 8  # under the SDK's 10 pooled connections per client, so each is kept
 
 
+def forget_traceback(error: BaseException) -> None:
+    """Drop the traceback of an error handled as an answer ("not found", "written first"), and
+    of the errors it came from (an Azure error also keeps the one it was raised in handling).
+    The SDK's frames in it hold the error itself, a cycle that only the cyclic collector
+    frees, and each frame holds its caller's: a lookup that missed inside a delivery job kept
+    the job's whole chunk alive after the job ended (50,000 objects a chunk)."""
+    seen: set[int] = set()
+    left: list[BaseException | None] = [error]
+    while left:
+        current = left.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)  # the SDK's locals hold other errors
+        current.__traceback__ = None
+        left += [current.__cause__, current.__context__]
+        if isinstance(current, AzureError):  # it keeps the error it was raised in handling
+            left += [current.exc_value, current.inner_exception]
+            if current.exc_traceback is not None:
+                traceback.clear_frames(current.exc_traceback)
+            current.exc_traceback = None
+
+
 class BlobNotFound(Exception):
     """A blob the exporter needs is missing; the message names it."""
+
+
+def _not_found(container: str, name: str, missing: ResourceNotFoundError) -> BlobNotFound:
+    forget_traceback(missing)  # the caller may handle BlobNotFound as an answer
+    return BlobNotFound(f"blob '{name}' not found in container '{container}'")
 
 
 class Storage:
@@ -162,8 +192,8 @@ class Storage:
             downloader = self.container(container).download_blob(
                 name, offset=offset, length=length, max_concurrency=1
             )
-        except ResourceNotFoundError:
-            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
+        except ResourceNotFoundError as missing:
+            raise _not_found(container, name, missing) from None
         return downloader.chunks()
 
     def read_bytes(self, container: str, name: str) -> bytes:
@@ -187,8 +217,8 @@ class Storage:
     def size(self, container: str, name: str) -> int:
         try:
             return int(self.container(container).get_blob_client(name).get_blob_properties().size)
-        except ResourceNotFoundError:
-            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
+        except ResourceNotFoundError as missing:
+            raise _not_found(container, name, missing) from None
 
     def digest(
         self,
@@ -204,8 +234,8 @@ class Storage:
         whether anything was written since."""
         try:
             downloader = self.container(container).download_blob(name, max_concurrency=1)
-        except ResourceNotFoundError:
-            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
+        except ResourceNotFoundError as missing:
+            raise _not_found(container, name, missing) from None
         digest = blake2b(digest_size=16)
 
         def pieces() -> Iterator[bytes]:
@@ -226,11 +256,16 @@ class Storage:
         """The blob's version as the service names it: it changes with every write."""
         try:
             return str(self.container(container).get_blob_client(name).get_blob_properties().etag)
-        except ResourceNotFoundError:
-            raise BlobNotFound(f"blob '{name}' not found in container '{container}'") from None
+        except ResourceNotFoundError as missing:
+            raise _not_found(container, name, missing) from None
 
     def exists(self, container: str, name: str) -> bool:
-        return self.container(container).get_blob_client(name).exists()
+        try:
+            self.container(container).get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError as missing:
+            forget_traceback(missing)  # the SDK's own exists() keeps it
+            return False
+        return True
 
     def create_append_blob(self, container: str, name: str) -> None:
         from azure.storage.blob import ContentSettings

@@ -494,7 +494,9 @@ def test_governed_instances_together_stay_within_the_budget(
     assert stats["requests_total"] == 12
     assert stats["throttled_total"] == 0
     assert stats["rate_limit"]["windows_over_budget"] == 0
-    assert set(stats["rate_limit"]["per_client"]) == {
+    # Each instance names itself; which of them got the slots is up to the scheduler (on a
+    # loaded machine one instance's threads may take all twelve).
+    assert set(stats["rate_limit"]["per_client"]) <= {
         f"braze-segment-exporter/{VERSION} (instance-a-{os.getpid()})",
         f"braze-segment-exporter/{VERSION} (instance-b-{os.getpid()})",
     }
