@@ -316,6 +316,7 @@ class RunStore:
         except HttpResponseError as error:
             if error.status_code != 412:
                 raise
+            forget_traceback(error)
 
     def last_slot(self, export_name: str) -> datetime | None:
         entity = self._get(SCHEDULE_PARTITION, export_name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sys
 import threading
 import traceback
 import uuid
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from hashlib import blake2b
+from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.request import getproxies
 
@@ -49,26 +51,55 @@ IO_THREADS = 8  # under the SDK's 10 pooled connections per client, so each is k
 
 def forget_traceback(error: BaseException) -> None:
     """Drop the traceback of an error handled as an answer ("not found", "written first"), and
-    of the errors it came from (an Azure error also keeps the one it was raised in handling).
-    The SDK's frames in it hold the error itself, a cycle that only the cyclic collector
-    frees, and each frame holds its caller's: a lookup that missed inside a delivery job kept
-    the job's whole chunk alive after the job ended (50,000 objects a chunk)."""
+    of the errors the SDK raised on the way to it (an Azure error also keeps the one it was
+    raised in handling). The SDK's frames in it hold the error itself, a cycle that only the
+    cyclic collector frees, and each frame holds its caller's: a lookup that missed inside a
+    delivery job kept the job's whole chunk alive after the job ended (50,000 objects a chunk).
+
+    An error the caller's callers are still handling (the lookup ran in an `except` or a
+    `finally`) is only let go of, never cleared: it may be raised again, with its traceback."""
+    running: set[int] = set()
+    frame = sys._getframe(1).f_back  # the callers of the frame that handles `error`
+    while frame is not None:
+        running.add(id(frame))
+        frame = frame.f_back
     seen: set[int] = set()
-    left: list[BaseException | None] = [error]
+    left: list[BaseException] = [error]
     while left:
         current = left.pop()
-        if current is None or id(current) in seen:
+        if id(current) in seen:
             continue
         seen.add(id(current))
-        if current.__traceback__ is not None:
-            traceback.clear_frames(current.__traceback__)  # the SDK's locals hold other errors
-        current.__traceback__ = None
-        left += [current.__cause__, current.__context__]
-        if isinstance(current, AzureError):  # it keeps the error it was raised in handling
-            left += [current.exc_value, current.inner_exception]
-            if current.exc_traceback is not None:
-                traceback.clear_frames(current.exc_traceback)
+        links = ["__cause__", "__context__"]
+        if isinstance(current, AzureError):
+            links += ["exc_value", "inner_exception"]
+            _clear(current.exc_traceback)
             current.exc_traceback = None
+        _clear(current.__traceback__)
+        current.__traceback__ = None
+        for link in links:
+            linked = getattr(current, link, None)
+            if not isinstance(linked, BaseException):
+                continue
+            if _in_flight(linked, running):
+                setattr(current, link, None)
+            else:
+                left.append(linked)
+
+
+def _in_flight(error: BaseException, running: set[int]) -> bool:
+    """Whether the error's traceback passes through a frame still running: one being handled."""
+    tb = error.__traceback__
+    while tb is not None:
+        if id(tb.tb_frame) in running:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _clear(tb: TracebackType | None) -> None:
+    if tb is not None:
+        traceback.clear_frames(tb)  # the SDK's locals hold other errors
 
 
 # The storage SDK's default waits 18 s (± 3) before its first retry (15 plus 3 to the first

@@ -112,3 +112,24 @@ def test_an_answer_the_storage_gave_as_an_error_lets_the_callers_locals_go(
 
     held = job()
     assert held() is None, f"{lookup}: the handled error kept the caller's frame alive"
+
+
+def test_an_error_being_handled_around_the_lookup_keeps_its_traceback(quiet_app: App) -> None:
+    """A lookup inside an `except` (a last attempt failing its run, say) lets its own error go
+    but leaves the one being handled as it was: it is raised again, and logged whole."""
+
+    def fail() -> None:
+        try:
+            raise KeyError("the cause")
+        except KeyError as cause:
+            raise ValueError("the step failed") from cause
+
+    with pytest.raises(ValueError) as raised:
+        try:
+            fail()
+        except ValueError:
+            assert quiet_app.services.runs.get("no-such-run") is None
+            raise
+    error = raised.value
+    assert error.__traceback__ is not None and error.__traceback__.tb_next is not None
+    assert error.__cause__ is not None and error.__cause__.__traceback__ is not None
