@@ -6,18 +6,15 @@ slept (no test waits on a clock)."""
 from __future__ import annotations
 
 import http.server
-import threading
 from collections.abc import Iterator
 
 import pytest
 from azure.core.exceptions import HttpResponseError
 
+from devtools.processes import AZURITE_ACCOUNT_KEY
 from shared.adapters.settings import StorageSettings
 from shared.adapters.storage import Storage
-
-AZURITE_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+from tests.local_server import serving
 
 
 class OnceUnavailable(http.server.ThreadingHTTPServer):
@@ -47,19 +44,15 @@ class OnceUnavailable(http.server.ThreadingHTTPServer):
     def connection_string(self) -> str:
         base = f"http://127.0.0.1:{self.server_address[1]}/devstoreaccount1"
         return (
-            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_ACCOUNT_KEY};"
             f"BlobEndpoint={base}/blobs;QueueEndpoint={base}/queues;TableEndpoint={base}/tables;"
         )
 
 
 @pytest.fixture
 def server() -> Iterator[OnceUnavailable]:
-    running = OnceUnavailable()
-    thread = threading.Thread(target=running.serve_forever, daemon=True)
-    thread.start()
-    yield running
-    running.shutdown()
-    running.server_close()
+    with serving(OnceUnavailable()) as running:
+        yield running
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +14,7 @@ from azure.core.exceptions import AzureError
 from devtools.processes import Azurite
 from shared.adapters.settings import StorageSettings
 from shared.adapters.storage import Storage, environment_configures_http
+from tests.local_server import serving
 
 HTTP_VARIABLES = [
     name
@@ -60,12 +60,8 @@ class RecordingProxy(http.server.ThreadingHTTPServer):
 
 @pytest.fixture
 def proxy() -> Iterator[RecordingProxy]:
-    server = RecordingProxy()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(RecordingProxy()) as server:
+        yield server
 
 
 @pytest.mark.parametrize(
