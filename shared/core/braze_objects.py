@@ -4,6 +4,7 @@ a profile that left the segment."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from shared.core import jsonlines
@@ -45,14 +46,22 @@ def clearable_attributes(export: Export) -> frozenset[str]:
     return frozenset(a.attribute for a in export.mapping.attributes)
 
 
-def braze_attributes(profile: Profile, export: Export) -> dict[str, Any]:
-    """The attributes object: identity, email, mapped attributes and the segment membership."""
-    obj: dict[str, Any] = {"external_id": profile.customer_id, "email": profile.email}
-    obj.update(profile.attributes)
-    obj[export.membership_attribute] = membership_value(export, True)
-    if not export.create_missing_users:
-        obj["_update_existing_only"] = True
-    return obj
+def braze_attributes(export: Export) -> Callable[[Profile], dict[str, Any]]:
+    """The attributes object of a profile: identity, email, mapped attributes and the segment
+    membership. Made once per export's partition: it runs for every profile of a segment."""
+    membership_attribute = export.membership_attribute
+    member = membership_value(export, True)
+    update_only = not export.create_missing_users
+
+    def attributes(profile: Profile) -> dict[str, Any]:
+        obj: dict[str, Any] = {"external_id": profile.customer_id, "email": profile.email}
+        obj.update(profile.attributes)
+        obj[membership_attribute] = member
+        if update_only:
+            obj["_update_existing_only"] = True
+        return obj
+
+    return attributes
 
 
 def encode_object(obj: dict[str, Any]) -> str:

@@ -68,13 +68,15 @@ _json_prints: dict[str, str] = {}
 _BOOLEAN_PRINTS = {True: fingerprint(True), False: fingerprint(False)}
 
 
-def fingerprints(obj: dict[str, Any]) -> Fingerprints:
+def fingerprints(obj: dict[str, Any], shared: tuple[object, str] | None = None) -> Fingerprints:
     """Per attribute, a fingerprint of the value sent: what the snapshot remembers.
 
     This runs for every profile of a segment: a string, an integer or a boolean is looked up by
     itself (a string's canonical JSON is orjson's plain output), any other value without floats
     by its canonical JSON (orjson's sorted output, the bytes `fingerprint` hashes), so every
-    value keeps exactly the fingerprint `fingerprint` gives it.
+    value keeps exactly the fingerprint `fingerprint` gives it. `shared`: an object the caller's
+    profiles all hold (the segment's membership update) and its fingerprint, made once: that
+    very object is not serialized again per profile.
     """
     prints: Fingerprints = {}
     for key, value in obj.items():
@@ -90,9 +92,11 @@ def fingerprints(obj: dict[str, Any]) -> Fingerprints:
         elif kind is int:
             found = _int_prints.get(value)
             if found is None:
-                found = _remember(_int_prints, value, fingerprint(value))
+                found = _remember(_int_prints, value, _int_print(value))
         elif kind is bool:
             found = _BOOLEAN_PRINTS[value]
+        elif shared is not None and value is shared[0]:
+            found = shared[1]
         elif has_float(value):
             found = fingerprint(value)
         else:
@@ -116,6 +120,15 @@ def _string_print(text: str) -> str:
         return blake2b(orjson.dumps(text), digest_size=8).hexdigest()
     except TypeError:
         return fingerprint(text)
+
+
+def _int_print(number: int) -> str:
+    """`fingerprint` of an integer (not a boolean): its canonical JSON is its decimal digits,
+    whatever its size; one past Python's digit limit takes `fingerprint`'s path (and error)."""
+    try:
+        return blake2b(str(number).encode(), digest_size=8).hexdigest()
+    except ValueError:
+        return fingerprint(number)
 
 
 def _remember(cache: dict[Any, str], value: Any, digest: str) -> str:

@@ -39,6 +39,7 @@ from shared.core.braze_objects import (
     braze_attributes,
     clearable_attributes,
     encode_object,
+    membership_value,
     removal,
 )
 from shared.core.definitions import Definitions, Export
@@ -46,6 +47,7 @@ from shared.core.fingerprints import (
     Fingerprints,
     data_points,
     delta,
+    fingerprint,
     fingerprints,
     row_digest,
     row_digester,
@@ -390,6 +392,7 @@ def _collect_members(
     members = _Members({}, set())
     mapping = export.mapping
     validate = record_validator(mapping)
+    attributes = braze_attributes(export)
     same_code = run.code_version == code_digest()  # else the digests may not mean the same
     trust_digests = _trusts_digests(run)
     rejected = services.storage.line_writer(
@@ -428,10 +431,10 @@ def _collect_members(
             members.kept.add(id_json)
         elif id_json in members.profiles:
             counts.duplicates += 1
-            obj = braze_attributes(result, export)
+            obj = attributes(result)
             rejected.write(_duplicate_entry(order, result.customer_id, obj, files))
         else:
-            obj = braze_attributes(result, export)
+            obj = attributes(result)
             if same_code:
                 members.profiles[id_json] = (order, digest, obj, raw)
             else:
@@ -509,6 +512,8 @@ def _compare(
     full = bool(run.full_refresh_reason)
     clearable = clearable_attributes(export)
     partition = old.partition
+    member = membership_value(export, True)  # the object every profile here holds
+    shared = (member, fingerprint(member))
     sends: list[str] = []
     for id_json, (order, digest, obj, raw) in members.profiles.items():
         previous = old.at.get(id_json)
@@ -520,7 +525,8 @@ def _compare(
             else:  # the same values in other bytes (a column not mapped changed)
                 lines.keep(id_json, digest, partition.prints(previous), raw)
             continue
-        prints = fingerprints(obj)  # one per attribute Braze bills: their count is the points
+        # One fingerprint per attribute Braze bills: their count is the data points.
+        prints = fingerprints(obj, shared)
         if previous is None:
             counts.new += 1
             counts.objects += 1

@@ -23,7 +23,7 @@ EXPORT = {
 
 def test_object_carries_identity_email_attributes_and_membership() -> None:
     export = Export.model_validate(EXPORT)
-    obj = braze_attributes(Profile("c-1", "z@example.com", {"points": 3}), export)
+    obj = braze_attributes(export)(Profile("c-1", "z@example.com", {"points": 3}))
     assert obj == {
         "external_id": "c-1",
         "email": "z@example.com",
@@ -36,11 +36,11 @@ def test_profiles_of_a_segment_share_one_membership_update_and_leavers_another()
     """A diff holds a partition's objects at once: one shared update instead of a dict and a
     list per profile; the values stay those of each export."""
     export = Export.model_validate(EXPORT)
-    first = braze_attributes(Profile("c-1", "a@example.com", {}), export)
-    second = braze_attributes(Profile("c-2", "b@example.com", {}), export)
+    first = braze_attributes(export)(Profile("c-1", "a@example.com", {}))
+    second = braze_attributes(export)(Profile("c-2", "b@example.com", {}))
     assert first["segments"] is second["segments"]
-    other = braze_attributes(
-        Profile("c-3", "c@example.com", {}), Export.model_validate({**EXPORT, "segment": "Other"})
+    other = braze_attributes(Export.model_validate({**EXPORT, "segment": "Other"}))(
+        Profile("c-3", "c@example.com", {})
     )
     assert other["segments"] == {"add": ["Other"]} and first["segments"] == {"add": ["VIP – 🎉"]}
     leaving = removal("c-1", export, {})
@@ -52,7 +52,7 @@ def test_update_existing_only_and_custom_membership_attribute() -> None:
     export = Export.model_validate(
         {**EXPORT, "create_missing_users": False, "membership_attribute": "audiences"}
     )
-    obj = braze_attributes(Profile("c-1", "z@example.com", {}), export)
+    obj = braze_attributes(export)(Profile("c-1", "z@example.com", {}))
     assert obj["_update_existing_only"] is True
     assert obj["audiences"] == {"add": ["VIP – 🎉"]}
     assert "segments" not in obj

@@ -123,3 +123,30 @@ def test_a_row_of_strings_reads_back_exactly_without_the_float_check() -> None:
     row["digits"] = "1234567890123456789012345"  # 25 digits, but a string
     assert jsonlines.loads_strings(jsonlines.dumps(row)) == row
     assert json.loads(jsonlines.dumps(row)) == row
+
+
+def test_integers_are_hashed_as_their_digits_whatever_their_size() -> None:
+    """An integer's canonical JSON is its decimal digits, past 64 bits too (which orjson
+    refuses); a boolean keeps its own; one past Python's digit limit fails as `fingerprint`
+    does, rather than get a fingerprint of its own."""
+    fingerprints_module._int_prints.clear()
+    numbers = [0, -0, 7, -3, 2**63 - 1, 2**63, -(2**64) - 1, 10**30, 10**4000]
+    for obj in [{"n": n, "flag": n % 2 == 1} for n in numbers] * 2:
+        assert fingerprints(obj) == _uncached(obj)
+    too_long = 10**5000
+    with pytest.raises(ValueError, match="digits"):
+        fingerprint(too_long)
+    with pytest.raises(ValueError, match="digits"):
+        fingerprints({"n": too_long})
+
+
+def test_an_object_every_profile_shares_is_hashed_once_and_only_that_object() -> None:
+    """The diff hashes its segment's membership update once per partition: that object takes
+    the fingerprint given; an equal object made elsewhere is hashed as usual."""
+    member = {"add": ["VIP – 🎉"]}
+    given = "f" * 16
+    assert fingerprints({"external_id": "c-1", "segments": member}, (member, given)) == {
+        "segments": given
+    }
+    equal = {"add": ["VIP – 🎉"]}
+    assert fingerprints({"segments": equal}, (member, given)) == {"segments": fingerprint(equal)}

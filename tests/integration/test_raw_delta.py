@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from shared.adapters.storage import Storage
+from shared.core.fingerprints import CONTROL_KEYS, fingerprint
 from shared.core.partitioning import partition_of
 from shared.core.raw_records import digest_records, raw_blocks, raw_digester
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
@@ -86,9 +87,20 @@ def test_a_delta_files_unchanged_rows_by_their_bytes_and_sends_what_reading_them
     rows[40]["Email"] = "not an email"  # rejected in both runs
     path = _define(split_app, "raw-delta")
     split_app.upload(path, _csv(rows))
+    split_app.mark_sandbox_requests()
     first = run_in_process(split_app, "raw-delta")
     assert first.splits >= 10 and first.profiles_accepted == 2_999
     assert _filed_by_bytes(split_app, first) == 0  # no snapshot yet: every row parsed
+    # The snapshot remembers each attribute sent by its own fingerprint (the membership
+    # update's too, which the diff hashes once per partition).
+    remembered = {
+        json.loads(id_json): json.loads(line.split("\t")[2])
+        for id_json, line in _snapshot_entries(split_app, "raw-delta").items()
+    }
+    assert remembered == {
+        customer: {k: fingerprint(v) for k, v in obj.items() if k not in CONTROL_KEYS}
+        for customer, obj in _sent(split_app).items()
+    }
 
     changed = [dict(row) for row in rows]
     changed[7]["FirstName"] = "Zoë-Renamed"
