@@ -29,6 +29,7 @@ from shared.adapters.settings import StorageSettings
 from shared.adapters.storage import Storage
 from shared.core.braze_objects import encode_object
 from shared.core.resource_names import RATE_TABLE
+from tests.local_server import serving
 
 KEY = "client-test-key"
 WINDOW_THAT_NEVER_ENDS = 10**9  # from 2001 to 2033, so no test sees a window roll over
@@ -157,13 +158,8 @@ def _answering(
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Answering)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Answering)) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}", received
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_redirect_is_reported_at_once_not_retried_or_followed() -> None:

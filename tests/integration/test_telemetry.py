@@ -9,7 +9,6 @@ import json
 import logging
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +35,7 @@ from tests.integration.conftest import (
     running_local_host,
     wait_for,
 )
+from tests.local_server import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("shared.test_telemetry")
@@ -154,9 +154,8 @@ class _Ingestion(BaseHTTPRequestHandler):
 def ingestion() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Ingestion)
     server.envelopes = []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
+    with serving(server):
+        yield server
 
 
 @pytest.fixture
