@@ -23,7 +23,9 @@ def membership_value(export: Export, member: bool) -> Any:
 @functools.cache
 def _array_update(segment: str, member: bool) -> dict[str, list[str]]:
     """One object for every profile of a segment, never changed once made: a diff holds a
-    partition's profiles at once, and a dict and a list each would be a quarter of them."""
+    partition's profiles at once, and a dict and a list each would be a quarter of them. The
+    diff fingerprints it once and recognises it by identity (`fingerprints(obj, shared)`), so
+    changing it in place would leave that fingerprint stale."""
     return {"add" if member else "remove": [segment]}
 
 
