@@ -1,0 +1,46 @@
+"""A small run of the stage CPU benchmark (20,000 profiles, ranges of 0.3 MiB): the figures are
+produced and add up. No timing is asserted; the benchmark measures speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILES = 20_000
+
+
+def test_every_split_and_the_diffs_asked_for_are_measured_each_round(tmp_path: Path) -> None:
+    out = tmp_path / "stage.json"
+    printed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "stage_bench.py"),
+            "--profiles",
+            str(PROFILES),
+            "--diffs",
+            "2",
+            "--rounds",
+            "2",
+            "--split-mib",
+            "0.3",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
+    figures = json.loads(out.read_text())
+    split, diff = figures["split"], figures["diff"]
+    assert split["jobs"] >= 4 and split["rows"] == PROFILES  # every row of every range
+    assert 1 <= diff["jobs"] <= 2 and 0 < diff["rows"] <= PROFILES
+    for stage in (split, diff):
+        assert len(stage["cpu_seconds_per_round"]) == 2
+        assert all(seconds > 0 for seconds in stage["cpu_seconds_per_round"])
+        assert stage["us_per_row"] > 0
+    assert printed.startswith(f"Stage CPU, {PROFILES:,} profiles, 2 rounds")
