@@ -1,12 +1,14 @@
 """CPU per planning job of a first export, measured in one process: each split job and the first
 partitions' diffs are run again, in rounds, against one planned run on a private Azurite.
 
-End to end (`export_bench.py`) a change of a few percent in one stage is lost in the noise:
-Azurite, the sandbox and two hosts share the cores, and the machine's speed changes by the hour.
-Here one job runs at a time and nothing else of the benchmark does, so running this from two
-checkouts in turn compares their CPU per job within a few percent. The segment is the
-end-to-end benchmark's (0.8% invalid rows, quotes, line breaks and emoji in values); diffs run
-with the cyclic collector paused, as the trigger runs them. Nothing is sent to Braze.
+End to end (`export_bench.py`) a stage's CPU is mixed with delivery, the sandbox and a second
+host on the same cores. Here one job runs at a time and nothing else of the benchmark does; the
+CPU counted is this process's (its storage I/O threads included, Azurite's not). It covers a
+first export's jobs only: with no snapshot yet, a delta's bulk path does not run. Runs of one
+version still vary by 10-20% on this shared machine, so compare several runs of each checkout
+in turn. The segment is the end-to-end benchmark's (0.8% invalid rows, quotes, line breaks and
+emoji in values); diffs run with the cyclic collector paused, as the trigger runs them. Nothing
+is sent to Braze.
 
     .venv/bin/python bench/stage_bench.py --profiles 1000000 --diffs 8 --rounds 3
 """
@@ -35,6 +37,7 @@ from shared.adapters.services import Services
 from shared.adapters.settings import load_settings
 from shared.core.messages import ExportJob, PartitionJob, SplitJob, planning_job
 from shared.core.resource_names import JOBS_QUEUE
+from shared.core.runs import Status
 from shared.pipeline import split_source as split_step
 from shared.pipeline.diff_partition import _diff
 from shared.pipeline.plan_export import plan_run
@@ -51,6 +54,8 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="also write the figures here, as JSON")
     args = parser.parse_args()
+    if args.diffs < 1 or args.rounds < 1:
+        parser.error("--diffs and --rounds must be at least 1")
     with tempfile.TemporaryDirectory(prefix="stage-bench-") as work:
         figures = measure(args.profiles, args.diffs, args.rounds, args.split_mib, Path(work))
     print(summary(figures))
@@ -89,7 +94,10 @@ def measure(profiles: int, diffs: int, rounds: int, split_mib: float, work: Path
             split_step.split_source(job, services)
         run = services.runs.get(run_id)
         if run is None or not run.partitions or not splits:
-            raise RuntimeError("the source was not cut into ranges and split: use more profiles")
+            raise RuntimeError(
+                "the source was not cut into ranges and split (too few profiles for the range "
+                f"size, or planning failed: {run and run.message})"
+            )
         partitions = sorted(_take(services, PartitionJob), key=lambda j: j.partition)[:diffs]
         export = services.definitions().export("bench")
         definitions = services.definitions()
@@ -107,6 +115,9 @@ def measure(profiles: int, diffs: int, rounds: int, split_mib: float, work: Path
 
         split_cpu = _rounds(splits, split_again, rounds)
         diff_cpu = _rounds(partitions, diff, rounds)
+        after = services.runs.get(run_id)
+        if after is None or after.status != Status.PLANNING:  # a split failed: not a measure
+            raise RuntimeError(f"the run did not stay in planning: {after and after.message}")
         split_rows = [r.rows_read for r in services.runs.split_results(run_id)]
         return {
             "profiles": profiles,
