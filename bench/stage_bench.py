@@ -99,11 +99,11 @@ def measure(profiles: int, diffs: int, rounds: int, split_mib: float, work: Path
                 f"size, or planning failed: {run and run.message})"
             )
         partitions = sorted(_take(services, PartitionJob), key=lambda j: j.partition)[:diffs]
-        export = services.definitions().export("bench")
         definitions = services.definitions()
-        rows = [0] * run.partitions
-        for result in services.runs.split_results(run_id):
-            rows = [a + b for a, b in zip(rows, result.partition_rows, strict=True)]
+        export = definitions.export("bench")
+        results = services.runs.split_results(run_id)
+        split_rows = [result.rows_read for result in results]
+        rows = [sum(filed) for filed in zip(*(r.partition_rows for r in results), strict=True)]
 
         def split_again(job: SplitJob) -> None:
             if not split_step._split_raw(run, export, job, services):
@@ -118,7 +118,6 @@ def measure(profiles: int, diffs: int, rounds: int, split_mib: float, work: Path
         after = services.runs.get(run_id)
         if after is None or after.status != Status.PLANNING:  # a split failed: not a measure
             raise RuntimeError(f"the run did not stay in planning: {after and after.message}")
-        split_rows = [r.rows_read for r in services.runs.split_results(run_id)]
         return {
             "profiles": profiles,
             "rounds": rounds,

@@ -124,11 +124,8 @@ def _string_print(text: str) -> str:
 
 def _int_print(number: int) -> str:
     """`fingerprint` of an integer (not a boolean): its canonical JSON is its decimal digits,
-    whatever its size; one past Python's digit limit takes `fingerprint`'s path (and error)."""
-    try:
-        return blake2b(str(number).encode(), digest_size=8).hexdigest()
-    except ValueError:
-        return fingerprint(number)
+    whatever its size (one past Python's digit limit raises the ValueError `fingerprint` does)."""
+    return blake2b(str(number).encode(), digest_size=8).hexdigest()
 
 
 def _remember(cache: dict[Any, str], value: Any, digest: str) -> str:
