@@ -38,7 +38,6 @@ from shared.core import jsonlines
 from shared.core.braze_objects import (
     braze_attributes,
     clearable_attributes,
-    encode_object,
     membership_value,
     removal,
 )
@@ -50,9 +49,9 @@ from shared.core.fingerprints import (
     fingerprint,
     fingerprints,
     row_digest,
-    row_digester,
+    row_digest_seed,
 )
-from shared.core.jsonlines import loads
+from shared.core.jsonlines import dumpb, loads
 from shared.core.messages import PartitionJob
 from shared.core.partitioning import partition_of
 from shared.core.report import REMOVAL_ORDER, row_position
@@ -468,8 +467,8 @@ def _reread(
             f"line {order} of {run.source} was filed by a digest that another row shares; "
             "start a full refresh, which files every row by its customer id"
         )
-    keyed = row_digester(run.code_version, run.mapping_fingerprint)
-    digest = row_digest([values.get(column) for column in columns], keyed)
+    seed = row_digest_seed(run.code_version, run.mapping_fingerprint)
+    digest = row_digest([values.get(column) for column in columns], seed)
     return next(read_rows(piece_line(order, customer_id, digest, values, raw).decode()))
 
 
@@ -505,7 +504,7 @@ def _compare(
     old: _Previous,
     lines: _SnapshotLines,
     counts: PartitionResult,
-) -> list[str]:
+) -> list[bytes]:
     """Each member against the snapshot: the chunk lines to send, and the snapshot entries
     written as it goes. A profile whose row is the one the snapshot remembers costs a copied
     entry; a new one is fingerprinted and sent whole; a changed one sends what changed."""
@@ -514,7 +513,7 @@ def _compare(
     partition = old.partition
     member = membership_value(export, True)  # the object every profile here holds
     shared = (member, fingerprint(member))
-    sends: list[str] = []
+    sends: list[bytes] = []
     for id_json, (order, digest, obj, raw) in members.profiles.items():
         previous = old.at.get(id_json)
         if obj is None:  # the row the snapshot remembers: Braze holds this profile already
@@ -531,7 +530,7 @@ def _compare(
             counts.new += 1
             counts.objects += 1
             counts.data_points += len(prints)
-            sends.append(encoded_chunk_line(order, len(prints), encode_object(obj)))
+            sends.append(encoded_chunk_line(order, len(prints), dumpb(obj)))
             lines.sent(id_json, (digest, prints, raw), None)
             continue
         old_prints = partition.prints(previous)
@@ -561,12 +560,12 @@ def _removals(
     old: _Previous,
     lines: _SnapshotLines,
     counts: PartitionResult,
-) -> list[str]:
+) -> list[bytes]:
     """Who left the segment: the snapshot's ids that no row names. A row that could not be
     read may be any member's: while there are such rows, nobody is taken for having left (a
     stray comma must not remove a customer from the segment)."""
     hold_removals = run.rows_unidentified > 0 and not run.teardown
-    sends: list[str] = []
+    sends: list[bytes] = []
     for id_json, previous in old.at.items():
         if id_json in members.profiles:
             continue
@@ -582,11 +581,11 @@ def _removals(
     return sends
 
 
-def _send_line(order: int, body: dict[str, Any], counts: PartitionResult) -> str:
+def _send_line(order: int, body: dict[str, Any], counts: PartitionResult) -> bytes:
     points = data_points(body)
     counts.objects += 1
     counts.data_points += points
-    return encoded_chunk_line(order, points, encode_object(body))
+    return encoded_chunk_line(order, points, dumpb(body))
 
 
 def _duplicate_entry(order: int, customer_id: str, obj: dict[str, Any], files: Any) -> str:

@@ -64,7 +64,7 @@ def _write_replay_chunks(services: Services, run: Run, round_: int) -> list[Chun
     """Chunk blobs of the run's rejected deliveries, numbered after the run's own chunks."""
     chunk_size = services.definitions().export(run.export_name).chunk_size
     jobs: list[ChunkJob] = []
-    part: list[str] = []
+    part: list[bytes] = []
 
     def flush() -> None:
         name = replay_chunk_name(run.run_id, round_, len(jobs))

@@ -14,7 +14,6 @@ import orjson
 
 from shared.adapters.services import Services
 from shared.core import jsonlines
-from shared.core.braze_objects import encode_object
 from shared.core.fingerprints import data_points
 from shared.core.jsonlines import has_non_finite
 from shared.core.resource_names import RUNS_CONTAINER
@@ -220,22 +219,26 @@ def rejection_line(
 # Delivery chunks: `order <TAB> data points <TAB> object` per profile, cut into fixed batches.
 
 
-def chunk_line(order: int, obj: dict[str, Any]) -> str:
+def chunk_line(order: int, obj: dict[str, Any]) -> bytes:
     """One profile of a chunk blob: `order <TAB> data points <TAB> object`."""
-    return encoded_chunk_line(order, data_points(obj), encode_object(obj))
+    return encoded_chunk_line(order, data_points(obj), jsonlines.dumpb(obj))
 
 
-def encoded_chunk_line(order: int, points: int, obj_json: str) -> str:
-    """A chunk line from what is already counted and encoded (the diff has both for a new
-    profile, from its piece)."""
-    return f"{order}\t{points}\t{obj_json}"
+def encoded_chunk_line(order: int, points: int, obj_json: bytes) -> bytes:
+    """A chunk line from what is already counted and encoded (`jsonlines.dumpb`, the bytes
+    `encode_object` gives as text).
+
+    Bytes, not text: a partition's lines joined as text take four bytes a character as soon
+    as one line holds a character past U+FFFF (an emoji), and are copied again to be encoded;
+    that cost 20 ms a partition of 31,000 new profiles, against 1 ms for joining bytes."""
+    return b"%d\t%d\t%s" % (order, points, obj_json)
 
 
-def write_chunk(services: Services, blob_name: str, lines: list[str]) -> None:
+def write_chunk(services: Services, blob_name: str, lines: list[bytes]) -> None:
     services.storage.write_bytes(
         RUNS_CONTAINER,
         blob_name,
-        "\n".join(lines) + "\n",
+        b"\n".join(lines) + b"\n",
         "text/tab-separated-values; charset=utf-8",
     )
 

@@ -1,0 +1,43 @@
+"""A partition's chunk blob: the diff writes its lines as bytes, and they must be byte for byte
+the text lines encoded (what delivery and earlier versions read), whatever the values hold."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.core.braze_objects import encode_object
+from shared.core.fingerprints import data_points
+from shared.core.jsonlines import dumpb
+from shared.core.resource_names import RUNS_CONTAINER
+from shared.pipeline.run_files import encoded_chunk_line, read_chunk, write_chunk
+from tests.integration.conftest import App
+
+MESSY_OBJECTS: list[dict[str, Any]] = [
+    {"external_id": "plain", "email": "a@example.com", "points": 12},
+    {"external_id": "c-🎉", "first_name": "Zoë 李 🎉", "segments": {"add": ["VIP – 🎉"]}},
+    {"external_id": 'q"uote', "note": 'says "hi", twice\nand\ttabs', "bom": "\ufeffstart"},
+    {"external_id": "sep", "line_seps": "\u2028\u2029", "blank": None, "flag": True},
+    {"external_id": "huge", "bio": "é" * 200_000, "big": 2**70, "tiny": 1e-7},
+]
+
+
+def test_chunk_lines_written_as_bytes_are_the_text_lines_encoded(quiet_app: App) -> None:
+    services = quiet_app.services
+    lines = [
+        encoded_chunk_line(order, data_points(obj), dumpb(obj))
+        for order, obj in enumerate(MESSY_OBJECTS, start=40)
+    ]
+    name = "test-chunk-blobs/part-0000-chunk-0000.tsv"
+    write_chunk(services, name, lines)
+
+    text = "".join(
+        f"{order}\t{data_points(obj)}\t{encode_object(obj)}\n"
+        for order, obj in enumerate(MESSY_OBJECTS, start=40)
+    )
+    assert services.storage.read_bytes(RUNS_CONTAINER, name) == text.encode("utf-8")
+    read = read_chunk(services, [name])
+    assert [(order, points) for order, points, _ in read] == [
+        (40 + n, data_points(obj)) for n, obj in enumerate(MESSY_OBJECTS)
+    ]
+    assert [json.loads(obj) for _, _, obj in read] == MESSY_OBJECTS
