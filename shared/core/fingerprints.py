@@ -13,6 +13,7 @@ from hashlib import blake2b
 from typing import Any
 
 import orjson
+from xxhash import xxh3_64_hexdigest
 
 from shared.core.definitions import Connection, Export
 from shared.core.jsonlines import dumpb, has_float
@@ -41,20 +42,23 @@ def fingerprint(value: Any) -> str:
     return blake2b(canonical_json(value), digest_size=8).hexdigest()
 
 
-def row_digest(values: list[Any], keyed: blake2b) -> str:
-    """A digest of a row's mapped values, keyed by what turns them into a profile (the code and
-    the mapping, `row_digester`): the same digest for the same customer id means the same
-    profile as the one the snapshot remembers, so the diff need not validate the row again."""
-    hasher = keyed.copy()  # a copy of a keyed hash costs a third less than keying a new one
-    hasher.update(dumpb(values, sort_keys=True))  # NaN apart from null, every digit kept
-    return hasher.hexdigest()
+def row_digest(values: list[Any], seed: int) -> str:
+    """A digest of a row's mapped values, seeded by what turns them into a profile (the code and
+    the mapping, `row_digest_seed`): the same digest for the same customer id means the same
+    profile as the one the snapshot remembers, so the diff need not validate the row again.
+
+    XXH3 (64 bits, as the snapshot keeps it), not a cryptographic hash: it runs for every row
+    of every run, and nothing here needs more than a hash that spreads (the digest only tells a
+    row the snapshot holds from one it does not; the source's writer controls the rows anyway).
+    """
+    return xxh3_64_hexdigest(dumpb(values, sort_keys=True), seed)  # NaN apart from null
 
 
-def row_digester(code_digest: str, mapping: str) -> blake2b:
-    """The keyed hash `row_digest` copies per row: a new deployment or mapping gives every row a
-    new digest, so rows are validated again."""
-    key = blake2b(f"{code_digest}|{mapping}".encode(), digest_size=32).digest()
-    return blake2b(digest_size=8, key=key)
+def row_digest_seed(code_digest: str, mapping: str) -> int:
+    """The seed of `row_digest`: a new deployment or mapping gives every row a new digest, so
+    rows are validated again."""
+    basis = blake2b(f"{code_digest}|{mapping}".encode(), digest_size=8).digest()
+    return int.from_bytes(basis, "big")
 
 
 # Most values repeat across a segment's profiles (names, dates, flags, the membership): their

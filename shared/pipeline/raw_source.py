@@ -22,7 +22,7 @@ from shared.core.raw_records import (
     RawPathUnsafe,
     digest_records,
     raw_blocks,
-    raw_digester,
+    raw_digest_seed,
 )
 from shared.core.record_index import RecordIndex
 from shared.core.resource_names import RUNS_CONTAINER
@@ -91,7 +91,7 @@ def raw_rows(
     then)."""
     fmt = source_format(run, export)
     header = planned_header(run, fmt, services)
-    keyed = raw_digester(run.code_version, run.mapping_fingerprint, fmt, header)
+    seed = raw_digest_seed(run.code_version, run.mapping_fingerprint, fmt, header)
     container, _, path = run.source.partition("/")
     chunks = read_ahead(
         services.storage.read_chunks(container, path, job.start, job.end - job.start)
@@ -108,7 +108,7 @@ def raw_rows(
         if header_ahead and block.lines:
             _skip_header(block, header)
             header_ahead = False
-        digests = digest_records(block, keyed)
+        digests = digest_records(block, seed)
         if index is None:
             yield from _parsed(block, 0, len(digests), digests, fmt, header)
         else:

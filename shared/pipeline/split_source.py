@@ -14,7 +14,7 @@ from shared.adapters.services import Services
 from shared.adapters.settings import ConfigurationError
 from shared.adapters.storage import BlobLineWriter, BlobNotFound, Storage
 from shared.core.definitions import DefinitionsError, Export, UnknownExport
-from shared.core.fingerprints import row_digest, row_digester
+from shared.core.fingerprints import row_digest, row_digest_seed
 from shared.core.messages import PartitionJob, SplitJob
 from shared.core.partitioning import partition_of
 from shared.core.raw_records import RawPathUnsafe
@@ -205,7 +205,7 @@ def _split(
     mapping = export.mapping
     columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
     # Keyed by the code that planned the run: the diff trusts digests only on the same code.
-    keyed = row_digester(run.code_version, run.mapping_fingerprint)
+    seed = row_digest_seed(run.code_version, run.mapping_fingerprint)
     storage = services.storage
     tally.rejected_blob = plan_rejected_name(run.run_id, job.split)
     rejected = storage.line_writer(RUNS_CONTAINER, tally.rejected_blob)
@@ -233,7 +233,7 @@ def _split(
                     reasons = [(p.code, p.message) for p in problems]
                     _reject(rejected, tally, row, values.get(mapping.customer_id), reasons)
                     continue
-                digest = row_digest([values.get(column) for column in columns], keyed)
+                digest = row_digest([values.get(column) for column in columns], seed)
                 partition = partition_of(customer_id, count)
                 files[partition].write(piece_line(row.order, customer_id, digest, values, row.raw))
                 filed[partition] += 1

@@ -12,7 +12,7 @@ from hashlib import blake2b
 import pytest
 
 from shared.core import raw_records
-from shared.core.raw_records import RawPathUnsafe, digest_records, raw_blocks, raw_digester
+from shared.core.raw_records import RawPathUnsafe, digest_records, raw_blocks, raw_digest_seed
 from shared.core.record_index import RecordIndex
 
 MESSY_CSV = (
@@ -120,15 +120,15 @@ def test_json_lines_of_spaces_are_no_records_whatever_the_spaces() -> None:
 
 def test_digests_are_keyed_by_what_makes_bytes_a_profile() -> None:
     (block,) = raw_blocks([b"x,1\n"], offset=0, first_line=2, quoted=True, limit=100)
-    base = digest_records(block, raw_digester("code", "mapping", "csv", ["a", "b"]))
+    base = digest_records(block, raw_digest_seed("code", "mapping", "csv", ["a", "b"]))
     for keyed in (
-        raw_digester("other code", "mapping", "csv", ["a", "b"]),
-        raw_digester("code", "other mapping", "csv", ["a", "b"]),
-        raw_digester("code", "mapping", "jsonl", ["a", "b"]),
-        raw_digester("code", "mapping", "csv", ["b", "a"]),
+        raw_digest_seed("other code", "mapping", "csv", ["a", "b"]),
+        raw_digest_seed("code", "other mapping", "csv", ["a", "b"]),
+        raw_digest_seed("code", "mapping", "jsonl", ["a", "b"]),
+        raw_digest_seed("code", "mapping", "csv", ["b", "a"]),
     ):
         assert digest_records(block, keyed) != base
-    assert digest_records(block, raw_digester("code", "mapping", "csv", ["a", "b"])) == base
+    assert digest_records(block, raw_digest_seed("code", "mapping", "csv", ["a", "b"])) == base
 
 
 def test_the_index_finds_each_digests_partition() -> None:

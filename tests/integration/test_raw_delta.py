@@ -17,7 +17,7 @@ import pytest
 from shared.adapters.storage import Storage
 from shared.core.fingerprints import CONTROL_KEYS, fingerprint
 from shared.core.partitioning import partition_of
-from shared.core.raw_records import digest_records, raw_blocks, raw_digester
+from shared.core.raw_records import digest_records, raw_blocks, raw_digest_seed
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
 from shared.core.runs import Run
 from shared.pipeline import diff_partition, raw_source
@@ -446,7 +446,7 @@ def test_a_row_read_again_that_names_a_customer_taken_in_bulk_is_a_duplicate(
     first = run_in_process(split_app, "raw-twice")
     later = dict(rows[700], FirstName="Changed, later")
     record = _csv([later]).split(b"\r\n")[1]  # its bytes, as the split digests them
-    keyed = raw_digester(first.code_version, first.mapping_fingerprint, "csv", HEADER)
+    keyed = raw_digest_seed(first.code_version, first.mapping_fingerprint, "csv", HEADER)
     (block,) = raw_blocks([record + b"\r\n"], offset=0, first_line=1, quoted=True, limit=1 << 20)
     (digest,) = digest_records(block, keyed)
     partition = partition_of("raw-00700", first.partitions)
