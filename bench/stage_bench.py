@@ -1,16 +1,19 @@
-"""CPU per planning job of a first export, measured in one process: each split job and the first
-partitions' diffs are run again, in rounds, against one planned run on a private Azurite.
+"""CPU per planning job, measured in one process: each split job and the first partitions' diffs
+are run again, in rounds, against one planned run on a private Azurite.
 
 End to end (`export_bench.py`) a stage's CPU is mixed with delivery, the sandbox and a second
 host on the same cores. Here one job runs at a time and nothing else of the benchmark does; the
-CPU counted is this process's (its storage I/O threads included, Azurite's not). It covers a
-first export's jobs only: with no snapshot yet, a delta's bulk path does not run. Runs of one
-version still vary by 10-20% on this shared machine, so compare several runs of each checkout
-in turn. The segment is the end-to-end benchmark's (0.8% invalid rows, quotes, line breaks and
-emoji in values); diffs run with the cyclic collector paused, as the trigger runs them. Nothing
-is sent to Braze.
+CPU counted is this process's (its storage I/O threads included, Azurite's not), and the
+storage requests the jobs made are counted too. By default the run measured is a first export;
+with `--delta` it is the end-to-end benchmark's 1% delta: the first export is then run to the
+end in this process, against a Braze sandbox, so that its snapshot is committed, and the jobs
+measured are those of the run after it (the split's index lookups and the diff's bulk path).
+Runs of one version still vary by 10-20% on this shared machine, so compare several runs of
+each checkout in turn. The segment is the end-to-end benchmark's (0.8% invalid rows, quotes,
+line breaks and emoji in values); diffs run with the cyclic collector paused, as the trigger
+runs them. Nothing is sent to Braze by the rounds.
 
-    .venv/bin/python bench/stage_bench.py --profiles 1000000 --diffs 8 --rounds 3
+    .venv/bin/python bench/stage_bench.py --profiles 1000000 --diffs 8 --rounds 3 [--delta]
 """
 
 from __future__ import annotations
@@ -28,18 +31,19 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from export_bench import SOURCE, write_segment
+from export_bench import API_KEY, SOURCE, write_segment
 
-from devtools.processes import start_azurite
+from devtools.processes import start_azurite, start_sandbox
 from devtools.sample import demo_definitions
 from functions.planning import cyclic_gc_paused
 from shared.adapters.services import Services
 from shared.adapters.settings import load_settings
-from shared.core.messages import ExportJob, PartitionJob, SplitJob, planning_job
-from shared.core.resource_names import JOBS_QUEUE
-from shared.core.runs import Status
+from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob, planning_job
+from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE
+from shared.core.runs import PartitionResult, Status
 from shared.pipeline import split_source as split_step
-from shared.pipeline.diff_partition import _diff
+from shared.pipeline.deliver_chunk import deliver_chunk
+from shared.pipeline.diff_partition import _diff, diff_partition
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.start import start_run
 
@@ -52,21 +56,32 @@ def main() -> None:
     parser.add_argument(
         "--split-mib", type=float, default=8, help="EXPORT_SPLIT_MIB: the byte ranges' size"
     )
+    parser.add_argument(
+        "--delta",
+        action="store_true",
+        help="measure the jobs of a 1%% delta (after a first export run to the end here)",
+    )
     parser.add_argument("--out", type=Path, help="also write the figures here, as JSON")
     args = parser.parse_args()
     if args.diffs < 1 or args.rounds < 1:
         parser.error("--diffs and --rounds must be at least 1")
     with tempfile.TemporaryDirectory(prefix="stage-bench-") as work:
-        figures = measure(args.profiles, args.diffs, args.rounds, args.split_mib, Path(work))
+        figures = measure(
+            args.profiles, args.diffs, args.rounds, args.split_mib, args.delta, Path(work)
+        )
     print(summary(figures))
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2))
 
 
-def measure(profiles: int, diffs: int, rounds: int, split_mib: float, work: Path) -> dict[str, Any]:
+def measure(
+    profiles: int, diffs: int, rounds: int, split_mib: float, delta: bool, work: Path
+) -> dict[str, Any]:
     azurite = start_azurite(work)
+    sandbox = start_sandbox(API_KEY) if delta else None
     try:
-        document = demo_definitions("http://127.0.0.1:9", "segments", SOURCE, "Bench")
+        endpoint = sandbox.url if sandbox else "http://127.0.0.1:9"
+        document = demo_definitions(endpoint, "segments", SOURCE, "Bench")
         document["exports"][0]["name"] = "bench"
         document["exports"][0]["max_data_points"] = 10 * profiles
         (work / "exports.json").write_text(json.dumps(document))
@@ -75,23 +90,21 @@ def measure(profiles: int, diffs: int, rounds: int, split_mib: float, work: Path
                 {
                     "AzureWebJobsStorage": azurite.connection_string,
                     "EXPORT_DEFINITIONS_PATH": str(work / "exports.json"),
-                    "BRAZE_SECRET_BRAZE_SANDBOX_KEY": "unused",
+                    "BRAZE_SECRET_BRAZE_SANDBOX_KEY": API_KEY,
                     "EXPORT_SPLIT_MIB": str(split_mib),
+                    "EXPORT_ALLOW_LOOPBACK_ENDPOINTS": "true",  # the sandbox is on this machine
                 }
             )
         )
         services.ensure_resources()
         services.storage.blobs.create_container("segments")
         source = work / "segment.csv"
-        write_segment(source, profiles)
-        with source.open("rb") as data:
-            services.storage.write_bytes("segments", SOURCE, data, "text/csv")
-        run_id = start_run(services, "bench", "bench").run.run_id
-        _take(services, ExportJob)
-        plan_run(ExportJob(run_id, "bench"), services)
-        splits = _take(services, SplitJob)
-        for job in splits:  # recorded once; the rounds below split again, and lose the record
-            split_step.split_source(job, services)
+        if delta:  # the first export, to the end: its snapshot is what the delta reads
+            _upload(services, source, profiles, 0)
+            first = _plan_and_split(services)
+            _finish(first, _take(services, PartitionJob), services)
+        _upload(services, source, profiles, 100 if delta else 0)
+        run_id, splits = _plan_and_split(services)
         run = services.runs.get(run_id)
         if run is None or not run.partitions or not splits:
             raise RuntimeError(
@@ -109,23 +122,101 @@ def measure(profiles: int, diffs: int, rounds: int, split_mib: float, work: Path
             if not split_step._split_raw(run, export, job, services):
                 raise RuntimeError(f"split {job.split} was not read as raw records")
 
+        found: dict[int, PartitionResult] = {}  # each partition's, from the last round
+
         def diff(job: PartitionJob) -> None:
             with cyclic_gc_paused():
-                _diff(run, definitions, job, services)
+                found[job.partition] = _diff(run, definitions, job, services)
 
-        split_cpu = _rounds(splits, split_again, rounds)
-        diff_cpu = _rounds(partitions, diff, rounds)
+        with _RequestCount() as split_requests:
+            split_cpu = _rounds(splits, split_again, rounds)
+        with _RequestCount() as diff_requests:
+            diff_cpu = _rounds(partitions, diff, rounds)
         after = services.runs.get(run_id)
         if after is None or after.status != Status.PLANNING:  # a split failed: not a measure
             raise RuntimeError(f"the run did not stay in planning: {after and after.message}")
+        if delta and run.previous_partitions != run.partitions:
+            raise RuntimeError("the delta run found no snapshot to diff against")
         return {
             "profiles": profiles,
+            "run": "delta (1% changed)" if delta else "first export",
             "rounds": rounds,
-            "split": _stage(split_cpu, [split_rows[job.split] for job in splits]),
-            "diff": _stage(diff_cpu, [rows[job.partition] for job in partitions]),
+            "split": _stage(
+                split_cpu, [split_rows[job.split] for job in splits], split_requests.count
+            ),
+            "diff": {
+                **_stage(
+                    diff_cpu, [rows[job.partition] for job in partitions], diff_requests.count
+                ),
+                "profiles": {
+                    kind: sum(getattr(result, kind) for result in found.values())
+                    for kind in ("new", "changed", "unchanged")
+                },
+            },
         }
     finally:
         azurite.stop()
+        if sandbox:
+            sandbox.process.terminate()
+            sandbox.process.wait(timeout=30)
+
+
+def _upload(services: Services, source: Path, profiles: int, changed_every: int) -> None:
+    write_segment(source, profiles, changed_every)
+    with source.open("rb") as data:
+        services.storage.write_bytes("segments", SOURCE, data, "text/csv")
+
+
+def _plan_and_split(services: Services) -> tuple[str, list[SplitJob]]:
+    """A run started, planned and split (each split recorded once: the rounds split again
+    and lose the record)."""
+    run_id = start_run(services, "bench", "bench").run.run_id
+    _take(services, ExportJob)
+    plan_run(ExportJob(run_id, "bench"), services)
+    splits = _take(services, SplitJob)
+    for job in splits:
+        split_step.split_source(job, services)
+    return run_id, splits
+
+
+def _finish(planned: tuple[str, list[SplitJob]], partitions: list[Any], services: Services) -> None:
+    """Diff every partition and deliver every chunk, as the triggers would, until the run
+    commits its snapshot."""
+    run_id, _ = planned
+    for job in partitions:
+        with cyclic_gc_paused():
+            diff_partition(job, services)
+    queue = services.storage.queue(CHUNKS_QUEUE)
+    while messages := list(queue.receive_messages(messages_per_page=32, max_messages=32)):
+        for message in messages:
+            deliver_chunk(ChunkJob.from_json(message.content), services)
+            queue.delete_message(message)
+    run = services.runs.get(run_id)
+    if run is None or run.status not in (Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED):
+        raise RuntimeError(f"the first export did not finish: {run and run.message}")
+
+
+class _RequestCount:
+    """Storage requests made while in the block (all HTTP sent through azure-core's requests
+    transport: the storage clients', and nothing else in this process uses it)."""
+
+    def __enter__(self) -> _RequestCount:
+        from azure.core.pipeline.transport import RequestsTransport
+
+        self.count = 0
+        self._send = send = RequestsTransport.send
+
+        def counted(transport: Any, request: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return send(transport, request, **kwargs)
+
+        RequestsTransport.send = counted  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        from azure.core.pipeline.transport import RequestsTransport
+
+        RequestsTransport.send = self._send  # type: ignore[method-assign]
 
 
 def _take(services: Services, kind: type[Any]) -> list[Any]:
@@ -151,11 +242,12 @@ def _rounds(jobs: list[Any], step: Callable[[Any], None], rounds: int) -> list[l
     return seconds
 
 
-def _stage(seconds: list[list[float]], rows: list[int]) -> dict[str, Any]:
+def _stage(seconds: list[list[float]], rows: list[int], requests: int) -> dict[str, Any]:
     per_round = [sum(job[r] for job in seconds) for r in range(len(seconds[0]))]
     return {
         "jobs": len(seconds),
         "rows": sum(rows),
+        "storage_requests_per_round": requests / len(per_round),
         "cpu_seconds_per_round": per_round,
         "median_cpu_seconds": statistics.median(per_round),
         "us_per_row": statistics.median(per_round) / max(sum(rows), 1) * 1e6,
@@ -164,16 +256,19 @@ def _stage(seconds: list[list[float]], rows: list[int]) -> dict[str, Any]:
 
 def summary(figures: dict[str, Any]) -> str:
     lines = [
-        f"Stage CPU, {figures['profiles']:,} profiles, {figures['rounds']} rounds "
-        "(CPU-seconds of the jobs measured, each round):",
+        f"Stage CPU, {figures['run']} of {figures['profiles']:,} profiles, "
+        f"{figures['rounds']} rounds (CPU-seconds of the jobs measured, each round):",
     ]
     for stage in ("split", "diff"):
         f = figures[stage]
         rounds = ", ".join(f"{s:.2f}" for s in f["cpu_seconds_per_round"])
         lines.append(
             f"- {stage}: {f['jobs']} jobs, {f['rows']:,} rows: {rounds} "
-            f"(median {f['median_cpu_seconds']:.2f}, {f['us_per_row']:.2f} µs per row)"
+            f"(median {f['median_cpu_seconds']:.2f}, {f['us_per_row']:.2f} µs per row; "
+            f"{f['storage_requests_per_round']:,.0f} storage requests a round)"
         )
+    kinds = ", ".join(f"{n:,} {kind}" for kind, n in figures["diff"]["profiles"].items())
+    lines.append(f"- the diffs found: {kinds}")
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
-"""A small run of the stage CPU benchmark (20,000 profiles, ranges of 0.3 MiB): the figures are
-produced and add up. No timing is asserted; the benchmark measures speed."""
+"""Small runs of the stage CPU benchmark (20,000 profiles, ranges of 0.3 MiB), of a first export
+and of a delta: the figures are produced and add up, and the run measured is the one asked for.
+No timing is asserted; the benchmark measures speed."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = 20_000
 
 
-def test_every_split_and_the_diffs_asked_for_are_measured_each_round(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delta", [False, True], ids=["first-export", "delta"])
+def test_every_split_and_the_diffs_asked_for_are_measured_each_round(
+    tmp_path: Path, delta: bool
+) -> None:
     out = tmp_path / "stage.json"
     printed = subprocess.run(
         [
@@ -28,6 +34,7 @@ def test_every_split_and_the_diffs_asked_for_are_measured_each_round(tmp_path: P
             "0.3",
             "--out",
             str(out),
+            *(["--delta"] if delta else []),
         ],
         cwd=ROOT,
         check=True,
@@ -43,4 +50,11 @@ def test_every_split_and_the_diffs_asked_for_are_measured_each_round(tmp_path: P
         assert len(stage["cpu_seconds_per_round"]) == 2
         assert all(seconds > 0 for seconds in stage["cpu_seconds_per_round"])
         assert stage["us_per_row"] > 0
-    assert printed.startswith(f"Stage CPU, {PROFILES:,} profiles, 2 rounds")
+    run = "delta (1% changed)" if delta else "first export"
+    assert printed.startswith(f"Stage CPU, {run} of {PROFILES:,} profiles, 2 rounds")
+    found = diff["profiles"]
+    if delta:  # 1 row in 100 changed: the rest are the snapshot's, taken as they are
+        assert found["new"] == 0 and 0 < found["changed"] < found["unchanged"] / 50
+    else:
+        assert found["new"] > 0.9 * diff["rows"] and found["changed"] == found["unchanged"] == 0
+    assert split["storage_requests_per_round"] > 0 and diff["storage_requests_per_round"] > 0
