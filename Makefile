@@ -48,6 +48,7 @@ bench: install
 	$(PY) bench/export_bench.py --profiles $(BENCH_PROFILES) --workers $(BENCH_WORKERS) --latency-ms $(BENCH_LATENCY_MS)
 	$(PY) bench/memory_bench.py --profiles 1000000 5000000
 	$(PY) bench/stage_bench.py --profiles 1000000
+	$(PY) bench/stage_bench.py --profiles 1000000 --delta
 
 stop:
 	$(PY) -m devtools.services stop

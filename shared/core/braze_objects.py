@@ -7,7 +7,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from shared.core import jsonlines
 from shared.core.definitions import Export
 from shared.core.fingerprints import Fingerprints
 from shared.core.validation import Profile
@@ -64,9 +63,3 @@ def braze_attributes(export: Export) -> Callable[[Profile], dict[str, Any]]:
         return obj
 
     return attributes
-
-
-def encode_object(obj: dict[str, Any]) -> str:
-    """Compact JSON, UTF-8 kept as is (Braze accepts it, and it is smaller than \\u escapes);
-    the working files' fast codec writes what the standard library would."""
-    return jsonlines.dumps(obj)

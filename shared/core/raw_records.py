@@ -2,7 +2,7 @@
 its bytes, found without parsing.
 
 A delta run's rows are mostly byte for byte the rows of the last run. A record whose bytes
-(under a key that names everything turning bytes into a profile: the code, the mapping, the
+(under a seed that names everything turning bytes into a profile: the code, the mapping, the
 format and the header) are those of a record the snapshot holds is that profile, unchanged:
 the split files it by the snapshot's index (`RecordIndex`) without decoding, parsing,
 validating or digesting its values, and only the other records are parsed.

@@ -91,7 +91,7 @@ class Run:
     # JSON `[[file, ETag], ...]` of the bytes the version was computed from: a run vouches for
     # its version only if none was written again before it finished.
     source_etags: str = ""
-    # The app's code when the run was planned (`run_source.code_digest`): row digests are keyed
+    # The app's code when the run was planned (`run_source.code_digest`): row digests are seeded
     # by it, and a diff on other code (a deployment mid-run) validates every row.
     code_version: str = ""
     unchanged_since: str = ""

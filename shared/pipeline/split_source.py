@@ -204,7 +204,7 @@ def _split(
     filed = tally.partition_rows = [0] * count
     mapping = export.mapping
     columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
-    # Keyed by the code that planned the run: the diff trusts digests only on the same code.
+    # Seeded by the code that planned the run: the diff trusts digests only on the same code.
     seed = row_digest_seed(run.code_version, run.mapping_fingerprint)
     storage = services.storage
     tally.rejected_blob = plan_rejected_name(run.run_id, job.split)

@@ -53,8 +53,10 @@ def test_every_split_and_the_diffs_asked_for_are_measured_each_round(
     run = "delta (1% changed)" if delta else "first export"
     assert printed.startswith(f"Stage CPU, {run} of {PROFILES:,} profiles, 2 rounds")
     found = diff["profiles"]
-    if delta:  # 1 row in 100 changed: the rest are the snapshot's, taken as they are
+    if delta:  # 1 row in 100 changed: the rest are the snapshot's, filed by its index
         assert found["new"] == 0 and 0 < found["changed"] < found["unchanged"] / 50
+        assert split["rows_matched"] > 0.95 * PROFILES
     else:
         assert found["new"] > 0.9 * diff["rows"] and found["changed"] == found["unchanged"] == 0
+        assert split["rows_matched"] == 0
     assert split["storage_requests_per_round"] > 0 and diff["storage_requests_per_round"] > 0

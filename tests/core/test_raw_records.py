@@ -118,16 +118,16 @@ def test_json_lines_of_spaces_are_no_records_whatever_the_spaces() -> None:
     assert _records(data, 3, quoted=False) == [(7, 100, b'{"a":1}'), (11, 117, b' {"a":2}')]
 
 
-def test_digests_are_keyed_by_what_makes_bytes_a_profile() -> None:
+def test_digests_are_seeded_by_what_makes_bytes_a_profile() -> None:
     (block,) = raw_blocks([b"x,1\n"], offset=0, first_line=2, quoted=True, limit=100)
     base = digest_records(block, raw_digest_seed("code", "mapping", "csv", ["a", "b"]))
-    for keyed in (
+    for seed in (
         raw_digest_seed("other code", "mapping", "csv", ["a", "b"]),
         raw_digest_seed("code", "other mapping", "csv", ["a", "b"]),
         raw_digest_seed("code", "mapping", "jsonl", ["a", "b"]),
         raw_digest_seed("code", "mapping", "csv", ["b", "a"]),
     ):
-        assert digest_records(block, keyed) != base
+        assert digest_records(block, seed) != base
     assert digest_records(block, raw_digest_seed("code", "mapping", "csv", ["a", "b"])) == base
 
 

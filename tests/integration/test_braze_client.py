@@ -27,7 +27,7 @@ from shared.adapters.braze_client import (
 from shared.adapters.rate_governor import RateGovernor
 from shared.adapters.settings import StorageSettings
 from shared.adapters.storage import Storage
-from shared.core.braze_objects import encode_object
+from shared.core.jsonlines import dumps
 from shared.core.resource_names import RATE_TABLE
 from tests.local_server import serving
 
@@ -88,7 +88,7 @@ def _stats(sandbox: Sandbox) -> dict:
 
 
 def _objects(count: int, prefix: str = "u") -> list[str]:
-    return [encode_object({"external_id": f"{prefix}-{n}", "tier": "gold"}) for n in range(count)]
+    return [dumps({"external_id": f"{prefix}-{n}", "tier": "gold"}) for n in range(count)]
 
 
 def _client(sandbox: Sandbox, keys: list[str] | None = None) -> BrazeClient:
@@ -98,7 +98,7 @@ def _client(sandbox: Sandbox, keys: list[str] | None = None) -> BrazeClient:
 
 def test_object_errors_come_back_by_index(braze: Sandbox) -> None:
     objects = _objects(3)
-    objects[1] = encode_object({"external_id": "bad-id"})
+    objects[1] = dumps({"external_id": "bad-id"})
     outcome = _client(braze).track(objects)
     assert outcome.status == 201 and outcome.failure is None
     assert outcome.object_errors == {1: "BLACKLISTED_EXTERNAL_USER_ID"}

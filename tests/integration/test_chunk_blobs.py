@@ -1,12 +1,13 @@
 """A partition's chunk blob: the diff writes its lines as bytes, and they must be byte for byte
-the text lines encoded (what delivery and earlier versions read), whatever the values hold."""
+the text lines the standard library writes, encoded (what delivery and earlier versions read),
+whatever the values hold (a lone surrogate never gets this far: every source reader rejects
+it)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from shared.core.braze_objects import encode_object
 from shared.core.fingerprints import data_points
 from shared.core.jsonlines import dumpb
 from shared.core.resource_names import RUNS_CONTAINER
@@ -19,6 +20,7 @@ MESSY_OBJECTS: list[dict[str, Any]] = [
     {"external_id": 'q"uote', "note": 'says "hi", twice\nand\ttabs', "bom": "\ufeffstart"},
     {"external_id": "sep", "line_seps": "\u2028\u2029", "blank": None, "flag": True},
     {"external_id": "huge", "bio": "é" * 200_000, "big": 2**70, "tiny": 1e-7},
+    {"external_id": "odd numbers", "nan": float("nan"), "inf": float("-inf"), "nested": [{}]},
 ]
 
 
@@ -32,7 +34,7 @@ def test_chunk_lines_written_as_bytes_are_the_text_lines_encoded(quiet_app: App)
     write_chunk(services, name, lines)
 
     text = "".join(
-        f"{order}\t{data_points(obj)}\t{encode_object(obj)}\n"
+        f"{order}\t{data_points(obj)}\t{_standard_json(obj)}\n"
         for order, obj in enumerate(MESSY_OBJECTS, start=40)
     )
     assert services.storage.read_bytes(RUNS_CONTAINER, name) == text.encode("utf-8")
@@ -40,4 +42,11 @@ def test_chunk_lines_written_as_bytes_are_the_text_lines_encoded(quiet_app: App)
     assert [(order, points) for order, points, _ in read] == [
         (40 + n, data_points(obj)) for n, obj in enumerate(MESSY_OBJECTS)
     ]
-    assert [json.loads(obj) for _, _, obj in read] == MESSY_OBJECTS
+    assert [_standard_json(json.loads(obj)) for _, _, obj in read] == [
+        _standard_json(obj)
+        for obj in MESSY_OBJECTS  # NaN is not equal to itself
+    ]
+
+
+def _standard_json(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

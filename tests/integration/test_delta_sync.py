@@ -931,7 +931,7 @@ def test_a_run_diffed_before_an_upgrade_is_finalized_after_it(quiet_app: App) ->
 def test_a_diff_on_other_code_than_the_plan_validates_every_row(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A deployment between a run's split and its diff: the digests were keyed by the code
+    """A deployment between a run's split and its diff: the digests were seeded by the code
     that planned it, so the diff trusts none and remembers none; the next run validates every
     row once more, then skips them again."""
     rows = _rows(50, "code")

@@ -446,9 +446,9 @@ def test_a_row_read_again_that_names_a_customer_taken_in_bulk_is_a_duplicate(
     first = run_in_process(split_app, "raw-twice")
     later = dict(rows[700], FirstName="Changed, later")
     record = _csv([later]).split(b"\r\n")[1]  # its bytes, as the split digests them
-    keyed = raw_digest_seed(first.code_version, first.mapping_fingerprint, "csv", HEADER)
+    seed = raw_digest_seed(first.code_version, first.mapping_fingerprint, "csv", HEADER)
     (block,) = raw_blocks([record + b"\r\n"], offset=0, first_line=1, quoted=True, limit=1 << 20)
-    (digest,) = digest_records(block, keyed)
+    (digest,) = digest_records(block, seed)
     partition = partition_of("raw-00700", first.partitions)
     index = f"raw-twice/sandbox/{first.run_id}/part-{partition:04d}.raw"
     stale = split_app.services.storage.read_bytes(SNAPSHOTS_CONTAINER, index) + digest
