@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +105,8 @@ def measure(
         source = work / "segment.csv"
         if sandbox:  # the first export, to the end: its snapshot is what the delta reads
             _upload(services, source, profiles, 0)
-            first = _plan_and_split(services)
-            _finish(first, _take(services, PartitionJob), services)
+            first_run_id, _ = _plan_and_split(services)
+            _finish(first_run_id, _take(services, PartitionJob), services)
             sandbox.stop()  # its million profiles need not share the cores with the rounds
         _upload(services, source, profiles, 100 if delta else 0)
         run_id, splits = _plan_and_split(services)
@@ -199,18 +199,14 @@ def _matched_rows(run_id: str, partitions: int, splits: int, services: Services)
     )
 
 
-def _finish(planned: tuple[str, list[SplitJob]], partitions: list[Any], services: Services) -> None:
+def _finish(run_id: str, partitions: list[PartitionJob], services: Services) -> None:
     """Diff every partition and deliver every chunk, as the triggers would, until the run
     commits its snapshot."""
-    run_id, _ = planned
     for job in partitions:
         with cyclic_gc_paused():
             diff_partition(job, services)
-    queue = services.storage.queue(CHUNKS_QUEUE)
-    while messages := list(queue.receive_messages(messages_per_page=32, max_messages=32)):
-        for message in messages:
-            deliver_chunk(ChunkJob.from_json(message.content), services)
-            queue.delete_message(message)
+    for content in _messages(services, CHUNKS_QUEUE):
+        deliver_chunk(ChunkJob.from_json(content), services)
     run = services.runs.get(run_id)
     if run is None or run.status not in (Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED):
         raise RuntimeError(f"the first export did not finish: {run and run.message}")
@@ -240,15 +236,18 @@ class _RequestCount:
 
 
 def _take(services: Services, kind: type[Any]) -> list[Any]:
-    queue = services.storage.queue(JOBS_QUEUE)
-    jobs = []
+    """The planning jobs of one kind waiting on the queue; the queue is emptied."""
+    jobs = (planning_job(content) for content in _messages(services, JOBS_QUEUE))
+    return [job for job in jobs if isinstance(job, kind)]
+
+
+def _messages(services: Services, queue_name: str) -> Iterator[str]:
+    """Each message's content until the queue is empty, deleted once the caller took it."""
+    queue = services.storage.queue(queue_name)
     while messages := list(queue.receive_messages(messages_per_page=32, max_messages=32)):
         for message in messages:
-            job = planning_job(message.content)
-            if isinstance(job, kind):
-                jobs.append(job)
+            yield message.content
             queue.delete_message(message)
-    return jobs
 
 
 def _rounds(jobs: list[Any], step: Callable[[Any], None], rounds: int) -> list[list[float]]:
