@@ -29,7 +29,7 @@ from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, SplitResult
 from shared.core.source_files import MAX_RECORD_BYTES, RecordReader, SourceError, open_lines
 from shared.pipeline.run_files import matched_record_type, splits_blob_name
-from shared.pipeline.run_source import Row, code_digest, source_format
+from shared.pipeline.run_source import Row, index_applies, source_format
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,22 +45,10 @@ def reads_raw(run: Run, export: Export, job: SplitJob) -> bool:
     )
 
 
-# A split job holds the whole index (8 bytes a profile, sorted in place): past this many
-# profiles its rows are parsed as before, so a split's memory stays bounded.
-INDEX_MAX_PROFILES = 8_000_000
-
-
 def record_index(run: Run, export: Export, job: SplitJob, services: Services) -> RecordIndex | None:
-    """The previous snapshot's raw digests, when its rows may be taken as they are: same code,
-    same partitioning, no full refresh (which validates and sends every row), and a snapshot
-    small enough to hold."""
-    if (
-        not run.previous_snapshot
-        or run.previous_partitions != job.partitions
-        or run.full_refresh_reason
-        or run.code_version != code_digest()
-        or run.previous_profiles > INDEX_MAX_PROFILES
-    ):
+    """The previous snapshot's raw digests, when its rows may be taken as they are
+    (`index_applies`)."""
+    if not index_applies(run, job.partitions):
         return None
     snapshot = (run.previous_snapshot, run.previous_partitions)
     return services.snapshots.record_index(export.name, run.connection, snapshot)

@@ -18,6 +18,7 @@ from shared.adapters.storage import read_ahead
 from shared.core.cdm import CdmEntity, parse_model, read_entity
 from shared.core.definitions import Export, SourceFormat, format_of
 from shared.core.messages import SplitJob
+from shared.core.partitioning import partition_count
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run
 from shared.core.source_files import (
@@ -131,17 +132,44 @@ def _cdm_rows(
 
 def range_targets(run: Run, export: Export, services: Services) -> list[int]:
     """Where to cut the source for parallel split jobs: byte offsets of a plain CSV or JSON
-    Lines file larger than `EXPORT_SPLIT_MIB` (each range then starts at the first record
-    boundary past its offset, see `record_starts`); none for a smaller or gzip file (read by
-    one reader) or a CDM folder (split by partition file)."""
+    Lines file larger than `EXPORT_SPLIT_MIB`, or than `INDEXED_RANGE_FACTOR` times that when
+    the previous snapshot's index applies (each range then starts at the first record boundary
+    past its offset, see `record_starts`); none for a smaller or gzip file (read by one reader)
+    or a CDM folder (split by partition file)."""
     container, _, path = run.source.partition("/")
     if source_format(run, export) == "cdm" or path.endswith(".gz"):
         return []
     size, split_bytes = services.storage.size(container, path), services.settings.split_bytes
+    if index_applies(run, partition_count(size, compressed=False)):
+        split_bytes *= INDEXED_RANGE_FACTOR
     if size <= split_bytes:
         return []
     count = min(MAX_SPLITS, math.ceil(size / split_bytes))
     return [size * k // count for k in range(1, count)]
+
+
+# A split files the rows the snapshot's index holds without parsing them: a delta's row costs
+# it about a third of a new row's CPU (2.3-3.0 against 6.6-7.5 µs at 1M). Its ranges are as
+# much larger, so a job does about the work of a first export's, and each diff reads as many
+# fewer pieces (a storage request costs Azurite and the client 4-5 ms of CPU whatever its size).
+INDEXED_RANGE_FACTOR = 3
+
+# A split job holds the whole index (8 bytes a profile, sorted in place): past this many
+# profiles its rows are parsed as before, so a split's memory stays bounded.
+INDEX_MAX_PROFILES = 8_000_000
+
+
+def index_applies(run: Run, partitions: int) -> bool:
+    """Whether the run's splits may file rows by the previous snapshot's index (`raw_source`):
+    same code, same partitioning, no full refresh (which validates and sends every row), and a
+    snapshot small enough to hold."""
+    return bool(
+        run.previous_snapshot
+        and run.previous_partitions == partitions
+        and not run.full_refresh_reason
+        and run.code_version == code_digest()
+        and run.previous_profiles <= INDEX_MAX_PROFILES
+    )
 
 
 def record_start_scan(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,9 @@ from shared.core.partitioning import partition_of
 from shared.core.raw_records import digest_records, raw_blocks, raw_digest_seed
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
 from shared.core.runs import Run
-from shared.pipeline import diff_partition, raw_source
+from shared.pipeline import diff_partition, run_source
 from shared.pipeline.run_files import matched_records, partition_piece_name, piece_sections
-from tests.integration.conftest import App, export_definition, run_in_process
+from tests.integration.conftest import SPLIT_MIB, App, export_definition, run_in_process
 
 HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
 NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
@@ -203,7 +204,7 @@ def test_a_diff_on_other_code_reads_filed_rows_again_and_sends_only_what_changed
     """A deployment between the split and the diff: the rows filed by their bytes are read
     again from the source and validated by the code that diffs them."""
     path = _define(split_app, "raw-code")
-    rows = [_row(n) for n in range(600)]
+    rows = [_row(n) for n in range(1_500)]  # cut into ranges even as a delta
     split_app.upload(path, _csv(rows))
     run_in_process(split_app, "raw-code")
     rows[9]["IsVip"] = "true" if rows[9]["IsVip"] == "false" else "false"
@@ -213,9 +214,9 @@ def test_a_diff_on_other_code_reads_filed_rows_again_and_sends_only_what_changed
 
     second = run_in_process(split_app, "raw-code")
 
-    assert _filed_by_bytes(split_app, second) >= 590
+    assert _filed_by_bytes(split_app, second) >= 1_490
     assert list(_sent(split_app)) == ["raw-00009"]
-    assert second.profiles_unchanged == 599 and second.rows_valid == 600
+    assert second.profiles_unchanged == 1_499 and second.rows_valid == 1_500
 
 
 def test_json_lines_deltas_are_filed_by_their_bytes_too(split_app: App) -> None:
@@ -267,7 +268,7 @@ def test_a_snapshot_too_large_to_hold_as_an_index_has_its_rows_parsed(
 ) -> None:
     """A split holds the whole index; past `INDEX_MAX_PROFILES` it parses every row instead,
     with the same outcome."""
-    monkeypatch.setattr(raw_source, "INDEX_MAX_PROFILES", 999)
+    monkeypatch.setattr(run_source, "INDEX_MAX_PROFILES", 999)
     path = _define(split_app, "raw-large")
     rows = [_row(n) for n in range(1_000)]
     split_app.upload(path, _csv(rows))
@@ -406,13 +407,38 @@ def test_rows_taken_in_bulk_give_what_the_row_by_row_path_gives(
     assert sum(len(digests) for digests in bulk[4]) == 3_000 - 2 + 1
 
 
+def test_a_delta_is_cut_into_ranges_a_few_times_as_large(split_app: App) -> None:
+    """A split files most of a delta's rows by the index without parsing them, so a delta's
+    ranges are `INDEXED_RANGE_FACTOR` times as large (fewer split jobs, fewer pieces per diff);
+    a full refresh, which parses every row, is cut as a first export is."""
+    path = _define(split_app, "raw-ranges")
+    rows = [_row(n) for n in range(3_000)]
+    data = _csv(rows)
+    split_app.upload(path, data)
+    first = run_in_process(split_app, "raw-ranges")
+    rows[7]["FirstName"] = "Changed"
+    split_app.upload(path, _csv(rows))
+    split_app.mark_sandbox_requests()
+    delta = run_in_process(split_app, "raw-ranges")
+    sent = list(_sent(split_app))
+    full = run_in_process(split_app, "raw-ranges", full_refresh=True)
+
+    range_bytes = int(SPLIT_MIB * 1024 * 1024)
+    assert first.splits == math.ceil(len(data) / range_bytes) >= 6
+    larger = range_bytes * run_source.INDEXED_RANGE_FACTOR
+    assert delta.splits == math.ceil(len(data) / larger) and 1 < delta.splits <= first.splits // 2
+    assert _filed_by_bytes(split_app, delta) == 3_000 - 1
+    assert sent == ["raw-00007"] and delta.profiles_unchanged == 2_999
+    assert full.splits == first.splits and full.profiles_accepted == 3_000
+
+
 def test_a_runs_split_jobs_load_the_snapshot_index_once_per_process(
     split_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each split job looks its records up in the whole index: a worker loads it once per
     snapshot, not once per job (the next snapshot's index is loaded afresh)."""
     path = _define(split_app, "raw-once")
-    rows = [_row(n) for n in range(2_000)]
+    rows = [_row(n) for n in range(4_000)]
     split_app.upload(path, _csv(rows))
     run_in_process(split_app, "raw-once")
     loads: list[str] = []
@@ -428,7 +454,7 @@ def test_a_runs_split_jobs_load_the_snapshot_index_once_per_process(
         rows[n]["FirstName"] = f"Changed {n}"
         split_app.upload(path, _csv(rows))
         second = run_in_process(split_app, "raw-once")
-        assert second.splits >= 5 and second.profiles_changed == 1
+        assert second.splits >= 3 and second.profiles_changed == 1
     assert len(loads) == 2 and loads[0] != loads[1]  # one per snapshot
 
 
