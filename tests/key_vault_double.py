@@ -71,7 +71,7 @@ class KeyVaultDouble:
         self.state = VaultState()
         self.cert_path = directory / "vault-cert.pem"
         key_path = directory / "vault-key.pem"
-        _write_self_signed(self.cert_path, key_path)
+        write_self_signed(self.cert_path, key_path)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert_path, key_path)
         handler = type("Handler", (_Handler,), {"state": self.state})
@@ -167,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def _write_self_signed(cert_path: Path, key_path: Path) -> None:
+def write_self_signed(cert_path: Path, key_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "key-vault-double")])
     now = datetime.datetime.now(datetime.UTC)

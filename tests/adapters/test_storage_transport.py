@@ -1,19 +1,24 @@
-"""The storage clients skip `requests`' per-call environment lookups only where the environment
-names no proxy or CA bundle: a proxy the environment names is still used (a local proxy that
-records what it is asked, and Azurite)."""
+"""The storage clients skip `requests`' per-call environment lookups unless the environment names
+a proxy: a proxy it names is still used (a local proxy that records what it is asked, and
+Azurite), and a CA bundle it names is the one TLS connections are verified with (a local HTTPS
+server whose self-signed certificate only that bundle holds)."""
 
 from __future__ import annotations
 
 import http.server
 import os
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ServiceRequestError
 
 from devtools.processes import Azurite
+from shared.adapters import storage as storage_module
 from shared.adapters.settings import StorageSettings
-from shared.adapters.storage import Storage, environment_configures_http
+from shared.adapters.storage import BlobNotFound, Storage, transport_settings
+from tests.key_vault_double import write_self_signed
 from tests.local_server import serving
 
 HTTP_VARIABLES = [
@@ -65,21 +70,102 @@ def proxy() -> Iterator[RecordingProxy]:
 
 
 @pytest.mark.parametrize(
-    ("variable", "value", "configures"),
+    ("variables", "settings"),
     [
-        (None, None, False),
-        ("HTTPS_PROXY", "http://127.0.0.1:3128", True),
-        ("http_proxy", "http://127.0.0.1:3128", True),
-        ("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt", True),
-        ("CURL_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt", True),
+        ({}, {"use_env_settings": False}),
+        ({"HTTPS_PROXY": "http://127.0.0.1:3128"}, {"use_env_settings": True}),
+        ({"http_proxy": "http://127.0.0.1:3128"}, {"use_env_settings": True}),
+        (
+            {"http_proxy": "http://127.0.0.1:3128", "REQUESTS_CA_BUNDLE": "/ca.pem"},
+            {"use_env_settings": True},
+        ),
+        (
+            {"REQUESTS_CA_BUNDLE": "/ca.pem"},
+            {"use_env_settings": False, "connection_verify": "/ca.pem"},
+        ),
+        (
+            {"CURL_CA_BUNDLE": "/curl.pem"},
+            {"use_env_settings": False, "connection_verify": "/curl.pem"},
+        ),
+        (
+            {"REQUESTS_CA_BUNDLE": "/ca.pem", "CURL_CA_BUNDLE": "/curl.pem"},
+            {"use_env_settings": False, "connection_verify": "/ca.pem"},
+        ),
     ],
 )
-def test_only_a_proxy_or_ca_bundle_in_the_environment_counts(
-    bare_environment: pytest.MonkeyPatch, variable: str | None, value: str, configures: bool
+def test_only_a_proxy_keeps_the_per_call_lookups_and_a_ca_bundle_is_passed_once(
+    bare_environment: pytest.MonkeyPatch, variables: dict[str, str], settings: dict[str, object]
 ) -> None:
-    if variable:
-        bare_environment.setenv(variable, value)
-    assert environment_configures_http() is configures
+    for name, value in variables.items():
+        bare_environment.setenv(name, value)
+    assert transport_settings() == settings
+
+
+class RecordingTlsServer(http.server.ThreadingHTTPServer):
+    """An HTTPS server with a self-signed certificate for 127.0.0.1 that records each request
+    line and answers 404 (a blob not found, which the SDK does not retry)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.requests: list[str] = []
+        self.cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+        write_self_signed(self.cert_path, key_path)
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.requestline)
+                self.send_response(404)
+                self.send_header("x-ms-error-code", "BlobNotFound")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert_path, key_path)
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+
+    @property
+    def connection_string(self) -> str:
+        endpoint = f"https://127.0.0.1:{self.server_address[1]}/devstoreaccount1"
+        return f"{_AZURITE_ACCOUNT};BlobEndpoint={endpoint};"
+
+
+_AZURITE_ACCOUNT = (  # Azurite's well-known development account (not a secret)
+    "DefaultEndpointsProtocol=https;AccountName=devstoreaccount1;AccountKey="
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UUamSLz2FyrNF9fY0mqkpeJK+kHD8uWdzPSyA=="
+)
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[RecordingTlsServer]:
+    with serving(RecordingTlsServer(tmp_path)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_the_ca_bundle_the_environment_names_verifies_the_storage_calls(
+    bare_environment: pytest.MonkeyPatch, tls_server: RecordingTlsServer, variable: str
+) -> None:
+    bare_environment.setenv(variable, str(tls_server.cert_path))
+    storage = Storage(StorageSettings(connection_string=tls_server.connection_string))
+    with pytest.raises(BlobNotFound):
+        storage.read_bytes("export-runs", "over-tls.txt")
+    assert len(tls_server.requests) == 1
+    assert tls_server.requests[0].startswith("GET /devstoreaccount1/export-runs/over-tls.txt")
+
+
+def test_without_the_bundle_a_certificate_it_alone_holds_is_refused(
+    bare_environment: pytest.MonkeyPatch, tls_server: RecordingTlsServer
+) -> None:
+    no_retries = {**storage_module.STORAGE_RETRY, "retry_total": 0}  # refused at once
+    bare_environment.setattr(storage_module, "STORAGE_RETRY", no_retries)
+    storage = Storage(StorageSettings(connection_string=tls_server.connection_string))
+    with pytest.raises(ServiceRequestError):
+        storage.read_bytes("export-runs", "over-tls.txt")
+    assert tls_server.requests == []
 
 
 def test_a_proxy_the_environment_names_carries_the_storage_calls(
