@@ -217,10 +217,12 @@ _Member = tuple[int, str, dict[str, Any] | None, str]
 class _Members(NamedTuple):
     """Who is in the segment in this partition, by customer id as JSON: the first valid row per
     id (in source order), and the ids whose only rows were rejected for another field than the
-    id. The profiles taken in bulk (`_Bulk`) are members too, and not in `profiles`."""
+    id. The profiles taken in bulk (`_Bulk`) are members too, and not in `profiles`. The rows
+    rejected on the way are uploaded with the diff's other outputs (`rejected`)."""
 
     profiles: dict[str, _Member]
     kept: set[str]
+    rejected: BlobLineWriter
 
 
 class _Previous(NamedTuple):
@@ -313,6 +315,7 @@ def _diff(
         [
             lines.fallbacks.close,
             lines.close_snapshot,
+            *([members.rejected.close] if members.rejected.lines else []),
             *(
                 partial(write_chunk, services, chunk_blob_name(run.run_id, job.partition, i), chunk)
                 for i, chunk in enumerate(chunks)
@@ -388,15 +391,15 @@ def _collect_members(
     it is; a digest the snapshot does not hold (an index a crash left stale), a repeated row or
     a run on other code reads the row from the source again and takes the way of any other.
     """
-    members = _Members({}, set())
+    rejected = services.storage.line_writer(
+        RUNS_CONTAINER, partition_rejected_name(run.run_id, job.partition)
+    )
+    members = _Members({}, set(), rejected)
     mapping = export.mapping
     validate = record_validator(mapping)
     attributes = braze_attributes(export)
     same_code = run.code_version == code_digest()  # else the digests may not mean the same
     trust_digests = _trusts_digests(run)
-    rejected = services.storage.line_writer(
-        RUNS_CONTAINER, partition_rejected_name(run.run_id, job.partition)
-    )
     files = partition_files_loader(services, run.run_id)
     # A CSV row's values (CDM's too) are strings: only JSON Lines records can hold numbers.
     read_values = loads if source_format(run, export) == "jsonl" else jsonlines.loads_strings
@@ -438,7 +441,6 @@ def _collect_members(
                 members.profiles[id_json] = (order, digest, obj, raw)
             else:
                 members.profiles[id_json] = (order, "", obj, "")
-    rejected.close()
     if rejected.lines:
         counts.rejected_blob = partition_rejected_name(run.run_id, job.partition)
     return members

@@ -207,8 +207,7 @@ def _split(
     # Seeded by the code that planned the run: the diff trusts digests only on the same code.
     seed = row_digest_seed(run.code_version, run.mapping_fingerprint)
     storage = services.storage
-    tally.rejected_blob = plan_rejected_name(run.run_id, job.split)
-    rejected = storage.line_writer(RUNS_CONTAINER, tally.rejected_blob)
+    rejected = storage.line_writer(RUNS_CONTAINER, plan_rejected_name(run.run_id, job.split))
     with tempfile.TemporaryDirectory(prefix="plan-") as directory:
         paths = [Path(directory, f"{p:04d}.tsv") for p in range(count)]
         matched_paths = [Path(directory, f"{p:04d}.matched") for p in range(count)]
@@ -240,7 +239,9 @@ def _split(
         finally:
             for file in files + matched:
                 file.close()
-            rejected.close()  # a failed run still reports the rows rejected before the failure
+            if rejected.lines:  # a failed run still reports the rows rejected before the failure
+                rejected.close()
+                tally.rejected_blob = plan_rejected_name(run.run_id, job.split)
         storage.in_parallel(
             partial(
                 _upload_piece,
