@@ -16,7 +16,7 @@ from shared.core.messages import ExportJob, SplitJob
 from shared.core.resource_names import JOBS_QUEUE
 from shared.core.runs import Run, Status
 from shared.pipeline.plan_export import plan_run
-from shared.pipeline.run_files import splits_blob_name
+from shared.pipeline.run_files import rejected_prefix, splits_blob_name
 from shared.pipeline.split_source import split_source
 from shared.pipeline.start import start_run
 from tests.integration.conftest import App, export_definition, run_in_process, take
@@ -190,3 +190,27 @@ def test_a_50_mb_record_is_one_rejected_row_wherever_the_ranges_fall(
     assert final.rows_read == 2_001
     assert final.rows_unidentified == 1 + list(codes.values()).count("malformed_row")
     assert final.status == Status.PARTIALLY_SUCCEEDED
+
+
+def test_only_the_jobs_that_rejected_rows_write_a_part_of_the_rejected_rows(
+    split_app: App,
+) -> None:
+    """A split or a diff that rejected nothing uploads no empty part (finalizing then reads
+    none): a clean source leaves none, and a source with one row the split rejects (a blank
+    id) and one a diff rejects (an invalid email) leaves exactly those two parts, merged in
+    line order."""
+    parts = {}
+    for name, invalid_every in (("clean", 5_000), ("two-bad", 2_000)):
+        sample = make_segment(4_000, invalid_every=invalid_every, segment=f"Parts {name}")
+        split_app.upload(f"split/{name}.csv", sample.data)
+        split_app.define([export_definition(name, f"split/{name}.csv", sample.segment)])
+        split_app.reset_sandbox()  # the two segments name the same customers
+        final = run_in_process(split_app, name)
+        assert final.splits >= 10 and split_app.braze_users() == sample.expected
+        prefix = rejected_prefix(final.run_id)
+        blobs = split_app.services.storage.container("export-runs").list_blobs(prefix)
+        parts[name] = sorted(blob.name.removeprefix(prefix).split("-")[0] for blob in blobs)
+        rejected = _rejected(split_app, final)
+        assert {r["line"]: r["codes"][0] for r in rejected} == sample.invalid_lines
+        assert [r["line"] for r in rejected] == sorted(sample.invalid_lines)
+    assert parts == {"clean": [], "two-bad": ["partition", "plan"]}
