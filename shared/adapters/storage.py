@@ -220,6 +220,16 @@ class Storage:
             for future in futures:
                 future.result()
 
+    def open_many(self, container: str, names: Sequence[str]) -> list[Iterator[bytes]]:
+        """Downloads of several blobs (`read_chunks`), started several at a time: each has its
+        first piece once this returns, so reading them in turn waits on no round trip."""
+        with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="storage-io") as pool:
+            context = contextvars.copy_context
+            futures = [
+                pool.submit(context().run, self.read_chunks, container, name) for name in names
+            ]
+            return [future.result() for future in futures]
+
     def read_many(self, container: str, names: Sequence[str]) -> Iterator[bytes]:
         """Whole blobs, fetched several at a time, yielded in the order named."""
         with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="storage-io") as pool:
@@ -407,7 +417,7 @@ def transport_settings() -> dict[str, Any]:
     applies NO_PROXY per address); a CA bundle alone (`REQUESTS_CA_BUNDLE`, else
     `CURL_CA_BUNDLE`, as `requests` reads them) is passed once, as the bundle to verify
     with. The Braze client never looks."""
-    if getproxies():
+    if any(scheme != "no" for scheme in getproxies()):  # NO_PROXY alone names no proxy
         return {"use_env_settings": True}
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     return {"use_env_settings": False, **({"connection_verify": bundle} if bundle else {})}

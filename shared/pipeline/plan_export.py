@@ -77,8 +77,12 @@ def plan_run(job: ExportJob, services: Services) -> None:
         run.unchanged_since = ""  # an earlier attempt may have decided otherwise
         # The source's version is read before its rows: a write in between is then seen by
         # the ETag check at the end, and the run does not vouch for bytes it did not send.
-        targets, starts = range_targets(run, export, services), list[RecordStart]()
-        scan = record_start_scan(run, export, targets, starts) if targets else None
+        targets, starts, head = (
+            range_targets(run, export, services),
+            list[RecordStart](),
+            bytearray(),
+        )
+        scan = record_start_scan(run, export, targets, starts, head) if targets else None
         if not run.dry_run:  # a dry run commits no snapshot, so it needs no version
             run.source_version, run.source_etags = _source_version(
                 run, export, connection, services, scan
@@ -89,7 +93,7 @@ def plan_run(job: ExportJob, services: Services) -> None:
         if previous is not None and _carry_rejected(run, previous, services):
             _carry_forward(run, previous, services)
             return
-        source = open_source(run, export, services)
+        source = open_source(run, export, services, bytes(head) if scan else None)
         partitions = partition_count(source.size, source.compressed)
         ranges = split_ranges(source, starts)
     except PLANNING_ERRORS as error:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.adapters.services import Services
-from shared.adapters.storage import read_ahead
+from shared.adapters.storage import Storage, read_ahead
 from shared.core.cdm import CdmEntity, parse_model, read_entity
 from shared.core.definitions import Export, SourceFormat, format_of
 from shared.core.messages import SplitJob
@@ -67,8 +67,12 @@ def source_format(run: Run, export: Export) -> SourceFormat:
     return export.source.resolved_format() if same_file else format_of(path)
 
 
-def open_source(run: Run, export: Export, services: Services) -> _Source:
-    """Open the run's source and check the mapped columns exist before anything is written."""
+def open_source(run: Run, export: Export, services: Services, head: bytes | None = None) -> _Source:
+    """Open the run's source and check the mapped columns exist before anything is written.
+
+    `head`: the first bytes of a plain file, when the plan has read them already
+    (`record_start_scan`); the header is then taken from them, and the rows are downloaded
+    only if read (a file cut into ranges has its rows read by the split jobs)."""
     storage = services.storage
     fmt = source_format(run, export)
     container, _, path = run.source.partition("/")
@@ -78,10 +82,31 @@ def open_source(run: Run, export: Export, services: Services) -> _Source:
         size = sum(storage.size(*name.split("/", 1)) for name in files)
         compressed = any(name.endswith(".gz") for name in files)
         return _Source(fmt, size, compressed, None, len(files), rows)
-    reader = RecordReader(open_lines(storage.read_chunks(container, path)), fmt)
+    header = _header_record(head, fmt) if head is not None else None
+    if header is None:
+        reader = RecordReader(open_lines(storage.read_chunks(container, path)), fmt)
+        rows = _file_rows(reader)
+    else:  # read from the bytes at hand: a download of the file's first piece (up to 32 MiB) saved
+        reader = RecordReader(open_lines([header]), fmt)
+        rows = _rows_when_read(storage, container, path, fmt)
     reader.require_columns(_needed_columns(export))
     size, compressed = storage.size(container, path), path.endswith(".gz")
-    return _Source(fmt, size, compressed, reader.columns, 1, _file_rows(reader))
+    return _Source(fmt, size, compressed, reader.columns, 1, rows)
+
+
+def _header_record(head: bytes, fmt: SourceFormat) -> bytes | None:
+    """The first record of a CSV file's first bytes, its header (nothing for JSON Lines, which
+    has none); None when it does not end within them."""
+    if fmt != "csv":
+        return b""
+    starts = record_starts([head], [0], quoted=True)
+    return head[: starts[0].offset] if starts else None
+
+
+def _rows_when_read(
+    storage: Storage, container: str, path: str, fmt: SourceFormat
+) -> Iterator[Row]:
+    yield from _file_rows(RecordReader(open_lines(storage.read_chunks(container, path)), fmt))
 
 
 def _needed_columns(export: Export) -> list[str]:
@@ -132,19 +157,22 @@ def _cdm_rows(
 
 def range_targets(run: Run, export: Export, services: Services) -> list[int]:
     """Where to cut the source for parallel split jobs: byte offsets of a plain CSV or JSON
-    Lines file larger than `EXPORT_SPLIT_MIB`, or than `INDEXED_RANGE_FACTOR` times that when
-    the previous snapshot's index applies (each range then starts at the first record boundary
-    past its offset, see `record_starts`); none for a smaller or gzip file (read by one reader)
-    or a CDM folder (split by partition file)."""
+    Lines file larger than `EXPORT_SPLIT_MIB`, in ranges of about that size, or of
+    `INDEXED_RANGE_FACTOR` times that (two at least) when the previous snapshot's index applies
+    (each range then starts at the first record boundary past its offset, see
+    `record_starts`); none for a smaller or gzip file (read by one reader) or a CDM folder
+    (split by partition file)."""
     container, _, path = run.source.partition("/")
     if source_format(run, export) == "cdm" or path.endswith(".gz"):
         return []
     size, split_bytes = services.storage.size(container, path), services.settings.split_bytes
-    if index_applies(run, partition_count(size, compressed=False)):
-        split_bytes *= INDEXED_RANGE_FACTOR
     if size <= split_bytes:
         return []
-    count = min(MAX_SPLITS, math.ceil(size / split_bytes))
+    count = math.ceil(size / split_bytes)
+    if index_applies(run, partition_count(size, compressed=False)):
+        # Still two ranges at least: a file split inline is read as rows, without the index.
+        count = max(2, math.ceil(size / (split_bytes * INDEXED_RANGE_FACTOR)))
+    count = min(MAX_SPLITS, count)
     return [size * k // count for k in range(1, count)]
 
 
@@ -172,16 +200,26 @@ def index_applies(run: Run, partitions: int) -> bool:
     )
 
 
+HEAD_BYTES = 1 << 20  # the first bytes of a file the plan scans, kept for its header
+
+
 def record_start_scan(
-    run: Run, export: Export, targets: list[int], found: list[RecordStart]
+    run: Run, export: Export, targets: list[int], found: list[RecordStart], head: bytearray
 ) -> Callable[[Iterable[bytes]], None]:
     """A pass over the file's bytes that finds the record boundaries at the targets: one pass
     that counts quotes (CSV) and newlines, with no parsing; given to the read that digests
-    the file, so the file is not read again for it."""
+    the file, so the file is not read again for it. Its first `HEAD_BYTES` go to `head`
+    (`open_source` reads the header from them)."""
     quoted = source_format(run, export) == "csv"
 
+    def kept(blocks: Iterable[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            if len(head) < HEAD_BYTES:
+                head.extend(block[: HEAD_BYTES - len(head)])
+            yield block
+
     def scan(blocks: Iterable[bytes]) -> None:
-        found.extend(record_starts(blocks, targets, quoted=quoted))
+        found.extend(record_starts(kept(blocks), targets, quoted=quoted))
 
     return scan
 

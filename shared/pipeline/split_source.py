@@ -213,6 +213,7 @@ def _split(
         matched_paths = [Path(directory, f"{p:04d}.matched") for p in range(count)]
         files = [path.open("wb") for path in paths]
         matched = [path.open("wb") for path in matched_paths]
+        abandoned = False
         try:
             for row in read(matched, tally):
                 tally.rows_read += 1
@@ -236,10 +237,13 @@ def _split(
                 partition = partition_of(customer_id, count)
                 files[partition].write(piece_line(row.order, customer_id, digest, values, row.raw))
                 filed[partition] += 1
+        except RawPathUnsafe:
+            abandoned = True  # read again as rows, which reports the range's rejections
+            raise
         finally:
             for file in files + matched:
                 file.close()
-            if rejected.lines:  # a failed run still reports the rows rejected before the failure
+            if rejected.lines and not abandoned:  # a failed run still reports the rows so far
                 rejected.close()
                 tally.rejected_blob = plan_rejected_name(run.run_id, job.split)
         storage.in_parallel(

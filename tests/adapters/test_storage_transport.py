@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from azure.core.exceptions import AzureError, ServiceRequestError
+from azure.core.exceptions import AzureError, HttpResponseError, ServiceRequestError
 
 from devtools.processes import Azurite
 from shared.adapters import storage as storage_module
@@ -73,6 +73,7 @@ def proxy() -> Iterator[RecordingProxy]:
     ("variables", "settings"),
     [
         ({}, {"use_env_settings": False}),
+        ({"NO_PROXY": "127.0.0.1,.internal"}, {"use_env_settings": False}),
         ({"HTTPS_PROXY": "http://127.0.0.1:3128"}, {"use_env_settings": True}),
         ({"http_proxy": "http://127.0.0.1:3128"}, {"use_env_settings": True}),
         (
@@ -129,8 +130,10 @@ class RecordingTlsServer(http.server.ThreadingHTTPServer):
 
     @property
     def connection_string(self) -> str:
+        """Blobs, queues and tables all at this server."""
         endpoint = f"https://127.0.0.1:{self.server_address[1]}/devstoreaccount1"
-        return f"{_AZURITE_ACCOUNT};BlobEndpoint={endpoint};"
+        services = (f"{kind}Endpoint={endpoint}" for kind in ("Blob", "Queue", "Table"))
+        return f"{_AZURITE_ACCOUNT};{';'.join(services)};"
 
 
 _AZURITE_ACCOUNT = (  # Azurite's well-known development account (not a secret)
@@ -145,26 +148,51 @@ def tls_server(tmp_path: Path) -> Iterator[RecordingTlsServer]:
         yield server
 
 
+@pytest.fixture
+def no_retries(bare_environment: pytest.MonkeyPatch) -> None:
+    """An answer or a refusal at once: a failing test fails in seconds."""
+    retry = {**storage_module.STORAGE_RETRY, "retry_total": 0}
+    bare_environment.setattr(storage_module, "STORAGE_RETRY", retry)
+
+
+def _call_each_client(storage: Storage) -> list[type[Exception]]:
+    """A read through the blob, queue and table clients; the error each one raised."""
+    calls = [
+        lambda: storage.read_bytes("export-runs", "over-tls.txt"),
+        lambda: storage.queue("export-jobs").peek_messages(),
+        lambda: storage.table("exportruns").get_entity("run", "over-tls"),
+    ]
+    raised: list[type[Exception]] = []
+    for call in calls:
+        with pytest.raises(Exception) as error:  # each kind is asserted by the caller
+            call()
+        raised.append(type(error.value))
+    return raised
+
+
 @pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+@pytest.mark.usefixtures("no_retries")
 def test_the_ca_bundle_the_environment_names_verifies_the_storage_calls(
     bare_environment: pytest.MonkeyPatch, tls_server: RecordingTlsServer, variable: str
 ) -> None:
     bare_environment.setenv(variable, str(tls_server.cert_path))
     storage = Storage(StorageSettings(connection_string=tls_server.connection_string))
-    with pytest.raises(BlobNotFound):
-        storage.read_bytes("export-runs", "over-tls.txt")
-    assert len(tls_server.requests) == 1
-    assert tls_server.requests[0].startswith("GET /devstoreaccount1/export-runs/over-tls.txt")
+    raised = _call_each_client(storage)
+    assert raised[0] is BlobNotFound and all(issubclass(e, HttpResponseError) for e in raised[1:])
+    paths = [line.split()[1] for line in tls_server.requests]
+    assert [path.split("?")[0] for path in paths] == [
+        "/devstoreaccount1/export-runs/over-tls.txt",
+        "/devstoreaccount1/export-jobs/messages",
+        "/devstoreaccount1/exportruns(PartitionKey='run',RowKey='over-tls')",
+    ]
 
 
+@pytest.mark.usefixtures("no_retries")
 def test_without_the_bundle_a_certificate_it_alone_holds_is_refused(
     bare_environment: pytest.MonkeyPatch, tls_server: RecordingTlsServer
 ) -> None:
-    no_retries = {**storage_module.STORAGE_RETRY, "retry_total": 0}  # refused at once
-    bare_environment.setattr(storage_module, "STORAGE_RETRY", no_retries)
     storage = Storage(StorageSettings(connection_string=tls_server.connection_string))
-    with pytest.raises(ServiceRequestError):
-        storage.read_bytes("export-runs", "over-tls.txt")
+    assert _call_each_client(storage) == [ServiceRequestError] * 3
     assert tls_server.requests == []
 
 

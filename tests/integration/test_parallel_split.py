@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 
 from devtools.sample import make_segment
+from shared.adapters.storage import Storage
 from shared.core.messages import ExportJob, SplitJob
 from shared.core.resource_names import JOBS_QUEUE
 from shared.core.runs import Run, Status
+from shared.pipeline import run_source
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.run_files import rejected_prefix, splits_blob_name
 from shared.pipeline.split_source import split_source
@@ -214,3 +216,56 @@ def test_only_the_jobs_that_rejected_rows_write_a_part_of_the_rejected_rows(
         assert {r["line"]: r["codes"][0] for r in rejected} == sample.invalid_lines
         assert [r["line"] for r in rejected] == sorted(sample.invalid_lines)
     assert parts == {"clean": [], "two-bad": ["partition", "plan"]}
+
+
+@pytest.mark.parametrize("head_bytes", [1 << 20, 40], ids=["header-in-head", "header-past-head"])
+def test_a_file_cut_into_ranges_has_its_header_read_from_the_plans_scan(
+    split_app: App, monkeypatch: pytest.MonkeyPatch, head_bytes: int
+) -> None:
+    """The plan reads the header from the first bytes its digest read kept, not from another
+    download: a header with a quoted line break, a comma and an accent is read whole, and one
+    that does not end within those bytes is read from the file as before. A mapped column the
+    header lacks fails the run, naming it, before anything is sent."""
+    monkeypatch.setattr(run_source, "HEAD_BYTES", head_bytes)
+    name = f"header-{head_bytes}"  # each its own snapshot
+    sample = make_segment(4_000, invalid_every=5_000, segment="Header")
+    header, rest = sample.data.split(b"\n", 1)
+    odd = '"Note, ""long""\nand Zoë"'.encode()
+    data = header.replace(b"Note", odd) + b"\n" + rest
+    split_app.upload(f"split/{name}.csv", data)
+    definition = export_definition(name, f"split/{name}.csv", sample.segment)
+    for attribute in definition["mapping"]["attributes"]:
+        if attribute["column"] == "Note":
+            attribute["column"] = 'Note, "long"\nand Zoë'
+    split_app.define([definition])
+    split_app.reset_sandbox()
+    reads = _source_reads(split_app, monkeypatch, f"split/{name}.csv")
+
+    final = run_in_process(split_app, name)
+
+    assert final.splits >= 10 and final.rows_rejected == 0, final.message
+    assert split_app.braze_users() == sample.expected
+    # A read per range (the digest's goes through `Storage.digest`); a read of the file from
+    # its start, for the header, only when the header does not end within the head.
+    assert len(reads) >= final.splits and reads.count(None) == (0 if head_bytes > 100 else 1)
+
+    definition["mapping"]["attributes"].append({"column": "Missing", "attribute": "missing"})
+    split_app.define([definition])
+    split_app.mark_sandbox_requests()
+    failed = run_in_process(split_app, name, full_refresh=True)
+    assert failed.status == Status.FAILED and "['Missing'] not in the CSV header" in failed.message
+    assert split_app.sandbox_requests() == []
+
+
+def _source_reads(app: App, monkeypatch: pytest.MonkeyPatch, path: str) -> list[int | None]:
+    """The offset of every download of the source from now on (None: from its start)."""
+    reads: list[int | None] = []
+    read_chunks = Storage.read_chunks
+
+    def counted(storage: Storage, container: str, name: str, offset: Any = None, *a: Any) -> Any:
+        if f"{container}/{name}" == f"segments/{path}":
+            reads.append(offset)
+        return read_chunks(storage, container, name, offset, *a)
+
+    monkeypatch.setattr(Storage, "read_chunks", counted)
+    return reads

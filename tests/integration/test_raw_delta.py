@@ -204,7 +204,7 @@ def test_a_diff_on_other_code_reads_filed_rows_again_and_sends_only_what_changed
     """A deployment between the split and the diff: the rows filed by their bytes are read
     again from the source and validated by the code that diffs them."""
     path = _define(split_app, "raw-code")
-    rows = [_row(n) for n in range(1_500)]  # cut into ranges even as a delta
+    rows = [_row(n) for n in range(600)]
     split_app.upload(path, _csv(rows))
     run_in_process(split_app, "raw-code")
     rows[9]["IsVip"] = "true" if rows[9]["IsVip"] == "false" else "false"
@@ -214,9 +214,9 @@ def test_a_diff_on_other_code_reads_filed_rows_again_and_sends_only_what_changed
 
     second = run_in_process(split_app, "raw-code")
 
-    assert _filed_by_bytes(split_app, second) >= 1_490
+    assert _filed_by_bytes(split_app, second) >= 590
     assert list(_sent(split_app)) == ["raw-00009"]
-    assert second.profiles_unchanged == 1_499 and second.rows_valid == 1_500
+    assert second.profiles_unchanged == 599 and second.rows_valid == 600
 
 
 def test_json_lines_deltas_are_filed_by_their_bytes_too(split_app: App) -> None:
@@ -430,6 +430,16 @@ def test_a_delta_is_cut_into_ranges_a_few_times_as_large(split_app: App) -> None
     assert _filed_by_bytes(split_app, delta) == 3_000 - 1
     assert sent == ["raw-00007"] and delta.profiles_unchanged == 2_999
     assert full.splits == first.splits and full.profiles_accepted == 3_000
+
+    # Past one range, a delta is cut in two at least: split inline, it would not use the index.
+    small_path, small_rows = _define(split_app, "raw-ranges-small"), rows[:300]
+    assert range_bytes < len(_csv(small_rows)) < larger
+    split_app.upload(small_path, _csv(small_rows))
+    run_in_process(split_app, "raw-ranges-small")
+    small_rows[5]["FirstName"] = "Changed too"
+    split_app.upload(small_path, _csv(small_rows))
+    small_delta = run_in_process(split_app, "raw-ranges-small")
+    assert small_delta.splits == 2 and _filed_by_bytes(split_app, small_delta) == 300 - 1
 
 
 def test_a_runs_split_jobs_load_the_snapshot_index_once_per_process(
