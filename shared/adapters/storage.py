@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from hashlib import blake2b
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 from urllib.request import getproxies
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
@@ -47,6 +47,7 @@ from shared.core.resource_names import (
 BLOCK_BYTES = 16 * 1024 * 1024  # a line writer's block (the service allows 4,000 MiB)
 APPEND_BLOCK_BYTES = 1024 * 1024  # well under the 4 MiB an append may carry
 IO_THREADS = 8  # under the SDK's 10 pooled connections per client, so each is kept
+T = TypeVar("T")
 
 
 def forget_traceback(error: BaseException) -> None:
@@ -212,23 +213,13 @@ class Storage:
         self.in_parallel(lambda text=text: queue.send_message(text) for text in texts)
 
     @staticmethod
-    def in_parallel(calls: Iterable[Callable[[], object]]) -> None:
+    def in_parallel(calls: Iterable[Callable[[], T]]) -> list[T]:
         """Run storage calls several at a time, so a stage's uploads overlap each other and the
-        service's work; raises the first failure once every call has finished."""
+        service's work; their results in order, or the first failure once every call has
+        finished."""
         with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="storage-io") as pool:
             futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
-            for future in futures:
-                future.result()
-
-    def open_many(self, container: str, names: Sequence[str]) -> list[Iterator[bytes]]:
-        """Downloads of several blobs (`read_chunks`), started several at a time: each has its
-        first piece once this returns, so reading them in turn waits on no round trip."""
-        with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="storage-io") as pool:
-            context = contextvars.copy_context
-            futures = [
-                pool.submit(context().run, self.read_chunks, container, name) for name in names
-            ]
-            return [future.result() for future in futures]
+        return [future.result() for future in futures]
 
     def read_many(self, container: str, names: Sequence[str]) -> Iterator[bytes]:
         """Whole blobs, fetched several at a time, yielded in the order named."""

@@ -77,11 +77,8 @@ def plan_run(job: ExportJob, services: Services) -> None:
         run.unchanged_since = ""  # an earlier attempt may have decided otherwise
         # The source's version is read before its rows: a write in between is then seen by
         # the ETag check at the end, and the run does not vouch for bytes it did not send.
-        targets, starts, head = (
-            range_targets(run, export, services),
-            list[RecordStart](),
-            bytearray(),
-        )
+        targets = range_targets(run, export, services)
+        starts, head = list[RecordStart](), bytearray()  # filled by the scan
         scan = record_start_scan(run, export, targets, starts, head) if targets else None
         if not run.dry_run:  # a dry run commits no snapshot, so it needs no version
             run.source_version, run.source_etags = _source_version(
@@ -93,7 +90,7 @@ def plan_run(job: ExportJob, services: Services) -> None:
         if previous is not None and _carry_rejected(run, previous, services):
             _carry_forward(run, previous, services)
             return
-        source = open_source(run, export, services, bytes(head) if scan else None)
+        source = open_source(run, export, services, bytes(head))
         partitions = partition_count(source.size, source.compressed)
         ranges = split_ranges(source, starts)
     except PLANNING_ERRORS as error:

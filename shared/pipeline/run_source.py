@@ -67,12 +67,12 @@ def source_format(run: Run, export: Export) -> SourceFormat:
     return export.source.resolved_format() if same_file else format_of(path)
 
 
-def open_source(run: Run, export: Export, services: Services, head: bytes | None = None) -> _Source:
+def open_source(run: Run, export: Export, services: Services, head: bytes = b"") -> _Source:
     """Open the run's source and check the mapped columns exist before anything is written.
 
     `head`: the first bytes of a plain file, when the plan has read them already
     (`record_start_scan`); the header is then taken from them, and the rows are downloaded
-    only if read (a file cut into ranges has its rows read by the split jobs)."""
+    only if read (a file cut into ranges has its rows read by the split jobs); empty when not."""
     storage = services.storage
     fmt = source_format(run, export)
     container, _, path = run.source.partition("/")
@@ -82,7 +82,7 @@ def open_source(run: Run, export: Export, services: Services, head: bytes | None
         size = sum(storage.size(*name.split("/", 1)) for name in files)
         compressed = any(name.endswith(".gz") for name in files)
         return _Source(fmt, size, compressed, None, len(files), rows)
-    header = _header_record(head, fmt) if head is not None else None
+    header = _header_record(head, fmt) if head else None
     if header is None:
         reader = RecordReader(open_lines(storage.read_chunks(container, path)), fmt)
         rows = _file_rows(reader)

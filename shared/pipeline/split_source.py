@@ -207,7 +207,8 @@ def _split(
     # Seeded by the code that planned the run: the diff trusts digests only on the same code.
     seed = row_digest_seed(run.code_version, run.mapping_fingerprint)
     storage = services.storage
-    rejected = storage.line_writer(RUNS_CONTAINER, plan_rejected_name(run.run_id, job.split))
+    rejected_name = plan_rejected_name(run.run_id, job.split)
+    rejected = storage.line_writer(RUNS_CONTAINER, rejected_name)
     with tempfile.TemporaryDirectory(prefix="plan-") as directory:
         paths = [Path(directory, f"{p:04d}.tsv") for p in range(count)]
         matched_paths = [Path(directory, f"{p:04d}.matched") for p in range(count)]
@@ -245,7 +246,7 @@ def _split(
                 file.close()
             if rejected.lines and not abandoned:  # a failed run still reports the rows so far
                 rejected.close()
-                tally.rejected_blob = plan_rejected_name(run.run_id, job.split)
+                tally.rejected_blob = rejected_name
         storage.in_parallel(
             partial(
                 _upload_piece,

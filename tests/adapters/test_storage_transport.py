@@ -36,27 +36,34 @@ def bare_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
+def recording_handler(
+    requests: list[str], status: int, headers: dict[str, str]
+) -> type[http.server.BaseHTTPRequestHandler]:
+    """A handler that records each request line in `requests` and answers `status` with
+    `headers` and no body (403 and 404 are not retried by the SDK)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.requestline)
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": "0"}.items():
+                self.send_header(name, value)
+            self.end_headers()
+
+        do_PUT = do_HEAD = do_GET
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    return Handler
+
+
 class RecordingProxy(http.server.ThreadingHTTPServer):
-    """A forward proxy that forwards nothing: it records each request line and answers 403
-    (which the SDK does not retry)."""
+    """A forward proxy that forwards nothing: it records each request line and answers 403."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                proxy.requests.append(self.requestline)
-                self.send_response(403)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_PUT = do_HEAD = do_GET
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(("127.0.0.1", 0), recording_handler(self.requests, 403, {}))
 
     @property
     def url(self) -> str:
@@ -104,26 +111,14 @@ def test_only_a_proxy_keeps_the_per_call_lookups_and_a_ca_bundle_is_passed_once(
 
 class RecordingTlsServer(http.server.ThreadingHTTPServer):
     """An HTTPS server with a self-signed certificate for 127.0.0.1 that records each request
-    line and answers 404 (a blob not found, which the SDK does not retry)."""
+    line and answers 404 (a blob not found)."""
 
     def __init__(self, directory: Path) -> None:
         self.requests: list[str] = []
         self.cert_path, key_path = directory / "cert.pem", directory / "key.pem"
         write_self_signed(self.cert_path, key_path)
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests.append(self.requestline)
-                self.send_response(404)
-                self.send_header("x-ms-error-code", "BlobNotFound")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
+        not_found = recording_handler(self.requests, 404, {"x-ms-error-code": "BlobNotFound"})
+        super().__init__(("127.0.0.1", 0), not_found)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert_path, key_path)
         self.socket = context.wrap_socket(self.socket, server_side=True)
