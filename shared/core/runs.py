@@ -83,6 +83,7 @@ class Run:
     previous_snapshot: str = ""
     previous_partitions: int = 0
     previous_profiles: int = 0
+    previous_code_version: str = ""  # the code that planned the snapshot's run (`Manifest`)
     full_refresh_reason: str = ""
     # The source files' versions with the export's definition (see plan_export._source_version);
     # when they equal the snapshot's, the run reads nothing and `unchanged_since` names the run

@@ -273,6 +273,7 @@ def _commit_snapshot(
         profiles,
         utcnow().isoformat(),
         source_version=run.source_version if settled else "",
+        code_version=run.code_version,
     )
     run.snapshot_profiles = profiles
     return services.snapshots.make_current(run.export_name, run.connection, manifest)

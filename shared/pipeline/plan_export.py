@@ -143,6 +143,7 @@ def _compare_with_snapshot(
         run.previous_snapshot = manifest.run_id
         run.previous_partitions = manifest.partitions
         run.previous_profiles = manifest.profiles
+        run.previous_code_version = manifest.code_version
     if run.teardown:
         run.full_refresh_reason = ""
     elif run.full_refresh:

@@ -189,13 +189,15 @@ INDEX_MAX_PROFILES = 8_000_000
 
 def index_applies(run: Run, partitions: int) -> bool:
     """Whether the run's splits may file rows by the previous snapshot's index (`raw_source`):
-    same code, same partitioning, no full refresh (which validates and sends every row), and a
-    snapshot small enough to hold."""
+    same code (running the run, and planned the snapshot's run: the code seeds the raw digests,
+    so after a deployment the index holds none of the rows), same partitioning, no full refresh
+    (which validates and sends every row), and a snapshot small enough to hold."""
     return bool(
         run.previous_snapshot
         and run.previous_partitions == partitions
         and not run.full_refresh_reason
         and run.code_version == code_digest()
+        and run.previous_code_version == run.code_version
         and run.previous_profiles <= INDEX_MAX_PROFILES
     )
 

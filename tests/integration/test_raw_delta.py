@@ -21,7 +21,7 @@ from shared.core.partitioning import partition_of
 from shared.core.raw_records import digest_records, raw_blocks, raw_digest_seed
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
 from shared.core.runs import Run
-from shared.pipeline import diff_partition, run_source
+from shared.pipeline import diff_partition, plan_export, run_source
 from shared.pipeline.run_files import matched_records, partition_piece_name, piece_sections
 from tests.integration.conftest import SPLIT_MIB, App, export_definition, run_in_process
 
@@ -440,6 +440,42 @@ def test_a_delta_is_cut_into_ranges_a_few_times_as_large(split_app: App) -> None
     split_app.upload(small_path, _csv(small_rows))
     small_delta = run_in_process(split_app, "raw-ranges-small")
     assert small_delta.splits == 2 and _filed_by_bytes(split_app, small_delta) == 300 - 1
+
+
+def test_the_first_delta_after_a_deployment_is_cut_as_a_first_export_is(
+    split_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code seeds the raw digests, so after a deployment the snapshot's index holds none
+    of the rows: the first delta parses every row and is cut into ranges as a first export is
+    (not into a few times larger ones, which would leave most workers idle); the delta after
+    it, on the same code, files rows by the index again, in the larger ranges."""
+    path = _define(split_app, "raw-deploy")
+    rows = [_row(n) for n in range(3_000)]
+    data = _csv(rows)
+    split_app.upload(path, data)
+    first = run_in_process(split_app, "raw-deploy")
+    for module in (run_source, plan_export, diff_partition):
+        monkeypatch.setattr(module, "code_digest", lambda: "a later deployment")
+    rows[9]["FirstName"] = "Changed after the deployment"
+    split_app.upload(path, _csv(rows))
+    split_app.mark_sandbox_requests()
+    after_deployment = run_in_process(split_app, "raw-deploy")
+    sent_after_deployment = _sent(split_app)
+    rows[10]["FirstName"] = "Changed again"
+    split_app.upload(path, _csv(rows))
+    split_app.mark_sandbox_requests()
+    next_delta = run_in_process(split_app, "raw-deploy")
+
+    assert first.splits >= 6 and after_deployment.splits == first.splits
+    assert _filed_by_bytes(split_app, after_deployment) == 0  # every row parsed
+    assert after_deployment.code_version == "a later deployment"
+    assert after_deployment.previous_code_version == first.code_version
+    assert list(sent_after_deployment) == ["raw-00009"]
+    assert after_deployment.profiles_unchanged == 2_999
+    larger = int(SPLIT_MIB * 1024 * 1024) * run_source.INDEXED_RANGE_FACTOR
+    assert next_delta.splits == math.ceil(len(data) / larger) < first.splits
+    assert _filed_by_bytes(split_app, next_delta) == 3_000 - 1
+    assert list(_sent(split_app)) == ["raw-00010"]
 
 
 def test_a_runs_split_jobs_load_the_snapshot_index_once_per_process(
