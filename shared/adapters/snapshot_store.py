@@ -232,10 +232,11 @@ class SnapshotStore:
         return writer.profiles
 
     def make_current(self, export: str, connection: str, manifest: Manifest) -> list[str]:
-        """Switch to the new snapshot; the blobs of every other one, to delete once the run is
-        recorded (`delete`): the one it replaces, and any a run left behind that
+        """Switch to the new snapshot; the folders of every other one, to delete once the run
+        is recorded (`delete_folders`): the one it replaces, and any a run left behind that
         never became current (it crashed or was stopped). They are listed now, while the run
-        is still active, so that no later run's snapshot can be among them."""
+        is still active, so that no later run's snapshot can be among them; as folders, not
+        blobs: two blobs per partition and snapshot took a 1M run's finalizing 0.13 s to list."""
         self._storage.write_bytes(
             SNAPSHOTS_CONTAINER,
             _prefix(export, connection) + "current.json",
@@ -244,12 +245,14 @@ class SnapshotStore:
         )
         container = self._storage.container(SNAPSHOTS_CONTAINER)
         keep = f"{_prefix(export, connection)}{manifest.run_id}/"
-        return [
-            blob.name
-            for blob in container.list_blobs(name_starts_with=_prefix(export, connection))
-            if "/" in blob.name.removeprefix(_prefix(export, connection))
-            and not blob.name.startswith(keep)
-        ]
+        listed = container.walk_blobs(name_starts_with=_prefix(export, connection), delimiter="/")
+        return [item.name for item in listed if item.name.endswith("/") and item.name != keep]
+
+    def delete_folders(self, folders: Iterable[str]) -> None:
+        """Delete every blob of the snapshots in these folders (`make_current`)."""
+        container = self._storage.container(SNAPSHOTS_CONTAINER)
+        listed = (container.list_blobs(name_starts_with=folder) for folder in folders)
+        self.delete(blob.name for blobs in listed for blob in blobs)
 
     def discard(self, export: str, connection: str, run_id: str) -> None:
         """Delete the snapshot a run wrote but will not make current (dry run, stopped, failed)."""

@@ -279,17 +279,17 @@ def _commit_snapshot(
     return services.snapshots.make_current(run.export_name, run.connection, manifest)
 
 
-def _delete_superseded(run: Run, names: list[str], services: Services) -> None:
+def _delete_superseded(run: Run, folders: list[str], services: Services) -> None:
     """The snapshots the run's replaced, deleted once the run is recorded: the run is over
     sooner, and a failure here changes nothing (the next run that commits deletes them)."""
     try:
-        services.snapshots.delete(names)
+        services.snapshots.delete_folders(folders)
     except Exception as error:
         log.warning(
-            "run %s: %d blobs of superseded snapshots were not deleted (%s: %s); the next run "
-            "of the export deletes them",
+            "run %s: %d superseded snapshots were not deleted, or not wholly (%s: %s); the "
+            "next run of the export deletes them",
             run.run_id,
-            len(names),
+            len(folders),
             type(error).__name__,
             error,
         )
