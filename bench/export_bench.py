@@ -381,8 +381,10 @@ def development_only_modules() -> list[str]:
     def canonical(name: str) -> str:
         return re.sub(r"[-_.]+", "-", name).lower()
 
+    from packaging.requirements import Requirement
+
     lines = (ROOT / "requirements-dev.txt").read_text().splitlines()
-    added = {canonical(line.split("==")[0]) for line in lines if line[:1].isalnum()}
+    added = {canonical(Requirement(line).name) for line in lines if line[:1].isalnum()}
     return sorted(
         module
         for module, distributions in packages_distributions().items()

@@ -50,9 +50,9 @@ class Manifest:
     # The run's source version when Braze took everything it sent (else empty): a later run of
     # the same version has nothing to send.
     source_version: str = ""
-    # The code that planned the run (`Run.code_version`), which seeds the raw digests of its
-    # index: a run on other code finds none of its rows there (empty: written before it was
-    # kept, so unknown).
+    # The code that planned the run (`Run.code_version`), which seeds the raw digests its rows
+    # gave the index (entries carried over unchanged may hold older ones): a run on other code
+    # finds none of its rows there (empty: written before it was kept, so unknown).
     code_version: str = ""
 
 

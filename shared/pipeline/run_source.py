@@ -189,9 +189,10 @@ INDEX_MAX_PROFILES = 8_000_000
 
 def index_applies(run: Run, partitions: int) -> bool:
     """Whether the run's splits may file rows by the previous snapshot's index (`raw_source`):
-    same code (running the run, and planned the snapshot's run: the code seeds the raw digests,
-    so after a deployment the index holds none of the rows), same partitioning, no full refresh
-    (which validates and sends every row), and a snapshot small enough to hold."""
+    same code (running the run, and planned the snapshot's run: the code seeds the raw digests
+    the snapshot's rows gave its index, so after a deployment the index holds none of the rows),
+    same partitioning, no full refresh (which validates and sends every row), and a snapshot
+    small enough to hold."""
     return bool(
         run.previous_snapshot
         and run.previous_partitions == partitions

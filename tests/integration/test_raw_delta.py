@@ -470,6 +470,8 @@ def test_the_first_delta_after_a_deployment_is_cut_as_a_first_export_is(
     assert _filed_by_bytes(split_app, after_deployment) == 0  # every row parsed
     assert after_deployment.code_version == "a later deployment"
     assert after_deployment.previous_code_version == first.code_version
+    manifest = split_app.services.snapshots.current("raw-deploy", "sandbox")
+    assert manifest is not None and manifest.code_version == "a later deployment"
     assert list(sent_after_deployment) == ["raw-00009"]
     assert after_deployment.profiles_unchanged == 2_999
     larger = int(SPLIT_MIB * 1024 * 1024) * run_source.INDEXED_RANGE_FACTOR
