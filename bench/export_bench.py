@@ -371,6 +371,29 @@ def cold_start_seconds() -> float:
     return round(min(times), 3)
 
 
+def code_measured() -> str:
+    """The commit measured, marked when the working tree differs from it: results of
+    different versions are compared run against run, so each says which it is."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{commit} with uncommitted changes" if changes else commit
+
+
 def development_only_modules() -> list[str]:
     """The top-level modules of the packages `requirements-dev.txt` adds to the deployed ones.
     The Azure SDK imports aiohttp (here for the Braze sandbox) whenever it is installed: 0.1-0.2
@@ -482,6 +505,7 @@ def main() -> int:
         workdir = Path(tmp)
         results = measure(args, workdir, base if args.flame_graphs else None)
     results["cold_start_import_seconds"] = cold_start_seconds()
+    results["code"] = code_measured()
     base.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     base.with_suffix(".md").write_text(summary(results))
     plot(results, base.with_suffix(".png"))
@@ -582,6 +606,8 @@ def summary(results: dict[str, Any]) -> str:
     """The Markdown summary: one row per run, then the processes' peak memory."""
     lines = [
         f"# Export benchmark, {results['date']}",
+        "",
+        f"Code: {results.get('code', 'not recorded')}.",
         "",
         f"{results['profiles']:,} profiles; {results['workers']} local host process(es), "
         f"{results['in_flight_per_worker']} requests in flight each to start with (then as latency "

@@ -105,6 +105,13 @@ def test_every_process_reports_its_peak_memory_and_the_cold_start_is_measured(
     assert results["cold_start_import_seconds"] > 0
 
 
+def test_the_results_name_the_code_they_measured(results: dict[str, Any]) -> None:
+    head = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    assert results["code"].startswith(head) and len(head) == 12
+
+
 def test_the_cold_start_is_measured_without_what_only_development_installs() -> None:
     """Measured as deployed: the sandbox's aiohttp, which the Azure SDK imports when present,
     and the test and plot packages are out of reach; the app's own are not."""
