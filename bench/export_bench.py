@@ -19,6 +19,11 @@ the shared cores first instead of queueing requests behind the hosts' work. By d
 at 0: at 19 a host can be starved long enough between a request's slot and its send for the
 request to land in the next rate window (seen at 5M profiles).
 
+`--source cdm` writes the same rows as Customer Insights writes a segment: a CDM folder of
+partition files without headers (one per 100,000 rows, each split by a job of its own) and a
+model.json naming them. Such a folder's rows are parsed in full by every run that reads it (the
+raw-byte index applies to plain CSV and JSON Lines files only), so its delta costs more.
+
 With `--flame-graphs`, py-spy samples each local host through each run and writes
 `<out>/<date>-<run>-worker<n>.svg`: where the CPU went.
 
@@ -26,6 +31,7 @@ With `--flame-graphs`, py-spy samples each local host through each run and write
     .venv/bin/python bench/export_bench.py --runs 2 --flame-graphs
     .venv/bin/python bench/export_bench.py --runs 1 --max-in-flight 64 --logs /tmp/hosts
     .venv/bin/python bench/export_bench.py --runs 1 --host-nice 10
+    .venv/bin/python bench/export_bench.py --profiles 1000000 --source cdm
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,37 +82,101 @@ RUN_DEADLINE_SECONDS = 1800
 
 
 def write_segment(path: Path, profiles: int, changed_every: int = 0, seed: int = 7) -> int:
-    """A CSV of `profiles` rows, 1% of them invalid (bad or blank emails, a bad number, a
-    malformed row, a duplicate id); with `changed_every`, every such row's points change by
-    one. Streams to disk; returns the valid rows."""
-    rng = random.Random(seed)
+    """A CSV of `profiles` rows (`segment_records`). Streams to disk; returns the valid rows."""
     valid = 0
     with path.open("w", encoding="utf-8", newline="") as out:
         out.write("\ufeff" + HEADER)
-        for n in range(1, profiles + 1):
-            name, note = rng.choice(FIRST_NAMES), rng.choice(NOTES)
-            changed = (
-                changed_every and n % changed_every == changed_every // 2
-            )  # never an invalid row
-            points = rng.randint(0, 50_000) + (1 if changed else 0)
-            vip = rng.choice(["true", "false", "1", "0"])
-            birth = f"19{rng.randint(50, 99)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
-            customer, email = f"cust-{n:08d}", f"user.{n}+tag@example{n % 7}.com"
-            fields = [customer, email, name, str(points), vip, birth, note]
-            if n % 100 == 0:
-                kind = (n // 100) % 6
-                if kind < 3:
-                    fields[1] = INVALID[kind]
-                elif kind == 3:
-                    fields[3] = "12abc"  # attribute_not_number
-                elif kind == 4:
-                    fields = fields[:3]
-                else:
-                    fields[0] = f"cust-{n - 1:08d}"  # a duplicate: the earlier row wins
-            else:
-                valid += 1
-            out.write(",".join(fields) + "\n")
+        for record, is_valid in segment_records(profiles, changed_every, seed):
+            out.write(record)
+            valid += is_valid
     return valid
+
+
+CDM_FOLDER = "bench/cdm"
+CDM_ENTITY = "Segment"
+CDM_ROWS_PER_FILE = 100_000  # about 8 MB each: split by file, as a CSV is by 8 MiB range
+
+
+def upload_cdm_folder(services: Services, folder: Path, files: int) -> None:
+    """The partition files, then model.json, as Customer Insights writes a folder."""
+    container = services.storage.container("segments")
+    for k in range(files):
+        with (folder / f"part-{k:03d}.csv").open("rb") as data:
+            name = f"{CDM_FOLDER}/{CDM_ENTITY}/part-{k:03d}.csv"
+            container.upload_blob(name, data, overwrite=True, max_concurrency=4)
+    model = json.dumps(cdm_model(container.url, files))
+    container.upload_blob(f"{CDM_FOLDER}/model.json", model, overwrite=True)
+
+
+def write_cdm_segment(
+    folder: Path, profiles: int, changed_every: int = 0, files: int = 1, seed: int = 7
+) -> int:
+    """The same rows as `write_segment`, as a Customer Insights CDM folder writes them: `files`
+    partition files without a header (`part-NNN.csv`, consecutive rows each) and `model.json`,
+    whose partition locations `cdm_model` fills in. Returns the valid rows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    valid, per_file = 0, math.ceil(profiles / files)
+    paths = [folder / f"part-{k:03d}.csv" for k in range(files)]
+    outs = [path.open("w", encoding="utf-8", newline="") for path in paths]
+    try:
+        for n, (record, is_valid) in enumerate(segment_records(profiles, changed_every, seed)):
+            outs[n // per_file].write(record)
+            valid += is_valid
+    finally:
+        for out in outs:
+            out.close()
+    return valid
+
+
+def cdm_model(container_url: str, files: int) -> dict[str, Any]:
+    """The folder's model.json: the segment's columns as strings (the mapping types them, as it
+    does a CSV's), and each partition file's URL."""
+    return {
+        "name": "BenchSegment",
+        "version": "1.0",
+        "entities": [
+            {
+                "$type": "LocalEntity",
+                "name": CDM_ENTITY,
+                "attributes": [
+                    {"name": name, "dataType": "string"} for name in HEADER.strip().split(",")
+                ],
+                "partitions": [
+                    {
+                        "name": f"part-{k:03d}",
+                        "location": f"{container_url}/{CDM_FOLDER}/{CDM_ENTITY}/part-{k:03d}.csv",
+                    }
+                    for k in range(files)
+                ],
+            }
+        ],
+    }
+
+
+def segment_records(profiles: int, changed_every: int, seed: int) -> Iterator[tuple[str, bool]]:
+    """`profiles` CSV records and whether each is valid: 1% of them invalid (bad or blank
+    emails, a bad number, a malformed row, a duplicate id); with `changed_every`, every such
+    row's points change by one."""
+    rng = random.Random(seed)
+    for n in range(1, profiles + 1):
+        name, note = rng.choice(FIRST_NAMES), rng.choice(NOTES)
+        changed = changed_every and n % changed_every == changed_every // 2  # never an invalid row
+        points = rng.randint(0, 50_000) + (1 if changed else 0)
+        vip = rng.choice(["true", "false", "1", "0"])
+        birth = f"19{rng.randint(50, 99)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        customer, email = f"cust-{n:08d}", f"user.{n}+tag@example{n % 7}.com"
+        fields = [customer, email, name, str(points), vip, birth, note]
+        if n % 100 == 0:
+            kind = (n // 100) % 6
+            if kind < 3:
+                fields[1] = INVALID[kind]
+            elif kind == 3:
+                fields[3] = "12abc"  # attribute_not_number
+            elif kind == 4:
+                fields = fields[:3]
+            else:
+                fields[0] = f"cust-{n - 1:08d}"  # a duplicate: the earlier row wins
+        yield ",".join(fields) + "\n", n % 100 != 0
 
 
 PHASES = ("split", "diff", "release", "deliver", "finalize")
@@ -325,6 +396,7 @@ def run_once(
         "idle_seconds": round(last[2][0] - first[2][0], 1),
         "steal_seconds": round(last[2][1] - first[2][1], 1),
         "rows_read": run.rows_read,
+        "splits": run.splits,
         "rows_valid": run.rows_valid,
         "profiles_new": run.profiles_new,
         "profiles_changed": run.profiles_changed,
@@ -481,6 +553,13 @@ def main() -> int:
     )
     parser.add_argument("--changed-every", type=int, default=100, help="delta run: 1 in N")
     parser.add_argument(
+        "--source",
+        choices=("csv", "cdm"),
+        default="csv",
+        help="one CSV file, or a Customer Insights CDM folder (model.json and a partition file "
+        "per 100,000 rows, without headers)",
+    )
+    parser.add_argument(
         "--runs",
         type=int,
         choices=(1, 2, 3),
@@ -521,7 +600,9 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
     workers: list[subprocess.Popen[bytes]] = []
     try:
         definitions = workdir / "exports.json"
-        document = demo_definitions(sandbox.url, "segments", SOURCE, "Bench")
+        cdm_files = math.ceil(args.profiles / CDM_ROWS_PER_FILE) if args.source == "cdm" else 0
+        source = f"{CDM_FOLDER}/model.json" if cdm_files else SOURCE
+        document = demo_definitions(sandbox.url, "segments", source, "Bench")
         if args.chunk_size:
             document["exports"][0]["chunk_size"] = args.chunk_size
         # About 6 data points per profile: past 1.6M profiles the default valve (10M) would stop
@@ -542,7 +623,7 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
         services.storage.blobs.create_container("segments")
         workers = start_workers(args.workers, env, workdir, args.host_nice)
         runs = []
-        path, valid = workdir / "segment.csv", 0
+        path, folder, valid = workdir / "segment.csv", workdir / "cdm", 0
         processes = {
             **{f"worker {n}": w.pid for n, w in enumerate(workers)},
             "sandbox": sandbox.process.pid,
@@ -555,9 +636,13 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
             # segment has invalid rows, so no run is clean and an untouched file is read too).
             ("unchanged re-run", None, True),
         )[: args.runs]:
-            if changed_every is not None:
+            if changed_every is not None and cdm_files:
+                valid = write_cdm_segment(folder, args.profiles, changed_every, cdm_files)
+            elif changed_every is not None:
                 valid = write_segment(path, args.profiles, changed_every)
-            if upload:
+            if upload and cdm_files:
+                upload_cdm_folder(services, folder, cdm_files)
+            elif upload:
                 with path.open("rb") as data:
                     services.storage.blobs.get_blob_client("segments", SOURCE).upload_blob(
                         data, overwrite=True, max_concurrency=4
@@ -575,6 +660,7 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
             "profiles": args.profiles,
+            "source": f"CDM folder of {cdm_files} partition files" if cdm_files else "CSV file",
             "workers": args.workers,
             "sandbox_latency_ms": args.latency_ms,
             "chunk_size": services.definitions().exports[0].chunk_size,
@@ -609,7 +695,8 @@ def summary(results: dict[str, Any]) -> str:
         "",
         f"Code: {results.get('code', 'not recorded')}.",
         "",
-        f"{results['profiles']:,} profiles; {results['workers']} local host process(es), "
+        f"{results['profiles']:,} profiles ({results.get('source', 'CSV file')}); "
+        f"{results['workers']} local host process(es), "
         f"{results['in_flight_per_worker']} requests in flight each to start with (then as latency "
         "measured asks); sandbox latency "
         f"{results['sandbox_latency_ms']:g} ms; chunk size {results['chunk_size']:,}; "
