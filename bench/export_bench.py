@@ -97,6 +97,10 @@ CDM_ENTITY = "Segment"
 CDM_ROWS_PER_FILE = 100_000  # about 8 MB each: split by file, as a CSV is by 8 MiB range
 
 
+def cdm_files(profiles: int) -> int:
+    return max(1, math.ceil(profiles / CDM_ROWS_PER_FILE))
+
+
 def upload_cdm_folder(services: Services, folder: Path, files: int) -> None:
     """The partition files, then model.json, as Customer Insights writes a folder."""
     container = services.storage.container("segments")
@@ -108,19 +112,17 @@ def upload_cdm_folder(services: Services, folder: Path, files: int) -> None:
     container.upload_blob(f"{CDM_FOLDER}/model.json", model, overwrite=True)
 
 
-def write_cdm_segment(
-    folder: Path, profiles: int, changed_every: int = 0, files: int = 1, seed: int = 7
-) -> int:
-    """The same rows as `write_segment`, as a Customer Insights CDM folder writes them: `files`
-    partition files without a header (`part-NNN.csv`, consecutive rows each) and `model.json`,
-    whose partition locations `cdm_model` fills in. Returns the valid rows."""
+def write_cdm_segment(folder: Path, profiles: int, changed_every: int = 0, seed: int = 7) -> int:
+    """The same rows as `write_segment`, as a Customer Insights CDM folder holds them: partition
+    files without a header (`part-NNN.csv`, `CDM_ROWS_PER_FILE` consecutive rows each; the
+    model naming them is `cdm_model`). Returns the valid rows."""
     folder.mkdir(parents=True, exist_ok=True)
-    valid, per_file = 0, math.ceil(profiles / files)
-    paths = [folder / f"part-{k:03d}.csv" for k in range(files)]
+    valid = 0
+    paths = [folder / f"part-{k:03d}.csv" for k in range(cdm_files(profiles))]
     outs = [path.open("w", encoding="utf-8", newline="") for path in paths]
     try:
         for n, (record, is_valid) in enumerate(segment_records(profiles, changed_every, seed)):
-            outs[n // per_file].write(record)
+            outs[n // CDM_ROWS_PER_FILE].write(record)
             valid += is_valid
     finally:
         for out in outs:
@@ -396,6 +398,7 @@ def run_once(
         "idle_seconds": round(last[2][0] - first[2][0], 1),
         "steal_seconds": round(last[2][1] - first[2][1], 1),
         "rows_read": run.rows_read,
+        "source_read": run.source,
         "splits": run.splits,
         "rows_valid": run.rows_valid,
         "profiles_new": run.profiles_new,
@@ -455,14 +458,14 @@ def code_measured() -> str:
             text=True,
         ).stdout.strip()
         changes = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
             cwd=ROOT,
             check=True,
             capture_output=True,
             text=True,
         ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
+    except (OSError, subprocess.CalledProcessError) as error:
+        return f"unknown (git: {error})"
     return f"{commit} with uncommitted changes" if changes else commit
 
 
@@ -578,13 +581,14 @@ def main() -> int:
     args = parser.parse_args()
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    code = code_measured()  # before the hosts start: the code they import
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / stamp
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         results = measure(args, workdir, base if args.flame_graphs else None)
     results["cold_start_import_seconds"] = cold_start_seconds()
-    results["code"] = code_measured()
+    results["code"] = code
     base.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     base.with_suffix(".md").write_text(summary(results))
     plot(results, base.with_suffix(".png"))
@@ -600,8 +604,8 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
     workers: list[subprocess.Popen[bytes]] = []
     try:
         definitions = workdir / "exports.json"
-        cdm_files = math.ceil(args.profiles / CDM_ROWS_PER_FILE) if args.source == "cdm" else 0
-        source = f"{CDM_FOLDER}/model.json" if cdm_files else SOURCE
+        files = cdm_files(args.profiles) if args.source == "cdm" else 0
+        source = f"{CDM_FOLDER}/model.json" if files else SOURCE
         document = demo_definitions(sandbox.url, "segments", source, "Bench")
         if args.chunk_size:
             document["exports"][0]["chunk_size"] = args.chunk_size
@@ -636,12 +640,12 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
             # segment has invalid rows, so no run is clean and an untouched file is read too).
             ("unchanged re-run", None, True),
         )[: args.runs]:
-            if changed_every is not None and cdm_files:
-                valid = write_cdm_segment(folder, args.profiles, changed_every, cdm_files)
+            if changed_every is not None and files:
+                valid = write_cdm_segment(folder, args.profiles, changed_every)
             elif changed_every is not None:
                 valid = write_segment(path, args.profiles, changed_every)
-            if upload and cdm_files:
-                upload_cdm_folder(services, folder, cdm_files)
+            if upload and files:
+                upload_cdm_folder(services, folder, files)
             elif upload:
                 with path.open("rb") as data:
                     services.storage.blobs.get_blob_client("segments", SOURCE).upload_blob(
@@ -660,7 +664,7 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
             "profiles": args.profiles,
-            "source": f"CDM folder of {cdm_files} partition files" if cdm_files else "CSV file",
+            "source": f"CDM folder of {files} partition files" if files else "CSV file",
             "workers": args.workers,
             "sandbox_latency_ms": args.latency_ms,
             "chunk_size": services.definitions().exports[0].chunk_size,

@@ -226,8 +226,8 @@ def _commit_snapshot(
     every_round: list[ChunkResult],
     services: Services,
 ) -> list[str]:
-    """Make what Braze now holds the export's snapshot, one partition at a time; the blobs of
-    the snapshots it supersedes, for `_delete_superseded`.
+    """Make what Braze now holds the export's snapshot, one partition at a time; the
+    folders of the snapshots it supersedes, for `_delete_superseded`.
 
     Each diff wrote its partition as it will be if Braze accepts everything sent; only the
     partitions where Braze rejected something (in any round) are rewritten, with the entries
@@ -287,7 +287,7 @@ def _delete_superseded(run: Run, folders: list[str], services: Services) -> None
     except Exception as error:
         log.warning(
             "run %s: %d superseded snapshots were not deleted, or not wholly (%s: %s); the "
-            "next run of the export deletes them",
+            "next run of the export that commits a snapshot deletes them",
             run.run_id,
             len(folders),
             type(error).__name__,

@@ -1061,3 +1061,4 @@ def test_superseded_snapshots_are_deleted_after_the_run_is_recorded_or_by_the_ne
     third = run_in_process(quiet_app, "sup")
     assert third.status == Status.SUCCEEDED and third.profiles_changed == 1
     assert _snapshot_folders(quiet_app, "sup") == {third.run_id}  # the leftover went too
+    assert _snapshot_run(quiet_app, "sup") == third.run_id  # and the pointer to it stays
