@@ -41,7 +41,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import signal
 import statistics
@@ -476,17 +475,15 @@ def development_only_modules() -> list[str]:
     virtual environment of `requirements.txt` alone, 2026-12-06)."""
     from importlib.metadata import packages_distributions
 
-    def canonical(name: str) -> str:
-        return re.sub(r"[-_.]+", "-", name).lower()
-
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     lines = (ROOT / "requirements-dev.txt").read_text().splitlines()
-    added = {canonical(Requirement(line).name) for line in lines if line[:1].isalnum()}
+    added = {canonicalize_name(Requirement(line).name) for line in lines if line[:1].isalnum()}
     return sorted(
         module
         for module, distributions in packages_distributions().items()
-        if any(canonical(name) in added for name in distributions)
+        if any(canonicalize_name(name) in added for name in distributions)
     )
 
 
