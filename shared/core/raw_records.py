@@ -1,5 +1,5 @@
-"""A plain CSV or JSON Lines byte range as raw records: where each record is and a digest of
-its bytes, found without parsing.
+"""A plain CSV or JSON Lines byte range (or a CDM partition file) as raw records: where each
+record is and a digest of its bytes, found without parsing.
 
 A delta run's rows are mostly byte for byte the rows of the last run. A record whose bytes
 (under a seed that names everything turning bytes into a profile: the code, the mapping, the
@@ -56,10 +56,19 @@ def digest_records(block: RawBlock, seed: int) -> list[bytes]:
 
 
 def raw_blocks(
-    chunks: Iterable[bytes], *, offset: int, first_line: int, quoted: bool, limit: int
+    chunks: Iterable[bytes],
+    *,
+    offset: int,
+    first_line: int,
+    quoted: bool,
+    json_lines: bool = False,
+    limit: int,
 ) -> Iterator[RawBlock]:
     """The records of a byte range (starting at a record start), a downloaded chunk's worth at
-    a time; a record longer than `limit` bytes or a quote never closed raises RawPathUnsafe."""
+    a time; a record longer than `limit` bytes or a quote never closed raises RawPathUnsafe.
+
+    `quoted`: quotes hold line breaks (CSV, unless a CDM file says QuoteStyle.None);
+    `json_lines`: a line of spaces is no record (the csv module reads it as one)."""
     pending, base, line = b"", offset, first_line
     for chunk in _at_most(chunks, BLOCK_BYTES):
         data = pending + chunk if pending else chunk
@@ -69,14 +78,14 @@ def raw_blocks(
             if len(pending) > limit:
                 raise RawPathUnsafe(f"a record from line {line} on is over the cap")
             continue
-        block, kept, line = _records(data[:cut], base, line, quoted, limit)
+        block, kept, line = _records(data[:cut], base, line, quoted, json_lines, limit)
         pending = data[kept:]
         if len(pending) > limit:
             raise RawPathUnsafe(f"a record from line {line} on is over the cap")
         base += kept
         yield block
     if pending:  # the range ends without a line break
-        block, kept, line = _records(pending + b"\n", base, line, quoted, limit)
+        block, kept, line = _records(pending + b"\n", base, line, quoted, json_lines, limit)
         if kept < len(pending):
             raise RawPathUnsafe(f"the quote opened on line {line} is never closed")
         yield RawBlock(pending, block.offset, block.lines, block.starts, block.ends)
@@ -98,7 +107,7 @@ def _at_most(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
 
 
 def _records(
-    data: bytes, base: int, first_line: int, quoted: bool, limit: int
+    data: bytes, base: int, first_line: int, quoted: bool, json_lines: bool, limit: int
 ) -> tuple[RawBlock, int, int]:
     """The records of `data` (whole lines): the block, how many bytes it holds (a record still
     inside quotes at the end is left out for the next chunk), and the next line's number.
@@ -125,7 +134,7 @@ def _records(
     lines[1:] = closing[:-1] + 1
     lengths = ends - starts
     blank = (lengths == 0) | ((lengths == 1) & (octets[starts] == 13))
-    if not quoted:  # a line of spaces is no record either (`bytes.strip`'s spaces)
+    if json_lines:  # a line of spaces is no record either (`bytes.strip`'s spaces)
         for at in np.flatnonzero(~blank & np.isin(octets[starts], _SPACES)).tolist():
             blank[at] = not data[int(starts[at]) : int(ends[at])].strip()
     keep = ~blank

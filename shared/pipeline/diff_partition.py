@@ -459,15 +459,16 @@ def _reread(
     columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
     values = source_row.values
     customer_id = usable_customer_id(values, mapping)
+    line = f"line {source_row.line} of {source_row.file or run.source}"
     if customer_id is None:  # the split took it for a row the snapshot holds, so it is one
         raise SourceError(
-            f"line {order} of {run.source} no longer holds the record read from it while "
-            "planning: the file was written during the run; start the run again"
+            f"{line} no longer holds the record read from it while planning: the file was "
+            "written during the run; start the run again"
         )
     if partition_of(customer_id, job.partitions) != job.partition:
         raise SourceError(
-            f"line {order} of {run.source} was filed by a digest that another row shares; "
-            "start a full refresh, which files every row by its customer id"
+            f"{line} was filed by a digest that another row shares; start a full refresh, "
+            "which files every row by its customer id"
         )
     seed = row_digest_seed(run.code_version, run.mapping_fingerprint)
     digest = row_digest([values.get(column) for column in columns], seed)

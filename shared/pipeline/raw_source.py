@@ -2,16 +2,18 @@
 for byte are filed by their raw digest without being parsed; the others are parsed, a stretch
 of consecutive ones at a time, and carry their raw digest to the snapshot for the next run.
 
-Used for the byte ranges of a plain CSV or JSON Lines file (a large one, split in parallel);
-a gzip file, a CDM folder and a file small enough to split inline are read as rows throughout.
+Used for the byte ranges of a plain CSV or JSON Lines file (a large one, split in parallel)
+and for the partition files of a CDM folder (one per split job, read with the CSV settings its
+model gives it); a gzip file and a source small enough to split inline are read as rows.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from itertools import pairwise
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Literal
 
 from shared.adapters.services import Services
 from shared.adapters.storage import read_ahead
@@ -27,21 +29,101 @@ from shared.core.raw_records import (
 from shared.core.record_index import RecordIndex
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, SplitResult
-from shared.core.source_files import MAX_RECORD_BYTES, RecordReader, SourceError, open_lines
+from shared.core.source_files import (
+    MAX_RECORD_BYTES,
+    LineStream,
+    RecordReader,
+    SourceError,
+    open_lines,
+    row_order,
+    row_part,
+)
 from shared.pipeline.run_files import matched_record_type, splits_blob_name
-from shared.pipeline.run_source import Row, index_applies, source_format
+from shared.pipeline.run_source import Row, cdm_entity, index_applies, source_format
 
 if TYPE_CHECKING:
     import numpy as np
 
 
 def reads_raw(run: Run, export: Export, job: SplitJob) -> bool:
-    """Whether the job's range is a byte range of a plain CSV or JSON Lines file."""
-    return (
-        job.splits > 1
-        and job.end >= 0
-        and source_format(run, export) in ("csv", "jsonl")
-        and not run.source.endswith(".gz")
+    """Whether the job's range is a byte range of a plain CSV or JSON Lines file, or a CDM
+    partition file (a compressed one is read as rows: see `raw_rows`)."""
+    if job.splits <= 1:
+        return False
+    if source_format(run, export) == "cdm":
+        return True
+    return job.end >= 0 and not run.source.endswith(".gz")
+
+
+@dataclass(frozen=True, slots=True)
+class RawRange:
+    """Where a split job's records are and how they read: a byte range of a plain file, or a
+    CDM partition file whole (`part`, its index in the folder, orders its rows across it)."""
+
+    container: str
+    path: str
+    start: int
+    length: int | None  # to the file's end when None
+    first_line: int
+    fmt: Literal["csv", "jsonl"]
+    columns: list[str] | None  # a CSV record's fields
+    headed: bool  # the range starts with the header row: checked, then skipped
+    headerless: bool  # the file has no header row: its columns come from a CDM model
+    delimiter: str = ","
+    quoting: bool = True
+    part: int | None = None
+    file: str | None = None  # a CDM partition file, as rows name it
+
+    def seed(self, run: Run) -> int:
+        """What turns these bytes into a profile, besides the code and the mapping: a CDM file's
+        delimiter and quoting too (a different dialect reads other values from them)."""
+        dialect = self.fmt if self.part is None else f"cdm {self.delimiter!r} {self.quoting}"
+        return raw_digest_seed(run.code_version, run.mapping_fingerprint, dialect, self.columns)
+
+    def reader(self, lines: LineStream) -> RecordReader:
+        """A reader of the range's records, with the problem messages the rows path gives."""
+        if self.headerless:
+            return RecordReader(
+                lines, "csv", columns=self.columns, delimiter=self.delimiter, quoting=self.quoting
+            )
+        return RecordReader(
+            lines, self.fmt, header=self.columns, delimiter=self.delimiter, quoting=self.quoting
+        )
+
+    def order(self, line: int) -> int:
+        return row_order(self.part, line)
+
+
+def raw_range(run: Run, export: Export, job: SplitJob, services: Services) -> RawRange:
+    """The job's range: its CDM partition file, or its bytes of the file."""
+    fmt = source_format(run, export)
+    if fmt == "cdm":
+        return _partition_file(run, export, job.split, services)
+    container, _, path = run.source.partition("/")
+    header = planned_header(run, fmt, services)
+    length = job.end - job.start
+    headed = job.split == 0 and fmt == "csv"
+    return RawRange(container, path, job.start, length, job.first_line, fmt, header, headed, False)
+
+
+def _partition_file(run: Run, export: Export, part: int, services: Services) -> RawRange:
+    """Partition file `part` of the run's CDM folder, as the plan recorded the folder."""
+    entity, files = cdm_entity(run, export, services, record_files=False)
+    partition, settings = entity.partitions[part], entity.partitions[part].csv
+    return RawRange(
+        partition.container,
+        partition.blob,
+        0,
+        None,
+        1,
+        "csv",
+        list(entity.columns),
+        headed=settings.column_headers,
+        headerless=not settings.column_headers,
+        delimiter=settings.delimiter,
+        quoting=settings.quoting,
+        part=part,
+        file=files[part],
     )
 
 
@@ -52,15 +134,6 @@ def record_index(run: Run, export: Export, job: SplitJob, services: Services) ->
         return None
     snapshot = (run.previous_snapshot, run.previous_partitions)
     return services.snapshots.record_index(export.name, run.connection, snapshot)
-
-
-def planned_header(run: Run, fmt: SourceFormat, services: Services) -> list[str] | None:
-    """The CSV header the plan read (a later range does not hold it)."""
-    if fmt != "csv":
-        return None
-    plan = json.loads(services.storage.read_bytes(RUNS_CONTAINER, splits_blob_name(run.run_id)))
-    header: list[str] = plan["header"]
-    return header
 
 
 def raw_rows(
@@ -77,40 +150,41 @@ def raw_rows(
     (`matched`, `run_files`), and yield the others as rows, each with its raw digest. Raises
     RawPathUnsafe when the range must be read as rows instead (nothing of this attempt is kept
     then)."""
-    fmt = source_format(run, export)
-    header = planned_header(run, fmt, services)
-    seed = raw_digest_seed(run.code_version, run.mapping_fingerprint, fmt, header)
-    container, _, path = run.source.partition("/")
-    chunks = read_ahead(
-        services.storage.read_chunks(container, path, job.start, job.end - job.start)
-    )
+    where = raw_range(run, export, job, services)
+    if where.path.endswith(".gz"):
+        raise RawPathUnsafe("a compressed file is read as rows")
+    seed = where.seed(run)
+    span = () if where.length is None else (where.start, where.length)  # a whole file may be empty
+    chunks = read_ahead(services.storage.read_chunks(where.container, where.path, *span))
     blocks = raw_blocks(
         chunks,
-        offset=job.start,
-        first_line=job.first_line,
-        quoted=fmt == "csv",
+        offset=where.start,
+        first_line=where.first_line,
+        quoted=where.fmt == "csv" and where.quoting,
+        json_lines=where.fmt == "jsonl",
         limit=MAX_RECORD_BYTES,
     )
-    header_ahead = job.split == 0 and fmt == "csv"
+    header_ahead = where.headed
     for block in blocks:
         if header_ahead and block.lines:
-            _skip_header(block, header)
+            _skip_header(block, where)
             header_ahead = False
         digests = digest_records(block, seed)
         if index is None:
-            yield from _parsed(block, 0, len(digests), digests, fmt, header)
+            yield from _parsed(block, 0, len(digests), digests, where)
         else:
             found = index.partitions(digests)
-            yield from _filed_or_parsed(block, digests, found, fmt, header, matched, tally)
+            yield from _filed_or_parsed(block, digests, found, where, matched, tally)
         progress()
+    if header_ahead:  # the rows path says what is wrong with a file without its header row
+        raise RawPathUnsafe("the range has no header row")
 
 
 def _filed_or_parsed(
     block: RawBlock,
     digests: list[bytes],
     found: np.ndarray,
-    fmt: SourceFormat,
-    header: list[str] | None,
+    where: RawRange,
     matched: list[IO[bytes]],
     tally: SplitResult,
 ) -> Iterator[Row]:
@@ -126,7 +200,7 @@ def _filed_or_parsed(
     if len(hits):
         starts = np.asarray(block.starts)[hits]
         records = np.empty(len(hits), matched_record_type())
-        records["order"] = np.asarray(block.lines)[hits]
+        records["order"] = np.asarray(block.lines)[hits] + where.order(0)
         records["offset"] = starts + block.offset
         records["length"] = np.asarray(block.ends)[hits] - starts
         records["raw"] = np.frombuffer(b"".join(digests), ">u8")[hits]
@@ -143,29 +217,27 @@ def _filed_or_parsed(
     bounds = [0, *(np.flatnonzero(missing[1:] != missing[:-1]) + 1).tolist(), count]
     for start, end in pairwise(bounds):
         if missing[start]:
-            yield from _parsed(block, start, end, digests, fmt, header)
+            yield from _parsed(block, start, end, digests, where)
 
 
-def _skip_header(block: RawBlock, header: list[str] | None) -> None:
-    """Drop the range's first record, the header, after checking it is the one the plan read
-    (a header the raw records cut differently from the parser is no header to skip)."""
+def _skip_header(block: RawBlock, where: RawRange) -> None:
+    """Drop the range's first record, the header, after checking it names the columns the plan
+    read (a header the raw records cut differently from the parser is no header to skip)."""
     text = block.data[block.starts[0] : block.ends[0]] + b"\n"
+    lines = open_lines([text], first_line=where.first_line)
     try:
-        columns = RecordReader(open_lines([text]), "csv").columns
+        columns = RecordReader(
+            lines, "csv", delimiter=where.delimiter, quoting=where.quoting
+        ).columns
     except SourceError as error:
         raise RawPathUnsafe(str(error)) from None
-    if block.lines[0] != 1 or columns != header:
+    if block.lines[0] != where.first_line or columns != where.columns:
         raise RawPathUnsafe("the first record is not the header the plan read")
     del block.lines[0], block.starts[0], block.ends[0]
 
 
 def _parsed(
-    block: RawBlock,
-    start: int,
-    end: int,
-    digests: list[bytes],
-    fmt: SourceFormat,
-    header: list[str] | None,
+    block: RawBlock, start: int, end: int, digests: list[bytes], where: RawRange
 ) -> Iterator[Row]:
     """Records start to end (exclusive) of the block, parsed together (with the blank lines
     between them, so line numbers hold); each must be one of the raw records, else the raw
@@ -173,33 +245,48 @@ def _parsed(
     if start == end:  # a block of blank lines
         return
     text = block.data[block.starts[start] : block.ends[end - 1]] + b"\n"
-    reader = RecordReader(open_lines([text], first_line=block.lines[start]), fmt, header=header)
+    reader = where.reader(open_lines([text], first_line=block.lines[start]))
     expected = dict(zip(block.lines[start:end], digests[start:end], strict=True))
     try:
         for record in reader:
             raw = expected.pop(record.line, None)
             if raw is None:
                 raise RawPathUnsafe(f"the parser read a record at line {record.line}")
-            yield Row(record.line, record.line, None, record.values, record.problem, raw.hex())
+            order = where.order(record.line)
+            yield Row(order, record.line, where.file, record.values, record.problem, raw.hex())
     except SourceError as error:
         raise RawPathUnsafe(str(error)) from None
     if expected:
         raise RawPathUnsafe(f"the parser read no record at line {min(expected)}")
 
 
+def planned_header(run: Run, fmt: SourceFormat, services: Services) -> list[str] | None:
+    """The CSV header the plan read (a later range does not hold it)."""
+    if fmt != "csv":
+        return None
+    plan = json.loads(services.storage.read_bytes(RUNS_CONTAINER, splits_blob_name(run.run_id)))
+    header: list[str] = plan["header"]
+    return header
+
+
 def reread(run: Run, export: Export, order: int, where: str, services: Services) -> Row:
-    """The row a split filed by its raw digest (at `offset:length` in the file), read and
+    """The row a split filed by its raw digest (at `offset:length` in its file), read and
     parsed again: the diff needs its values when the snapshot does not hold it as it is."""
-    fmt = source_format(run, export)
     offset, length = (int(part) for part in where.split(":"))
-    container, _, path = run.source.partition("/")
-    data = b"".join(services.storage.read_chunks(container, path, offset, length))
-    lines = open_lines([data + b"\n"], first_line=order)
-    records = list(RecordReader(lines, fmt, header=planned_header(run, fmt, services)))
-    if len(records) != 1 or records[0].problem or records[0].line != order:
+    part, line = row_part(order)
+    if part is None:
+        fmt = source_format(run, export)
+        assert fmt != "cdm"  # a CDM folder's rows are ordered by their partition file
+        container, _, path = run.source.partition("/")
+        header = planned_header(run, fmt, services)
+        found = RawRange(container, path, offset, length, line, fmt, header, False, False)
+    else:
+        found = replace(_partition_file(run, export, part, services), headed=False)
+    data = services.storage.read_chunks(found.container, found.path, offset, length)
+    records = list(found.reader(open_lines([b"".join(data) + b"\n"], first_line=line)))
+    if len(records) != 1 or records[0].problem or records[0].line != line:
         raise SourceError(
-            f"line {order} of {run.source} no longer holds the record read from it while "
-            "planning: the file was written during the run; start the run again"
+            f"line {line} of {found.container}/{found.path} no longer holds the record read "
+            "from it while planning: the file was written during the run; start the run again"
         )
-    record = records[0]
-    return Row(order, order, None, record.values, None)
+    return Row(order, line, found.file, records[0].values, None)

@@ -77,7 +77,7 @@ def open_source(run: Run, export: Export, services: Services, head: bytes = b"")
     fmt = source_format(run, export)
     container, _, path = run.source.partition("/")
     if fmt == "cdm":
-        entity, files = _cdm_entity(run, export, services, record_files=True)
+        entity, files = cdm_entity(run, export, services, record_files=True)
         rows = _cdm_rows(entity, files, range(len(files)), services)
         size = sum(storage.size(*name.split("/", 1)) for name in files)
         compressed = any(name.endswith(".gz") for name in files)
@@ -119,7 +119,7 @@ def _file_rows(reader: RecordReader) -> Iterator[Row]:
         yield Row(record.line, record.line, None, record.values, record.problem)
 
 
-def _cdm_entity(
+def cdm_entity(
     run: Run, export: Export, services: Services, *, record_files: bool
 ) -> tuple[CdmEntity, list[str]]:
     """The model's entity, checked; the plan records its partition files, which row positions
@@ -242,7 +242,7 @@ def range_rows(run: Run, export: Export, job: SplitJob, services: Services) -> I
     """The records of one split job's range: its CDM file, or its bytes of the file."""
     fmt = source_format(run, export)
     if fmt == "cdm":
-        entity, files = _cdm_entity(run, export, services, record_files=False)
+        entity, files = cdm_entity(run, export, services, record_files=False)
         return _cdm_rows(entity, files, range(job.split, job.split + 1), services)
     container, _, path = run.source.partition("/")
     chunks = read_ahead(

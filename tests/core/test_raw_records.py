@@ -31,10 +31,17 @@ def _chunked(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
-def _records(data: bytes, size: int, *, quoted: bool = True, limit: int = 1 << 20):
+def _records(
+    data: bytes, size: int, *, quoted: bool = True, json_lines: bool = False, limit: int = 1 << 20
+):
     found = []
     for block in raw_blocks(
-        _chunked(data, size), offset=100, first_line=7, quoted=quoted, limit=limit
+        _chunked(data, size),
+        offset=100,
+        first_line=7,
+        quoted=quoted,
+        json_lines=json_lines,
+        limit=limit,
     ):
         for line, start, end in zip(block.lines, block.starts, block.ends, strict=True):
             found.append((line, block.offset + start, block.data[start:end]))
@@ -85,7 +92,7 @@ def test_a_record_over_the_cap_is_unsafe_before_it_is_held_whole() -> None:
 
 def test_json_lines_records_are_lines_and_quotes_mean_nothing() -> None:
     data = b'{"a": "x\\"y"}\n  \n{"a": "\\"\\""}\n'
-    assert [r for _, _, r in _records(data, 5, quoted=False)] == [
+    assert [r for _, _, r in _records(data, 5, quoted=False, json_lines=True)] == [
         b'{"a": "x\\"y"}',
         b'{"a": "\\"\\""}',
     ]
@@ -115,7 +122,28 @@ def test_random_messy_csv_cuts_as_the_csv_module_reads_it(seed: int) -> None:
 
 def test_json_lines_of_spaces_are_no_records_whatever_the_spaces() -> None:
     data = b'{"a":1}\n\t\x0b\x0c \r\n\r\n\n {"a":2}\n'
-    assert _records(data, 3, quoted=False) == [(7, 100, b'{"a":1}'), (11, 117, b' {"a":2}')]
+    assert _records(data, 3, quoted=False, json_lines=True) == [
+        (7, 100, b'{"a":1}'),
+        (11, 117, b' {"a":2}'),
+    ]
+
+
+@pytest.mark.parametrize("size", [1, 4, 64])
+def test_unquoted_csv_records_are_lines_where_quotes_are_text_and_spaces_a_record(
+    size: int,
+) -> None:
+    """A CDM file written with QuoteStyle.None: a quote is text (it opens nothing), and a line
+    of spaces is a record as the csv module reads it (a row with too few fields), not a blank
+    line as in JSON Lines; a blank line is none."""
+    data = b'a;5" screen;x\r\n   \r\n\r\nb;"open;y\nc;z";w\n'
+    records = _records(data, size, quoted=False)
+    rows = csv.reader(io.StringIO(data.decode(), newline=""), delimiter=";", quoting=csv.QUOTE_NONE)
+    assert [r for _, _, r in records] == [b'a;5" screen;x\r', b"   \r", b'b;"open;y', b'c;z";w']
+    assert [line for line, _, _ in records] == [7, 8, 10, 11]
+    assert [row for row in rows if row] == [
+        next(csv.reader([r.decode()], delimiter=";", quoting=csv.QUOTE_NONE))
+        for _, _, r in records
+    ]
 
 
 def test_digests_are_seeded_by_what_makes_bytes_a_profile() -> None:
