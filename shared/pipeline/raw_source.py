@@ -90,8 +90,10 @@ class RawRange:
             lines, self.fmt, header=self.columns, delimiter=self.delimiter, quoting=self.quoting
         )
 
-    def order(self, line: int) -> int:
-        return row_order(self.part, line)
+    @property
+    def order_base(self) -> int:
+        """A record's order is this plus its line (`row_order`)."""
+        return row_order(self.part, 0)
 
 
 def raw_range(run: Run, export: Export, job: SplitJob, services: Services) -> RawRange:
@@ -200,7 +202,7 @@ def _filed_or_parsed(
     if len(hits):
         starts = np.asarray(block.starts)[hits]
         records = np.empty(len(hits), matched_record_type())
-        records["order"] = np.asarray(block.lines)[hits] + where.order(0)
+        records["order"] = np.asarray(block.lines)[hits] + where.order_base
         records["offset"] = starts + block.offset
         records["length"] = np.asarray(block.ends)[hits] - starts
         records["raw"] = np.frombuffer(b"".join(digests), ">u8")[hits]
@@ -247,13 +249,14 @@ def _parsed(
     text = block.data[block.starts[start] : block.ends[end - 1]] + b"\n"
     reader = where.reader(open_lines([text], first_line=block.lines[start]))
     expected = dict(zip(block.lines[start:end], digests[start:end], strict=True))
+    order_base, file = where.order_base, where.file
     try:
         for record in reader:
-            raw = expected.pop(record.line, None)
+            line = record.line
+            raw = expected.pop(line, None)
             if raw is None:
-                raise RawPathUnsafe(f"the parser read a record at line {record.line}")
-            order = where.order(record.line)
-            yield Row(order, record.line, where.file, record.values, record.problem, raw.hex())
+                raise RawPathUnsafe(f"the parser read a record at line {line}")
+            yield Row(order_base + line, line, file, record.values, record.problem, raw.hex())
     except SourceError as error:
         raise RawPathUnsafe(str(error)) from None
     if expected:

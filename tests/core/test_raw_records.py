@@ -141,8 +141,7 @@ def test_unquoted_csv_records_are_lines_where_quotes_are_text_and_spaces_a_recor
     assert [r for _, _, r in records] == [b'a;5" screen;x\r', b"   \r", b'b;"open;y', b'c;z";w']
     assert [line for line, _, _ in records] == [7, 8, 10, 11]
     assert [row for row in rows if row] == [
-        next(csv.reader([r.decode()], delimiter=";", quoting=csv.QUOTE_NONE))
-        for _, _, r in records
+        next(csv.reader([r.decode()], delimiter=";", quoting=csv.QUOTE_NONE)) for _, _, r in records
     ]
 
 
