@@ -159,14 +159,30 @@ def read_entity(entity: CdmEntity, read_chunks: ReadChunks) -> Iterator[CdmRecor
 def _read_partition(
     entity: CdmEntity, partition: CdmPartition, read_chunks: ReadChunks
 ) -> Iterator[CdmRecord]:
+    chunks = read_chunks(partition.container, partition.blob)
+    yield from read_partition_range(entity, partition, chunks, first_line=1, at_start=True)
+
+
+def read_partition_range(
+    entity: CdmEntity,
+    partition: CdmPartition,
+    chunks: Iterable[bytes],
+    *,
+    first_line: int,
+    at_start: bool,
+) -> Iterator[CdmRecord]:
+    """The rows of a byte range of one partition file (`chunks`), which starts at a record
+    start on line `first_line`; a header row, where the model says the file has one, is in the
+    range at the file's start (`at_start`) and is checked against the model's columns. Raises
+    SourceError as `read_entity` does, without the blob's name."""
     settings = partition.csv
-    reader = RecordReader(
-        open_lines(read_chunks(partition.container, partition.blob)),
-        "csv",
-        columns=None if settings.column_headers else entity.columns,
-        delimiter=settings.delimiter,
-        quoting=settings.quoting,
-    )
+    lines, delimiter, quoting = open_lines(chunks, first_line), settings.delimiter, settings.quoting
+    if settings.column_headers and not at_start:  # after the header: its columns are known
+        header = entity.columns
+        reader = RecordReader(lines, "csv", header=header, delimiter=delimiter, quoting=quoting)
+    else:
+        columns = None if settings.column_headers else entity.columns
+        reader = RecordReader(lines, "csv", columns=columns, delimiter=delimiter, quoting=quoting)
     if reader.columns != list(entity.columns):
         raise SourceError(
             f"the header row names the columns {reader.columns}, but entity '{entity.name}' of "

@@ -64,11 +64,13 @@ class ExportJob(_Message):
 class SplitJob(_Message):
     """Split one range of a run's source into its pieces of the `partitions` hash partitions.
 
-    A plain file's range is bytes `start` to `end` (-1: to the end), whose first record starts
-    on line `first_line`; a CDM folder's split `split` is its partition file of that index.
+    The range is bytes `start` to `end` (-1: to the end) of the source file, or of the CDM
+    folder's partition file `file_index` (-1: a plain file); its first record starts on line
+    `first_line`.
     """
 
     kind: ClassVar[str] = "split-job"
+    version: ClassVar[int] = 2
     run_id: str
     export_name: str
     split: int
@@ -77,6 +79,16 @@ class SplitJob(_Message):
     start: int
     end: int
     first_line: int
+    file_index: int = -1
+
+    @classmethod
+    def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("version") != 1:
+            return data
+        # Version 1 read a CDM folder's partition files whole, one per split, to the end (-1);
+        # a plain file's ranges all end at an offset.
+        file_index = data.get("split", -1) if data.get("end") == -1 else -1
+        return {**data, "version": 2, "file_index": file_index}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from shared.adapters.services import Services
 from shared.adapters.snapshot_store import Manifest
 from shared.adapters.storage import IO_THREADS, BlobNotFound, Storage
-from shared.core.cdm import parse_model
 from shared.core.definitions import Connection, Export
 from shared.core.fingerprints import fingerprint, mapping_fingerprint
 from shared.core.messages import ExportJob, SplitJob
@@ -28,9 +27,11 @@ from shared.core.source_files import RecordStart
 from shared.pipeline.finalize import finish_early
 from shared.pipeline.run_files import carried_rejected_name, rejected_blob_name, splits_blob_name
 from shared.pipeline.run_source import (
+    DataFile,
+    SplitRange,
     code_digest,
+    data_files,
     open_source,
-    range_targets,
     record_start_scan,
     source_format,
     split_ranges,
@@ -77,20 +78,26 @@ def plan_run(job: ExportJob, services: Services) -> None:
         run.unchanged_since = ""  # an earlier attempt may have decided otherwise
         # The source's version is read before its rows: a write in between is then seen by
         # the ETag check at the end, and the run does not vouch for bytes it did not send.
-        targets = range_targets(run, export, services)
-        starts, head = list[RecordStart](), bytearray()  # filled by the scan
-        scan = record_start_scan(run, export, targets, starts, head) if targets else None
+        files = data_files(run, export, services)
+        starts = [list[RecordStart]() for _ in files]  # filled by the scans
+        heads = [bytearray() for _ in files]
+        scans = [
+            record_start_scan(file, found, head) if file.targets else None
+            for file, found, head in zip(files, starts, heads, strict=True)
+        ]
         if not run.dry_run:  # a dry run commits no snapshot, so it needs no version
             run.source_version, run.source_etags = _source_version(
-                run, export, connection, services, scan
+                run, export, connection, services, files, scans
             )
-        elif scan is not None:
-            scan(services.storage.read_chunks(*run.source.split("/", 1)))
+        else:
+            for file, scan in zip(files, scans, strict=True):
+                if scan is not None:
+                    scan(services.storage.read_chunks(*file.name.split("/", 1)))
         previous = _same_as_snapshot(run, manifest, services)
         if previous is not None and _carry_rejected(run, previous, services):
             _carry_forward(run, previous, services)
             return
-        source = open_source(run, export, services, bytes(head))
+        source = open_source(run, export, services, files, bytes(heads[0]))
         partitions = partition_count(source.size, source.compressed)
         ranges = split_ranges(source, starts)
     except PLANNING_ERRORS as error:
@@ -107,7 +114,7 @@ def plan_run(job: ExportJob, services: Services) -> None:
 
 def _plan_splits(
     run: Run,
-    ranges: list[tuple[int, int, int]],
+    ranges: list[SplitRange],
     partitions: int,
     header: list[str] | None,
     services: Services,
@@ -162,7 +169,8 @@ def _source_version(
     export: Export,
     connection: Connection,
     services: Services,
-    scan: Callable[[Iterable[bytes]], None] | None,
+    files: list[DataFile],
+    scans: list[Scan | None],
 ) -> tuple[str, str]:
     """What this run would read and how: a digest of each source file's bytes (for a CDM
     folder, the model and every partition file), the export's whole definition, the endpoint
@@ -173,31 +181,27 @@ def _source_version(
     Digests, not ETags: Customer Insights and most export tools write the whole segment again
     on every refresh, so an unchanged segment gets a new ETag each time. Reading the bytes once
     costs a fraction of a second per 100 MB, against the parsing, validation and diff saved;
-    `scan` looks at a plain file's bytes on the same read (to find where to cut it)."""
-    storage = services.storage
-    container, _, path = run.source.partition("/")
-    files = [run.source]
-    if source_format(run, export) == "cdm":
-        model = parse_model(storage.read_bytes(container, path), source=run.source)
-        partitions = model.entity(export.source.entity).partitions
-        files += [f"{p.container}/{p.blob}" for p in partitions]
-    read = _digests(files, storage, scan)
+    each data file's scan looks at its bytes on the same read (to find where to cut it)."""
+    names = [file.name for file in files]
+    if source_format(run, export) == "cdm":  # the model, then its partition files
+        names, scans = [run.source, *names], [None, *scans]
+    read = _digests(names, services.storage, scans)
     basis = {
         "app": code_digest(),
-        "files": [[name, digest] for name, (digest, _) in zip(files, read, strict=True)],
+        "files": [[name, digest] for name, (digest, _) in zip(names, read, strict=True)],
         "export": export.model_dump(mode="json"),
         "endpoint": connection.rest_endpoint,
     }
-    etags = [[name, etag] for name, (_, etag) in zip(files, read, strict=True)]
+    etags = [[name, etag] for name, (_, etag) in zip(names, read, strict=True)]
     return fingerprint(basis), json.dumps(etags)
 
 
-def _digests(
-    files: list[str], storage: Storage, scan: Callable[[Iterable[bytes]], None] | None
-) -> list[tuple[str, str]]:
+Scan = Callable[[Iterable[bytes]], None]
+
+
+def _digests(files: list[str], storage: Storage, scans: list[Scan | None]) -> list[tuple[str, str]]:
     """Each file's digest and ETag, several read at once: a CDM folder may hold many large
-    files. `scan` sees the first file's bytes."""
-    scans = [scan] + [None] * (len(files) - 1)
+    files. Each scan sees its file's bytes."""
     with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="source-digest") as pool:
         return list(
             pool.map(lambda name, look: storage.digest(*name.split("/", 1), look), files, scans)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 
 def reads_raw(run: Run, export: Export, job: SplitJob) -> bool:
-    """Whether the job's range is a byte range of a plain CSV or JSON Lines file, or a CDM
+    """Whether the job's range is a byte range of a plain CSV or JSON Lines file, or of a CDM
     partition file (a compressed one is read as rows: see `raw_rows`)."""
     if job.splits <= 1:
         return False
@@ -57,8 +57,8 @@ def reads_raw(run: Run, export: Export, job: SplitJob) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RawRange:
-    """Where a split job's records are and how they read: a byte range of a plain file, or a
-    CDM partition file whole (`part`, its index in the folder, orders its rows across it)."""
+    """Where a split job's records are and how they read: a byte range of a plain file or of a
+    CDM partition file (`part`, its index in the folder, orders its rows across it)."""
 
     container: str
     path: str
@@ -97,10 +97,15 @@ class RawRange:
 
 
 def raw_range(run: Run, export: Export, job: SplitJob, services: Services) -> RawRange:
-    """The job's range: its CDM partition file, or its bytes of the file."""
+    """The job's range: its bytes of the file, or of a CDM partition file."""
     fmt = source_format(run, export)
     if fmt == "cdm":
-        return _partition_file(run, export, job.split, services)
+        whole = _partition_file(run, export, job.file_index, services)
+        length = None if job.end < 0 else job.end - job.start
+        headed = whole.headed and job.start == 0
+        return replace(
+            whole, start=job.start, length=length, first_line=job.first_line, headed=headed
+        )
     container, _, path = run.source.partition("/")
     header = planned_header(run, fmt, services)
     length = job.end - job.start
@@ -156,7 +161,8 @@ def raw_rows(
     if where.path.endswith(".gz"):
         raise RawPathUnsafe("a compressed file is read as rows")
     seed = where.seed(run)
-    span = () if where.length is None else (where.start, where.length)  # a whole file may be empty
+    whole = where.start == 0 and where.length is None
+    span = () if whole else (where.start, where.length)  # a whole file may be empty
     chunks = read_ahead(services.storage.read_chunks(where.container, where.path, *span))
     blocks = raw_blocks(
         chunks,

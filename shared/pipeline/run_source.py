@@ -9,13 +9,14 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
 from shared.adapters.services import Services
 from shared.adapters.storage import Storage, read_ahead
-from shared.core.cdm import CdmEntity, parse_model, read_entity
+from shared.core.cdm import CdmEntity, parse_model, read_entity, read_partition_range
 from shared.core.definitions import Export, SourceFormat, format_of
 from shared.core.messages import SplitJob
 from shared.core.partitioning import partition_count
@@ -51,13 +52,12 @@ class Row:
 @dataclass
 class _Source:
     """The run's source: its format, size (to choose the partition count and the ranges),
-    CSV header, CDM file count, and its rows, streamed."""
+    CSV header, and its rows, streamed."""
 
     fmt: SourceFormat
     size: int
     compressed: bool
     header: list[str] | None
-    files: int
     rows: Iterator[Row]
 
 
@@ -67,8 +67,11 @@ def source_format(run: Run, export: Export) -> SourceFormat:
     return export.source.resolved_format() if same_file else format_of(path)
 
 
-def open_source(run: Run, export: Export, services: Services, head: bytes = b"") -> _Source:
-    """Open the run's source and check the mapped columns exist before anything is written.
+def open_source(
+    run: Run, export: Export, services: Services, files: list[DataFile], head: bytes
+) -> _Source:
+    """Open the run's source (its `data_files`) and check the mapped columns exist before
+    anything is written.
 
     `head`: the first bytes of a plain file, when the plan has read them already
     (`record_start_scan`); the header is then taken from them, and the rows are downloaded
@@ -76,12 +79,14 @@ def open_source(run: Run, export: Export, services: Services, head: bytes = b"")
     storage = services.storage
     fmt = source_format(run, export)
     container, _, path = run.source.partition("/")
+    size = sum(file.size for file in files)
+    compressed = any(file.name.endswith(".gz") for file in files)
     if fmt == "cdm":
-        entity, files = cdm_entity(run, export, services, record_files=True)
-        rows = _cdm_rows(entity, files, range(len(files)), services)
-        size = sum(storage.size(*name.split("/", 1)) for name in files)
-        compressed = any(name.endswith(".gz") for name in files)
-        return _Source(fmt, size, compressed, None, len(files), rows)
+        entity, names = cdm_entity(run, export, services, record_files=True)
+        if names != [file.name for file in files]:  # the ranges are cut in those files
+            raise SourceError(f"{run.source} changed while the run was being planned")
+        rows = _cdm_rows(entity, names, range(len(names)), services)
+        return _Source(fmt, size, compressed, None, rows)
     header = _header_record(head, fmt) if head else None
     if header is None:
         reader = RecordReader(open_lines(storage.read_chunks(container, path)), fmt)
@@ -90,8 +95,7 @@ def open_source(run: Run, export: Export, services: Services, head: bytes = b"")
         reader = RecordReader(open_lines([header]), fmt)
         rows = _rows_when_read(storage, container, path, fmt)
     reader.require_columns(_needed_columns(export))
-    size, compressed = storage.size(container, path), path.endswith(".gz")
-    return _Source(fmt, size, compressed, reader.columns, 1, rows)
+    return _Source(fmt, size, compressed, reader.columns, rows)
 
 
 def _header_record(head: bytes, fmt: SourceFormat) -> bytes | None:
@@ -155,25 +159,65 @@ def _cdm_rows(
         yield Row(order, record.line, files[part], record.values, record.problem)
 
 
-def range_targets(run: Run, export: Export, services: Services) -> list[int]:
-    """Where to cut the source for parallel split jobs: byte offsets of a plain CSV or JSON
-    Lines file larger than `EXPORT_SPLIT_MIB`, in ranges of about that size, or of
-    `INDEXED_RANGE_FACTOR` times that (two at least) when the previous snapshot's index applies
-    (each range then starts at the first record boundary past its offset, see
-    `record_starts`); none for a smaller or gzip file (read by one reader) or a CDM folder
-    (split by partition file)."""
-    container, _, path = run.source.partition("/")
-    if source_format(run, export) == "cdm" or path.endswith(".gz"):
-        return []
-    size, split_bytes = services.storage.size(container, path), services.settings.split_bytes
-    if size <= split_bytes:
-        return []
-    count = math.ceil(size / split_bytes)
-    if index_applies(run, partition_count(size, compressed=False)):
-        # Still two ranges at least: a file split inline is read as rows, without the index.
-        count = max(2, math.ceil(size / (split_bytes * INDEXED_RANGE_FACTOR)))
-    count = min(MAX_SPLITS, count)
-    return [size * k // count for k in range(1, count)]
+def _cdm_range_rows(
+    entity: CdmEntity, files: list[str], job: SplitJob, services: Services
+) -> Iterator[Row]:
+    """The records of a split job's range of a CDM partition file, positioned across the
+    whole folder."""
+    partition, part = entity.partitions[job.file_index], job.file_index
+    length = None if job.end < 0 else job.end - job.start
+    span = () if job.start == 0 and length is None else (job.start, length)  # may be empty
+    chunks = read_ahead(services.storage.read_chunks(partition.container, partition.blob, *span))
+    records = read_partition_range(
+        entity, partition, chunks, first_line=job.first_line, at_start=job.start == 0
+    )
+    try:
+        for record in records:
+            order = row_order(part, record.line)
+            yield Row(order, record.line, files[part], record.values, record.problem)
+    except SourceError as error:
+        raise SourceError(f"{partition.blob}: {error}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class DataFile:
+    """A file of the run's source that holds rows (the file itself, or one of a CDM folder's
+    partition files, in order), and where to cut it for parallel split jobs (`targets`, byte
+    offsets: the first record boundary past each starts a range, see `record_starts`)."""
+
+    name: str  # container/blob
+    size: int
+    quoted: bool  # its quotes may hold line breaks
+    targets: list[int]
+
+
+def data_files(run: Run, export: Export, services: Services) -> list[DataFile]:
+    """The source's data files, each cut where it is larger than `EXPORT_SPLIT_MIB`: in
+    ranges of about that size, or of `INDEXED_RANGE_FACTOR` times that when the previous
+    snapshot's index applies (a source of one file in two at least: one range is split inline,
+    without the index). A gzip file is not cut (one reader), nor a smaller file; a CDM folder
+    is split by partition file too."""
+    storage = services.storage
+    fmt = source_format(run, export)
+    if fmt == "cdm":
+        container, _, path = run.source.partition("/")
+        model = parse_model(storage.read_bytes(container, path), source=run.source)
+        partitions = model.entity(export.source.entity).partitions
+        files = [(f"{p.container}/{p.blob}", p.csv.quoting) for p in partitions]
+    else:
+        files = [(run.source, fmt == "csv")]
+    sizes = storage.in_parallel(partial(storage.size, *name.split("/", 1)) for name, _ in files)
+    compressed = any(name.endswith(".gz") for name, _ in files)
+    indexed = index_applies(run, partition_count(sum(sizes), compressed))
+    split_bytes, minimum = services.settings.split_bytes, 2 if len(files) == 1 else 1
+    found = []
+    for (name, quoted), size in zip(files, sizes, strict=True):
+        count = 1 if name.endswith(".gz") or size <= split_bytes else math.ceil(size / split_bytes)
+        if indexed and count > 1:
+            count = max(minimum, math.ceil(size / (split_bytes * INDEXED_RANGE_FACTOR)))
+        count = min(MAX_SPLITS, count)
+        found.append(DataFile(name, size, quoted, [size * k // count for k in range(1, count)]))
+    return found
 
 
 # A split files the rows the snapshot's index holds without parsing them: a delta's row costs
@@ -207,13 +251,12 @@ HEAD_BYTES = 1 << 20  # the first bytes of a file the plan scans, kept for its h
 
 
 def record_start_scan(
-    run: Run, export: Export, targets: list[int], found: list[RecordStart], head: bytearray
+    file: DataFile, found: list[RecordStart], head: bytearray
 ) -> Callable[[Iterable[bytes]], None]:
-    """A pass over the file's bytes that finds the record boundaries at the targets: one pass
-    that counts quotes (CSV) and newlines, with no parsing; given to the read that digests
+    """A pass over a data file's bytes that finds the record boundaries at its targets: one
+    pass that counts quotes (CSV) and newlines, with no parsing; given to the read that digests
     the file, so the file is not read again for it. Its first `HEAD_BYTES` go to `head`
-    (`open_source` reads the header from them)."""
-    quoted = source_format(run, export) == "csv"
+    (`open_source` reads a plain file's header from them)."""
 
     def kept(blocks: Iterable[bytes]) -> Iterator[bytes]:
         for block in blocks:
@@ -222,28 +265,35 @@ def record_start_scan(
             yield block
 
     def scan(blocks: Iterable[bytes]) -> None:
-        found.extend(record_starts(kept(blocks), targets, quoted=quoted))
+        found.extend(record_starts(kept(blocks), file.targets, quoted=file.quoted))
 
     return scan
 
 
-def split_ranges(source: _Source, starts: list[RecordStart]) -> list[tuple[int, int, int]]:
-    """How to cut the source for parallel split jobs: `(start, end, first line)` per range.
-    A CDM folder splits by partition file; a plain file at the record starts found (none: one
-    range, split inline)."""
-    if source.fmt == "cdm":
-        return [(0, -1, 1)] * source.files
-    bounds = [RecordStart(0, 1), *starts]
-    ends = [start.offset for start in bounds[1:]] + [source.size]
-    return [(start.offset, end, start.line) for start, end in zip(bounds, ends, strict=True)]
+# A split job's range: (start, end, first line, CDM partition file or -1), as `SplitJob` has it.
+SplitRange = tuple[int, int, int, int]
+
+
+def split_ranges(source: _Source, starts: list[list[RecordStart]]) -> list[SplitRange]:
+    """How to cut the source for parallel split jobs, at the record starts found in each data
+    file (none: one range; a plain file of one range is split inline). A CDM partition file's
+    last range ends at its end (-1); a plain file's, at its size."""
+    ranges = []
+    for index, found in enumerate(starts):
+        bounds = [RecordStart(0, 1), *found]
+        last = -1 if source.fmt == "cdm" else source.size
+        ends = [start.offset for start in found] + [last]
+        file_index = index if source.fmt == "cdm" else -1
+        ranges += [(b.offset, end, b.line, file_index) for b, end in zip(bounds, ends, strict=True)]
+    return ranges
 
 
 def range_rows(run: Run, export: Export, job: SplitJob, services: Services) -> Iterator[Row]:
-    """The records of one split job's range: its CDM file, or its bytes of the file."""
+    """The records of one split job's range: its bytes of the file, or of a CDM file."""
     fmt = source_format(run, export)
     if fmt == "cdm":
         entity, files = cdm_entity(run, export, services, record_files=False)
-        return _cdm_rows(entity, files, range(job.split, job.split + 1), services)
+        return _cdm_range_rows(entity, files, job, services)
     container, _, path = run.source.partition("/")
     chunks = read_ahead(
         services.storage.read_chunks(container, path, job.start, job.end - job.start)

@@ -1,6 +1,7 @@
 """Queue messages: small, versioned, and refused when they are not what this code reads."""
 
 import base64
+import json
 
 import pytest
 
@@ -73,6 +74,7 @@ def test_unreadable_messages_are_refused(
     [
         ExportJob("r1", "e"),
         SplitJob("r1", "e", 2, 10, 32, 1_000, 2_000, 17),
+        SplitJob("r1", "e", 3, 10, 32, 4_000, -1, 90, 1),
         PartitionJob("r1", "e", 5, 32),
     ],
 )
@@ -96,3 +98,30 @@ def test_the_planning_queue_gives_each_step_its_own_job(
 def test_a_message_no_planning_step_reads_is_refused(text: str, words: str) -> None:
     with pytest.raises(MessageError, match=words):
         planning_job(text)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "file_index"),
+    [(0, -1, 4), (1_000, 2_000, -1)],
+    ids=["cdm-file", "plain-range"],
+)
+def test_a_split_job_the_previous_version_queued_is_read_as_the_range_it_meant(
+    start: int, end: int, file_index: int
+) -> None:
+    """Version 1 read a CDM folder's partition file `split` whole (to the end, -1), and a
+    plain file's ranges to an offset."""
+    text = json.dumps(
+        {
+            "kind": "split-job",
+            "version": 1,
+            "run_id": "r1",
+            "export_name": "e",
+            "split": 4,
+            "splits": 10,
+            "partitions": 32,
+            "start": start,
+            "end": end,
+            "first_line": 1,
+        }
+    )
+    assert planning_job(text) == SplitJob("r1", "e", 4, 10, 32, start, end, 1, file_index)

@@ -10,15 +10,16 @@ import gzip
 import io
 import json
 import logging
+import math
 from typing import Any
 
 import pytest
 
 from shared.core.runs import Run, Status
-from shared.pipeline import diff_partition, split_source
+from shared.pipeline import diff_partition, run_source, split_source
 from shared.pipeline.raw_source import RawRange
 from shared.pipeline.run_files import matched_records, partition_piece_name, piece_sections
-from tests.integration.conftest import App, export_definition, run_in_process
+from tests.integration.conftest import SPLIT_MIB, App, export_definition, run_in_process
 
 COLUMNS = ["CustomerId", "PrimaryEmail", "FirstName", "Note"]
 NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
@@ -43,10 +44,10 @@ def _row(file: int, n: int, **changes: str) -> dict[str, str]:
     return {**row, **changes}
 
 
-def _unquotable(row: dict[str, str]) -> dict[str, str]:
+def _unquotable(row: dict[str, str], delimiter: str = ";") -> dict[str, str]:
     """The row as a QuoteStyle.None file can hold it: no quoting, so no line breaks and no
     delimiters in values (quotes are text)."""
-    return {k: v.replace("\n", " ").replace(";", ".") for k, v in row.items()}
+    return {k: v.replace("\n", " ").replace(delimiter, ".") for k, v in row.items()}
 
 
 def _partition(rows: list[dict[str, str]], style: dict[str, Any], *, bom: bool = False) -> bytes:
@@ -336,3 +337,88 @@ def test_a_partition_files_dialect_seeds_its_digests() -> None:
     assert base.seed(run) == RawRange(
         "x", "y", 0, None, 1, "csv", COLUMNS, True, False, ",", True, 3, "x/y"
     ).seed(run)
+
+
+def test_large_partition_files_are_cut_into_ranges_read_as_reading_them_whole_reads_them(
+    split_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder of one large headed file (`;`, quoted values with line breaks, a BOM), one
+    large header-less QuoteStyle.None file and one a little over a range (the app cuts ranges
+    of about 20 KiB here): each is cut at record starts into ranges of about that size, each a
+    split job, in a dry run too; a delta's ranges are a few times as large (fewer jobs; the
+    third file whole, a folder of several files needing no second range) and file the
+    unchanged rows by their bytes. Two exports of the folder, one reading raw records and one
+    rows, send, count and reject the same, where the rows are."""
+    headed = {"quoting": True, "delimiter": ";", "headers": True}
+    unquoted = {"quoting": False, "delimiter": ",", "headers": False}
+    folder = Folder(split_app, "rawcdm/ranges", [headed, unquoted, PLAIN])
+    _define(split_app, "cdm-ranges-raw", "cdm-ranges-rows", folder="rawcdm/ranges")
+    parts = [[_row(0, n) for n in range(1_500)], [], [_row(2, n) for n in range(400)]]
+    parts[1] = [_unquotable(dict(_row(1, n), FirstName='5" screen'), ",") for n in range(1_500)]
+    parts[0][700]["PrimaryEmail"] = "not an email"
+    changed = [[dict(row) for row in rows] for rows in parts]
+    changed[0][1_000]["Note"] = 'changed, "quoted"\nand multi-line'
+    changed[1][1_200]["FirstName"] = 'still 5" screen'
+    del changed[0][300]
+    reads_raw = split_source.reads_raw
+    outcomes: dict[str, list[Any]] = {}
+    for name in ("cdm-ranges-raw", "cdm-ranges-rows"):
+        raw = name == "cdm-ranges-raw"
+        monkeypatch.setattr(split_source, "reads_raw", reads_raw if raw else lambda *a: False)
+        folder.write(parts)
+        sizes = [split_app.services.storage.size("segments", file) for file in folder.files]
+        dry = run_in_process(split_app, name, dry_run=True)
+        first = run_in_process(split_app, name)
+        folder.write(changed)
+        split_app.mark_sandbox_requests()
+        delta = run_in_process(split_app, name)
+        range_bytes = int(SPLIT_MIB * 1024 * 1024)
+        assert range_bytes < sizes[2] < range_bytes * run_source.INDEXED_RANGE_FACTOR
+        ranges = sum(math.ceil(size / range_bytes) for size in sizes)
+        assert dry.splits == first.splits == ranges >= 3 + 3 + 2, first.message
+        larger = range_bytes * run_source.INDEXED_RANGE_FACTOR
+        assert delta.splits == sum(math.ceil(size / larger) for size in sizes) >= 2 + 2 + 1
+        filed = _filed_by_bytes(split_app, delta)
+        assert sum(filed) == (1_499 - 1 - 1 + 1_500 - 1 + 400 if raw else 0)
+        outcomes[name] = [
+            (run.rows_read, run.rows_valid, run.rows_rejected, _rejected(split_app, run))
+            for run in (dry, first, delta)
+        ] + [_sent(split_app), (delta.profiles_changed, delta.profiles_removed)]
+
+    assert outcomes["cdm-ranges-raw"] == outcomes["cdm-ranges-rows"]
+    runs = outcomes["cdm-ranges-raw"]
+    assert runs[1][:3] == (3_400, 3_399, 1)
+    assert runs[1][3] == [
+        (["email_invalid"], *folder.position(0, _line_of(parts[0], 700, headers=True)))
+    ]
+    assert runs[2][3] == [
+        (["email_invalid"], *folder.position(0, _line_of(changed[0], 699, headers=True)))
+    ]
+    sent = runs[3]
+    assert set(sent) == {"cdm-0-1000", "cdm-1-1200", "cdm-0-0300"}
+    assert sent["cdm-0-1000"]["note"] == 'changed, "quoted"\nand multi-line'
+    assert runs[4] == (2, 1)
+
+
+def test_a_folder_of_one_file_is_split_in_parallel_and_its_delta_filed_by_bytes(
+    split_app: App,
+) -> None:
+    """A folder of one partition file, a little over a range: it is cut in ranges like a CSV
+    file, and its delta in two at least (one range would be split inline, without the index),
+    which file its unchanged rows by their bytes."""
+    folder = Folder(split_app, "rawcdm/single", [PLAIN])
+    _define(split_app, "cdm-single", folder="rawcdm/single")
+    rows = [[_row(0, n) for n in range(400)]]
+    folder.write(rows)
+    size = split_app.services.storage.size("segments", folder.files[0])
+    range_bytes = int(SPLIT_MIB * 1024 * 1024)
+    assert range_bytes < size < range_bytes * run_source.INDEXED_RANGE_FACTOR
+    first = run_in_process(split_app, "cdm-single")
+    rows[0][5]["FirstName"] = "Changed"
+    folder.write(rows)
+    split_app.mark_sandbox_requests()
+    delta = run_in_process(split_app, "cdm-single")
+
+    assert first.splits == math.ceil(size / range_bytes) and first.profiles_accepted == 400
+    assert delta.splits == 2 and sum(_filed_by_bytes(split_app, delta)) == 399
+    assert list(_sent(split_app)) == ["cdm-0-0005"] and delta.profiles_unchanged == 399
