@@ -20,9 +20,9 @@ at 0: at 19 a host can be starved long enough between a request's slot and its s
 request to land in the next rate window (seen at 5M profiles).
 
 `--source cdm` writes the same rows as Customer Insights writes a segment: a CDM folder of
-partition files without headers (one per 100,000 rows, each split by a job of its own) and a
-model.json naming them. Such a folder's rows are parsed in full by every run that reads it (the
-raw-byte index applies to plain CSV and JSON Lines files only), so its delta costs more.
+partition files without headers (one per 100,000 rows by default, about 8 MB each, so each is
+split by a job of its own; `--cdm-files N` writes N, a large file being cut into ranges as a
+CSV file is) and a model.json naming them.
 
 With `--flame-graphs`, py-spy samples each local host through each run and writes
 `<out>/<date>-<run>-worker<n>.svg`: where the CPU went.
@@ -32,6 +32,7 @@ With `--flame-graphs`, py-spy samples each local host through each run and write
     .venv/bin/python bench/export_bench.py --runs 1 --max-in-flight 64 --logs /tmp/hosts
     .venv/bin/python bench/export_bench.py --runs 1 --host-nice 10
     .venv/bin/python bench/export_bench.py --profiles 1000000 --source cdm
+    .venv/bin/python bench/export_bench.py --profiles 1000000 --source cdm --cdm-files 1
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def write_segment(path: Path, profiles: int, changed_every: int = 0, seed: int =
 
 CDM_FOLDER = "bench/cdm"
 CDM_ENTITY = "Segment"
-CDM_ROWS_PER_FILE = 100_000  # about 8 MB each: split by file, as a CSV is by 8 MiB range
+CDM_ROWS_PER_FILE = 100_000  # by default; about 8 MB each: split by file, as a CSV by 8 MiB range
 
 
 def cdm_files(profiles: int) -> int:
@@ -111,17 +112,19 @@ def upload_cdm_folder(services: Services, folder: Path, files: int) -> None:
     container.upload_blob(f"{CDM_FOLDER}/model.json", model, overwrite=True)
 
 
-def write_cdm_segment(folder: Path, profiles: int, changed_every: int = 0, seed: int = 7) -> int:
-    """The same rows as `write_segment`, as a Customer Insights CDM folder holds them: partition
-    files without a header (`part-NNN.csv`, `CDM_ROWS_PER_FILE` consecutive rows each; the
-    model naming them is `cdm_model`). Returns the valid rows."""
+def write_cdm_segment(
+    folder: Path, profiles: int, files: int, changed_every: int = 0, seed: int = 7
+) -> int:
+    """The same rows as `write_segment`, as a Customer Insights CDM folder holds them: `files`
+    partition files without a header (`part-NNN.csv`, consecutive rows, as many in each but the
+    last; the model naming them is `cdm_model`). Returns the valid rows."""
     folder.mkdir(parents=True, exist_ok=True)
-    valid = 0
-    paths = [folder / f"part-{k:03d}.csv" for k in range(cdm_files(profiles))]
+    valid, rows_per_file = 0, math.ceil(profiles / files)
+    paths = [folder / f"part-{k:03d}.csv" for k in range(files)]
     outs = [path.open("w", encoding="utf-8", newline="") for path in paths]
     try:
         for n, (record, is_valid) in enumerate(segment_records(profiles, changed_every, seed)):
-            outs[n // CDM_ROWS_PER_FILE].write(record)
+            outs[n // rows_per_file].write(record)
             valid += is_valid
     finally:
         for out in outs:
@@ -556,8 +559,14 @@ def main() -> int:
         "--source",
         choices=("csv", "cdm"),
         default="csv",
-        help="one CSV file, or a Customer Insights CDM folder (model.json and a partition file "
-        "per 100,000 rows, without headers)",
+        help="one CSV file, or a Customer Insights CDM folder (model.json and partition files "
+        "without headers)",
+    )
+    parser.add_argument(
+        "--cdm-files",
+        type=int,
+        default=None,
+        help="partition files of a CDM folder (default: one per 100,000 rows)",
     )
     parser.add_argument(
         "--runs",
@@ -601,7 +610,7 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
     workers: list[subprocess.Popen[bytes]] = []
     try:
         definitions = workdir / "exports.json"
-        files = cdm_files(args.profiles) if args.source == "cdm" else 0
+        files = (args.cdm_files or cdm_files(args.profiles)) if args.source == "cdm" else 0
         source = f"{CDM_FOLDER}/model.json" if files else SOURCE
         document = demo_definitions(sandbox.url, "segments", source, "Bench")
         if args.chunk_size:
@@ -638,7 +647,7 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
             ("unchanged re-run", None, True),
         )[: args.runs]:
             if changed_every is not None and files:
-                valid = write_cdm_segment(folder, args.profiles, changed_every)
+                valid = write_cdm_segment(folder, args.profiles, files, changed_every)
             elif changed_every is not None:
                 valid = write_segment(path, args.profiles, changed_every)
             if upload and files:

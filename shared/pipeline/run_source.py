@@ -192,11 +192,9 @@ class DataFile:
 
 
 def data_files(run: Run, export: Export, services: Services) -> list[DataFile]:
-    """The source's data files, each cut where it is larger than `EXPORT_SPLIT_MIB`: in
-    ranges of about that size, or of `INDEXED_RANGE_FACTOR` times that when the previous
-    snapshot's index applies (a source of one file in two at least: one range is split inline,
-    without the index). A gzip file is not cut (one reader), nor a smaller file; a CDM folder
-    is split by partition file too."""
+    """The source's data files, each cut into ranges of about `EXPORT_SPLIT_MIB`, or of
+    `INDEXED_RANGE_FACTOR` times that when the previous snapshot's index applies
+    (`_range_count`); a gzip file is not cut (one reader)."""
     storage = services.storage
     fmt = source_format(run, export)
     if fmt == "cdm":
@@ -209,15 +207,27 @@ def data_files(run: Run, export: Export, services: Services) -> list[DataFile]:
     sizes = storage.in_parallel(partial(storage.size, *name.split("/", 1)) for name, _ in files)
     compressed = any(name.endswith(".gz") for name, _ in files)
     indexed = index_applies(run, partition_count(sum(sizes), compressed))
-    split_bytes, minimum = services.settings.split_bytes, 2 if len(files) == 1 else 1
+    split_bytes, alone = services.settings.split_bytes, len(files) == 1
     found = []
     for (name, quoted), size in zip(files, sizes, strict=True):
-        count = 1 if name.endswith(".gz") or size <= split_bytes else math.ceil(size / split_bytes)
-        if indexed and count > 1:
-            count = max(minimum, math.ceil(size / (split_bytes * INDEXED_RANGE_FACTOR)))
+        count = 1 if name.endswith(".gz") else _range_count(size, split_bytes, indexed, alone)
         count = min(MAX_SPLITS, count)
         found.append(DataFile(name, size, quoted, [size * k // count for k in range(1, count)]))
     return found
+
+
+def _range_count(size: int, split_bytes: int, indexed: bool, alone: bool) -> int:
+    """How many ranges to cut a data file into. A file `alone` (the whole source) is cut once
+    it is over `split_bytes`, and then in two at least: a source of one range is split inline,
+    without the index. A CDM folder's partition files are split jobs already, so one is cut
+    where it holds about two ranges or more (ten files of 9 MB make ten jobs, not twenty: each
+    range is a piece more for every diff to read)."""
+    range_bytes = split_bytes * (INDEXED_RANGE_FACTOR if indexed else 1)
+    if not alone:
+        return max(1, round(size / range_bytes))
+    if size <= split_bytes:
+        return 1
+    return max(2, math.ceil(size / range_bytes))
 
 
 # A split files the rows the snapshot's index holds without parsing them: a delta's row costs

@@ -181,16 +181,17 @@ def test_the_summary_shows_where_each_sending_runs_cpu_went_phase_by_phase(
 
 
 def test_a_cdm_folder_is_measured_as_customer_insights_writes_it(tmp_path: Path) -> None:
-    """`--source cdm`: the same rows as partition files without headers and a model.json, one
-    split job per file; the first export sends every valid row and the delta only the
-    changed ones (the unchanged re-run, written again, sends nothing)."""
-    profiles = 100_100  # two partition files, the second of 100 rows
+    """`--source cdm --cdm-files 3`: the same rows as three partition files without headers
+    and a model.json, one split job per file (each under a range); the first export sends every
+    valid row and the delta only the changed ones (the unchanged re-run, written again, sends
+    nothing)."""
+    profiles = 100_100
     subprocess.run(
         [
             sys.executable,
             str(ROOT / "bench" / "export_bench.py"),
             *("--profiles", str(profiles), "--workers", "1", "--latency-ms", "5"),
-            *("--source", "cdm", "--out", str(tmp_path)),
+            *("--source", "cdm", "--cdm-files", "3", "--out", str(tmp_path)),
         ],
         cwd=ROOT,
         check=True,
@@ -200,10 +201,10 @@ def test_a_cdm_folder_is_measured_as_customer_insights_writes_it(tmp_path: Path)
     (json_file,) = tmp_path.glob("*.json")
     results = json.loads(json_file.read_text())
     first, delta, unchanged = results["runs"]
-    assert results["source"] == "CDM folder of 2 partition files"
-    assert "(CDM folder of 2 partition files)" in json_file.with_suffix(".md").read_text()
+    assert results["source"] == "CDM folder of 3 partition files"
+    assert "(CDM folder of 3 partition files)" in json_file.with_suffix(".md").read_text()
     assert {run["source_read"] for run in results["runs"]} == {"segments/bench/cdm/model.json"}
-    assert first["rows_read"] == profiles and first["splits"] == 2
+    assert first["rows_read"] == profiles and first["splits"] == 3
     assert first["rows_valid"] == first["valid_rows_generated"] == first["profiles_accepted"]
     assert delta["profiles_sent"] == delta["profiles_changed"] == profiles // CHANGED_EVERY
     assert delta["rows_read"] == profiles

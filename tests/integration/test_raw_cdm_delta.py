@@ -343,17 +343,17 @@ def test_large_partition_files_are_cut_into_ranges_read_as_reading_them_whole_re
     split_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A folder of one large headed file (`;`, quoted values with line breaks, a BOM), one
-    large header-less QuoteStyle.None file and one a little over a range (the app cuts ranges
-    of about 20 KiB here): each is cut at record starts into ranges of about that size, each a
+    large header-less QuoteStyle.None file and one of about two ranges (the app cuts ranges of
+    about 20 KiB here): each is cut at record starts into ranges of about that size, each a
     split job, in a dry run too; a delta's ranges are a few times as large (fewer jobs; the
-    third file whole, a folder of several files needing no second range) and file the
-    unchanged rows by their bytes. Two exports of the folder, one reading raw records and one
-    rows, send, count and reject the same, where the rows are."""
+    third file whole: a folder's files are split jobs already) and file the unchanged rows by
+    their bytes. Two exports of the folder, one reading raw records and one rows, send, count
+    and reject the same, where the rows are."""
     headed = {"quoting": True, "delimiter": ";", "headers": True}
     unquoted = {"quoting": False, "delimiter": ",", "headers": False}
     folder = Folder(split_app, "rawcdm/ranges", [headed, unquoted, PLAIN])
     _define(split_app, "cdm-ranges-raw", "cdm-ranges-rows", folder="rawcdm/ranges")
-    parts = [[_row(0, n) for n in range(1_500)], [], [_row(2, n) for n in range(400)]]
+    parts = [[_row(0, n) for n in range(1_500)], [], [_row(2, n) for n in range(600)]]
     parts[1] = [_unquotable(dict(_row(1, n), FirstName='5" screen'), ",") for n in range(1_500)]
     parts[0][700]["PrimaryEmail"] = "not an email"
     changed = [[dict(row) for row in rows] for rows in parts]
@@ -373,13 +373,13 @@ def test_large_partition_files_are_cut_into_ranges_read_as_reading_them_whole_re
         split_app.mark_sandbox_requests()
         delta = run_in_process(split_app, name)
         range_bytes = int(SPLIT_MIB * 1024 * 1024)
-        assert range_bytes < sizes[2] < range_bytes * run_source.INDEXED_RANGE_FACTOR
-        ranges = sum(math.ceil(size / range_bytes) for size in sizes)
-        assert dry.splits == first.splits == ranges >= 3 + 3 + 2, first.message
         larger = range_bytes * run_source.INDEXED_RANGE_FACTOR
-        assert delta.splits == sum(math.ceil(size / larger) for size in sizes) >= 2 + 2 + 1
+        assert round(sizes[2] / range_bytes) == 2 and round(sizes[2] / larger) == 1
+        ranges = sum(round(size / range_bytes) for size in sizes)
+        assert dry.splits == first.splits == ranges >= 3 + 3 + 2, first.message
+        assert delta.splits == sum(round(size / larger) for size in sizes) < first.splits
         filed = _filed_by_bytes(split_app, delta)
-        assert sum(filed) == (1_499 - 1 - 1 + 1_500 - 1 + 400 if raw else 0)
+        assert sum(filed) == (1_499 - 1 - 1 + 1_500 - 1 + 600 if raw else 0)
         outcomes[name] = [
             (run.rows_read, run.rows_valid, run.rows_rejected, _rejected(split_app, run))
             for run in (dry, first, delta)
@@ -387,7 +387,7 @@ def test_large_partition_files_are_cut_into_ranges_read_as_reading_them_whole_re
 
     assert outcomes["cdm-ranges-raw"] == outcomes["cdm-ranges-rows"]
     runs = outcomes["cdm-ranges-raw"]
-    assert runs[1][:3] == (3_400, 3_399, 1)
+    assert runs[1][:3] == (3_600, 3_599, 1)
     assert runs[1][3] == [
         (["email_invalid"], *folder.position(0, _line_of(parts[0], 700, headers=True)))
     ]
