@@ -585,6 +585,8 @@ def main() -> int:
         help="sample each local host with py-spy and write a flame graph per run and host",
     )
     args = parser.parse_args()
+    if args.cdm_files is not None and (args.cdm_files < 1 or args.source != "cdm"):
+        parser.error("--cdm-files takes a count of 1 or more, with --source cdm")
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
     code = code_measured()  # before the hosts start: the code they import

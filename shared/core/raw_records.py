@@ -3,14 +3,15 @@ record is and a digest of its bytes, found without parsing.
 
 A delta run's rows are mostly byte for byte the rows of the last run. A record whose bytes
 (under a seed that names everything turning bytes into a profile: the code, the mapping, the
-format and the header) are those of a record the snapshot holds is that profile, unchanged:
+format and the columns; for a CDM file, its delimiter and quoting too) are those of a record
+the snapshot holds is that profile, unchanged:
 the split files it by the snapshot's index (`RecordIndex`) without decoding, parsing,
 validating or digesting its values, and only the other records are parsed.
 
 Records are found as `record_starts` finds range boundaries: in RFC 4180 CSV a line break is
 inside quotes exactly when the quotes before it on the record are odd in number. A file that
 breaks that rule (a lone quote in an unquoted value, which the csv module reads as text) is
-caught where its records are parsed (`records_agree`), and its range is read the ordinary way.
+caught where its records are parsed (`raw_source`), and its range is read the ordinary way.
 """
 
 from __future__ import annotations

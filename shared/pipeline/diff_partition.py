@@ -61,7 +61,7 @@ from shared.core.snapshot_partition import SnapshotPartition, snapshot_line
 from shared.core.source_files import SourceError
 from shared.core.validation import Profile, record_validator, usable_customer_id
 from shared.pipeline.finalize import finish_early, sent_so_far
-from shared.pipeline.raw_source import reread
+from shared.pipeline.raw_source import Rereader
 from shared.pipeline.release import maybe_release, partition_chunk_job
 from shared.pipeline.run_files import (
     MATCHED_MARK,
@@ -395,6 +395,7 @@ def _collect_members(
         RUNS_CONTAINER, partition_rejected_name(run.run_id, job.partition)
     )
     members = _Members({}, set(), rejected)
+    reread = Rereader(run, export, services)
     mapping = export.mapping
     validate = record_validator(mapping)
     attributes = braze_attributes(export)
@@ -413,7 +414,7 @@ def _collect_members(
             if id_json and trust_digests and id_json not in members.profiles:
                 members.profiles[id_json] = (order, "", None, raw)
                 continue
-            order, id_json, digest, values_json, raw = _reread(run, export, job, row, services)
+            order, id_json, digest, values_json, raw = _reread(run, export, job, row, reread)
         if id_json not in members.profiles and trust_digests:
             previous = old.at.get(id_json)
             if previous is not None and old.partition.digest(previous) == digest:
@@ -447,14 +448,14 @@ def _collect_members(
 
 
 def _reread(
-    run: Run, export: Export, job: PartitionJob, row: PieceRow, services: Services
+    run: Run, export: Export, job: PartitionJob, row: PieceRow, reread: Rereader
 ) -> PieceRow:
     """A row filed by its raw digest, read from the source and made a piece row like any other
     (rare: see `_collect_members`). Its id must belong here: a digest the index held for
     another partition (two rows' digests alike in their top 56 bits) fails the run before
     anything is sent, rather than file a profile where its snapshot entry is not."""
     order, _, _, where, raw = row
-    source_row = reread(run, export, order, where, services)
+    source_row = reread(order, where)
     mapping = export.mapping
     columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
     values = source_row.values

@@ -78,12 +78,12 @@ def plan_run(job: ExportJob, services: Services) -> None:
         run.unchanged_since = ""  # an earlier attempt may have decided otherwise
         # The source's version is read before its rows: a write in between is then seen by
         # the ETag check at the end, and the run does not vouch for bytes it did not send.
-        files = data_files(run, export, services)
+        files, cdm = data_files(run, export, services), source_format(run, export) == "cdm"
         starts = [list[RecordStart]() for _ in files]  # filled by the scans
-        heads = [bytearray() for _ in files]
+        head = bytearray()  # a plain file's first bytes, for its header
         scans = [
-            record_start_scan(file, found, head) if file.targets else None
-            for file, found, head in zip(files, starts, heads, strict=True)
+            record_start_scan(file, found, None if cdm else head) if file.targets else None
+            for file, found in zip(files, starts, strict=True)
         ]
         if not run.dry_run:  # a dry run commits no snapshot, so it needs no version
             run.source_version, run.source_etags = _source_version(
@@ -97,7 +97,7 @@ def plan_run(job: ExportJob, services: Services) -> None:
         if previous is not None and _carry_rejected(run, previous, services):
             _carry_forward(run, previous, services)
             return
-        source = open_source(run, export, services, files, bytes(heads[0]))
+        source = open_source(run, export, services, files, bytes(head))
         partitions = partition_count(source.size, source.compressed)
         ranges = split_ranges(source, starts)
     except PLANNING_ERRORS as error:

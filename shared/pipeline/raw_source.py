@@ -2,9 +2,9 @@
 for byte are filed by their raw digest without being parsed; the others are parsed, a stretch
 of consecutive ones at a time, and carry their raw digest to the snapshot for the next run.
 
-Used for the byte ranges of a plain CSV or JSON Lines file (a large one, split in parallel)
-and for the partition files of a CDM folder (one per split job, read with the CSV settings its
-model gives it); a gzip file and a source small enough to split inline are read as rows.
+Used for the byte ranges of a plain CSV or JSON Lines file and of a CDM folder's partition
+files (read with the CSV settings its model gives each), whenever a source is split by more
+than one job; a gzip file (whatever its name) and a source split inline are read as rows.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from itertools import pairwise
+from itertools import chain, pairwise
 from typing import IO, TYPE_CHECKING, Literal
 
 from shared.adapters.services import Services
-from shared.adapters.storage import read_ahead
 from shared.core.definitions import Export, SourceFormat
 from shared.core.messages import SplitJob
 from shared.core.raw_records import (
@@ -30,6 +29,7 @@ from shared.core.record_index import RecordIndex
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, SplitResult
 from shared.core.source_files import (
+    GZIP_MAGIC,
     MAX_RECORD_BYTES,
     LineStream,
     RecordReader,
@@ -39,7 +39,7 @@ from shared.core.source_files import (
     row_part,
 )
 from shared.pipeline.run_files import matched_record_type, splits_blob_name
-from shared.pipeline.run_source import Row, cdm_entity, index_applies, source_format
+from shared.pipeline.run_source import Row, cdm_entity, index_applies, read_span, source_format
 
 if TYPE_CHECKING:
     import numpy as np
@@ -158,12 +158,12 @@ def raw_rows(
     RawPathUnsafe when the range must be read as rows instead (nothing of this attempt is kept
     then)."""
     where = raw_range(run, export, job, services)
-    if where.path.endswith(".gz"):
-        raise RawPathUnsafe("a compressed file is read as rows")
     seed = where.seed(run)
-    whole = where.start == 0 and where.length is None
-    span = () if whole else (where.start, where.length)  # a whole file may be empty
-    chunks = read_ahead(services.storage.read_chunks(where.container, where.path, *span))
+    chunks = read_span(services.storage, where.container, where.path, where.start, where.length)
+    first = next(chunks, b"")
+    if where.start == 0 and first.startswith(GZIP_MAGIC):  # whatever the file's name
+        raise RawPathUnsafe("a compressed file is read as rows")
+    chunks = chain([first], chunks)
     blocks = raw_blocks(
         chunks,
         offset=where.start,
@@ -234,12 +234,11 @@ def _skip_header(block: RawBlock, where: RawRange) -> None:
     text = block.data[block.starts[0] : block.ends[0]] + b"\n"
     lines = open_lines([text], first_line=where.first_line)
     try:
-        columns = RecordReader(
-            lines, "csv", delimiter=where.delimiter, quoting=where.quoting
-        ).columns
+        reader = RecordReader(lines, "csv", delimiter=where.delimiter, quoting=where.quoting)
+        more = next(iter(reader), None)  # the quotes cut the header and a row as one record
     except SourceError as error:
         raise RawPathUnsafe(str(error)) from None
-    if block.lines[0] != where.first_line or columns != where.columns:
+    if block.lines[0] != where.first_line or reader.columns != where.columns or more:
         raise RawPathUnsafe("the first record is not the header the plan read")
     del block.lines[0], block.starts[0], block.ends[0]
 
@@ -278,24 +277,37 @@ def planned_header(run: Run, fmt: SourceFormat, services: Services) -> list[str]
     return header
 
 
-def reread(run: Run, export: Export, order: int, where: str, services: Services) -> Row:
-    """The row a split filed by its raw digest (at `offset:length` in its file), read and
-    parsed again: the diff needs its values when the snapshot does not hold it as it is."""
-    offset, length = (int(part) for part in where.split(":"))
-    part, line = row_part(order)
-    if part is None:
+class Rereader:
+    """Reads the rows a split filed by their raw digest again, each at `offset:length` in its
+    file: the diff needs their values when the snapshot does not hold them as they are. How a
+    file reads (its header, a CDM file's settings) is looked up once per file, not per row (a
+    diff on other code than the split reads every such row again)."""
+
+    def __init__(self, run: Run, export: Export, services: Services) -> None:
+        self.run, self.export, self.services = run, export, services
+        self._files: dict[int | None, RawRange] = {}
+
+    def __call__(self, order: int, where: str) -> Row:
+        offset, length = (int(part) for part in where.split(":"))
+        part, line = row_part(order)
+        file = self._files.get(part)
+        if file is None:
+            file = self._files[part] = self._file(part)
+        data = self.services.storage.read_chunks(file.container, file.path, offset, length)
+        records = list(file.reader(open_lines([b"".join(data) + b"\n"], first_line=line)))
+        if len(records) != 1 or records[0].problem or records[0].line != line:
+            raise SourceError(
+                f"line {line} of {file.container}/{file.path} no longer holds the record read "
+                "from it while planning: the file was written during the run; start the run again"
+            )
+        return Row(order, line, file.file, records[0].values, None)
+
+    def _file(self, part: int | None) -> RawRange:
+        run, export, services = self.run, self.export, self.services
+        if part is not None:
+            return replace(_partition_file(run, export, part, services), headed=False)
         fmt = source_format(run, export)
         assert fmt != "cdm"  # a CDM folder's rows are ordered by their partition file
         container, _, path = run.source.partition("/")
         header = planned_header(run, fmt, services)
-        found = RawRange(container, path, offset, length, line, fmt, header, False, False)
-    else:
-        found = replace(_partition_file(run, export, part, services), headed=False)
-    data = services.storage.read_chunks(found.container, found.path, offset, length)
-    records = list(found.reader(open_lines([b"".join(data) + b"\n"], first_line=line)))
-    if len(records) != 1 or records[0].problem or records[0].line != line:
-        raise SourceError(
-            f"line {line} of {found.container}/{found.path} no longer holds the record read "
-            "from it while planning: the file was written during the run; start the run again"
-        )
-    return Row(order, line, found.file, records[0].values, None)
+        return RawRange(container, path, 0, None, 1, fmt, header, False, False)

@@ -9,8 +9,8 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from functools import partial
 from hashlib import blake2b
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from shared.core.partitioning import partition_count
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run
 from shared.core.source_files import (
+    GZIP_MAGIC,
     RecordProblem,
     RecordReader,
     RecordStart,
@@ -83,8 +84,11 @@ def open_source(
     compressed = any(file.name.endswith(".gz") for file in files)
     if fmt == "cdm":
         entity, names = cdm_entity(run, export, services, record_files=True)
-        if names != [file.name for file in files]:  # the ranges are cut in those files
-            raise SourceError(f"{run.source} changed while the run was being planned")
+        read = [(name, p.csv.quoting) for name, p in zip(names, entity.partitions, strict=True)]
+        if read != [(file.name, file.quoted) for file in files]:  # the ranges' files, cut so
+            raise SourceError(
+                f"{run.source} changed while the run was being planned; start the run again"
+            )
         rows = _cdm_rows(entity, names, range(len(names)), services)
         return _Source(fmt, size, compressed, None, rows)
     header = _header_record(head, fmt) if head else None
@@ -166,8 +170,7 @@ def _cdm_range_rows(
     whole folder."""
     partition, part = entity.partitions[job.file_index], job.file_index
     length = None if job.end < 0 else job.end - job.start
-    span = () if job.start == 0 and length is None else (job.start, length)  # may be empty
-    chunks = read_ahead(services.storage.read_chunks(partition.container, partition.blob, *span))
+    chunks = read_span(services.storage, partition.container, partition.blob, job.start, length)
     records = read_partition_range(
         entity, partition, chunks, first_line=job.first_line, at_start=job.start == 0
     )
@@ -177,6 +180,16 @@ def _cdm_range_rows(
             yield Row(order, record.line, files[part], record.values, record.problem)
     except SourceError as error:
         raise SourceError(f"{partition.blob}: {error}") from None
+
+
+def read_span(
+    storage: Storage, container: str, path: str, start: int, length: int | None
+) -> Iterator[bytes]:
+    """A file's bytes from `start` on, `length` of them or to its end (None), the next piece
+    downloading while one is read; a whole file is read without a range (an empty file refuses
+    any)."""
+    span = () if start == 0 and length is None else (start, length)
+    return read_ahead(storage.read_chunks(container, path, *span))
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,30 +217,41 @@ def data_files(run: Run, export: Export, services: Services) -> list[DataFile]:
         files = [(f"{p.container}/{p.blob}", p.csv.quoting) for p in partitions]
     else:
         files = [(run.source, fmt == "csv")]
-    sizes = storage.in_parallel(partial(storage.size, *name.split("/", 1)) for name, _ in files)
+    sizes = storage.in_parallel(
+        functools.partial(storage.size, *name.split("/", 1)) for name, _ in files
+    )
     compressed = any(name.endswith(".gz") for name, _ in files)
     indexed = index_applies(run, partition_count(sum(sizes), compressed))
-    split_bytes, alone = services.settings.split_bytes, len(files) == 1
-    found = []
-    for (name, quoted), size in zip(files, sizes, strict=True):
-        count = 1 if name.endswith(".gz") else _range_count(size, split_bytes, indexed, alone)
-        count = min(MAX_SPLITS, count)
-        found.append(DataFile(name, size, quoted, [size * k // count for k in range(1, count)]))
-    return found
+    names = [name for name, _ in files]
+    cuttable = [0 if n.endswith(".gz") else size for n, size in zip(names, sizes, strict=True)]
+    counts = _range_counts(cuttable, services.settings.split_bytes, indexed)
+    return [
+        DataFile(name, size, quoted, [size * k // count for k in range(1, count)])
+        for (name, quoted), size, count in zip(files, sizes, counts, strict=True)
+    ]
 
 
-def _range_count(size: int, split_bytes: int, indexed: bool, alone: bool) -> int:
-    """How many ranges to cut a data file into. A file `alone` (the whole source) is cut once
-    it is over `split_bytes`, and then in two at least: a source of one range is split inline,
-    without the index. A CDM folder's partition files are split jobs already, so one is cut
-    where it holds about two ranges or more (ten files of 9 MB make ten jobs, not twenty: each
-    range is a piece more for every diff to read)."""
+def _range_counts(sizes: list[int], split_bytes: int, indexed: bool) -> list[int]:
+    """How many ranges to cut each data file into (a size of 0: one, uncut).
+
+    A file alone (the whole source) is cut once it is over `split_bytes`, and then in two at
+    least (a source of one range is split inline, without the index), in `MAX_SPLITS` at most.
+    A CDM folder's partition files are split jobs already, so one is cut where it holds one and
+    a half ranges or more (ten files of 9 MB make ten jobs, not twenty: each range is a piece
+    more for every diff to read), and a large folder in larger ranges, into no more jobs than
+    `MAX_SPLITS` or its file count."""
     range_bytes = split_bytes * (INDEXED_RANGE_FACTOR if indexed else 1)
-    if not alone:
-        return max(1, round(size / range_bytes))
-    if size <= split_bytes:
-        return 1
-    return max(2, math.ceil(size / range_bytes))
+    if len(sizes) == 1:
+        (size,) = sizes
+        if size <= split_bytes:
+            return [1]
+        return [min(MAX_SPLITS, max(2, math.ceil(size / range_bytes)))]
+    limit = max(len(sizes), MAX_SPLITS)
+    while True:
+        counts = [max(1, math.floor(size / range_bytes + 0.5)) for size in sizes]
+        if sum(counts) <= limit:
+            return counts
+        range_bytes *= 2
 
 
 # A split files the rows the snapshot's index holds without parsing them: a delta's row costs
@@ -261,21 +285,26 @@ HEAD_BYTES = 1 << 20  # the first bytes of a file the plan scans, kept for its h
 
 
 def record_start_scan(
-    file: DataFile, found: list[RecordStart], head: bytearray
+    file: DataFile, found: list[RecordStart], head: bytearray | None
 ) -> Callable[[Iterable[bytes]], None]:
     """A pass over a data file's bytes that finds the record boundaries at its targets: one
     pass that counts quotes (CSV) and newlines, with no parsing; given to the read that digests
     the file, so the file is not read again for it. Its first `HEAD_BYTES` go to `head`
-    (`open_source` reads a plain file's header from them)."""
+    (`open_source` reads a plain file's header from them). A file whose bytes are gzip, whatever
+    its name, gets no boundaries: it is read whole, by one reader (`LineStream`)."""
 
     def kept(blocks: Iterable[bytes]) -> Iterator[bytes]:
         for block in blocks:
-            if len(head) < HEAD_BYTES:
+            if head is not None and len(head) < HEAD_BYTES:
                 head.extend(block[: HEAD_BYTES - len(head)])
             yield block
 
     def scan(blocks: Iterable[bytes]) -> None:
-        found.extend(record_starts(kept(blocks), file.targets, quoted=file.quoted))
+        stream = iter(blocks)
+        first = next(stream, b"")
+        if not first.startswith(GZIP_MAGIC):
+            whole = kept(chain([first], stream))
+            found.extend(record_starts(whole, file.targets, quoted=file.quoted))
 
     return scan
 
@@ -305,9 +334,7 @@ def range_rows(run: Run, export: Export, job: SplitJob, services: Services) -> I
         entity, files = cdm_entity(run, export, services, record_files=False)
         return _cdm_range_rows(entity, files, job, services)
     container, _, path = run.source.partition("/")
-    chunks = read_ahead(
-        services.storage.read_chunks(container, path, job.start, job.end - job.start)
-    )
+    chunks = read_span(services.storage, container, path, job.start, job.end - job.start)
     lines = open_lines(chunks, first_line=job.first_line)
     if job.split == 0:  # the range that holds the header
         return _file_rows(RecordReader(lines, fmt))

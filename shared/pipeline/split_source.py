@@ -42,8 +42,8 @@ PLANNING_ERRORS = (SourceError, BlobNotFound, DefinitionsError, ConfigurationErr
 
 
 def split_source(job: SplitJob, services: Services) -> None:
-    """One split job: read one byte range (or one CDM file) of the source and file its rows by
-    partition."""
+    """One split job: read one byte range of the source file (or of a CDM partition file) and
+    file its rows by partition."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         log.warning("run %s is missing or finished; dropping split %d", job.run_id, job.split)

@@ -306,6 +306,13 @@ def plan_in_process(app: App, run: Run) -> list[ChunkJob]:
     return chunk_jobs(app, run.run_id)
 
 
+def run_counts(run: Run) -> dict[str, int]:
+    """A run's row and profile counts, to compare two ways of running the same segment."""
+    keys = ("rows_read", "rows_valid", "rows_rejected", "profiles_new", "profiles_changed")
+    keys += ("profiles_unchanged", "profiles_removed", "profiles_accepted")
+    return {key: getattr(run, key) for key in keys}
+
+
 def run_in_process(app: App, export_name: str, **options: Any) -> Run:
     """Start a run and carry it through every stage in this process; the final run."""
     run = start_run(app.services, export_name, "test", **options).run

@@ -1,7 +1,8 @@
 """Delta runs of a Customer Insights CDM folder, in process on Azurite and the sandbox: each
-partition file is one split job, and its rows whose bytes the snapshot holds are filed by their
-raw digest without being parsed, read with the CSV settings the model gives the file (header
-row or none, delimiter, quoting). Every outcome is the one reading every row gives."""
+partition file is a split job or more (a large one is cut into byte ranges), and the rows whose
+bytes the snapshot holds are filed by their raw digest without being parsed, read with the CSV
+settings the model gives the file (header row or none, delimiter, quoting). Every outcome is
+the one reading every row gives."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import io
 import json
 import logging
 import math
+import os
 from typing import Any
 
 import pytest
@@ -19,7 +21,13 @@ from shared.core.runs import Run, Status
 from shared.pipeline import diff_partition, run_source, split_source
 from shared.pipeline.raw_source import RawRange
 from shared.pipeline.run_files import matched_records, partition_piece_name, piece_sections
-from tests.integration.conftest import SPLIT_MIB, App, export_definition, run_in_process
+from tests.integration.conftest import (
+    SPLIT_MIB,
+    App,
+    export_definition,
+    run_counts,
+    run_in_process,
+)
 
 COLUMNS = ["CustomerId", "PrimaryEmail", "FirstName", "Note"]
 NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
@@ -32,6 +40,7 @@ MAPPING = {
     ],
 }
 PLAIN = {"quoting": True, "delimiter": ",", "headers": False}
+MIB = 1024 * 1024
 
 
 def _row(file: int, n: int, **changes: str) -> dict[str, str]:
@@ -178,8 +187,9 @@ def test_a_cdm_delta_files_unchanged_rows_by_their_bytes_in_every_partition_file
     assert quiet_app.braze_users()["cdm-1-0011"]["note"] == 'now "quoted",\nand multi-line'
     assert (second.profiles_new, second.profiles_changed, second.profiles_removed) == (1, 2, 1)
     assert second.profiles_unchanged == 1_199 - 2 - 1
-    # Every row the snapshot holds as it is, filed by its bytes: file 0's first row too (it
-    # starts after the BOM), the moved row and the duplicate; the rejected row is parsed.
+    # Every row the snapshot holds as it is, filed by its bytes: file 0's first row too (its
+    # bytes hold the BOM in both runs), the moved row and the duplicate; the rejected row is
+    # parsed.
     assert _filed_by_bytes(quiet_app, second) == [398, 400 - 2, 399 + 1 + 1]
     assert _rejected(quiet_app, second) == [
         (["email_invalid"], *folder.position(0, _line_of(changed[0], 39))),
@@ -225,18 +235,7 @@ def test_every_csv_setting_a_model_gives_reads_as_the_rows_path_reads_it(
             quiet_app.mark_sandbox_requests()
             run = run_in_process(quiet_app, name)
             assert run.status == Status.PARTIALLY_SUCCEEDED, run.message  # rows rejected
-            counts = {
-                key: getattr(run, key)
-                for key in (
-                    "rows_read",
-                    "rows_valid",
-                    "rows_rejected",
-                    "profiles_new",
-                    "profiles_changed",
-                    "profiles_unchanged",
-                    "profiles_removed",
-                )
-            }
+            counts = run_counts(run)
             outcomes[name].append((_sent(quiet_app), counts, _rejected(quiet_app, run)))
             filed = _filed_by_bytes(quiet_app, run)
         # The raw path's delta filed the unchanged rows of every plain file by their bytes;
@@ -265,17 +264,26 @@ def test_every_csv_setting_a_model_gives_reads_as_the_rows_path_reads_it(
 
 
 @pytest.mark.parametrize(
-    ("header", "message"),
+    ("header", "raw_reason", "message"),
     [
-        (b"CustomerId;Email;FirstName;Note\r\n", "the header row names the columns"),
-        (b"", "the file is empty"),
+        (
+            b"CustomerId;Email;FirstName;Note\r\n",
+            "the first record is not the header the plan read",
+            "the header row names the columns",
+        ),
+        (b"", "the range has no header row", "the file is empty"),
     ],
 )
 def test_a_header_row_the_model_does_not_describe_fails_the_run_as_reading_rows_does(
-    quiet_app: App, header: bytes, message: str
+    quiet_app: App,
+    caplog: pytest.LogCaptureFixture,
+    header: bytes,
+    raw_reason: str,
+    message: str,
 ) -> None:
     """A file the model says has a header row, with another header or none at all: the raw
     path leaves it to the rows path, which fails the run saying so; nothing is sent."""
+    caplog.set_level(logging.INFO, logger=split_source.__name__)
     headed = {"quoting": True, "delimiter": ";", "headers": True}
     name = f"cdm-raw-header-{len(header)}"
     folder = Folder(quiet_app, f"rawcdm/{name}", [PLAIN, headed])
@@ -289,6 +297,7 @@ def test_a_header_row_the_model_does_not_describe_fails_the_run_as_reading_rows_
 
     failed = run_in_process(quiet_app, name)
 
+    assert f"split 1: read as rows ({raw_reason})" in caplog.text
     assert failed.status == Status.FAILED
     assert message in failed.message and "part-1.csv" in failed.message
     assert _sent(quiet_app) == {}
@@ -422,3 +431,43 @@ def test_a_folder_of_one_file_is_split_in_parallel_and_its_delta_filed_by_bytes(
     assert first.splits == math.ceil(size / range_bytes) and first.profiles_accepted == 400
     assert delta.splits == 2 and sum(_filed_by_bytes(split_app, delta)) == 399
     assert list(_sent(split_app)) == ["cdm-0-0005"] and delta.profiles_unchanged == 399
+
+
+def test_a_gzip_partition_file_without_its_extension_is_read_whole_not_cut(
+    split_app: App,
+) -> None:
+    """A partition file of gzip bytes named `.csv`, large enough to cut: the plan sees the
+    bytes are compressed and leaves the file whole, read by one job as rows."""
+    folder = Folder(split_app, "rawcdm/gzip", [PLAIN, PLAIN])
+    _define(split_app, "cdm-gzip-named-csv", folder="rawcdm/gzip")
+    parts = [[_row(0, n) for n in range(20)], [_row(1, n) for n in range(2_000)]]
+    for row in parts[1]:
+        row["Note"] = os.urandom(24).hex()
+    folder.write(parts)
+    compressed = gzip.compress(split_app.services.storage.read_bytes("segments", folder.files[1]))
+    assert len(compressed) > 2 * SPLIT_MIB * 1024 * 1024
+    split_app.upload(folder.files[1], compressed)
+
+    run = run_in_process(split_app, "cdm-gzip-named-csv")
+
+    assert (run.splits, run.profiles_accepted) == (2, 2_020), run.message
+
+
+@pytest.mark.parametrize(
+    ("sizes", "indexed", "counts"),
+    [
+        ([100 * MIB], False, [13]),  # a file alone: over a range, in ranges of about one
+        ([9 * MIB], False, [2]),
+        ([9 * MIB], True, [2]),  # a delta's file alone: two at least, split inline otherwise
+        ([8 * MIB], False, [1]),
+        ([9 * MIB] * 10, False, [1] * 10),  # a folder's files are jobs already
+        ([13 * MIB, 11 * MIB, 0], False, [2, 1, 1]),  # cut from 1.5 ranges; 0: gzip, uncut
+        ([50 * MIB, 50 * MIB], True, [2, 2]),  # a delta's ranges are three times as large
+        ([1000 * MIB] * 4, False, [16] * 4),  # at most MAX_SPLITS jobs in all
+        ([100 * MIB] * 80, False, [1] * 80),  # or one per file
+    ],
+)
+def test_how_many_ranges_each_data_file_is_cut_into(
+    sizes: list[int], indexed: bool, counts: list[int]
+) -> None:
+    assert run_source._range_counts(sizes, 8 * MIB, indexed) == counts

@@ -7,9 +7,11 @@ trusted."""
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,13 @@ from shared.core.resource_names import SNAPSHOTS_CONTAINER
 from shared.core.runs import Run
 from shared.pipeline import diff_partition, plan_export, run_source
 from shared.pipeline.run_files import matched_records, partition_piece_name, piece_sections
-from tests.integration.conftest import SPLIT_MIB, App, export_definition, run_in_process
+from tests.integration.conftest import (
+    SPLIT_MIB,
+    App,
+    export_definition,
+    run_counts,
+    run_in_process,
+)
 
 HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
 NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
@@ -366,19 +374,7 @@ def test_rows_taken_in_bulk_give_what_the_row_by_row_path_gives(
         run = run_in_process(split_app, name)
         outcomes[name] = (
             _sent(split_app),
-            {
-                key: getattr(run, key)
-                for key in (
-                    "rows_read",
-                    "rows_valid",
-                    "rows_rejected",
-                    "profiles_new",
-                    "profiles_changed",
-                    "profiles_unchanged",
-                    "profiles_removed",
-                    "profiles_accepted",
-                )
-            },
+            run_counts(run),
             _rejected(split_app, run),
             _snapshot_entries(split_app, name),
             _raw_index(split_app, name),
@@ -568,3 +564,36 @@ def test_each_job_counts_the_results_and_only_the_last_reads_them(
 
     assert run.profiles_accepted == 3_000 and run.splits >= 10 and run.partitions >= 16
     assert reads["split"] <= 3 and reads["partition"] <= 4, reads
+
+
+def test_a_header_whose_quotes_run_into_the_first_row_reads_that_range_as_rows(
+    split_app: App,
+) -> None:
+    """A header naming a column `Size"` (a lone quote, text to the csv module) and a first row
+    with a lone quote of its own: counting quotes makes the two one record. The range is read
+    as rows, so that first row is read, not dropped with the header."""
+    path = _define(split_app, "raw-header-quote")
+    rows = [_row(n) for n in range(2_000)]
+    lines = _csv(rows).rstrip(b"\r\n").split(b"\r\n")
+    lines[0] += b',Size"'
+    lines[1:] = [line + (b',5" screen' if n == 0 else b",M") for n, line in enumerate(lines[1:])]
+    split_app.upload(path, b"\r\n".join(lines) + b"\r\n")
+
+    run = run_in_process(split_app, "raw-header-quote")
+
+    assert run.splits > 1 and run.rows_read == 2_000
+    assert run.profiles_accepted == 2_000 and "raw-00000" in split_app.braze_users()
+
+
+def test_a_gzip_file_without_its_extension_is_read_whole_not_cut(split_app: App) -> None:
+    """Gzip is told by its bytes, as the reader tells it: a large compressed file named `.csv`
+    is not cut into ranges (its later ranges would be no text), and is read whole."""
+    path = _define(split_app, "raw-gzip-named-csv")
+    rows = [_row(n, Note=os.urandom(24).hex()) for n in range(2_000)]
+    data = gzip.compress(_csv(rows))
+    assert len(data) > 2 * SPLIT_MIB * 1024 * 1024
+    split_app.upload(path, data)
+
+    run = run_in_process(split_app, "raw-gzip-named-csv")
+
+    assert (run.splits, run.profiles_accepted) == (1, 2_000), run.message
