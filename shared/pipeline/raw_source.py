@@ -158,6 +158,8 @@ def raw_rows(
     RawPathUnsafe when the range must be read as rows instead (nothing of this attempt is kept
     then)."""
     where = raw_range(run, export, job, services)
+    if where.path.endswith(".gz"):
+        raise RawPathUnsafe("a compressed file is read as rows")
     seed = where.seed(run)
     chunks = read_span(services.storage, where.container, where.path, where.start, where.length)
     first = next(chunks, b"")

@@ -207,7 +207,7 @@ class DataFile:
 def data_files(run: Run, export: Export, services: Services) -> list[DataFile]:
     """The source's data files, each cut into ranges of about `EXPORT_SPLIT_MIB`, or of
     `INDEXED_RANGE_FACTOR` times that when the previous snapshot's index applies
-    (`_range_count`); a gzip file is not cut (one reader)."""
+    (`_range_counts`); a gzip file is not cut (one reader)."""
     storage = services.storage
     fmt = source_format(run, export)
     if fmt == "cdm":

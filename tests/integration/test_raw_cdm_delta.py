@@ -40,7 +40,6 @@ MAPPING = {
     ],
 }
 PLAIN = {"quoting": True, "delimiter": ",", "headers": False}
-MIB = 1024 * 1024
 
 
 def _row(file: int, n: int, **changes: str) -> dict[str, str]:
@@ -434,10 +433,11 @@ def test_a_folder_of_one_file_is_split_in_parallel_and_its_delta_filed_by_bytes(
 
 
 def test_a_gzip_partition_file_without_its_extension_is_read_whole_not_cut(
-    split_app: App,
+    split_app: App, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A partition file of gzip bytes named `.csv`, large enough to cut: the plan sees the
     bytes are compressed and leaves the file whole, read by one job as rows."""
+    caplog.set_level(logging.INFO, logger=split_source.__name__)
     folder = Folder(split_app, "rawcdm/gzip", [PLAIN, PLAIN])
     _define(split_app, "cdm-gzip-named-csv", folder="rawcdm/gzip")
     parts = [[_row(0, n) for n in range(20)], [_row(1, n) for n in range(2_000)]]
@@ -451,23 +451,5 @@ def test_a_gzip_partition_file_without_its_extension_is_read_whole_not_cut(
     run = run_in_process(split_app, "cdm-gzip-named-csv")
 
     assert (run.splits, run.profiles_accepted) == (2, 2_020), run.message
-
-
-@pytest.mark.parametrize(
-    ("sizes", "indexed", "counts"),
-    [
-        ([100 * MIB], False, [13]),  # a file alone: over a range, in ranges of about one
-        ([9 * MIB], False, [2]),
-        ([9 * MIB], True, [2]),  # a delta's file alone: two at least, split inline otherwise
-        ([8 * MIB], False, [1]),
-        ([9 * MIB] * 10, False, [1] * 10),  # a folder's files are jobs already
-        ([13 * MIB, 11 * MIB, 0], False, [2, 1, 1]),  # cut from 1.5 ranges; 0: gzip, uncut
-        ([50 * MIB, 50 * MIB], True, [2, 2]),  # a delta's ranges are three times as large
-        ([1000 * MIB] * 4, False, [16] * 4),  # at most MAX_SPLITS jobs in all
-        ([100 * MIB] * 80, False, [1] * 80),  # or one per file
-    ],
-)
-def test_how_many_ranges_each_data_file_is_cut_into(
-    sizes: list[int], indexed: bool, counts: list[int]
-) -> None:
-    assert run_source._range_counts(sizes, 8 * MIB, indexed) == counts
+    # The split told the bytes too, and read them as rows at once.
+    assert "split 1: read as rows (a compressed file is read as rows)" in caplog.text
