@@ -238,15 +238,15 @@ def _range_counts(sizes: list[int], split_bytes: int, indexed: bool) -> list[int
     least (a source of one range is split inline, without the index), in `MAX_SPLITS` at most.
     A CDM folder's partition files are split jobs already, so one is cut where it holds one and
     a half ranges or more (ten files of 9 MB make ten jobs, not twenty: each range is a piece
-    more for every diff to read), and a large folder in larger ranges, into no more jobs than
-    `MAX_SPLITS` or its file count."""
+    more for every diff to read), and a large folder in larger ranges, into `MAX_SPLITS` jobs
+    more than its files at most (so a large file among many small ones is still cut)."""
     range_bytes = split_bytes * (INDEXED_RANGE_FACTOR if indexed else 1)
     if len(sizes) == 1:
         (size,) = sizes
         if size <= split_bytes:
             return [1]
         return [min(MAX_SPLITS, max(2, math.ceil(size / range_bytes)))]
-    limit = max(len(sizes), MAX_SPLITS)
+    limit = len(sizes) + MAX_SPLITS
     while True:
         counts = [max(1, math.floor(size / range_bytes + 0.5)) for size in sizes]
         if sum(counts) <= limit:

@@ -20,8 +20,9 @@ MIB = 1024 * 1024
         ([9 * MIB] * 10, False, [1] * 10),  # a folder's files are jobs already
         ([13 * MIB, 11 * MIB, 0], False, [2, 1, 1]),  # cut from 1.5 ranges; 0: gzip, uncut
         ([50 * MIB, 50 * MIB], True, [2, 2]),  # a delta's ranges are three times as large
-        ([1000 * MIB] * 4, False, [16] * 4),  # at most MAX_SPLITS jobs in all
-        ([100 * MIB] * 80, False, [1] * 80),  # or one per file
+        ([1000 * MIB] * 4, False, [16] * 4),  # MAX_SPLITS jobs more than the files at most
+        ([100 * MIB] * 80, False, [1] * 80),
+        ([1 * MIB] * 99 + [5000 * MIB], False, [1] * 99 + [39]),  # a large file among many
     ],
 )
 def test_how_many_ranges_each_data_file_is_cut_into(
