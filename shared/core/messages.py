@@ -81,6 +81,11 @@ class SplitJob(_Message):
     first_line: int
     file_index: int = -1
 
+    @property
+    def length(self) -> int | None:
+        """The range's bytes, None when it runs to the file's end."""
+        return None if self.end < 0 else self.end - self.start
+
     @classmethod
     def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
         if data.get("version") != 1:

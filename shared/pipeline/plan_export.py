@@ -78,11 +78,11 @@ def plan_run(job: ExportJob, services: Services) -> None:
         run.unchanged_since = ""  # an earlier attempt may have decided otherwise
         # The source's version is read before its rows: a write in between is then seen by
         # the ETag check at the end, and the run does not vouch for bytes it did not send.
-        files, cdm = data_files(run, export, services), source_format(run, export) == "cdm"
+        files, entity = data_files(run, export, services)
         starts = [list[RecordStart]() for _ in files]  # filled by the scans
         head = bytearray()  # a plain file's first bytes, for its header
         scans = [
-            record_start_scan(file, found, None if cdm else head) if file.targets else None
+            record_start_scan(file, found, None if entity else head) if file.targets else None
             for file, found in zip(files, starts, strict=True)
         ]
         if not run.dry_run:  # a dry run commits no snapshot, so it needs no version
@@ -97,7 +97,7 @@ def plan_run(job: ExportJob, services: Services) -> None:
         if previous is not None and _carry_rejected(run, previous, services):
             _carry_forward(run, previous, services)
             return
-        source = open_source(run, export, services, files, bytes(head))
+        source = open_source(run, export, services, files, entity, bytes(head))
         partitions = partition_count(source.size, source.compressed)
         ranges = split_ranges(source, starts)
     except PLANNING_ERRORS as error:

@@ -101,16 +101,16 @@ def raw_range(run: Run, export: Export, job: SplitJob, services: Services) -> Ra
     fmt = source_format(run, export)
     if fmt == "cdm":
         whole = _partition_file(run, export, job.file_index, services)
-        length = None if job.end < 0 else job.end - job.start
         headed = whole.headed and job.start == 0
         return replace(
-            whole, start=job.start, length=length, first_line=job.first_line, headed=headed
+            whole, start=job.start, length=job.length, first_line=job.first_line, headed=headed
         )
     container, _, path = run.source.partition("/")
     header = planned_header(run, fmt, services)
-    length = job.end - job.start
     headed = job.split == 0 and fmt == "csv"
-    return RawRange(container, path, job.start, length, job.first_line, fmt, header, headed, False)
+    return RawRange(
+        container, path, job.start, job.length, job.first_line, fmt, header, headed, False
+    )
 
 
 def _partition_file(run: Run, export: Export, part: int, services: Services) -> RawRange:

@@ -69,10 +69,15 @@ def source_format(run: Run, export: Export) -> SourceFormat:
 
 
 def open_source(
-    run: Run, export: Export, services: Services, files: list[DataFile], head: bytes
+    run: Run,
+    export: Export,
+    services: Services,
+    files: list[DataFile],
+    entity: CdmEntity | None,
+    head: bytes,
 ) -> _Source:
-    """Open the run's source (its `data_files`) and check the mapped columns exist before
-    anything is written.
+    """Open the run's source (its `data_files`, and a CDM folder's entity, as the plan read
+    them) and check the mapped columns exist before anything is written.
 
     `head`: the first bytes of a plain file, when the plan has read them already
     (`record_start_scan`); the header is then taken from them, and the rows are downloaded
@@ -82,13 +87,8 @@ def open_source(
     container, _, path = run.source.partition("/")
     size = sum(file.size for file in files)
     compressed = any(file.name.endswith(".gz") for file in files)
-    if fmt == "cdm":
-        entity, names = cdm_entity(run, export, services, record_files=True)
-        read = [(name, p.csv.quoting) for name, p in zip(names, entity.partitions, strict=True)]
-        if read != [(file.name, file.quoted) for file in files]:  # the ranges' files, cut so
-            raise SourceError(
-                f"{run.source} changed while the run was being planned; start the run again"
-            )
+    if entity is not None:  # its columns are checked already
+        names = [file.name for file in files]
         rows = _cdm_rows(entity, names, range(len(names)), services)
         return _Source(fmt, size, compressed, None, rows)
     header = _header_record(head, fmt) if head else None
@@ -169,8 +169,7 @@ def _cdm_range_rows(
     """The records of a split job's range of a CDM partition file, positioned across the
     whole folder."""
     partition, part = entity.partitions[job.file_index], job.file_index
-    length = None if job.end < 0 else job.end - job.start
-    chunks = read_span(services.storage, partition.container, partition.blob, job.start, length)
+    chunks = read_span(services.storage, partition.container, partition.blob, job.start, job.length)
     records = read_partition_range(
         entity, partition, chunks, first_line=job.first_line, at_start=job.start == 0
     )
@@ -204,17 +203,20 @@ class DataFile:
     targets: list[int]
 
 
-def data_files(run: Run, export: Export, services: Services) -> list[DataFile]:
+def data_files(
+    run: Run, export: Export, services: Services
+) -> tuple[list[DataFile], CdmEntity | None]:
     """The source's data files, each cut into ranges of about `EXPORT_SPLIT_MIB`, or of
     `INDEXED_RANGE_FACTOR` times that when the previous snapshot's index applies
-    (`_range_counts`); a gzip file is not cut (one reader)."""
+    (`_range_counts`); a gzip file is not cut (one reader). For a CDM folder also its entity,
+    checked, whose partition files the plan records (`cdm_entity`): the ranges, the rows the
+    plan reads and those the split jobs read are all of that one reading of the model."""
     storage = services.storage
     fmt = source_format(run, export)
+    entity = None
     if fmt == "cdm":
-        container, _, path = run.source.partition("/")
-        model = parse_model(storage.read_bytes(container, path), source=run.source)
-        partitions = model.entity(export.source.entity).partitions
-        files = [(f"{p.container}/{p.blob}", p.csv.quoting) for p in partitions]
+        entity, names = cdm_entity(run, export, services, record_files=True)
+        files = [(name, p.csv.quoting) for name, p in zip(names, entity.partitions, strict=True)]
     else:
         files = [(run.source, fmt == "csv")]
     sizes = storage.in_parallel(
@@ -225,10 +227,11 @@ def data_files(run: Run, export: Export, services: Services) -> list[DataFile]:
     names = [name for name, _ in files]
     cuttable = [0 if n.endswith(".gz") else size for n, size in zip(names, sizes, strict=True)]
     counts = _range_counts(cuttable, services.settings.split_bytes, indexed)
-    return [
+    cut = [
         DataFile(name, size, quoted, [size * k // count for k in range(1, count)])
         for (name, quoted), size, count in zip(files, sizes, counts, strict=True)
     ]
+    return cut, entity
 
 
 def _range_counts(sizes: list[int], split_bytes: int, indexed: bool) -> list[int]:
@@ -317,12 +320,11 @@ def split_ranges(source: _Source, starts: list[list[RecordStart]]) -> list[Split
     """How to cut the source for parallel split jobs, at the record starts found in each data
     file (none: one range; a plain file of one range is split inline). A CDM partition file's
     last range ends at its end (-1); a plain file's, at its size."""
-    ranges = []
+    cdm, ranges = source.fmt == "cdm", []
     for index, found in enumerate(starts):
         bounds = [RecordStart(0, 1), *found]
-        last = -1 if source.fmt == "cdm" else source.size
-        ends = [start.offset for start in found] + [last]
-        file_index = index if source.fmt == "cdm" else -1
+        ends = [start.offset for start in found] + [-1 if cdm else source.size]
+        file_index = index if cdm else -1
         ranges += [(b.offset, end, b.line, file_index) for b, end in zip(bounds, ends, strict=True)]
     return ranges
 
@@ -334,7 +336,7 @@ def range_rows(run: Run, export: Export, job: SplitJob, services: Services) -> I
         entity, files = cdm_entity(run, export, services, record_files=False)
         return _cdm_range_rows(entity, files, job, services)
     container, _, path = run.source.partition("/")
-    chunks = read_span(services.storage, container, path, job.start, job.end - job.start)
+    chunks = read_span(services.storage, container, path, job.start, job.length)
     lines = open_lines(chunks, first_line=job.first_line)
     if job.split == 0:  # the range that holds the header
         return _file_rows(RecordReader(lines, fmt))
