@@ -93,17 +93,38 @@ def start() -> None:
     )
 
 
+STOP_SECONDS = 10.0  # for a service to end on SIGTERM before it is killed
+
+
 def stop() -> None:
+    """End each service's process group: SIGTERM, then SIGKILL for one still there after
+    `STOP_SECONDS` (Azurite has been seen to close its services on SIGTERM and stay running)."""
+    stopping = []
     for name in ("devhost", "braze-sandbox", "azurite"):
         pid_file = STATE / f"{name}.pid"
         if not pid_file.exists():
             continue
-        try:
-            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
-            print(f"{name}: stopped")
-        except ProcessLookupError:
-            pass
+        group = int(pid_file.read_text())
         pid_file.unlink()
+        if _signal(group, signal.SIGTERM):
+            stopping.append((name, group))
+    deadline = time.monotonic() + STOP_SECONDS
+    for name, group in stopping:
+        while _signal(group, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _signal(group, signal.SIGKILL):
+            print(f"{name}: killed, still running {STOP_SECONDS:g} s after SIGTERM")
+        else:
+            print(f"{name}: stopped")
+
+
+def _signal(group: int, number: int) -> bool:
+    """Send `number` to the process group; False when it has no process left."""
+    try:
+        os.killpg(group, number)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

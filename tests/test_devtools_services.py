@@ -1,0 +1,54 @@
+"""`make stop` (devtools.services.stop) ends the demo's services, even one that ignores SIGTERM."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from devtools import services
+
+IGNORES_SIGTERM = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(600)\n"
+)
+WAITS = "print('ready', flush=True)\nimport time\ntime.sleep(600)\n"
+
+
+def _service(state: Path, name: str, code: str) -> subprocess.Popen[bytes]:
+    """A service as `make demo` leaves it: its own process group, its pid file, and reaped as
+    soon as it ends (by init, once the demo has exited; here by a thread)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+    (state / f"{name}.pid").write_text(str(process.pid))
+    threading.Thread(target=process.wait, daemon=True).start()
+    return process
+
+
+def test_stop_ends_every_service_killing_one_that_outlives_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(services, "STATE", tmp_path)
+    monkeypatch.setattr(services, "STOP_SECONDS", 0.5)
+    stubborn = _service(tmp_path, "azurite", IGNORES_SIGTERM)
+    polite = _service(tmp_path, "braze-sandbox", WAITS)
+    try:
+        services.stop()
+
+        assert stubborn.wait(timeout=30) == -9  # SIGKILL, once SIGTERM left it running
+        assert polite.wait(timeout=30) == -15  # SIGTERM was enough
+        assert not list(tmp_path.glob("*.pid"))
+        assert "azurite: killed, still running 0.5 s after SIGTERM" in capsys.readouterr().out
+        services.stop()  # nothing left to stop
+        assert capsys.readouterr().out == ""
+    finally:  # a failure leaves no process behind
+        for process in (stubborn, polite):
+            if process.poll() is None:
+                process.kill()
