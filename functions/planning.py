@@ -15,6 +15,7 @@ from shared.adapters.services import Services, app_services
 from shared.adapters.telemetry import job_context
 from shared.core.messages import ExportJob, PartitionJob, PlanningJob, SplitJob, planning_job
 from shared.core.resource_names import JOBS_QUEUE, STORAGE_CONNECTION
+from shared.pipeline.deliver_chunk import deliver_at_once
 from shared.pipeline.diff_partition import diff_partition, fail_partition
 from shared.pipeline.plan_export import fail_planning, plan_run
 from shared.pipeline.split_source import fail_split, split_source
@@ -51,16 +52,21 @@ def _step(
             )
         case PartitionJob():
             return (
-                lambda: _diff_without_cyclic_gc(job, services),
+                lambda: _diff(job, services),
                 lambda error: fail_partition(job, error, services),
             )
         case _:
             assert_never(job)
 
 
-def _diff_without_cyclic_gc(job: PartitionJob, services: Services) -> None:
+def _diff(job: PartitionJob, services: Services) -> None:
+    """Diff with the cyclic collector paused; a run this diff released as a single chunk job
+    is then delivered here and now (`deliver_at_once`), with the collector running again."""
     with cyclic_gc_paused():
-        diff_partition(job, services)
+        released = diff_partition(job, services)
+    if released is not None:
+        with job_context(released):
+            deliver_at_once(released, services)
 
 
 _pause_lock = threading.Lock()

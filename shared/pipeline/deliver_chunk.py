@@ -54,8 +54,10 @@ HOLD_WAIT_SECONDS = 300.0
 FAILED_ROWS_PER_WRITE = 5_000  # a poisoned chunk's unsent rows are listed this many at a time
 
 
-def deliver_chunk(job: ChunkJob, services: Services) -> None:
-    """Send one chunk to Braze, many batches in flight, and record its outcome once."""
+def deliver_chunk(job: ChunkJob, services: Services, *, wait_for_holder: bool = True) -> None:
+    """Send one chunk to Braze, many batches in flight, and record its outcome once. Another
+    attempt holding the chunk is waited for (`_take_lease`), unless `wait_for_holder` is
+    False: then this attempt leaves the chunk to it."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         log.warning("run %s is missing or finished; dropping chunk %d", job.run_id, job.chunk_index)
@@ -76,7 +78,7 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
             f"chunk {job.chunk_index} ({', '.join(job.blob_names)}) holds {len(items)} profiles "
             f"but was planned with {job.rows}"
         )
-    lease = _take_lease(job, services, found)
+    lease = _take_lease(job, services, found, wait_for_holder)
     if lease is None:
         return
     progress = lease.progress
@@ -97,14 +99,39 @@ def deliver_chunk(job: ChunkJob, services: Services) -> None:
     _record(job, progress, len(items), run.replay_round, services)
 
 
+def deliver_at_once(job: ChunkJob, services: Services) -> None:
+    """Deliver a chunk job in the invocation whose release queued it, without waiting for it to
+    come off the queue: the run's only job (a delta's few changes, a small segment) then goes
+    to Braze now, not once a listener next polls the chunks queue (up to `maxPollingInterval`
+    while idle) or, in Azure, once the delivery function has scaled out, possibly from zero.
+
+    The queued message stays the fallback, with the dequeue count and poison handling of any
+    chunk: this attempt leaves the chunk to an attempt already holding it, and a failure is
+    logged, not raised (an attempt that fails lets go of the chunk, so the message's attempt
+    resumes after what was answered)."""
+    try:
+        deliver_chunk(job, services, wait_for_holder=False)
+    except Exception as error:
+        log.warning(
+            "run %s chunk %d: delivering it at once failed (%s: %s); its queued message will",
+            job.run_id,
+            job.chunk_index,
+            type(error).__name__,
+            error,
+        )
+
+
 class ChunkHeld(Exception):
     """Another attempt kept delivering the chunk while this one waited: its message is retried
     later."""
 
 
-def _take_lease(job: ChunkJob, services: Services, found: SavedProgress) -> SavedProgress | None:
+def _take_lease(
+    job: ChunkJob, services: Services, found: SavedProgress, wait: bool
+) -> SavedProgress | None:
     """Hold the chunk for this attempt (its progress saved with this attempt as holder and the
-    ETag that save returned), or None when the chunk was recorded or the run ended meanwhile.
+    ETag that save returned), or None when the chunk was recorded or the run ended meanwhile,
+    or another attempt holds it and this one is not to `wait`.
 
     A holder that saved within `LEASE_SECONDS` is alive, so this attempt waits for it: when it
     records the chunk there is nothing left to do; when it lets go (an attempt that fails saves
@@ -122,7 +149,15 @@ def _take_lease(job: ChunkJob, services: Services, found: SavedProgress) -> Save
                 if _chunk_over(job, services):
                     return None  # recorded just before: by a silent holder, or as failed
                 return SavedProgress(found.progress, etag, None)
-        elif not waiting:
+        # Another attempt holds the chunk: alive, or it took the chunk before this save.
+        if not wait:
+            log.info(
+                "run %s chunk %d is being delivered by another attempt; leaving it to that one",
+                job.run_id,
+                job.chunk_index,
+            )
+            return None
+        if not waiting:
             waiting = True
             log.info(
                 "run %s chunk %d is being delivered by another attempt; waiting for it",

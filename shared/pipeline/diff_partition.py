@@ -52,7 +52,7 @@ from shared.core.fingerprints import (
     row_digest_seed,
 )
 from shared.core.jsonlines import dumpb, loads
-from shared.core.messages import PartitionJob
+from shared.core.messages import ChunkJob, PartitionJob
 from shared.core.partitioning import partition_of
 from shared.core.report import REMOVAL_ORDER, row_position
 from shared.core.resource_names import CHUNKS_QUEUE, RUNS_CONTAINER
@@ -88,14 +88,16 @@ log = logging.getLogger(__name__)
 ARRAY_CAP_EXAMPLES = 5
 
 
-def diff_partition(job: PartitionJob, services: Services) -> None:
-    """Diff one partition and record what it found; the last partition releases the run."""
+def diff_partition(job: PartitionJob, services: Services) -> ChunkJob | None:
+    """Diff one partition and record what it found; the last partition releases the run. When
+    that release queued a single chunk job (a delta's few changes, a small segment), the job,
+    for the caller to deliver at once (`deliver_at_once`)."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         log.warning(
             "run %s is missing or finished; dropping partition %d", job.run_id, job.partition
         )
-        return
+        return None
     recorded: PartitionResult | None = None
     if not services.runs.partition_done(run.run_id, job.partition):
         definitions = services.definitions()
@@ -104,7 +106,8 @@ def diff_partition(job: PartitionJob, services: Services) -> None:
             recorded = result
     if run.delivers_while_diffing:
         _queue_delivery(run, job.partition, recorded, services)
-    maybe_release(run.run_id, services)
+    queued = maybe_release(run.run_id, services)
+    return queued[0] if queued and len(queued) == 1 else None
 
 
 def _queue_delivery(

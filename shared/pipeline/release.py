@@ -38,8 +38,10 @@ RELEASE_LEASE = timedelta(minutes=5)
 MAX_CHUNK_BLOBS = 64  # blobs named by one chunk message (a queue message holds 64 KB)
 
 
-def maybe_release(run_id: str, services: Services) -> bool:
-    """Release the run if every partition is diffed and nobody else has; True for the one that did.
+def maybe_release(run_id: str, services: Services) -> list[ChunkJob] | None:
+    """Release the run if every partition is diffed and nobody else has: for the one that did,
+    the chunk jobs it queued (none when the run ended at the release, or each partition queued
+    its own); None for everyone else.
 
     The release is claimed on the run entity with its ETag, like finalization; a releaser that
     dies mid-way is replaced after the lease, and chunks it queued twice are delivered once.
@@ -47,14 +49,14 @@ def maybe_release(run_id: str, services: Services) -> bool:
     store = services.runs
     run = store.get(run_id)
     if run is None or run.status != Status.PLANNING or not run.partitions:
-        return False
+        return None
     if run.chunks_total is not None:  # ended in planning (or stopped): nothing to release
-        return False
+        return None
     now = utcnow()
     if run.release_claimed_at and now - run.release_claimed_at < RELEASE_LEASE:
-        return False
+        return None
     if store.partitions_diffed(run_id) < run.partitions:
-        return False
+        return None
     results = store.partition_results(run_id)
     definitions = services.definitions()
     export = definitions.export(run.export_name)
@@ -68,28 +70,28 @@ def maybe_release(run_id: str, services: Services) -> bool:
     try:
         store.update(run, if_unchanged=True)
     except RunConflict:
-        return False
+        return None
     split_reasons = [split.reasons for split in store.split_results(run_id)]
     summarize(run, results, split_reasons, connection.objects_per_request)
     if run.delivers_while_diffing:  # each partition queued its own job once diffed
         _delivering(run, len(results), services)
-        return True
+        return []
     valve = safety_valve(run, export)
     if run.dry_run:
         _write_dry_run(run, results, connection.objects_per_request, services)
         verdict = f"; a real run would stop: {valve[1]}" if valve else ""
         finish_early(run, services, message=_dry_run_summary(run) + verdict)
-        return True
+        return []
     if valve is not None:
         finish_early(run, services, message=valve[1], stopped_by=valve[0])
-        return True
+        return []
     jobs = chunk_jobs(run, results)
     if jobs and (problem := _undeliverable(connection, services)):
         finish_early(run, services, message=problem, failed=True)
-        return True
+        return []
     services.storage.send_messages(CHUNKS_QUEUE, (job.to_json() for job in jobs))
     _delivering(run, len(jobs), services)
-    return True
+    return jobs
 
 
 def _delivering(run: Run, chunks: int, services: Services) -> None:
