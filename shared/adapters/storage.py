@@ -22,7 +22,12 @@ from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 from urllib.request import getproxies
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
 from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.blob import ExponentialRetry as BlobRetry
@@ -275,6 +280,25 @@ class Storage:
             return int(self.container(container).get_blob_client(name).get_blob_properties().size)
         except ResourceNotFoundError as missing:
             raise _not_found(container, name, missing) from None
+
+    def size_and_start(self, container: str, name: str, length: int) -> tuple[int, bytes]:
+        """The blob's size and its first `length` bytes (fewer if it is shorter), in one
+        request: the bytes as stored, so a blob kept with `Content-Encoding: gzip` (which other
+        reads get decoded) shows the gzip it is."""
+        blob = self.container(container).get_blob_client(name)
+        try:
+            downloader = blob.download_blob(
+                offset=0, length=length, max_concurrency=1, decompress=False
+            )
+            start = downloader.readall()
+            # "bytes 0-1/<size of the blob>": the downloader's own size is the range's
+            return int(downloader.properties.content_range.rsplit("/", 1)[1]), start
+        except ResourceNotFoundError as missing:
+            raise _not_found(container, name, missing) from None
+        except HttpResponseError as error:
+            if error.status_code != 416:
+                raise
+        return self.size(container, name), b""  # an empty blob has no range to read
 
     def digest(
         self,

@@ -79,7 +79,8 @@ def deliver_chunk(job: ChunkJob, services: Services, *, wait_for_holder: bool = 
             f"but was planned with {job.rows}"
         )
     lease = _take_lease(job, services, found, wait_for_holder)
-    if lease is None:
+    if lease is None:  # recorded meanwhile, perhaps by the attempt waited for: it may be last
+        maybe_finalize(job.run_id, services)
         return
     progress = lease.progress
     progress.batch_size = progress.batch_size or connection.objects_per_request
@@ -113,7 +114,8 @@ def deliver_at_once(job: ChunkJob, services: Services) -> None:
         deliver_chunk(job, services, wait_for_holder=False)
     except Exception as error:
         log.warning(
-            "run %s chunk %d: delivering it at once failed (%s: %s); its queued message will",
+            "run %s chunk %d: delivering it at once failed (%s: %s); its queued message "
+            "delivers it",
             job.run_id,
             job.chunk_index,
             type(error).__name__,

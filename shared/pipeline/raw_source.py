@@ -46,13 +46,11 @@ if TYPE_CHECKING:
 
 
 def reads_raw(run: Run, export: Export, job: SplitJob) -> bool:
-    """Whether the job's range is a byte range of a plain CSV or JSON Lines file, or of a CDM
-    partition file (a compressed one is read as rows: see `raw_rows`)."""
+    """Whether the job's range is a byte range of a CSV or JSON Lines file, or of a CDM
+    partition file (a compressed one, told by its bytes, is read as rows: see `raw_rows`)."""
     if job.splits <= 1:
         return False
-    if source_format(run, export) == "cdm":
-        return True
-    return job.end >= 0 and not run.source.endswith(".gz")
+    return source_format(run, export) == "cdm" or job.end >= 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +156,6 @@ def raw_rows(
     RawPathUnsafe when the range must be read as rows instead (nothing of this attempt is kept
     then)."""
     where = raw_range(run, export, job, services)
-    if where.path.endswith(".gz"):
-        raise RawPathUnsafe("a compressed file is read as rows")
     seed = where.seed(run)
     chunks = read_span(services.storage, where.container, where.path, where.start, where.length)
     first = next(chunks, b"")

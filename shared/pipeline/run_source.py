@@ -86,7 +86,7 @@ def open_source(
     fmt = source_format(run, export)
     container, _, path = run.source.partition("/")
     size = sum(file.size for file in files)
-    compressed = any(file.name.endswith(".gz") for file in files)
+    compressed = any(file.compressed for file in files)
     if entity is not None:  # its columns are checked already
         names = [file.name for file in files]
         rows = _cdm_rows(entity, names, range(len(names)), services)
@@ -201,6 +201,7 @@ class DataFile:
     size: int
     quoted: bool  # its quotes may hold line breaks
     targets: list[int]
+    compressed: bool  # gzip, told by its first bytes whatever its name: never cut
 
 
 def data_files(
@@ -208,7 +209,8 @@ def data_files(
 ) -> tuple[list[DataFile], CdmEntity | None]:
     """The source's data files, each cut into ranges of about `EXPORT_SPLIT_MIB`, or of
     `INDEXED_RANGE_FACTOR` times that when the previous snapshot's index applies
-    (`_range_counts`); a gzip file is not cut (one reader). For a CDM folder also its entity,
+    (`_range_counts`); a gzip file, told by its first bytes (read with its size, in one
+    request), is not cut (one reader). For a CDM folder also its entity,
     checked, whose partition files the plan records (`cdm_entity`): the ranges, the rows the
     plan reads and those the split jobs read are all of that one reading of the model."""
     storage = services.storage
@@ -219,17 +221,18 @@ def data_files(
         files = [(name, p.csv.quoting) for name, p in zip(names, entity.partitions, strict=True)]
     else:
         files = [(run.source, fmt == "csv")]
-    sizes = storage.in_parallel(
-        functools.partial(storage.size, *name.split("/", 1)) for name, _ in files
+    heads = storage.in_parallel(
+        functools.partial(storage.size_and_start, *name.split("/", 1), len(GZIP_MAGIC))
+        for name, _ in files
     )
-    compressed = any(name.endswith(".gz") for name, _ in files)
-    indexed = index_applies(run, partition_count(sum(sizes), compressed))
-    names = [name for name, _ in files]
-    cuttable = [0 if n.endswith(".gz") else size for n, size in zip(names, sizes, strict=True)]
+    sizes = [size for size, _ in heads]
+    gzip = [start == GZIP_MAGIC for _, start in heads]
+    indexed = index_applies(run, partition_count(sum(sizes), any(gzip)))
+    cuttable = [0 if packed else size for size, packed in zip(sizes, gzip, strict=True)]
     counts = _range_counts(cuttable, services.settings.split_bytes, indexed)
     cut = [
-        DataFile(name, size, quoted, [size * k // count for k in range(1, count)])
-        for (name, quoted), size, count in zip(files, sizes, counts, strict=True)
+        DataFile(name, size, quoted, [size * k // count for k in range(1, count)], packed)
+        for (name, quoted), size, count, packed in zip(files, sizes, counts, gzip, strict=True)
     ]
     return cut, entity
 

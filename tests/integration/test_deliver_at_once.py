@@ -20,7 +20,7 @@ from shared.adapters.storage import Storage
 from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
 from shared.core.resource_names import JOBS_QUEUE
 from shared.core.runs import ChunkProgress, Run, Status
-from shared.pipeline.deliver_chunk import deliver_at_once
+from shared.pipeline.deliver_chunk import deliver_at_once, deliver_chunk
 from shared.pipeline.diff_partition import diff_partition
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.split_source import split_source
@@ -35,18 +35,18 @@ def _message(job: PartitionJob | ChunkJob) -> QueueMessage:
 
 
 def _delta(
-    app: App, name: str, monkeypatch: pytest.MonkeyPatch
+    app: App, name: str, monkeypatch: pytest.MonkeyPatch, *, added: int = 20, chunk_size: int = 1000
 ) -> tuple[Run, list[PartitionJob], set[str]]:
-    """A first export of 300 rows, then the same rows and 20 more: a delta whose partitions
-    (several: small ones) are planned and split, their diffs left to the caller; and the new
-    valid rows' ids."""
+    """A first export of 300 rows, then the same rows and `added` more: a delta whose
+    partitions (several: small ones) are planned and split, their diffs left to the caller;
+    and the new valid rows' ids."""
     monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 4096)
-    app.define([export_definition(name, PATH, "VIP", chunk_size=1000)])
+    app.define([export_definition(name, PATH, "VIP", chunk_size=chunk_size)])
     before = make_segment(300, id_prefix=name)
     app.upload(PATH, before.data)
     first = run_in_process(app, name)
     assert first.profiles_new == first.rows_valid == len(before.expected)
-    after = make_segment(320, id_prefix=name)
+    after = make_segment(300 + added, id_prefix=name)
     app.upload(PATH, after.data)
     app.mark_sandbox_requests()
     run = start_run(app.services, name, "test").run
@@ -57,7 +57,7 @@ def _delta(
     partitions = take(app, JOBS_QUEUE, PartitionJob, run.run_id)
     assert len(partitions) > 1
     new = set(after.expected) - set(before.expected)
-    assert 0 < len(new) < 20  # and an invalid row among the 20
+    assert 0 < len(new) < added  # and an invalid row among them
     return run, partitions, new
 
 
@@ -88,7 +88,7 @@ def test_a_delta_released_as_one_chunk_goes_to_braze_from_the_diff_that_released
 
 
 def test_delivering_at_once_leaves_a_chunk_another_attempt_holds_and_does_not_wait(
-    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     run, partitions, _ = _delta(quiet_app, "held", monkeypatch)
     released = [diff_partition(job, quiet_app.services) for job in partitions]
@@ -96,20 +96,36 @@ def test_delivering_at_once_leaves_a_chunk_another_attempt_holds_and_does_not_wa
     assert chunk_jobs(quiet_app, run.run_id) == [job]
     holder = ChunkProgress(holder="other-attempt")
     assert quiet_app.services.runs.save_progress(run.run_id, job.chunk_index, holder, None)
+    # An attempt that waited for the holder would give up at once, saying so (ChunkHeld).
+    monkeypatch.setattr("shared.pipeline.deliver_chunk.HOLD_WAIT_SECONDS", -1.0)
 
-    waits: list[float] = []
-
-    def no_waiting(seconds: float) -> None:
-        waits.append(seconds)
-        raise RuntimeError("this attempt waited for the other one")
-
-    monkeypatch.setattr("shared.pipeline.deliver_chunk.time.sleep", no_waiting)
-    deliver_at_once(job, quiet_app.services)
-    assert waits == []
+    with caplog.at_level(logging.INFO):
+        deliver_at_once(job, quiet_app.services)
+    assert "being delivered by another attempt; leaving it to that one" in caplog.text
+    assert "at once failed" not in caplog.text
     assert quiet_app.sandbox_requests() == []
     assert not quiet_app.services.runs.chunk_done(run.run_id, job.chunk_index)
     current = quiet_app.services.runs.get(run.run_id)
     assert current is not None and current.status == Status.DELIVERING
+
+
+def test_a_run_released_as_several_chunk_jobs_is_left_to_the_queue(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delivering several jobs in the releasing invocation would serialize them on one worker."""
+    monkeypatch.setattr("functions.planning.app_services", lambda: quiet_app.services)
+    run, partitions, new = _delta(quiet_app, "several", monkeypatch, added=200, chunk_size=75)
+    for job in partitions:
+        plan_export(_message(job))
+    assert quiet_app.sandbox_requests() == []
+    current = quiet_app.services.runs.get(run.run_id)
+    assert current is not None and current.status == Status.DELIVERING
+    jobs = chunk_jobs(quiet_app, run.run_id)
+    assert len(jobs) == current.chunks_total > 1
+    for job in jobs:
+        deliver_chunk(job, quiet_app.services)
+    final = quiet_app.services.runs.get(run.run_id)
+    assert final is not None and final.profiles_accepted == final.profiles_new == len(new)
 
 
 class UnreadableChunks(Storage):

@@ -16,16 +16,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from azure.storage.blob import ContentSettings
 
 from shared.adapters.storage import Storage
 from shared.core.fingerprints import CONTROL_KEYS, fingerprint
-from shared.core.partitioning import partition_of
+from shared.core.partitioning import partition_count, partition_of
 from shared.core.raw_records import digest_records, raw_blocks, raw_digest_seed
 from shared.core.resource_names import SNAPSHOTS_CONTAINER
 from shared.core.runs import Run
 from shared.pipeline import diff_partition, plan_export, run_source
 from shared.pipeline.run_files import matched_records, partition_piece_name, piece_sections
 from tests.integration.conftest import (
+    SEGMENT_CONTAINER,
     SPLIT_MIB,
     App,
     export_definition,
@@ -597,3 +599,63 @@ def test_a_gzip_file_without_its_extension_is_read_whole_not_cut(split_app: App)
     run = run_in_process(split_app, "raw-gzip-named-csv")
 
     assert (run.splits, run.profiles_accepted) == (1, 2_000), run.message
+
+
+def test_a_plain_file_named_gz_is_cut_and_its_unchanged_rows_filed_by_their_bytes(
+    split_app: App,
+) -> None:
+    """Gzip is told by the bytes, not the name: a plain CSV named `.csv.gz` is cut into ranges
+    like any plain file, and a re-run files its unchanged rows by their raw digest."""
+    name, path = "raw-plain-named-gz", "raw/raw-plain-named-gz.csv.gz"
+    split_app.define([export_definition(name, path, "Raw plain gz", chunk_size=500)])
+    rows = [_row(n) for n in range(2_000)]
+    split_app.upload(path, _csv(rows))
+    first = run_in_process(split_app, name)
+    assert first.splits > 1 and first.profiles_accepted == 2_000, first.message
+
+    rows[5]["FirstName"] = "Zoë-Renamed"
+    split_app.upload(path, _csv(rows))
+    split_app.mark_sandbox_requests()
+    second = run_in_process(split_app, name)
+
+    assert second.splits > 1 and _filed_by_bytes(split_app, second) >= 1_900
+    assert _sent(split_app) == {
+        "raw-00005": {"external_id": "raw-00005", "first_name": "Zoë-Renamed"}
+    }
+
+
+def test_a_blob_stored_with_gzip_content_encoding_is_read_whole_not_cut(split_app: App) -> None:
+    """A blob kept compressed with `Content-Encoding: gzip` is read decoded, but its byte
+    ranges would be slices of the gzip: it is told by its stored bytes and not cut."""
+    path = _define(split_app, "raw-content-encoding")
+    rows = [_row(n, Note=os.urandom(24).hex()) for n in range(2_000)]
+    data = gzip.compress(_csv(rows))
+    assert len(data) > 2 * SPLIT_MIB * 1024 * 1024
+    blob = split_app.services.storage.blobs.get_blob_client(SEGMENT_CONTAINER, path)
+    settings = ContentSettings(content_type="text/csv", content_encoding="gzip")
+    blob.upload_blob(data, overwrite=True, content_settings=settings)
+
+    run = run_in_process(split_app, "raw-content-encoding")
+
+    assert (run.splits, run.profiles_accepted) == (1, 2_000), run.message
+
+
+def test_a_gzip_file_without_its_extension_gets_the_partitions_of_its_text(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition holds about `PARTITION_TARGET_BYTES` of text (a diff's memory follows it):
+    a gzip file is counted at `GZIP_RATIO` times its size whatever its name, as when it is
+    named `.gz`, not at its compressed size."""
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 16 * 1024)
+    rows = [_row(n, Note=f'Zoë, "{n}" 🎉') for n in range(3_000)]
+    data = gzip.compress(_csv(rows))
+    assert partition_count(len(data), True) > partition_count(len(data), False)
+    found = {}
+    for name in ("raw-gz-named-csv", "raw-gz-named-gz"):
+        path = f"raw/{name}.csv" + (".gz" if name.endswith("gz") else "")
+        quiet_app.define([export_definition(name, path, f"Raw {name}", chunk_size=500)])
+        quiet_app.upload(path, data)
+        run = run_in_process(quiet_app, name)
+        assert run.profiles_accepted == 3_000, run.message
+        found[name] = run.partitions
+    assert found == dict.fromkeys(found, partition_count(len(data), True))

@@ -222,6 +222,37 @@ def test_a_finalizer_that_fails_gives_its_claim_back_for_the_retry(
     assert json.loads(quiet_app.blob_text(final.report_blob))["status"] == "succeeded"
 
 
+def test_an_attempt_that_finds_its_chunk_recorded_while_taking_it_finalizes_the_run(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another attempt recorded the chunk after this one's first look, then failed to finalize
+    (the release's worker delivering a chunk at once, its queued message waiting): this
+    attempt, finding the chunk recorded once it could take it, finalizes the run. Here the
+    first look answers as before the record: two reads cannot be interleaved at will."""
+    run, _ = _new_run(quiet_app, "finlate", "redeliver/finlate.csv", 80)
+    (job,) = plan_in_process(quiet_app, run)
+    flaky = FlakyStorage(quiet_app.services.storage, report_blob_name(run.run_id))
+    monkeypatch.setattr(quiet_app.services, "storage", flaky)
+    with pytest.raises(ConnectionError):
+        deliver_chunk(job, quiet_app.services)  # delivered and recorded, then finalizing fails
+    runs = quiet_app.services.runs
+    recorded = runs.chunk_done
+    looks: list[int] = []
+
+    def first_look_before_the_record(run_id: str, chunk_index: int) -> bool:
+        looks.append(chunk_index)
+        return len(looks) > 1 and recorded(run_id, chunk_index)
+
+    monkeypatch.setattr(runs, "chunk_done", first_look_before_the_record)
+    sent = len(quiet_app.sandbox_requests())
+    deliver_chunk(job, quiet_app.services)
+
+    assert len(looks) > 1 and len(quiet_app.sandbox_requests()) == sent
+    final = runs.get(run.run_id)
+    assert final is not None and final.status == Status.SUCCEEDED
+    assert final.profiles_accepted == 80
+
+
 class CrashingBraze(OneAtATime):
     """Answers `batches` requests through the real client, then dies as a recycled worker would
     (a process cannot be killed inside a test's own process; the fault suite uses SIGKILL)."""
