@@ -22,7 +22,8 @@ request to land in the next rate window (seen at 5M profiles).
 `--source cdm` writes the same rows as Customer Insights writes a segment: a CDM folder of
 partition files without headers (one per 100,000 rows by default, about 8 MB each, so each is
 split by a job of its own; `--cdm-files N` writes N, a large file being cut into ranges as a
-CSV file is) and a model.json naming them.
+CSV file is) and a model.json naming them. `--wide` adds ten columns of a Customer Insights
+unified profile that the mapping does not send (an export maps a few of a profile's columns).
 
 With `--flame-graphs`, py-spy samples each local host through each run and writes
 `<out>/<date>-<run>-worker<n>.svg`: where the CPU went.
@@ -33,6 +34,7 @@ With `--flame-graphs`, py-spy samples each local host through each run and write
     .venv/bin/python bench/export_bench.py --runs 1 --host-nice 10
     .venv/bin/python bench/export_bench.py --profiles 1000000 --source cdm
     .venv/bin/python bench/export_bench.py --profiles 1000000 --source cdm --cdm-files 1
+    .venv/bin/python bench/export_bench.py --profiles 1000000 --wide
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ from shared.pipeline.start import start_run  # noqa: E402
 API_KEY = "bench-key"
 SOURCE = "bench/segment.csv"
 HEADER = "CustomerId,Email,FirstName,LoyaltyPoints,IsVip,BirthDate,Note\n"
+# `--wide`: ten more columns of a Customer Insights unified profile, which the mapping does
+# not send (an export maps a few of the profile's many columns).
+WIDE_COLUMNS = (
+    "ContactId,LastName,PrimaryPhone,StreetAddress,City,StateOrProvince,PostalCode,"
+    "CountryOrRegion,Gender,JobTitle"
+)
+LAST_NAMES = ["Müller", "O'Neil", "García-López", "Nguyễn", '"Smith, Jr."', "Østergaard"]
+STREETS = ['"12 Rue de l\'Église, Apt 3"', "221B Baker Street", '"Calle 5, nº 7"', "1 Main St"]
+CITIES = ["Zürich", "São Paulo", "Kraków", "New York", "Reykjavík"]
+JOBS = ["Engineer", '"Head of Sales, EMEA"', "Data Analyst", "", "Chef 👩‍🍳"]
 FIRST_NAMES = ["Zoë", "José", "Ana María", "O'Brien", "Łukasz", "Søren", "李", "Amélie"]
 NOTES = ["plain", '"says ""hi"", twice"', '"multi\nline, comma"', "emoji 🎉", "", "tab\tpipe|"]
 INVALID = [
@@ -81,12 +93,18 @@ INVALID = [
 RUN_DEADLINE_SECONDS = 1800
 
 
-def write_segment(path: Path, profiles: int, changed_every: int = 0, seed: int = 7) -> int:
+def header(wide: bool) -> str:
+    return HEADER.replace("\n", f",{WIDE_COLUMNS}\n") if wide else HEADER
+
+
+def write_segment(
+    path: Path, profiles: int, changed_every: int = 0, seed: int = 7, wide: bool = False
+) -> int:
     """A CSV of `profiles` rows (`segment_records`). Streams to disk; returns the valid rows."""
     valid = 0
     with path.open("w", encoding="utf-8", newline="") as out:
-        out.write("\ufeff" + HEADER)
-        for record, is_valid in segment_records(profiles, changed_every, seed):
+        out.write("\ufeff" + header(wide))
+        for record, is_valid in segment_records(profiles, changed_every, seed, wide):
             out.write(record)
             valid += is_valid
     return valid
@@ -101,19 +119,24 @@ def cdm_files(profiles: int) -> int:
     return max(1, math.ceil(profiles / CDM_ROWS_PER_FILE))
 
 
-def upload_cdm_folder(services: Services, folder: Path, files: int) -> None:
+def upload_cdm_folder(services: Services, folder: Path, files: int, wide: bool) -> None:
     """The partition files, then model.json, as Customer Insights writes a folder."""
     container = services.storage.container("segments")
     for k in range(files):
         with (folder / f"part-{k:03d}.csv").open("rb") as data:
             name = f"{CDM_FOLDER}/{CDM_ENTITY}/part-{k:03d}.csv"
             container.upload_blob(name, data, overwrite=True, max_concurrency=4)
-    model = json.dumps(cdm_model(container.url, files))
+    model = json.dumps(cdm_model(container.url, files, wide))
     container.upload_blob(f"{CDM_FOLDER}/model.json", model, overwrite=True)
 
 
 def write_cdm_segment(
-    folder: Path, profiles: int, files: int, changed_every: int = 0, seed: int = 7
+    folder: Path,
+    profiles: int,
+    files: int,
+    changed_every: int = 0,
+    seed: int = 7,
+    wide: bool = False,
 ) -> int:
     """The same rows as `write_segment`, as a Customer Insights CDM folder holds them: `files`
     partition files without a header (`part-NNN.csv`, consecutive rows, as many in each but the
@@ -123,7 +146,8 @@ def write_cdm_segment(
     paths = [folder / f"part-{k:03d}.csv" for k in range(files)]
     outs = [path.open("w", encoding="utf-8", newline="") for path in paths]
     try:
-        for n, (record, is_valid) in enumerate(segment_records(profiles, changed_every, seed)):
+        records = segment_records(profiles, changed_every, seed, wide)
+        for n, (record, is_valid) in enumerate(records):
             outs[n // rows_per_file].write(record)
             valid += is_valid
     finally:
@@ -132,7 +156,7 @@ def write_cdm_segment(
     return valid
 
 
-def cdm_model(container_url: str, files: int) -> dict[str, Any]:
+def cdm_model(container_url: str, files: int, wide: bool = False) -> dict[str, Any]:
     """The folder's model.json: the segment's columns as strings (the mapping types them, as it
     does a CSV's), and each partition file's URL."""
     return {
@@ -143,7 +167,7 @@ def cdm_model(container_url: str, files: int) -> dict[str, Any]:
                 "$type": "LocalEntity",
                 "name": CDM_ENTITY,
                 "attributes": [
-                    {"name": name, "dataType": "string"} for name in HEADER.strip().split(",")
+                    {"name": name, "dataType": "string"} for name in header(wide).strip().split(",")
                 ],
                 "partitions": [
                     {
@@ -157,11 +181,14 @@ def cdm_model(container_url: str, files: int) -> dict[str, Any]:
     }
 
 
-def segment_records(profiles: int, changed_every: int, seed: int) -> Iterator[tuple[str, bool]]:
+def segment_records(
+    profiles: int, changed_every: int, seed: int, wide: bool = False
+) -> Iterator[tuple[str, bool]]:
     """`profiles` CSV records and whether each is valid: 1% of them invalid (bad or blank
     emails, a bad number, a malformed row, a duplicate id); with `changed_every`, every such
-    row's points change by one."""
-    rng = random.Random(seed)
+    row's points change by one. `wide` adds the `WIDE_COLUMNS` (from a generator of their
+    own, so the other columns are the same)."""
+    rng, wide_rng = random.Random(seed), random.Random(seed + 1)
     for n in range(1, profiles + 1):
         name, note = rng.choice(FIRST_NAMES), rng.choice(NOTES)
         changed = changed_every and n % changed_every == changed_every // 2  # never an invalid row
@@ -170,6 +197,8 @@ def segment_records(profiles: int, changed_every: int, seed: int) -> Iterator[tu
         birth = f"19{rng.randint(50, 99)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
         customer, email = f"cust-{n:08d}", f"user.{n}+tag@example{n % 7}.com"
         fields = [customer, email, name, str(points), vip, birth, note]
+        if wide:
+            fields += _wide_fields(wide_rng)
         if n % 100 == 0:
             kind = (n // 100) % 6
             if kind < 3:
@@ -181,6 +210,22 @@ def segment_records(profiles: int, changed_every: int, seed: int) -> Iterator[tu
             else:
                 fields[0] = f"cust-{n - 1:08d}"  # a duplicate: the earlier row wins
         yield ",".join(fields) + "\n", n % 100 != 0
+
+
+def _wide_fields(rng: random.Random) -> list[str]:
+    contact = f"{rng.getrandbits(128):032x}"
+    return [
+        f"{contact[:8]}-{contact[8:12]}-{contact[12:16]}-{contact[16:20]}-{contact[20:]}",
+        rng.choice(LAST_NAMES),
+        f"+1 555-{rng.randint(0, 9999):04d}",
+        rng.choice(STREETS),
+        rng.choice(CITIES),
+        rng.choice(["CA", "NY", "ZH", "SP", ""]),
+        f"{rng.randint(1000, 99999)}",
+        rng.choice(["US", "CH", "BR", "PL", "IS"]),
+        rng.choice(["female", "male", "", "nonbinary"]),
+        rng.choice(JOBS),
+    ]
 
 
 PHASES = ("split", "diff", "release", "deliver", "finalize")
@@ -569,6 +614,11 @@ def main() -> int:
         help="partition files of a CDM folder (default: one per 100,000 rows)",
     )
     parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="ten more columns of a Customer Insights profile, not mapped (WIDE_COLUMNS)",
+    )
+    parser.add_argument(
         "--runs",
         type=int,
         choices=(1, 2, 3),
@@ -649,11 +699,13 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
             ("unchanged re-run", None, True),
         )[: args.runs]:
             if changed_every is not None and files:
-                valid = write_cdm_segment(folder, args.profiles, files, changed_every)
+                valid = write_cdm_segment(
+                    folder, args.profiles, files, changed_every, wide=args.wide
+                )
             elif changed_every is not None:
-                valid = write_segment(path, args.profiles, changed_every)
+                valid = write_segment(path, args.profiles, changed_every, wide=args.wide)
             if upload and files:
-                upload_cdm_folder(services, folder, files)
+                upload_cdm_folder(services, folder, files, args.wide)
             elif upload:
                 with path.open("rb") as data:
                     services.storage.blobs.get_blob_client("segments", SOURCE).upload_blob(
@@ -672,7 +724,8 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
             "profiles": args.profiles,
-            "source": f"CDM folder of {files} partition files" if files else "CSV file",
+            "source": (f"CDM folder of {files} partition files" if files else "CSV file")
+            + (", ten unmapped profile columns more (--wide)" if args.wide else ""),
             "workers": args.workers,
             "sandbox_latency_ms": args.latency_ms,
             "chunk_size": services.definitions().exports[0].chunk_size,
