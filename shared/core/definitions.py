@@ -192,6 +192,10 @@ class Mapping(_Strict):
     email: str = Field(min_length=1, description="Column sent as the Braze email field.")
     attributes: list[AttributeMapping] = Field(default_factory=list)
 
+    def columns(self) -> list[str]:
+        """The source columns the export reads: the id's, the email's, then each attribute's."""
+        return [self.customer_id, self.email, *(a.column for a in self.attributes)]
+
 
 class Source(_Strict):
     """Where the segment lives in the app's storage account: a file, or a CDM model.json."""

@@ -69,6 +69,7 @@ from shared.pipeline.run_files import (
     batches,
     chunk_blob_name,
     encoded_chunk_line,
+    mapped_values,
     matched_records,
     matched_rows,
     partition_files_loader,
@@ -460,8 +461,8 @@ def _reread(
     order, _, _, where, raw = row
     source_row = reread(order, where)
     mapping = export.mapping
-    columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
-    values = source_row.values
+    columns = mapping.columns()
+    values = mapped_values(source_row.values, frozenset(columns))
     customer_id = usable_customer_id(values, mapping)
     line = f"line {source_row.line} of {source_row.file or run.source}"
     if customer_id is None:  # the split took it for a row the snapshot holds, so it is one

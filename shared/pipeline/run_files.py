@@ -161,6 +161,16 @@ def matched_rows(records: np.ndarray) -> list[PieceRow]:
     ]
 
 
+def mapped_values(values: dict[str, Any], columns: frozenset[str]) -> dict[str, Any]:
+    """A row's values in the `columns` the export reads, in the row's order: a piece carries no
+    other column (a Customer Insights profile has many more than an export maps), so planning
+    moves and keeps only what it needs, and a rejected row is reported with the columns its
+    reasons are about (its `line` and `file` find the rest)."""
+    if columns.issuperset(values):
+        return values
+    return {column: value for column, value in values.items() if column in columns}
+
+
 def piece_line(
     order: int, customer_id: str, digest: str, values: dict[str, Any], raw: str = ""
 ) -> bytes:

@@ -98,7 +98,7 @@ def open_source(
     else:  # read from the bytes at hand: a download of the file's first piece (up to 32 MiB) saved
         reader = RecordReader(open_lines([header]), fmt)
         rows = _rows_when_read(storage, container, path, fmt)
-    reader.require_columns(_needed_columns(export))
+    reader.require_columns(export.mapping.columns())
     return _Source(fmt, size, compressed, reader.columns, rows)
 
 
@@ -117,11 +117,6 @@ def _rows_when_read(
     yield from _file_rows(RecordReader(open_lines(storage.read_chunks(container, path)), fmt))
 
 
-def _needed_columns(export: Export) -> list[str]:
-    mapping = export.mapping
-    return [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
-
-
 def _file_rows(reader: RecordReader) -> Iterator[Row]:
     for record in reader:
         yield Row(record.line, record.line, None, record.values, record.problem)
@@ -136,7 +131,7 @@ def cdm_entity(
     container, _, path = run.source.partition("/")
     model = parse_model(storage.read_bytes(container, path), source=run.source)
     entity = model.entity(export.source.entity)
-    entity.require_columns(_needed_columns(export))
+    entity.require_columns(export.mapping.columns())
     files = [f"{p.container}/{p.blob}" for p in entity.partitions]
     if len({p.blob for p in entity.partitions}) < len(entity.partitions):
         raise SourceError(

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from shared.adapters.services import Services
 from shared.adapters.settings import ConfigurationError
@@ -27,6 +27,7 @@ from shared.pipeline.raw_source import raw_rows, reads_raw, record_index
 from shared.pipeline.release import delivers_while_diffing
 from shared.pipeline.run_files import (
     MATCHED_MARK,
+    mapped_values,
     partition_piece_name,
     piece_line,
     plan_rejected_name,
@@ -203,7 +204,8 @@ def _split(
     count = tally.partitions = job.partitions
     filed = tally.partition_rows = [0] * count
     mapping = export.mapping
-    columns = [mapping.customer_id, mapping.email, *(a.column for a in mapping.attributes)]
+    columns = mapping.columns()
+    mapped = frozenset(columns)
     # Seeded by the code that planned the run: the diff trusts digests only on the same code.
     seed = row_digest_seed(run.code_version, run.mapping_fingerprint)
     storage = services.storage
@@ -221,18 +223,18 @@ def _split(
                 if tally.rows_read % PROGRESS_EVERY == 0:
                     # Shows progress, and tells the stalled-run sweep that planning is alive.
                     services.runs.save_split_progress(run.run_id, job.split, tally.rows_read)
-                values = row.values
                 if row.problem:  # unreadable (or too long to read): it could be anyone's
                     tally.unidentified += 1
                     problem = [(row.problem.code, f"row {row.problem.message}")]
-                    _reject(rejected, tally, row, None, problem)
+                    _reject(rejected, tally, row, row.values, None, problem)
                     continue
+                values = mapped_values(row.values, mapped)
                 customer_id = usable_customer_id(values, mapping)
                 if customer_id is None:
                     problems = validate_record(values, mapping)
                     assert isinstance(problems, list)  # an unusable id is always a problem
                     reasons = [(p.code, p.message) for p in problems]
-                    _reject(rejected, tally, row, values.get(mapping.customer_id), reasons)
+                    _reject(rejected, tally, row, values, values.get(mapping.customer_id), reasons)
                     continue
                 digest = row_digest([values.get(column) for column in columns], seed)
                 partition = partition_of(customer_id, count)
@@ -286,6 +288,7 @@ def _reject(
     writer: BlobLineWriter,
     tally: SplitResult,
     row: Row,
+    values: dict[str, Any],
     customer_id: object,
     problems: list[tuple[str, str]],
 ) -> None:
@@ -293,4 +296,4 @@ def _reject(
     for code, _ in problems:
         tally.reasons[code] = tally.reasons.get(code, 0) + 1
     position = {"order": row.order, "line": row.line, **({"file": row.file} if row.file else {})}
-    writer.write(rejection_line(position, customer_id, problems, row.values))
+    writer.write(rejection_line(position, customer_id, problems, values))
