@@ -115,9 +115,10 @@ def rejected_blob_name(run_id: str) -> str:
 #
 # One line per row whose customer id is usable, its fields separated by tabs (JSON escapes
 # every tab and newline inside a value): `order, customer id as JSON, row digest, the row's
-# values as JSON, raw digest`. The split only reads rows and files them; the diff validates a
-# row only when its digest differs from the one the snapshot remembers for its customer id, so
-# an unchanged profile of a delta run is never validated, converted or fingerprinted again.
+# mapped values as JSON (`mapped_values`), raw digest`. The split only reads rows and files
+# them; the diff validates a row only when its digest differs from the one the snapshot
+# remembers for its customer id, so an unchanged profile of a delta run is never validated,
+# converted or fingerprinted again.
 #
 # A row whose bytes are those of a row the snapshot holds (`raw_records`) is not even parsed:
 # it is a fixed-size binary record after the text, behind a NUL byte (which no text line holds:
@@ -126,7 +127,8 @@ def rejected_blob_name(run_id: str) -> str:
 # (A piece written before that has the line `order, raw digest, offset:length` instead.)
 MATCHED_MARK = b"\x00"
 
-# A piece row: (order, customer id as JSON, row digest, the row's values as JSON, raw digest);
+# A piece row: (order, customer id as JSON, row digest, the row's mapped values as JSON, raw
+# digest);
 # for a row filed by its raw digest: (order, "", "", "offset:length", raw digest).
 PieceRow = tuple[int, str, str, str, str]
 
@@ -162,10 +164,10 @@ def matched_rows(records: np.ndarray) -> list[PieceRow]:
 
 
 def mapped_values(values: dict[str, Any], columns: frozenset[str]) -> dict[str, Any]:
-    """A row's values in the `columns` the export reads, in the row's order: a piece carries no
-    other column (a Customer Insights profile has many more than an export maps), so planning
-    moves and keeps only what it needs, and a rejected row is reported with the columns its
-    reasons are about (its `line` and `file` find the rest)."""
+    """A row's values in the `columns` the export reads (those it has), in the row's order: a
+    piece carries no other column (a Customer Insights profile has many more than an export
+    maps), so planning moves and keeps only what it needs, and a rejected row is reported with
+    the mapped columns (its `line` and `file` find the rest)."""
     if columns.issuperset(values):
         return values
     return {column: value for column, value in values.items() if column in columns}
@@ -214,7 +216,8 @@ def rejection_line(
     position: dict[str, Any], customer_id: object, problems: list[tuple[str, str]], values: Any
 ) -> str:
     """A row rejected by validation, as the rejected rows list it: where it is, every reason,
-    and the row as read."""
+    and `values`: its mapped columns as read (`mapped_values`), or, for a row that could not be
+    read into columns, what could be read of it."""
     entry = {
         **position,
         "customer_id": customer_id,

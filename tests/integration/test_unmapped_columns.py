@@ -18,9 +18,21 @@ from shared.pipeline.run_files import run_prefix
 from tests.integration.conftest import App, export_definition, run_in_process
 
 MAPPED = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
-# Unmapped, between and after the mapped ones, with values a reader must keep apart.
-HEADER = ["ContactId", *MAPPED[:3], "PrimaryPhone", *MAPPED[3:], "StreetAddress"]
-MARK = "UNMAPPED-Ø"
+# Unmapped columns between and after the mapped ones, which are not in the mapping's order,
+# with values a reader must keep apart.
+HEADER = [
+    "ContactId",
+    "Email",
+    "CustomerId",
+    "Note",
+    "PrimaryPhone",
+    "FirstName",
+    "LoyaltyPoints",
+    "BirthDate",
+    "IsVip",
+    "StreetAddress",
+]
+MARK = "UNMAPPED-MARK"  # ASCII: found in any blob however its JSON escapes non-ASCII
 
 
 def _row(n: int, **changes: str) -> dict[str, str]:
@@ -29,7 +41,7 @@ def _row(n: int, **changes: str) -> dict[str, str]:
         "CustomerId": f"wide-{n:05d}",
         "Email": f"user.{n}@example.com",
         "FirstName": ["Zoë", "O'Brien", "José, Jr.", 'Ann "the" Great'][n % 4],
-        "PrimaryPhone": f'+1 "555", {MARK}\n{n:04d} 📞',
+        "PrimaryPhone": f'+1 "555", {MARK}\n{n:04d} 📞 Ø',
         "LoyaltyPoints": str(n * 7),
         "IsVip": ["true", "false"][n % 2],
         "BirthDate": f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}",
@@ -70,12 +82,14 @@ def test_planning_keeps_only_the_mapped_columns_and_reports_rejected_rows_with_t
     path = "wide/profiles.csv"
     split_app.define([export_definition("wide", path, "Wide", chunk_size=500)])
     data = _csv(rows)
-    split_app.upload(path, data)
     assert data.count(MARK.encode()) == 3 * len(rows)
+    last_line = 2 + len(rows) + sum(sum(v.count("\n") for v in row.values()) for row in rows)
+    malformed = 'too-few,"fields, KEPT AS READ"\r\n'  # read as fields: reported whole
+    split_app.upload(path, data + malformed.encode())
 
     run = run_in_process(split_app, "wide")
 
-    assert run.splits > 1 and (run.profiles_accepted, run.rows_rejected) == (1_498, 2)
+    assert run.splits > 1 and (run.profiles_accepted, run.rows_rejected) == (1_498, 3)
     blobs = _run_blobs(split_app, run.run_id)
     assert any("/partitions/" in name for name in blobs)  # the pieces are there to look at
     assert [name for name, data in blobs.items() if MARK.encode() in data] == []
@@ -93,6 +107,8 @@ def test_planning_keeps_only_the_mapped_columns_and_reports_rejected_rows_with_t
     assert list(invalid["row"]) == [c for c in HEADER if c in MAPPED]  # in the row's order
     assert unidentified["codes"][0].startswith("customer_id")
     assert unidentified["row"] == {column: rows[41][column] for column in MAPPED}
+    unread = rejected[last_line]
+    assert unread["row"] == {"field 1": "too-few", "field 2": "fields, KEPT AS READ"}
 
 
 @pytest.mark.parametrize("column", ["ContactId", "StreetAddress"])
