@@ -167,10 +167,20 @@ def mapped_values(values: dict[str, Any], columns: frozenset[str]) -> dict[str, 
     """A row's values in the `columns` the export reads (those it has), in the row's order: a
     piece carries no other column (a Customer Insights profile has many more than an export
     maps), so planning moves and keeps only what it needs, and a rejected row is reported with
-    the mapped columns (its `line` and `file` find the rest)."""
+    the mapped columns (its `line` and `file` find the rest). A mapped column the row lacks
+    keeps the keys that differ from it only in case: the rejected row then shows why its
+    `email` is blank (it has `Email`; keys are case-sensitive)."""
     if columns.issuperset(values):
         return values
-    return {column: value for column, value in values.items() if column in columns}
+    kept = {column: value for column, value in values.items() if column in columns}
+    if len(kept) < len(columns):  # a JSON Lines row without a mapped key: keep its lookalikes
+        missing = {column.casefold() for column in columns if column not in kept}
+        kept = {
+            column: value
+            for column, value in values.items()
+            if column in kept or column.casefold() in missing
+        }
+    return kept
 
 
 def piece_line(

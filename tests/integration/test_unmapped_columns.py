@@ -130,3 +130,28 @@ def test_an_unmapped_column_changed_alone_sends_nothing(split_app: App, column: 
 
     assert (second.profiles_changed, second.profiles_unchanged) == (0, 600)
     assert split_app.sandbox_requests() == []
+
+
+def test_a_json_lines_record_keyed_in_another_case_is_reported_with_that_key(
+    quiet_app: App,
+) -> None:
+    """Keys are case-sensitive: a record keyed `EMAIL` has no `Email`, so it is rejected as
+    blank; its report keeps the lookalike key (and drops the unmapped ones) to show why."""
+    good = {**_row(1), "Extra": {"nested": [MARK]}}
+    shouted = {key.upper() if key == "Email" else key: value for key, value in _row(2).items()}
+    path = "wide/profiles.jsonl"
+    quiet_app.define([export_definition("wide-jsonl", path, "Wide")])
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in (good, shouted))
+    quiet_app.upload(path, text.encode())
+
+    run = run_in_process(quiet_app, "wide-jsonl")
+
+    assert (run.profiles_accepted, run.rows_rejected) == (1, 1)
+    (entry,) = _rejected(quiet_app, run.rejected_blob).values()
+    assert entry["codes"] == ["email_blank"]
+    assert entry["row"] == {
+        column: shouted[column] for column in shouted if column in MAPPED or column == "EMAIL"
+    }
+    assert [
+        name for name, data in _run_blobs(quiet_app, run.run_id).items() if MARK.encode() in data
+    ] == []

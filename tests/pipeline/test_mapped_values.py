@@ -28,3 +28,9 @@ def test_other_columns_are_dropped_and_the_rows_order_kept() -> None:
 def test_a_missing_mapped_column_stays_missing_and_nested_values_stay_whole() -> None:
     row = {"CustomerId": "c-1", "Extra": {"nested": [1, 2]}, "Tags": {"add": ["vip"]}}
     assert mapped_values(row, MAPPED) == {"CustomerId": "c-1", "Tags": {"add": ["vip"]}}
+
+
+def test_a_missing_mapped_column_keeps_the_keys_that_differ_from_it_only_in_case() -> None:
+    """A JSON Lines record keyed `EMAIL` fails `Email` as blank: its report shows why."""
+    row = {"CustomerId": "c-1", "EMAIL": "zoë@example.com", "email_2": "x", "Phone": "1"}
+    assert mapped_values(row, MAPPED) == {"CustomerId": "c-1", "EMAIL": "zoë@example.com"}
