@@ -68,6 +68,7 @@ def start_azurite(workdir: Path) -> Azurite:
         [
             str(binary),
             "--inMemoryPersistence",
+            "--disableTelemetry",
             "--skipApiVersionCheck",
             "--loose",
             "--blobHost=127.0.0.1",
@@ -104,8 +105,8 @@ def start_sandbox(api_key: str, *extra_args: str, cpu: int | None = None) -> San
 
 
 def stop(proc: subprocess.Popen[str]) -> int:
-    """Ask a child to stop and return its exit code; kill it if it lingers (Azurite waits on
-    idle keep-alive sockets)."""
+    """Ask a child to stop and return its exit code; kill it if it lingers (Azurite did, with
+    its telemetry on, waiting to send it: it now runs with `--disableTelemetry`)."""
     proc.terminate()
     try:
         return proc.wait(timeout=10)

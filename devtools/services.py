@@ -63,6 +63,7 @@ def start() -> None:
         [
             str(ROOT / "node_modules" / ".bin" / "azurite"),
             "--silent",
+            "--disableTelemetry",
             "--skipApiVersionCheck",
             "--loose",
             f"--location={STATE / 'azurite'}",
@@ -98,7 +99,8 @@ STOP_SECONDS = 10.0  # for a service to end on SIGTERM before it is killed
 
 def stop() -> None:
     """End each service's process group: SIGTERM, then SIGKILL for one still there after
-    `STOP_SECONDS` (Azurite has been seen to close its services on SIGTERM and stay running)."""
+    `STOP_SECONDS` (Azurite closed its services on SIGTERM and stayed running while its
+    telemetry, now disabled, waited to be sent)."""
     stopping = []
     for name in ("devhost", "braze-sandbox", "azurite"):
         pid_file = STATE / f"{name}.pid"
