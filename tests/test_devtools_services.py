@@ -52,3 +52,21 @@ def test_stop_ends_every_service_killing_one_that_outlives_sigterm(
         for process in (stubborn, polite):
             if process.poll() is None:
                 process.kill()
+
+
+def test_azurite_ends_on_sigterm_after_serving_requests(tmp_path: Path) -> None:
+    """Azurite with its telemetry on stayed running after SIGTERM, waiting to send it; with
+    `--disableTelemetry` it ends by itself (exit code 0), and `stop` need not kill it (-9)."""
+    from devtools.processes import start_azurite, stop
+    from shared.adapters.settings import StorageSettings
+    from shared.adapters.storage import Storage
+
+    azurite = start_azurite(tmp_path)
+    try:
+        storage = Storage(StorageSettings(connection_string=azurite.connection_string))
+        storage.ensure_resources()
+        storage.write_bytes("export-runs", "zoë.txt", "héllo 🎉".encode(), "text/plain")
+        assert storage.read_bytes("export-runs", "zoë.txt") == "héllo 🎉".encode()
+    finally:
+        code = stop(azurite.process)
+    assert code == 0
