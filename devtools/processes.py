@@ -59,6 +59,19 @@ class Sandbox:
         return stop(self.process)
 
 
+# How every Azurite here runs (`make demo` too): on loopback, accepting the SDK's newest API
+# versions, and without the telemetry it sends Microsoft by default (it stayed running after
+# SIGTERM, waiting to send it).
+AZURITE_OPTIONS = (
+    "--disableTelemetry",
+    "--skipApiVersionCheck",
+    "--loose",
+    "--blobHost=127.0.0.1",
+    "--queueHost=127.0.0.1",
+    "--tableHost=127.0.0.1",
+)
+
+
 def start_azurite(workdir: Path) -> Azurite:
     """An in-memory Azurite on free ports; `workdir` receives any files it writes."""
     binary = ROOT / "node_modules" / ".bin" / "azurite"
@@ -68,12 +81,7 @@ def start_azurite(workdir: Path) -> Azurite:
         [
             str(binary),
             "--inMemoryPersistence",
-            "--disableTelemetry",
-            "--skipApiVersionCheck",
-            "--loose",
-            "--blobHost=127.0.0.1",
-            "--queueHost=127.0.0.1",
-            "--tableHost=127.0.0.1",
+            *AZURITE_OPTIONS,
             "--blobPort=0",
             "--queuePort=0",
             "--tablePort=0",

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from devtools.processes import AZURITE_OPTIONS
+
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".local"
 SANDBOX_PORT = 8480
@@ -63,13 +65,8 @@ def start() -> None:
         [
             str(ROOT / "node_modules" / ".bin" / "azurite"),
             "--silent",
-            "--disableTelemetry",
-            "--skipApiVersionCheck",
-            "--loose",
+            *AZURITE_OPTIONS,
             f"--location={STATE / 'azurite'}",
-            "--blobHost=127.0.0.1",
-            "--queueHost=127.0.0.1",
-            "--tableHost=127.0.0.1",
         ],
         AZURITE_PORTS,
     )

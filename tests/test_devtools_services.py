@@ -1,4 +1,5 @@
-"""`make stop` (devtools.services.stop) ends the demo's services, even one that ignores SIGTERM."""
+"""`make stop` (devtools.services.stop) ends the demo's services, even one that ignores SIGTERM;
+Azurite ends on SIGTERM by itself."""
 
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def test_azurite_ends_on_sigterm_after_serving_requests(tmp_path: Path) -> None:
     from shared.adapters.storage import Storage
 
     azurite = start_azurite(tmp_path)
+    assert "--disableTelemetry" in azurite.process.args  # with internet, it would end anyway
     try:
         storage = Storage(StorageSettings(connection_string=azurite.connection_string))
         storage.ensure_resources()
