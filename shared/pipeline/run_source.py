@@ -10,7 +10,6 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from hashlib import blake2b
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -291,8 +290,8 @@ def record_start_scan(
     """A pass over a data file's bytes that finds the record boundaries at its targets: one
     pass that counts quotes (CSV) and newlines, with no parsing; given to the read that digests
     the file, so the file is not read again for it. Its first `HEAD_BYTES` go to `head`
-    (`open_source` reads a plain file's header from them). A file whose bytes are gzip, whatever
-    its name, gets no boundaries: it is read whole, by one reader (`LineStream`)."""
+    (`open_source` reads a plain file's header from them). A gzip file has no targets
+    (`data_files` tells it by its first bytes), so it is never scanned."""
 
     def kept(blocks: Iterable[bytes]) -> Iterator[bytes]:
         for block in blocks:
@@ -301,11 +300,7 @@ def record_start_scan(
             yield block
 
     def scan(blocks: Iterable[bytes]) -> None:
-        stream = iter(blocks)
-        first = next(stream, b"")
-        if not first.startswith(GZIP_MAGIC):
-            whole = kept(chain([first], stream))
-            found.extend(record_starts(whole, file.targets, quoted=file.quoted))
+        found.extend(record_starts(kept(blocks), file.targets, quoted=file.quoted))
 
     return scan
 
