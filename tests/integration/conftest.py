@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 from azure.core.exceptions import ResourceExistsError
+from azure.functions.queue import QueueMessage
 
 from devtools.processes import ROOT, Azurite, Sandbox, start_azurite, start_sandbox
 from devtools.sample import demo_definitions
@@ -304,6 +305,19 @@ def plan_in_process(app: App, run: Run) -> list[ChunkJob]:
     for job in take(app, JOBS_QUEUE, PartitionJob, run.run_id):
         diff_partition(job, app.services)
     return chunk_jobs(app, run.run_id)
+
+
+@pytest.fixture
+def triggers_on(quiet_app: App, monkeypatch: pytest.MonkeyPatch) -> App:
+    """The queue triggers, called as the host calls them, on the quiet app's services."""
+    for module in ("functions.planning", "functions.delivery"):
+        monkeypatch.setattr(f"{module}.app_services", lambda: quiet_app.services)
+    return quiet_app
+
+
+def queue_message(job: Any, dequeue_count: int = 1) -> QueueMessage:
+    """A job as the host hands its queue message to a trigger, on its `dequeue_count`th try."""
+    return QueueMessage(id="m", body=job.to_json().encode(), dequeue_count=dequeue_count)
 
 
 def run_counts(run: Run) -> dict[str, int]:

@@ -11,13 +11,12 @@ import logging
 from typing import Any
 
 import pytest
-from azure.functions.queue import QueueMessage
 
 from devtools.sample import make_segment
 from functions.delivery import deliver
 from functions.planning import plan_export
 from shared.adapters.storage import Storage
-from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
+from shared.core.messages import ExportJob, PartitionJob, SplitJob
 from shared.core.resource_names import JOBS_QUEUE
 from shared.core.runs import ChunkProgress, Run, Status
 from shared.pipeline.deliver_chunk import deliver_at_once, deliver_chunk
@@ -25,13 +24,16 @@ from shared.pipeline.diff_partition import diff_partition
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.split_source import split_source
 from shared.pipeline.start import start_run
-from tests.integration.conftest import App, chunk_jobs, export_definition, run_in_process, take
+from tests.integration.conftest import (
+    App,
+    chunk_jobs,
+    export_definition,
+    queue_message,
+    run_in_process,
+    take,
+)
 
 PATH = "atonce/segment.csv"
-
-
-def _message(job: PartitionJob | ChunkJob) -> QueueMessage:
-    return QueueMessage(id="m", body=job.to_json().encode(), dequeue_count=1)
 
 
 def _delta(
@@ -66,13 +68,12 @@ def _new_profiles(app: App) -> set[str]:
 
 
 def test_a_delta_released_as_one_chunk_goes_to_braze_from_the_diff_that_released_it(
-    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+    triggers_on: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("functions.planning.app_services", lambda: quiet_app.services)
-    monkeypatch.setattr("functions.delivery.app_services", lambda: quiet_app.services)
+    quiet_app = triggers_on
     run, partitions, new = _delta(quiet_app, "atonce", monkeypatch)
     for job in partitions:
-        plan_export(_message(job))
+        plan_export(queue_message(job))
 
     final = quiet_app.services.runs.get(run.run_id)
     assert final is not None and final.status == Status.PARTIALLY_SUCCEEDED  # invalid rows
@@ -81,7 +82,7 @@ def test_a_delta_released_as_one_chunk_goes_to_braze_from_the_diff_that_released
 
     (queued,) = chunk_jobs(quiet_app, run.run_id)  # still queued: the fallback
     sent = len(quiet_app.sandbox_requests())
-    deliver(_message(queued))
+    deliver(queue_message(queued))
     assert len(quiet_app.sandbox_requests()) == sent
     again = quiet_app.services.runs.get(run.run_id)
     assert again is not None and again.profiles_accepted == final.profiles_accepted
@@ -110,13 +111,13 @@ def test_delivering_at_once_leaves_a_chunk_another_attempt_holds_and_does_not_wa
 
 
 def test_a_run_released_as_several_chunk_jobs_is_left_to_the_queue(
-    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+    triggers_on: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Delivering several jobs in the releasing invocation would serialize them on one worker."""
-    monkeypatch.setattr("functions.planning.app_services", lambda: quiet_app.services)
+    quiet_app = triggers_on
     run, partitions, new = _delta(quiet_app, "several", monkeypatch, added=200, chunk_size=75)
     for job in partitions:
-        plan_export(_message(job))
+        plan_export(queue_message(job))
     assert quiet_app.sandbox_requests() == []
     current = quiet_app.services.runs.get(run.run_id)
     assert current is not None and current.status == Status.DELIVERING
@@ -143,16 +144,15 @@ class UnreadableChunks(Storage):
 
 
 def test_a_delivery_at_once_that_fails_is_logged_and_its_queued_message_delivers_the_chunk(
-    quiet_app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    triggers_on: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("functions.planning.app_services", lambda: quiet_app.services)
-    monkeypatch.setattr("functions.delivery.app_services", lambda: quiet_app.services)
+    quiet_app = triggers_on
     run, partitions, new = _delta(quiet_app, "fallback", monkeypatch)
     flaky = UnreadableChunks(quiet_app.services.storage)
     monkeypatch.setattr(quiet_app.services, "storage", flaky)
     with caplog.at_level(logging.WARNING):
         for job in partitions:
-            plan_export(_message(job))  # the releasing diff does not raise
+            plan_export(queue_message(job))  # the releasing diff does not raise
     assert flaky.failed
     assert "delivering it at once failed (ConnectionError: storage went away)" in caplog.text
     assert quiet_app.sandbox_requests() == []
@@ -160,7 +160,7 @@ def test_a_delivery_at_once_that_fails_is_logged_and_its_queued_message_delivers
     assert current is not None and current.status == Status.DELIVERING
 
     (queued,) = chunk_jobs(quiet_app, run.run_id)
-    deliver(_message(queued))
+    deliver(queue_message(queued))
     final = quiet_app.services.runs.get(run.run_id)
     assert final is not None and final.is_final
     assert final.profiles_new == final.profiles_accepted == len(new)

@@ -130,14 +130,6 @@ TRIGGERS: list[tuple[Callable[[QueueMessage], None], str]] = [
 ]
 
 
-@pytest.fixture
-def triggers_on(quiet_app: App, monkeypatch: pytest.MonkeyPatch) -> App:
-    """The queue triggers, called as the host calls them, on the quiet app's services."""
-    for module in ("functions.planning", "functions.delivery"):
-        monkeypatch.setattr(f"{module}.app_services", lambda: quiet_app.services)
-    return quiet_app
-
-
 @pytest.mark.parametrize(
     ("body", "words"),
     [

@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import math
-import os
+import random
 from typing import Any
 
 import pytest
@@ -441,8 +441,8 @@ def test_a_gzip_partition_file_without_its_extension_is_read_whole_not_cut(
     folder = Folder(split_app, "rawcdm/gzip", [PLAIN, PLAIN])
     _define(split_app, "cdm-gzip-named-csv", folder="rawcdm/gzip")
     parts = [[_row(0, n) for n in range(20)], [_row(1, n) for n in range(2_000)]]
-    for row in parts[1]:
-        row["Note"] = os.urandom(24).hex()
+    for n, row in enumerate(parts[1]):
+        row["Note"] = random.Random(n).randbytes(24).hex()
     folder.write(parts)
     compressed = gzip.compress(split_app.services.storage.read_bytes("segments", folder.files[1]))
     assert len(compressed) > 2 * SPLIT_MIB * 1024 * 1024

@@ -15,7 +15,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from azure.functions.queue import QueueMessage
 
 from devtools.sample import make_segment
 from functions.delivery import deliver
@@ -33,6 +32,7 @@ from tests.integration.conftest import (
     OneAtATime,
     export_definition,
     plan_in_process,
+    queue_message,
     take,
     wait_for,
 )
@@ -101,19 +101,13 @@ def test_a_redelivered_chunk_is_not_sent_or_counted_twice(quiet_app: App) -> Non
     )  # 75+25, 50
 
 
-def _message(
-    job: ExportJob | SplitJob | PartitionJob | ChunkJob, dequeue_count: int
-) -> QueueMessage:
-    return QueueMessage(id="m", body=job.to_json().encode(), dequeue_count=dequeue_count)
-
-
 def test_a_chunk_that_fails_every_attempt_ends_the_run_with_its_rows_reported(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run, _ = _new_run(quiet_app, "poison", "redeliver/poison.csv", 150)
     monkeypatch.setattr("functions.delivery.app_services", lambda: quiet_app.services)
     good, bad = plan_in_process(quiet_app, run)
-    deliver(_message(good, 1))
+    deliver(queue_message(good, 1))
     requests_before = len(quiet_app.sandbox_requests())
     broken = ChunkJob(
         bad.run_id, bad.export_name, bad.chunk_index, bad.blob_names, bad.rows + 1, bad.partitions
@@ -121,7 +115,7 @@ def test_a_chunk_that_fails_every_attempt_ends_the_run_with_its_rows_reported(
     attempts = quiet_app.services.settings.max_dequeue_count
     for attempt in range(1, attempts + 1):
         with pytest.raises(ValueError, match="holds 50 profiles but was planned with 51"):
-            deliver(_message(broken, attempt))
+            deliver(queue_message(broken, attempt))
         status = quiet_app.services.runs.get(run.run_id).status  # type: ignore[union-attr]
         assert (status == Status.PARTIALLY_SUCCEEDED) == (attempt == attempts)
     assert len(quiet_app.sandbox_requests()) == requests_before
@@ -148,7 +142,7 @@ def test_a_plan_that_fails_every_attempt_ends_the_run_saying_why(
     attempts = quiet_app.services.settings.max_dequeue_count
     for attempt in range(1, attempts + 1):
         with pytest.raises(ConnectionError):
-            plan_export(_message(ExportJob(run.run_id, "plandead"), attempt))
+            plan_export(queue_message(ExportJob(run.run_id, "plandead"), attempt))
     final = quiet_app.services.runs.get(run.run_id)
     assert final is not None and final.status == Status.FAILED
     assert "planning failed after every retry: ConnectionError" in final.message
@@ -193,7 +187,7 @@ def test_a_planning_step_that_fails_every_attempt_ends_the_run_naming_its_job(
     attempts = quiet_app.services.settings.max_dequeue_count
     for attempt in range(1, attempts + 1):
         with pytest.raises(ConnectionError):
-            plan_export(_message(job, attempt))
+            plan_export(queue_message(job, attempt))
         current = quiet_app.services.runs.get(run.run_id)
         assert current is not None and current.is_final == (attempt == attempts)
     final = quiet_app.services.runs.get(run.run_id)
@@ -437,10 +431,10 @@ def test_a_chunk_held_by_an_attempt_still_saving_is_not_sent_and_its_message_is_
     monkeypatch.setattr(f"{LEASE}.HOLD_WAIT_SECONDS", 0.0)  # the holder saved just now
     monkeypatch.setattr("functions.delivery.app_services", lambda: quiet_app.services)
     with pytest.raises(ChunkHeld, match="still being delivered by another attempt"):
-        deliver(_message(job, 1))
+        deliver(queue_message(job, 1))
     # Even on its last attempt the duplicate reports no row as failed: the holder records them.
     with pytest.raises(ChunkHeld):
-        deliver(_message(job, quiet_app.services.settings.max_dequeue_count))
+        deliver(queue_message(job, quiet_app.services.settings.max_dequeue_count))
     assert quiet_app.sandbox_requests() == []
     assert _holder(quiet_app, job) == "killed-worker"
     assert not quiet_app.services.runs.chunk_done(run.run_id, job.chunk_index)
