@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -141,7 +141,9 @@ def parse_model(document: bytes, source: str = "model.json") -> CdmModel:
     return _Parser(source).model(document)
 
 
-def read_entity(entity: CdmEntity, read_chunks: ReadChunks) -> Iterator[CdmRecord]:
+def read_entity(
+    entity: CdmEntity, read_chunks: ReadChunks, keep: Collection[str] | None = None
+) -> Iterator[CdmRecord]:
     """Stream every row of the entity, partition after partition, one partition open at a time.
 
     Rows with the wrong number of fields come back with a `problem`, like `RecordReader`'s.
@@ -151,16 +153,21 @@ def read_entity(entity: CdmEntity, read_chunks: ReadChunks) -> Iterator[CdmRecor
     """
     for partition in entity.partitions:
         try:
-            yield from _read_partition(entity, partition, read_chunks)
+            yield from _read_partition(entity, partition, read_chunks, keep)
         except SourceError as error:
             raise SourceError(f"{partition.blob}: {error}") from None
 
 
 def _read_partition(
-    entity: CdmEntity, partition: CdmPartition, read_chunks: ReadChunks
+    entity: CdmEntity,
+    partition: CdmPartition,
+    read_chunks: ReadChunks,
+    keep: Collection[str] | None,
 ) -> Iterator[CdmRecord]:
     chunks = read_chunks(partition.container, partition.blob)
-    yield from read_partition_range(entity, partition, chunks, first_line=1, at_start=True)
+    yield from read_partition_range(
+        entity, partition, chunks, first_line=1, at_start=True, keep=keep
+    )
 
 
 def read_partition_range(
@@ -170,6 +177,7 @@ def read_partition_range(
     *,
     first_line: int,
     at_start: bool,
+    keep: Collection[str] | None = None,
 ) -> Iterator[CdmRecord]:
     """The rows of a byte range of one partition file (`chunks`), which starts at a record
     start on line `first_line`; a header row, where the model says the file has one, is in the
@@ -179,10 +187,14 @@ def read_partition_range(
     lines, delimiter, quoting = open_lines(chunks, first_line), settings.delimiter, settings.quoting
     if settings.column_headers and not at_start:  # after the header: its columns are known
         header = entity.columns
-        reader = RecordReader(lines, "csv", header=header, delimiter=delimiter, quoting=quoting)
+        reader = RecordReader(
+            lines, "csv", header=header, delimiter=delimiter, quoting=quoting, keep=keep
+        )
     else:
         columns = None if settings.column_headers else entity.columns
-        reader = RecordReader(lines, "csv", columns=columns, delimiter=delimiter, quoting=quoting)
+        reader = RecordReader(
+            lines, "csv", columns=columns, delimiter=delimiter, quoting=quoting, keep=keep
+        )
     if reader.columns != list(entity.columns):
         raise SourceError(
             f"the header row names the columns {reader.columns}, but entity '{entity.name}' of "

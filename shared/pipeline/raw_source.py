@@ -71,6 +71,7 @@ class RawRange:
     quoting: bool = True
     part: int | None = None
     file: str | None = None  # a CDM partition file, as rows name it
+    keep: list[str] | None = None  # the columns a row's values hold (`RecordReader`)
 
     def seed(self, run: Run) -> int:
         """What turns these bytes into a profile, besides the code and the mapping: a CDM file's
@@ -80,12 +81,13 @@ class RawRange:
 
     def reader(self, lines: LineStream) -> RecordReader:
         """A reader of the range's records, with the problem messages the rows path gives."""
+        delimiter, quoting, keep = self.delimiter, self.quoting, self.keep
         if self.headerless:
             return RecordReader(
-                lines, "csv", columns=self.columns, delimiter=self.delimiter, quoting=self.quoting
+                lines, "csv", columns=self.columns, delimiter=delimiter, quoting=quoting, keep=keep
             )
         return RecordReader(
-            lines, self.fmt, header=self.columns, delimiter=self.delimiter, quoting=self.quoting
+            lines, self.fmt, header=self.columns, delimiter=delimiter, quoting=quoting, keep=keep
         )
 
     @property
@@ -106,8 +108,18 @@ def raw_range(run: Run, export: Export, job: SplitJob, services: Services) -> Ra
     container, _, path = run.source.partition("/")
     header = planned_header(run, fmt, services)
     headed = job.split == 0 and fmt == "csv"
+    keep = export.mapping.columns()
     return RawRange(
-        container, path, job.start, job.length, job.first_line, fmt, header, headed, False
+        container,
+        path,
+        job.start,
+        job.length,
+        job.first_line,
+        fmt,
+        header,
+        headed,
+        False,
+        keep=keep,
     )
 
 
@@ -129,6 +141,7 @@ def _partition_file(run: Run, export: Export, part: int, services: Services) -> 
         quoting=settings.quoting,
         part=part,
         file=files[part],
+        keep=export.mapping.columns(),
     )
 
 
@@ -308,4 +321,5 @@ class Rereader:
         assert fmt != "cdm"  # a CDM folder's rows are ordered by their partition file
         container, _, path = run.source.partition("/")
         header = planned_header(run, fmt, services)
-        return RawRange(container, path, 0, None, 1, fmt, header, False, False)
+        keep = export.mapping.columns()
+        return RawRange(container, path, 0, None, 1, fmt, header, False, False, keep=keep)

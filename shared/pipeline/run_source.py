@@ -86,17 +86,18 @@ def open_source(
     container, _, path = run.source.partition("/")
     size = sum(file.size for file in files)
     compressed = any(file.compressed for file in files)
+    keep = export.mapping.columns()
     if entity is not None:  # its columns are checked already
         names = [file.name for file in files]
-        rows = _cdm_rows(entity, names, range(len(names)), services)
+        rows = _cdm_rows(entity, names, range(len(names)), services, keep)
         return _Source(fmt, size, compressed, None, rows)
     header = _header_record(head, fmt) if head else None
     if header is None:
-        reader = RecordReader(open_lines(storage.read_chunks(container, path)), fmt)
+        reader = RecordReader(open_lines(storage.read_chunks(container, path)), fmt, keep=keep)
         rows = _file_rows(reader)
     else:  # read from the bytes at hand: a download of the file's first piece (up to 32 MiB) saved
         reader = RecordReader(open_lines([header]), fmt)
-        rows = _rows_when_read(storage, container, path, fmt)
+        rows = _rows_when_read(storage, container, path, fmt, keep)
     reader.require_columns(export.mapping.columns())
     return _Source(fmt, size, compressed, reader.columns, rows)
 
@@ -111,9 +112,10 @@ def _header_record(head: bytes, fmt: SourceFormat) -> bytes | None:
 
 
 def _rows_when_read(
-    storage: Storage, container: str, path: str, fmt: SourceFormat
+    storage: Storage, container: str, path: str, fmt: SourceFormat, keep: list[str]
 ) -> Iterator[Row]:
-    yield from _file_rows(RecordReader(open_lines(storage.read_chunks(container, path)), fmt))
+    lines = open_lines(storage.read_chunks(container, path))
+    yield from _file_rows(RecordReader(lines, fmt, keep=keep))
 
 
 def _file_rows(reader: RecordReader) -> Iterator[Row]:
@@ -146,26 +148,26 @@ def cdm_entity(
 
 
 def _cdm_rows(
-    entity: CdmEntity, files: list[str], parts: range, services: Services
+    entity: CdmEntity, files: list[str], parts: range, services: Services, keep: list[str]
 ) -> Iterator[Row]:
     """The records of the entity's partitions `parts`, positioned across the whole folder."""
     chosen = replace(entity, partitions=tuple(entity.partitions[p] for p in parts))
     index = {p.blob: i for i, p in enumerate(entity.partitions)}
-    for record in read_entity(chosen, services.storage.read_chunks):
+    for record in read_entity(chosen, services.storage.read_chunks, keep):
         part = index[record.partition]
         order = row_order(part, record.line)
         yield Row(order, record.line, files[part], record.values, record.problem)
 
 
 def _cdm_range_rows(
-    entity: CdmEntity, files: list[str], job: SplitJob, services: Services
+    entity: CdmEntity, files: list[str], job: SplitJob, services: Services, keep: list[str]
 ) -> Iterator[Row]:
     """The records of a split job's range of a CDM partition file, positioned across the
     whole folder."""
     partition, part = entity.partitions[job.file_index], job.file_index
     chunks = read_span(services.storage, partition.container, partition.blob, job.start, job.length)
     records = read_partition_range(
-        entity, partition, chunks, first_line=job.first_line, at_start=job.start == 0
+        entity, partition, chunks, first_line=job.first_line, at_start=job.start == 0, keep=keep
     )
     try:
         for record in records:
@@ -325,17 +327,18 @@ def split_ranges(source: _Source, starts: list[list[RecordStart]]) -> list[Split
 def range_rows(run: Run, export: Export, job: SplitJob, services: Services) -> Iterator[Row]:
     """The records of one split job's range: its bytes of the file, or of a CDM file."""
     fmt = source_format(run, export)
+    keep = export.mapping.columns()
     if fmt == "cdm":
         entity, files = cdm_entity(run, export, services, record_files=False)
-        return _cdm_range_rows(entity, files, job, services)
+        return _cdm_range_rows(entity, files, job, services, keep)
     container, _, path = run.source.partition("/")
     chunks = read_span(services.storage, container, path, job.start, job.length)
     lines = open_lines(chunks, first_line=job.first_line)
     if job.split == 0:  # the range that holds the header
-        return _file_rows(RecordReader(lines, fmt))
+        return _file_rows(RecordReader(lines, fmt, keep=keep))
     plan = json.loads(services.storage.read_bytes(RUNS_CONTAINER, splits_blob_name(run.run_id)))
     columns = plan["header"] if fmt == "csv" else None
-    return _file_rows(RecordReader(lines, fmt, header=columns))
+    return _file_rows(RecordReader(lines, fmt, header=columns, keep=keep))
 
 
 @functools.cache

@@ -48,6 +48,36 @@ def test_csv_quoting_bom_blank_lines_and_short_rows(piece: int) -> None:
     assert records[2].values["Note"] == "Zoë 🎉 naïve"
 
 
+@pytest.mark.parametrize(
+    ("keep", "kept"),
+    [
+        (["Note", "CustomerId", "Absent"], ["CustomerId", "Note"]),  # the header's order
+        (["Email"], ["Email"]),
+        (["Absent"], []),
+    ],
+)
+def test_kept_columns_are_all_a_records_values_hold(keep: list[str], kept: list[str]) -> None:
+    """A wide file's other columns are parsed but not kept; a malformed row keeps every field
+    (which column is which is unknown), and lines and problems are as without `keep`."""
+    reader = RecordReader(open_lines([MESSY_CSV]), "csv", keep=keep)
+    records = list(reader)
+    assert reader.columns == ["CustomerId", "Email", "Note"]  # the header is still the header
+    assert [r.line for r in records] == [2, 5, 6]
+    assert [list(records[i].values) for i in (0, 2)] == [kept, kept]
+    whole = {"CustomerId": "3", "Email": "c@example.com", "Note": "Zoë 🎉 naïve"}
+    assert records[2].values == {column: whole[column] for column in kept}
+    assert records[1].values == {"field 1": "2", "field 2": "b@example.com"}
+    assert records[1].problem == RecordProblem("malformed_row", "has 2 fields but the header has 3")
+
+
+def test_kept_columns_of_a_headerless_range_and_json_lines_read_whole() -> None:
+    lines = open_lines([b"1;Bob;x\n"])
+    reader = RecordReader(lines, "csv", columns=["id", "name", "other"], delimiter=";", keep=["id"])
+    assert [r.values for r in reader] == [{"id": "1"}]
+    jsonl = RecordReader(open_lines([b'{"id": 1, "other": 2}\n']), "jsonl", keep=["id"])
+    assert [r.values for r in jsonl] == [{"id": 1, "other": 2}]  # `mapped_values` trims these
+
+
 def test_gzip_is_detected_by_content() -> None:
     _, records = _read(gzip.compress(MESSY_CSV), piece=100)
     assert [r.values.get("CustomerId") for r in records] == ["1", None, "3"]
