@@ -111,8 +111,9 @@ def record_validator(mapping: Mapping) -> RecordValidator:
 def validate_record(values: dict[str, Any], mapping: Mapping) -> Profile | list[Problem]:
     """Return the profile, or the list of reasons the row cannot be sent."""
     problems: list[Problem] = []
-    customer_id = _customer_id(values.get(mapping.customer_id), mapping.customer_id, problems)
-    email = _email(values.get(mapping.email), mapping.email, problems)
+    id_column, email_column = mapping.customer_id, mapping.email
+    customer_id = _customer_id(values.get(id_column), id_column, problems, id_column in values)
+    email = _email(values.get(email_column), email_column, problems, email_column in values)
     attributes: dict[str, Any] = {}
     for field in mapping.attributes:
         value = _attribute(values.get(field.column), field, problems)
@@ -143,7 +144,15 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def _customer_id(value: Any, column: str, problems: list[Problem]) -> str | None:
+def _blank(column: str, present: bool) -> str:
+    """Why an identifier is blank: a JSON Lines record may lack the key (a key spelt in another
+    case is another key), where "blank" would point at its value."""
+    return "is blank" if present else f"is missing: the record has no '{column}' key"
+
+
+def _customer_id(
+    value: Any, column: str, problems: list[Problem], present: bool = True
+) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     elif value is not None and not isinstance(value, str):
@@ -156,7 +165,8 @@ def _customer_id(value: Any, column: str, problems: list[Problem]) -> str | None
         return None
     text = _text(value)
     if text is None:
-        problems.append(Problem("customer_id_blank", f"customer id (column '{column}') is blank"))
+        blank = _blank(column, present)
+        problems.append(Problem("customer_id_blank", f"customer id (column '{column}') {blank}"))
         return None
     size = len(text.encode("utf-8"))
     if size > MAX_EXTERNAL_ID_BYTES:
@@ -171,7 +181,7 @@ def _customer_id(value: Any, column: str, problems: list[Problem]) -> str | None
     return text
 
 
-def _email(value: Any, column: str, problems: list[Problem]) -> str | None:
+def _email(value: Any, column: str, problems: list[Problem], present: bool) -> str | None:
     if value is not None and not isinstance(value, str):
         problems.append(
             Problem("email_type", f"email (column '{column}') must be text, got {kind_of(value)}")
@@ -179,7 +189,9 @@ def _email(value: Any, column: str, problems: list[Problem]) -> str | None:
         return None
     text = _text(value)
     if text is None:
-        problems.append(Problem("email_blank", f"email (column '{column}') is blank"))
+        problems.append(
+            Problem("email_blank", f"email (column '{column}') {_blank(column, present)}")
+        )
         return None
     reason = email_problem(text)
     if reason:

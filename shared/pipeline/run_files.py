@@ -169,7 +169,7 @@ def mapped_values(values: dict[str, Any], columns: frozenset[str]) -> dict[str, 
     maps), so planning moves and keeps only what it needs, and a rejected row is reported with
     the mapped columns (its `line` and `file` find the rest). A mapped column the row lacks
     keeps the keys that differ from it only in case: the rejected row then shows why its
-    `email` is blank (it has `Email`; keys are case-sensitive)."""
+    `email` is missing (it has `Email`; keys are case-sensitive)."""
     if columns.issuperset(values):
         return values
     kept = {column: value for column, value in values.items() if column in columns}

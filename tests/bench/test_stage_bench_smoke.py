@@ -15,9 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PROFILES = 20_000
 
 
-@pytest.mark.parametrize("delta", [False, True], ids=["first-export", "delta"])
+@pytest.mark.parametrize(
+    ("delta", "wide"), [(False, True), (True, False)], ids=["first-export-wide", "delta"]
+)
 def test_every_split_and_the_diffs_asked_for_are_measured_each_round(
-    tmp_path: Path, delta: bool
+    tmp_path: Path, delta: bool, wide: bool
 ) -> None:
     out = tmp_path / "stage.json"
     printed = subprocess.run(
@@ -35,6 +37,7 @@ def test_every_split_and_the_diffs_asked_for_are_measured_each_round(
             "--out",
             str(out),
             *(["--delta"] if delta else []),
+            *(["--wide"] if wide else []),
         ],
         cwd=ROOT,
         check=True,
@@ -52,7 +55,9 @@ def test_every_split_and_the_diffs_asked_for_are_measured_each_round(
         assert all(seconds > 0 for seconds in stage["cpu_seconds_per_round"])
         assert stage["us_per_row"] > 0
     run = "delta (1% changed)" if delta else "first export"
-    assert printed.startswith(f"Stage CPU, {run} of {PROFILES:,} profiles, 2 rounds")
+    wider = " (ten unmapped columns more)" if wide else ""
+    assert printed.startswith(f"Stage CPU, {run} of {PROFILES:,} profiles{wider}, 2 rounds")
+    assert figures["wide"] is wide
     found = diff["profiles"]
     if delta:  # 1 row in 100 changed: the rest are the snapshot's, filed by its index
         assert found["new"] == 0 and 0 < found["changed"] < found["unchanged"] / 50

@@ -66,6 +66,7 @@ def test_type_conversions(values: dict, expected: dict) -> None:
         ({"id": "é" * 494}, "customer_id_too_long", "988 bytes; Braze allows at most 987"),
         ({"id": 12.5}, "customer_id_type", "must be text, got a number"),
         ({"email": ""}, "email_blank", "email (column 'email') is blank"),
+        ({"email": None}, "email_blank", "email (column 'email') is blank"),
         ({"email": "zoe smith@example.com"}, "email_invalid", "contains whitespace"),
         ({"email": "zoe@@example.com"}, "email_invalid", "exactly one @"),
         ({"email": "zoë@example.com"}, "email_invalid", "non-ASCII characters before the @"),
@@ -96,6 +97,19 @@ def test_each_rule_rejects_with_a_clear_reason(values: dict, code: str, words: s
     result = validate_record(_row(**values), MAPPING)
     assert _codes(result) == [code]
     assert words in result[0].message  # type: ignore[index]
+
+
+def test_a_record_without_the_id_or_email_key_says_it_is_missing() -> None:
+    """A JSON Lines record may lack a key, or spell it in another case: "missing" says so,
+    where "blank" would send the reader looking at a value. The codes stay the blank ones."""
+    record = {"ID": "c-1", "Email": "zoe@example.com"}
+    result = validate_record(record, MAPPING)
+    assert _codes(result) == ["customer_id_blank", "email_blank"]
+    assert [p.message for p in result] == [  # type: ignore[union-attr]
+        "customer id (column 'id') is missing: the record has no 'id' key",
+        "email (column 'email') is missing: the record has no 'email' key",
+    ]
+    assert record_validator(MAPPING)(record) == result
 
 
 def test_all_problems_of_a_row_are_reported() -> None:

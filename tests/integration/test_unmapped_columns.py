@@ -136,7 +136,7 @@ def test_a_json_lines_record_keyed_in_another_case_is_reported_with_that_key(
     quiet_app: App,
 ) -> None:
     """Keys are case-sensitive: a record keyed `EMAIL` has no `Email`, so it is rejected as
-    blank; its report keeps the lookalike key (and drops the unmapped ones) to show why."""
+    missing it; its report keeps the lookalike key (and drops the unmapped ones) to show why."""
     good = {**_row(1), "Extra": {"nested": [MARK]}}
     shouted = {key.upper() if key == "Email" else key: value for key, value in _row(2).items()}
     path = "wide/profiles.jsonl"
@@ -149,6 +149,7 @@ def test_a_json_lines_record_keyed_in_another_case_is_reported_with_that_key(
     assert (run.profiles_accepted, run.rows_rejected) == (1, 1)
     (entry,) = _rejected(quiet_app, run.rejected_blob).values()
     assert entry["codes"] == ["email_blank"]
+    assert entry["reasons"] == ["email (column 'Email') is missing: the record has no 'Email' key"]
     assert entry["row"] == {
         column: shouted[column] for column in shouted if column in MAPPED or column == "EMAIL"
     }
