@@ -64,13 +64,24 @@ def main() -> None:
         action="store_true",
         help="measure the jobs of a 1%% delta (after a first export run to the end here)",
     )
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="ten more columns of a Customer Insights profile, not mapped (as export_bench's)",
+    )
     parser.add_argument("--out", type=Path, help="also write the figures here, as JSON")
     args = parser.parse_args()
     if args.diffs < 1 or args.rounds < 1:
         parser.error("--diffs and --rounds must be at least 1")
     with tempfile.TemporaryDirectory(prefix="stage-bench-") as work:
         figures = measure(
-            args.profiles, args.diffs, args.rounds, args.split_mib, args.delta, Path(work)
+            args.profiles,
+            args.diffs,
+            args.rounds,
+            args.split_mib,
+            args.delta,
+            args.wide,
+            Path(work),
         )
     print(summary(figures))
     if args.out:
@@ -78,7 +89,13 @@ def main() -> None:
 
 
 def measure(
-    profiles: int, diffs: int, rounds: int, split_mib: float, delta: bool, work: Path
+    profiles: int,
+    diffs: int,
+    rounds: int,
+    split_mib: float,
+    delta: bool,
+    wide: bool,
+    work: Path,
 ) -> dict[str, Any]:
     azurite = start_azurite(work)
     sandbox: Sandbox | None = None
@@ -104,11 +121,11 @@ def measure(
         services.storage.blobs.create_container("segments")
         source = work / "segment.csv"
         if sandbox:  # the first export, to the end: its snapshot is what the delta reads
-            _upload(services, source, profiles, 0)
+            _upload(services, source, profiles, 0, wide)
             first_run_id, _ = _plan_and_split(services)
             _finish(first_run_id, _take(services, PartitionJob), services)
             sandbox.stop()  # its million profiles need not share the cores with the rounds
-        _upload(services, source, profiles, 100 if delta else 0)
+        _upload(services, source, profiles, 100 if delta else 0, wide)
         run_id, splits = _plan_and_split(services)
         run = services.runs.get(run_id)
         if run is None or not run.partitions or not splits:
@@ -148,6 +165,7 @@ def measure(
             )
         return {
             "profiles": profiles,
+            "wide": wide,
             "run": "delta (1% changed)" if delta else "first export",
             "rounds": rounds,
             "split": {
@@ -172,8 +190,10 @@ def measure(
             sandbox.stop()  # a second stop of a stopped process does nothing
 
 
-def _upload(services: Services, source: Path, profiles: int, changed_every: int) -> None:
-    write_segment(source, profiles, changed_every)
+def _upload(
+    services: Services, source: Path, profiles: int, changed_every: int, wide: bool
+) -> None:
+    write_segment(source, profiles, changed_every, wide=wide)
     with source.open("rb") as data:
         services.storage.write_bytes("segments", SOURCE, data, "text/csv")
 
@@ -275,7 +295,8 @@ def _stage(seconds: list[list[float]], rows: list[int], requests: int) -> dict[s
 
 def summary(figures: dict[str, Any]) -> str:
     lines = [
-        f"Stage CPU, {figures['run']} of {figures['profiles']:,} profiles, "
+        f"Stage CPU, {figures['run']} of {figures['profiles']:,} profiles"
+        f"{' (ten unmapped columns more)' if figures.get('wide') else ''}, "
         f"{figures['rounds']} rounds (CPU-seconds of the jobs measured, each round):",
     ]
     for stage in ("split", "diff"):
