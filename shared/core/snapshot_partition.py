@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from shared.core import jsonlines
+from shared.core.record_index import search_sorted
 
 if TYPE_CHECKING:
     import numpy as np
@@ -221,8 +222,7 @@ class SnapshotPartition:
         sorted_raws, sorted_at = self._by_raw
         if not len(sorted_raws):
             return np.full(len(raws), -1, dtype=np.int64)
-        at = np.searchsorted(sorted_raws, raws)
-        at[at == len(sorted_raws)] = 0
+        at = search_sorted(sorted_raws, raws)
         return np.where(sorted_raws[at] == raws, sorted_at[at], -1)
 
     @functools.cached_property

@@ -147,3 +147,17 @@ def test_raw_digests_are_found_and_unknown_ones_never_match() -> None:
     read = SnapshotPartition.from_blob(_packed(entries).to_blob())
     wanted = np.array([0xFF, 0xFFFF_FFFF_FFFF_FFFF, 0x0123456789ABCDEF, 0, 7], np.uint64)
     assert read.find(wanted).tolist() == [0, 2, 3, -1, -1]
+
+
+def test_raw_digests_asked_in_any_order_and_more_than_once_find_their_entries() -> None:
+    """The lookup sorts what it is asked for (`search_sorted`): each answer must still go
+    back to its question, whatever the order, repeats and digests past the largest known."""
+    rng = np.random.default_rng(3)
+    raws = [int(r) for r in rng.integers(1, 2**62, 1_000, dtype=np.uint64)]
+    entries = [(f'"c-{n}"', "", {}, f"{raw:016x}") for n, raw in enumerate(raws)]
+    read = SnapshotPartition.from_blob(_packed(entries).to_blob())
+    asked = [*raws, *raws[:50], 2**63, 2**64 - 1, 5, *(raws[n] + 1 for n in range(20))]
+    order = rng.permutation(len(asked))
+    wanted = np.array([asked[n] for n in order], np.uint64)
+    at = {raw: n for n, raw in enumerate(raws)}
+    assert read.find(wanted).tolist() == [at.get(asked[n], -1) for n in order]
