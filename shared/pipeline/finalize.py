@@ -99,10 +99,15 @@ def _chunks_under_way(run: Run, services: Services) -> int:
     nothing), and its job as empty; the run finalizes once the queued jobs are recorded, and
     plans (and reports) what those send."""
     for partition in range(run.partitions):
-        if services.runs.record_partition(run.run_id, PartitionResult(partition, abandoned=True)):
-            empty = ChunkResult(chunk_index=partition, rows=0, partitions=[partition])
+        services.runs.record_partition(run.run_id, PartitionResult(partition, abandoned=True))
+    # Read back rather than trusted from the inserts: one whose answer was lost, or an earlier
+    # attempt of this job, recorded a partition abandoned without its empty job.
+    results = services.runs.partition_results(run.run_id)
+    for result in results:
+        if result.abandoned:
+            empty = ChunkResult(chunk_index=result.partition, rows=0, partitions=[result.partition])
             services.runs.record_chunk(run.run_id, empty)
-    sum_diffs(run, [r for r in services.runs.partition_results(run.run_id) if not r.abandoned])
+    sum_diffs(run, [r for r in results if not r.abandoned])
     return run.partitions
 
 

@@ -168,6 +168,36 @@ def test_a_failure_in_planning_keeps_what_was_sent_says_so_and_the_next_run_send
     assert quiet_app.braze_users() == sample.expected
 
 
+def test_a_planning_failure_retried_after_recording_the_abandoned_partitions_still_ends(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ending the run records each partition not diffed as abandoned, then its job as empty.
+    An attempt that died in between (or whose inserts' answers were lost) left abandoned
+    partitions without their jobs: the retry must record those too, or the run waits for
+    jobs that never come."""
+    run, _, jobs = _planned(quiet_app, "retried")
+    services = quiet_app.services
+    diff_partition(jobs[0], services)
+    (chunk,) = take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)
+    real = services.runs.record_chunk
+
+    def died(*_: object) -> bool:
+        raise ConnectionError("the worker died after recording the abandoned partitions")
+
+    monkeypatch.setattr(services.runs, "record_chunk", died)
+    with pytest.raises(ConnectionError):
+        fail_partition(jobs[-1], TimeoutError("kept timing out"), services)
+    monkeypatch.setattr(services.runs, "record_chunk", real)
+    abandoned = [r for r in services.runs.partition_results(run.run_id) if r.abandoned]
+    assert len(abandoned) == len(jobs) - 1  # recorded by the attempt that died
+
+    fail_partition(jobs[-1], TimeoutError("kept timing out"), services)  # the queue's retry
+    deliver_chunk(chunk, services)
+    final = _run(quiet_app, run.run_id)
+    assert final.status == Status.FAILED and "kept timing out" in final.message
+    assert services.runs.chunks_recorded(run.run_id) == len(jobs)
+
+
 def test_a_repeated_diff_job_queues_the_partition_once_and_again_only_after_a_crash(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,103 @@
+"""A run record's insert whose connection drops is sent again at once, not left to fail its job
+(whose queue message then came back 30 s later): a local Table endpoint closes the first
+insert's connection without an answer, having stored it or not. The waits the client asks for
+are recorded instead of slept (no test waits on a clock)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from devtools.processes import AZURITE_ACCOUNT_KEY
+from shared.adapters.run_store import RunStore
+from shared.adapters.settings import StorageSettings
+from shared.adapters.storage import Storage
+from shared.core.resource_names import RUNS_TABLE
+from shared.core.runs import SplitResult
+from tests.local_server import serving
+
+
+class DropsFirstInsert(http.server.ThreadingHTTPServer):
+    """Table inserts: the first connection is closed unanswered (after storing the entity when
+    `lands`); later ones are answered as Table storage would, 409 for an entity it holds."""
+
+    def __init__(self, *, lands: bool) -> None:
+        self.lands = lands
+        self.inserts: list[dict[str, object]] = []
+        self.stored: set[tuple[str, str]] = set()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.inserts.append(body)
+                key = (body["PartitionKey"], body["RowKey"])
+                if len(server.inserts) == 1:
+                    if lands:
+                        server.stored.add(key)
+                    self.close_connection = True  # no status line: the answer is lost
+                    return
+                exists = key in server.stored
+                server.stored.add(key)
+                self.send_response(409 if exists else 204)
+                if exists:
+                    error = {
+                        "odata.error": {
+                            "code": "EntityAlreadyExists",
+                            "message": {"value": "exists"},
+                        }
+                    }
+                    payload = json.dumps(error).encode()
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("x-ms-error-code", "EntityAlreadyExists")
+                else:
+                    payload = b""
+                    self.send_header("ETag", "W/\"datetime'2026-12-06T21%3A00%3A00Z'\"")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def runs(self) -> RunStore:
+        base = f"http://127.0.0.1:{self.server_address[1]}/devstoreaccount1"
+        connection = (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={AZURITE_ACCOUNT_KEY};TableEndpoint={base};"
+        )
+        storage = Storage(StorageSettings(connection_string=connection))
+        return RunStore(storage.table(RUNS_TABLE))
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    asked: list[float] = []
+    monkeypatch.setattr("azure.core.pipeline.transport._base.time.sleep", asked.append)
+    return asked
+
+
+@pytest.fixture(params=[False, True], ids=["lost-before-landing", "landed-answer-lost"])
+def server(request: pytest.FixtureRequest) -> Iterator[DropsFirstInsert]:
+    with serving(DropsFirstInsert(lands=request.param)) as running:
+        yield running
+
+
+def test_an_insert_whose_connection_dropped_is_sent_again_once(
+    server: DropsFirstInsert, waits: list[float]
+) -> None:
+    recorded = server.runs().record_split("run-1", SplitResult(3, rows_read=7))
+    first, again = server.inserts
+    assert first == again and (first["RowKey"], first["rows_read"]) == ("split-0003", 7)
+    # Sent again without waiting; an insert that had landed is found there: a duplicate's
+    # answer (every caller handles it), the entity the same either way.
+    assert waits in ([], [0], [0.0])
+    assert server.stored == {("run-1", "split-0003")}
+    assert recorded is not server.lands
