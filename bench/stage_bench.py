@@ -15,7 +15,7 @@ each checkout in turn. The segment is the end-to-end benchmark's (0.8% invalid r
 line breaks and emoji in values); diffs run with the cyclic collector paused, as the trigger
 runs them. Nothing is sent to Braze by the rounds.
 
-    .venv/bin/python bench/stage_bench.py --profiles 1000000 --diffs 8 --rounds 3 [--delta]
+    .venv/bin/python bench/stage_bench.py --profiles 1000000 --diffs 8 --rounds 3 [--delta] [--wide]
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ PROFILES = 20_000
 
 
 @pytest.mark.parametrize(
-    ("delta", "wide"), [(False, True), (True, False)], ids=["first-export-wide", "delta"]
+    ("delta", "wide"), [(False, False), (True, True)], ids=["first-export", "delta-wide"]
 )
 def test_every_split_and_the_diffs_asked_for_are_measured_each_round(
     tmp_path: Path, delta: bool, wide: bool

@@ -225,6 +225,28 @@ def test_a_partition_is_streamed_not_read_whole() -> None:
     assert len(consumed) < 200
 
 
+def test_only_the_kept_columns_are_a_records_values() -> None:
+    """An export maps a few of a profile's columns: the others are parsed, not kept; the
+    header row is still checked against every column of the model, and a malformed row keeps
+    all its fields."""
+    entity = parse_model(CI_MODEL).entity("High Value")
+    blobs = FakeBlobs("customerinsights", HIGH_VALUE_BLOBS)
+    whole = list(read_entity(entity, blobs.read_chunks))
+    records = list(read_entity(entity, blobs.read_chunks, keep=["PrimaryEmail", "CustomerId"]))
+    assert [(r.where, r.problem) for r in records] == [(r.where, r.problem) for r in whole]
+    kept = [r.values for r in records if r.problem is None]
+    assert kept == [
+        {"CustomerId": r.values["CustomerId"], "PrimaryEmail": r.values["PrimaryEmail"]}
+        for r in whole
+        if r.problem is None
+    ]
+    assert [list(values) for values in kept] == [["CustomerId", "PrimaryEmail"]] * 5
+    assert kept[0] == {"CustomerId": "1", "PrimaryEmail": "zoe@example.com"}
+    assert records[2].values == {"field 1": "3", "field 2": "Ana 🎉", "field 3": "ana@example.com"}
+    with pytest.raises(SourceError, match="the header row names the columns"):
+        _single(["CustomerId", "Email"], b"Email,CustomerId\nx@example.com,1\n", columnHeaders=True)
+
+
 def test_header_row_must_match_the_model_columns() -> None:
     with pytest.raises(SourceError) as caught:
         _single(["CustomerId", "Email"], b"Email,CustomerId\nx@example.com,1\n", columnHeaders=True)

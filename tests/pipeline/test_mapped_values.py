@@ -31,6 +31,6 @@ def test_a_missing_mapped_column_stays_missing_and_nested_values_stay_whole() ->
 
 
 def test_a_missing_mapped_column_keeps_the_keys_that_differ_from_it_only_in_case() -> None:
-    """A JSON Lines record keyed `EMAIL` fails `Email` as blank: its report shows why."""
+    """A JSON Lines record keyed `EMAIL` fails `Email` as missing: its report shows why."""
     row = {"CustomerId": "c-1", "EMAIL": "zoë@example.com", "email_2": "x", "Phone": "1"}
     assert mapped_values(row, MAPPED) == {"CustomerId": "c-1", "EMAIL": "zoë@example.com"}
