@@ -38,8 +38,8 @@ PENDING_PARTITION = "~pending"  # a start deferred while the export was busy
 SCHEDULE_PARTITION = "~schedule"  # the last schedule slot handled per export
 
 _RUN_FIELDS = {f.name for f in fields(Run)} - {"run_id", "etag"}
-# The SDK's methods to send again after a dropped connection, and POST: for an insert that is
-# safe to repeat (`_create_once`).
+# The SDK's methods to send again after a dropped connection, and POST: for an insert, whose
+# repeat finds the entity existing if the first had landed (`_create_once`, `create`).
 RETRIED_METHODS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
 
 
@@ -58,9 +58,10 @@ class RunStore:
         self._table = table
 
     def create(self, run: Run) -> None:
-        """Insert a new run; raise RunConflict if that run id exists (a duplicate trigger)."""
+        """Insert a new run; raise RunConflict if that run id exists (a duplicate trigger, or
+        this insert sent again after its answer was lost: `start_run` tells them apart)."""
         try:
-            self._table.create_entity(self._entity(run))
+            self._table.create_entity(self._entity(run), retry_on_methods=RETRIED_METHODS)
         except ResourceExistsError as exists:
             forget_traceback(exists)
             raise RunConflict(f"run {run.run_id} already exists") from None

@@ -78,7 +78,11 @@ def start_run(
     try:
         services.runs.create(run)
     except RunConflict:
-        return Started(services.runs.get(run_id) or run, created=False)
+        existing = services.runs.get(run_id)
+        # The run as this call made it, to the microsecond: its own insert, sent again after
+        # the answer was lost. Its planning job is queued below, or nobody would plan it.
+        if existing is None or existing.created_at != run.created_at:
+            return Started(existing or run, created=False)
     try:
         services.storage.queue(JOBS_QUEUE).send_message(
             ExportJob(run.run_id, export.name).to_json()

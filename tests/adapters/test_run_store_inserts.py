@@ -16,7 +16,7 @@ from shared.adapters.run_store import RunStore
 from shared.adapters.settings import StorageSettings
 from shared.adapters.storage import Storage
 from shared.core.resource_names import RUNS_TABLE
-from shared.core.runs import SplitResult
+from shared.core.runs import Run, RunConflict, SplitResult
 from tests.local_server import serving
 
 
@@ -101,3 +101,17 @@ def test_an_insert_whose_connection_dropped_is_sent_again_once(
     assert waits in ([], [0], [0.0])
     assert server.stored == {("run-1", "split-0003")}
     assert recorded is not server.lands
+
+
+def test_a_runs_insert_sent_again_says_so_when_the_first_had_landed(
+    server: DropsFirstInsert, waits: list[float]
+) -> None:
+    """`start_run` tells its own run from a duplicate trigger's by the run's creation time."""
+    run = Run("run-2", "export", "segment", "sandbox", "segments/a.csv", "test")
+    if server.lands:
+        with pytest.raises(RunConflict):
+            server.runs().create(run)
+    else:
+        server.runs().create(run)
+    first, again = server.inserts
+    assert first == again and first["created_at"] == run.created_at.isoformat()
