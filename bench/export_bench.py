@@ -755,8 +755,7 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
             # summary states what ran.
             "nice": {name: os.getpriority(os.PRIO_PROCESS, pid) for name, pid in processes.items()},
             "in_flight_per_worker": services.definitions().connections[0].in_flight_per_worker(),
-            # How a run was timed: results written before this field polled 20 times a second
-            # and timed a run to when the poll saw it final.
+            # How a run was timed: earlier results were timed otherwise (bench/HISTORY.md).
             "run_timed": f"to its entity's final write; polled every {POLL_SECONDS} s",
             "runs": runs,
             "peak_rss_mb": {
@@ -778,9 +777,6 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
         azurite.stop()
 
 
-OLD_TIMING = "to when a poll (20 a second) saw it final"
-
-
 def summary(results: dict[str, Any]) -> str:
     """The Markdown summary: one row per run, then the processes' peak memory."""
     lines = [
@@ -795,7 +791,7 @@ def summary(results: dict[str, Any]) -> str:
         f"{results['sandbox_latency_ms']:g} ms; chunk size {results['chunk_size']:,}; "
         f"{results['machine']['cores']} cores shared by everything; CPU niceness: "
         f"{', '.join(f'{name} {value}' for name, value in results['nice'].items())}. "
-        f"Each run is timed from its start {results.get('run_timed', OLD_TIMING)}.",
+        f"Each run is timed from its start {results['run_timed']}.",
         "",
         "| run | wall s | split | diff | release | deliver | finalize | requests | profiles/s "
         "| floor s | × floor | per window min / median / max (limit) | 429s |",

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from azure.core.pipeline.transport import RequestsTransport
 
 from devtools.processes import AZURITE_ACCOUNT_KEY
 from shared.adapters.run_store import RunStore
@@ -80,7 +81,7 @@ class DropsFirstInsert(http.server.ThreadingHTTPServer):
 @pytest.fixture
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     asked: list[float] = []
-    monkeypatch.setattr("azure.core.pipeline.transport._base.time.sleep", asked.append)
+    monkeypatch.setattr(RequestsTransport, "sleep", lambda _, seconds: asked.append(seconds))
     return asked
 
 

@@ -132,15 +132,16 @@ class FakeBlobs:
         return iter([data[i : i + 5] for i in range(0, len(data), 5)])
 
 
-def _single(columns: list[str], data: bytes, **settings: Any) -> list[Any]:
+def _single(
+    columns: list[str], data: bytes, keep: list[str] | None = None, **settings: Any
+) -> list[Any]:
     """Read one partition of a one-entity model with the given fileFormatSettings."""
     location = f"{ACCOUNT}/segments/ci/Seg_1.csv"
     model = parse_model(
         _model([_entity("Seg", columns, [_partition("Seg_1", location, **settings)])])
     )
-    return list(
-        read_entity(model.entity(), FakeBlobs("segments", {"ci/Seg_1.csv": data}).read_chunks)
-    )
+    blobs = FakeBlobs("segments", {"ci/Seg_1.csv": data})
+    return list(read_entity(model.entity(), blobs.read_chunks, keep))
 
 
 def _error(document: bytes, entity: str | None = None) -> str:
@@ -244,7 +245,8 @@ def test_only_the_kept_columns_are_a_records_values() -> None:
     assert kept[0] == {"CustomerId": "1", "PrimaryEmail": "zoe@example.com"}
     assert records[2].values == {"field 1": "3", "field 2": "Ana 🎉", "field 3": "ana@example.com"}
     with pytest.raises(SourceError, match="the header row names the columns"):
-        _single(["CustomerId", "Email"], b"Email,CustomerId\nx@example.com,1\n", columnHeaders=True)
+        header = b"Email,CustomerId\nx@example.com,1\n"
+        _single(["CustomerId", "Email"], header, keep=["CustomerId"], columnHeaders=True)
 
 
 def test_header_row_must_match_the_model_columns() -> None:

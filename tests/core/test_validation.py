@@ -109,6 +109,7 @@ def test_a_record_without_the_id_or_email_key_says_it_is_missing() -> None:
         "customer id (column 'id') is missing: the record has no 'id' key",
         "email (column 'email') is missing: the record has no 'email' key",
     ]
+    assert record_validator(MAPPING)(record) == result  # the diffs' validator says the same
 
 
 def test_all_problems_of_a_row_are_reported() -> None:
