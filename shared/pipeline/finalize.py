@@ -70,15 +70,27 @@ def finish_early(
     run: Run, services: Services, *, message: str, failed: bool = False, stopped_by: str = ""
 ) -> None:
     """End a run that sends nothing (more): planning failed, a safety valve held it, or a dry
-    run is done. The report and rejected rows are written as for any run."""
-    run.planning_failed = run.planning_failed or failed
-    run.stopped_by, run.message = stopped_by, _clip(message)
-    if run.chunks_total is None:
+    run is done. The report and rejected rows are written as for any run.
+
+    The first to end a run says why. Two jobs failing at once (a storage outage poisons
+    several) each end it, and the later write of an older copy turned a finalized run back
+    into a planning one, to be finalized again: the run is now written only over the copy
+    read, and a run found ended (its chunk total set) or finalized is left as it is. Any other
+    change is read again and this end applied to it."""
+    while run.chunks_total is None:
+        run.planning_failed = run.planning_failed or failed
+        run.stopped_by, run.message = stopped_by, _clip(message)
         run.chunks_total = _chunks_under_way(run, services) if run.delivers_while_diffing else 0
-    if run.planning_failed:
-        _count_unfinished_planning(run, services)
-    services.runs.update(run)
-    maybe_finalize(run.run_id, services)
+        if run.planning_failed:
+            _count_unfinished_planning(run, services)
+        try:
+            services.runs.update(run, if_unchanged=True)
+        except RunConflict:
+            current = services.runs.get(run.run_id)
+            if current is None or current.is_final:
+                return
+            run = current
+    maybe_finalize(run.run_id, services)  # found ended too: finalizing is claimed, asked twice
 
 
 def sent_so_far(run: Run, services: Services) -> str:

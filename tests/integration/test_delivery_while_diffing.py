@@ -17,6 +17,7 @@ from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE
 from shared.core.runs import Run, Status, utcnow
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition, fail_partition
+from shared.pipeline.finalize import finish_early
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.release import MAX_CHUNK_BLOBS
 from shared.pipeline.split_source import split_source
@@ -196,6 +197,41 @@ def test_a_planning_failure_retried_after_recording_the_abandoned_partitions_sti
     final = _run(quiet_app, run.run_id)
     assert final.status == Status.FAILED and "kept timing out" in final.message
     assert services.runs.chunks_recorded(run.run_id) == len(jobs)
+
+
+def test_a_second_failure_holding_an_older_copy_leaves_the_ended_run_as_it_was(
+    quiet_app: App,
+) -> None:
+    """Two jobs fail at once (a storage outage poisons several), each read the run before the
+    other ended it: the later one must not write its older copy over the finished run."""
+    run, _, jobs = _planned(quiet_app, "twofail")
+    services = quiet_app.services
+    older = _run(quiet_app, run.run_id)  # what the second failing job read
+    fail_partition(jobs[-1], TimeoutError("kept timing out"), services)
+    ended = _run(quiet_app, run.run_id)
+    assert ended.is_final  # nothing was diffed, so nothing is under way: it ends at once
+    finish_early(older, services, message="planning failed: the second job", failed=True)
+    after = _run(quiet_app, run.run_id)
+    assert (after.status, after.message) == (ended.status, ended.message)
+    assert (after.finished_at, after.etag) == (ended.finished_at, ended.etag)  # not written
+
+
+def test_a_second_failure_while_the_ended_runs_jobs_are_delivered_keeps_the_first_reason(
+    quiet_app: App,
+) -> None:
+    run, _, jobs = _planned(quiet_app, "tworeasons")
+    services = quiet_app.services
+    diff_partition(jobs[0], services)
+    (chunk,) = take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)
+    fail_partition(jobs[-1], TimeoutError("the first reason"), services)
+    ended = _run(quiet_app, run.run_id)
+    assert not ended.is_final  # its queued job is still to be delivered
+    fail_partition(jobs[-2], TimeoutError("a second reason"), services)
+    assert _run(quiet_app, run.run_id).etag == ended.etag  # left as the first end wrote it
+    deliver_chunk(chunk, services)
+    final = _run(quiet_app, run.run_id)
+    assert final.status == Status.FAILED
+    assert "the first reason" in final.message and "a second reason" not in final.message
 
 
 def test_a_repeated_diff_job_queues_the_partition_once_and_again_only_after_a_crash(
