@@ -323,11 +323,6 @@ class CpuSampler:
             chosen = sample
         return chosen[1], chosen[2]
 
-    def first_after(self, epoch: float) -> tuple[float, dict[str, float], tuple[float, float]]:
-        """The first sample taken at or after `epoch` (the last one if none was): a run's CPU
-        up to its end, not up to when the benchmark next asked whether it had ended."""
-        return next((sample for sample in self.samples if sample[0] >= epoch), self.samples[-1])
-
     def per_phase(self, bounds: list[tuple[str, float, float]]) -> dict[str, dict[str, float]]:
         """CPU seconds per process, and the machine's idle and steal, in each phase."""
         result = {}
@@ -436,7 +431,8 @@ def run_once(
     stamps, ended = record_stamps(run, services)
     wall = ended - started
     bounds = phase_bounds(run, stamps, ended)
-    first, last = sampler.samples[0], sampler.first_after(ended)
+    # A run's CPU up to its end, not up to when the benchmark next asked whether it had ended.
+    (cpu0, machine0), (cpu1, machine1) = sampler.at(started), sampler.at(ended)
     stats = requests.get(f"{sandbox.url}/_sandbox/stats", timeout=30).json()
     timeline = requests.get(f"{sandbox.url}/_sandbox/timeline", timeout=30).json()
     arrivals = {int(k): v for k, v in timeline["arrivals_per_second"].items()}
@@ -459,10 +455,10 @@ def run_once(
         "status": run.status,
         "wall_seconds": round(wall, 2),
         "phases_seconds": {name: round(end - start, 3) for name, start, end in bounds},
-        "cpu_seconds": {name: round(last[1][name] - first[1][name], 1) for name in processes},
+        "cpu_seconds": {name: round(cpu1[name] - cpu0[name], 1) for name in processes},
         "cpu_seconds_per_phase": sampler.per_phase(bounds),
-        "idle_seconds": round(last[2][0] - first[2][0], 1),
-        "steal_seconds": round(last[2][1] - first[2][1], 1),
+        "idle_seconds": round(machine1[0] - machine0[0], 1),
+        "steal_seconds": round(machine1[1] - machine0[1], 1),
         "rows_read": run.rows_read,
         "source_read": run.source,
         "splits": run.splits,
@@ -698,11 +694,11 @@ def measure(args: argparse.Namespace, workdir: Path, flame_base: Path | None) ->
             "EXPORT_DEFINITIONS_PATH": str(definitions),
             "BRAZE_SECRET_BRAZE_SANDBOX_KEY": API_KEY,
             "EXPORT_ALLOW_LOOPBACK_ENDPOINTS": "true",  # the sandbox is on this machine
+            # The runs are started here, not by a dropped blob: the hosts' stand-in for Event
+            # Grid (it lists the watched containers every second, each host) would only take CPU.
+            BLOB_WATCH_SETTING: "0",
         }
         services = Services(load_settings(env))
-        # The runs are started here, not by a dropped blob: the hosts' stand-in for Event Grid
-        # (which lists the watched containers every second, each host) would only take CPU.
-        env[BLOB_WATCH_SETTING] = "0"
         services.ensure_resources()
         services.storage.blobs.create_container("segments")
         workers = start_workers(args.workers, env, workdir, args.host_nice)

@@ -296,7 +296,7 @@ def _stage(seconds: list[list[float]], rows: list[int], requests: int) -> dict[s
 def summary(figures: dict[str, Any]) -> str:
     lines = [
         f"Stage CPU, {figures['run']} of {figures['profiles']:,} profiles"
-        f"{' (ten unmapped columns more)' if figures.get('wide') else ''}, "
+        f"{' (ten unmapped columns more)' if figures['wide'] else ''}, "
         f"{figures['rounds']} rounds (CPU-seconds of the jobs measured, each round):",
     ]
     for stage in ("split", "diff"):

@@ -79,7 +79,9 @@ def deliver_chunk(job: ChunkJob, services: Services, *, wait_for_holder: bool = 
             f"but was planned with {job.rows}"
         )
     lease = _take_lease(job, services, found, wait_for_holder)
-    if lease is None:  # recorded meanwhile, perhaps by the attempt waited for: it may be last
+    if lease is None:
+        # Recorded meanwhile, perhaps by the attempt waited for, and maybe the last; or held
+        # by an attempt this one did not wait for, and then finalizing finds it unrecorded.
         maybe_finalize(job.run_id, services)
         return
     progress = lease.progress

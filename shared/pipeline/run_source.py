@@ -98,7 +98,7 @@ def open_source(
     else:  # read from the bytes at hand: a download of the file's first piece (up to 32 MiB) saved
         reader = RecordReader(open_lines([header]), fmt)
         rows = _rows_when_read(storage, container, path, fmt, keep)
-    reader.require_columns(export.mapping.columns())
+    reader.require_columns(keep)
     return _Source(fmt, size, compressed, reader.columns, rows)
 
 
