@@ -19,6 +19,7 @@ import pytest
 import requests
 from azure.core.exceptions import ResourceExistsError
 from azure.functions.queue import QueueMessage
+from azure.storage.blob import ContentSettings
 
 from devtools.processes import ROOT, Azurite, Sandbox, start_azurite, start_sandbox
 from devtools.sample import demo_definitions
@@ -62,12 +63,18 @@ class App:
         }
         self.definitions_path.write_text(json.dumps(document, ensure_ascii=False))
 
-    def upload(self, path: str, data: bytes | Iterable[bytes]) -> None:
+    def upload(
+        self,
+        path: str,
+        data: bytes | Iterable[bytes],
+        content_settings: ContentSettings | None = None,
+    ) -> None:
         """Write a source blob; `data` may be a stream of pieces (a large file made as sent)."""
         blobs = self.services.storage.blobs
         with contextlib.suppress(ResourceExistsError):
             blobs.create_container(SEGMENT_CONTAINER)
-        blobs.get_blob_client(SEGMENT_CONTAINER, path).upload_blob(data, overwrite=True)
+        blob = blobs.get_blob_client(SEGMENT_CONTAINER, path)
+        blob.upload_blob(data, overwrite=True, content_settings=content_settings)
 
     def wait_for_final(self, run_id: str, timeout: float = 180) -> Run:
         """Poll until the run is final; the deadline only bounds a hang, it asserts no speed."""
@@ -116,6 +123,14 @@ class App:
 
     def blob_text(self, name: str) -> str:
         return self.services.storage.read_bytes("export-runs", name).decode("utf-8")
+
+    def rejected(self, run: Run) -> list[dict[str, Any]]:
+        """The run's rejected.jsonl entries (split at line feeds only: JSON keeps U+2028 as
+        is); none when it has no such blob."""
+        if not run.rejected_blob:
+            return []
+        text = self.blob_text(run.rejected_blob)
+        return [json.loads(line) for line in text.split("\n") if line]
 
 
 class OneAtATime:

@@ -6,7 +6,6 @@ import gzip
 import json
 import threading
 from itertools import chain, repeat
-from typing import Any
 
 from devtools.sample import make_segment
 from shared.adapters.run_store import chunk_row
@@ -15,10 +14,6 @@ from shared.core.runs import ChunkResult, Run, Status
 from shared.pipeline.finalize import maybe_finalize
 from shared.pipeline.start import start_run
 from tests.integration.conftest import BLOCKLISTED, App, export_definition
-
-
-def _rejected(app: App, run: Run) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in app.blob_text(run.rejected_blob).splitlines()]
 
 
 def test_messy_segment_lands_in_braze_exactly(app: App) -> None:
@@ -35,7 +30,7 @@ def test_messy_segment_lands_in_braze_exactly(app: App) -> None:
         assert users[customer_id] == expected, customer_id
 
     # Every invalid row is reported with its line and reason; no valid row is.
-    rejected = _rejected(app, run)
+    rejected = app.rejected(run)
     assert {r["line"]: r["codes"][0] for r in rejected} == sample.invalid_lines
     assert [r["line"] for r in rejected] == sorted(r["line"] for r in rejected)
     assert all(r["reasons"] and r["stage"] == "validation" for r in rejected)
@@ -70,7 +65,7 @@ def test_braze_per_object_errors_map_back_to_their_rows(app: App) -> None:
 
     assert run.status == Status.PARTIALLY_SUCCEEDED
     assert (run.profiles_accepted, run.profiles_rejected_by_braze) == (2, 1)
-    (entry,) = _rejected(app, run)
+    (entry,) = app.rejected(run)
     assert entry["line"] == 3 and entry["stage"] == "braze"
     assert entry["codes"] == ["BLACKLISTED_EXTERNAL_USER_ID"]
     assert entry["object"]["external_id"] == BLOCKLISTED
@@ -132,7 +127,7 @@ def test_a_50_mb_row_is_rejected_with_its_line_and_every_other_row_is_sent(app: 
     assert app.braze_users() == {**before.expected, **after.expected}
     line = before.data.count(b"\n") + 1
     size = len(opening) + 50 * len(piece) + len(closing)
-    (entry,) = _rejected(app, run)
+    (entry,) = app.rejected(run)
     assert (entry["line"], entry["stage"], entry["codes"], entry["row"]) == (
         line,
         "validation",
@@ -173,7 +168,7 @@ def test_gzipped_json_lines_source(app: App) -> None:
     assert users["101"]["loyalty_points"] == 7 and users["101"]["is_vip"] is True
     assert users["102"]["note"] == 'line\nbreak, "quoted" ✓'
     assert "103" not in users
-    assert [r["codes"] for r in _rejected(app, run)] == [["attribute_type"]]
+    assert [r["codes"] for r in app.rejected(run)] == [["attribute_type"]]
 
 
 def test_an_invalid_row_does_not_claim_its_id_for_the_duplicate_rule(app: App) -> None:
@@ -189,7 +184,7 @@ def test_an_invalid_row_does_not_claim_its_id_for_the_duplicate_rule(app: App) -
     run = app.wait_for_final(start_run(app.services, "dups", "test").run.run_id)
 
     assert app.braze_users()["dup"]["first_name"] == "Second"
-    assert [(r["line"], r["codes"]) for r in _rejected(app, run)] == [
+    assert [(r["line"], r["codes"]) for r in app.rejected(run)] == [
         (2, ["email_invalid"]),
         (4, ["duplicate_customer_id"]),
     ]

@@ -15,17 +15,13 @@ from devtools.sample import make_segment
 from shared.adapters.storage import Storage
 from shared.core.messages import ExportJob, SplitJob
 from shared.core.resource_names import JOBS_QUEUE
-from shared.core.runs import Run, Status
+from shared.core.runs import Status
 from shared.pipeline import run_source
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.run_files import rejected_prefix, splits_blob_name
 from shared.pipeline.split_source import split_source
 from shared.pipeline.start import start_run
 from tests.integration.conftest import App, export_definition, run_in_process, take
-
-
-def _rejected(app: App, run: Run) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in app.blob_text(run.rejected_blob).splitlines()]
 
 
 @pytest.mark.parametrize("bom", [True, False])
@@ -41,7 +37,7 @@ def test_ranges_read_exactly_what_one_reader_reads(split_app: App, bom: bool) ->
 
     assert final.splits >= 10, final.splits
     assert split_app.braze_users() == sample.expected
-    rejected = _rejected(split_app, final)
+    rejected = split_app.rejected(final)
     assert {r["line"]: r["codes"][0] for r in rejected} == sample.invalid_lines
     assert [r["line"] for r in rejected] == sorted(r["line"] for r in rejected)
     assert final.rows_read == sample.rows == final.rows_valid + final.rows_rejected
@@ -73,7 +69,7 @@ def test_json_lines_split_by_line(split_app: App) -> None:
 
     assert final.splits > 1
     assert (final.rows_read, final.rows_valid) == (3_000, 2_999)
-    assert [(r["line"], r["codes"]) for r in _rejected(split_app, final)] == [
+    assert [(r["line"], r["codes"]) for r in split_app.rejected(final)] == [
         (1_501, ["malformed_row"])
     ]
     users = split_app.braze_users()
@@ -171,7 +167,7 @@ def test_a_50_mb_record_is_one_rejected_row_wherever_the_ranges_fall(
     first_lines = [SplitJob.from_json(job).first_line for job in plan["jobs"]]
     assert final.splits > 1 and line + lines in first_lines, first_lines
     assert not [n for n in first_lines if line < n < line + lines]
-    rejected = {r["line"]: r for r in _rejected(split_app, final)}
+    rejected = {r["line"]: r for r in split_app.rejected(final)}
     entry = rejected.pop(line)
     where = f"line {line}" if lines == 1 else f"lines {line} to {line + lines - 1}"
     size = len(opening) + HUGE_MIB * MIB + len(closing)
@@ -212,7 +208,7 @@ def test_only_the_jobs_that_rejected_rows_write_a_part_of_the_rejected_rows(
         prefix = rejected_prefix(final.run_id)
         blobs = split_app.services.storage.container("export-runs").list_blobs(prefix)
         parts[name] = sorted(blob.name.removeprefix(prefix).split("-")[0] for blob in blobs)
-        rejected = _rejected(split_app, final)
+        rejected = split_app.rejected(final)
         assert {r["line"]: r["codes"][0] for r in rejected} == sample.invalid_lines
         assert [r["line"] for r in rejected] == sorted(sample.invalid_lines)
     assert parts == {"clean": [], "two-bad": ["partition", "plan"]}

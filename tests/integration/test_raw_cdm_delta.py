@@ -138,11 +138,7 @@ def _filed_by_bytes(app: App, run: Run) -> list[int]:
 
 
 def _rejected(app: App, run: Run) -> list[tuple[list[str], str, int]]:
-    if not run.rejected_blob:
-        return []
-    lines = app.blob_text(run.rejected_blob).split("\n")
-    entries = [json.loads(line) for line in lines if line]
-    return [(e["codes"], e.get("file"), e.get("line")) for e in entries]
+    return [(e["codes"], e.get("file"), e.get("line")) for e in app.rejected(run)]
 
 
 def _line_of(rows: list[dict[str, str]], index: int, *, headers: bool = False) -> int:

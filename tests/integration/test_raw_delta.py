@@ -27,7 +27,6 @@ from shared.core.runs import Run
 from shared.pipeline import diff_partition, plan_export, run_source
 from shared.pipeline.run_files import matched_records, partition_piece_name, piece_sections
 from tests.integration.conftest import (
-    SEGMENT_CONTAINER,
     SPLIT_MIB,
     App,
     export_definition,
@@ -87,10 +86,6 @@ def _line_of(rows: list[dict[str, str]], index: int) -> int:
     return 2 + index + sum(value.count("\n") for row in rows[:index] for value in row.values())
 
 
-def _rejected(app: App, run: Run) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in app.blob_text(run.rejected_blob).split("\n") if line]
-
-
 def test_a_delta_files_unchanged_rows_by_their_bytes_and_sends_what_reading_them_sends(
     split_app: App,
 ) -> None:
@@ -139,7 +134,7 @@ def test_a_delta_files_unchanged_rows_by_their_bytes_and_sends_what_reading_them
     assert _filed_by_bytes(split_app, second) >= len(changed) - 10
     assert second.profiles_unchanged == 2_999 - 2 - 3
     assert (second.profiles_new, second.profiles_changed, second.profiles_removed) == (2, 3, 2)
-    rejected = _rejected(split_app, second)
+    rejected = split_app.rejected(second)
     assert [r["codes"] for r in rejected] == [["email_invalid"], ["duplicate_customer_id"]]
     assert rejected[0]["line"] == _line_of(changed, 40)
     assert rejected[0]["row"]["Email"] == "not an email"
@@ -377,7 +372,7 @@ def test_rows_taken_in_bulk_give_what_the_row_by_row_path_gives(
         outcomes[name] = (
             _sent(split_app),
             run_counts(run),
-            _rejected(split_app, run),
+            split_app.rejected(run),
             _snapshot_entries(split_app, name),
             _raw_index(split_app, name),
         )
@@ -532,7 +527,7 @@ def test_a_row_read_again_that_names_a_customer_taken_in_bulk_is_a_duplicate(
 
     assert _filed_by_bytes(split_app, second) == 2_001  # the later row too: the index held it
     assert _sent(split_app) == {}
-    rejected = _rejected(split_app, second)
+    rejected = split_app.rejected(second)
     line = _line_of([*rows, later], 2_000)
     assert [(r["codes"], r["line"]) for r in rejected] == [(["duplicate_customer_id"], line)]
     assert rejected[0]["object"]["first_name"] == "Changed, later"
@@ -587,16 +582,26 @@ def test_a_header_whose_quotes_run_into_the_first_row_reads_that_range_as_rows(
     assert run.profiles_accepted == 2_000 and "raw-00000" in split_app.braze_users()
 
 
-def test_a_gzip_file_without_its_extension_is_read_whole_not_cut(split_app: App) -> None:
-    """Gzip is told by its bytes, as the reader tells it: a large compressed file named `.csv`
-    is not cut into ranges (its later ranges would be no text), and is read whole."""
-    path = _define(split_app, "raw-gzip-named-csv")
+@pytest.mark.parametrize(
+    "encoding", [None, "gzip"], ids=["gzip-named-csv", "stored-with-content-encoding"]
+)
+def test_a_gzip_file_without_its_extension_is_read_whole_not_cut(
+    split_app: App, encoding: str | None
+) -> None:
+    """Gzip is told by its stored bytes, as the reader tells it: a large compressed file named
+    `.csv` is not cut into ranges (its later ranges would be no text), and is read whole. So is
+    a blob kept compressed with `Content-Encoding: gzip`, which reads decoded but whose byte
+    ranges would be slices of the gzip."""
+    name = f"raw-gzip-{encoding or 'named-csv'}"
+    path = _define(split_app, name)
     rows = [_row(n, Note=random.Random(n).randbytes(24).hex()) for n in range(2_000)]
     data = gzip.compress(_csv(rows))
     assert len(data) > 2 * SPLIT_MIB * 1024 * 1024
-    split_app.upload(path, data)
+    split_app.upload(
+        path, data, ContentSettings(content_type="text/csv", content_encoding=encoding)
+    )
 
-    run = run_in_process(split_app, "raw-gzip-named-csv")
+    run = run_in_process(split_app, name)
 
     assert (run.splits, run.profiles_accepted) == (1, 2_000), run.message
 
@@ -622,22 +627,6 @@ def test_a_plain_file_named_gz_is_cut_and_its_unchanged_rows_filed_by_their_byte
     assert _sent(split_app) == {
         "raw-00005": {"external_id": "raw-00005", "first_name": "Zoë-Renamed"}
     }
-
-
-def test_a_blob_stored_with_gzip_content_encoding_is_read_whole_not_cut(split_app: App) -> None:
-    """A blob kept compressed with `Content-Encoding: gzip` is read decoded, but its byte
-    ranges would be slices of the gzip: it is told by its stored bytes and not cut."""
-    path = _define(split_app, "raw-content-encoding")
-    rows = [_row(n, Note=random.Random(n).randbytes(24).hex()) for n in range(2_000)]
-    data = gzip.compress(_csv(rows))
-    assert len(data) > 2 * SPLIT_MIB * 1024 * 1024
-    blob = split_app.services.storage.blobs.get_blob_client(SEGMENT_CONTAINER, path)
-    settings = ContentSettings(content_type="text/csv", content_encoding="gzip")
-    blob.upload_blob(data, overwrite=True, content_settings=settings)
-
-    run = run_in_process(split_app, "raw-content-encoding")
-
-    assert (run.splits, run.profiles_accepted) == (1, 2_000), run.message
 
 
 def test_a_gzip_file_without_its_extension_gets_the_partitions_of_its_text(

@@ -58,11 +58,6 @@ def _replay_in_process(app: App, run_id: str) -> Run:
     return final
 
 
-def _rejected(app: App, run: Run) -> list[dict[str, Any]]:
-    text = app.blob_text(run.rejected_blob)
-    return [json.loads(line) for line in text.split("\n") if line]  # JSON keeps U+2028 as is
-
-
 def _adds_up(run: Run) -> None:
     assert run.rows_read == run.rows_valid + run.rows_rejected
     assert run.objects_planned == run.profiles_accepted + run.profiles_rejected_by_braze
@@ -100,7 +95,7 @@ def test_rows_braze_rejected_are_replayed_after_the_fix_and_the_counts_stay_true
     assert (final.status, final.replay_round) == (Status.SUCCEEDED, 1)
     assert (final.profiles_accepted, final.profiles_rejected_by_braze) == (6, 0)
     _adds_up(final)
-    assert _rejected(quiet_app, final) == []
+    assert quiet_app.rejected(final) == []
     assert final.rejections == {}
     # The snapshot took the replayed profile in: the next run has nothing to send.
     assert run_in_process(quiet_app, "blocked").objects_planned == 0
@@ -122,7 +117,7 @@ def test_a_poisoned_chunk_is_named_reported_row_by_row_and_replayable(
     ended = quiet_app.services.runs.get(run.run_id)
     assert ended is not None and ended.status == Status.PARTIALLY_SUCCEEDED
     assert "chunk 1" in ended.message and "Braze kept failing" in ended.message
-    failed = _rejected(quiet_app, ended)
+    failed = quiet_app.rejected(ended)
     assert len(failed) == 100 and {r["codes"][0] for r in failed} == {"delivery_failed"}
     assert all(r["object"]["external_id"] == r["customer_id"] for r in failed)
     assert [r["line"] for r in failed] == sorted(r["line"] for r in failed)  # source order
@@ -153,7 +148,7 @@ def test_a_run_whose_chunk_was_lost_is_ended_as_stalled_and_replayable(quiet_app
     ended = services.runs.get(run.run_id)
     assert ended is not None and ended.status == Status.PARTIALLY_SUCCEEDED
     assert "chunk 1" in ended.message and "no progress since" in ended.message
-    lost = _rejected(quiet_app, ended)
+    lost = quiet_app.rejected(ended)
     assert len(lost) == 100 and all("worker holding it was lost" in r["reasons"][0] for r in lost)
     _adds_up(ended)
 
@@ -251,7 +246,7 @@ def test_a_chunk_rejected_in_every_one_of_hundreds_of_batches_still_records(
     final = quiet_app.services.runs.get(run.run_id)
     assert final is not None and final.status == Status.FAILED  # Braze took none of them
     assert (final.profiles_rejected_by_braze, final.requests_sent) == (600, 600)
-    rejected = _rejected(quiet_app, final)
+    rejected = quiet_app.rejected(final)
     assert [r["customer_id"] for r in rejected] == ids
     assert {r["codes"][0] for r in rejected} == {"BLACKLISTED_EXTERNAL_USER_ID"}
 
@@ -406,7 +401,7 @@ def test_a_wrong_key_costs_one_request_not_one_per_batch_and_its_rows_replay(
     assert first.status == Status.FAILED
     assert (first.profiles_rejected_by_braze, first.requests_sent) == (300, 1)
     _adds_up(first)
-    rejected = _rejected(quiet_app, first)
+    rejected = quiet_app.rejected(first)
     assert [r["customer_id"] for r in rejected] == ids
     assert {r["codes"][0] for r in rejected} == {"http_401"}
     assert rejected[0]["reasons"][0].startswith("Braze refused the request (HTTP 401)")
@@ -466,7 +461,7 @@ def test_finalize_reads_each_chunks_rejected_rows_once_however_many_partitions_i
         quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
     assert first.partitions == 4 and first.chunks_total == 1  # one job, every partition
     assert reads == [0, 0]  # the snapshot's commit and the rejected rows' report, once each
-    assert sorted(r["customer_id"] for r in _rejected(quiet_app, first)) == sorted(blocked)
+    assert sorted(r["customer_id"] for r in quiet_app.rejected(first)) == sorted(blocked)
 
     quiet_app.mark_sandbox_requests()
     second = run_in_process(quiet_app, "once")

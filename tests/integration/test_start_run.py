@@ -18,8 +18,8 @@ from tests.integration.conftest import App, export_definition, take
 def defined(quiet_app: App) -> App:
     quiet_app.define(
         [
-            export_definition("starts", "start/profiles.csv", "Starts"),
-            export_definition("twice", "start/twice.csv", "Twice"),  # a run of its own
+            export_definition("start-own", "start/own.csv", "Start own"),
+            export_definition("start-twice", "start/twice.csv", "Start twice"),
         ]
     )
     return quiet_app
@@ -36,10 +36,10 @@ def test_a_runs_own_insert_found_existing_still_gets_its_planning_job(
         raise RunConflict(f"run {run.run_id} already exists")
 
     monkeypatch.setattr(runs, "create", answer_lost)
-    started = start_run(defined.services, "starts", "test")
+    started = start_run(defined.services, "start-own", "test")
     assert started.created
     (job,) = take(defined, JOBS_QUEUE, ExportJob, started.run.run_id)
-    assert job.export_name == "starts"
+    assert job.export_name == "start-own"
 
 
 def test_a_run_another_trigger_inserted_first_gets_no_second_planning_job(
@@ -48,7 +48,7 @@ def test_a_run_another_trigger_inserted_first_gets_no_second_planning_job(
     """Two triggers of one blob event, one run id: the other inserts between this call's look
     and its insert."""
     runs = defined.services.runs
-    first = start_run(defined.services, "twice", "test", run_id="twice-event-1").run
+    first = start_run(defined.services, "start-twice", "test", run_id="start-twice-event-1").run
     real_get = runs.get
     looks: list[str] = []
 
@@ -57,6 +57,6 @@ def test_a_run_another_trigger_inserted_first_gets_no_second_planning_job(
         return None if len(looks) == 1 else real_get(run_id)  # the first finds nothing yet
 
     monkeypatch.setattr(runs, "get", look)
-    again = start_run(defined.services, "twice", "test", run_id="twice-event-1")
+    again = start_run(defined.services, "start-twice", "test", run_id="start-twice-event-1")
     assert not again.created and again.run.created_at == first.created_at
     assert len(take(defined, JOBS_QUEUE, ExportJob, first.run_id)) == 1  # the first trigger's

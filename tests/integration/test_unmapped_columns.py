@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from shared.core.resource_names import RUNS_CONTAINER
+from shared.core.runs import Run
 from shared.pipeline.run_files import run_prefix
 from tests.integration.conftest import App, export_definition, run_in_process
 
@@ -65,12 +66,8 @@ def _run_blobs(app: App, run_id: str) -> dict[str, bytes]:
     return {name: app.services.storage.read_bytes(RUNS_CONTAINER, name) for name in names}
 
 
-def _rejected(app: App, name: str) -> dict[int, dict[str, Any]]:
-    return {
-        entry["line"]: entry
-        for entry in map(json.loads, app.blob_text(name).splitlines())
-        if entry.get("line")
-    }
+def _rejected(app: App, run: Run) -> dict[int, dict[str, Any]]:
+    return {entry["line"]: entry for entry in app.rejected(run) if entry.get("line")}
 
 
 def test_planning_keeps_only_the_mapped_columns_and_reports_rejected_rows_with_them(
@@ -97,7 +94,7 @@ def test_planning_keeps_only_the_mapped_columns_and_reports_rejected_rows_with_t
     assert users["wide-00002"]["first_name"] == "José, Jr."
     assert not any(MARK in json.dumps(user, ensure_ascii=False) for user in users.values())
 
-    rejected = _rejected(split_app, run.rejected_blob)
+    rejected = _rejected(split_app, run)
     # Line 1 is the header; each row's line follows its predecessors' line breaks.
     breaks = [sum(value.count("\n") for value in row.values()) for row in rows]
     lines = {n: 2 + n + sum(breaks[:n]) for n in (40, 41)}
@@ -147,7 +144,7 @@ def test_a_json_lines_record_keyed_in_another_case_is_reported_with_that_key(
     run = run_in_process(quiet_app, "wide-jsonl")
 
     assert (run.profiles_accepted, run.rows_rejected) == (1, 1)
-    (entry,) = _rejected(quiet_app, run.rejected_blob).values()
+    (entry,) = _rejected(quiet_app, run).values()
     assert entry["codes"] == ["email_blank"]
     assert entry["reasons"] == ["email (column 'Email') is missing: the record has no 'Email' key"]
     assert entry["row"] == {
