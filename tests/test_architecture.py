@@ -41,6 +41,7 @@ ADAPTERS = [
     "snapshot_store",
     "run_store",
     "braze_client",
+    "http_post",
     "telemetry",
     "rate_governor",
     "key_vault",
