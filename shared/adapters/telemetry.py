@@ -4,8 +4,9 @@ OpenTelemetry (azure-monitor-opentelemetry).
 
 Without a connection string nothing is imported and recording a metric costs one check, so local
 runs and tests pay nothing. The distro's automatic instrumentations stay off: instrumenting
-urllib3 would add work to every Braze request (a thousand a second), and Azure SDK spans would
-multiply ingestion without telling an operator more than the metrics below.
+requests and urllib3 would add work to every storage call (the Braze client's libcurl has
+none), and Azure SDK spans would multiply ingestion without telling an operator more than the
+metrics below.
 """
 
 from __future__ import annotations

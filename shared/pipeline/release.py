@@ -13,7 +13,7 @@ import logging
 import math
 from datetime import timedelta
 
-from shared.adapters.braze_client import tracking_body
+from shared.adapters.braze_client import authorization_header, tracking_body
 from shared.adapters.services import Services
 from shared.adapters.settings import ConfigurationError
 from shared.core.definitions import Connection, Export
@@ -202,7 +202,7 @@ def _undeliverable(connection: Connection, services: Services) -> str | None:
     except ConfigurationError as error:
         return f"nothing was sent: {error}"
     try:
-        services.secrets.get(connection.api_key_secret)
+        authorization_header(services.secrets.get(connection.api_key_secret))
     except ConfigurationError as error:  # SecretUnavailable too
         return f"the Braze API key could not be read, so nothing was sent: {error}"
     return None

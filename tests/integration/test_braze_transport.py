@@ -1,6 +1,8 @@
 """The Braze client's connection (libcurl, `http_post`) against local servers: certificates
-are checked, proxy settings in the environment are not used, an answer that never comes fails
-the send, and answers are read as sent (an interim answer first, a reason phrase)."""
+are checked (against certifi's store where Python finds none), proxy settings in the
+environment are not used, a request dropped unanswered is sent again only by the client (with
+a rate slot), an answer that never comes fails the send, answers are read as sent (an interim
+answer first, a reason phrase), and the key goes without the line break it was stored with."""
 
 from __future__ import annotations
 
@@ -8,16 +10,25 @@ import socket
 import socketserver
 import ssl
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import certifi
+import orjson
 import pytest
+from azure.data.tables import TableClient
 
-from devtools.processes import Sandbox, start_sandbox
+from devtools.processes import Azurite, Sandbox, start_sandbox
 from shared.adapters.braze_client import BrazeClient, BrazeUnavailable
+from shared.adapters.http_post import ca_store
+from shared.adapters.rate_governor import RateGovernor
+from shared.adapters.settings import ConfigurationError, StorageSettings
+from shared.adapters.storage import Storage
 from shared.core.jsonlines import dumps
+from shared.core.resource_names import RATE_TABLE
 from tests.key_vault_double import write_self_signed
 from tests.local_server import serving
 
@@ -106,46 +117,80 @@ def test_proxy_settings_in_the_environment_are_not_used(
     assert client.track(_objects(3)).status == 201  # from the sandbox: no proxy listens at 9
 
 
+Answers = Callable[[int], bytes | None]
+
+
 @contextmanager
-def _raw_endpoint(answer: bytes | None) -> Iterator[tuple[str, threading.Event]]:
-    """A local endpoint that reads a request and writes `answer` as it is (None: nothing,
-    until the test ends): its URL, and an event set once a request was read."""
-    received, ending = threading.Event(), threading.Event()
+def _raw_endpoint(answer: Answers) -> Iterator[tuple[str, list[tuple[bytes, bytes]]]]:
+    """A local endpoint that reads requests on keep-alive connections and writes what
+    `answer(n)` returns for the n-th (from 0) as it is, or closes the connection without an
+    answer on None (`answer` may wait there): its URL, and each request's head and body, in
+    the order they came."""
+    received: list[tuple[bytes, bytes]] = []
+    lock = threading.Lock()
 
     class Raw(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             connection: socket.socket = self.request
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += connection.recv(65536)
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            while len(body) < length:
-                body += connection.recv(65536)
-            received.set()
-            if answer is None:
-                ending.wait()
-                return
-            connection.sendall(answer)
+            pending = b""
+            while True:
+                request, pending = _read_request(connection, pending)
+                if request is None:
+                    return  # the client closed the connection
+                with lock:
+                    n = len(received)
+                    received.append(request)
+                reply = answer(n)
+                if reply is None:
+                    return  # closed without an answer
+                connection.sendall(reply)
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Raw)
     server.daemon_threads = True
     with serving(server):
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}", received
-        finally:
-            ending.set()
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+
+
+def _read_request(
+    connection: socket.socket, pending: bytes
+) -> tuple[tuple[bytes, bytes] | None, bytes]:
+    """The head and body of the next request on the connection (None once it is closed),
+    and what was read past it."""
+    data = pending
+    while b"\r\n\r\n" not in data:
+        more = connection.recv(65536)
+        if not more:
+            return None, b""
+        data += more
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(rest) < length:
+        more = connection.recv(65536)
+        if not more:
+            return None, b""
+        rest += more
+    return (head, rest[:length]), rest[length:]
+
+
+def _created(text: bytes = b'{"message":"success"}') -> bytes:
+    return b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text)
 
 
 def test_an_answer_that_never_comes_fails_the_send() -> None:
     """A request Braze took but never answers is cut after the read timeout (libcurl has
     none of its own: a transfer that stalls that long is cut) and tried again as a failure,
     instead of holding its thread for good."""
-    with _raw_endpoint(None) as (endpoint, received):
+    ending = threading.Event()
+
+    def never(n: int) -> None:
+        ending.wait(120)
+
+    outcome: list[BaseException] = []
+    with _raw_endpoint(never) as (endpoint, received):
         client = BrazeClient(
             endpoint,
             lambda refresh: KEY,
@@ -153,7 +198,6 @@ def test_an_answer_that_never_comes_fails_the_send() -> None:
             timeout=(1.0, 1.0),
             sleep=_refuse_to_wait,
         )
-        outcome: list[BaseException] = []
 
         def send() -> None:
             try:
@@ -163,9 +207,11 @@ def test_an_answer_that_never_comes_fails_the_send() -> None:
 
         sending = threading.Thread(target=send, daemon=True)
         sending.start()
-        sending.join(60)  # far past the 1 s timeout: a send without one never ends
-        assert received.is_set()
-        assert not sending.is_alive(), "the send waited for an answer with no timeout"
+        sending.join(60)  # far past the timeout (1 s, and libcurl's 5 s average): else none
+        still_waiting = sending.is_alive()
+        ending.set()
+    assert not still_waiting, "the send waited for an answer with no timeout"
+    assert len(received) == 1
     (error,) = outcome
     assert isinstance(error, BrazeUnavailable)
     assert "libcurl error 28" in str(error)
@@ -175,8 +221,81 @@ def test_the_answer_after_an_interim_one_is_read_with_its_reason() -> None:
     """A 100 Continue before the answer is not the answer; a refusal without a body is
     described by its reason phrase."""
     answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
-    with _raw_endpoint(answer) as (endpoint, _):
+    with _raw_endpoint(lambda n: answer) as (endpoint, _):
         client = BrazeClient(endpoint, lambda refresh: KEY, max_attempts=1, sleep=_refuse_to_wait)
         outcome = client.track(_objects(1))
     assert outcome.status == 400
     assert outcome.failure == "Braze refused the request (HTTP 400): Bad Request"
+
+
+@pytest.fixture(scope="module")
+def rate_table(azurite: Azurite) -> TableClient:
+    storage = Storage(StorageSettings(connection_string=azurite.connection_string))
+    storage.ensure_resources()
+    return storage.table(RATE_TABLE)
+
+
+def test_a_request_dropped_unanswered_on_a_reused_connection_is_sent_again_with_a_slot(
+    rate_table: TableClient,
+) -> None:
+    """Braze reads the second request on a kept-alive connection, then the connection drops
+    without an answer. libcurl would send it again by itself, outside the rate budget; the
+    client sends it again instead, after taking a slot of its own, on a fresh connection, and
+    the thread's next request goes as usual."""
+    waits: list[float] = []
+    key = f"t-{uuid.uuid4().hex[:12]}"
+    governor = RateGovernor(
+        rate_table,
+        key,
+        requests_per_window=1000,
+        window_seconds=10**9,  # no window rolls over during the test
+        lease_fraction=0.001,  # one slot per lease: the table counts every slot taken
+        sleep=_refuse_to_wait,
+    )
+    with _raw_endpoint(lambda n: None if n == 1 else _created()) as (endpoint, received):
+        client = BrazeClient(
+            endpoint, lambda refresh: KEY, governor=governor, max_attempts=3, sleep=waits.append
+        )
+        first, second, third = (
+            client.track([dumps({"external_id": name})]) for name in ("a", "b", "c")
+        )
+    assert (first.status, second.status, third.status) == (201, 201, 201)
+    assert [orjson.loads(body)["attributes"][0]["external_id"] for _, body in received] == [
+        "a",
+        "b",
+        "b",
+        "c",
+    ]
+    assert len(waits) == 1  # one failure, waited out by the client
+    (state,) = rate_table.query_entities(f"PartitionKey eq '{key}'")
+    assert state["Granted"] == len(received) == 4
+
+
+def test_a_key_stored_with_a_trailing_line_break_is_sent_without_it() -> None:
+    """`az keyvault secret set --file key.txt` keeps the file's last line break."""
+    with _raw_endpoint(lambda n: _created()) as (endpoint, received):
+        client = BrazeClient(
+            endpoint, lambda refresh: f"  {KEY}\r\n", max_attempts=1, sleep=_refuse_to_wait
+        )
+        assert client.track(_objects(1)).status == 201
+    ((head, _),) = received
+    assert f"\r\nAuthorization: Bearer {KEY}\r\n".encode() in head
+
+
+def test_a_key_with_a_line_break_inside_is_refused_before_anything_is_sent() -> None:
+    refused = pytest.raises(ConfigurationError, match="line break or another control character")
+    with _raw_endpoint(lambda n: _created()) as (endpoint, received), refused:
+        BrazeClient(endpoint, lambda refresh: "abc\ndef", sleep=_refuse_to_wait)
+    assert received == []
+
+
+def test_without_a_ca_store_python_finds_certifi_s_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The libcurl the wheel bundles looks for a Red Hat CA path: where Python's ssl finds no
+    CA file or folder, certifi's bundle is used rather than none (every send would fail)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "missing"))
+    assert ca_store() == (certifi.where(), None)
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
+    assert ca_store() == (None, str(tmp_path))

@@ -61,6 +61,7 @@ def _messy_segment(app: App, path: str) -> None:
     [
         ("down", f"could not be reached to read secret '{SECRET}'"),
         ("missing", f"Key Vault secret '{SECRET}' does not exist"),
+        ("garbled", "the Braze API key holds a line break or another control character"),
     ],
 )
 def test_an_unreadable_key_fails_the_run_at_release_with_nothing_sent(
@@ -73,6 +74,8 @@ def test_an_unreadable_key_fails_the_run_at_release_with_nothing_sent(
     if fault == "down":
         vault.set_secret(SECRET, SANDBOX_KEY)
         vault.state.down = True
+    if fault == "garbled":  # two lines pasted into the secret: the request's head would break
+        vault.set_secret(SECRET, f"{SANDBOX_KEY}\nsecond line")
     name = f"kv-{fault}"
     _messy_segment(quiet_app, f"kv/{fault}.csv")
     quiet_app.define([export_definition(name, f"kv/{fault}.csv", "KV")])
