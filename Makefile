@@ -45,6 +45,7 @@ format: install
 
 bench: install
 	$(PY) bench/sandbox_bench.py
+	$(PY) bench/client_bench.py
 	$(PY) bench/export_bench.py --profiles $(BENCH_PROFILES) --workers $(BENCH_WORKERS) --latency-ms $(BENCH_LATENCY_MS)
 	$(PY) bench/export_bench.py --profiles $(BENCH_PROFILES) --workers $(BENCH_WORKERS) --latency-ms $(BENCH_LATENCY_MS) --source cdm
 	$(PY) bench/memory_bench.py --profiles 1000000 5000000

@@ -3,7 +3,7 @@
 Requests go out through libcurl on a keep-alive connection per sending thread
 (`http_post`), with the headers built once: at Braze's 1,000 requests/s the client's CPU per
 request is a core's worth of work in Python HTTP libraries (`session.post` costs about twice
-what urllib3's `urlopen` does; this client on libcurl about half of it on urllib3). Like
+what urllib3's `urlopen` does; this client on libcurl less than half of it on urllib3). Like
 `trust_env=False`, no proxy is taken from the environment; certificates are checked against
 the system's CA store.
 """

@@ -2,10 +2,11 @@
 connection, per sending thread.
 
 At Braze's 1,000 requests/s the client's CPU per request is most of what a host spends on
-delivery. Measured here (75-object bodies, 64 requests in flight, the sandbox at 50 ms), the
-Braze client took 420-480 µs of CPU a request on urllib3's `urlopen` and 240-250 on libcurl
-(bare, without the client's own work: `http.client` 260-290, libcurl 150): libcurl sends,
-waits and parses in C, where urllib3 runs its pool, timeouts and header parsing in Python.
+delivery. Measured here (`bench/client_bench.py`: 75-object bodies, 64 requests in flight, the
+sandbox at 50 ms on another core), the Braze client took 480-510 µs of CPU a request on
+urllib3's `urlopen` and 195-220 on libcurl (a bare loop without the client's own work:
+`http.client` 260-290, libcurl 150): libcurl sends, waits and parses in C, where urllib3 runs
+its pool, timeouts and header parsing in Python.
 
 Like the urllib3 pool it replaces, it takes no proxy from the environment (libcurl would read
 the proxy variables), follows no redirect and speaks only HTTP and HTTPS; certificates are
