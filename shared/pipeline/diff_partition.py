@@ -107,7 +107,7 @@ def diff_partition(job: PartitionJob, services: Services) -> ChunkJob | None:
             recorded = result
     if run.delivers_while_diffing:
         _queue_delivery(run, job.partition, recorded, services)
-    queued = maybe_release(run.run_id, services)
+    queued = maybe_release(run.run_id, run.partitions, services)
     return queued[0] if queued and len(queued) == 1 else None
 
 

@@ -38,15 +38,22 @@ RELEASE_LEASE = timedelta(minutes=5)
 MAX_CHUNK_BLOBS = 64  # blobs named by one chunk message (a queue message holds 64 KB)
 
 
-def maybe_release(run_id: str, services: Services) -> list[ChunkJob] | None:
-    """Release the run if every partition is diffed and nobody else has: for the one that did,
-    the chunk jobs it queued (none when the run ended at the release, or each partition queued
-    its own); None for everyone else.
+def maybe_release(run_id: str, partitions: int | None, services: Services) -> list[ChunkJob] | None:
+    """Release the run of `partitions` partitions if every one is diffed and nobody else has:
+    for the one that did, the chunk jobs it queued (none when the run ended at the release, or
+    each partition queued its own); None for everyone else.
 
+    The partitions are counted before the run is read: every diff asks, and all but the last
+    learn from the count alone that they were not the last (a table read saved per partition).
     The release is claimed on the run entity with its ETag, like finalization; a releaser that
     dies mid-way is replaced after the lease, and chunks it queued twice are delivered once.
     """
     store = services.runs
+    if not partitions:
+        return None
+    diffed = store.partitions_diffed(run_id)
+    if diffed < partitions:
+        return None
     run = store.get(run_id)
     if run is None or run.status != Status.PLANNING or not run.partitions:
         return None
@@ -55,7 +62,7 @@ def maybe_release(run_id: str, services: Services) -> list[ChunkJob] | None:
     now = utcnow()
     if run.release_claimed_at and now - run.release_claimed_at < RELEASE_LEASE:
         return None
-    if store.partitions_diffed(run_id) < run.partitions:
+    if diffed < run.partitions:
         return None
     results = store.partition_results(run_id)
     definitions = services.definitions()

@@ -49,7 +49,7 @@ def sweep_stalled(services: Services, now: datetime) -> dict[str, str]:
 def check_run(services: Services, run: Run, now: datetime) -> str | None:
     """Nudge a run whose release or finalization was abandoned; end it if it stalled."""
     if run.status == Status.PLANNING:
-        maybe_release(run.run_id, services)
+        maybe_release(run.run_id, run.partitions, services)
     maybe_finalize(run.run_id, services)
     current = services.runs.get(run.run_id)
     if current is None or current.is_final:

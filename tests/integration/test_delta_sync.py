@@ -18,13 +18,14 @@ import pytest
 import requests
 
 from devtools.sample import HEADER, expected_profile
-from shared.core.messages import ChunkJob, ExportJob
+from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
 from shared.core.partitioning import partition_count, partition_of
 from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE
 from shared.core.runs import Status, utcnow
 from shared.core.snapshot_partition import MAGIC, SnapshotPartition
 from shared.pipeline import diff_partition
 from shared.pipeline.deliver_chunk import deliver_chunk
+from shared.pipeline.plan_export import plan_run
 from shared.pipeline.release import RELEASE_LEASE, maybe_release
 from shared.pipeline.run_files import (
     dry_run_blob_name,
@@ -32,6 +33,7 @@ from shared.pipeline.run_files import (
     legacy_pending_snapshot_name,
     snapshot_fallbacks_name,
 )
+from shared.pipeline.split_source import split_source
 from shared.pipeline.start import start_run
 from tests.integration.conftest import (
     BLOCKLISTED,
@@ -1001,6 +1003,43 @@ def test_a_delta_across_partitions_travels_as_one_chunk_and_its_rejections_stay_
     _assert_braze_holds(quiet_app, changed, set())
 
 
+def test_only_the_last_partition_s_diff_reads_the_run_again_to_release_it(
+    quiet_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every diff asks whether it was the last: the count of diffed partitions answers all but
+    the last, which alone reads the run again and releases it (the run was read twice per
+    partition before, a table read each)."""
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 4096)
+    released_whole(monkeypatch)
+    _export(quiet_app, "count", _rows(200, "count"))
+    services = quiet_app.services
+    run = start_run(services, "count", "test").run
+    take(quiet_app, JOBS_QUEUE, ExportJob, run.run_id)
+    plan_run(ExportJob(run.run_id, run.export_name), services)
+    for split in take(quiet_app, JOBS_QUEUE, SplitJob, run.run_id):
+        split_source(split, services)
+    reads: list[str] = []
+    read = services.runs.get
+
+    def counted(run_id: str) -> Any:
+        reads.append(run_id)
+        return read(run_id)
+
+    monkeypatch.setattr(services.runs, "get", counted)
+    reads_per_diff = []
+    for job in take(quiet_app, JOBS_QUEUE, PartitionJob, run.run_id):
+        reads.clear()
+        diff_partition.diff_partition(job, services)
+        reads_per_diff.append(len(reads))
+    released = read(run.run_id)
+    assert released is not None and released.status == Status.DELIVERING
+    assert len(reads_per_diff) == released.partitions >= 4
+    # The last: its own read, the release's, and finalizing's look for a run with nothing
+    # left to send.
+    assert reads_per_diff == [1] * (released.partitions - 1) + [3]
+    assert len(take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)) == released.chunks_total
+
+
 def test_a_releaser_taking_over_numbers_the_jobs_as_the_first_claim_did(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1022,7 +1061,7 @@ def test_a_releaser_taking_over_numbers_the_jobs_as_the_first_claim_did(
     claimed.release_claimed_at = utcnow() - RELEASE_LEASE - timedelta(seconds=1)
     services.runs.update(claimed)
 
-    assert maybe_release(run.run_id, services) is not None
+    assert maybe_release(run.run_id, claimed.partitions, services) is not None
     released = services.runs.get(run.run_id)
     assert released is not None and released.chunk_size == 75
     jobs = take(quiet_app, CHUNKS_QUEUE, ChunkJob, run.run_id)
