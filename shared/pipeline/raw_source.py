@@ -208,8 +208,8 @@ def _filed_or_parsed(
     tally: SplitResult,
 ) -> Iterator[Row]:
     """Write the block's records the index found to their partition's matched records, all at
-    once, and yield the others parsed, a stretch of consecutive ones at a time. The records
-    carry their order: the diff puts them back in source order where that matters."""
+    once, and yield the others parsed, all together (`_gathered`). The records carry their
+    order: the diff puts them back in source order where that matters."""
     import numpy as np
 
     count = len(digests)
@@ -232,11 +232,48 @@ def _filed_or_parsed(
             matched[partition].write(records[start:end].tobytes())
             tally.partition_rows[partition] += end - start
         tally.rows_read += len(hits)
-    missing = found < 0
-    bounds = [0, *(np.flatnonzero(missing[1:] != missing[:-1]) + 1).tolist(), count]
-    for start, end in pairwise(bounds):
-        if missing[start]:
-            yield from _parsed(block, start, end, digests, where)
+    yield from _gathered(block, np.flatnonzero(found < 0).tolist(), digests, where)
+
+
+def _gathered(
+    block: RawBlock, indexes: list[int], digests: list[bytes], where: RawRange
+) -> Iterator[Row]:
+    """The block's records at `indexes` (in order), parsed by one reader: their bytes one
+    after another, each ended by a line break. A delta's changed records are mostly alone
+    between unchanged ones, and a reader set up for each cost a quarter of its split's CPU.
+    Each parsed record must start where one of them does (its first line in the joined text,
+    counted from their line breaks), else the raw cut disagrees with the parser and the range
+    is read as rows; rows keep their lines in the file."""
+    if not indexes:
+        return
+    data, starts, ends, lines = block.data, block.starts, block.ends, block.lines
+    records = [data[starts[at] : ends[at]] for at in indexes]
+    expected: dict[int, int] = {}  # first line in the joined text -> index in the block
+    line = 1
+    for at, record in zip(indexes, records, strict=True):
+        expected[line] = at
+        line += record.count(b"\n") + 1
+    reader = where.reader(open_lines([b"\n".join(records) + b"\n"], first_line=1))
+    order_base, file = where.order_base, where.file
+    try:
+        for record in reader:
+            at = expected.pop(record.line, -1)
+            if at < 0:
+                raise RawPathUnsafe(
+                    f"the parser read a record the raw cut did not, near line {lines[indexes[0]]}"
+                )
+            yield Row(
+                order_base + lines[at],
+                lines[at],
+                file,
+                record.values,
+                record.problem,
+                digests[at].hex(),
+            )
+    except SourceError as error:
+        raise RawPathUnsafe(str(error)) from None
+    if expected:
+        raise RawPathUnsafe(f"the parser read no record at line {lines[min(expected.values())]}")
 
 
 def _skip_header(block: RawBlock, where: RawRange) -> None:

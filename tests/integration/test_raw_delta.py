@@ -145,6 +145,40 @@ def test_a_delta_files_unchanged_rows_by_their_bytes_and_sends_what_reading_them
     assert second.rows_read == len(changed)
 
 
+def test_changed_records_parsed_together_keep_their_lines_after_multi_line_ones(
+    split_app: App,
+) -> None:
+    """A block's changed records are parsed by one reader, joined: a multi-line one among
+    them must not shift the lines the others are reported on."""
+    rows = [_row(n) for n in range(600)]
+    path = _define(split_app, "raw-lines")
+    split_app.upload(path, _csv(rows))
+    run_in_process(split_app, "raw-lines")
+    changed = [dict(row) for row in rows]
+    assert "\n" in changed[11]["Note"] and "\n" in changed[16]["Note"]
+    changed[11]["FirstName"] = "Renamed, on two lines' record"
+    changed[13]["Email"] = "no at sign"
+    changed[16]["Email"] = "still no at sign"
+    changed[17]["LoyaltyPoints"] = "3"
+    split_app.upload(path, _csv(changed))
+    split_app.mark_sandbox_requests()
+
+    second = run_in_process(split_app, "raw-lines")
+
+    assert _filed_by_bytes(split_app, second) >= len(changed) - 10
+    sent = _sent(split_app)
+    assert sent["raw-00011"] == {
+        "external_id": "raw-00011",
+        "first_name": "Renamed, on two lines' record",
+    }
+    assert sent["raw-00017"] == {"external_id": "raw-00017", "loyalty_points": 3}
+    rejected = split_app.rejected(second)
+    assert [(r["line"], r["row"]["Email"]) for r in rejected] == [
+        (_line_of(changed, 13), "no at sign"),
+        (_line_of(changed, 16), "still no at sign"),
+    ]
+
+
 def test_a_lone_quote_in_an_unquoted_value_reads_its_ranges_as_rows(split_app: App) -> None:
     """`5" screen` unquoted: the csv module reads the quote as text, so counting quotes cuts
     the records wrong; the ranges where that happens are read as rows, and nothing differs."""
