@@ -255,8 +255,8 @@ def _picker(
     columns: list[str], keep: Collection[str] | None
 ) -> tuple[list[str], Callable[[list[str]], Sequence[str]]]:
     """The columns a record's values hold (in the header's order) and what takes their fields
-    from a row of all of them. Made for each reader, and a delta's split makes one for each
-    stretch of changed rows: one pass over the header, each name looked up in a set."""
+    from a row of all of them. Made for each reader (a delta's split makes one for each block
+    of its range): one pass over the header, each name looked up in a set."""
     wanted = None if keep is None else frozenset(keep)
     at = [i for i, column in enumerate(columns) if wanted is None or column in wanted]
     if len(at) == len(columns):

@@ -1,6 +1,6 @@
 """A split job's range read as raw records (`raw_records`): the records the snapshot holds byte
-for byte are filed by their raw digest without being parsed; the others are parsed, a stretch
-of consecutive ones at a time, and carry their raw digest to the snapshot for the next run.
+for byte are filed by their raw digest without being parsed; the others are parsed, a block's
+all together, and carry their raw digest to the snapshot for the next run.
 
 Used for the byte ranges of a plain CSV or JSON Lines file and of a CDM folder's partition
 files (read with the CSV settings its model gives each), whenever a source is split by more
@@ -243,24 +243,27 @@ def _gathered(
     between unchanged ones, and a reader set up for each cost a quarter of its split's CPU.
     Each parsed record must start where one of them does (its first line in the joined text,
     counted from their line breaks), else the raw cut disagrees with the parser and the range
-    is read as rows; rows keep their lines in the file."""
+    is read as rows; rows keep their lines in the file. The joined text is numbered from the
+    first record's line, so only a record on the file's first line loses a byte order mark,
+    as when it is read as rows (elsewhere, a U+FEFF is part of the record's first value)."""
     if not indexes:
         return
     data, starts, ends, lines = block.data, block.starts, block.ends, block.lines
     records = [data[starts[at] : ends[at]] for at in indexes]
     expected: dict[int, int] = {}  # first line in the joined text -> index in the block
-    line = 1
+    line = first = lines[indexes[0]]
     for at, record in zip(indexes, records, strict=True):
         expected[line] = at
         line += record.count(b"\n") + 1
-    reader = where.reader(open_lines([b"\n".join(records) + b"\n"], first_line=1))
+    reader = where.reader(open_lines([b"\n".join(records) + b"\n"], first_line=first))
     order_base, file = where.order_base, where.file
     try:
         for record in reader:
             at = expected.pop(record.line, -1)
             if at < 0:
                 raise RawPathUnsafe(
-                    f"the parser read a record the raw cut did not, near line {lines[indexes[0]]}"
+                    f"the parser read a record where the raw cut found none, in the record "
+                    f"on line {_file_line(record.line, indexes, records, lines)}"
                 )
             yield Row(
                 order_base + lines[at],
@@ -274,6 +277,16 @@ def _gathered(
         raise RawPathUnsafe(str(error)) from None
     if expected:
         raise RawPathUnsafe(f"the parser read no record at line {lines[min(expected.values())]}")
+
+
+def _file_line(joined: int, indexes: list[int], records: list[bytes], lines: list[int]) -> int:
+    """The file line of the gathered record holding line `joined` of the joined text."""
+    line = lines[indexes[0]]
+    for at, record in zip(indexes, records, strict=True):
+        line += record.count(b"\n") + 1
+        if joined < line:
+            return lines[at]
+    return lines[indexes[-1]]
 
 
 def _skip_header(block: RawBlock, where: RawRange) -> None:

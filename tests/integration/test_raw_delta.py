@@ -287,6 +287,30 @@ def test_json_lines_deltas_are_filed_by_their_bytes_too(split_app: App) -> None:
     assert _filed_by_bytes(split_app, second) == len(rows) - 1
 
 
+def test_a_byte_order_mark_inside_a_file_is_read_in_a_delta_as_in_a_first_export(
+    split_app: App,
+) -> None:
+    """Only the file's first line may start with a byte order mark: on a later line U+FEFF
+    is part of the record, a JSON line that is then no JSON. A delta's changed records are
+    parsed joined (`_gathered`): the first of a block must not be taken for a file's start."""
+    rows = [{"CustomerId": f"b-{n:05d}", "Email": f"b{n}@example.com"} for n in range(1_000)]
+    mapping = {"customer_id": "CustomerId", "email": "Email", "attributes": []}
+    split_app.define([export_definition("raw-bom", "raw/bom.jsonl", "B", mapping=mapping)])
+    lines = [json.dumps(row) for row in rows]
+    split_app.upload("raw/bom.jsonl", ("\n".join(lines) + "\n").encode())
+    run_in_process(split_app, "raw-bom")
+    lines[600] = "\ufeff" + json.dumps({**rows[600], "Email": "changed@example.com"})
+    split_app.upload("raw/bom.jsonl", ("\n".join(lines) + "\n").encode())
+    split_app.mark_sandbox_requests()
+
+    second = run_in_process(split_app, "raw-bom")
+
+    rejected = split_app.rejected(second)
+    assert [(r["line"], r["codes"]) for r in rejected] == [(601, ["malformed_row"])]
+    assert "changed@example.com" not in json.dumps(split_app.sandbox_requests())
+    assert _filed_by_bytes(split_app, second) == len(rows) - 1
+
+
 def test_a_full_refresh_parses_and_sends_every_row(split_app: App) -> None:
     path = _define(split_app, "raw-full")
     rows = [_row(n) for n in range(1_000)]
