@@ -17,7 +17,6 @@ from base64 import b64encode
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from hashlib import blake2b
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 from urllib.request import getproxies
@@ -38,6 +37,7 @@ from azure.storage.queue import (
     TextBase64DecodePolicy,
     TextBase64EncodePolicy,
 )
+from xxhash import xxh3_128
 
 from shared.adapters.settings import StorageSettings
 from shared.core.resource_names import (
@@ -311,12 +311,17 @@ class Storage:
 
         Unlike the ETag, the digest stays the same when the same bytes are written again (an
         export tool that rewrites an unchanged segment on every refresh); the ETag tells later
-        whether anything was written since."""
+        whether anything was written since. XXH3's 128 bits: every run's plan reads its
+        whole source, and BLAKE2b took 139 ms of CPU per 64 MiB here against 12; digesting a
+        130 MiB blob on Azurite took this process 0.48-0.50 CPU-seconds with BLAKE2b and
+        0.21-0.24 with XXH3 (the download's share of the wall time is the same). The digest
+        tells versions of the customer's own file apart, which needs no cryptographic hash:
+        whoever can write the file decides what is sent anyway."""
         try:
             downloader = self.container(container).download_blob(name, max_concurrency=1)
         except ResourceNotFoundError as missing:
             raise _not_found(container, name, missing) from None
-        digest = blake2b(digest_size=16)
+        digest = xxh3_128()
 
         def pieces() -> Iterator[bytes]:
             # The next piece downloads while this one is hashed and scanned.
