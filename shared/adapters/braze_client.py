@@ -5,7 +5,8 @@ Requests go out through libcurl on a keep-alive connection per sending thread
 request is a core's worth of work in Python HTTP libraries (`session.post` costs about twice
 what urllib3's `urlopen` does; this client on libcurl less than half of it on urllib3). Like
 `trust_env=False`, no proxy is taken from the environment; certificates are checked against
-the system's CA store.
+the CA store Python's ssl module finds (`SSL_CERT_FILE` and `SSL_CERT_DIR` included), else
+certifi's bundle (`http_post.ca_store`).
 """
 
 from __future__ import annotations

@@ -3,16 +3,17 @@ connection, per sending thread.
 
 At Braze's 1,000 requests/s the client's CPU per request is most of what a host spends on
 delivery. Measured here (`bench/client_bench.py`: 75-object bodies, 64 requests in flight, the
-sandbox at 50 ms on another core), the Braze client took 480-510 µs of CPU a request on
-urllib3's `urlopen` and 195-220 on libcurl (a bare loop without the client's own work:
-`http.client` 260-290, libcurl 150): libcurl sends, waits and parses in C, where urllib3 runs
-its pool, timeouts and header parsing in Python.
+sandbox at 50 ms on another core), the Braze client took 480-512 µs of CPU a request on
+urllib3's `urlopen` and 194-220 on libcurl (earlier, with bare loops that left out the
+client's own work and the sandbox unpinned: `http.client` 260-290, pycurl 150-166): libcurl
+sends, waits and parses in C, where urllib3 runs its pool, timeouts and header parsing in
+Python.
 
 Like the urllib3 pool it replaces, it takes no proxy from the environment (libcurl would read
 the proxy variables), follows no redirect and speaks only HTTP and HTTPS; certificates are
 checked against the CA store Python's ssl module finds (`SSL_CERT_FILE` and `SSL_CERT_DIR`
-included), else certifi's, as `requests` does: the libcurl the wheel bundles looks for a Red
-Hat path that Debian, which Azure Functions runs on, does not have.
+included), else certifi's bundle (which `requests` always uses): the libcurl the wheel
+bundles looks for a Red Hat path that Debian, which Azure Functions runs on, does not have.
 
 libcurl sends a request again by itself when a reused connection turns out dead before any
 answer came (curl/curl#18417 proposes an option against it). Braze may have taken the first

@@ -1,6 +1,6 @@
 """A split job's range read as raw records (`raw_records`): the records the snapshot holds byte
-for byte are filed by their raw digest without being parsed; the others are parsed, a block's
-all together, and carry their raw digest to the snapshot for the next run.
+for byte are filed by their raw digest without being parsed; the others are parsed together,
+one reader per block, and carry their raw digest to the snapshot for the next run.
 
 Used for the byte ranges of a plain CSV or JSON Lines file and of a CDM folder's partition
 files (read with the CSV settings its model gives each), whenever a source is split by more
@@ -240,7 +240,8 @@ def _gathered(
 ) -> Iterator[Row]:
     """The block's records at `indexes` (in order), parsed by one reader: their bytes one
     after another, each ended by a line break. A delta's changed records are mostly alone
-    between unchanged ones, and a reader set up for each cost a quarter of its split's CPU.
+    between unchanged ones: parsing them, mostly setting up a reader for each stretch, took
+    about a quarter of a delta split's CPU; joined, the split takes 11-15% less CPU.
     Each parsed record must start where one of them does (its first line in the joined text,
     counted from their line breaks), else the raw cut disagrees with the parser and the range
     is read as rows; rows keep their lines in the file. The joined text is numbered from the

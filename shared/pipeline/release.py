@@ -202,16 +202,20 @@ def safety_valve(run: Run, export: Export) -> tuple[str, str] | None:
 
 def _undeliverable(connection: Connection, services: Services) -> str | None:
     """Why the run cannot be delivered now, or None: an endpoint that may not receive the key,
-    a vault outage or a missing secret fails the run here, with nothing sent, rather than
-    every chunk half-way through."""
+    a vault outage, a missing secret or a key that cannot go in a request (a line break
+    inside) fails the run here, with nothing sent, rather than every chunk half-way through."""
     try:
         services.check_endpoint(connection)
     except ConfigurationError as error:
         return f"nothing was sent: {error}"
     try:
-        authorization_header(services.secrets.get(connection.api_key_secret))
+        key = services.secrets.get(connection.api_key_secret)
     except ConfigurationError as error:  # SecretUnavailable too
         return f"the Braze API key could not be read, so nothing was sent: {error}"
+    try:
+        authorization_header(key)
+    except ConfigurationError as error:
+        return f"the Braze API key cannot be used, so nothing was sent: {error}"
     return None
 
 
