@@ -18,15 +18,17 @@ from typing import Any
 import pytest
 import requests
 from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import TableClient
 from azure.functions.queue import QueueMessage
 from azure.storage.blob import ContentSettings
 
 from devtools.processes import ROOT, Azurite, Sandbox, start_azurite, start_sandbox
 from devtools.sample import demo_definitions
 from shared.adapters.services import Services
-from shared.adapters.settings import load_settings
+from shared.adapters.settings import StorageSettings, load_settings
+from shared.adapters.storage import Storage
 from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
-from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE
+from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE, RATE_TABLE
 from shared.core.runs import Run
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition
@@ -311,12 +313,26 @@ def released_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shared.pipeline.split_source.delivers_while_diffing", lambda *_: False)
 
 
-def plan_in_process(app: App, run: Run) -> list[ChunkJob]:
-    """Plan the run, split its ranges and diff its partitions, as the planning functions
-    would; its chunks."""
+@pytest.fixture(scope="module")
+def rate_table(azurite: Azurite) -> TableClient:
+    """The rate governor's table on the test Azurite."""
+    storage = Storage(StorageSettings(connection_string=azurite.connection_string))
+    storage.ensure_resources()
+    return storage.table(RATE_TABLE)
+
+
+def split_in_process(app: App, run: Run) -> None:
+    """Plan the run and split its ranges, as the planning functions would: its partition
+    jobs are left on the queue."""
     plan_run(ExportJob(run.run_id, run.export_name), app.services)
     for split in take(app, JOBS_QUEUE, SplitJob, run.run_id):
         split_source(split, app.services)
+
+
+def plan_in_process(app: App, run: Run) -> list[ChunkJob]:
+    """Plan the run, split its ranges and diff its partitions, as the planning functions
+    would; its chunks."""
+    split_in_process(app, run)
     for job in take(app, JOBS_QUEUE, PartitionJob, run.run_id):
         diff_partition(job, app.services)
     return chunk_jobs(app, run.run_id)

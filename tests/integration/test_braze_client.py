@@ -16,7 +16,7 @@ import pytest
 import requests
 from azure.data.tables import TableClient
 
-from devtools.processes import Azurite, Sandbox, start_sandbox
+from devtools.processes import Sandbox, start_sandbox
 from shared.adapters.braze_client import (
     VERSION,
     BrazeClient,
@@ -25,10 +25,7 @@ from shared.adapters.braze_client import (
     TrackOutcome,
 )
 from shared.adapters.rate_governor import RateGovernor
-from shared.adapters.settings import StorageSettings
-from shared.adapters.storage import Storage
 from shared.core.jsonlines import dumps
-from shared.core.resource_names import RATE_TABLE
 from tests.local_server import serving
 
 KEY = "client-test-key"
@@ -57,13 +54,6 @@ def braze(sandbox: Sandbox) -> Iterator[Sandbox]:
     yield sandbox
     _configure(sandbox, "faults", fault_5xx=0, fault_drop=0, fault_429_burst=0)
     _configure(sandbox, "limits", rate_limit=3000, rate_window_seconds=3)
-
-
-@pytest.fixture(scope="module")
-def rate_table(azurite: Azurite) -> TableClient:
-    storage = Storage(StorageSettings(connection_string=azurite.connection_string))
-    storage.ensure_resources()
-    return storage.table(RATE_TABLE)
 
 
 def _governor(

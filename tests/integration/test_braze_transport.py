@@ -21,14 +21,12 @@ import orjson
 import pytest
 from azure.data.tables import TableClient
 
-from devtools.processes import Azurite, Sandbox, start_sandbox
+from devtools.processes import Sandbox, start_sandbox
 from shared.adapters.braze_client import BrazeClient, BrazeUnavailable
 from shared.adapters.http_post import ca_store
 from shared.adapters.rate_governor import RateGovernor
-from shared.adapters.settings import ConfigurationError, StorageSettings
-from shared.adapters.storage import Storage
+from shared.adapters.settings import ConfigurationError
 from shared.core.jsonlines import dumps
-from shared.core.resource_names import RATE_TABLE
 from tests.key_vault_double import write_self_signed
 from tests.local_server import serving
 
@@ -226,13 +224,6 @@ def test_the_answer_after_an_interim_one_is_read_with_its_reason() -> None:
         outcome = client.track(_objects(1))
     assert outcome.status == 400
     assert outcome.failure == "Braze refused the request (HTTP 400): Bad Request"
-
-
-@pytest.fixture(scope="module")
-def rate_table(azurite: Azurite) -> TableClient:
-    storage = Storage(StorageSettings(connection_string=azurite.connection_string))
-    storage.ensure_resources()
-    return storage.table(RATE_TABLE)
 
 
 def test_a_request_dropped_unanswered_on_a_reused_connection_is_sent_again_with_a_slot(

@@ -18,14 +18,13 @@ import pytest
 import requests
 
 from devtools.sample import HEADER, expected_profile
-from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob
+from shared.core.messages import ChunkJob, ExportJob, PartitionJob
 from shared.core.partitioning import partition_count, partition_of
 from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE
 from shared.core.runs import Status, utcnow
 from shared.core.snapshot_partition import MAGIC, SnapshotPartition
 from shared.pipeline import diff_partition
 from shared.pipeline.deliver_chunk import deliver_chunk
-from shared.pipeline.plan_export import plan_run
 from shared.pipeline.release import RELEASE_LEASE, maybe_release
 from shared.pipeline.run_files import (
     dry_run_blob_name,
@@ -33,7 +32,6 @@ from shared.pipeline.run_files import (
     legacy_pending_snapshot_name,
     snapshot_fallbacks_name,
 )
-from shared.pipeline.split_source import split_source
 from shared.pipeline.start import start_run
 from tests.integration.conftest import (
     BLOCKLISTED,
@@ -42,6 +40,7 @@ from tests.integration.conftest import (
     plan_in_process,
     released_whole,
     run_in_process,
+    split_in_process,
     take,
 )
 
@@ -1015,9 +1014,7 @@ def test_only_the_last_partition_s_diff_reads_the_run_again_to_release_it(
     services = quiet_app.services
     run = start_run(services, "count", "test").run
     take(quiet_app, JOBS_QUEUE, ExportJob, run.run_id)
-    plan_run(ExportJob(run.run_id, run.export_name), services)
-    for split in take(quiet_app, JOBS_QUEUE, SplitJob, run.run_id):
-        split_source(split, services)
+    split_in_process(quiet_app, run)
     reads: list[str] = []
     read = services.runs.get
 

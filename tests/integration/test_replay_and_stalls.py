@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from devtools.sample import make_segment
-from shared.core.messages import ExportJob, PartitionJob, SplitJob
+from shared.core.messages import ExportJob, PartitionJob
 from shared.core.partitioning import partition_of
 from shared.core.resource_names import JOBS_QUEUE, RUNS_CONTAINER
 from shared.core.runs import Run, Status, utcnow
@@ -22,7 +22,6 @@ from shared.pipeline.diff_partition import diff_partition, fail_partition
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.replay import NotReplayable, replay_run
 from shared.pipeline.run_files import report_blob_name, summary_blob_name
-from shared.pipeline.split_source import split_source
 from shared.pipeline.stall_sweep import check_run, sweep_stalled
 from shared.pipeline.start import start_run
 from tests.integration.conftest import (
@@ -34,6 +33,7 @@ from tests.integration.conftest import (
     plan_in_process,
     released_whole,
     run_in_process,
+    split_in_process,
     take,
 )
 
@@ -345,9 +345,7 @@ def test_a_failed_planning_counts_the_rows_no_diff_validated_as_neither_valid_no
     services = quiet_app.services
     run = start_run(services, "planfail", "test").run
     take(quiet_app, JOBS_QUEUE, ExportJob, run.run_id)
-    plan_run(ExportJob(run.run_id, run.export_name), services)
-    for split in take(quiet_app, JOBS_QUEUE, SplitJob, run.run_id):
-        split_source(split, services)
+    split_in_process(quiet_app, run)
     jobs = sorted(take(quiet_app, JOBS_QUEUE, PartitionJob, run.run_id), key=_partition)
     assert len(jobs) >= 4
     diffed = jobs[: len(jobs) // 2]
