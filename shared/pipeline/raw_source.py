@@ -10,6 +10,7 @@ than one job; a gzip file (whatever its name) and a source split inline are read
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from itertools import chain, pairwise
@@ -251,20 +252,20 @@ def _gathered(
         return
     data, starts, ends, lines = block.data, block.starts, block.ends, block.lines
     records = [data[starts[at] : ends[at]] for at in indexes]
-    expected: dict[int, int] = {}  # first line in the joined text -> index in the block
-    line = first = lines[indexes[0]]
-    for at, record in zip(indexes, records, strict=True):
-        expected[line] = at
-        line += record.count(b"\n") + 1
-    reader = where.reader(open_lines([b"\n".join(records) + b"\n"], first_line=first))
+    firsts = [lines[indexes[0]]]  # each record's first line in the joined text
+    for record in records[:-1]:
+        firsts.append(firsts[-1] + record.count(b"\n") + 1)
+    expected = dict(zip(firsts, indexes, strict=True))  # -> index in the block
+    reader = where.reader(open_lines([b"\n".join(records) + b"\n"], first_line=firsts[0]))
     order_base, file = where.order_base, where.file
     try:
         for record in reader:
             at = expected.pop(record.line, -1)
             if at < 0:
+                inside = indexes[bisect_right(firsts, record.line) - 1]
                 raise RawPathUnsafe(
-                    f"the parser read a record where the raw cut found none, in the record "
-                    f"on line {_file_line(record.line, indexes, records, lines)}"
+                    "the parser read a record where the raw cut found none, in the record "
+                    f"on line {lines[inside]}"
                 )
             yield Row(
                 order_base + lines[at],
@@ -278,16 +279,6 @@ def _gathered(
         raise RawPathUnsafe(str(error)) from None
     if expected:
         raise RawPathUnsafe(f"the parser read no record at line {lines[min(expected.values())]}")
-
-
-def _file_line(joined: int, indexes: list[int], records: list[bytes], lines: list[int]) -> int:
-    """The file line of the gathered record holding line `joined` of the joined text."""
-    line = lines[indexes[0]]
-    for at, record in zip(indexes, records, strict=True):
-        line += record.count(b"\n") + 1
-        if joined < line:
-            return lines[at]
-    return lines[indexes[-1]]
 
 
 def _skip_header(block: RawBlock, where: RawRange) -> None:

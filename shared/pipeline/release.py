@@ -38,7 +38,7 @@ RELEASE_LEASE = timedelta(minutes=5)
 MAX_CHUNK_BLOBS = 64  # blobs named by one chunk message (a queue message holds 64 KB)
 
 
-def maybe_release(run_id: str, partitions: int | None, services: Services) -> list[ChunkJob] | None:
+def maybe_release(run_id: str, partitions: int, services: Services) -> list[ChunkJob] | None:
     """Release the run of `partitions` partitions if every one is diffed and nobody else has:
     for the one that did, the chunk jobs it queued (none when the run ended at the release, or
     each partition queued its own); None for everyone else.
