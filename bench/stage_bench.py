@@ -41,13 +41,13 @@ from functions.planning import cyclic_gc_paused
 from shared.adapters.services import Services
 from shared.adapters.settings import load_settings
 from shared.core.messages import ChunkJob, ExportJob, PartitionJob, SplitJob, planning_job
-from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE, RUNS_CONTAINER
-from shared.core.runs import PartitionResult, Status
+from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE
+from shared.core.runs import PartitionResult, Run, Status
 from shared.pipeline import split_source as split_step
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import _diff, diff_partition
 from shared.pipeline.plan_export import plan_run
-from shared.pipeline.run_files import matched_records, partition_piece_name, piece_sections
+from shared.pipeline.run_files import matched_records, partition_pieces, piece_sections
 from shared.pipeline.start import start_run
 
 
@@ -157,7 +157,7 @@ def measure(
         after = services.runs.get(run_id)
         if after is None or after.status != Status.PLANNING:  # a split failed: not a measure
             raise RuntimeError(f"the run did not stay in planning: {after and after.message}")
-        matched = _matched_rows(run_id, run.partitions, len(splits), services)
+        matched = _matched_rows(after, services)
         if delta and matched < sum(split_rows) / 2:  # a full refresh, or no index taken
             raise RuntimeError(
                 f"the delta's splits filed only {matched:,} of {sum(split_rows):,} rows by "
@@ -210,12 +210,12 @@ def _plan_and_split(services: Services) -> tuple[str, list[SplitJob]]:
     return run_id, splits
 
 
-def _matched_rows(run_id: str, partitions: int, splits: int, services: Services) -> int:
+def _matched_rows(run: Run, services: Services) -> int:
     """Rows the splits filed by the snapshot's index (matched records), in every piece."""
-    names = [partition_piece_name(run_id, p, s) for p in range(partitions) for s in range(splits)]
     return sum(
         len(matched_records(piece_sections(piece)[1]))
-        for piece in services.storage.read_many(RUNS_CONTAINER, names)
+        for partition in range(run.partitions)
+        for piece in partition_pieces(services, run, partition)
     )
 
 

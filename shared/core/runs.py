@@ -176,6 +176,10 @@ class SplitResult:
     # Rows filed under each partition (empty from a version that did not count them): a diff's
     # sends are at most its rows, which bounds its chunk blobs before it runs.
     partition_rows: list[int] = field(default_factory=list)
+    # The blob of the split's pieces (`run_files.split_pieces_name`) and where in it each
+    # partition's piece ends; none from a version that wrote a blob per piece.
+    pieces_blob: str = ""
+    piece_ends: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -73,7 +73,7 @@ from shared.pipeline.run_files import (
     matched_records,
     matched_rows,
     partition_files_loader,
-    partition_piece_name,
+    partition_pieces,
     partition_rejected_name,
     piece_line,
     piece_sections,
@@ -142,8 +142,7 @@ def _pieces(run: Run, partition: int, services: Services) -> list[bytes]:
     leaves). A piece is a fraction of a partition, read whole."""
     if run.teardown:
         return []
-    names = [partition_piece_name(run.run_id, partition, s) for s in range(run.splits)]
-    return list(services.storage.read_many(RUNS_CONTAINER, names))
+    return partition_pieces(services, run, partition)
 
 
 def _segment_rows(pieces: list[bytes]) -> Iterator[PieceRow]:

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shared.adapters.services import Services
+from shared.adapters.storage import Storage
 from shared.core import jsonlines
 from shared.core.fingerprints import data_points
 from shared.core.jsonlines import has_non_finite
 from shared.core.resource_names import RUNS_CONTAINER
+from shared.core.runs import Run
 from shared.core.source_files import open_lines
 
 if TYPE_CHECKING:
@@ -43,10 +45,45 @@ def splits_blob_name(run_id: str) -> str:
     return f"{run_prefix(run_id)}splits.json"
 
 
+def split_pieces_name(run_id: str, split: int, attempt: str) -> str:
+    """One split's pieces, one per hash partition in partition order (`piece_line` rows,
+    tab-separated), where its record (`SplitResult.piece_ends`) says each ends; a partition is
+    its pieces in split order, which is source order. Each attempt of a split writes its own
+    blob and the recorded one is read, so an attempt that lost the race (and may have read
+    other bytes, if the source was written meanwhile) cannot change what the offsets point at.
+    """
+    return f"{run_prefix(run_id)}partitions/s{split:04d}-{attempt}.bin"
+
+
 def partition_piece_name(run_id: str, partition: int, split: int) -> str:
-    """One split's rows of one hash partition (`piece_line`, tab-separated); the partition is
-    its pieces in split order, which is source order."""
+    """A piece as a blob of its own, as the version before `split_pieces_name` wrote them."""
     return f"{run_prefix(run_id)}partitions/p{partition:04d}-s{split:04d}.jsonl"
+
+
+def partition_pieces(services: Services, run: Run, partition: int) -> list[bytes]:
+    """A partition's pieces, in split order, read from each split's blob at once (a piece a
+    split filed no row in is not read)."""
+    storage = services.storage
+    splits = services.runs.split_results(run.run_id)
+    if len(splits) != run.splits:
+        raise RuntimeError(
+            f"run {run.run_id} has {len(splits)} split records for its {run.splits} splits"
+        )
+    reads: list[Callable[[], bytes]] = []
+    for split in splits:
+        if not split.pieces_blob:  # split by the version before
+            name = partition_piece_name(run.run_id, partition, split.split)
+            reads.append(functools.partial(storage.read_bytes, RUNS_CONTAINER, name))
+            continue
+        start = split.piece_ends[partition - 1] if partition else 0
+        length = split.piece_ends[partition] - start
+        if length:
+            reads.append(functools.partial(_read_range, storage, split.pieces_blob, start, length))
+    return storage.in_parallel(reads)
+
+
+def _read_range(storage: Storage, name: str, start: int, length: int) -> bytes:
+    return b"".join(storage.read_chunks(RUNS_CONTAINER, name, start, length))
 
 
 def plan_rejected_name(run_id: str, split: int) -> str:

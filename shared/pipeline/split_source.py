@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
 from shared.adapters.services import Services
 from shared.adapters.settings import ConfigurationError
-from shared.adapters.storage import BlobLineWriter, BlobNotFound, Storage
+from shared.adapters.storage import BlobLineWriter, BlobNotFound
 from shared.core.definitions import DefinitionsError, Export, UnknownExport
 from shared.core.fingerprints import row_digest, row_digest_seed
 from shared.core.messages import PartitionJob, SplitJob
@@ -28,10 +29,10 @@ from shared.pipeline.release import delivers_while_diffing
 from shared.pipeline.run_files import (
     MATCHED_MARK,
     mapped_values,
-    partition_piece_name,
     piece_line,
     plan_rejected_name,
     rejection_line,
+    split_pieces_name,
 )
 from shared.pipeline.run_source import Row, range_rows
 
@@ -195,11 +196,11 @@ def _split(
     """File every row of the range whose customer id is usable under that id's partition.
 
     Rows go to local temporary files first (bounded memory whatever the partition count), then
-    each file is uploaded as this split's piece of the partition (`run_files`). `read` gives
-    the rows, and may file rows itself as matched records (those the snapshot holds byte for
-    byte, `raw_source`); nothing is uploaded when it raises. Validation waits for the diff,
-    which skips the rows the snapshot shows unchanged; a row whose id itself is unusable cannot
-    be filed by id, so it is validated and rejected here with every reason.
+    into one blob of the split's pieces, one per partition (`run_files.split_pieces_name`).
+    `read` gives the rows, and may file rows itself as matched records (those the snapshot
+    holds byte for byte, `raw_source`); nothing is uploaded when it raises. Validation waits
+    for the diff, which skips the rows the snapshot shows unchanged; a row whose id itself is
+    unusable cannot be filed by id, so it is validated and rejected here with every reason.
     """
     count = tally.partitions = job.partitions
     filed = tally.partition_rows = [0] * count
@@ -249,26 +250,33 @@ def _split(
             if rejected.lines and not abandoned:  # a failed run still reports the rows so far
                 rejected.close()
                 tally.rejected_blob = rejected_name
-        storage.in_parallel(
-            partial(
-                _upload_piece,
-                storage,
-                (path, matched_paths[p]),
-                partition_piece_name(run.run_id, p, job.split),
+        joined = Path(directory, "pieces.bin")
+        tally.piece_ends = _join_pieces(list(zip(paths, matched_paths, strict=True)), joined)
+        tally.pieces_blob = split_pieces_name(run.run_id, job.split, uuid.uuid4().hex[:12])
+        with joined.open("rb") as pieces:
+            storage.write_bytes(
+                RUNS_CONTAINER, tally.pieces_blob, pieces, "application/octet-stream"
             )
-            for p, path in enumerate(paths)
-        )
 
 
-def _upload_piece(storage: Storage, paths: tuple[Path, Path], name: str) -> None:
-    """A piece: its text rows, then its matched records behind `MATCHED_MARK` (if any)."""
-    text, matched = paths
-    with text.open("rb") as rows, matched.open("rb") as records:
-        if matched.stat().st_size:  # a delta's piece: its text rows are few
-            data: bytes | IO[bytes] = rows.read() + MATCHED_MARK + records.read()
-        else:
-            data = rows
-        storage.write_bytes(RUNS_CONTAINER, name, data, "application/octet-stream")
+def _join_pieces(pieces: list[tuple[Path, Path]], joined: Path) -> list[int]:
+    """The split's pieces in partition order, in one file (one upload, where a blob per piece
+    cost a request each: 32 a split); where each ends. A piece is its text rows, then its
+    matched records behind `MATCHED_MARK` (if any: a delta's pieces). Each file is deleted
+    once copied, so the disk holds the split's rows about once."""
+    ends: list[int] = []
+    with joined.open("wb") as out:
+        for text, matched in pieces:
+            with text.open("rb") as rows:
+                shutil.copyfileobj(rows, out)
+            if matched.stat().st_size:
+                out.write(MATCHED_MARK)
+                with matched.open("rb") as records:
+                    shutil.copyfileobj(records, out)
+            text.unlink()
+            matched.unlink()
+            ends.append(out.tell())
+    return ends
 
 
 def fail_split(job: SplitJob, error: BaseException, services: Services) -> None:

@@ -20,7 +20,7 @@ import pytest
 from shared.core.runs import Run, Status
 from shared.pipeline import diff_partition, run_source, split_source
 from shared.pipeline.raw_source import RawRange
-from shared.pipeline.run_files import matched_records, partition_piece_name, piece_sections
+from shared.pipeline.run_files import matched_records, piece_sections
 from tests.integration.conftest import (
     SPLIT_MIB,
     App,
@@ -127,12 +127,12 @@ def _sent(app: App) -> dict[str, dict[str, Any]]:
 def _filed_by_bytes(app: App, run: Run) -> list[int]:
     """Rows filed by their raw digest (matched records), per split job (partition file)."""
     filed = []
-    for split in range(run.splits):
+    for split in app.services.runs.split_results(run.run_id):
+        pieces = app.services.storage.read_bytes("export-runs", split.pieces_blob)
+        starts = [0, *split.piece_ends[:-1]]
         count = 0
-        for partition in range(run.partitions):
-            name = partition_piece_name(run.run_id, partition, split)
-            _, matched = piece_sections(app.services.storage.read_bytes("export-runs", name))
-            count += len(matched_records(matched))
+        for start, end in zip(starts, split.piece_ends, strict=True):
+            count += len(matched_records(piece_sections(pieces[start:end])[1]))
         filed.append(count)
     return filed
 

@@ -26,7 +26,7 @@ from shared.core.resource_names import JOBS_QUEUE
 from shared.core.runs import Run, Status
 from shared.pipeline.deliver_chunk import ChunkHeld, _Ledger, deliver_chunk, fail_chunk
 from shared.pipeline.plan_export import plan_run
-from shared.pipeline.run_files import partition_piece_name, read_chunk, report_blob_name
+from shared.pipeline.run_files import read_chunk, report_blob_name, run_prefix
 from tests.integration.conftest import (
     App,
     OneAtATime,
@@ -51,14 +51,15 @@ def _new_run(app: App, name: str, path: str, rows: int, **overrides: Any) -> tup
 
 
 class FlakyStorage(Storage):
-    """Fails one chunk upload, as a storage outage would mid-plan (no local equivalent)."""
+    """Fails the first upload whose name starts with `fail_on`, as a storage outage would
+    mid-plan (no local equivalent)."""
 
     def __init__(self, real: Storage, fail_on: str) -> None:
         self.__dict__.update(real.__dict__)
         self._fail_on = fail_on
 
     def write_bytes(self, container: str, name: str, data: Any, content_type: str) -> None:
-        if name == self._fail_on:
+        if self._fail_on and name.startswith(self._fail_on):
             self._fail_on = ""
             raise ConnectionError("storage went away")
         super().write_bytes(container, name, data, content_type)
@@ -68,7 +69,7 @@ def test_a_plan_retried_after_a_transient_error_loses_no_row(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run, sample = _new_run(quiet_app, "replan", "redeliver/replan.csv", 250)
-    flaky = FlakyStorage(quiet_app.services.storage, partition_piece_name(run.run_id, 0, 0))
+    flaky = FlakyStorage(quiet_app.services.storage, f"{run_prefix(run.run_id)}partitions/")
     monkeypatch.setattr(quiet_app.services, "storage", flaky)
 
     with pytest.raises(ConnectionError):

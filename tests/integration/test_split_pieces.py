@@ -1,0 +1,192 @@
+"""A split's pieces travel as one blob, read by range: one upload a split instead of one a
+partition, the blob an attempt wrote is the one its record points at, and a run split by the
+version before (a blob a piece) is still diffed. In process, on Azurite and the sandbox."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from azure.data.tables import UpdateMode
+
+from shared.adapters.run_store import split_row
+from shared.core.messages import ExportJob, PartitionJob, SplitJob
+from shared.core.partitioning import partition_of
+from shared.core.resource_names import JOBS_QUEUE, RUNS_CONTAINER, RUNS_TABLE
+from shared.core.runs import Run, Status
+from shared.pipeline.deliver_chunk import deliver_chunk
+from shared.pipeline.diff_partition import diff_partition
+from shared.pipeline.plan_export import plan_run
+from shared.pipeline.run_files import (
+    partition_piece_name,
+    partition_pieces,
+    piece_sections,
+    read_rows,
+    run_prefix,
+)
+from shared.pipeline.run_source import range_rows
+from shared.pipeline.split_source import split_and_record, split_source
+from shared.pipeline.start import start_run
+from tests.integration.conftest import App, chunk_jobs, export_definition, take
+
+HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
+NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
+
+
+@pytest.fixture(autouse=True)
+def _small_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several partitions for a few thousand rows, as a large file has."""
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 16 * 1024)
+
+
+def _rows(count: int, mail: str = "example.com", note: str = "") -> list[dict[str, str]]:
+    """Messy rows; every 50th has an invalid email, and the last repeats the first's id."""
+    rows = [
+        {
+            "CustomerId": f"piece-{n:05d}",
+            "Email": f"user.{n}@{mail}" if n % 50 else "not-an-email",
+            "FirstName": ["Zoë", "O'Brien", "José, Jr.", 'Ann "the" Great'][n % 4],
+            "LoyaltyPoints": str(n * 7),
+            "IsVip": ["true", "false"][n % 2],
+            "BirthDate": f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}",
+            "Note": NOTES[n % len(NOTES)] + note,
+        }
+        for n in range(count)
+    ]
+    return [*rows, {**rows[1], "CustomerId": "piece-00001", "Email": "dupe@example.com"}]
+
+
+def _csv(rows: list[dict[str, str]]) -> bytes:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, HEADER, lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return ("\ufeff" + text.getvalue()).encode()
+
+
+def _start(app: App, name: str, rows: list[dict[str, str]]) -> tuple[Run, str]:
+    path = f"pieces/{name}.csv"
+    app.define([export_definition(name, path, f"Pieces {name}")])
+    app.upload(path, _csv(rows))
+    run = start_run(app.services, name, "test").run
+    take(app, JOBS_QUEUE, ExportJob, run.run_id)
+    plan_run(ExportJob(run.run_id, name), app.services)
+    return run, path
+
+
+def _split_all(app: App, run: Run) -> Run:
+    for job in take(app, JOBS_QUEUE, SplitJob, run.run_id):
+        split_source(job, app.services)
+    split = app.services.runs.get(run.run_id)
+    assert split is not None and split.partitions > 1 and split.splits >= 4, split
+    return split
+
+
+def _diff_and_deliver(app: App, run: Run) -> Run:
+    for job in take(app, JOBS_QUEUE, PartitionJob, run.run_id):
+        diff_partition(job, app.services)
+    for chunk in chunk_jobs(app, run.run_id):
+        deliver_chunk(chunk, app.services)
+    final = app.services.runs.get(run.run_id)
+    assert final is not None and final.is_final, final
+    return final
+
+
+def _expected(rows: list[dict[str, str]]) -> dict[str, str]:
+    """Customer id -> email Braze should hold: the first valid row per id."""
+    expected: dict[str, str] = {}
+    for row in rows:
+        if "@" in row["Email"]:
+            expected.setdefault(row["CustomerId"], row["Email"])
+    return expected
+
+
+def _piece_blobs(app: App, run: Run) -> list[str]:
+    prefix = f"{run_prefix(run.run_id)}partitions/"
+    container = app.services.storage.container(RUNS_CONTAINER)
+    return sorted(blob.name for blob in container.list_blobs(name_starts_with=prefix))
+
+
+def test_each_split_uploads_its_pieces_as_one_blob_which_the_diffs_read_by_range(
+    split_app: App,
+) -> None:
+    rows = _rows(2_500)
+    run, _ = _start(split_app, "one-blob", rows)
+    run = _split_all(split_app, run)
+    splits = split_app.services.runs.split_results(run.run_id)
+
+    assert _piece_blobs(split_app, run) == sorted(s.pieces_blob for s in splits)
+    assert all(len(s.piece_ends) == run.partitions for s in splits)
+    for partition in range(run.partitions):
+        pieces = partition_pieces(split_app.services, run, partition)
+        filed = [row for piece in pieces for row in read_rows(piece_sections(piece)[0])]
+        assert len(filed) == sum(s.partition_rows[partition] for s in splits)
+        ids = [json.loads(id_json) for _, id_json, *_ in filed]
+        assert {partition_of(i, run.partitions) for i in ids} == {partition}
+        orders = [order for order, *_ in filed]
+        assert orders == sorted(orders)  # split order is source order
+
+    final = _diff_and_deliver(split_app, run)
+    expected = _expected(rows)
+    assert final.status == Status.PARTIALLY_SUCCEEDED
+    assert final.profiles_accepted == len(expected) and final.rows_rejected == 51
+    users = split_app.braze_users()
+    assert {i: users[i]["email"] for i in expected} == expected
+
+
+def test_a_late_attempt_of_a_recorded_split_leaves_what_the_diffs_read_as_recorded(
+    split_app: App,
+) -> None:
+    """A split's message came back while its first attempt was finishing, and the second
+    attempt read the source after it was written again (other emails, longer notes: every
+    offset moves). The first attempt's record stands, and so do the bytes it points at."""
+    rows = _rows(2_500)
+    run, path = _start(split_app, "late-attempt", rows)
+    jobs = sorted(take(split_app, JOBS_QUEUE, SplitJob, run.run_id), key=lambda j: j.split)
+    for job in jobs:
+        split_source(job, split_app.services)
+    split = split_app.services.runs.get(run.run_id)
+    assert split is not None and split.partitions > 1 and len(jobs) >= 4
+
+    split_app.upload(path, _csv(_rows(2_500, mail="rewritten.example", note=" and more")))
+    export = split_app.services.definitions().export("late-attempt")
+    late = jobs[0]
+    split_and_record(
+        split, export, late, range_rows(split, export, late, split_app.services), split_app.services
+    )
+    assert len(_piece_blobs(split_app, split)) == len(jobs) + 1  # the late attempt's own
+
+    final = _diff_and_deliver(split_app, split)
+    expected = _expected(rows)
+    assert final.profiles_accepted == len(expected)
+    users = split_app.braze_users()
+    assert {i: users[i]["email"] for i in expected} == expected
+    manifest = split_app.services.snapshots.current("late-attempt", "sandbox")
+    assert manifest is not None and manifest.source_version == ""  # the source changed
+
+
+def test_a_run_split_by_the_version_before_reads_a_blob_per_piece(split_app: App) -> None:
+    """Splits recorded without a pieces blob wrote each piece as a blob of its own: a diff
+    by this version reads those."""
+    rows = _rows(2_500)
+    run, _ = _start(split_app, "blob-a-piece", rows)
+    run = _split_all(split_app, run)
+    storage, table = split_app.services.storage, split_app.services.storage.table(RUNS_TABLE)
+    for split in split_app.services.runs.split_results(run.run_id):
+        joined = storage.read_bytes(RUNS_CONTAINER, split.pieces_blob)
+        for partition, end in enumerate(split.piece_ends):
+            start = split.piece_ends[partition - 1] if partition else 0
+            name = partition_piece_name(run.run_id, partition, split.split)
+            storage.write_bytes(RUNS_CONTAINER, name, joined[start:end], "text/plain")
+        storage.container(RUNS_CONTAINER).delete_blob(split.pieces_blob)
+        entity = table.get_entity(run.run_id, split_row(split.split))
+        del entity["pieces_blob"], entity["piece_ends"]
+        table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    final = _diff_and_deliver(split_app, run)
+    expected = _expected(rows)
+    assert final.profiles_accepted == len(expected)
+    users = split_app.braze_users()
+    assert {i: users[i]["email"] for i in expected} == expected
