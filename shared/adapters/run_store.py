@@ -134,6 +134,15 @@ class RunStore:
         results = [_decode(SplitResult, entity) for entity in self._rows(run_id, SPLIT_PREFIX)]
         return sorted(results, key=lambda r: r.split)
 
+    def split_pieces(self, run_id: str) -> list[SplitResult]:
+        """Where each split's pieces are (`SplitResult.pieces_blob` and `piece_ends`; the rest
+        left at its defaults), in split order: every diff reads them, and the whole records
+        (counts, reasons) would cost a run the splits' records as many times as it has
+        partitions."""
+        columns = ["split", "pieces_blob", "piece_ends"]
+        entities = self._rows(run_id, SPLIT_PREFIX, columns)
+        return sorted((_decode(SplitResult, e) for e in entities), key=lambda r: r.split)
+
     def save_split_progress(self, run_id: str, split: int, rows_read: int) -> None:
         """Rows a split has read so far: the stalled-run sweep sees the planning is alive."""
         entity = {"PartitionKey": run_id, "RowKey": split_progress_row(split), "rows": rows_read}

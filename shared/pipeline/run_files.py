@@ -64,7 +64,7 @@ def partition_pieces(services: Services, run: Run, partition: int) -> list[bytes
     """A partition's pieces, in split order, read from each split's blob at once (a piece a
     split filed no row in is not read)."""
     storage = services.storage
-    splits = services.runs.split_results(run.run_id)
+    splits = services.runs.split_pieces(run.run_id)
     if len(splits) != run.splits:
         raise RuntimeError(
             f"run {run.run_id} has {len(splits)} split records for its {run.splits} splits"
@@ -86,9 +86,10 @@ def _read_range(storage: Storage, name: str, start: int, length: int) -> bytes:
     return b"".join(storage.read_chunks(RUNS_CONTAINER, name, start, length))
 
 
-def plan_rejected_name(run_id: str, split: int) -> str:
-    """Rows one split rejected, in source order."""
-    return f"{rejected_prefix(run_id)}plan-{split:04d}.jsonl"
+def plan_rejected_name(run_id: str, split: int, attempt: str) -> str:
+    """Rows one attempt of a split rejected, in source order; the split's record names the
+    attempt's (as `split_pieces_name`)."""
+    return f"{rejected_prefix(run_id)}plan-{split:04d}-{attempt}.jsonl"
 
 
 def carried_rejected_name(run_id: str) -> str:

@@ -210,7 +210,8 @@ def _split(
     # Seeded by the code that planned the run: the diff trusts digests only on the same code.
     seed = row_digest_seed(run.code_version, run.mapping_fingerprint)
     storage = services.storage
-    rejected_name = plan_rejected_name(run.run_id, job.split)
+    attempt = uuid.uuid4().hex[:12]  # names this attempt's blobs: its record names them
+    rejected_name = plan_rejected_name(run.run_id, job.split, attempt)
     rejected = storage.line_writer(RUNS_CONTAINER, rejected_name)
     with tempfile.TemporaryDirectory(prefix="plan-") as directory:
         paths = [Path(directory, f"{p:04d}.tsv") for p in range(count)]
@@ -252,11 +253,8 @@ def _split(
                 tally.rejected_blob = rejected_name
         joined = Path(directory, "pieces.bin")
         tally.piece_ends = _join_pieces(list(zip(paths, matched_paths, strict=True)), joined)
-        tally.pieces_blob = split_pieces_name(run.run_id, job.split, uuid.uuid4().hex[:12])
-        with joined.open("rb") as pieces:
-            storage.write_bytes(
-                RUNS_CONTAINER, tally.pieces_blob, pieces, "application/octet-stream"
-            )
+        tally.pieces_blob = split_pieces_name(run.run_id, job.split, attempt)
+        storage.upload_file(RUNS_CONTAINER, tally.pieces_blob, joined, "application/octet-stream")
 
 
 def _join_pieces(pieces: list[tuple[Path, Path]], joined: Path) -> list[int]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import subprocess
@@ -349,6 +351,16 @@ def triggers_on(quiet_app: App, monkeypatch: pytest.MonkeyPatch) -> App:
 def queue_message(job: Any, dequeue_count: int = 1) -> QueueMessage:
     """A job as the host hands its queue message to a trigger, on its `dequeue_count`th try."""
     return QueueMessage(id="m", body=job.to_json().encode(), dequeue_count=dequeue_count)
+
+
+def csv_bytes(rows: list[dict[str, str]], header: list[str]) -> bytes:
+    """Rows as a CSV file as export tools write one: a BOM, CRLF line ends, values quoted
+    where they hold quotes, commas or line breaks."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, header, lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return ("\ufeff" + text.getvalue()).encode()
 
 
 def run_counts(run: Run) -> dict[str, int]:

@@ -4,8 +4,6 @@ version before (a blob a piece) is still diffed. In process, on Azurite and the 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 
 import pytest
@@ -29,7 +27,7 @@ from shared.pipeline.run_files import (
 from shared.pipeline.run_source import range_rows
 from shared.pipeline.split_source import split_and_record, split_source
 from shared.pipeline.start import start_run
-from tests.integration.conftest import App, chunk_jobs, export_definition, take
+from tests.integration.conftest import App, chunk_jobs, csv_bytes, export_definition, take
 
 HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
 NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
@@ -41,7 +39,7 @@ def _small_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 16 * 1024)
 
 
-def _rows(count: int, mail: str = "example.com", note: str = "") -> list[dict[str, str]]:
+def _rows(count: int, mail: str = "example.com") -> list[dict[str, str]]:
     """Messy rows; every 50th has an invalid email, and the last repeats the first's id."""
     rows = [
         {
@@ -51,25 +49,17 @@ def _rows(count: int, mail: str = "example.com", note: str = "") -> list[dict[st
             "LoyaltyPoints": str(n * 7),
             "IsVip": ["true", "false"][n % 2],
             "BirthDate": f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}",
-            "Note": NOTES[n % len(NOTES)] + note,
+            "Note": NOTES[n % len(NOTES)],
         }
         for n in range(count)
     ]
     return [*rows, {**rows[1], "CustomerId": "piece-00001", "Email": "dupe@example.com"}]
 
 
-def _csv(rows: list[dict[str, str]]) -> bytes:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, HEADER, lineterminator="\r\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return ("\ufeff" + text.getvalue()).encode()
-
-
 def _start(app: App, name: str, rows: list[dict[str, str]]) -> tuple[Run, str]:
     path = f"pieces/{name}.csv"
     app.define([export_definition(name, path, f"Pieces {name}")])
-    app.upload(path, _csv(rows))
+    app.upload(path, csv_bytes(rows, HEADER))
     run = start_run(app.services, name, "test").run
     take(app, JOBS_QUEUE, ExportJob, run.run_id)
     plan_run(ExportJob(run.run_id, name), app.services)
@@ -98,7 +88,7 @@ def _expected(rows: list[dict[str, str]]) -> dict[str, str]:
     """Customer id -> email Braze should hold: the first valid row per id."""
     expected: dict[str, str] = {}
     for row in rows:
-        if "@" in row["Email"]:
+        if "@" in row["Email"] and row["CustomerId"].strip():
             expected.setdefault(row["CustomerId"], row["Email"])
     return expected
 
@@ -140,9 +130,15 @@ def test_a_late_attempt_of_a_recorded_split_leaves_what_the_diffs_read_as_record
     split_app: App,
 ) -> None:
     """A split's message came back while its first attempt was finishing, and the second
-    attempt read the source after it was written again (other emails, longer notes: every
-    offset moves). The first attempt's record stands, and so do the bytes it points at."""
+    attempt read the source after it was written again: other emails and other rows without
+    an id, of the same lengths (the range still starts and ends at records, so the second
+    attempt reads it; its pieces differ in size). The first attempt's record stands, and so
+    do the pieces and the rejected rows it points at."""
     rows = _rows(2_500)
+    rows[3]["CustomerId"] = " " * len(rows[3]["CustomerId"])
+    rewritten = _rows(2_500, mail="exampl3.com")
+    for n in (5, 7):
+        rewritten[n]["CustomerId"] = " " * len(rewritten[n]["CustomerId"])
     run, path = _start(split_app, "late-attempt", rows)
     jobs = sorted(take(split_app, JOBS_QUEUE, SplitJob, run.run_id), key=lambda j: j.split)
     for job in jobs:
@@ -150,19 +146,22 @@ def test_a_late_attempt_of_a_recorded_split_leaves_what_the_diffs_read_as_record
     split = split_app.services.runs.get(run.run_id)
     assert split is not None and split.partitions > 1 and len(jobs) >= 4
 
-    split_app.upload(path, _csv(_rows(2_500, mail="rewritten.example", note=" and more")))
+    split_app.upload(path, csv_bytes(rewritten, HEADER))
     export = split_app.services.definitions().export("late-attempt")
     late = jobs[0]
     split_and_record(
         split, export, late, range_rows(split, export, late, split_app.services), split_app.services
     )
     assert len(_piece_blobs(split_app, split)) == len(jobs) + 1  # the late attempt's own
+    assert split_app.services.runs.split_results(run.run_id)[0].rows_rejected == 1
 
     final = _diff_and_deliver(split_app, split)
     expected = _expected(rows)
     assert final.profiles_accepted == len(expected)
     users = split_app.braze_users()
     assert {i: users[i]["email"] for i in expected} == expected
+    blank = [e for e in split_app.rejected(final) if e["codes"] == ["customer_id_blank"]]
+    assert [e["row"]["Email"] for e in blank] == ["user.3@example.com"]
     manifest = split_app.services.snapshots.current("late-attempt", "sandbox")
     assert manifest is not None and manifest.source_version == ""  # the source changed
 

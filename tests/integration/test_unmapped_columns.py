@@ -6,8 +6,6 @@ Customer Insights profile has many more columns than an export maps, some of the
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run
 from shared.pipeline.run_files import run_prefix
-from tests.integration.conftest import App, export_definition, run_in_process
+from tests.integration.conftest import App, csv_bytes, export_definition, run_in_process
 
 MAPPED = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
 # Unmapped columns between and after the mapped ones, which are not in the mapping's order,
@@ -52,14 +50,6 @@ def _row(n: int, **changes: str) -> dict[str, str]:
     return {**row, **changes}
 
 
-def _csv(rows: list[dict[str, str]]) -> bytes:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, HEADER, lineterminator="\r\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return ("\ufeff" + text.getvalue()).encode()
-
-
 def _run_blobs(app: App, run_id: str) -> dict[str, bytes]:
     container = app.services.storage.container(RUNS_CONTAINER)
     names = [blob.name for blob in container.list_blobs(name_starts_with=run_prefix(run_id))]
@@ -78,7 +68,7 @@ def test_planning_keeps_only_the_mapped_columns_and_reports_rejected_rows_with_t
     rows[41]["CustomerId"] = ""  # rejected by the split: no usable id
     path = "wide/profiles.csv"
     split_app.define([export_definition("wide", path, "Wide", chunk_size=500)])
-    data = _csv(rows)
+    data = csv_bytes(rows, HEADER)
     assert data.count(MARK.encode()) == 3 * len(rows)
     last_line = 2 + len(rows) + sum(sum(v.count("\n") for v in row.values()) for row in rows)
     malformed = 'too-few,"fields, KEPT AS READ"\r\n'  # read as fields: reported whole
@@ -116,12 +106,12 @@ def test_an_unmapped_column_changed_alone_sends_nothing(split_app: App, column: 
     path = f"wide/{column}.csv"
     name = f"wide-{column.lower()}"
     split_app.define([export_definition(name, path, "Wide", chunk_size=500)])
-    split_app.upload(path, _csv(rows))
+    split_app.upload(path, csv_bytes(rows, HEADER))
     first = run_in_process(split_app, name)
     assert first.profiles_accepted == 600
 
     rows[7][column] = f'{MARK} moved, "again" 🚚'
-    split_app.upload(path, _csv(rows))
+    split_app.upload(path, csv_bytes(rows, HEADER))
     split_app.mark_sandbox_requests()
     second = run_in_process(split_app, name)
 
