@@ -398,12 +398,14 @@ D = TypeVar("D")
 
 
 def _decode(cls: type[D], entity: Any) -> D:
-    """A dataclass from its entity: dicts and lists were stored as JSON text."""
+    """A dataclass from its entity: dicts and lists were stored as JSON text. A property it
+    lacks keeps the field's default, whether left out or null (as Azure answers a `$select` of
+    a property an entity does not have)."""
     values: dict[str, Any] = {}
     for item in fields(cls):  # type: ignore[arg-type]  # fields of a dataclass type
-        if item.name not in entity:
+        value = entity.get(item.name)
+        if value is None:
             continue
-        value = entity[item.name]
         if item.type in ("dict[str, int]", "list[int]", "list[str]"):
             value = json.loads(value) if value else ({} if item.type.startswith("dict") else [])
         elif item.type == "datetime" and isinstance(value, str):

@@ -1,0 +1,80 @@
+"""Where a run's pieces are, read as Azure Table storage answers the query: a property the
+query selects and an entity lacks comes back as null there (Azurite leaves it out, so the
+integration tests do not see this). A split recorded by the version before has no pieces blob,
+and must read as one without, not as `None`. A local Table endpoint answers as Azure does."""
+
+from __future__ import annotations
+
+import http.server
+import json
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from devtools.processes import AZURITE_ACCOUNT_KEY
+from shared.adapters.run_store import RunStore
+from shared.adapters.settings import StorageSettings
+from shared.adapters.storage import Storage
+from shared.core.resource_names import RUNS_TABLE
+from shared.core.runs import SplitResult
+from tests.local_server import serving
+
+
+class SplitRecords(http.server.ThreadingHTTPServer):
+    """Answers a query with two split records, as Azure does for `$select`: the second, of the
+    version before, with null for the properties it lacks. Keeps the queries asked."""
+
+    def __init__(self) -> None:
+        self.queries: list[dict[str, list[str]]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                server.queries.append(parse_qs(urlsplit(self.path).query))
+                records = [
+                    {"split": 1, "pieces_blob": None, "piece_ends": None},
+                    {
+                        "split": 0,
+                        "pieces_blob": "runs/r/partitions/s0000-a.bin",
+                        "piece_ends": "[10, 10, 25]",
+                    },
+                ]
+                payload = json.dumps({"value": records}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json;odata=minimalmetadata")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def runs(self) -> RunStore:
+        base = f"http://127.0.0.1:{self.server_address[1]}/devstoreaccount1"
+        connection = (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={AZURITE_ACCOUNT_KEY};TableEndpoint={base};"
+        )
+        return RunStore(Storage(StorageSettings(connection_string=connection)).table(RUNS_TABLE))
+
+
+@pytest.fixture
+def server() -> Iterator[SplitRecords]:
+    with serving(SplitRecords()) as running:
+        yield running
+
+
+def test_a_split_recorded_without_pieces_reads_as_one_without(server: SplitRecords) -> None:
+    pieces = server.runs().split_pieces("r")
+
+    assert pieces == [
+        SplitResult(0, pieces_blob="runs/r/partitions/s0000-a.bin", piece_ends=[10, 10, 25]),
+        SplitResult(1),  # pieces_blob "", piece_ends []: read a blob a piece
+    ]
+    (query,) = server.queries
+    assert query["$select"] == ["split,pieces_blob,piece_ends"]  # not the counts and reasons
