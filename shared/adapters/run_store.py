@@ -25,6 +25,7 @@ from shared.core.runs import (
     PendingStart,
     Run,
     RunConflict,
+    SplitPieces,
     SplitResult,
     Status,
     utcnow,
@@ -134,14 +135,13 @@ class RunStore:
         results = [_decode(SplitResult, entity) for entity in self._rows(run_id, SPLIT_PREFIX)]
         return sorted(results, key=lambda r: r.split)
 
-    def split_pieces(self, run_id: str) -> list[SplitResult]:
-        """Where each split's pieces are (`SplitResult.pieces_blob` and `piece_ends`; the rest
-        left at its defaults), in split order: every diff reads them, and the whole records
-        (counts, reasons) would cost a run the splits' records as many times as it has
+    def split_pieces(self, run_id: str) -> list[SplitPieces]:
+        """Where each split's pieces are, in split order: every diff reads them, and the whole
+        records (counts, reasons) would cost a run the splits' records as many times as it has
         partitions."""
-        columns = ["split", "pieces_blob", "piece_ends"]
+        columns = [item.name for item in fields(SplitPieces)]
         entities = self._rows(run_id, SPLIT_PREFIX, columns)
-        return sorted((_decode(SplitResult, e) for e in entities), key=lambda r: r.split)
+        return sorted((_decode(SplitPieces, e) for e in entities), key=lambda r: r.split)
 
     def save_split_progress(self, run_id: str, split: int, rows_read: int) -> None:
         """Rows a split has read so far: the stalled-run sweep sees the planning is alive."""

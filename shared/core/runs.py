@@ -182,6 +182,16 @@ class SplitResult:
     piece_ends: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SplitPieces:
+    """Where one split's pieces are (`SplitResult.pieces_blob` and `piece_ends`), which every
+    diff reads; none from a version that wrote a blob per piece."""
+
+    split: int
+    pieces_blob: str = ""
+    piece_ends: list[int] = field(default_factory=list)
+
+
 @dataclass
 class PartitionResult:
     """What one partition's diff found and which chunk blobs it wrote for delivery."""

@@ -17,7 +17,7 @@ from shared.adapters.run_store import RunStore
 from shared.adapters.settings import StorageSettings
 from shared.adapters.storage import Storage
 from shared.core.resource_names import RUNS_TABLE
-from shared.core.runs import SplitResult
+from shared.core.runs import SplitPieces
 from tests.local_server import serving
 
 
@@ -73,8 +73,8 @@ def test_a_split_recorded_without_pieces_reads_as_one_without(server: SplitRecor
     pieces = server.runs().split_pieces("r")
 
     assert pieces == [
-        SplitResult(0, pieces_blob="runs/r/partitions/s0000-a.bin", piece_ends=[10, 10, 25]),
-        SplitResult(1),  # pieces_blob "", piece_ends []: read a blob a piece
+        SplitPieces(0, "runs/r/partitions/s0000-a.bin", [10, 10, 25]),
+        SplitPieces(1),  # pieces_blob "", piece_ends []: read a blob a piece
     ]
     (query,) = server.queries
     assert query["$select"] == ["split,pieces_blob,piece_ends"]  # not the counts and reasons
