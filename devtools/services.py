@@ -97,9 +97,17 @@ STOP_SECONDS = 10.0  # for a service to end on SIGTERM before it is killed
 def stop() -> None:
     """End each service's process group: SIGTERM, then SIGKILL for one still there after
     `STOP_SECONDS` (Azurite closed its services on SIGTERM and stayed running while its
-    telemetry, now disabled, waited to be sent)."""
+    telemetry, now disabled, waited to be sent). The local host ends first: at SIGTERM it waits
+    for its invocations, which may still use Azurite and the sandbox (a queued chunk job whose
+    chunk the demo's last run delivered at once); with them gone, it retried its storage calls
+    until it was killed."""
+    _stop(["devhost"])
+    _stop(["braze-sandbox", "azurite"])
+
+
+def _stop(names: list[str]) -> None:
     stopping = []
-    for name in ("devhost", "braze-sandbox", "azurite"):
+    for name in names:
         pid_file = STATE / f"{name}.pid"
         if not pid_file.exists():
             continue

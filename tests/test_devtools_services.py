@@ -1,8 +1,10 @@
-"""`make stop` (devtools.services.stop) ends the demo's services, even one that ignores SIGTERM;
-Azurite ends on SIGTERM by itself."""
+"""`make stop` (devtools.services.stop) ends the demo's services, even one that ignores SIGTERM,
+the local host before the storage and sandbox it may still use; Azurite ends on SIGTERM by
+itself."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +21,13 @@ IGNORES_SIGTERM = (
     "time.sleep(600)\n"
 )
 WAITS = "print('ready', flush=True)\nimport time\ntime.sleep(600)\n"
+# As the local host at SIGTERM: it ends once its invocation in flight has finished.
+FINISHES_A_JOB = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1), sys.exit(0)))\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(600)\n"
+)
 
 
 def _service(state: Path, name: str, code: str) -> subprocess.Popen[bytes]:
@@ -51,6 +60,33 @@ def test_stop_ends_every_service_killing_one_that_outlives_sigterm(
         assert capsys.readouterr().out == ""
     finally:  # a failure leaves no process behind
         for process in (stubborn, polite):
+            if process.poll() is None:
+                process.kill()
+
+
+def test_stop_ends_the_local_host_before_the_services_it_may_still_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(services, "STATE", tmp_path)
+    host = _service(tmp_path, "devhost", FINISHES_A_JOB)
+    others = [_service(tmp_path, name, WAITS) for name in ("braze-sandbox", "azurite")]
+    signal_group = services._signal
+    host_running_at: list[bool] = []
+
+    def signalling(group: int, number: int) -> bool:
+        if number == signal.SIGTERM and group != host.pid:
+            host_running_at.append(signal_group(host.pid, 0))
+        return signal_group(group, number)
+
+    monkeypatch.setattr(services, "_signal", signalling)
+    try:
+        services.stop()
+
+        assert host_running_at == [False, False]  # each signalled once the host had ended
+        assert host.wait(timeout=30) == 0  # it finished its job
+        assert [other.wait(timeout=30) for other in others] == [-15, -15]
+    finally:
+        for process in (host, *others):
             if process.poll() is None:
                 process.kill()
 
