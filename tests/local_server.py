@@ -1,4 +1,5 @@
-"""A local HTTP server a test talks to, served from a thread for as long as the test needs it."""
+"""A local HTTP server a test talks to, served from a thread for as long as the test needs it;
+the run store of a Table endpoint served so."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from socketserver import BaseServer
 from typing import TypeVar
+
+from devtools.processes import AZURITE_ACCOUNT_KEY
+from shared.adapters.run_store import RunStore
+from shared.adapters.settings import StorageSettings
+from shared.adapters.storage import Storage
+from shared.core.resource_names import RUNS_TABLE
 
 S = TypeVar("S", bound=BaseServer)
 
@@ -20,3 +27,14 @@ def serving(server: S) -> Iterator[S]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def run_store_at(server: BaseServer) -> RunStore:
+    """The run store of a Table endpoint `server` serves on loopback, built from a connection
+    string as the app builds its own."""
+    port = server.server_address[1]  # type: ignore[index]  # an address of (host, port)
+    connection = (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        f"AccountKey={AZURITE_ACCOUNT_KEY};TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    )
+    return RunStore(Storage(StorageSettings(connection_string=connection)).table(RUNS_TABLE))

@@ -258,8 +258,11 @@ class Storage:
             raise _not_found(container, name, missing) from None
         return downloader.chunks()
 
-    def read_bytes(self, container: str, name: str) -> bytes:
-        return b"".join(self.read_chunks(container, name))
+    def read_bytes(
+        self, container: str, name: str, offset: int | None = None, length: int | None = None
+    ) -> bytes:
+        """A blob's bytes (or `length` bytes from `offset`)."""
+        return b"".join(self.read_chunks(container, name, offset, length))
 
     def write_bytes(
         self,
@@ -267,28 +270,27 @@ class Storage:
         name: str,
         data: bytes | str | BinaryIO | Iterable[bytes],
         content_type: str,
+        *,
+        max_concurrency: int = 1,
     ) -> None:
         """Upload a blob whole; `data` may be a stream of pieces (e.g. `read_chunks` of another
-        blob, copied without holding it in memory)."""
+        blob, copied without holding it in memory). Up to the SDK's single-upload size (64 MiB)
+        in one request, else in blocks, `max_concurrency` at a time."""
         from azure.storage.blob import ContentSettings
 
         self.container(container).upload_blob(
-            name, data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
+            name,
+            data,
+            overwrite=True,
+            content_settings=ContentSettings(content_type=content_type),
+            max_concurrency=max_concurrency,
         )
 
     def upload_file(self, container: str, name: str, path: Path, content_type: str) -> None:
-        """Upload a local file whole: in one request up to the SDK's single-upload size (64
-        MiB, read into memory), else in blocks, `IO_THREADS` at a time."""
-        from azure.storage.blob import ContentSettings
-
+        """Upload a local file whole (read into memory up to 64 MiB, else in blocks,
+        `IO_THREADS` at a time)."""
         with path.open("rb") as data:
-            self.container(container).upload_blob(
-                name,
-                data,
-                overwrite=True,
-                content_settings=ContentSettings(content_type=content_type),
-                max_concurrency=IO_THREADS,
-            )
+            self.write_bytes(container, name, data, content_type, max_concurrency=IO_THREADS)
 
     def size(self, container: str, name: str) -> int:
         try:

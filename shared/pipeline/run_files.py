@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shared.adapters.services import Services
-from shared.adapters.storage import Storage
 from shared.core import jsonlines
 from shared.core.fingerprints import data_points
 from shared.core.jsonlines import has_non_finite
@@ -78,12 +77,9 @@ def partition_pieces(services: Services, run: Run, partition: int) -> list[bytes
         start = split.piece_ends[partition - 1] if partition else 0
         length = split.piece_ends[partition] - start
         if length:
-            reads.append(functools.partial(_read_range, storage, split.pieces_blob, start, length))
+            blob = split.pieces_blob
+            reads.append(functools.partial(storage.read_bytes, RUNS_CONTAINER, blob, start, length))
     return storage.in_parallel(reads)
-
-
-def _read_range(storage: Storage, name: str, start: int, length: int) -> bytes:
-    return b"".join(storage.read_chunks(RUNS_CONTAINER, name, start, length))
 
 
 def plan_rejected_name(run_id: str, split: int, attempt: str) -> str:

@@ -12,13 +12,8 @@ from collections.abc import Iterator
 import pytest
 from azure.core.pipeline.transport import RequestsTransport
 
-from devtools.processes import AZURITE_ACCOUNT_KEY
-from shared.adapters.run_store import RunStore
-from shared.adapters.settings import StorageSettings
-from shared.adapters.storage import Storage
-from shared.core.resource_names import RUNS_TABLE
 from shared.core.runs import Run, RunConflict, SplitResult
-from tests.local_server import serving
+from tests.local_server import run_store_at, serving
 
 
 class DropsFirstInsert(http.server.ThreadingHTTPServer):
@@ -68,15 +63,6 @@ class DropsFirstInsert(http.server.ThreadingHTTPServer):
 
         super().__init__(("127.0.0.1", 0), Handler)
 
-    def runs(self) -> RunStore:
-        base = f"http://127.0.0.1:{self.server_address[1]}/devstoreaccount1"
-        connection = (
-            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-            f"AccountKey={AZURITE_ACCOUNT_KEY};TableEndpoint={base};"
-        )
-        storage = Storage(StorageSettings(connection_string=connection))
-        return RunStore(storage.table(RUNS_TABLE))
-
 
 @pytest.fixture
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
@@ -94,7 +80,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[DropsFirstInsert]:
 def test_an_insert_whose_connection_dropped_is_sent_again_once(
     server: DropsFirstInsert, waits: list[float]
 ) -> None:
-    recorded = server.runs().record_split("run-1", SplitResult(3, rows_read=7))
+    recorded = run_store_at(server).record_split("run-1", SplitResult(3, rows_read=7))
     first, again = server.inserts
     assert first == again and (first["RowKey"], first["rows_read"]) == ("split-0003", 7)
     # An insert that had landed is found there: a duplicate's answer (every caller handles
@@ -111,8 +97,8 @@ def test_a_runs_insert_sent_again_says_so_when_the_first_had_landed(
     run = Run("run-2", "export", "segment", "sandbox", "segments/a.csv", "test")
     if server.lands:
         with pytest.raises(RunConflict):
-            server.runs().create(run)
+            run_store_at(server).create(run)
     else:
-        server.runs().create(run)
+        run_store_at(server).create(run)
     first, again = server.inserts
     assert first == again and first["created_at"] == run.created_at.isoformat()

@@ -12,13 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from devtools.processes import AZURITE_ACCOUNT_KEY
-from shared.adapters.run_store import RunStore
-from shared.adapters.settings import StorageSettings
-from shared.adapters.storage import Storage
-from shared.core.resource_names import RUNS_TABLE
 from shared.core.runs import SplitPieces
-from tests.local_server import serving
+from tests.local_server import run_store_at, serving
 
 
 class SplitRecords(http.server.ThreadingHTTPServer):
@@ -54,14 +49,6 @@ class SplitRecords(http.server.ThreadingHTTPServer):
 
         super().__init__(("127.0.0.1", 0), Handler)
 
-    def runs(self) -> RunStore:
-        base = f"http://127.0.0.1:{self.server_address[1]}/devstoreaccount1"
-        connection = (
-            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-            f"AccountKey={AZURITE_ACCOUNT_KEY};TableEndpoint={base};"
-        )
-        return RunStore(Storage(StorageSettings(connection_string=connection)).table(RUNS_TABLE))
-
 
 @pytest.fixture
 def server() -> Iterator[SplitRecords]:
@@ -70,7 +57,7 @@ def server() -> Iterator[SplitRecords]:
 
 
 def test_a_split_recorded_without_pieces_reads_as_one_without(server: SplitRecords) -> None:
-    pieces = server.runs().split_pieces("r")
+    pieces = run_store_at(server).split_pieces("r")
 
     assert pieces == [
         SplitPieces(0, "runs/r/partitions/s0000-a.bin", [10, 10, 25]),

@@ -12,7 +12,6 @@ import threading
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,18 +58,13 @@ class FlakyStorage(Storage):
         self.__dict__.update(real.__dict__)
         self._fail_on = fail_on
 
-    def write_bytes(self, container: str, name: str, data: Any, content_type: str) -> None:
-        self._fail(name)
-        super().write_bytes(container, name, data, content_type)
-
-    def upload_file(self, container: str, name: str, path: Path, content_type: str) -> None:
-        self._fail(name)
-        super().upload_file(container, name, path, content_type)
-
-    def _fail(self, name: str) -> None:
+    def write_bytes(
+        self, container: str, name: str, data: Any, content_type: str, **options: Any
+    ) -> None:
         if self._fail_on and name.startswith(self._fail_on):
             self._fail_on = ""
             raise ConnectionError("storage went away")
+        super().write_bytes(container, name, data, content_type, **options)
 
 
 def test_a_plan_retried_after_a_transient_error_loses_no_row(
