@@ -45,7 +45,7 @@ from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE
 from shared.core.runs import PartitionResult, Run, Status
 from shared.pipeline import split_source as split_step
 from shared.pipeline.deliver_chunk import deliver_chunk
-from shared.pipeline.diff_partition import _diff, diff_partition
+from shared.pipeline.diff_partition import diff_partition, diffed_partitions
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.run_files import matched_records, partition_pieces, piece_sections
 from shared.pipeline.start import start_run
@@ -133,9 +133,10 @@ def measure(
                 "the source was not cut into ranges and split (too few profiles for the range "
                 f"size, or planning failed: {run and run.message})"
             )
-        partitions = sorted(_take(services, PartitionJob), key=lambda j: j.partition)[:diffs]
-        definitions = services.definitions()
-        export = definitions.export("bench")
+        # The jobs of the first `diffs` partitions (a delta's jobs diff several each).
+        jobs = sorted(_take(services, PartitionJob), key=lambda j: j.partition)
+        partitions = [job for job in jobs if job.partition < diffs]
+        export = services.definitions().export("bench")
         results = services.runs.split_results(run_id)
         split_rows = [result.rows_read for result in results]
         rows = [sum(filed) for filed in zip(*(r.partition_rows for r in results), strict=True)]
@@ -148,7 +149,9 @@ def measure(
 
         def diff(job: PartitionJob) -> None:
             with cyclic_gc_paused():
-                found[job.partition] = _diff(run, definitions, job, services)
+                for partition, result in diffed_partitions(run, job, services):
+                    assert result is not None  # the rounds record nothing
+                    found[partition] = result
 
         with _RequestCount() as split_requests:
             split_cpu = _rounds(splits, split_again, rounds)
@@ -176,7 +179,9 @@ def measure(
             },
             "diff": {
                 **_stage(
-                    diff_cpu, [rows[job.partition] for job in partitions], diff_requests.count
+                    diff_cpu,
+                    [sum(rows[p] for p in job.numbers) for job in partitions],
+                    diff_requests.count,
                 ),
                 "profiles": {
                     kind: sum(getattr(result, kind) for result in found.values())
@@ -212,10 +217,9 @@ def _plan_and_split(services: Services) -> tuple[str, list[SplitJob]]:
 
 def _matched_rows(run: Run, services: Services) -> int:
     """Rows the splits filed by the snapshot's index (matched records), in every piece."""
+    pieces = partition_pieces(services, run, range(run.partitions))
     return sum(
-        len(matched_records(piece_sections(piece)[1]))
-        for partition in range(run.partitions)
-        for piece in partition_pieces(services, run, partition)
+        len(matched_records(piece_sections(piece)[1])) for part in pieces.values() for piece in part
     )
 
 

@@ -98,13 +98,27 @@ class SplitJob(_Message):
 
 @dataclass(frozen=True)
 class PartitionJob(_Message):
-    """Diff one partition of a run's segment against the export's snapshot."""
+    """Diff `count` partitions of a run's segment against the export's snapshot, one after
+    another from `partition` on: one, or a few of a delta's (`split_source.queue_partitions`)."""
 
     kind: ClassVar[str] = "partition-job"
+    version: ClassVar[int] = 2
     run_id: str
     export_name: str
     partition: int
     partitions: int
+    count: int = 1
+
+    @property
+    def numbers(self) -> range:
+        """The partitions the job diffs."""
+        return range(self.partition, self.partition + self.count)
+
+    @classmethod
+    def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("version") != 1:
+            return data
+        return {**data, "version": 2, "count": 1}  # version 1 diffed one partition a job
 
 
 @dataclass(frozen=True)

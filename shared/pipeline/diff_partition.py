@@ -27,6 +27,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -90,25 +91,65 @@ ARRAY_CAP_EXAMPLES = 5
 
 
 def diff_partition(job: PartitionJob, services: Services) -> ChunkJob | None:
-    """Diff one partition and record what it found; the last partition releases the run. When
-    that release queued a single chunk job (a delta's few changes, a small segment), the job,
-    for the caller to deliver at once (`deliver_at_once`)."""
+    """Diff the job's partitions, recording each as it is done; the last partition of the run
+    releases it. When that release queued a single chunk job (a delta's few changes, a small
+    segment), the job, for the caller to deliver at once (`deliver_at_once`)."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         log.warning(
-            "run %s is missing or finished; dropping partition %d", job.run_id, job.partition
+            "run %s is missing or finished; dropping partitions %s", job.run_id, _named(job)
         )
         return None
-    recorded: PartitionResult | None = None
-    if not services.runs.partition_done(run.run_id, job.partition):
-        definitions = services.definitions()
-        result = _diff(run, definitions, job, services)
-        if services.runs.record_partition(run.run_id, result):
+    for partition, result in diffed_partitions(run, job, services):
+        recorded = None
+        if result is not None and services.runs.record_partition(run.run_id, result):
             recorded = result
-    if run.delivers_while_diffing:
-        _queue_delivery(run, job.partition, recorded, services)
+        if run.delivers_while_diffing:
+            _queue_delivery(run, partition, recorded, services)
     queued = maybe_release(run.run_id, run.partitions, services)
     return queued[0] if queued and len(queued) == 1 else None
+
+
+def diffed_partitions(
+    run: Run, job: PartitionJob, services: Services
+) -> Iterator[tuple[int, PartitionResult | None]]:
+    """Each partition of the job with what its diff found, None for one recorded already (by
+    an earlier attempt). The pieces of all of them are read at once (one range of each split's
+    blob) while the first one's snapshot partition loads, and the next one's loads while this
+    one is diffed: I/O and CPU overlap, within a job as between the jobs of two workers."""
+    todo = []
+    for partition in job.numbers:
+        if services.runs.partition_done(run.run_id, partition):
+            yield partition, None
+        else:
+            todo.append(partition)
+    if not todo:
+        return
+    definitions = services.definitions()
+    export = definitions.export(run.export_name)
+    one = [replace(job, partition=partition, count=1) for partition in todo]
+    with ThreadPoolExecutor(1, thread_name_prefix="diff-ahead") as ahead:
+        fetched = ahead.submit(_pieces, run, todo, services)
+        previous = _previous_partition(run, export, one[0], services)
+        pieces = fetched.result()
+        for at, partition_job in enumerate(one):
+            following = None
+            if at + 1 < len(one):
+                following = ahead.submit(_previous_partition, run, export, one[at + 1], services)
+            partition = partition_job.partition
+            yield (
+                partition,
+                _diff(run, definitions, partition_job, services, previous, pieces.pop(partition)),
+            )
+            if following is not None:
+                previous = following.result()
+
+
+def _named(job: PartitionJob) -> str:
+    """The job's partitions, for a message: "5", or "4-7"."""
+    if job.count == 1:
+        return str(job.partition)
+    return f"{job.partition}-{job.partition + job.count - 1}"
 
 
 def _queue_delivery(
@@ -130,19 +171,20 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         return
+    which = f"partition {job.partition}" if job.count == 1 else f"partitions {_named(job)}"
     message = (
-        f"planning failed: partition {job.partition} of {job.partitions} could not be diffed "
-        f"after every retry ({type(error).__name__}: {error}); {sent_so_far(run, services)}"
+        f"planning failed: {which} of {job.partitions} could not be diffed after every retry "
+        f"({type(error).__name__}: {error}); {sent_so_far(run, services)}"
     )
     finish_early(run, services, message=message, failed=True)
 
 
-def _pieces(run: Run, partition: int, services: Services) -> list[bytes]:
-    """The partition's pieces in split order (none for a teardown: everyone in the snapshot
+def _pieces(run: Run, partitions: list[int], services: Services) -> dict[int, list[bytes]]:
+    """Each partition's pieces in split order (none for a teardown: everyone in the snapshot
     leaves). A piece is a fraction of a partition, read whole."""
     if run.teardown:
-        return []
-    return partition_pieces(services, run, partition)
+        return {partition: [] for partition in partitions}
+    return partition_pieces(services, run, partitions)
 
 
 def _segment_rows(pieces: list[bytes]) -> Iterator[PieceRow]:
@@ -275,14 +317,16 @@ class _SnapshotLines(NamedTuple):
 
 
 def _diff(
-    run: Run, definitions: Definitions, job: PartitionJob, services: Services
+    run: Run,
+    definitions: Definitions,
+    job: PartitionJob,
+    services: Services,
+    previous: SnapshotPartition,
+    pieces: list[bytes],
 ) -> PartitionResult:
-    """Previous snapshot, members, comparison, removals, then the chunk blobs to send."""
+    """Members, comparison with the previous snapshot's partition, removals, then the chunk
+    blobs to send, for one partition (`job.partition`) and its pieces."""
     export = definitions.export(run.export_name)
-    with ThreadPoolExecutor(1, thread_name_prefix="pieces") as ahead:
-        fetched = ahead.submit(_pieces, run, job.partition, services)  # while the snapshot loads
-        previous = _previous_partition(run, export, job, services)
-        pieces = fetched.result()
     in_bulk = _members_in_bulk(run, export, job, previous, pieces, services)
     if in_bulk is None:
         counts = PartitionResult(job.partition)  # filled in by each phase

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -59,27 +59,48 @@ def partition_piece_name(run_id: str, partition: int, split: int) -> str:
     return f"{run_prefix(run_id)}partitions/p{partition:04d}-s{split:04d}.jsonl"
 
 
-def partition_pieces(services: Services, run: Run, partition: int) -> list[bytes]:
-    """A partition's pieces, in split order, read from each split's blob at once (a piece a
-    split filed no row in is not read)."""
+def partition_pieces(
+    services: Services, run: Run, partitions: Sequence[int]
+) -> dict[int, list[bytes]]:
+    """Each of `partitions`' pieces (ascending, as a job's are), in split order: from each
+    split's blob, the one range that holds them all, read at once with the other splits'. A
+    piece a split filed no row in is left out."""
     storage = services.storage
     splits = services.runs.split_pieces(run.run_id)
     if len(splits) != run.splits:
         raise RuntimeError(
             f"run {run.run_id} has {len(splits)} split records for its {run.splits} splits"
         )
+    first, last = partitions[0], partitions[-1]
     reads: list[Callable[[], bytes]] = []
     for split in splits:
-        if not split.pieces_blob:  # split by the version before
-            name = partition_piece_name(run.run_id, partition, split.split)
-            reads.append(functools.partial(storage.read_bytes, RUNS_CONTAINER, name))
+        if not split.pieces_blob:  # split by the version before: a blob per piece
+            for partition in partitions:
+                name = partition_piece_name(run.run_id, partition, split.split)
+                reads.append(functools.partial(storage.read_bytes, RUNS_CONTAINER, name))
             continue
-        start = split.piece_ends[partition - 1] if partition else 0
-        length = split.piece_ends[partition] - start
+        start = split.piece_ends[first - 1] if first else 0
+        length = split.piece_ends[last] - start
         if length:
             blob = split.pieces_blob
             reads.append(functools.partial(storage.read_bytes, RUNS_CONTAINER, blob, start, length))
-    return storage.in_parallel(reads)
+    read = iter(storage.in_parallel(reads))
+    pieces: dict[int, list[bytes]] = {partition: [] for partition in partitions}
+    for split in splits:
+        if not split.pieces_blob:
+            for partition in partitions:
+                pieces[partition].append(next(read))
+            continue
+        start = at = split.piece_ends[first - 1] if first else 0
+        if split.piece_ends[last] == start:
+            continue
+        data = next(read)
+        for partition in range(first, last + 1):
+            end = split.piece_ends[partition]
+            if partition in pieces and end > at:
+                pieces[partition].append(data[at - start : end - start])
+            at = end
+    return pieces
 
 
 def plan_rejected_name(run_id: str, split: int, attempt: str) -> str:

@@ -76,6 +76,7 @@ def test_unreadable_messages_are_refused(
         SplitJob("r1", "e", 2, 10, 32, 1_000, 2_000, 17),
         SplitJob("r1", "e", 3, 10, 32, 4_000, -1, 90, 1),
         PartitionJob("r1", "e", 5, 32),
+        PartitionJob("r1", "e", 8, 32, 4),
     ],
 )
 def test_the_planning_queue_gives_each_step_its_own_job(
@@ -125,3 +126,27 @@ def test_a_split_job_the_previous_version_queued_is_read_as_the_range_it_meant(
         }
     )
     assert planning_job(text) == SplitJob("r1", "e", 4, 10, 32, start, end, 1, file_index)
+
+
+def test_a_partition_job_the_previous_version_queued_is_read_as_its_one_partition() -> None:
+    text = json.dumps(
+        {
+            "kind": "partition-job",
+            "version": 1,
+            "run_id": "r1",
+            "export_name": "e",
+            "partition": 7,
+            "partitions": 32,
+        }
+    )
+    job = planning_job(text)
+    assert job == PartitionJob("r1", "e", 7, 32, 1)
+    assert isinstance(job, PartitionJob) and list(job.numbers) == [7]
+
+
+def test_a_partition_job_of_several_names_them_and_the_previous_version_refuses_it() -> None:
+    """The version before read no `count`: it would have diffed the first partition alone, and
+    the others never (the run would stall). The version number makes it refuse the job."""
+    job = PartitionJob("r1", "e", 8, 32, 4)
+    assert list(job.numbers) == [8, 9, 10, 11]
+    assert json.loads(job.to_json())["version"] == 2

@@ -71,11 +71,10 @@ def _sent(app: App) -> dict[str, dict[str, Any]]:
 
 def _filed_by_bytes(app: App, run: Run) -> int:
     """Rows of the run's pieces filed by their raw digest (matched records)."""
-    count = 0
-    for partition in range(run.partitions):
-        for piece in partition_pieces(app.services, run, partition):
-            count += len(matched_records(piece_sections(piece)[1]))
-    return count
+    pieces = partition_pieces(app.services, run, range(run.partitions))
+    return sum(
+        len(matched_records(piece_sections(piece)[1])) for part in pieces.values() for piece in part
+    )
 
 
 def _line_of(rows: list[dict[str, str]], index: int) -> int:

@@ -109,8 +109,12 @@ def test_each_split_uploads_its_pieces_as_one_blob_which_the_diffs_read_by_range
 
     assert _piece_blobs(split_app, run) == sorted(s.pieces_blob for s in splits)
     assert all(len(s.piece_ends) == run.partitions for s in splits)
+    # A job of several partitions reads one range of each split's blob for all of them.
+    together = partition_pieces(split_app.services, run, range(run.partitions))
+    assert sorted(together) == list(range(run.partitions))
     for partition in range(run.partitions):
-        pieces = partition_pieces(split_app.services, run, partition)
+        pieces = partition_pieces(split_app.services, run, [partition])[partition]
+        assert together[partition] == pieces
         filed = [row for piece in pieces for row in read_rows(piece_sections(piece)[0])]
         assert len(filed) == sum(s.partition_rows[partition] for s in splits)
         ids = [json.loads(id_json) for _, id_json, *_ in filed]

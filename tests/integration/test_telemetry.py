@@ -62,6 +62,9 @@ def test_a_partition_job_names_its_partition(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level(logging.INFO), telemetry.job_context(PartitionJob("r-1", "e", 12, 32)):
         log.info("diffing")
     assert caplog.records[-1].chunk == "partition 12"
+    with caplog.at_level(logging.INFO), telemetry.job_context(PartitionJob("r-1", "e", 12, 32, 4)):
+        log.info("diffing a delta's")
+    assert caplog.records[-1].chunk == "partitions 12-15"
 
 
 def test_a_connection_string_that_cannot_be_used_turns_telemetry_off_not_the_app() -> None:

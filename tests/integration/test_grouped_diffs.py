@@ -1,0 +1,182 @@
+"""A delta's partitions are diffed a few to a job (`split_source.queue_partitions`): each is
+still diffed, recorded and released as when a job diffed one, a job repeated after some of its
+partitions were recorded diffs only the others, and a first export keeps a job per partition."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from shared.core.messages import ExportJob, PartitionJob
+from shared.core.resource_names import JOBS_QUEUE, RUNS_CONTAINER
+from shared.core.runs import Run, Status
+from shared.pipeline.deliver_chunk import deliver_chunk
+from shared.pipeline.diff_partition import diff_partition, fail_partition
+from shared.pipeline.run_files import snapshot_fallbacks_name
+from shared.pipeline.split_source import DELTA_PARTITIONS_PER_JOB
+from shared.pipeline.start import start_run
+from tests.integration.conftest import (
+    App,
+    chunk_jobs,
+    csv_bytes,
+    export_definition,
+    run_in_process,
+    split_in_process,
+    take,
+)
+
+HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
+NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
+
+
+@pytest.fixture(autouse=True)
+def _small_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sixteen partitions or so for a few thousand rows, as a large file has."""
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 16 * 1024)
+
+
+def _rows(count: int) -> list[dict[str, str]]:
+    """Messy rows; every 50th has an invalid email, and the last repeats the first's id."""
+    rows = [
+        {
+            "CustomerId": f"grp-{n:05d}",
+            "Email": f"user.{n}@example.com" if n % 50 else "not-an-email",
+            "FirstName": ["Zoë", "O'Brien", "José, Jr.", 'Ann "the" Great'][n % 4],
+            "LoyaltyPoints": str(n * 7),
+            "IsVip": ["true", "false"][n % 2],
+            "BirthDate": f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}",
+            "Note": NOTES[n % len(NOTES)],
+        }
+        for n in range(count)
+    ]
+    return [*rows, {**rows[1], "Email": "dupe@example.com"}]
+
+
+def _first_export(app: App, name: str, rows: list[dict[str, str]]) -> str:
+    path = f"grouped/{name}.csv"
+    app.define([export_definition(name, path, f"Grouped {name}", chunk_size=500)])
+    app.upload(path, csv_bytes(rows, HEADER))
+    first = run_in_process(app, name)
+    assert first.profiles_accepted == 2_450, first.message
+    return path
+
+
+def _split(app: App, name: str, **options: Any) -> tuple[Run, list[PartitionJob]]:
+    """A run planned and split; its partition jobs, taken off the queue, in partition order."""
+    run = start_run(app.services, name, "test", **options).run
+    take(app, JOBS_QUEUE, ExportJob, run.run_id)
+    split_in_process(app, run)
+    split = app.services.runs.get(run.run_id)
+    assert split is not None and split.partitions >= 8, split
+    jobs = take(app, JOBS_QUEUE, PartitionJob, run.run_id)
+    return split, sorted(jobs, key=lambda job: job.partition)
+
+
+def _finish(app: App, run: Run, jobs: list[PartitionJob]) -> Run:
+    for job in jobs:
+        diff_partition(job, app.services)
+    for chunk in chunk_jobs(app, run.run_id):
+        deliver_chunk(chunk, app.services)
+    final = app.services.runs.get(run.run_id)
+    assert final is not None and final.is_final, final
+    return final
+
+
+def _sent(app: App) -> dict[str, dict[str, Any]]:
+    return {o["external_id"]: o for b in app.sandbox_requests() for o in b["attributes"]}
+
+
+def test_a_delta_diffs_its_partitions_a_few_to_a_job_and_sends_what_changed(
+    split_app: App,
+) -> None:
+    rows = _rows(2_500)
+    path = _first_export(split_app, "delta", rows)
+    rows[3]["FirstName"] = "Zoë-Renamed 🎉"
+    rows[10]["Note"] = 'now "quoted", with\na line break'
+    gone = [row for row in rows if row["CustomerId"] in ("grp-00701", "grp-01401")]
+    rows = [row for row in rows if row not in gone]
+    rows.append({**rows[5], "CustomerId": "grp-new", "Email": "new@example.com"})
+    split_app.upload(path, csv_bytes(rows, HEADER))
+    split_app.mark_sandbox_requests()
+
+    run, jobs = _split(split_app, "delta")
+    assert [job.count for job in jobs] == [DELTA_PARTITIONS_PER_JOB] * len(jobs)
+    assert [p for job in jobs for p in job.numbers] == list(range(run.partitions))
+    final = _finish(split_app, run, jobs)
+
+    assert final.status == Status.PARTIALLY_SUCCEEDED  # the invalid emails, the duplicate
+    assert (final.profiles_changed, final.profiles_new, final.profiles_removed) == (2, 1, 2)
+    assert final.rows_rejected == 51 and final.profiles_accepted == 5
+    sent = _sent(split_app)
+    assert sent["grp-00003"] == {"external_id": "grp-00003", "first_name": "Zoë-Renamed 🎉"}
+    assert sent["grp-00010"] == {
+        "external_id": "grp-00010",
+        "note": 'now "quoted", with\na line break',
+    }
+    assert sent["grp-new"]["email"] == "new@example.com"
+    assert set(sent) == {"grp-00003", "grp-00010", "grp-new", *(r["CustomerId"] for r in gone)}
+    users = split_app.braze_users()
+    assert all(users[r["CustomerId"]]["segments"] == [] for r in gone)
+
+
+def test_a_first_export_keeps_a_job_per_partition(split_app: App) -> None:
+    """It sends each partition as soon as it is diffed: a job of several would hold the
+    later ones back."""
+    split_app.define([export_definition("first", "grouped/first.csv", "Grouped first")])
+    split_app.upload("grouped/first.csv", csv_bytes(_rows(2_500), HEADER))
+    run, jobs = _split(split_app, "first")
+    assert run.delivers_while_diffing
+    assert [(job.partition, job.count) for job in jobs] == [(p, 1) for p in range(run.partitions)]
+    assert _finish(split_app, run, jobs).profiles_accepted == 2_450
+
+
+def test_a_repeated_job_diffs_only_its_partitions_not_recorded_yet(split_app: App) -> None:
+    """An attempt that recorded one partition of its job and died: the repeated job leaves
+    that partition as recorded (its files are not written again) and diffs the others."""
+    rows = _rows(2_500)
+    path = _first_export(split_app, "repeat", rows)
+    rows[42]["FirstName"] = "Changed"
+    split_app.upload(path, csv_bytes(rows, HEADER))
+    split_app.mark_sandbox_requests()
+    run, jobs = _split(split_app, "repeat")
+    storage = split_app.services.storage
+
+    job = jobs[0]
+    done = job.partition + 1
+    diff_partition(replace(job, partition=done, count=1), split_app.services)
+    fallbacks = snapshot_fallbacks_name(run.run_id, done)
+    written = storage.etag(RUNS_CONTAINER, fallbacks)
+    assert split_app.services.runs.partitions_diffed(run.run_id) == 1
+
+    diff_partition(job, split_app.services)
+    assert storage.etag(RUNS_CONTAINER, fallbacks) == written
+    assert split_app.services.runs.partitions_diffed(run.run_id) == job.count
+    final = _finish(split_app, run, jobs[1:])
+    assert final.profiles_changed == 1 and final.profiles_unchanged == 2_449
+    assert _sent(split_app) == {"grp-00042": {"external_id": "grp-00042", "first_name": "Changed"}}
+
+
+def test_a_teardown_diffs_a_few_partitions_to_a_job(split_app: App) -> None:
+    _first_export(split_app, "down", _rows(2_500))
+    run, jobs = _split(split_app, "down", teardown=True)
+    assert all(job.count == DELTA_PARTITIONS_PER_JOB for job in jobs)
+    final = _finish(split_app, run, jobs)
+    assert final.status == Status.SUCCEEDED and final.profiles_removed == 2_450
+    assert all(user["segments"] == [] for user in split_app.braze_users().values())
+
+
+def test_a_job_of_several_partitions_that_fails_names_them(split_app: App) -> None:
+    rows = _rows(2_500)
+    path = _first_export(split_app, "fails", rows)
+    rows[1]["FirstName"] = "Changed"
+    split_app.upload(path, csv_bytes(rows, HEADER))
+    run, jobs = _split(split_app, "fails")
+
+    fail_partition(jobs[1], ConnectionError("storage went away"), split_app.services)
+    failed = split_app.services.runs.get(run.run_id)
+    assert failed is not None and failed.status == Status.FAILED
+    last = jobs[1].partition + jobs[1].count - 1
+    assert f"partitions {jobs[1].partition}-{last} of {run.partitions}" in failed.message
+    assert "storage went away" in failed.message
