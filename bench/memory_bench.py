@@ -4,7 +4,9 @@ For each size, writes a CSV of N profiles to Azurite, then runs each planning st
 process (so its peak resident memory is its own) and prints time and peak RSS: the plan step
 (check the source, cut it into byte ranges), the split jobs one after another in one process
 (each streams its range into hash partitions, so memory should stay flat from 1M to 5M), and
-one partition's diff (it holds one partition, whose size the partition count keeps near 4 MiB).
+one partition's diff (it holds one partition, whose size the partition count keeps near 4 MiB;
+this is a first export's job: a delta's takes four partitions, whose pieces are mostly small
+matched records, and holds two snapshot partitions at once).
 
     .venv/bin/python bench/memory_bench.py --profiles 1000000 5000000
 """

@@ -9,7 +9,10 @@ with `--delta` it is the end-to-end benchmark's 1% delta: the first export is th
 end in this process, against a Braze sandbox (stopped before the rounds), so that its snapshot
 is committed, and the jobs measured are those of the run after it (the split's index lookups
 and the diff's bulk path; the index is loaded once per process, as a host loads it once for
-all the splits of a run it takes, so the rounds do not count that load).
+all the splits of a run it takes, so the rounds do not count that load). A diff job is measured
+as it runs (`diff_partition.diffed_partitions`: its query of which partitions are recorded, its
+pieces' reads, each partition's diff), without recording its results or the release; a delta's
+jobs take four partitions each, so `--diffs` counts whole jobs' partitions.
 Runs of one version still vary by 10-20% on this shared machine, so compare several runs of
 each checkout in turn. The segment is the end-to-end benchmark's (0.8% invalid rows, quotes,
 line breaks and emoji in values); diffs run with the cyclic collector paused, as the trigger
@@ -54,7 +57,12 @@ from shared.pipeline.start import start_run
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", type=int, default=1_000_000)
-    parser.add_argument("--diffs", type=int, default=8, help="partitions diffed each round")
+    parser.add_argument(
+        "--diffs",
+        type=int,
+        default=8,
+        help="partitions diffed each round, in whole jobs (a delta's take four partitions each)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--split-mib", type=float, default=8, help="EXPORT_SPLIT_MIB: the byte ranges' size"
@@ -183,6 +191,7 @@ def measure(
                     [sum(rows[p] for p in job.numbers) for job in partitions],
                     diff_requests.count,
                 ),
+                "partitions": sum(job.count for job in partitions),
                 "profiles": {
                     kind: sum(getattr(result, kind) for result in found.values())
                     for kind in ("new", "changed", "unchanged")
@@ -217,9 +226,10 @@ def _plan_and_split(services: Services) -> tuple[str, list[SplitJob]]:
 
 def _matched_rows(run: Run, services: Services) -> int:
     """Rows the splits filed by the snapshot's index (matched records), in every piece."""
-    pieces = partition_pieces(services, run, range(run.partitions))
     return sum(
-        len(matched_records(piece_sections(piece)[1])) for part in pieces.values() for piece in part
+        len(matched_records(piece_sections(piece)[1]))
+        for partition in range(run.partitions)  # one at a time: a 5M run's pieces are large
+        for piece in partition_pieces(services, run, [partition])[partition]
     )
 
 
@@ -306,8 +316,11 @@ def summary(figures: dict[str, Any]) -> str:
     for stage in ("split", "diff"):
         f = figures[stage]
         rounds = ", ".join(f"{s:.2f}" for s in f["cpu_seconds_per_round"])
+        jobs = f"{f['jobs']} jobs" + (
+            f" ({f['partitions']} partitions)" if "partitions" in f else ""
+        )
         lines.append(
-            f"- {stage}: {f['jobs']} jobs, {f['rows']:,} rows: {rounds} "
+            f"- {stage}: {jobs}, {f['rows']:,} rows: {rounds} "
             f"(median {f['median_cpu_seconds']:.2f}, {f['us_per_row']:.2f} µs per row; "
             f"{f['storage_requests_per_round']:,.0f} storage requests a round)"
         )

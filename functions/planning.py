@@ -76,7 +76,8 @@ _enabled_before = False
 
 @contextmanager
 def cyclic_gc_paused() -> Iterator[None]:
-    """Run a partition's diff without Python's cyclic garbage collector.
+    """Run a diff job (a partition, or a few of a delta's) without Python's cyclic garbage
+    collector.
 
     A diff keeps an entry or more per profile of its partition until it has compared them all,
     so the collector scanned that growing heap again and again: 11% of a 1M first export's diff
@@ -84,7 +85,7 @@ def cyclic_gc_paused() -> Iterator[None]:
     rows out as it goes and the plan mostly hashes bytes: neither gains, so neither pauses.
     Refcounting still frees what the job drops. The setting is the process's: objects left in
     cycles meanwhile, by the diff or by a delivery job beside it, wait until no diff holds the
-    pause (a diff takes a second or two, whatever the segment's size; the storage errors the
+    pause (a diff job takes a second or two, whatever the segment's size; the storage errors the
     app handles as answers leave none, `storage.forget_traceback`). Pauses are counted, as
     more than one diff may run in a process if the host is set to; a gc.enable() or
     gc.disable() elsewhere would end or outlast one (nothing in the app or its packages calls

@@ -152,8 +152,14 @@ class RunStore:
         """Record a partition's diff once; a duplicate job's result loses (it is the same)."""
         return self._create_once(run_id, partition_row(result.partition), asdict(result))
 
-    def partition_done(self, run_id: str, partition: int) -> bool:
-        return self._exists(run_id, partition_row(partition))
+    def partitions_recorded(self, run_id: str, first: int, last: int) -> set[int]:
+        """Which of partitions `first` to `last` have a result: one range query, however many."""
+        query = (
+            f"PartitionKey eq '{_quote(run_id)}' and RowKey ge '{partition_row(first)}' "
+            f"and RowKey le '{partition_row(last)}'"
+        )
+        rows = self._table.query_entities(query, select=["RowKey"])
+        return {int(row["RowKey"].removeprefix(PARTITION_PREFIX)) for row in rows}
 
     def partition_result(self, run_id: str, partition: int) -> PartitionResult | None:
         entity = self._get(run_id, partition_row(partition))

@@ -109,10 +109,25 @@ class PartitionJob(_Message):
     partitions: int
     count: int = 1
 
+    def __post_init__(self) -> None:
+        if not (self.count >= 1 and 0 <= self.partition < self.partition + self.count):
+            raise MessageError(f"a partition job names no partition: {self!r}")
+        if self.partition + self.count > self.partitions:
+            raise MessageError(f"a partition job names partitions past its {self.partitions}")
+
     @property
     def numbers(self) -> range:
         """The partitions the job diffs."""
         return range(self.partition, self.partition + self.count)
+
+    def to_json(self) -> str:
+        """A job of one partition as version 1 wrote it, which earlier versions read: during a
+        deployment they may still take a first export's jobs."""
+        if self.count != 1:
+            return super().to_json()
+        fields = {"run_id": self.run_id, "export_name": self.export_name}
+        where = {"partition": self.partition, "partitions": self.partitions}
+        return json.dumps({"kind": self.kind, "version": 1, **fields, **where})
 
     @classmethod
     def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:

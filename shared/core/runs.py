@@ -69,6 +69,9 @@ class Run:
     # numbered by it, instead of all at the release: decided when the splits finish, only where
     # no safety valve can stop the run (`release.delivers_while_diffing`).
     delivers_while_diffing: bool = False
+    # Partitions each diff job takes, one after another: more than one for a delta whose
+    # splits filed most rows by the snapshot's index (`split_source.partitions_per_job`).
+    partitions_per_job: int = 1
     profiles_accepted: int = 0
     profiles_rejected_by_braze: int = 0
     requests_sent: int = 0
@@ -169,6 +172,7 @@ class SplitResult:
     split: int
     partitions: int = 0
     rows_read: int = 0
+    rows_matched: int = 0  # of rows_read: filed by the snapshot's index, as matched records
     rows_rejected: int = 0
     unidentified: int = 0  # malformed rows: whose they are cannot be told
     reasons: dict[str, int] = field(default_factory=dict)

@@ -1,8 +1,10 @@
-"""Planning a run, step three: diff one partition of the segment against the export's snapshot.
+"""Planning a run, step three: diff each partition of the segment against the export's snapshot.
 
 A partition holds the rows whose customer id hashes to it, so duplicates meet in one partition
 (the first valid row wins) and the previous snapshot's entries for the same ids are read from
-the matching snapshot partition. Memory is bounded by one partition, whatever the segment size.
+the matching snapshot partition. A job diffs one partition, or a few of a delta's one after
+another (`split_source.partitions_per_job`); memory is bounded by a job's pieces and two
+snapshot partitions (the next one loads while one is diffed), whatever the segment size.
 Rows are validated here, and only those the snapshot does not show unchanged (their digest,
 `fingerprints.row_digest`, differs from the one it remembers): a delta run validates, builds
 and fingerprints only what changed. The rows the split filed by their raw digest (the bytes of
@@ -21,12 +23,14 @@ Outputs, all in the run's folder:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import heapq
 import json
 import logging
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 from operator import itemgetter
@@ -56,7 +60,7 @@ from shared.core.jsonlines import dumpb, loads
 from shared.core.messages import ChunkJob, PartitionJob
 from shared.core.partitioning import partition_of
 from shared.core.report import REMOVAL_ORDER, row_position
-from shared.core.resource_names import CHUNKS_QUEUE, RUNS_CONTAINER
+from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE, RUNS_CONTAINER
 from shared.core.runs import PartitionResult, Run
 from shared.core.snapshot_partition import SnapshotPartition, snapshot_line
 from shared.core.source_files import SourceError
@@ -93,21 +97,50 @@ ARRAY_CAP_EXAMPLES = 5
 def diff_partition(job: PartitionJob, services: Services) -> ChunkJob | None:
     """Diff the job's partitions, recording each as it is done; the last partition of the run
     releases it. When that release queued a single chunk job (a delta's few changes, a small
-    segment), the job, for the caller to deliver at once (`deliver_at_once`)."""
+    segment), the job, for the caller to deliver at once (`deliver_at_once`).
+
+    A job of several partitions that fails queues those it has not recorded again, a job each,
+    and ends: each then has its own retries, as when every job took one (else a run would
+    fail once any of its four partitions failed five times in all)."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         log.warning(
             "run %s is missing or finished; dropping partitions %s", job.run_id, _named(job)
         )
         return None
-    for partition, result in diffed_partitions(run, job, services):
-        recorded = None
-        if result is not None and services.runs.record_partition(run.run_id, result):
-            recorded = result
-        if run.delivers_while_diffing:
-            _queue_delivery(run, partition, recorded, services)
+    try:
+        with contextlib.closing(diffed_partitions(run, job, services)) as diffed:
+            for partition, result in diffed:
+                recorded = None
+                if result is not None and services.runs.record_partition(run.run_id, result):
+                    recorded = result
+                if run.delivers_while_diffing:
+                    _queue_delivery(run, partition, recorded, services)
+    except Exception as error:
+        if job.count == 1:
+            raise
+        _queue_one_by_one(run, job, error, services)
+        return None
     queued = maybe_release(run.run_id, run.partitions, services)
     return queued[0] if queued and len(queued) == 1 else None
+
+
+def _queue_one_by_one(
+    run: Run, job: PartitionJob, error: BaseException, services: Services
+) -> None:
+    """Queue the job's partitions not recorded yet as jobs of one partition each."""
+    recorded = services.runs.partitions_recorded(run.run_id, job.numbers[0], job.numbers[-1])
+    left = [p for p in job.numbers if p not in recorded]
+    log.warning(
+        "run %s: diffing partitions %s failed (%s: %s); partitions %s queued again, a job each",
+        run.run_id,
+        _named(job),
+        type(error).__name__,
+        error,
+        left,
+    )
+    jobs = [replace(job, partition=partition, count=1).to_json() for partition in left]
+    services.storage.send_messages(JOBS_QUEUE, jobs)
 
 
 def diffed_partitions(
@@ -117,25 +150,25 @@ def diffed_partitions(
     an earlier attempt). The pieces of all of them are read at once (one range of each split's
     blob) while the first one's snapshot partition loads, and the next one's loads while this
     one is diffed: I/O and CPU overlap, within a job as between the jobs of two workers."""
-    todo = []
-    for partition in job.numbers:
-        if services.runs.partition_done(run.run_id, partition):
-            yield partition, None
-        else:
-            todo.append(partition)
+    recorded = services.runs.partitions_recorded(run.run_id, job.numbers[0], job.numbers[-1])
+    yield from ((partition, None) for partition in job.numbers if partition in recorded)
+    todo = [partition for partition in job.numbers if partition not in recorded]
     if not todo:
         return
     definitions = services.definitions()
     export = definitions.export(run.export_name)
     one = [replace(job, partition=partition, count=1) for partition in todo]
+
+    def load(partition_job: PartitionJob) -> Future[SnapshotPartition]:
+        context = contextvars.copy_context()  # its log lines name the run, as this thread's
+        return ahead.submit(context.run, _previous_partition, run, export, partition_job, services)
+
     with ThreadPoolExecutor(1, thread_name_prefix="diff-ahead") as ahead:
-        fetched = ahead.submit(_pieces, run, todo, services)
+        fetched = ahead.submit(contextvars.copy_context().run, _pieces, run, todo, services)
         previous = _previous_partition(run, export, one[0], services)
         pieces = fetched.result()
         for at, partition_job in enumerate(one):
-            following = None
-            if at + 1 < len(one):
-                following = ahead.submit(_previous_partition, run, export, one[at + 1], services)
+            following = load(one[at + 1]) if at + 1 < len(one) else None
             partition = partition_job.partition
             yield (
                 partition,
@@ -171,7 +204,9 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         return
-    which = f"partition {job.partition}" if job.count == 1 else f"partitions {_named(job)}"
+    which = f"partition {job.partition}"
+    if job.count > 1:  # it could not even queue them again one by one
+        which = f"partitions {_named(job)}"
     message = (
         f"planning failed: {which} of {job.partitions} could not be diffed after every retry "
         f"({type(error).__name__}: {error}); {sent_so_far(run, services)}"

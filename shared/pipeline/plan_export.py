@@ -3,7 +3,8 @@ into ranges for parallel split jobs.
 
 Valid rows go to one of `partitions` pieces by a hash of the customer id, so an id lands in the
 same partition in every run; each partition is then diffed against the previous snapshot on its
-own (diff_partition), in parallel across queue workers, with memory bounded by one partition.
+own (diff_partition; a delta's four to a job, one after another), in parallel across queue
+workers, with memory bounded by a job's partitions, not by the segment.
 Nothing reaches Braze before every partition is diffed and the safety valves pass.
 """
 

@@ -233,6 +233,7 @@ def _filed_or_parsed(
             matched[partition].write(records[start:end].tobytes())
             tally.partition_rows[partition] += end - start
         tally.rows_read += len(hits)
+        tally.rows_matched += len(hits)
     yield from _gathered(block, np.flatnonzero(found < 0).tolist(), digests, where)
 
 

@@ -63,8 +63,10 @@ def partition_pieces(
     services: Services, run: Run, partitions: Sequence[int]
 ) -> dict[int, list[bytes]]:
     """Each of `partitions`' pieces (ascending, as a job's are), in split order: from each
-    split's blob, the one range that holds them all, read at once with the other splits'. A
-    piece a split filed no row in is left out."""
+    split's blob, the one range that holds them all, read at once with the other splits' (a
+    range is let go once cut into its pieces). A piece a split filed no row in is left out."""
+    if list(partitions) != sorted(set(partitions)):
+        raise ValueError(f"partitions to read must ascend: {list(partitions)}")
     storage = services.storage
     splits = services.runs.split_pieces(run.run_id)
     if len(splits) != run.splits:
@@ -84,17 +86,18 @@ def partition_pieces(
         if length:
             blob = split.pieces_blob
             reads.append(functools.partial(storage.read_bytes, RUNS_CONTAINER, blob, start, length))
-    read = iter(storage.in_parallel(reads))
+    read = storage.in_parallel(reads)
+    read.reverse()  # popped in order
     pieces: dict[int, list[bytes]] = {partition: [] for partition in partitions}
     for split in splits:
         if not split.pieces_blob:
             for partition in partitions:
-                pieces[partition].append(next(read))
+                pieces[partition].append(read.pop())
             continue
         start = at = split.piece_ends[first - 1] if first else 0
         if split.piece_ends[last] == start:
             continue
-        data = next(read)
+        data = read.pop()
         for partition in range(first, last + 1):
             end = split.piece_ends[partition]
             if partition in pieces and end > at:

@@ -34,7 +34,7 @@ from shared.pipeline.run_files import (
     rejection_line,
     split_pieces_name,
 )
-from shared.pipeline.run_source import Row, index_applies, range_rows
+from shared.pipeline.run_source import Row, range_rows
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def finish_split(run: Run, partitions: int, results: list[SplitResult], services
     _sum_splits(run, results)
     run.partitions, run.split_finished_at = partitions, utcnow()
     run.delivers_while_diffing = _delivers_while_diffing(run, _largest(results), services)
+    run.partitions_per_job = partitions_per_job(run, results)
     try:
         services.runs.update(run, if_unchanged=True)
     except RunConflict:
@@ -176,22 +177,34 @@ def _sum_splits(run: Run, results: list[SplitResult]) -> None:
     run.rejections = run.validation_rejections = dict(reasons)
 
 
-# A delta's diff of a partition costs a tenth of a first export's or less (the splits filed its
-# unchanged rows by the snapshot's index), so what each job costs whatever its work weighs: the
+# A delta's diff of a partition whose unchanged rows the splits filed by the snapshot's index
+# costs a tenth of a first export's or less, so what each job costs whatever its work weighs: the
 # message, the run and the pieces' whereabouts read, a range read per split, the release's count
-# (about ten storage requests, each 2-4 ms of CPU between the client and Azurite here). A job
-# then diffs this many partitions in a row, reading each split's pieces of all of them at once.
+# (about ten storage requests, each 2-4 ms of CPU between the client and Azurite here). Such a
+# run's jobs diff this many partitions in a row, reading each split's pieces of all of them at
+# once; at 1M, eight jobs for 32 partitions.
 DELTA_PARTITIONS_PER_JOB = 4
+# The share of a run's rows its splits must have filed by the index for that: a delta of a few
+# percent. One where most rows changed diffs as a first export does, a job per partition.
+MATCHED_SHARE_FOR_GROUPS = 0.9
+
+
+def partitions_per_job(run: Run, results: list[SplitResult]) -> int:
+    """How many partitions each diff job takes: `DELTA_PARTITIONS_PER_JOB` when the splits filed
+    most rows by the snapshot's index and nothing is sent before the release; else one (a first
+    export sends each partition as soon as it is diffed; a teardown writes a removal for every
+    profile of each)."""
+    rows = sum(r.rows_read for r in results)
+    matched = sum(r.rows_matched for r in results)
+    if run.delivers_while_diffing or run.teardown or not rows:
+        return 1
+    return DELTA_PARTITIONS_PER_JOB if matched >= rows * MATCHED_SHARE_FOR_GROUPS else 1
 
 
 def queue_partitions(run: Run, services: Services) -> None:
-    """The diff jobs: one per partition, or one per `DELTA_PARTITIONS_PER_JOB` when the splits
-    filed rows by the snapshot's index and nothing is sent before the release (a first export
-    delivers each partition as soon as it is diffed). A repeated job skips the partitions
-    already recorded."""
-    per_job = 1
-    if index_applies(run, run.partitions) and not run.delivers_while_diffing:
-        per_job = DELTA_PARTITIONS_PER_JOB
+    """The diff jobs, of `run.partitions_per_job` partitions each; a repeated one skips the
+    partitions already recorded."""
+    per_job = max(1, run.partitions_per_job)
     jobs = (
         PartitionJob(
             run.run_id, run.export_name, first, run.partitions, min(per_job, run.partitions - first)

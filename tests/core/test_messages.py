@@ -144,9 +144,41 @@ def test_a_partition_job_the_previous_version_queued_is_read_as_its_one_partitio
     assert isinstance(job, PartitionJob) and list(job.numbers) == [7]
 
 
-def test_a_partition_job_of_several_names_them_and_the_previous_version_refuses_it() -> None:
-    """The version before read no `count`: it would have diffed the first partition alone, and
-    the others never (the run would stall). The version number makes it refuse the job."""
-    job = PartitionJob("r1", "e", 8, 32, 4)
-    assert list(job.numbers) == [8, 9, 10, 11]
-    assert json.loads(job.to_json())["version"] == 2
+def test_a_partition_job_of_one_is_written_as_the_previous_version_reads_it() -> None:
+    """During a deployment an earlier version may take a first export's jobs; it reads version
+    1, and `count` only from version 2, which it refuses rather than diff the first partition
+    of several alone (the others would never be diffed)."""
+    one = json.loads(PartitionJob("r1", "e", 7, 32).to_json())
+    assert one == {
+        "kind": "partition-job",
+        "version": 1,
+        "run_id": "r1",
+        "export_name": "e",
+        "partition": 7,
+        "partitions": 32,
+    }
+    several = PartitionJob("r1", "e", 8, 32, 4)
+    assert list(several.numbers) == [8, 9, 10, 11]
+    assert json.loads(several.to_json())["version"] == 2
+    assert planning_job(several.to_json()) == several
+
+
+@pytest.mark.parametrize(
+    ("partition", "partitions", "count"), [(0, 32, 0), (-1, 32, 1), (30, 32, 4), (32, 32, 1)]
+)
+def test_a_partition_job_naming_no_partition_of_its_run_is_refused(
+    partition: int, partitions: int, count: int
+) -> None:
+    text = json.dumps(
+        {
+            "kind": "partition-job",
+            "version": 2,
+            "run_id": "r1",
+            "export_name": "e",
+            "partition": partition,
+            "partitions": partitions,
+            "count": count,
+        }
+    )
+    with pytest.raises(MessageError, match="partition job names"):
+        planning_job(text)

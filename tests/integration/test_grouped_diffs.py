@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared.core.messages import ExportJob, PartitionJob
-from shared.core.resource_names import JOBS_QUEUE, RUNS_CONTAINER
+from shared.core.resource_names import JOBS_QUEUE, RUNS_CONTAINER, SNAPSHOTS_CONTAINER
 from shared.core.runs import Run, Status
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition, fail_partition
@@ -121,15 +121,28 @@ def test_a_delta_diffs_its_partitions_a_few_to_a_job_and_sends_what_changed(
     assert all(users[r["CustomerId"]]["segments"] == [] for r in gone)
 
 
-def test_a_first_export_keeps_a_job_per_partition(split_app: App) -> None:
-    """It sends each partition as soon as it is diffed: a job of several would hold the
-    later ones back."""
-    split_app.define([export_definition("first", "grouped/first.csv", "Grouped first")])
-    split_app.upload("grouped/first.csv", csv_bytes(_rows(2_500), HEADER))
-    run, jobs = _split(split_app, "first")
-    assert run.delivers_while_diffing
-    assert [(job.partition, job.count) for job in jobs] == [(p, 1) for p in range(run.partitions)]
-    assert _finish(split_app, run, jobs).profiles_accepted == 2_450
+def test_a_run_whose_splits_filed_few_rows_by_the_index_keeps_a_job_per_partition(
+    split_app: App,
+) -> None:
+    """A first export sends each partition as soon as it is diffed, and a delta where most
+    rows changed diffs as one does: a job of several would hold partitions back, or take the
+    work of several first-export partitions."""
+    rows = _rows(2_500)
+    split_app.define([export_definition("few", "grouped/few.csv", "Grouped few")])
+    split_app.upload("grouped/few.csv", csv_bytes(rows, HEADER))
+    first, jobs = _split(split_app, "few")
+    assert first.delivers_while_diffing and first.partitions_per_job == 1
+    assert [(job.partition, job.count) for job in jobs] == [(p, 1) for p in range(first.partitions)]
+    assert _finish(split_app, first, jobs).profiles_accepted == 2_450
+
+    for n, row in enumerate(rows):
+        row["LoyaltyPoints"] = str(n * 7 + 1)  # a balance that moves every day
+    split_app.upload("grouped/few.csv", csv_bytes(rows, HEADER))
+    run, jobs = _split(split_app, "few")
+    assert not run.delivers_while_diffing and run.partitions_per_job == 1
+    assert [job.count for job in jobs] == [1] * run.partitions
+    final = _finish(split_app, run, jobs)
+    assert final.profiles_changed == 2_450 and final.profiles_accepted == 2_450
 
 
 def test_a_repeated_job_diffs_only_its_partitions_not_recorded_yet(split_app: App) -> None:
@@ -158,13 +171,47 @@ def test_a_repeated_job_diffs_only_its_partitions_not_recorded_yet(split_app: Ap
     assert _sent(split_app) == {"grp-00042": {"external_id": "grp-00042", "first_name": "Changed"}}
 
 
-def test_a_teardown_diffs_a_few_partitions_to_a_job(split_app: App) -> None:
+def test_a_teardown_keeps_a_job_per_partition(split_app: App) -> None:
+    """Each of its partitions writes a removal for every profile the snapshot holds."""
     _first_export(split_app, "down", _rows(2_500))
     run, jobs = _split(split_app, "down", teardown=True)
-    assert all(job.count == DELTA_PARTITIONS_PER_JOB for job in jobs)
+    assert [job.count for job in jobs] == [1] * run.partitions
     final = _finish(split_app, run, jobs)
     assert final.status == Status.SUCCEEDED and final.profiles_removed == 2_450
     assert all(user["segments"] == [] for user in split_app.braze_users().values())
+
+
+def test_a_job_that_fails_part_way_queues_its_partitions_left_a_job_each(
+    split_app: App,
+) -> None:
+    """Each then has its own retries, as when every job took one partition; those diffed
+    before the failure stay recorded. The failure: a snapshot partition that cannot be read
+    (damaged), put right before the jobs queued again run."""
+    rows = _rows(2_500)
+    path = _first_export(split_app, "partway", rows)
+    rows[7]["FirstName"] = "Changed ✓"
+    split_app.upload(path, csv_bytes(rows, HEADER))
+    split_app.mark_sandbox_requests()
+    run, jobs = _split(split_app, "partway")
+    job = jobs[1]
+    broken = job.partition + 2
+    storage = split_app.services.storage
+    name = f"partway/sandbox/{run.previous_snapshot}/part-{broken:04d}.jsonl"
+    intact = storage.read_bytes(SNAPSHOTS_CONTAINER, name)
+    storage.write_bytes(SNAPSHOTS_CONTAINER, name, intact[: len(intact) // 2], "text/plain")
+
+    assert diff_partition(job, split_app.services) is None  # it ends, having queued them
+    recorded = split_app.services.runs.partitions_recorded(run.run_id, 0, run.partitions - 1)
+    assert recorded == {job.partition, job.partition + 1}
+    again = take(split_app, JOBS_QUEUE, PartitionJob, run.run_id)
+    assert sorted((j.partition, j.count) for j in again) == [(broken, 1), (broken + 1, 1)]
+
+    storage.write_bytes(SNAPSHOTS_CONTAINER, name, intact, "application/octet-stream")
+    final = _finish(split_app, run, [jobs[0], *again, *jobs[2:]])
+    assert final.status == Status.PARTIALLY_SUCCEEDED and final.profiles_changed == 1
+    assert _sent(split_app) == {
+        "grp-00007": {"external_id": "grp-00007", "first_name": "Changed ✓"}
+    }
 
 
 def test_a_job_of_several_partitions_that_fails_names_them(split_app: App) -> None:

@@ -71,10 +71,8 @@ def _sent(app: App) -> dict[str, dict[str, Any]]:
 
 def _filed_by_bytes(app: App, run: Run) -> int:
     """Rows of the run's pieces filed by their raw digest (matched records)."""
-    pieces = partition_pieces(app.services, run, range(run.partitions))
-    return sum(
-        len(matched_records(piece_sections(piece)[1])) for part in pieces.values() for piece in part
-    )
+    pieces = partition_pieces(app.services, run, range(run.partitions)).values()
+    return sum(len(matched_records(piece_sections(p)[1])) for part in pieces for p in part)
 
 
 def _line_of(rows: list[dict[str, str]], index: int) -> int:

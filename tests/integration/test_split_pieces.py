@@ -4,6 +4,7 @@ version before (a blob a piece) is still diffed. In process, on Azurite and the 
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -13,7 +14,7 @@ from shared.adapters.run_store import split_row
 from shared.core.messages import ExportJob, PartitionJob, SplitJob
 from shared.core.partitioning import partition_of
 from shared.core.resource_names import JOBS_QUEUE, RUNS_CONTAINER, RUNS_TABLE
-from shared.core.runs import Run, Status
+from shared.core.runs import Run, SplitResult, Status
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition
 from shared.pipeline.plan_export import plan_run
@@ -23,6 +24,7 @@ from shared.pipeline.run_files import (
     piece_sections,
     read_rows,
     run_prefix,
+    split_pieces_name,
 )
 from shared.pipeline.run_source import range_rows
 from shared.pipeline.split_source import split_and_record, split_source
@@ -193,3 +195,38 @@ def test_a_run_split_by_the_version_before_reads_a_blob_per_piece(split_app: App
     assert final.profiles_accepted == len(expected)
     users = split_app.braze_users()
     assert {i: users[i]["email"] for i in expected} == expected
+
+
+def test_the_pieces_of_several_partitions_are_cut_from_one_range_of_each_split(
+    split_app: App,
+) -> None:
+    """Hand-made layouts of six partitions: split 0 with nothing in partitions 1 to 4 (its
+    range for them is empty, and not read), split 1 by the version before (a blob a piece),
+    split 2 with empty pieces between full ones; asked for all, for some not adjacent, for
+    the first and the last."""
+    services, storage = split_app.services, split_app.services.storage
+    split_app.define([export_definition("layout", "pieces/layout.csv", "Pieces layout")])
+    run = start_run(services, "layout", "test").run
+    take(split_app, JOBS_QUEUE, ExportJob, run.run_id)
+    run.splits = 3
+    services.runs.update(run)
+    first = [b'0\t"p0"\n', b"", 'two\t"Zoë 🎉"\n'.encode(), b"", b"", b'5\t"p5"\n']
+    last = [b"a\n", b"", b"", b"", b"", b"z\n"]
+    for split, pieces in ((0, last), (2, first)):
+        blob = split_pieces_name(run.run_id, split, "attempt")
+        storage.write_bytes(RUNS_CONTAINER, blob, b"".join(pieces), "application/octet-stream")
+        ends = list(itertools.accumulate(len(piece) for piece in pieces))
+        result = SplitResult(split, partitions=6, pieces_blob=blob, piece_ends=ends)
+        services.runs.record_split(run.run_id, result)
+    old = [f"old {p}, with a comma\n".encode() for p in range(6)]
+    for p, piece in enumerate(old):
+        name = partition_piece_name(run.run_id, p, 1)
+        storage.write_bytes(RUNS_CONTAINER, name, piece, "application/octet-stream")
+    services.runs.record_split(run.run_id, SplitResult(1, partitions=6))
+
+    expected = {p: [x for x in (last[p], old[p], first[p]) if x] for p in range(6)}
+    assert partition_pieces(services, run, range(6)) == expected
+    for asked in ([1, 3, 4], [2, 4], [0], [5], [0, 5]):
+        assert partition_pieces(services, run, asked) == {p: expected[p] for p in asked}
+    with pytest.raises(ValueError, match="must ascend"):
+        partition_pieces(services, run, [3, 1])
