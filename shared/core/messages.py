@@ -110,6 +110,9 @@ class PartitionJob(_Message):
     count: int = 1
 
     def __post_init__(self) -> None:
+        numbers = (self.partition, self.partitions, self.count)
+        if not all(type(n) is int for n in numbers):
+            raise MessageError(f"a partition job's partitions are not whole numbers: {self!r}")
         if not (self.count >= 1 and 0 <= self.partition < self.partition + self.count):
             raise MessageError(f"a partition job names no partition: {self!r}")
         if self.partition + self.count > self.partitions:
@@ -125,9 +128,8 @@ class PartitionJob(_Message):
         deployment they may still take a first export's jobs."""
         if self.count != 1:
             return super().to_json()
-        fields = {"run_id": self.run_id, "export_name": self.export_name}
-        where = {"partition": self.partition, "partitions": self.partitions}
-        return json.dumps({"kind": self.kind, "version": 1, **fields, **where})
+        data = {name: value for name, value in asdict(self).items() if name != "count"}
+        return json.dumps({"kind": self.kind, "version": 1, **data})
 
     @classmethod
     def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 from shared.adapters.services import Services
 from shared.adapters.snapshot_store import SnapshotPartWriter
-from shared.adapters.storage import BlobLineWriter
+from shared.adapters.storage import BlobLineWriter, forget_traceback
 from shared.core import jsonlines
 from shared.core.braze_objects import (
     braze_attributes,
@@ -119,28 +119,35 @@ def diff_partition(job: PartitionJob, services: Services) -> ChunkJob | None:
     except Exception as error:
         if job.count == 1:
             raise
-        _queue_one_by_one(run, job, error, services)
-        return None
+        if _queue_one_by_one(job, error, services):
+            return None
     queued = maybe_release(run.run_id, run.partitions, services)
     return queued[0] if queued and len(queued) == 1 else None
 
 
-def _queue_one_by_one(
-    run: Run, job: PartitionJob, error: BaseException, services: Services
-) -> None:
-    """Queue the job's partitions not recorded yet as jobs of one partition each."""
-    recorded = services.runs.partitions_recorded(run.run_id, job.numbers[0], job.numbers[-1])
+def _queue_one_by_one(job: PartitionJob, error: Exception, services: Services) -> bool:
+    """Queue the job's partitions not recorded yet as jobs of one partition each (none when the
+    run has ended meanwhile); False when every one is recorded (the error came after the last
+    was), for the caller to go on to the release."""
+    run = services.runs.get(job.run_id)
+    recorded = services.runs.partitions_recorded(job.run_id, job.numbers[0], job.numbers[-1])
     left = [p for p in job.numbers if p not in recorded]
+    if not left:
+        forget_traceback(error)
+        return False
+    if run is not None and not run.is_final:
+        jobs = [replace(job, partition=partition, count=1).to_json() for partition in left]
+        services.storage.send_messages(JOBS_QUEUE, jobs)
     log.warning(
         "run %s: diffing partitions %s failed (%s: %s); partitions %s queued again, a job each",
-        run.run_id,
+        job.run_id,
         _named(job),
         type(error).__name__,
         error,
         left,
     )
-    jobs = [replace(job, partition=partition, count=1).to_json() for partition in left]
-    services.storage.send_messages(JOBS_QUEUE, jobs)
+    forget_traceback(error)  # handled: nothing it holds (a snapshot partition) need outlive it
+    return True
 
 
 def diffed_partitions(
@@ -205,7 +212,7 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
     if run is None or run.is_final:
         return
     which = f"partition {job.partition}"
-    if job.count > 1:  # it could not even queue them again one by one
+    if job.count > 1:  # the job failed, and so did queueing its partitions one by one
         which = f"partitions {_named(job)}"
     message = (
         f"planning failed: {which} of {job.partitions} could not be diffed after every retry "

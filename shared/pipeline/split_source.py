@@ -191,14 +191,16 @@ MATCHED_SHARE_FOR_GROUPS = 0.9
 
 def partitions_per_job(run: Run, results: list[SplitResult]) -> int:
     """How many partitions each diff job takes: `DELTA_PARTITIONS_PER_JOB` when the splits filed
-    most rows by the snapshot's index and nothing is sent before the release; else one (a first
-    export sends each partition as soon as it is diffed; a teardown writes a removal for every
-    profile of each)."""
+    most rows by the snapshot's index (most of the segment's rows, and most of the snapshot's
+    profiles: a segment that shrank writes a removal for each profile that left) and nothing is
+    sent before the release; else one (a first export sends each partition as soon as it is
+    diffed; a teardown writes a removal for every profile)."""
     rows = sum(r.rows_read for r in results)
     matched = sum(r.rows_matched for r in results)
     if run.delivers_while_diffing or run.teardown or not rows:
         return 1
-    return DELTA_PARTITIONS_PER_JOB if matched >= rows * MATCHED_SHARE_FOR_GROUPS else 1
+    most = MATCHED_SHARE_FOR_GROUPS * max(rows, run.previous_profiles)
+    return DELTA_PARTITIONS_PER_JOB if matched >= most else 1
 
 
 def queue_partitions(run: Run, services: Services) -> None:

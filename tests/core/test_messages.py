@@ -164,10 +164,11 @@ def test_a_partition_job_of_one_is_written_as_the_previous_version_reads_it() ->
 
 
 @pytest.mark.parametrize(
-    ("partition", "partitions", "count"), [(0, 32, 0), (-1, 32, 1), (30, 32, 4), (32, 32, 1)]
+    ("partition", "partitions", "count"),
+    [(0, 32, 0), (-1, 32, 1), (30, 32, 4), (32, 32, 1), (0, 32, "4"), (0, 32, 1.5), (0, 32, True)],
 )
 def test_a_partition_job_naming_no_partition_of_its_run_is_refused(
-    partition: int, partitions: int, count: int
+    partition: int, partitions: int, count: object
 ) -> None:
     text = json.dumps(
         {
@@ -180,5 +181,5 @@ def test_a_partition_job_naming_no_partition_of_its_run_is_refused(
             "count": count,
         }
     )
-    with pytest.raises(MessageError, match="partition job names"):
+    with pytest.raises(MessageError, match="a partition job"):
         planning_job(text)

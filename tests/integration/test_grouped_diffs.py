@@ -11,11 +11,12 @@ import pytest
 
 from shared.core.messages import ExportJob, PartitionJob
 from shared.core.resource_names import JOBS_QUEUE, RUNS_CONTAINER, SNAPSHOTS_CONTAINER
-from shared.core.runs import Run, Status
+from shared.core.runs import PartitionResult, Run, SplitResult, Status
+from shared.core.snapshot_partition import SnapshotFormatError
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition, fail_partition
 from shared.pipeline.run_files import snapshot_fallbacks_name
-from shared.pipeline.split_source import DELTA_PARTITIONS_PER_JOB
+from shared.pipeline.split_source import DELTA_PARTITIONS_PER_JOB, queue_partitions
 from shared.pipeline.start import start_run
 from tests.integration.conftest import (
     App,
@@ -101,9 +102,13 @@ def test_a_delta_diffs_its_partitions_a_few_to_a_job_and_sends_what_changed(
     split_app.upload(path, csv_bytes(rows, HEADER))
     split_app.mark_sandbox_requests()
 
-    run, jobs = _split(split_app, "delta")
+    run, jobs = _split(split_app, "delta")  # the run as stored
+    assert run.partitions_per_job == DELTA_PARTITIONS_PER_JOB
     assert [job.count for job in jobs] == [DELTA_PARTITIONS_PER_JOB] * len(jobs)
     assert [p for job in jobs for p in job.numbers] == list(range(run.partitions))
+    queue_partitions(run, split_app.services)  # as a repeated split queues them again
+    again = take(split_app, JOBS_QUEUE, PartitionJob, run.run_id)
+    assert sorted(again, key=lambda job: job.partition) == jobs
     final = _finish(split_app, run, jobs)
 
     assert final.status == Status.PARTIALLY_SUCCEEDED  # the invalid emails, the duplicate
@@ -171,6 +176,31 @@ def test_a_repeated_job_diffs_only_its_partitions_not_recorded_yet(split_app: Ap
     assert _sent(split_app) == {"grp-00042": {"external_id": "grp-00042", "first_name": "Changed"}}
 
 
+def test_a_segment_that_shrank_keeps_a_job_per_partition(split_app: App) -> None:
+    """Its rows are all unchanged, but a fifth of the snapshot's profiles left: each partition
+    writes a removal for each of them, work a first export's partition does."""
+    rows = _rows(2_500)
+    path = _first_export(split_app, "shrank", rows)
+    split_app.upload(path, csv_bytes(rows[:2_000], HEADER))
+    run, jobs = _split(split_app, "shrank")
+    assert run.partitions_per_job == 1 and [job.count for job in jobs] == [1] * run.partitions
+    final = _finish(split_app, run, jobs)
+    assert (final.profiles_unchanged, final.profiles_removed) == (1_960, 490)
+
+
+def test_a_run_tells_which_of_a_range_of_its_partitions_are_recorded(split_app: App) -> None:
+    """One range query, bounds included, among the run's other records and another run's."""
+    runs = split_app.services.runs
+    for partition in (3, 4, 7, 8):
+        runs.record_partition("range-run", PartitionResult(partition))
+    runs.record_partition("range-run-2", PartitionResult(5))
+    runs.record_split("range-run", SplitResult(5))
+    runs.save_split_progress("range-run", 6, 100)
+    assert runs.partitions_recorded("range-run", 4, 7) == {4, 7}
+    assert runs.partitions_recorded("range-run", 5, 6) == set()
+    assert runs.partitions_recorded("range-run", 0, 255) == {3, 4, 7, 8}
+
+
 def test_a_teardown_keeps_a_job_per_partition(split_app: App) -> None:
     """Each of its partitions writes a removal for every profile the snapshot holds."""
     _first_export(split_app, "down", _rows(2_500))
@@ -206,6 +236,8 @@ def test_a_job_that_fails_part_way_queues_its_partitions_left_a_job_each(
     again = take(split_app, JOBS_QUEUE, PartitionJob, run.run_id)
     assert sorted((j.partition, j.count) for j in again) == [(broken, 1), (broken + 1, 1)]
 
+    with pytest.raises(SnapshotFormatError):  # a job of one raises, to be retried
+        diff_partition(replace(job, partition=broken, count=1), split_app.services)
     storage.write_bytes(SNAPSHOTS_CONTAINER, name, intact, "application/octet-stream")
     final = _finish(split_app, run, [jobs[0], *again, *jobs[2:]])
     assert final.status == Status.PARTIALLY_SUCCEEDED and final.profiles_changed == 1
