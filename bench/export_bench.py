@@ -5,13 +5,14 @@ export three times through the real queues against a sandbox enforcing Braze's 3
 per 3 s with added latency: a first export (everything new), a delta run (1% of the profiles
 changed) and an unchanged re-run (the same bytes written again: recognised, nothing read or sent).
 
-For each run it reports wall time queued -> finished and per phase (split, diff, release,
-deliver, finalize), requests, profiles/s, the ratio to Braze's rate-limit floor, requests per
-rate window over the delivery phase (min, median, max), 429s and the CPU seconds each process
-used, in all and per phase (with the machine's idle and steal time: a shared VM's state shows
-there); then each process's peak RSS and `import function_app` time in a fresh process. Writes
-`<out>/<date>.json`, `<out>/<date>.md` and `<out>/<date>.png` (requests per second against the
-limit). Bounded: three runs, each with a deadline.
+For each run it reports wall time queued -> finished and per phase (queued: until a worker
+took the run's planning job; split, which includes the plan; diff, release, deliver, finalize;
+together they are the wall time), requests, profiles/s, the ratio to Braze's rate-limit
+floor, requests per rate window over the delivery phase (min, median, max), 429s and the CPU
+seconds each process used, in all and per phase (with the machine's idle and steal time: a
+shared VM's state shows there); then each process's peak RSS and `import function_app` time
+in a fresh process. Writes `<out>/<date>.json`, `<out>/<date>.md` and `<out>/<date>.png`
+(requests per second against the limit). Bounded: three runs, each with a deadline.
 
 `--host-nice N` runs the local hosts at a lower CPU priority than Azurite and the sandbox, which
 stand in for Azure Storage and Braze (on machines of their own in production): they then get
@@ -235,7 +236,7 @@ def _wide_fields(rng: random.Random) -> list[str]:
     ]
 
 
-PHASES = ("split", "diff", "release", "deliver", "finalize")
+PHASES = ("queued", "split", "diff", "release", "deliver", "finalize")
 
 
 # When each partition's diff and each chunk's delivery was recorded, by number (epoch seconds,
@@ -261,9 +262,12 @@ def record_stamps(run: Run, services: Services) -> tuple[RecordStamps, float]:
     return stamps, ended
 
 
-def phase_bounds(run: Run, stamps: RecordStamps, ended: float) -> list[tuple[str, float, float]]:
-    """Each phase from the run's own timestamps and its table entities' (Azurite's clock), the
-    last to when the run became final (`record_stamps`)."""
+def phase_bounds(
+    run: Run, started: float, stamps: RecordStamps, ended: float
+) -> list[tuple[str, float, float]]:
+    """Each phase from when the run was started (`started`, the benchmark's clock), the run's
+    own timestamps and its table entities' (Azurite's clock), the last to when the run became
+    final (`record_stamps`): the first, until a worker took the planning job off the queue."""
     assert run.planning_started_at and run.finished_at
     # A run that found its source unchanged ends during planning: its later phases take 0 s.
     split_finished = (run.split_finished_at or run.finished_at).timestamp()
@@ -272,6 +276,7 @@ def phase_bounds(run: Run, stamps: RecordStamps, ended: float) -> list[tuple[str
     delivered = max(stamps["chunk-"].values(), default=planned)
 
     epochs = [
+        started,
         run.planning_started_at.timestamp(),
         split_finished,
         diffed,
@@ -430,7 +435,7 @@ def run_once(
             time.sleep(POLL_SECONDS)
     stamps, ended = record_stamps(run, services)
     wall = ended - started
-    bounds = phase_bounds(run, stamps, ended)
+    bounds = phase_bounds(run, started, stamps, ended)
     # A run's CPU up to its end, not up to when the benchmark next asked whether it had ended.
     (cpu0, machine0), (cpu1, machine1) = sampler.at(started), sampler.at(ended)
     stats = requests.get(f"{sandbox.url}/_sandbox/stats", timeout=30).json()
@@ -789,9 +794,9 @@ def summary(results: dict[str, Any]) -> str:
         f"{', '.join(f'{name} {value}' for name, value in results['nice'].items())}. "
         f"Each run is timed from its start {results['run_timed']}.",
         "",
-        "| run | wall s | split | diff | release | deliver | finalize | requests | profiles/s "
-        "| floor s | × floor | per window min / median / max (limit) | 429s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | wall s | queued | split | diff | release | deliver | finalize | requests "
+        "| profiles/s | floor s | × floor | per window min / median / max (limit) | 429s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"]:
         p, w = run["phases_seconds"], run["windows"]
@@ -801,7 +806,8 @@ def summary(results: dict[str, Any]) -> str:
             else f"no full window; max {w['max']} ({w['limit']})"
         )
         lines.append(
-            f"| {run['label']} | {run['wall_seconds']:.1f} | {p['split']:.1f} | {p['diff']:.1f} "
+            f"| {run['label']} | {run['wall_seconds']:.1f} | {p['queued']:.1f} "
+            f"| {p['split']:.1f} | {p['diff']:.1f} "
             f"| {p['release']:.1f} | {p['deliver']:.1f} | {p['finalize']:.1f} "
             f"| {run['requests_sent']:,} | {run['profiles_per_second']:,} "
             f"| {run['floor_seconds']:.1f} | {run['ratio_to_floor'] or '–'} | {spread} "
