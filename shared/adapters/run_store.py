@@ -136,9 +136,9 @@ class RunStore:
         return sorted(results, key=lambda r: r.split)
 
     def split_pieces(self, run_id: str) -> list[SplitPieces]:
-        """Where each split's pieces are, in split order: every diff reads them, and the whole
-        records (counts, reasons) would cost a run the splits' records as many times as it has
-        partitions."""
+        """Where each split's pieces are, in split order: every diff job reads them, and the
+        whole records (counts, reasons) would cost a run the splits' records as many times as it
+        has diff jobs."""
         columns = [item.name for item in fields(SplitPieces)]
         entities = self._rows(run_id, SPLIT_PREFIX, columns)
         return sorted((_decode(SplitPieces, e) for e in entities), key=lambda r: r.split)
@@ -198,7 +198,7 @@ class RunStore:
         return sum(1 for _ in self._rows(run_id, SPLIT_PREFIX, select=["RowKey"]))
 
     def partitions_diffed(self, run_id: str) -> int:
-        """How many partitions have a result, read without the results: every diff asks
+        """How many partitions have a result, read without the results: every diff job asks
         whether it was the last, so reading them all each time would cost the square of a
         run's partition count in entities read and decoded."""
         return sum(1 for _ in self._rows(run_id, PARTITION_PREFIX, select=["RowKey"]))

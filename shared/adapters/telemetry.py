@@ -59,10 +59,7 @@ def job_context(job: object) -> Iterator[None]:
     for field, label in (("chunk_index", "chunk"), ("split", "split"), ("partition", "partition")):
         value = getattr(job, field, None)
         if value is not None:
-            count = getattr(job, "count", 1)  # a job of several partitions names them all
-            context["chunk"] = (
-                f"{label} {value}" if count == 1 else f"{label}s {value}-{value + count - 1}"
-            )
+            context["chunk"] = getattr(job, "label", f"{label} {value}")  # a partition job's
             break
     token = _context.set(context)
     try:

@@ -113,7 +113,7 @@ class PartitionJob(_Message):
         numbers = (self.partition, self.partitions, self.count)
         if not all(type(n) is int for n in numbers):
             raise MessageError(f"a partition job's partitions are not whole numbers: {self!r}")
-        if not (self.count >= 1 and 0 <= self.partition < self.partition + self.count):
+        if self.count < 1 or self.partition < 0:
             raise MessageError(f"a partition job names no partition: {self!r}")
         if self.partition + self.count > self.partitions:
             raise MessageError(f"a partition job names partitions past its {self.partitions}")
@@ -122,6 +122,13 @@ class PartitionJob(_Message):
     def numbers(self) -> range:
         """The partitions the job diffs."""
         return range(self.partition, self.partition + self.count)
+
+    @property
+    def label(self) -> str:
+        """Its partitions for people: "partition 5", or "partitions 4-7"."""
+        if self.count == 1:
+            return f"partition {self.partition}"
+        return f"partitions {self.partition}-{self.partition + self.count - 1}"
 
     def to_json(self) -> str:
         """A job of one partition as version 1 wrote it, which earlier versions read: during a

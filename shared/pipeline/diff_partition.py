@@ -104,10 +104,10 @@ def diff_partition(job: PartitionJob, services: Services) -> ChunkJob | None:
     fail once any of its four partitions failed five times in all)."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
-        log.warning(
-            "run %s is missing or finished; dropping partitions %s", job.run_id, _named(job)
-        )
+        log.warning("run %s is missing or finished; dropping %s", job.run_id, job.label)
         return None
+    # The run is read once: a job of several goes on with its partitions should another job end
+    # the run meanwhile (wasted work, no harm: nothing is sent before the release).
     try:
         with contextlib.closing(diffed_partitions(run, job, services)) as diffed:
             for partition, result in diffed:
@@ -130,24 +130,25 @@ def _queue_one_by_one(job: PartitionJob, error: Exception, services: Services) -
     run has ended meanwhile); False when every one is recorded (the error came after the last
     was), for the caller to go on to the release."""
     run = services.runs.get(job.run_id)
-    recorded = services.runs.partitions_recorded(job.run_id, job.numbers[0], job.numbers[-1])
+    recorded = services.runs.partitions_recorded(job.run_id, job.partition, job.numbers[-1])
     left = [p for p in job.numbers if p not in recorded]
-    if not left:
-        forget_traceback(error)
-        return False
-    if run is not None and not run.is_final:
+    if left and run is not None and not run.is_final:
         jobs = [replace(job, partition=partition, count=1).to_json() for partition in left]
         services.storage.send_messages(JOBS_QUEUE, jobs)
+        outcome = f"partitions {left} queued again, a job each"
+    else:
+        outcome = "all recorded" if not left else "the run has ended: nothing queued again"
     log.warning(
-        "run %s: diffing partitions %s failed (%s: %s); partitions %s queued again, a job each",
+        "run %s: diffing %s failed (%s: %s); %s",
         job.run_id,
-        _named(job),
+        job.label,
         type(error).__name__,
         error,
-        left,
+        outcome,
+        exc_info=error,  # formatted before the traceback is let go of, below
     )
     forget_traceback(error)  # handled: nothing it holds (a snapshot partition) need outlive it
-    return True
+    return bool(left)
 
 
 def diffed_partitions(
@@ -157,7 +158,7 @@ def diffed_partitions(
     an earlier attempt). The pieces of all of them are read at once (one range of each split's
     blob) while the first one's snapshot partition loads, and the next one's loads while this
     one is diffed: I/O and CPU overlap, within a job as between the jobs of two workers."""
-    recorded = services.runs.partitions_recorded(run.run_id, job.numbers[0], job.numbers[-1])
+    recorded = services.runs.partitions_recorded(run.run_id, job.partition, job.numbers[-1])
     yield from ((partition, None) for partition in job.numbers if partition in recorded)
     todo = [partition for partition in job.numbers if partition not in recorded]
     if not todo:
@@ -185,13 +186,6 @@ def diffed_partitions(
                 previous = following.result()
 
 
-def _named(job: PartitionJob) -> str:
-    """The job's partitions, for a message: "5", or "4-7"."""
-    if job.count == 1:
-        return str(job.partition)
-    return f"{job.partition}-{job.partition + job.count - 1}"
-
-
 def _queue_delivery(
     run: Run, partition: int, recorded: PartitionResult | None, services: Services
 ) -> None:
@@ -211,11 +205,9 @@ def fail_partition(job: PartitionJob, error: BaseException, services: Services) 
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         return
-    which = f"partition {job.partition}"
-    if job.count > 1:  # the job failed, and so did queueing its partitions one by one
-        which = f"partitions {_named(job)}"
+    # A job of several gets here only when queueing its partitions one by one failed too.
     message = (
-        f"planning failed: {which} of {job.partitions} could not be diffed after every retry "
+        f"planning failed: {job.label} of {job.partitions} could not be diffed after every retry "
         f"({type(error).__name__}: {error}); {sent_so_far(run, services)}"
     )
     finish_early(run, services, message=message, failed=True)

@@ -43,8 +43,8 @@ def maybe_release(run_id: str, partitions: int, services: Services) -> list[Chun
     for the one that did, the chunk jobs it queued (none when the run ended at the release, or
     each partition queued its own); None for everyone else.
 
-    The partitions are counted before the run is read: every diff asks, and all but the last
-    learn from the count alone that they were not the last (a table read saved per partition).
+    The partitions are counted before the run is read: every diff job asks, and all but the
+    last learn from the count alone that they were not the last (a table read saved a job).
     The release is claimed on the run entity with its ETag, like finalization; a releaser that
     dies mid-way is replaced after the lease, and chunks it queued twice are delivered once.
     """

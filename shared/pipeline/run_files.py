@@ -64,9 +64,10 @@ def partition_pieces(
 ) -> dict[int, list[bytes]]:
     """Each of `partitions`' pieces (ascending, as a job's are), in split order: from each
     split's blob, the one range that holds them all, read at once with the other splits' (a
-    range is let go once cut into its pieces). A piece a split filed no row in is left out."""
-    if list(partitions) != sorted(set(partitions)):
-        raise ValueError(f"partitions to read must ascend: {list(partitions)}")
+    range is let go once cut into its pieces). A piece such a split filed no row in is left
+    out; a split by the version before has a blob for every piece, each read."""
+    if not partitions or list(partitions) != sorted(set(partitions)):
+        raise ValueError(f"partitions to read must be some, ascending: {list(partitions)}")
     storage = services.storage
     splits = services.runs.split_pieces(run.run_id)
     if len(splits) != run.splits:

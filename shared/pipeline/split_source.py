@@ -180,9 +180,9 @@ def _sum_splits(run: Run, results: list[SplitResult]) -> None:
 # A delta's diff of a partition whose unchanged rows the splits filed by the snapshot's index
 # costs a tenth of a first export's or less, so what each job costs whatever its work weighs: the
 # message, the run and the pieces' whereabouts read, a range read per split, the release's count
-# (about ten storage requests, each 2-4 ms of CPU between the client and Azurite here). Such a
-# run's jobs diff this many partitions in a row, reading each split's pieces of all of them at
-# once; at 1M, eight jobs for 32 partitions.
+# (about ten storage requests, each about 3.5 ms of CPU between the client and Azurite here,
+# 2026-12-07). Such a run's jobs diff this many partitions in a row, reading each split's pieces
+# of all of them at once; at 1M, eight jobs for 32 partitions.
 DELTA_PARTITIONS_PER_JOB = 4
 # The share of a run's rows its splits must have filed by the index for that: a delta of a few
 # percent. One where most rows changed diffs as a first export does, a job per partition.

@@ -363,6 +363,34 @@ def csv_bytes(rows: list[dict[str, str]], header: list[str]) -> bytes:
     return ("\ufeff" + text.getvalue()).encode()
 
 
+MESSY_HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
+_MESSY_NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
+
+
+def messy_rows(count: int, prefix: str, mail: str = "example.com") -> list[dict[str, str]]:
+    """`count` rows of `MESSY_HEADER` with quotes, commas, line breaks, a BOM and emoji in
+    values; every 50th has an invalid email, and one more row repeats the second's id."""
+    rows = [
+        {
+            "CustomerId": f"{prefix}-{n:05d}",
+            "Email": f"user.{n}@{mail}" if n % 50 else "not-an-email",
+            "FirstName": ["Zoë", "O'Brien", "José, Jr.", 'Ann "the" Great'][n % 4],
+            "LoyaltyPoints": str(n * 7),
+            "IsVip": ["true", "false"][n % 2],
+            "BirthDate": f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}",
+            "Note": _MESSY_NOTES[n % len(_MESSY_NOTES)],
+        }
+        for n in range(count)
+    ]
+    return [*rows, {**rows[1], "Email": "dupe@example.com"}]
+
+
+@pytest.fixture
+def small_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several partitions for a few thousand rows, as a large file has."""
+    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 16 * 1024)
+
+
 def run_counts(run: Run) -> dict[str, int]:
     """A run's row and profile counts, to compare two ways of running the same segment."""
     keys = ("rows_read", "rows_valid", "rows_rejected", "profiles_new", "profiles_changed")

@@ -19,40 +19,23 @@ from shared.pipeline.run_files import snapshot_fallbacks_name
 from shared.pipeline.split_source import DELTA_PARTITIONS_PER_JOB, queue_partitions
 from shared.pipeline.start import start_run
 from tests.integration.conftest import (
+    MESSY_HEADER,
     App,
     chunk_jobs,
     csv_bytes,
     export_definition,
+    messy_rows,
     run_in_process,
     split_in_process,
     take,
 )
 
-HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
-NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
-
-
-@pytest.fixture(autouse=True)
-def _small_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sixteen partitions or so for a few thousand rows, as a large file has."""
-    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 16 * 1024)
+HEADER = MESSY_HEADER
+pytestmark = pytest.mark.usefixtures("small_partitions")  # sixteen or so for 2,500 rows
 
 
 def _rows(count: int) -> list[dict[str, str]]:
-    """Messy rows; every 50th has an invalid email, and the last repeats the first's id."""
-    rows = [
-        {
-            "CustomerId": f"grp-{n:05d}",
-            "Email": f"user.{n}@example.com" if n % 50 else "not-an-email",
-            "FirstName": ["Zoë", "O'Brien", "José, Jr.", 'Ann "the" Great'][n % 4],
-            "LoyaltyPoints": str(n * 7),
-            "IsVip": ["true", "false"][n % 2],
-            "BirthDate": f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}",
-            "Note": NOTES[n % len(NOTES)],
-        }
-        for n in range(count)
-    ]
-    return [*rows, {**rows[1], "Email": "dupe@example.com"}]
+    return messy_rows(count, "grp")
 
 
 def _first_export(app: App, name: str, rows: list[dict[str, str]]) -> str:
@@ -62,6 +45,16 @@ def _first_export(app: App, name: str, rows: list[dict[str, str]]) -> str:
     first = run_in_process(app, name)
     assert first.profiles_accepted == 2_450, first.message
     return path
+
+
+def _one_changed(app: App, name: str, row: int, first_name: str) -> tuple[Run, list[PartitionJob]]:
+    """A first export of the messy rows, then a delta changing one row's first name, split."""
+    rows = _rows(2_500)
+    path = _first_export(app, name, rows)
+    rows[row]["FirstName"] = first_name
+    app.upload(path, csv_bytes(rows, HEADER))
+    app.mark_sandbox_requests()
+    return _split(app, name)
 
 
 def _split(app: App, name: str, **options: Any) -> tuple[Run, list[PartitionJob]]:
@@ -153,12 +146,7 @@ def test_a_run_whose_splits_filed_few_rows_by_the_index_keeps_a_job_per_partitio
 def test_a_repeated_job_diffs_only_its_partitions_not_recorded_yet(split_app: App) -> None:
     """An attempt that recorded one partition of its job and died: the repeated job leaves
     that partition as recorded (its files are not written again) and diffs the others."""
-    rows = _rows(2_500)
-    path = _first_export(split_app, "repeat", rows)
-    rows[42]["FirstName"] = "Changed"
-    split_app.upload(path, csv_bytes(rows, HEADER))
-    split_app.mark_sandbox_requests()
-    run, jobs = _split(split_app, "repeat")
+    run, jobs = _one_changed(split_app, "repeat", 42, "Changed")
     storage = split_app.services.storage
 
     job = jobs[0]
@@ -217,12 +205,7 @@ def test_a_job_that_fails_part_way_queues_its_partitions_left_a_job_each(
     """Each then has its own retries, as when every job took one partition; those diffed
     before the failure stay recorded. The failure: a snapshot partition that cannot be read
     (damaged), put right before the jobs queued again run."""
-    rows = _rows(2_500)
-    path = _first_export(split_app, "partway", rows)
-    rows[7]["FirstName"] = "Changed ✓"
-    split_app.upload(path, csv_bytes(rows, HEADER))
-    split_app.mark_sandbox_requests()
-    run, jobs = _split(split_app, "partway")
+    run, jobs = _one_changed(split_app, "partway", 7, "Changed ✓")
     job = jobs[1]
     broken = job.partition + 2
     storage = split_app.services.storage
@@ -247,11 +230,7 @@ def test_a_job_that_fails_part_way_queues_its_partitions_left_a_job_each(
 
 
 def test_a_job_of_several_partitions_that_fails_names_them(split_app: App) -> None:
-    rows = _rows(2_500)
-    path = _first_export(split_app, "fails", rows)
-    rows[1]["FirstName"] = "Changed"
-    split_app.upload(path, csv_bytes(rows, HEADER))
-    run, jobs = _split(split_app, "fails")
+    run, jobs = _one_changed(split_app, "fails", 1, "Changed")
 
     fail_partition(jobs[1], ConnectionError("storage went away"), split_app.services)
     failed = split_app.services.runs.get(run.run_id)

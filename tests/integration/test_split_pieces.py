@@ -29,33 +29,22 @@ from shared.pipeline.run_files import (
 from shared.pipeline.run_source import range_rows
 from shared.pipeline.split_source import split_and_record, split_source
 from shared.pipeline.start import start_run
-from tests.integration.conftest import App, chunk_jobs, csv_bytes, export_definition, take
+from tests.integration.conftest import (
+    MESSY_HEADER,
+    App,
+    chunk_jobs,
+    csv_bytes,
+    export_definition,
+    messy_rows,
+    take,
+)
 
-HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
-NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
-
-
-@pytest.fixture(autouse=True)
-def _small_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Several partitions for a few thousand rows, as a large file has."""
-    monkeypatch.setattr("shared.core.partitioning.PARTITION_TARGET_BYTES", 16 * 1024)
+HEADER = MESSY_HEADER
+pytestmark = pytest.mark.usefixtures("small_partitions")
 
 
 def _rows(count: int, mail: str = "example.com") -> list[dict[str, str]]:
-    """Messy rows; every 50th has an invalid email, and the last repeats the first's id."""
-    rows = [
-        {
-            "CustomerId": f"piece-{n:05d}",
-            "Email": f"user.{n}@{mail}" if n % 50 else "not-an-email",
-            "FirstName": ["Zoë", "O'Brien", "José, Jr.", 'Ann "the" Great'][n % 4],
-            "LoyaltyPoints": str(n * 7),
-            "IsVip": ["true", "false"][n % 2],
-            "BirthDate": f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}",
-            "Note": NOTES[n % len(NOTES)],
-        }
-        for n in range(count)
-    ]
-    return [*rows, {**rows[1], "CustomerId": "piece-00001", "Email": "dupe@example.com"}]
+    return messy_rows(count, "piece", mail)
 
 
 def _start(app: App, name: str, rows: list[dict[str, str]]) -> tuple[Run, str]:
@@ -228,5 +217,6 @@ def test_the_pieces_of_several_partitions_are_cut_from_one_range_of_each_split(
     assert partition_pieces(services, run, range(6)) == expected
     for asked in ([1, 3, 4], [2, 4], [0], [5], [0, 5]):
         assert partition_pieces(services, run, asked) == {p: expected[p] for p in asked}
-    with pytest.raises(ValueError, match="must ascend"):
-        partition_pieces(services, run, [3, 1])
+    for wrong in ([3, 1], [2, 2], []):
+        with pytest.raises(ValueError, match="some, ascending"):
+            partition_pieces(services, run, wrong)
