@@ -3,8 +3,9 @@ the run store of a Table endpoint served so."""
 
 from __future__ import annotations
 
+import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from socketserver import BaseServer
 from typing import TypeVar
@@ -16,6 +17,24 @@ from shared.adapters.storage import Storage
 from shared.core.resource_names import RUNS_TABLE
 
 S = TypeVar("S", bound=BaseServer)
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A keep-alive request handler that logs nothing (a test's output stays its own)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, status: int, payload: bytes = b"", headers: Mapping[str, str] = {}) -> None:
+        """Answer with `status`, `headers` and `payload` (its length said)."""
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *_: object) -> None:
+        pass
 
 
 @contextmanager

@@ -154,11 +154,8 @@ class RunStore:
 
     def partitions_recorded(self, run_id: str, first: int, last: int) -> set[int]:
         """Which of partitions `first` to `last` have a result: one range query, however many."""
-        query = (
-            f"PartitionKey eq '{_quote(run_id)}' and RowKey ge '{partition_row(first)}' "
-            f"and RowKey le '{partition_row(last)}'"
-        )
-        rows = self._table.query_entities(query, select=["RowKey"])
+        low, high = partition_row(first), partition_row(last + 1)
+        rows = self._between(run_id, low, high, ["RowKey"])
         return {int(row["RowKey"].removeprefix(PARTITION_PREFIX)) for row in rows}
 
     def partition_result(self, run_id: str, partition: int) -> PartitionResult | None:
@@ -248,10 +245,11 @@ class RunStore:
 
     def _rows(self, run_id: str, prefix: str, select: list[str] | None = None) -> Any:
         """Entities of a run whose row key starts with `prefix` (a range query on the key)."""
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        query = (
-            f"PartitionKey eq '{_quote(run_id)}' and RowKey ge '{prefix}' and RowKey lt '{upper}'"
-        )
+        return self._between(run_id, prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1), select)
+
+    def _between(self, run_id: str, low: str, high: str, select: list[str] | None) -> Any:
+        """Entities of a run whose row key is from `low` up to, not including, `high`."""
+        query = f"PartitionKey eq '{_quote(run_id)}' and RowKey ge '{low}' and RowKey lt '{high}'"
         return self._table.query_entities(query, select=select)
 
     def last_activity(self, run_id: str) -> datetime | None:

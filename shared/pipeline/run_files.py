@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shared.adapters.services import Services
+from shared.adapters.storage import Storage
 from shared.core import jsonlines
 from shared.core.fingerprints import data_points
 from shared.core.jsonlines import has_non_finite
 from shared.core.resource_names import RUNS_CONTAINER
-from shared.core.runs import Run
+from shared.core.runs import Run, SplitPieces
 from shared.core.source_files import open_lines
 
 if TYPE_CHECKING:
@@ -63,9 +64,8 @@ def partition_pieces(
     services: Services, run: Run, partitions: Sequence[int]
 ) -> dict[int, list[bytes]]:
     """Each of `partitions`' pieces (ascending, as a job's are), in split order: from each
-    split's blob, the one range that holds them all, read at once with the other splits' (a
-    range is let go once cut into its pieces). A piece such a split filed no row in is left
-    out; a split by the version before has a blob for every piece, each read."""
+    split's blob, the one range that holds them all (`_cut_range`), read at once with the
+    other splits'; a split by the version before has a blob for every piece, each read."""
     if not partitions or list(partitions) != sorted(set(partitions)):
         raise ValueError(f"partitions to read must be some, ascending: {list(partitions)}")
     storage = services.storage
@@ -74,37 +74,44 @@ def partition_pieces(
         raise RuntimeError(
             f"run {run.run_id} has {len(splits)} split records for its {run.splits} splits"
         )
-    first, last = partitions[0], partitions[-1]
-    reads: list[Callable[[], bytes]] = []
+    shares: list[Callable[[], list[tuple[int, bytes]]]] = []
     for split in splits:
-        if not split.pieces_blob:  # split by the version before: a blob per piece
-            for partition in partitions:
-                name = partition_piece_name(run.run_id, partition, split.split)
-                reads.append(functools.partial(storage.read_bytes, RUNS_CONTAINER, name))
+        if split.pieces_blob:
+            shares.append(functools.partial(_cut_range, storage, split, partitions))
             continue
-        start = split.piece_ends[first - 1] if first else 0
-        length = split.piece_ends[last] - start
-        if length:
-            blob = split.pieces_blob
-            reads.append(functools.partial(storage.read_bytes, RUNS_CONTAINER, blob, start, length))
-    read = storage.in_parallel(reads)
-    read.reverse()  # popped in order
+        for partition in partitions:  # split by the version before: a blob per piece
+            name = partition_piece_name(run.run_id, partition, split.split)
+            shares.append(functools.partial(_whole_piece, storage, name, partition))
     pieces: dict[int, list[bytes]] = {partition: [] for partition in partitions}
-    for split in splits:
-        if not split.pieces_blob:
-            for partition in partitions:
-                pieces[partition].append(read.pop())
-            continue
-        start = at = split.piece_ends[first - 1] if first else 0
-        if split.piece_ends[last] == start:
-            continue
-        data = read.pop()
-        for partition in range(first, last + 1):
-            end = split.piece_ends[partition]
-            if partition in pieces and end > at:
-                pieces[partition].append(data[at - start : end - start])
-            at = end
+    for share in storage.in_parallel(shares):  # in split order
+        for partition, piece in share:
+            pieces[partition].append(piece)
     return pieces
+
+
+def _cut_range(
+    storage: Storage, split: SplitPieces, partitions: Sequence[int]
+) -> list[tuple[int, bytes]]:
+    """One split's pieces of `partitions`, cut from one range read of its blob, the range let go
+    once cut; a piece it filed no row in is left out (nothing is read when all are empty)."""
+    first, last = partitions[0], partitions[-1]
+    start = at = split.piece_ends[first - 1] if first else 0
+    if split.piece_ends[last] == start:
+        return []
+    data = storage.read_bytes(
+        RUNS_CONTAINER, split.pieces_blob, start, split.piece_ends[last] - start
+    )
+    wanted, cut = set(partitions), []
+    for partition in range(first, last + 1):
+        end = split.piece_ends[partition]
+        if partition in wanted and end > at:
+            cut.append((partition, data[at - start : end - start]))
+        at = end
+    return cut
+
+
+def _whole_piece(storage: Storage, name: str, partition: int) -> list[tuple[int, bytes]]:
+    return [(partition, storage.read_bytes(RUNS_CONTAINER, name))]
 
 
 def plan_rejected_name(run_id: str, split: int, attempt: str) -> str:

@@ -13,7 +13,7 @@ import pytest
 from azure.core.pipeline.transport import RequestsTransport
 
 from shared.core.runs import Run, RunConflict, SplitResult
-from tests.local_server import run_store_at, serving
+from tests.local_server import QuietHandler, run_store_at, serving
 
 
 class DropsFirstInsert(http.server.ThreadingHTTPServer):
@@ -26,9 +26,7 @@ class DropsFirstInsert(http.server.ThreadingHTTPServer):
         self.stored: set[tuple[str, str]] = set()
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.inserts.append(body)
@@ -40,26 +38,17 @@ class DropsFirstInsert(http.server.ThreadingHTTPServer):
                     return
                 exists = key in server.stored
                 server.stored.add(key)
-                self.send_response(409 if exists else 204)
-                if exists:
-                    error = {
-                        "odata.error": {
-                            "code": "EntityAlreadyExists",
-                            "message": {"value": "exists"},
-                        }
-                    }
-                    payload = json.dumps(error).encode()
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("x-ms-error-code", "EntityAlreadyExists")
-                else:
-                    payload = b""
-                    self.send_header("ETag", "W/\"datetime'2026-12-06T21%3A00%3A00Z'\"")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *_: object) -> None:
-                pass
+                if not exists:
+                    self.reply(204, headers={"ETag": "W/\"datetime'2026-12-06T21%3A00%3A00Z'\""})
+                    return
+                error = {
+                    "odata.error": {"code": "EntityAlreadyExists", "message": {"value": "exists"}}
+                }
+                headers = {
+                    "Content-Type": "application/json",
+                    "x-ms-error-code": "EntityAlreadyExists",
+                }
+                self.reply(409, json.dumps(error).encode(), headers)
 
         super().__init__(("127.0.0.1", 0), Handler)
 

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from shared.core.runs import SplitPieces
-from tests.local_server import run_store_at, serving
+from tests.local_server import QuietHandler, run_store_at, serving
 
 
 class SplitRecords(http.server.ThreadingHTTPServer):
@@ -24,9 +24,7 @@ class SplitRecords(http.server.ThreadingHTTPServer):
         self.queries: list[dict[str, list[str]]] = []
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 server.queries.append(parse_qs(urlsplit(self.path).query))
                 records = [
@@ -38,14 +36,7 @@ class SplitRecords(http.server.ThreadingHTTPServer):
                     },
                 ]
                 payload = json.dumps({"value": records}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json;odata=minimalmetadata")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *_: object) -> None:
-                pass
+                self.reply(200, payload, {"Content-Type": "application/json;odata=minimalmetadata"})
 
         super().__init__(("127.0.0.1", 0), Handler)
 

@@ -128,18 +128,19 @@ def test_a_split_job_the_previous_version_queued_is_read_as_the_range_it_meant(
     assert planning_job(text) == SplitJob("r1", "e", 4, 10, 32, start, end, 1, file_index)
 
 
+# A partition job as version 1 wrote it (it diffed one partition, and had no `count`).
+VERSION_1_PARTITION_JOB = {
+    "kind": "partition-job",
+    "version": 1,
+    "run_id": "r1",
+    "export_name": "e",
+    "partition": 7,
+    "partitions": 32,
+}
+
+
 def test_a_partition_job_the_previous_version_queued_is_read_as_its_one_partition() -> None:
-    text = json.dumps(
-        {
-            "kind": "partition-job",
-            "version": 1,
-            "run_id": "r1",
-            "export_name": "e",
-            "partition": 7,
-            "partitions": 32,
-        }
-    )
-    job = planning_job(text)
+    job = planning_job(json.dumps(VERSION_1_PARTITION_JOB))
     assert job == PartitionJob("r1", "e", 7, 32, 1)
     assert isinstance(job, PartitionJob) and list(job.numbers) == [7]
 
@@ -148,15 +149,7 @@ def test_a_partition_job_of_one_is_written_as_the_previous_version_reads_it() ->
     """During a deployment an earlier version may take a first export's jobs; it reads version
     1, and `count` only from version 2, which it refuses rather than diff the first partition
     of several alone (the others would never be diffed)."""
-    one = json.loads(PartitionJob("r1", "e", 7, 32).to_json())
-    assert one == {
-        "kind": "partition-job",
-        "version": 1,
-        "run_id": "r1",
-        "export_name": "e",
-        "partition": 7,
-        "partitions": 32,
-    }
+    assert json.loads(PartitionJob("r1", "e", 7, 32).to_json()) == VERSION_1_PARTITION_JOB
     several = PartitionJob("r1", "e", 8, 32, 4)
     assert list(several.numbers) == [8, 9, 10, 11]
     assert json.loads(several.to_json())["version"] == 2
@@ -170,16 +163,7 @@ def test_a_partition_job_of_one_is_written_as_the_previous_version_reads_it() ->
 def test_a_partition_job_naming_no_partition_of_its_run_is_refused(
     partition: int, partitions: int, count: object
 ) -> None:
-    text = json.dumps(
-        {
-            "kind": "partition-job",
-            "version": 2,
-            "run_id": "r1",
-            "export_name": "e",
-            "partition": partition,
-            "partitions": partitions,
-            "count": count,
-        }
-    )
+    where = {"partition": partition, "partitions": partitions, "count": count}
+    text = json.dumps({**VERSION_1_PARTITION_JOB, "version": 2, **where})
     with pytest.raises(MessageError, match="a partition job"):
         planning_job(text)
