@@ -16,7 +16,7 @@ import orjson
 from xxhash import xxh3_64_hexdigest
 
 from shared.core.definitions import Connection, Export
-from shared.core.jsonlines import dumpb, has_float
+from shared.core.jsonlines import has_float
 
 # Keys that identify or steer an update; they are not attributes Braze bills or keeps.
 CONTROL_KEYS = frozenset({"external_id", "_update_existing_only"})
@@ -42,16 +42,19 @@ def fingerprint(value: Any) -> str:
     return blake2b(canonical_json(value), digest_size=8).hexdigest()
 
 
-def row_digest(values: list[Any], seed: int) -> str:
-    """A digest of a row's mapped values, seeded by what turns them into a profile (the code and
-    the mapping, `row_digest_seed`): the same digest for the same customer id means the same
-    profile as the one the snapshot remembers, so the diff need not validate the row again.
+def row_digest(values_json: bytes, seed: int) -> str:
+    """A digest of a row's mapped values as its piece carries them (`run_files.PieceLines`),
+    seeded by what turns them into a profile (the code and the mapping, `row_digest_seed`): the
+    same digest for the same customer id means the same profile as the one the snapshot
+    remembers, so the diff need not validate the row again. Hashing the bytes the piece holds
+    spares each row a second serialization; the same values in other bytes (a CSV header that
+    put the columns in another order) only cost the row a validation.
 
     XXH3 (64 bits, as the snapshot keeps it), not a cryptographic hash: it runs for every row
     of every run, and nothing here needs more than a hash that spreads (the digest only tells a
     row the snapshot holds from one it does not; the source's writer controls the rows anyway).
     """
-    return xxh3_64_hexdigest(dumpb(values, sort_keys=True), seed)  # NaN apart from null
+    return xxh3_64_hexdigest(values_json, seed)
 
 
 def row_digest_seed(code_digest: str, mapping: str) -> int:

@@ -53,8 +53,6 @@ from shared.core.fingerprints import (
     delta,
     fingerprint,
     fingerprints,
-    row_digest,
-    row_digest_seed,
 )
 from shared.core.jsonlines import dumpb, loads
 from shared.core.messages import ChunkJob, PartitionJob
@@ -80,14 +78,13 @@ from shared.pipeline.run_files import (
     partition_files_loader,
     partition_pieces,
     partition_rejected_name,
-    piece_line,
     piece_sections,
     read_rows,
     rejection_line,
     snapshot_fallbacks_name,
     write_chunk,
 )
-from shared.pipeline.run_source import code_digest, source_format
+from shared.pipeline.run_source import code_digest, piece_lines, source_format
 
 log = logging.getLogger(__name__)
 
@@ -538,8 +535,7 @@ def _reread(
     order, _, _, where, raw = row
     source_row = reread(order, where)
     mapping = export.mapping
-    columns = mapping.columns()
-    values = mapped_values(source_row.values, frozenset(columns))
+    values = mapped_values(source_row.values, frozenset(mapping.columns()))
     customer_id = usable_customer_id(values, mapping)
     line = f"line {source_row.line} of {source_row.file or run.source}"
     if customer_id is None:  # the split took it for a row the snapshot holds, so it is one
@@ -552,9 +548,7 @@ def _reread(
             f"{line} was filed by a digest that another row shares; start a full refresh, "
             "which files every row by its customer id"
         )
-    seed = row_digest_seed(run.code_version, run.mapping_fingerprint)
-    digest = row_digest([values.get(column) for column in columns], seed)
-    return next(read_rows(piece_line(order, customer_id, digest, values, raw).decode()))
+    return next(read_rows(piece_lines(run, export).line(order, customer_id, values, raw).decode()))
 
 
 def _trusts_digests(run: Run) -> bool:

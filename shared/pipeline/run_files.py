@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ import orjson
 from shared.adapters.services import Services
 from shared.adapters.storage import Storage
 from shared.core import jsonlines
-from shared.core.fingerprints import data_points
+from shared.core.fingerprints import data_points, row_digest
 from shared.core.jsonlines import has_non_finite
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, SplitPieces
@@ -46,7 +47,7 @@ def splits_blob_name(run_id: str) -> str:
 
 
 def split_pieces_name(run_id: str, split: int, attempt: str) -> str:
-    """One split's pieces, one per hash partition in partition order (`piece_line` rows,
+    """One split's pieces, one per hash partition in partition order (`PieceLines.line` rows,
     tab-separated), where its record (`SplitResult.piece_ends`) says each ends; a partition is
     its pieces in split order, which is source order. Each attempt of a split writes its own
     blob and the recorded one is read, so an attempt that lost the race (and may have read
@@ -249,21 +250,35 @@ def mapped_values(values: dict[str, Any], columns: frozenset[str]) -> dict[str, 
     return kept
 
 
-def piece_line(
-    order: int, customer_id: str, digest: str, values: dict[str, Any], raw: str = ""
-) -> bytes:
-    """One row of a piece, as the bytes the split writes: JSON bytes go straight into the line,
-    never decoded and encoded again. This runs for every row of a segment, so orjson is called
-    here directly (two calls of `jsonlines.dumpb` cost half a microsecond more per row); a row
-    orjson cannot write exactly takes `jsonlines.dumpb`."""
-    try:
-        id_json, values_json = orjson.dumps(customer_id), orjson.dumps(values)
-        exact = values_json.find(b"null") < 0 or not has_non_finite(values)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        exact = False
-    if not exact:
-        id_json, values_json = jsonlines.dumpb(customer_id), jsonlines.dumpb(values)
-    return b"%d\t%b\t%b\t%b\t%b\n" % (order, id_json, digest.encode(), values_json, raw.encode())
+@dataclass(frozen=True, slots=True)
+class PieceLines:
+    """How a run's rows are written into its pieces (`line`): their digests seeded by `seed`
+    (`row_digest_seed`: the code that planned the run and its mapping), and with `sort_keys`
+    (JSON Lines, whose writers may order a record's keys differently from run to run; a CSV's
+    columns keep the header's order) the values' keys sorted, so the same values keep their
+    digest. Made once per split job (`run_source.piece_lines`)."""
+
+    seed: int
+    sort_keys: bool = False
+
+    def line(self, order: int, customer_id: str, values: dict[str, Any], raw: str = "") -> bytes:
+        """One row of a piece, as the bytes the split writes, with the row digest of its
+        values' bytes (`row_digest`): JSON bytes go straight into the line, never decoded and
+        encoded again. This runs for every row of a segment, so orjson is called here directly
+        (two calls of `jsonlines.dumpb` cost half a microsecond more per row); a row orjson
+        cannot write exactly (NaN, which it writes as null) takes `jsonlines.dumpb`."""
+        sort_keys = self.sort_keys
+        try:
+            id_json = orjson.dumps(customer_id)
+            values_json = orjson.dumps(values, option=orjson.OPT_SORT_KEYS if sort_keys else None)
+            exact = values_json.find(b"null") < 0 or not has_non_finite(values)
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            exact = False
+        if not exact:
+            id_json = jsonlines.dumpb(customer_id)
+            values_json = jsonlines.dumpb(values, sort_keys=sort_keys)
+        digest = row_digest(values_json, self.seed).encode()
+        return b"%d\t%b\t%b\t%b\t%b\n" % (order, id_json, digest, values_json, raw.encode())
 
 
 def read_rows(text: str) -> Iterator[PieceRow]:

@@ -17,6 +17,7 @@ from shared.adapters.services import Services
 from shared.adapters.storage import Storage, read_ahead
 from shared.core.cdm import CdmEntity, parse_model, read_entity, read_partition_range
 from shared.core.definitions import Export, SourceFormat, format_of
+from shared.core.fingerprints import row_digest_seed
 from shared.core.messages import SplitJob
 from shared.core.partitioning import partition_count
 from shared.core.resource_names import RUNS_CONTAINER
@@ -31,7 +32,7 @@ from shared.core.source_files import (
     record_starts,
     row_order,
 )
-from shared.pipeline.run_files import source_files_blob_name, splits_blob_name
+from shared.pipeline.run_files import PieceLines, source_files_blob_name, splits_blob_name
 
 MAX_SPLITS = 64  # parallel split jobs per run
 
@@ -65,6 +66,13 @@ def source_format(run: Run, export: Export) -> SourceFormat:
     container, _, path = run.source.partition("/")
     same_file = container == export.source.container and path == export.source.path
     return export.source.resolved_format() if same_file else format_of(path)
+
+
+def piece_lines(run: Run, export: Export) -> PieceLines:
+    """How the run's rows are written into pieces: by the split, and by a diff that reads a row
+    again, so both give it one digest."""
+    seed = row_digest_seed(run.code_version, run.mapping_fingerprint)
+    return PieceLines(seed, sort_keys=source_format(run, export) == "jsonl")
 
 
 def open_source(

@@ -15,7 +15,6 @@ from shared.adapters.services import Services
 from shared.adapters.settings import ConfigurationError
 from shared.adapters.storage import BlobLineWriter, BlobNotFound
 from shared.core.definitions import DefinitionsError, Export, UnknownExport
-from shared.core.fingerprints import row_digest, row_digest_seed
 from shared.core.messages import PartitionJob, SplitJob
 from shared.core.partitioning import partition_of
 from shared.core.raw_records import RawPathUnsafe
@@ -29,12 +28,11 @@ from shared.pipeline.release import delivers_while_diffing
 from shared.pipeline.run_files import (
     MATCHED_MARK,
     mapped_values,
-    piece_line,
     plan_rejected_name,
     rejection_line,
     split_pieces_name,
 )
-from shared.pipeline.run_source import Row, range_rows
+from shared.pipeline.run_source import Row, piece_lines, range_rows
 
 log = logging.getLogger(__name__)
 
@@ -236,10 +234,9 @@ def _split(
     count = tally.partitions = job.partitions
     filed = tally.partition_rows = [0] * count
     mapping = export.mapping
-    columns = mapping.columns()
-    mapped = frozenset(columns)
+    mapped = frozenset(mapping.columns())
     # Seeded by the code that planned the run: the diff trusts digests only on the same code.
-    seed = row_digest_seed(run.code_version, run.mapping_fingerprint)
+    line_of = piece_lines(run, export).line
     storage = services.storage
     attempt = uuid.uuid4().hex[:12]  # names this attempt's blobs: its record names them
     rejected_name = plan_rejected_name(run.run_id, job.split, attempt)
@@ -269,9 +266,8 @@ def _split(
                     reasons = [(p.code, p.message) for p in problems]
                     _reject(rejected, tally, row, values, values.get(mapping.customer_id), reasons)
                     continue
-                digest = row_digest([values.get(column) for column in columns], seed)
                 partition = partition_of(customer_id, count)
-                files[partition].write(piece_line(row.order, customer_id, digest, values, row.raw))
+                files[partition].write(line_of(row.order, customer_id, values, row.raw))
                 filed[partition] += 1
         except RawPathUnsafe:
             abandoned = True  # read again as rows, which reports the range's rejections

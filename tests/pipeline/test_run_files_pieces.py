@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from shared.core import jsonlines
+from shared.core.fingerprints import row_digest, row_digest_seed
 from shared.core.snapshot_partition import SnapshotPartition
 from shared.pipeline import diff_partition
-from shared.pipeline.run_files import MATCHED_MARK, matched_record_type, piece_line, read_rows
+from shared.pipeline.run_files import MATCHED_MARK, PieceLines, matched_record_type, read_rows
 
+SEED = row_digest_seed("code", "mapping")
 MESSY_ROWS = [
     {"CustomerId": "c-1", "Note": 'says "hi", twice\nand\ttabs', "Name": "Zoë 李 🎉"},
     {"CustomerId": "c-2", "Blank": "", "BOM": "\ufeffstart", "Sep": "\u2028\u2029"},
@@ -27,10 +29,11 @@ MESSY_ROWS = [
 def test_a_piece_row_reads_back_as_the_standard_library_writes_and_reads_it(
     values: dict[str, object],
 ) -> None:
-    line = piece_line(41, 'cust "7"\t', "0123456789abcdef", values, "fedcba9876543210")
+    line = PieceLines(SEED).line(41, 'cust "7"\t', values, "fedcba9876543210")
     assert line.endswith(b"\n") and line.count(b"\n") == 1  # one row, one line
     ((order, id_json, digest, values_json, raw),) = list(read_rows(line.decode()))
-    assert (order, json.loads(id_json), digest) == (41, 'cust "7"\t', "0123456789abcdef")
+    assert (order, json.loads(id_json)) == (41, 'cust "7"\t')
+    assert digest == row_digest(values_json.encode(), SEED)
     assert raw == "fedcba9876543210"
     assert values_json == jsonlines.dumps(values)
     read = jsonlines.loads(values_json)
@@ -42,6 +45,54 @@ def _matched_piece(raw: int) -> bytes:
     records = np.zeros(1, matched_record_type())
     records["raw"] = raw
     return MATCHED_MARK + records.tobytes()
+
+
+def _digest(values: dict[str, object], seed: int = SEED, sort_keys: bool = False) -> str:
+    line = PieceLines(seed, sort_keys).line(1, "c-1", values)
+    ((_, _, digest, _, _),) = list(read_rows(line.decode()))
+    return digest
+
+
+def test_a_row_digest_tells_values_apart_and_follows_the_code_and_the_mapping() -> None:
+    """The diff skips validating a row whose digest is the snapshot's: values that differ in
+    any way (kind, NaN or null, a column's name, one character, a quote that moves across a
+    field's end) must not share one, and another code or mapping must give every row a new one,
+    so rows are validated again. The digest is of the bytes the piece carries."""
+    rows: list[dict[str, object]] = [
+        {"Id": "c-1", "Email": "a@example.com", "Name": "Zoë 🎉"},
+        {"Id": "c-1", "Email": "a@example.com", "Name": "Zoe 🎉"},
+        {"Id": "c-1", "Email": "a@example.com", "Name": None},
+        {"Id": "c-1", "Email": "a@example.com", "Name": math.nan},
+        {"Id": "c-1", "Email": "a@example.com", "Name": math.inf},
+        {"Id": "c-1", "Email": "a@example.com", "Name": ""},
+        {"Id": "c-1", "Email": "a@example.com", "Name": 1},
+        {"Id": "c-1", "Email": "a@example.com", "Name": "1"},
+        {"Id": "c-1", "Email": "a@example.com", "Name": 2**70},
+        {"Id": "c-1", "Email": "a@example.com", "name": 1},
+        {"Id": "c-1", "Email": "a@example.com"},
+        {"Id": 'c-1", "Email": "a', "Email": "x"},
+        {"Id": "c-1", "Email": 'a", "Email": "x'},
+        {"Id": "c-1", "Email": "a@example.com", "Name": "\ufeffZoë"},
+    ]
+    digests = [_digest(row) for row in rows]
+    assert len(set(digests)) == len(rows)
+    assert all(len(d) == 16 and int(d, 16) >= 0 for d in digests)  # 64 bits in hex
+    assert [_digest(dict(row)) for row in rows] == digests  # the same values: the same digest
+    for other in (row_digest_seed("other code", "mapping"), row_digest_seed("code", "other")):
+        assert not {_digest(row, other) for row in rows} & set(digests)
+
+
+def test_a_json_lines_row_keeps_its_digest_whatever_its_keys_order() -> None:
+    """A JSON Lines writer may order a record's keys differently from run to run: its pieces
+    carry the keys sorted (nested ones too). A CSV's values keep the header's order, which is
+    the same for every row of a file, and are carried as they are."""
+    row = {"Name": "Zoë", "Id": "c-1", "Nested": {"b": [1, {"y": 2, "x": 1}], "a": None}}
+    turned = {"Nested": {"a": None, "b": [1, {"x": 1, "y": 2}]}, "Id": "c-1", "Name": "Zoë"}
+    assert _digest(turned, sort_keys=True) == _digest(row, sort_keys=True)
+    assert _digest(turned) != _digest(row)
+    line = PieceLines(SEED).line(1, "c-1", row).decode()
+    ((_, _, _, values_json, _),) = list(read_rows(line))
+    assert list(jsonlines.loads(values_json)) == ["Name", "Id", "Nested"]  # as the row had them
 
 
 def test_a_snapshot_holding_an_id_twice_is_not_taken_in_bulk() -> None:
