@@ -30,15 +30,16 @@ def plan_export(msg: func.QueueMessage) -> None:
     ends the run (nothing was sent, or what was is reported)."""
     services = app_services()
     job = planning_job(msg.get_body())
-    step, fail = _step(job, services)
+    step, fail = _step(job, services, msg.dequeue_count or 1)
     with job_context(job), failing_the_run_on_last_attempt(msg, services, fail):
         step()
 
 
 def _step(
-    job: PlanningJob, services: Services
+    job: PlanningJob, services: Services, attempt: int
 ) -> tuple[Callable[[], None], Callable[[BaseException], None]]:
-    """The step the job asks for, and what ends its run when its last attempt fails."""
+    """The step the job asks for (on its `attempt`-th delivery), and what ends its run when its
+    last attempt fails."""
     match job:
         case ExportJob():
             return (
@@ -52,18 +53,18 @@ def _step(
             )
         case PartitionJob():
             return (
-                lambda: _diff(job, services),
+                lambda: _diff(job, services, attempt),
                 lambda error: fail_partition(job, error, services),
             )
         case _:
             assert_never(job)
 
 
-def _diff(job: PartitionJob, services: Services) -> None:
+def _diff(job: PartitionJob, services: Services, attempt: int) -> None:
     """Diff with the cyclic collector paused; a run this diff released as a single chunk job
     is then delivered here and now (`deliver_at_once`), with the collector running again."""
     with cyclic_gc_paused():
-        released = diff_partition(job, services)
+        released = diff_partition(job, services, attempt)
     if released is not None:
         with job_context(released):
             deliver_at_once(released, services)

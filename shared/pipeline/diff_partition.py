@@ -91,18 +91,26 @@ log = logging.getLogger(__name__)
 ARRAY_CAP_EXAMPLES = 5
 
 
-def diff_partition(job: PartitionJob, services: Services) -> ChunkJob | None:
+def diff_partition(job: PartitionJob, services: Services, attempt: int = 1) -> ChunkJob | None:
     """Diff the job's partitions, recording each as it is done; the last partition of the run
     releases it. When that release queued a single chunk job (a delta's few changes, a small
     segment), the job, for the caller to deliver at once (`deliver_at_once`).
 
     A job of several partitions that fails queues those it has not recorded again, a job each,
     and ends: each then has its own retries, as when every job took one (else a run would
-    fail once any of its four partitions failed five times in all)."""
+    fail once any of its four partitions failed five times in all). So does such a job
+    delivered again (`attempt` > 1): an earlier attempt did not finish, most likely because its
+    host stopped or was killed (out of memory, the function's timeout), which raises nothing
+    here and may have been one partition's doing: it must not use up the others' attempts."""
     run = services.runs.get(job.run_id)
     if run is None or run.is_final:
         log.warning("run %s is missing or finished; dropping %s", job.run_id, job.label)
         return None
+    if job.count > 1 and attempt > 1:
+        reason = f"an earlier attempt did not finish; this is attempt {attempt}"
+        if _queue_one_by_one(job, reason, services):
+            return None
+        return _release(run, services)
     # The run is read once: a job of several goes on with its partitions should another job end
     # the run meanwhile (wasted work, no harm: nothing is sent before the release).
     try:
@@ -116,15 +124,26 @@ def diff_partition(job: PartitionJob, services: Services) -> ChunkJob | None:
     except Exception as error:
         if job.count == 1:
             raise
-        if _queue_one_by_one(job, error, services):
+        reason = f"{type(error).__name__}: {error}"
+        # The log line is formatted before the traceback is let go of: nothing it holds (a
+        # snapshot partition) need outlive the error, which is handled here.
+        left = _queue_one_by_one(job, reason, services, error)
+        forget_traceback(error)
+        if left:
             return None
+    return _release(run, services)
+
+
+def _release(run: Run, services: Services) -> ChunkJob | None:
     queued = maybe_release(run.run_id, run.partitions, services)
     return queued[0] if queued and len(queued) == 1 else None
 
 
-def _queue_one_by_one(job: PartitionJob, error: Exception, services: Services) -> bool:
+def _queue_one_by_one(
+    job: PartitionJob, reason: str, services: Services, error: Exception | None = None
+) -> bool:
     """Queue the job's partitions not recorded yet as jobs of one partition each (none when the
-    run has ended meanwhile); False when every one is recorded (the error came after the last
+    run has ended meanwhile); False when every one is recorded (the failure came after the last
     was), for the caller to go on to the release."""
     run = services.runs.get(job.run_id)
     recorded = services.runs.partitions_recorded(job.run_id, job.partition, job.numbers[-1])
@@ -136,15 +155,8 @@ def _queue_one_by_one(job: PartitionJob, error: Exception, services: Services) -
     else:
         outcome = "all recorded" if not left else "the run has ended: nothing queued again"
     log.warning(
-        "run %s: diffing %s failed (%s: %s); %s",
-        job.run_id,
-        job.label,
-        type(error).__name__,
-        error,
-        outcome,
-        exc_info=error,  # formatted before the traceback is let go of, below
+        "run %s: diffing %s failed (%s); %s", job.run_id, job.label, reason, outcome, exc_info=error
     )
-    forget_traceback(error)  # handled: nothing it holds (a snapshot partition) need outlive it
     return bool(left)
 
 

@@ -4,17 +4,19 @@ partitions were recorded diffs only the others, and a first export keeps a job p
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from shared.core.messages import ExportJob, PartitionJob
+from functions.planning import plan_export
+from shared.core.messages import ChunkJob, ExportJob, PartitionJob
 from shared.core.resource_names import JOBS_QUEUE, RUNS_CONTAINER, SNAPSHOTS_CONTAINER
 from shared.core.runs import PartitionResult, Run, SplitResult, Status
 from shared.core.snapshot_partition import SnapshotFormatError
 from shared.pipeline.deliver_chunk import deliver_chunk
-from shared.pipeline.diff_partition import diff_partition, fail_partition
+from shared.pipeline.diff_partition import diff_partition, diffed_partitions, fail_partition
 from shared.pipeline.run_files import snapshot_fallbacks_name
 from shared.pipeline.split_source import DELTA_PARTITIONS_PER_JOB, queue_partitions
 from shared.pipeline.start import start_run
@@ -25,6 +27,7 @@ from tests.integration.conftest import (
     csv_bytes,
     export_definition,
     messy_rows,
+    queue_message,
     run_in_process,
     split_in_process,
     take,
@@ -238,3 +241,54 @@ def test_a_job_of_several_partitions_that_fails_names_them(split_app: App) -> No
     last = jobs[1].partition + jobs[1].count - 1
     assert f"partitions {jobs[1].partition}-{last} of {run.partitions}" in failed.message
     assert "storage went away" in failed.message
+
+
+def test_a_job_of_several_delivered_again_queues_its_partitions_left_a_job_each(
+    split_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its earlier attempt did not finish (its host was killed, say, which raises nothing):
+    whichever partition did that must not use up the others' attempts. The one the earlier
+    attempt recorded stays recorded; the others each get a job, and the run ends as usual."""
+    monkeypatch.setattr("functions.planning.app_services", lambda: split_app.services)
+    run, jobs = _one_changed(split_app, "again", 42, "Changed, again")
+    job = jobs[0]
+    assert job.count == 4
+    diff_partition(replace(job, partition=job.partition + 1, count=1), split_app.services)
+
+    plan_export(queue_message(job, 2))
+    assert split_app.services.runs.partitions_diffed(run.run_id) == 1  # nothing diffed again
+    again = take(split_app, JOBS_QUEUE, PartitionJob, run.run_id)
+    left = [partition for partition in job.numbers if partition != job.partition + 1]
+    assert sorted((j.partition, j.count) for j in again) == [(p, 1) for p in left]
+
+    final = _finish(split_app, run, [*again, *jobs[1:]])
+    assert final.status == Status.PARTIALLY_SUCCEEDED and final.profiles_changed == 1
+    assert _sent(split_app) == {
+        "grp-00042": {"external_id": "grp-00042", "first_name": "Changed, again"}
+    }
+
+
+def test_a_job_of_several_delivered_again_with_all_recorded_goes_on_to_the_release(
+    split_app: App,
+) -> None:
+    """Its earlier attempt recorded every partition, then did not finish: nothing is queued
+    again, and the run, every partition being recorded, is released by this attempt."""
+    run, jobs = _one_changed(split_app, "released", 7, "Zoë 🎉")
+    job = jobs[-1]
+    for other in jobs[:-1]:
+        diff_partition(other, split_app.services)
+    with contextlib.closing(diffed_partitions(run, job, split_app.services)) as diffed:
+        for _, result in diffed:  # what the earlier attempt did before it stopped
+            assert result is not None
+            split_app.services.runs.record_partition(run.run_id, result)
+    assert split_app.services.runs.partitions_diffed(run.run_id) == run.partitions
+    assert chunk_jobs(split_app, run.run_id) == []  # all recorded, but not released
+
+    released = diff_partition(job, split_app.services, attempt=2)
+    assert take(split_app, JOBS_QUEUE, PartitionJob, run.run_id) == []
+    assert isinstance(released, ChunkJob)
+    (chunk,) = chunk_jobs(split_app, run.run_id)
+    deliver_chunk(chunk, split_app.services)
+    final = split_app.services.runs.get(run.run_id)
+    assert final is not None and final.status == Status.PARTIALLY_SUCCEEDED
+    assert _sent(split_app) == {"grp-00007": {"external_id": "grp-00007", "first_name": "Zoë 🎉"}}
