@@ -190,6 +190,10 @@ def test_with_a_connection_string_logs_and_metrics_reach_application_insights(
         "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
         "OTEL_METRIC_EXPORT_INTERVAL": "500",
         "OTEL_BLRP_SCHEDULE_DELAY": "200",
+        # The exporter keeps unsent telemetry in a folder under the temporary directory, named
+        # by a hash that includes the working directory: one more folder in /tmp per checkout
+        # the suite runs in (each fresh clone), never removed. The test's own folder is.
+        "TMPDIR": str(tmp_path),
     }
     app = App(env, definitions, sandbox)
     app.services.ensure_resources()
