@@ -107,8 +107,8 @@ def diff_partition(job: PartitionJob, services: Services, attempt: int = 1) -> C
         log.warning("run %s is missing or finished; dropping %s", job.run_id, job.label)
         return None
     if job.count > 1 and attempt > 1:
-        reason = f"an earlier attempt did not finish; this is attempt {attempt}"
-        if _queue_one_by_one(job, reason, services):
+        what = f"{job.label} delivered again (attempt {attempt}): an earlier one did not finish"
+        if _queue_one_by_one(job, what, services):
             return None
         return _release(run, services)
     # The run is read once: a job of several goes on with its partitions should another job end
@@ -124,10 +124,10 @@ def diff_partition(job: PartitionJob, services: Services, attempt: int = 1) -> C
     except Exception as error:
         if job.count == 1:
             raise
-        reason = f"{type(error).__name__}: {error}"
+        what = f"diffing {job.label} failed ({type(error).__name__}: {error})"
         # The log line is formatted before the traceback is let go of: nothing it holds (a
         # snapshot partition) need outlive the error, which is handled here.
-        left = _queue_one_by_one(job, reason, services, error)
+        left = _queue_one_by_one(job, what, services, error)
         forget_traceback(error)
         if left:
             return None
@@ -140,11 +140,11 @@ def _release(run: Run, services: Services) -> ChunkJob | None:
 
 
 def _queue_one_by_one(
-    job: PartitionJob, reason: str, services: Services, error: Exception | None = None
+    job: PartitionJob, what: str, services: Services, error: Exception | None = None
 ) -> bool:
     """Queue the job's partitions not recorded yet as jobs of one partition each (none when the
     run has ended meanwhile); False when every one is recorded (the failure came after the last
-    was), for the caller to go on to the release."""
+    was), for the caller to go on to the release. `what` happened, for the log."""
     run = services.runs.get(job.run_id)
     recorded = services.runs.partitions_recorded(job.run_id, job.partition, job.numbers[-1])
     left = [p for p in job.numbers if p not in recorded]
@@ -154,9 +154,7 @@ def _queue_one_by_one(
         outcome = f"partitions {left} queued again, a job each"
     else:
         outcome = "all recorded" if not left else "the run has ended: nothing queued again"
-    log.warning(
-        "run %s: diffing %s failed (%s); %s", job.run_id, job.label, reason, outcome, exc_info=error
-    )
+    log.warning("run %s: %s; %s", job.run_id, what, outcome, exc_info=error)
     return bool(left)
 
 

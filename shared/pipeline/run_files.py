@@ -253,10 +253,11 @@ def mapped_values(values: dict[str, Any], columns: frozenset[str]) -> dict[str, 
 @dataclass(frozen=True, slots=True)
 class PieceLines:
     """How a run's rows are written into its pieces (`line`): their digests seeded by `seed`
-    (`row_digest_seed`: the code that planned the run and its mapping), and with `sort_keys`
+    (`row_digest_seed`: the code that planned the run and its mapping). With `sort_keys`
     (JSON Lines, whose writers may order a record's keys differently from run to run; a CSV's
-    columns keep the header's order) the values' keys sorted, so the same values keep their
-    digest. Made once per split job (`run_source.piece_lines`)."""
+    columns keep the header's order) the digest is of the values with their keys sorted, so
+    the same values keep it, while the piece keeps the record's order (a rejected row is
+    reported as read). Made once per split job (`run_source.piece_lines`)."""
 
     seed: int
     sort_keys: bool = False
@@ -267,17 +268,15 @@ class PieceLines:
         encoded again. This runs for every row of a segment, so orjson is called here directly
         (two calls of `jsonlines.dumpb` cost half a microsecond more per row); a row orjson
         cannot write exactly (NaN, which it writes as null) takes `jsonlines.dumpb`."""
-        sort_keys = self.sort_keys
         try:
-            id_json = orjson.dumps(customer_id)
-            values_json = orjson.dumps(values, option=orjson.OPT_SORT_KEYS if sort_keys else None)
+            id_json, values_json = orjson.dumps(customer_id), orjson.dumps(values)
             exact = values_json.find(b"null") < 0 or not has_non_finite(values)
         except TypeError:  # orjson.JSONEncodeError is a TypeError
             exact = False
         if not exact:
-            id_json = jsonlines.dumpb(customer_id)
-            values_json = jsonlines.dumpb(values, sort_keys=sort_keys)
-        digest = row_digest(values_json, self.seed).encode()
+            id_json, values_json = jsonlines.dumpb(customer_id), jsonlines.dumpb(values)
+        hashed = jsonlines.dumpb(values, sort_keys=True) if self.sort_keys else values_json
+        digest = row_digest(hashed, self.seed).encode()
         return b"%d\t%b\t%b\t%b\t%b\n" % (order, id_json, digest, values_json, raw.encode())
 
 

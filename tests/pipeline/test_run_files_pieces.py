@@ -83,16 +83,18 @@ def test_a_row_digest_tells_values_apart_and_follows_the_code_and_the_mapping() 
 
 
 def test_a_json_lines_row_keeps_its_digest_whatever_its_keys_order() -> None:
-    """A JSON Lines writer may order a record's keys differently from run to run: its pieces
-    carry the keys sorted (nested ones too). A CSV's values keep the header's order, which is
-    the same for every row of a file, and are carried as they are."""
+    """A JSON Lines writer may order a record's keys differently from run to run: its digest is
+    of the values with their keys sorted (nested ones too), while its piece keeps the record's
+    order, so a rejected row is reported as read. A CSV's values keep the header's order, which
+    is the same for every row of a file, and are hashed as the piece carries them."""
     row = {"Name": "Zoë", "Id": "c-1", "Nested": {"b": [1, {"y": 2, "x": 1}], "a": None}}
     turned = {"Nested": {"a": None, "b": [1, {"x": 1, "y": 2}]}, "Id": "c-1", "Name": "Zoë"}
     assert _digest(turned, sort_keys=True) == _digest(row, sort_keys=True)
     assert _digest(turned) != _digest(row)
-    line = PieceLines(SEED).line(1, "c-1", row).decode()
-    ((_, _, _, values_json, _),) = list(read_rows(line))
-    assert list(jsonlines.loads(values_json)) == ["Name", "Id", "Nested"]  # as the row had them
+    for sort_keys in (False, True):
+        line = PieceLines(SEED, sort_keys).line(1, "c-1", row).decode()
+        ((_, _, _, values_json, _),) = list(read_rows(line))
+        assert list(jsonlines.loads(values_json)) == ["Name", "Id", "Nested"]  # as read
 
 
 def test_a_snapshot_holding_an_id_twice_is_not_taken_in_bulk() -> None:
