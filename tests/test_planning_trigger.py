@@ -36,7 +36,7 @@ def test_a_diff_runs_with_the_collector_paused_and_the_other_steps_without(
     monkeypatch.setattr(planning, "app_services", lambda: Services())
     for name in ("plan_run", "split_source", "diff_partition"):
         monkeypatch.setattr(
-            planning, name, lambda job, services, name=name: seen.update({name: gc.isenabled()})
+            planning, name, lambda job, services, *_, name=name: seen.update({name: gc.isenabled()})
         )
     jobs = [
         ExportJob("r", "e"),

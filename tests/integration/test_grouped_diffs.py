@@ -250,7 +250,7 @@ def test_a_job_of_several_delivered_again_queues_its_partitions_left_a_job_each(
     whichever partition did that must not use up the others' attempts. The one the earlier
     attempt recorded stays recorded; the others each get a job, and the run ends as usual."""
     monkeypatch.setattr("functions.planning.app_services", lambda: split_app.services)
-    run, jobs = _one_changed(split_app, "again", 42, "Changed, again")
+    run, jobs = _one_changed(split_app, "redelivered", 42, "Changed, again")
     job = jobs[0]
     assert job.count == 4
     diff_partition(replace(job, partition=job.partition + 1, count=1), split_app.services)
