@@ -20,7 +20,7 @@ from shared.pipeline.start import (
     start_or_defer,
     start_run,
 )
-from tests.integration.conftest import App, export_definition
+from tests.integration.conftest import App, export_definition, wait_for
 
 
 def _concurrently(count: int, work: Any) -> list[Any]:
@@ -120,12 +120,18 @@ def test_a_drop_while_busy_is_deferred_and_starts_when_the_run_ends(
 
     # The active run ends: its finalization starts the deferred one. The local host's minute
     # tick nudges a delivering run whose chunks are all recorded (`stall_sweep`), so it may be
-    # the one that finalizes it.
+    # the one that finalizes it, and then starts the deferred run just after the held one ends.
     held.status, held.chunks_total = Status.DELIVERING, 0
     app.services.runs.update(held)
-    if not maybe_finalize(held.run_id, app.services):
+
+    def deferred_runs() -> list[Run]:
+        return [r for r in _runs_of(app, "defer") if r.run_id != held.run_id]
+
+    if maybe_finalize(held.run_id, app.services):
+        deferred = deferred_runs()  # started by the finalizing, before it returned
+    else:
         assert app.wait_for_final(held.run_id).status == Status.SUCCEEDED
-    deferred = [r for r in _runs_of(app, "defer") if r.run_id != held.run_id]
+        deferred = wait_for(deferred_runs, "the deferred run")
     assert [(r.trigger, r.source) for r in deferred] == [("blob", "segments/trig/drops/new.csv")]
     assert app.wait_for_final(deferred[0].run_id).profiles_accepted == len(small_segment.expected)
     assert app.services.runs.pending_start("defer") is None
