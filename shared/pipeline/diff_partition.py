@@ -146,8 +146,7 @@ def _queue_one_by_one(
     run has ended meanwhile); False when every one is recorded (the failure came after the last
     was), for the caller to go on to the release. `what` happened, for the log."""
     run = services.runs.get(job.run_id)
-    recorded = services.runs.partitions_recorded(job.run_id, job.partition, job.numbers[-1])
-    left = [p for p in job.numbers if p not in recorded]
+    left = _unrecorded(job, services)
     if left and run is not None and not run.is_final:
         jobs = [replace(job, partition=partition, count=1).to_json() for partition in left]
         services.storage.send_messages(JOBS_QUEUE, jobs)
@@ -158,6 +157,12 @@ def _queue_one_by_one(
     return bool(left)
 
 
+def _unrecorded(job: PartitionJob, services: Services) -> list[int]:
+    """The job's partitions without a recorded result (one range query, however many)."""
+    recorded = services.runs.partitions_recorded(job.run_id, job.partition, job.numbers[-1])
+    return [partition for partition in job.numbers if partition not in recorded]
+
+
 def diffed_partitions(
     run: Run, job: PartitionJob, services: Services
 ) -> Iterator[tuple[int, PartitionResult | None]]:
@@ -165,9 +170,8 @@ def diffed_partitions(
     an earlier attempt). The pieces of all of them are read at once (one range of each split's
     blob) while the first one's snapshot partition loads, and the next one's loads while this
     one is diffed: I/O and CPU overlap, within a job as between the jobs of two workers."""
-    recorded = services.runs.partitions_recorded(run.run_id, job.partition, job.numbers[-1])
-    yield from ((partition, None) for partition in job.numbers if partition in recorded)
-    todo = [partition for partition in job.numbers if partition not in recorded]
+    todo = _unrecorded(job, services)
+    yield from ((partition, None) for partition in job.numbers if partition not in todo)
     if not todo:
         return
     definitions = services.definitions()

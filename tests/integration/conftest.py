@@ -367,21 +367,25 @@ MESSY_HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "B
 _MESSY_NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
 
 
+def messy_row(n: int, prefix: str, mail: str = "example.com") -> dict[str, str]:
+    """Row `n` of `MESSY_HEADER`, with quotes, commas, line breaks, a BOM and emoji in values."""
+    return {
+        "CustomerId": f"{prefix}-{n:05d}",
+        "Email": f"user.{n}@{mail}",
+        "FirstName": ["Zoë", "O'Brien", "José, Jr.", 'Ann "the" Great'][n % 4],
+        "LoyaltyPoints": str(n * 7),
+        "IsVip": ["true", "false"][n % 2],
+        "BirthDate": f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}",
+        "Note": _MESSY_NOTES[n % len(_MESSY_NOTES)],
+    }
+
+
 def messy_rows(count: int, prefix: str, mail: str = "example.com") -> list[dict[str, str]]:
-    """`count` rows of `MESSY_HEADER` with quotes, commas, line breaks, a BOM and emoji in
-    values; every 50th has an invalid email, and one more row repeats the second's id."""
-    rows = [
-        {
-            "CustomerId": f"{prefix}-{n:05d}",
-            "Email": f"user.{n}@{mail}" if n % 50 else "not-an-email",
-            "FirstName": ["Zoë", "O'Brien", "José, Jr.", 'Ann "the" Great'][n % 4],
-            "LoyaltyPoints": str(n * 7),
-            "IsVip": ["true", "false"][n % 2],
-            "BirthDate": f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}",
-            "Note": _MESSY_NOTES[n % len(_MESSY_NOTES)],
-        }
-        for n in range(count)
-    ]
+    """`count` messy rows (`messy_row`); every 50th has an invalid email, and one more row
+    repeats the second's id."""
+    rows = [messy_row(n, prefix, mail) for n in range(count)]
+    for row in rows[::50]:
+        row["Email"] = "not-an-email"
     return [*rows, {**rows[1], "Email": "dupe@example.com"}]
 
 

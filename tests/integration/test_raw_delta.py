@@ -27,28 +27,20 @@ from shared.core.runs import Run
 from shared.pipeline import diff_partition, plan_export, run_source
 from shared.pipeline.run_files import matched_records, partition_pieces, piece_sections
 from tests.integration.conftest import (
+    MESSY_HEADER,
     SPLIT_MIB,
     App,
     export_definition,
+    messy_row,
     run_counts,
     run_in_process,
 )
 
-HEADER = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
-NOTES = ['says "hi", twice', "multi\nline, with comma", "Zoë 李 🎉", "\ufeffbom inside", ""]
+HEADER = MESSY_HEADER
 
 
 def _row(n: int, **changes: str) -> dict[str, str]:
-    row = {
-        "CustomerId": f"raw-{n:05d}",
-        "Email": f"user.{n}@example.com",
-        "FirstName": ["Zoë", "O'Brien", "José, Jr.", 'Ann "the" Great'][n % 4],
-        "LoyaltyPoints": str(n * 7),
-        "IsVip": ["true", "false"][n % 2],
-        "BirthDate": f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}",
-        "Note": NOTES[n % len(NOTES)],
-    }
-    return {**row, **changes}
+    return {**messy_row(n, "raw"), **changes}
 
 
 def _csv(rows: list[dict[str, str]], header: list[str] = HEADER) -> bytes:
