@@ -71,13 +71,13 @@ def main() -> None:
         sandbox.stop()
 
 
-def _batches(count: int, first: int) -> list[list[str]]:
+def _batches(count: int, first: int) -> list[list[bytes]]:
     """`count` bodies' objects, every user new (numbered from batch `first`): each request
     creates 75 profiles, as a first export's do."""
-    return [[user_object((first + n) * 75 + i) for i in range(75)] for n in range(count)]
+    return [[user_object((first + n) * 75 + i).encode() for i in range(75)] for n in range(count)]
 
 
-def _send(client: BrazeClient, batches: list[list[str]], in_flight: int) -> dict[int, int]:
+def _send(client: BrazeClient, batches: list[list[bytes]], in_flight: int) -> dict[int, int]:
     """Every batch, `in_flight` at a time as a delivery job keeps them; the statuses seen."""
     waiting: deque[Future[TrackOutcome]] = deque()
     statuses: dict[int, int] = {}

@@ -89,9 +89,9 @@ def authorization_header(key: str) -> str:
     return f"Authorization: Bearer {key}"
 
 
-def tracking_body(objects_json: Sequence[str]) -> bytes:
-    """A /users/track body from already-serialized attribute objects."""
-    return ('{"attributes":[' + ",".join(objects_json) + "]}").encode("utf-8")
+def tracking_body(objects_json: Sequence[bytes]) -> bytes:
+    """A /users/track body from already-serialized attribute objects (UTF-8 JSON)."""
+    return b'{"attributes":[' + b",".join(objects_json) + b"]}"
 
 
 class InFlightSizer:
@@ -200,7 +200,7 @@ class BrazeClient:
         sizer = self._in_flight
         return None if isinstance(sizer, int) else sizer.latency_seconds
 
-    def submit(self, objects_json: Sequence[str]) -> Future[TrackOutcome]:
+    def submit(self, objects_json: Sequence[bytes]) -> Future[TrackOutcome]:
         """Send one batch on the client's pool; the future holds what `track` returns or raises."""
         with self._pool_lock:
             if self._pool is None:
@@ -210,7 +210,7 @@ class BrazeClient:
         # The caller's log context (run, export, chunk) goes with the batch to the pool thread.
         return self._pool.submit(contextvars.copy_context().run, self.track, objects_json)
 
-    def track(self, objects_json: Sequence[str]) -> TrackOutcome:
+    def track(self, objects_json: Sequence[bytes]) -> TrackOutcome:
         """Send one batch of attribute objects; retry what is worth retrying."""
         body = tracking_body(objects_json)
         failures = rate_limit_waits = 0

@@ -237,7 +237,7 @@ def _send_in_order(
     job: ChunkJob,
     services: Services,
     client: BrazeClient,
-    todo: list[list[tuple[int, int, str]]],
+    todo: list[list[tuple[int, int, bytes]]],
     ledger: _Ledger,
 ) -> bool:
     """Keep up to the client's `max_in_flight` batches of this chunk on their way, and account
@@ -298,7 +298,7 @@ class _Ledger:
         self.progress = lease.progress
         self._etag = lease.etag
         self.lost = False  # another attempt took the chunk: stop sending
-        self.sending: deque[list[tuple[int, int, str]]] = deque()
+        self.sending: deque[list[tuple[int, int, bytes]]] = deque()
         self._attempt = _Attempt(job, services)
         self._files = partition_files_loader(services, job.run_id)
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress")
@@ -416,7 +416,7 @@ def _copy(progress: ChunkProgress) -> ChunkProgress:
 
 def _add_batch(
     progress: ChunkProgress,
-    batch: list[tuple[int, int, str]],
+    batch: list[tuple[int, int, bytes]],
     rejections: list[dict[str, Any]],
     *,
     sent: bool,
@@ -463,7 +463,7 @@ def fail_chunk(job: ChunkJob, error: BaseException, services: Services) -> None:
     reason = f"delivery failed after every retry: {type(error).__name__}: {error}"[:1000]
     progress.failure = reason
     try:
-        items: list[tuple[int, int, str]] | None = read_chunk(services, job.blob_names)
+        items: list[tuple[int, int, bytes]] | None = read_chunk(services, job.blob_names)
     except Exception:
         log.exception("run %s chunk %d: its blob is unreadable too", job.run_id, job.chunk_index)
         items = None
@@ -530,7 +530,7 @@ def _lease_to_fail(job: ChunkJob, services: Services) -> ChunkProgress | None:
 
 
 def rejected_rows(
-    batch: list[tuple[int, int, str]], outcome: TrackOutcome, files: Callable[[], list[str]]
+    batch: list[tuple[int, int, bytes]], outcome: TrackOutcome, files: Callable[[], list[str]]
 ) -> list[dict[str, Any]]:
     """Map Braze's answer back to source rows: `errors[].index` is the position in the batch."""
     if outcome.failure is None and not outcome.object_errors:  # the common answer: all taken

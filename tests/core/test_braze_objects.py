@@ -7,7 +7,7 @@ import pytest
 from shared.adapters.braze_client import TrackOutcome, tracking_body
 from shared.core.braze_objects import braze_attributes, removal
 from shared.core.definitions import Export
-from shared.core.jsonlines import dumps
+from shared.core.jsonlines import dumpb
 from shared.core.source_files import row_order, row_part
 from shared.core.validation import Profile
 from shared.pipeline.deliver_chunk import rejected_rows
@@ -46,7 +46,7 @@ def test_profiles_of_a_segment_share_one_membership_update_and_leavers_another()
     assert other["segments"] == {"add": ["Other"]} and first["segments"] == {"add": ["VIP – 🎉"]}
     leaving = removal("c-1", export, {})
     assert leaving["segments"] == {"remove": ["VIP – 🎉"]}
-    assert json.loads(dumps(first))["segments"] == {"add": ["VIP – 🎉"]}
+    assert json.loads(dumpb(first))["segments"] == {"add": ["VIP – 🎉"]}
 
 
 def test_update_existing_only_and_custom_membership_attribute() -> None:
@@ -60,7 +60,7 @@ def test_update_existing_only_and_custom_membership_attribute() -> None:
 
 
 def test_encoded_objects_make_a_valid_body() -> None:
-    objects = [dumps({"external_id": f"é-{n}", "note": 'a "q",\n'}) for n in range(3)]
+    objects = [dumpb({"external_id": f"é-{n}", "note": 'a "q",\n'}) for n in range(3)]
     body = json.loads(tracking_body(objects))
     assert [o["external_id"] for o in body["attributes"]] == ["é-0", "é-1", "é-2"]
     assert body["attributes"][0]["note"] == 'a "q",\n'
@@ -85,14 +85,14 @@ def _no_files() -> list[str]:
 def test_cdm_rows_name_their_partition_file() -> None:
     order = row_order(1, 42)
     outcome = TrackOutcome(201, {0: "EMAIL_BAD_FORMAT"})
-    (rejected,) = rejected_rows([(order, 1, dumps({"external_id": "x"}))], outcome,
+    (rejected,) = rejected_rows([(order, 1, dumpb({"external_id": "x"}))], outcome,
                                 lambda: ["c/p_1.csv", "c/p_2.csv"])  # fmt: skip
     assert (rejected["file"], rejected["line"], rejected["order"]) == ("c/p_2.csv", 42, order)
     assert row_part(order) == (1, 42) and row_part(42) == (None, 42)
 
 
-def _batch(count: int) -> list[tuple[int, int, str]]:
-    return [(100 + n, 1, dumps({"external_id": f"id-{n}"})) for n in range(count)]
+def _batch(count: int) -> list[tuple[int, int, bytes]]:
+    return [(100 + n, 1, dumpb({"external_id": f"id-{n}"})) for n in range(count)]
 
 
 def test_object_errors_map_back_to_their_source_lines() -> None:

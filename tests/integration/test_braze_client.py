@@ -25,7 +25,7 @@ from shared.adapters.braze_client import (
     TrackOutcome,
 )
 from shared.adapters.rate_governor import RateGovernor
-from shared.core.jsonlines import dumps
+from shared.core.jsonlines import dumpb
 from tests.local_server import serving
 
 KEY = "client-test-key"
@@ -77,8 +77,8 @@ def _stats(sandbox: Sandbox) -> dict:
     return requests.get(f"{sandbox.url}/_sandbox/stats", timeout=10).json()
 
 
-def _objects(count: int, prefix: str = "u") -> list[str]:
-    return [dumps({"external_id": f"{prefix}-{n}", "tier": "gold"}) for n in range(count)]
+def _objects(count: int, prefix: str = "u") -> list[bytes]:
+    return [dumpb({"external_id": f"{prefix}-{n}", "tier": "gold"}) for n in range(count)]
 
 
 def _client(sandbox: Sandbox, keys: list[str] | None = None) -> BrazeClient:
@@ -88,7 +88,7 @@ def _client(sandbox: Sandbox, keys: list[str] | None = None) -> BrazeClient:
 
 def test_object_errors_come_back_by_index(braze: Sandbox) -> None:
     objects = _objects(3)
-    objects[1] = dumps({"external_id": "bad-id"})
+    objects[1] = dumpb({"external_id": "bad-id"})
     outcome = _client(braze).track(objects)
     assert outcome.status == 201 and outcome.failure is None
     assert outcome.object_errors == {1: "BLACKLISTED_EXTERNAL_USER_ID"}

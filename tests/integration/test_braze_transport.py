@@ -26,15 +26,15 @@ from shared.adapters.braze_client import BrazeClient, BrazeUnavailable
 from shared.adapters.http_post import ca_store
 from shared.adapters.rate_governor import RateGovernor
 from shared.adapters.settings import ConfigurationError
-from shared.core.jsonlines import dumps
+from shared.core.jsonlines import dumpb
 from tests.key_vault_double import write_self_signed
 from tests.local_server import serving
 
 KEY = "transport-test-key"
 
 
-def _objects(count: int) -> list[str]:
-    return [dumps({"external_id": f"t-{n}", "tier": "gold"}) for n in range(count)]
+def _objects(count: int) -> list[bytes]:
+    return [dumpb({"external_id": f"t-{n}", "tier": "gold"}) for n in range(count)]
 
 
 def _refuse_to_wait(seconds: float) -> None:
@@ -248,7 +248,7 @@ def test_a_request_dropped_unanswered_on_a_reused_connection_is_sent_again_with_
             endpoint, lambda refresh: KEY, governor=governor, max_attempts=3, sleep=waits.append
         )
         first, second, third = (
-            client.track([dumps({"external_id": name})]) for name in ("a", "b", "c")
+            client.track([dumpb({"external_id": name})]) for name in ("a", "b", "c")
         )
     assert (first.status, second.status, third.status) == (201, 201, 201)
     assert [orjson.loads(body)["attributes"][0]["external_id"] for _, body in received] == [

@@ -39,7 +39,9 @@ def test_a_key_rotated_in_key_vault_is_used_after_braze_answers_401(
     client = BrazeClient(sandbox.url, lambda refresh: secrets.get(SECRET, refresh=refresh))
     vault.set_secret(SECRET, SANDBOX_KEY)  # rotated after the client read (and cached) the key
 
-    outcome = client.track([json.dumps({"external_id": "rotated-1", "email": "r@example.com"})])
+    outcome = client.track(
+        [json.dumps({"external_id": "rotated-1", "email": "r@example.com"}).encode()]
+    )
 
     assert outcome.status == 201 and outcome.failure is None
     assert vault.secret_reads(SECRET) == 2  # the first read, and the re-read after the 401
