@@ -29,7 +29,7 @@ import heapq
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, KeysView, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -415,9 +415,7 @@ def _diff(
         ]
     )
     chunk_rows = [len(chunk) for chunk in chunks]
-    member_ids: Collection[str] = members.profiles.keys()
-    if bulk.ids and export.membership == "array":
-        member_ids = member_ids | set(bulk.ids)
+    member_ids = (members.profiles.keys(), bulk.ids)
     examples = _array_cap_check(run, export, definitions, member_ids, job, services, counts)
     if examples:  # the ids go to the run's report (a private blob), never to the logs
         log.warning(
@@ -700,7 +698,7 @@ def _array_cap_check(
     run: Run,
     export: Export,
     definitions: Definitions,
-    member_ids: Collection[str],
+    member_ids: tuple[KeysView[str], Sequence[str]],
     job: PartitionJob,
     services: Services,
     counts: PartitionResult,
@@ -709,12 +707,15 @@ def _array_cap_check(
 
     Other exports to the same connection and array attribute add their own segment names;
     their snapshots (partitioned by the same hash) tell who holds which. Braze silently drops
-    an update that would pass the cap, so the report warns before that happens.
+    an update that would pass the cap, so the report warns before that happens. `member_ids`:
+    the members row by row and those taken in bulk, put together only when another export's
+    snapshot is there to compare (a set of a delta's whole partition cost 3 ms a partition).
     """
-    if export.membership != "array" or not member_ids:
+    if export.membership != "array" or not any(member_ids):
         return []
     cap = definitions.connection(export.connection).array_element_cap
     held: dict[str, set[str]] = defaultdict(set)
+    members: Collection[str] | None = None
     for other in definitions.exports:
         if (
             other.name == export.name
@@ -727,11 +728,14 @@ def _array_cap_check(
         manifest = services.snapshots.current(other.name, other.connection)
         if manifest is None:
             continue
+        if members is None:
+            by_row, in_bulk = member_ids
+            members = by_row | set(in_bulk) if in_bulk else by_row
         snapshot = (manifest.run_id, manifest.partitions)
         for id_json in services.snapshots.previous_partition(
             other.name, other.connection, snapshot, job.partition, job.partitions
         ).ids:
-            if id_json in member_ids:
+            if id_json in members:
                 held[id_json].add(other.segment)
     over = [id_json for id_json, segments in held.items() if len(segments) + 1 > cap]
     counts.array_cap_warnings = len(over)

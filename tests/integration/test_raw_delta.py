@@ -694,3 +694,25 @@ def test_a_gzip_file_without_its_extension_gets_the_partitions_of_its_text(
         assert run.profiles_accepted == 3_000, run.message
         found[name] = run.partitions
     assert found == dict.fromkeys(found, partition_count(len(data), True))
+
+
+def test_members_taken_in_bulk_count_against_the_array_cap(split_app: App) -> None:
+    """A delta's unchanged members are taken from the snapshot in bulk, not row by row: the
+    array cap's count must still see them beside another export's segment."""
+    rows = [_row(n) for n in range(3_000)]
+    path = "raw/capped.csv"
+    split_app.define(
+        [export_definition(f"capped-{n}", path, f"Capped {n}", chunk_size=500) for n in (1, 2)],
+        array_element_cap=1,
+    )
+    split_app.upload(path, _csv(rows))
+    run_in_process(split_app, "capped-1")
+    first = run_in_process(split_app, "capped-2")
+    assert first.array_cap_warnings == 3_000
+    rows[7]["FirstName"] = "Capped-Changed"
+    split_app.upload(path, _csv(rows))
+
+    delta = run_in_process(split_app, "capped-2")
+
+    assert _filed_by_bytes(split_app, delta) == 2_999  # all but the changed row, in bulk
+    assert delta.array_cap_warnings == 3_000
