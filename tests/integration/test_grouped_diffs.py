@@ -15,6 +15,7 @@ from shared.core.messages import ChunkJob, ExportJob, PartitionJob
 from shared.core.resource_names import JOBS_QUEUE, RUNS_CONTAINER, SNAPSHOTS_CONTAINER
 from shared.core.runs import PartitionResult, Run, SplitResult, Status
 from shared.core.snapshot_partition import SnapshotFormatError
+from shared.pipeline import diff_partition as diff_step
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition, diffed_partitions, fail_partition
 from shared.pipeline.run_files import snapshot_fallbacks_name
@@ -230,6 +231,35 @@ def test_a_job_that_fails_part_way_queues_its_partitions_left_a_job_each(
     assert _sent(split_app) == {
         "grp-00007": {"external_id": "grp-00007", "first_name": "Changed ✓"}
     }
+
+
+def test_a_job_that_fails_after_its_run_ended_queues_nothing_again(
+    split_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another job failed the run while this one diffed its partitions, then this one failed
+    too: the partitions it had left are not queued again, since the run has ended, and the run
+    stays failed with the other job's reason."""
+    run, jobs = _one_changed(split_app, "ended", 7, "Changed")
+    job = jobs[1]
+    real_diff = diff_step._diff
+
+    def run_ended_then_fails(
+        run_: Run, definitions: Any, partition_job: PartitionJob, *rest: Any
+    ) -> PartitionResult:
+        if partition_job.partition == job.partition + 1:
+            fail_partition(jobs[0], ConnectionError("storage went away"), split_app.services)
+            raise ConnectionError("the storage account is unreachable")
+        return real_diff(run_, definitions, partition_job, *rest)
+
+    monkeypatch.setattr(diff_step, "_diff", run_ended_then_fails)
+
+    assert diff_partition(job, split_app.services) is None
+    assert take(split_app, JOBS_QUEUE, PartitionJob, run.run_id) == []
+    recorded = split_app.services.runs.partitions_recorded(run.run_id, 0, run.partitions - 1)
+    assert recorded == {job.partition}
+    failed = split_app.services.runs.get(run.run_id)
+    assert failed is not None and failed.status == Status.FAILED
+    assert "storage went away" in failed.message
 
 
 def test_a_job_of_several_partitions_that_fails_names_them(split_app: App) -> None:
