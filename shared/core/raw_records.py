@@ -92,8 +92,9 @@ def raw_blocks(
         yield RawBlock(pending, block.offset, block.lines, block.starts, block.ends)
 
 
-BLOCK_BYTES = 4 << 20  # a download's first piece may be 32 MiB: numpy's passes over it would
-# hold several times that at once
+# A download's pieces are 8 MiB (`storage.DOWNLOAD_PIECE_BYTES`) and numpy's passes over a block
+# hold several times it at once: a piece is cut in two (a copy, about a millisecond a piece).
+BLOCK_BYTES = 4 << 20
 
 
 def _at_most(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:

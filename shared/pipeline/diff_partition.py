@@ -29,7 +29,7 @@ import heapq
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, KeysView, Sequence
+from collections.abc import Iterable, Iterator, KeysView, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -415,8 +415,9 @@ def _diff(
         ]
     )
     chunk_rows = [len(chunk) for chunk in chunks]
-    member_ids = (members.profiles.keys(), bulk.ids)
-    examples = _array_cap_check(run, export, definitions, member_ids, job, services, counts)
+    examples = _array_cap_check(
+        run, export, definitions, members.profiles.keys(), bulk.ids, job, services, counts
+    )
     if examples:  # the ids go to the run's report (a private blob), never to the logs
         log.warning(
             "run %s partition %d: %d profiles would pass the array cap of %s; the report "
@@ -698,7 +699,8 @@ def _array_cap_check(
     run: Run,
     export: Export,
     definitions: Definitions,
-    member_ids: tuple[KeysView[str], Sequence[str]],
+    by_row: KeysView[str],
+    in_bulk: Sequence[str],
     job: PartitionJob,
     services: Services,
     counts: PartitionResult,
@@ -707,15 +709,16 @@ def _array_cap_check(
 
     Other exports to the same connection and array attribute add their own segment names;
     their snapshots (partitioned by the same hash) tell who holds which. Braze silently drops
-    an update that would pass the cap, so the report warns before that happens. `member_ids`:
-    the members row by row and those taken in bulk, put together only when another export's
-    snapshot is there to compare (a set of a delta's whole partition cost 3 ms a partition).
+    an update that would pass the cap, so the report warns before that happens. The members
+    found row by row (`by_row`) and those taken in bulk (`in_bulk`) are put together only when
+    another export's snapshot is there to compare (a set of a delta's whole partition cost
+    about 3 ms a partition).
     """
-    if export.membership != "array" or not any(member_ids):
+    if export.membership != "array" or not (by_row or in_bulk):
         return []
     cap = definitions.connection(export.connection).array_element_cap
     held: dict[str, set[str]] = defaultdict(set)
-    members: Collection[str] | None = None
+    members: set[str] | None = None
     for other in definitions.exports:
         if (
             other.name == export.name
@@ -729,8 +732,8 @@ def _array_cap_check(
         if manifest is None:
             continue
         if members is None:
-            by_row, in_bulk = member_ids
-            members = by_row | set(in_bulk) if in_bulk else by_row
+            members = set(in_bulk)
+            members.update(by_row)
         snapshot = (manifest.run_id, manifest.partitions)
         for id_json in services.snapshots.previous_partition(
             other.name, other.connection, snapshot, job.partition, job.partitions

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from shared.core.fingerprints import data_points
 from shared.core.jsonlines import dumpb
 from shared.core.resource_names import RUNS_CONTAINER
@@ -50,3 +52,28 @@ def test_chunk_lines_written_as_bytes_are_the_text_lines_encoded(quiet_app: App)
 
 def _standard_json(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_a_chunk_blob_that_is_not_utf8_is_refused_whole(quiet_app: App) -> None:
+    """Delivery joins the objects' bytes into request bodies as they are; a blob damaged in
+    storage must not reach Braze in part (a poisoned chunk then reports its rows unlisted)."""
+    services = quiet_app.services
+    name = "test-chunk-blobs/damaged.tsv"
+    whole = encoded_chunk_line(1, 1, dumpb({"external_id": "fine 🎉"}))
+    damaged = b'2\t1\t{"external_id":"cut \xf0\x9f"}'  # an emoji's first two bytes
+    write_chunk(services, name, [whole, damaged])
+    with pytest.raises(UnicodeDecodeError):
+        read_chunk(services, [name])
+
+
+def test_characters_cut_by_the_utf8_checks_slices_are_read_whole(quiet_app: App) -> None:
+    """The check reads a blob in 64 KiB slices: a four-byte character across a slice's end is
+    still valid, and the objects come back byte for byte."""
+    services = quiet_app.services
+    name = "test-chunk-blobs/wide.tsv"
+    wide = {"external_id": "wide 🎉", "value": "ab" + "🎉" * 50_000}
+    line = encoded_chunk_line(1, 1, dumpb(wide))
+    assert line.index("🎉🎉".encode()) % 4 != 0  # so each slice's end falls inside one
+    write_chunk(services, name, [line])
+    ((order, points, obj),) = read_chunk(services, [name])
+    assert (order, points, obj) == (1, 1, dumpb(wide))

@@ -696,9 +696,19 @@ def test_a_gzip_file_without_its_extension_gets_the_partitions_of_its_text(
     assert found == dict.fromkeys(found, partition_count(len(data), True))
 
 
-def test_members_taken_in_bulk_count_against_the_array_cap(split_app: App) -> None:
+def test_members_taken_in_bulk_count_against_the_array_cap(
+    split_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A delta's unchanged members are taken from the snapshot in bulk, not row by row: the
     array cap's count must still see them beside another export's segment."""
+    taken_in_bulk: list[int] = []
+    check = diff_partition._array_cap_check
+
+    def counted(*args: Any) -> list[str]:
+        taken_in_bulk.append(len(args[4]))  # the members taken in bulk
+        return check(*args)
+
+    monkeypatch.setattr(diff_partition, "_array_cap_check", counted)
     rows = [_row(n) for n in range(3_000)]
     path = "raw/capped.csv"
     split_app.define(
@@ -714,5 +724,6 @@ def test_members_taken_in_bulk_count_against_the_array_cap(split_app: App) -> No
 
     delta = run_in_process(split_app, "capped-2")
 
-    assert _filed_by_bytes(split_app, delta) == 2_999  # all but the changed row, in bulk
+    assert _filed_by_bytes(split_app, delta) == 2_999  # all but the changed row
+    assert sum(taken_in_bulk[-delta.partitions :]) == 2_999  # and taken in bulk
     assert delta.array_cap_warnings == 3_000
