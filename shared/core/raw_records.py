@@ -92,8 +92,9 @@ def raw_blocks(
         yield RawBlock(pending, block.offset, block.lines, block.starts, block.ends)
 
 
-# A download's pieces are 8 MiB (`storage.DOWNLOAD_PIECE_BYTES`) and numpy's passes over a block
-# hold several times it at once: a piece is cut in two (a copy, about a millisecond a piece).
+# A download's first piece may be up to 32 MiB (a split's range is usually that one piece: 8 MiB,
+# 24 in a delta), later ones 8 MiB (`storage.DOWNLOAD_PIECE_BYTES`); numpy's passes over a block
+# hold several times it at once, so pieces are cut into blocks of 4 MiB (a copy of each).
 BLOCK_BYTES = 4 << 20
 
 

@@ -384,9 +384,13 @@ def _check_utf8(data: bytes) -> None:
         return
     decoder = codecs.getincrementaldecoder("utf-8")()
     view = memoryview(data)
-    for start in range(0, len(data), _UTF8_SLICE):
-        decoder.decode(view[start : start + _UTF8_SLICE])
-    decoder.decode(b"", final=True)
+    try:
+        for start in range(0, len(data), _UTF8_SLICE):
+            decoder.decode(view[start : start + _UTF8_SLICE])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        data.decode()  # the same error with its position in the blob, for the report
+        raise
 
 
 def batches(items: list[Any], size: int) -> list[list[Any]]:

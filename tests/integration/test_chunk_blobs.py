@@ -66,6 +66,17 @@ def test_a_chunk_blob_that_is_not_utf8_is_refused_whole(quiet_app: App) -> None:
         read_chunk(services, [name])
 
 
+def test_a_chunk_blob_cut_inside_a_character_is_refused(quiet_app: App) -> None:
+    """The check's last step: a blob that ends part-way through a character."""
+    services = quiet_app.services
+    name = "test-chunk-blobs/cut.tsv"
+    cut = encoded_chunk_line(1, 1, dumpb({"external_id": "fine 🎉"})) + b"\n2\t1\t\xf0\x9f"
+    services.storage.write_bytes(RUNS_CONTAINER, name, cut, "text/tab-separated-values")
+    with pytest.raises(UnicodeDecodeError) as refused:
+        read_chunk(services, [name])
+    assert refused.value.start == len(cut) - 2  # where in the blob, as the report says
+
+
 def test_characters_cut_by_the_utf8_checks_slices_are_read_whole(quiet_app: App) -> None:
     """The check reads a blob in 64 KiB slices: a four-byte character across a slice's end is
     still valid, and the objects come back byte for byte."""
