@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import heapq
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, KeysView, Sequence
@@ -80,6 +79,7 @@ from shared.pipeline.run_files import (
     partition_rejected_name,
     piece_sections,
     read_rows,
+    rejected_entry_text,
     rejection_line,
     snapshot_fallbacks_name,
     write_chunk,
@@ -247,13 +247,16 @@ def _segment_rows(pieces: list[bytes]) -> Iterator[PieceRow]:
 
 class _Bulk(NamedTuple):
     """The profiles taken in bulk: their entries in the previous snapshot partition, copied as
-    they are, and their customer ids as JSON."""
+    they are. Their customer ids are not made into a list (about 3 ms a delta's partition):
+    only the array cap check may need them, and only beside another export's snapshot."""
 
     taken: Sequence[int]
-    ids: list[str]
+
+    def ids(self, partition: SnapshotPartition) -> Iterator[str]:
+        return (partition.ids[at] for at in self.taken)
 
 
-_NO_BULK = _Bulk((), [])
+_NO_BULK = _Bulk(())
 
 
 def _take_in_bulk(
@@ -294,7 +297,7 @@ def _take_in_bulk(
     left = np.ones(len(partition), dtype=bool)
     left[taken] = False
     old = _Previous(partition, {partition.ids[q]: q for q in np.flatnonzero(left).tolist()})
-    return rows, old, _Bulk(taken, [partition.ids[q] for q in taken.tolist()])
+    return rows, old, _Bulk(taken)
 
 
 # A customer in the segment: (order, row digest, object, raw digest) of the row that counts;
@@ -399,7 +402,7 @@ def _diff(
         [],
     )
     lines.snapshot.copy(previous, bulk.taken)
-    counts.unchanged += len(bulk.ids)
+    counts.unchanged += len(bulk.taken)
     sends = _compare(run, export, members, old, lines, counts)
     sends += _removals(run, export, job, members, old, lines, counts)
     chunks = batches(sends, export.chunk_size)
@@ -416,7 +419,7 @@ def _diff(
     )
     chunk_rows = [len(chunk) for chunk in chunks]
     examples = _array_cap_check(
-        run, export, definitions, members.profiles.keys(), bulk.ids, job, services, counts
+        run, export, definitions, members.profiles.keys(), (previous, bulk), job, services, counts
     )
     if examples:  # the ids go to the run's report (a private blob), never to the logs
         log.warning(
@@ -457,7 +460,10 @@ def _members_in_bulk(
     rows, old, bulk = taken
     counts = PartitionResult(job.partition)
     members = _collect_members(run, export, job, old, rows, services, counts)
-    if not members.profiles.keys().isdisjoint(bulk.ids):
+    # An id of the snapshot not left for the row by row path is one taken in bulk (the ids are
+    # unique here): only the few members found row by row are looked up.
+    position, left = previous.position, old.at
+    if any(id_json in position and id_json not in left for id_json in members.profiles):
         return None
     return counts, members, old, bulk
 
@@ -692,7 +698,7 @@ def _duplicate_entry(order: int, customer_id: str, obj: dict[str, Any], files: A
         ],
         "object": obj,
     }
-    return json.dumps(entry, ensure_ascii=False)
+    return rejected_entry_text(entry)
 
 
 def _array_cap_check(
@@ -700,7 +706,7 @@ def _array_cap_check(
     export: Export,
     definitions: Definitions,
     by_row: KeysView[str],
-    in_bulk: Sequence[str],
+    in_bulk: tuple[SnapshotPartition, _Bulk],
     job: PartitionJob,
     services: Services,
     counts: PartitionResult,
@@ -710,11 +716,13 @@ def _array_cap_check(
     Other exports to the same connection and array attribute add their own segment names;
     their snapshots (partitioned by the same hash) tell who holds which. Braze silently drops
     an update that would pass the cap, so the report warns before that happens. The members
-    found row by row (`by_row`) and those taken in bulk (`in_bulk`) are put together only when
-    another export's snapshot is there to compare (a set of a delta's whole partition cost
-    about 3 ms a partition).
+    found row by row (`by_row`) and those taken in bulk (`in_bulk`: the previous snapshot
+    partition and the entries taken from it) are put together only when another export's
+    snapshot is there to compare (a set of a delta's whole partition cost about 3 ms a
+    partition).
     """
-    if export.membership != "array" or not (by_row or in_bulk):
+    previous, bulk = in_bulk
+    if export.membership != "array" or not (by_row or len(bulk.taken)):
         return []
     cap = definitions.connection(export.connection).array_element_cap
     held: dict[str, set[str]] = defaultdict(set)
@@ -732,7 +740,7 @@ def _array_cap_check(
         if manifest is None:
             continue
         if members is None:
-            members = set(in_bulk)
+            members = set(bulk.ids(previous))
             members.update(by_row)
         snapshot = (manifest.run_id, manifest.partitions)
         for id_json in services.snapshots.previous_partition(

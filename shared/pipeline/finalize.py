@@ -55,6 +55,7 @@ from shared.pipeline.run_files import (
     json_lines,
     legacy_pending_snapshot_name,
     rejected_blob_name,
+    rejected_entry_text,
     report_blob_name,
     snapshot_fallbacks_name,
     summary_blob_name,
@@ -416,7 +417,7 @@ def _merge_rejected(
     streams = [_entries(chunks) for chunks in opened]
     streams += [
         (
-            (order, json.dumps(entry, ensure_ascii=False), entry)
+            (order, rejected_entry_text(entry), entry)
             for order, entry in chunk_rejections(services, r)
         )
         for r in results
@@ -511,5 +512,5 @@ def _entries(chunks: Iterable[bytes]) -> Iterator[tuple[int, str, dict[str, Any]
     for text in open_lines(chunks):
         text = text.rstrip("\n")
         if text:
-            entry = json.loads(text)
+            entry = jsonlines.loads(text)  # orjson: several times the standard library's speed
             yield entry.get("order", entry.get("line", 0)), text, entry

@@ -706,7 +706,8 @@ def test_members_taken_in_bulk_count_against_the_array_cap(
 
     def counted(*args: Any) -> list[str]:
         run_id = args[0].run_id
-        taken_in_bulk[run_id] = taken_in_bulk.get(run_id, 0) + len(args[4])  # taken in bulk
+        _, bulk = args[4]  # the previous snapshot partition, the entries taken from it in bulk
+        taken_in_bulk[run_id] = taken_in_bulk.get(run_id, 0) + len(bulk.taken)
         return check(*args)
 
     monkeypatch.setattr(diff_partition, "_array_cap_check", counted)
