@@ -19,9 +19,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from hashlib import blake2b
+from typing import TYPE_CHECKING
 
 import orjson
 from xxhash import xxh3_64_digest
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class RawPathUnsafe(Exception):
@@ -32,13 +36,15 @@ class RawPathUnsafe(Exception):
 @dataclass(slots=True)
 class RawBlock:
     """Whole records of a range, with the blank lines between them: each record's first line
-    (1-based, in the file), and its start and end (before its line break) in `data`."""
+    (1-based, in the file), and its start and end (before its line break) in `data`, as the
+    numpy arrays that found them (int64): a delta's split picks the records the index holds
+    out of them at once, where lists cost it a conversion back of every record."""
 
     data: bytes
     offset: int  # of data[0] in the file
-    lines: list[int]
-    starts: list[int]
-    ends: list[int]
+    lines: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
 
 
 def raw_digest_seed(code_version: str, mapping: str, fmt: str, header: list[str] | None) -> int:
@@ -52,7 +58,7 @@ def digest_records(block: RawBlock, seed: int) -> list[bytes]:
     """Each record's 8-byte digest (XXH3, big-endian), in order: three times as fast as a keyed
     BLAKE2b here, and every record of a split's range is digested."""
     view, digest = memoryview(block.data), xxh3_64_digest
-    spans = zip(block.starts, block.ends, strict=True)
+    spans = zip(block.starts.tolist(), block.ends.tolist(), strict=True)
     return [digest(view[start:end], seed) for start, end in spans]
 
 
@@ -145,8 +151,7 @@ def _records(
     if over.any():
         line = first_line + int(lines[np.argmax(over)])
         raise RawPathUnsafe(f"the record on line {line} is over the cap")
-    block_lines = (lines[keep] + first_line).tolist()
-    block = RawBlock(b"", base, block_lines, starts[keep].tolist(), ends[keep].tolist())
+    block = RawBlock(b"", base, lines[keep] + first_line, starts[keep], ends[keep])
     kept = int(ends[-1]) + 1 if len(ends) else 0
     next_line = first_line + (int(closing[-1]) + 1 if len(closing) else 0)
     if kept < len(data):  # a record goes on past the block's last line break

@@ -186,7 +186,7 @@ def raw_rows(
     )
     header_ahead = where.headed
     for block in blocks:
-        if header_ahead and block.lines:
+        if header_ahead and len(block.lines):
             _skip_header(block, where)
             header_ahead = False
         digests = digest_records(block, seed)
@@ -218,11 +218,11 @@ def _filed_or_parsed(
         return
     hits = np.flatnonzero(found >= 0)
     if len(hits):
-        starts = np.asarray(block.starts)[hits]
+        starts = block.starts[hits]
         records = np.empty(len(hits), matched_record_type())
-        records["order"] = np.asarray(block.lines)[hits] + where.order_base
+        records["order"] = block.lines[hits] + where.order_base
         records["offset"] = starts + block.offset
-        records["length"] = np.asarray(block.ends)[hits] - starts
+        records["length"] = block.ends[hits] - starts
         records["raw"] = np.frombuffer(b"".join(digests), ">u8")[hits]
         partitions = found[hits]
         by_partition = np.argsort(partitions, kind="stable")  # source order within each
@@ -234,11 +234,11 @@ def _filed_or_parsed(
             tally.partition_rows[partition] += end - start
         tally.rows_read += len(hits)
         tally.rows_matched += len(hits)
-    yield from _gathered(block, np.flatnonzero(found < 0).tolist(), digests, where)
+    yield from _gathered(block, np.flatnonzero(found < 0), digests, where)
 
 
 def _gathered(
-    block: RawBlock, indexes: list[int], digests: list[bytes], where: RawRange
+    block: RawBlock, at_indexes: np.ndarray, digests: list[bytes], where: RawRange
 ) -> Iterator[Row]:
     """The block's records at `indexes` (in order), parsed by one reader: their bytes one
     after another, each ended by a line break. A delta's changed records are mostly alone
@@ -249,21 +249,23 @@ def _gathered(
     is read as rows; rows keep their lines in the file. The joined text is numbered from the
     first record's line, so only a record on the file's first line loses a byte order mark,
     as when it is read as rows (elsewhere, a U+FEFF is part of the record's first value)."""
-    if not indexes:
+    if not len(at_indexes):
         return
-    data, starts, ends, lines = block.data, block.starts, block.ends, block.lines
-    records = [data[starts[at] : ends[at]] for at in indexes]
-    firsts = [lines[indexes[0]]]  # each record's first line in the joined text
+    data, indexes = block.data, at_indexes.tolist()
+    starts, ends = block.starts[at_indexes].tolist(), block.ends[at_indexes].tolist()
+    lines = block.lines[at_indexes].tolist()  # of the records gathered, as `indexes`
+    records = [data[start:end] for start, end in zip(starts, ends, strict=True)]
+    firsts = [lines[0]]  # each record's first line in the joined text
     for record in records[:-1]:
         firsts.append(firsts[-1] + record.count(b"\n") + 1)
-    expected = dict(zip(firsts, indexes, strict=True))  # -> index in the block
+    expected = dict(zip(firsts, range(len(indexes)), strict=True))  # -> which one gathered
     reader = where.reader(open_lines([b"\n".join(records) + b"\n"], first_line=firsts[0]))
     order_base, file = where.order_base, where.file
     try:
         for record in reader:
             at = expected.pop(record.line, -1)
             if at < 0:
-                inside = indexes[bisect_right(firsts, record.line) - 1]
+                inside = bisect_right(firsts, record.line) - 1
                 raise RawPathUnsafe(
                     "the parser read a record where the raw cut found none, in the record "
                     f"on line {lines[inside]}"
@@ -274,7 +276,7 @@ def _gathered(
                 file,
                 record.values,
                 record.problem,
-                digests[at].hex(),
+                digests[indexes[at]].hex(),
             )
     except SourceError as error:
         raise RawPathUnsafe(str(error)) from None
@@ -285,7 +287,7 @@ def _gathered(
 def _skip_header(block: RawBlock, where: RawRange) -> None:
     """Drop the range's first record, the header, after checking it names the columns the plan
     read (a header the raw records cut differently from the parser is no header to skip)."""
-    text = block.data[block.starts[0] : block.ends[0]] + b"\n"
+    text = block.data[int(block.starts[0]) : int(block.ends[0])] + b"\n"
     lines = open_lines([text], first_line=where.first_line)
     try:
         reader = RecordReader(lines, "csv", delimiter=where.delimiter, quoting=where.quoting)
@@ -294,7 +296,7 @@ def _skip_header(block: RawBlock, where: RawRange) -> None:
         raise RawPathUnsafe(str(error)) from None
     if block.lines[0] != where.first_line or reader.columns != where.columns or more:
         raise RawPathUnsafe("the first record is not the header the plan read")
-    del block.lines[0], block.starts[0], block.ends[0]
+    block.lines, block.starts, block.ends = block.lines[1:], block.starts[1:], block.ends[1:]
 
 
 def _parsed(
@@ -305,9 +307,10 @@ def _parsed(
     cut disagrees with the parser and the range is read as rows."""
     if start == end:  # a block of blank lines
         return
-    text = block.data[block.starts[start] : block.ends[end - 1]] + b"\n"
-    reader = where.reader(open_lines([text], first_line=block.lines[start]))
-    expected = dict(zip(block.lines[start:end], digests[start:end], strict=True))
+    text = block.data[int(block.starts[start]) : int(block.ends[end - 1])] + b"\n"
+    lines = block.lines[start:end].tolist()
+    reader = where.reader(open_lines([text], first_line=lines[0]))
+    expected = dict(zip(lines, digests[start:end], strict=True))
     order_base, file = where.order_base, where.file
     try:
         for record in reader:

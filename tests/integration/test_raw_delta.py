@@ -67,6 +67,14 @@ def _filed_by_bytes(app: App, run: Run) -> int:
     return sum(len(matched_records(piece_sections(p)[1])) for part in pieces for p in part)
 
 
+def _lines_filed_by_bytes(app: App, run: Run) -> set[int]:
+    """The lines of the run's rows filed by their raw digest (a file's rows are ordered by
+    line)."""
+    pieces = partition_pieces(app.services, run, range(run.partitions)).values()
+    records = [matched_records(piece_sections(p)[1]) for part in pieces for p in part]
+    return {order for found in records for order in found["order"].tolist()}
+
+
 def _line_of(rows: list[dict[str, str]], index: int) -> int:
     """The line row `index` starts on in `_csv(rows)`: after the header and the line breaks
     inside the values before it."""
@@ -164,6 +172,15 @@ def test_changed_records_parsed_together_keep_their_lines_after_multi_line_ones(
         (_line_of(changed, 13), "no at sign"),
         (_line_of(changed, 16), "still no at sign"),
     ]
+    # The records parsed together are remembered by their own bytes' digests: the next run
+    # files them by their bytes (the rejected ones, never in the snapshot, are parsed again).
+    changed[300]["FirstName"] = "Changed in the third run"
+    split_app.upload(path, _csv(changed))
+    third = run_in_process(split_app, "raw-lines")
+    filed = _lines_filed_by_bytes(split_app, third)
+    assert {_line_of(changed, 11), _line_of(changed, 17)} <= filed
+    assert not {_line_of(changed, n) for n in (13, 16, 300)} & filed
+    assert len(filed) == len(changed) - 3
 
 
 def test_a_lone_quote_in_an_unquoted_value_reads_its_ranges_as_rows(split_app: App) -> None:
