@@ -238,7 +238,7 @@ def _filed_or_parsed(
 
 
 def _gathered(
-    block: RawBlock, at_indexes: np.ndarray, digests: list[bytes], where: RawRange
+    block: RawBlock, indexes: np.ndarray, digests: list[bytes], where: RawRange
 ) -> Iterator[Row]:
     """The block's records at `indexes` (in order), parsed by one reader: their bytes one
     after another, each ended by a line break. A delta's changed records are mostly alone
@@ -249,16 +249,17 @@ def _gathered(
     is read as rows; rows keep their lines in the file. The joined text is numbered from the
     first record's line, so only a record on the file's first line loses a byte order mark,
     as when it is read as rows (elsewhere, a U+FEFF is part of the record's first value)."""
-    if not len(at_indexes):
+    if not len(indexes):
         return
-    data, indexes = block.data, at_indexes.tolist()
-    starts, ends = block.starts[at_indexes].tolist(), block.ends[at_indexes].tolist()
-    lines = block.lines[at_indexes].tolist()  # of the records gathered, as `indexes`
+    data, picked = block.data, indexes.tolist()
+    # The records gathered, in order: `lines[at]` is the first line of the one at `picked[at]`.
+    starts, ends = block.starts[indexes].tolist(), block.ends[indexes].tolist()
+    lines = block.lines[indexes].tolist()
     records = [data[start:end] for start, end in zip(starts, ends, strict=True)]
     firsts = [lines[0]]  # each record's first line in the joined text
     for record in records[:-1]:
         firsts.append(firsts[-1] + record.count(b"\n") + 1)
-    expected = dict(zip(firsts, range(len(indexes)), strict=True))  # -> which one gathered
+    expected = dict(zip(firsts, range(len(picked)), strict=True))  # -> which one gathered
     reader = where.reader(open_lines([b"\n".join(records) + b"\n"], first_line=firsts[0]))
     order_base, file = where.order_base, where.file
     try:
@@ -276,7 +277,7 @@ def _gathered(
                 file,
                 record.values,
                 record.problem,
-                digests[indexes[at]].hex(),
+                digests[picked[at]].hex(),
             )
     except SourceError as error:
         raise RawPathUnsafe(str(error)) from None

@@ -328,7 +328,7 @@ def rejected_entry_text(entry: dict[str, Any]) -> str:
     try:
         return jsonlines.dumps(entry)
     except TypeError:
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return json.dumps(entry, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 # Delivery chunks: `order <TAB> data points <TAB> object` per profile, cut into fixed batches.

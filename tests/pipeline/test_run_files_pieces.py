@@ -12,7 +12,7 @@ import pytest
 from shared.core import jsonlines
 from shared.core.fingerprints import row_digest, row_digest_seed
 from shared.core.snapshot_partition import SnapshotPartition
-from shared.pipeline import diff_partition
+from shared.pipeline import diff_partition, finalize
 from shared.pipeline.run_files import (
     MATCHED_MARK,
     PieceLines,
@@ -112,6 +112,31 @@ def test_a_rejected_row_reads_back_as_the_standard_library_writes_it(
     )
     # Compared as the standard library writes what it reads (NaN is not equal to itself).
     assert json.dumps(json.loads(line)) == json.dumps(json.loads(standard))
+
+
+def test_a_rejected_row_holding_what_json_cannot_write_is_written_as_text() -> None:
+    """The standard library's path writes what is not JSON as its text, compact as the rest."""
+    line = rejection_line({"line": 3}, "c-1", [("x", "y")], {"Odd": frozenset({"a"})})
+    assert ", " not in line and ": " not in line
+    assert json.loads(line)["row"] == {"Odd": str(frozenset({"a"}))}
+
+
+def test_the_rejected_rows_merged_are_read_as_the_standard_library_reads_them() -> None:
+    """Finalizing reads each part's lines with orjson where it reads them exactly: a line of
+    the standard library's (NaN, a lone surrogate, a long integer) is read as it would be."""
+    texts = [
+        '{"line": 2, "row": {"Name": "Zoë 李 🎉", "Note": "says \\"hi\\",\\nbye"}}',
+        '{"line": 3, "row": {"Points": NaN, "Big": 123456789012345678901234567890}}',
+        '{"order": 9, "line": 4, "row": {"Lone": "\\ud800"}}',
+    ]
+    entries = list(finalize._entries([("\n".join(texts) + "\n").encode()]))
+    assert [(order, text) for order, text, _ in entries] == [
+        (2, texts[0]),
+        (3, texts[1]),
+        (9, texts[2]),
+    ]
+    for (*_, entry), expected in zip(entries, texts, strict=True):
+        assert json.dumps(entry) == json.dumps(json.loads(expected))  # NaN is not equal to itself
 
 
 def test_a_json_lines_row_keeps_its_digest_whatever_its_keys_order() -> None:
