@@ -89,6 +89,12 @@ from shared.pipeline.run_source import code_digest, piece_lines, source_format
 if TYPE_CHECKING:
     import numpy as np
 
+    # The profiles taken in bulk: their entries in the previous snapshot partition (indexes),
+    # copied as they are. Their customer ids are not made into a list (2-3 ms a delta's
+    # partition of 31,250, measured alone in a slow hour): only the array cap check may need
+    # them, and only beside another export's snapshot.
+    _Taken = Sequence[int] | np.ndarray
+
 log = logging.getLogger(__name__)
 
 ARRAY_CAP_EXAMPLES = 5
@@ -248,24 +254,9 @@ def _segment_rows(pieces: list[bytes]) -> Iterator[PieceRow]:
         yield from heapq.merge(read_rows(text), filed, key=itemgetter(0))
 
 
-class _Bulk(NamedTuple):
-    """The profiles taken in bulk: their entries in the previous snapshot partition, copied as
-    they are. Their customer ids are not made into a list (2-3 ms a delta's partition of
-    31,250, measured alone in a slow hour): only the array cap check may need them, and only
-    beside another export's snapshot."""
-
-    taken: Sequence[int] | np.ndarray
-
-    def ids(self, partition: SnapshotPartition) -> Iterator[str]:
-        return (partition.ids[at] for at in self.taken)
-
-
-_NO_BULK = _Bulk(())
-
-
 def _take_in_bulk(
     partition: SnapshotPartition, pieces: list[bytes]
-) -> tuple[list[PieceRow], _Previous, _Bulk] | None:
+) -> tuple[list[PieceRow], _Previous, _Taken] | None:
     """The matched records whose snapshot entry stands as it is, found all at once; what is
     left for the row by row path (the text rows and the matched records in doubt, in source
     order, and the snapshot entries not taken); None when a piece holds matched rows as text
@@ -301,7 +292,7 @@ def _take_in_bulk(
     left = np.ones(len(partition), dtype=bool)
     left[taken] = False
     old = _Previous(partition, {partition.ids[q]: q for q in np.flatnonzero(left).tolist()})
-    return rows, old, _Bulk(taken)
+    return rows, old, taken
 
 
 # A customer in the segment: (order, row digest, object, raw digest) of the row that counts;
@@ -314,7 +305,7 @@ _Member = tuple[int, str, dict[str, Any] | None, str]
 class _Members(NamedTuple):
     """Who is in the segment in this partition, by customer id as JSON: the first valid row per
     id (in source order), and the ids whose only rows were rejected for another field than the
-    id. The profiles taken in bulk (`_Bulk`) are members too, and not in `profiles`. The rows
+    id. The profiles taken in bulk (`_Taken`) are members too, and not in `profiles`. The rows
     rejected on the way are uploaded with the diff's other outputs (`rejected`)."""
 
     profiles: dict[str, _Member]
@@ -384,9 +375,9 @@ def _diff(
         counts = PartitionResult(job.partition)  # filled in by each phase
         old = _Previous(previous, previous.position)
         members = _collect_members(run, export, job, old, _segment_rows(pieces), services, counts)
-        bulk = _NO_BULK
+        taken: _Taken = ()
     else:
-        counts, members, old, bulk = in_bulk
+        counts, members, old, taken = in_bulk
     del pieces
     # The attributes a profile's entry fingerprints, in the order `braze_attributes` sets them.
     columns = ["email", *(a.attribute for a in export.mapping.attributes)]
@@ -405,8 +396,8 @@ def _diff(
         previous,
         [],
     )
-    lines.snapshot.copy(previous, bulk.taken)
-    counts.unchanged += len(bulk.taken)
+    lines.snapshot.copy(previous, taken)
+    counts.unchanged += len(taken)
     sends = _compare(run, export, members, old, lines, counts)
     sends += _removals(run, export, job, members, old, lines, counts)
     chunks = batches(sends, export.chunk_size)
@@ -423,7 +414,7 @@ def _diff(
     )
     chunk_rows = [len(chunk) for chunk in chunks]
     examples = _array_cap_check(
-        run, export, definitions, members.profiles.keys(), (previous, bulk), job, services, counts
+        run, export, definitions, members.profiles.keys(), previous, taken, job, services, counts
     )
     if examples:  # the ids go to the run's report (a private blob), never to the logs
         log.warning(
@@ -446,7 +437,7 @@ def _members_in_bulk(
     previous: SnapshotPartition,
     pieces: list[bytes],
     services: Services,
-) -> tuple[PartitionResult, _Members, _Previous, _Bulk] | None:
+) -> tuple[PartitionResult, _Members, _Previous, _Taken] | None:
     """The counts, members and snapshot entries left with the matched records taken in bulk
     (`_take_in_bulk`); None when the partition must go row by row: no matched records, digests
     this run cannot trust, a snapshot `_take_in_bulk` leaves alone, or a row read again that
@@ -461,7 +452,7 @@ def _members_in_bulk(
     taken = _take_in_bulk(previous, pieces)
     if taken is None:
         return None
-    rows, old, bulk = taken
+    rows, old, in_bulk = taken
     counts = PartitionResult(job.partition)
     members = _collect_members(run, export, job, old, rows, services, counts)
     # An id of the snapshot not left for the row by row path is one taken in bulk (its ids are
@@ -470,7 +461,7 @@ def _members_in_bulk(
     position, left = previous.position, old.at
     if any(id_json in position and id_json not in left for id_json in members.profiles):
         return None
-    return counts, members, old, bulk
+    return counts, members, old, in_bulk
 
 
 def _collect_members(
@@ -711,7 +702,8 @@ def _array_cap_check(
     export: Export,
     definitions: Definitions,
     by_row: KeysView[str],
-    in_bulk: tuple[SnapshotPartition, _Bulk],
+    previous: SnapshotPartition,
+    in_bulk: _Taken,
     job: PartitionJob,
     services: Services,
     counts: PartitionResult,
@@ -721,13 +713,11 @@ def _array_cap_check(
     Other exports to the same connection and array attribute add their own segment names;
     their snapshots (partitioned by the same hash) tell who holds which. Braze silently drops
     an update that would pass the cap, so the report warns before that happens. The members
-    found row by row (`by_row`) and those taken in bulk (`in_bulk`: the previous snapshot
-    partition and the entries taken from it) are put together only when another export's
-    snapshot is there to compare (a set of a delta's whole partition cost about 3 ms a
-    partition).
+    found row by row (`by_row`) and those taken in bulk (`in_bulk`: their entries in
+    `previous`) are put together only when another export's snapshot is there to compare (a
+    set of a delta's whole partition cost about 3 ms a partition).
     """
-    previous, bulk = in_bulk
-    if export.membership != "array" or not (by_row or len(bulk.taken)):
+    if export.membership != "array" or not (by_row or len(in_bulk)):
         return []
     cap = definitions.connection(export.connection).array_element_cap
     held: dict[str, set[str]] = defaultdict(set)
@@ -745,7 +735,7 @@ def _array_cap_check(
         if manifest is None:
             continue
         if members is None:
-            members = set(bulk.ids(previous))
+            members = {previous.ids[at] for at in in_bulk}
             members.update(by_row)
         snapshot = (manifest.run_id, manifest.partitions)
         for id_json in services.snapshots.previous_partition(

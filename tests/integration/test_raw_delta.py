@@ -723,8 +723,8 @@ def test_members_taken_in_bulk_count_against_the_array_cap(
 
     def counted(*args: Any) -> list[str]:
         run_id = args[0].run_id
-        _, bulk = args[4]  # the previous snapshot partition, the entries taken from it in bulk
-        taken_in_bulk[run_id] = taken_in_bulk.get(run_id, 0) + len(bulk.taken)
+        in_bulk = args[5]  # the previous snapshot partition's entries taken from it in bulk
+        taken_in_bulk[run_id] = taken_in_bulk.get(run_id, 0) + len(in_bulk)
         return check(*args)
 
     monkeypatch.setattr(diff_partition, "_array_cap_check", counted)

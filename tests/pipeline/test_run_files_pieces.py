@@ -162,8 +162,8 @@ def test_a_snapshot_holding_an_id_twice_is_not_taken_in_bulk() -> None:
     assert diff_partition._take_in_bulk(twice, [_matched_piece(0xAA)]) is None
     once = SnapshotPartition.from_blob(f"{line}\n".encode())
     taken = diff_partition._take_in_bulk(once, [_matched_piece(0xAA)])
-    assert taken is not None and list(taken[2].ids(once)) == ['"dup"']
-    assert list(taken[2].taken) == [0]
+    assert taken is not None and [once.ids[at] for at in taken[2]] == ['"dup"']
+    assert list(taken[2]) == [0]
 
 
 def test_a_snapshot_with_a_blank_id_is_not_taken_in_bulk() -> None:
@@ -172,6 +172,6 @@ def test_a_snapshot_with_a_blank_id_is_not_taken_in_bulk() -> None:
     line = '"x"\t0123456789abcdef\t{}\t00000000000000aa'
     blank_line = SnapshotPartition.from_blob(f"{line}\n\n".encode())
     taken = diff_partition._take_in_bulk(blank_line, [_matched_piece(0xAA)])
-    assert taken is not None and list(taken[2].ids(blank_line)) == ['"x"']
+    assert taken is not None and [blank_line.ids[at] for at in taken[2]] == ['"x"']
     blank_id = SnapshotPartition.from_blob(f"{line}\n\t\t{{}}\t00000000000000bb\n".encode())
     assert diff_partition._take_in_bulk(blank_id, [_matched_piece(0xAA)]) is None
