@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from typing import TYPE_CHECKING
@@ -83,11 +83,12 @@ class SnapshotPartWriter:
         self._storage, self._name, self._index_name = storage, name, index_name
         self._packer = EntryPacker(columns)
         self._copies: list[tuple[SnapshotPartition, np.ndarray]] = []
-        self.profiles = 0
+        # One entry (`EntryPacker.add`), called as it is: once per profile sent or kept.
+        self.add: Callable[[str, str, Mapping[str, str], str], None] = self._packer.add
 
-    def add(self, id_json: str, digest: str, prints: Mapping[str, str], raw: str) -> None:
-        self._packer.add(id_json, digest, prints, raw)
-        self.profiles += 1
+    @property
+    def profiles(self) -> int:
+        return len(self._packer.ids) + sum(len(taken) for _, taken in self._copies)
 
     def write(self, line: str) -> None:
         """One entry as text (`snapshot_line`), as read from storage."""
@@ -100,7 +101,6 @@ class SnapshotPartWriter:
         taken = np.asarray(taken, dtype=np.int64)
         if len(taken):
             self._copies.append((partition, taken))
-            self.profiles += len(taken)
 
     def close(self) -> None:
         partition = assemble(self._packer, self._copies)

@@ -66,47 +66,70 @@ def parse_snapshot_line(line: str) -> tuple[str, str, str, str]:
 
 
 class EntryPacker:
-    """Packs entries into rows of numbers, one at a time, with columns added as attributes
-    appear (an entry kept from a snapshot of an earlier mapping may name others)."""
+    """Packs entries into rows of numbers, with columns added as attributes appear (an entry
+    kept from a snapshot of an earlier mapping may name others).
+
+    Entries are kept as hex digits and turned into numbers all at once (`numbers`): every
+    profile of a first export is packed, and a conversion per entry cost about as much as the
+    rest of packing it."""
 
     def __init__(self, columns: Sequence[str] = ()) -> None:
         self.columns = list(dict.fromkeys(columns))
         self._known = set(self.columns)
         self.ids: list[str] = []
-        self._rows: list[bytes] = []
-        self._narrower = False  # a row packed before the last column was added
+        self._digits: list[str] = []  # the entries since the last column was added, a value each
+        self._blanks = [_UNKNOWN] * len(self.columns)
+        self._narrower: list[tuple[int, list[str]]] = []  # earlier entries: (columns, digits)
 
     def add(self, id_json: str, digest: str, prints: Mapping[str, str], raw: str) -> None:
         """One entry whose digests and fingerprints are 16 hex digits or empty (unknown): the
-        app's own; text read from storage is checked first (`checked_entry`)."""
+        app's own (hash digests in hex); text read from storage is checked first
+        (`checked_entry`). Anything else makes `numbers` raise."""
         if not self._known.issuperset(prints):
-            self._narrower = bool(self._rows)
-            for key in prints:
-                if key not in self._known:
-                    self.columns.append(key)
-                    self._known.add(key)
-        row = f"{digest or _UNKNOWN}{raw or _UNKNOWN}" + "".join(
-            [prints.get(column, _UNKNOWN) for column in self.columns]
-        )
-        try:
-            packed = bytes.fromhex(row)
-        except ValueError:
-            packed = b""
-        if len(packed) != (_FIXED + len(self.columns)) * 8:  # names no customer: it may be logged
-            raise SnapshotFormatError("a snapshot entry holds a digest that is not 16 hex digits")
-        self._rows.append(packed)
+            self._add_columns(prints)
+        digits = self._digits
+        digits.append(digest or _UNKNOWN)
+        digits.append(raw or _UNKNOWN)
+        digits.extend(map(prints.get, self.columns, self._blanks))
         self.ids.append(id_json)
 
+    def _add_columns(self, prints: Mapping[str, str]) -> None:
+        if self._digits:
+            self._narrower.append((len(self.columns), self._digits))
+            self._digits = []
+        for key in prints:
+            if key not in self._known:
+                self.columns.append(key)
+                self._known.add(key)
+        self._blanks = [_UNKNOWN] * len(self.columns)
+
     def numbers(self, columns: Sequence[str]) -> np.ndarray:
-        """The rows packed so far, in `columns` (which start with this packer's)."""
+        """The entries packed so far, in `columns` (which start with this packer's)."""
         import numpy as np
 
-        width = (_FIXED + len(columns)) * 8
-        rows = self._rows
-        if self._narrower or len(columns) != len(self.columns):
-            rows = [row.ljust(width, b"\0") for row in rows]
-        packed = np.frombuffer(b"".join(rows), dtype=">u8").astype(np.uint64)
-        return packed.reshape(len(rows), _FIXED + len(columns))
+        width = _FIXED + len(columns)
+        blocks = []
+        for count, digits in [*self._narrower, (len(self.columns), self._digits)]:
+            rows = _hex_rows(digits, _FIXED + count)
+            if rows.shape[1] < width:
+                rows = np.hstack([rows, np.zeros((len(rows), width - rows.shape[1]), rows.dtype)])
+            blocks.append(rows)
+        return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+
+
+def _hex_rows(digits: list[str], width: int) -> np.ndarray:
+    """Values of 16 hex digits each, as rows of `width` numbers; one that is not 16 hex digits
+    raises SnapshotFormatError (naming no customer: it may be logged)."""
+    import numpy as np
+
+    text = "".join(digits)
+    try:
+        packed = bytes.fromhex(text) if len(text) == 16 * len(digits) else b"-"
+    except ValueError:
+        packed = b"-"
+    if len(packed) % (width * 8):
+        raise SnapshotFormatError("a snapshot entry holds a digest that is not 16 hex digits")
+    return np.frombuffer(packed, dtype=">u8").astype(np.uint64).reshape(-1, width)
 
 
 class SnapshotPartition:

@@ -133,8 +133,12 @@ def test_a_damaged_partition_is_refused_with_what_is_wrong() -> None:
     newer = blob.replace(b'"version": 1', b'"version": 2')
     with pytest.raises(SnapshotFormatError, match="newer version"):
         SnapshotPartition.from_blob(newer)
-    with pytest.raises(SnapshotFormatError, match="16 hex digits"):
-        EntryPacker().add('"a"', "not hex", {}, "")
+    for digest, prints in [("not hex", {}), ("", {"email": "f" * 15}), ("1" * 17, {})]:
+        packer = EntryPacker(["email"])
+        packer.add('"fine"', "1" * 16, {"email": "2" * 16}, "3" * 16)
+        packer.add('"a"', digest, prints, "")
+        with pytest.raises(SnapshotFormatError, match="16 hex digits"):
+            assemble(packer, [])
 
 
 def test_raw_digests_are_found_and_unknown_ones_never_match() -> None:
