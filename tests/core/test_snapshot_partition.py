@@ -133,7 +133,9 @@ def test_a_damaged_partition_is_refused_with_what_is_wrong() -> None:
     newer = blob.replace(b'"version": 1', b'"version": 2')
     with pytest.raises(SnapshotFormatError, match="newer version"):
         SnapshotPartition.from_blob(newer)
-    for digest, prints in [("not hex", {}), ("", {"email": "f" * 15}), ("1" * 17, {})]:
+    # The last: four values' digits in one, as many as a whole entry more (three values here).
+    bad = [("not hex", {}), ("", {"email": "f" * 15}), ("1" * 17, {}), ("1" * 64, {})]
+    for digest, prints in bad:
         packer = EntryPacker(["email"])
         packer.add('"fine"', "1" * 16, {"email": "2" * 16}, "3" * 16)
         packer.add('"a"', digest, prints, "")
