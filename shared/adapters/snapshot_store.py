@@ -88,6 +88,7 @@ class SnapshotPartWriter:
 
     @property
     def profiles(self) -> int:
+        """The entries added and copied: the partition's profiles once closed."""
         return len(self._packer.ids) + sum(len(taken) for _, taken in self._copies)
 
     def write(self, line: str) -> None:

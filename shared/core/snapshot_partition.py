@@ -77,7 +77,7 @@ class EntryPacker:
         self.columns = list(dict.fromkeys(columns))
         self._known = set(self.columns)
         self.ids: list[str] = []
-        self._digits: list[str] = []  # the entries since the last column was added, a value each
+        self._digits: list[str] = []  # the entries since a column was last added, their values
         self._blanks = [_UNKNOWN] * len(self.columns)
         self._narrower: list[tuple[int, list[str]]] = []  # earlier entries: (columns, digits)
 
@@ -117,17 +117,23 @@ class EntryPacker:
         return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
 
 
-def _hex_rows(digits: list[str], width: int) -> np.ndarray:
-    """Values of 16 hex digits each, as rows of `width` numbers; one that is not 16 hex digits
-    raises SnapshotFormatError (naming no customer: it may be logged)."""
+def _hex_rows(values: list[str], width: int) -> np.ndarray:
+    """Values of 16 hex digits each, as rows of `width` numbers; any other value raises
+    SnapshotFormatError (naming no customer: it may be logged).
+
+    Joined by spaces, which `bytes.fromhex` skips between two bytes: every value is 16
+    characters long when every 17th character is a space and no other is (a longer last value
+    adds one), and hex digits only when the bytes come to 8 a value (a space inside a value
+    leaves it short; any other character raises)."""
     import numpy as np
 
-    text = "".join(digits)
+    count = len(values)
     try:
-        packed = bytes.fromhex(text) if len(text) == 16 * len(digits) else b"-"
-    except ValueError:
-        packed = b"-"
-    if len(packed) % (width * 8):
+        text = " ".join(values)
+        packed = bytes.fromhex(text)
+    except (TypeError, ValueError):
+        text, packed = "", b""
+    if count and (text[16::17] != " " * (count - 1) or len(packed) != 8 * count):
         raise SnapshotFormatError("a snapshot entry holds a digest that is not 16 hex digits")
     return np.frombuffer(packed, dtype=">u8").astype(np.uint64).reshape(-1, width)
 

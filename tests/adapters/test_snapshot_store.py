@@ -22,6 +22,7 @@ from shared.core.snapshot_partition import (
     SnapshotPartition,
     assemble,
     checked_entry,
+    snapshot_line,
 )
 
 IDS = [f"cust-{n:05d}" for n in range(400)] + ["Zoë 李 🎉", 'tab\tand "quotes"', "\ufeffbom"]
@@ -121,3 +122,26 @@ def test_a_column_no_entry_has_is_not_carried_on() -> None:
     kept.add('"b"', "", {"email": "3" * 16, "old_attribute": "4" * 16}, "")
     both = assemble(kept, [(read, np.array([0]))])
     assert SnapshotPartition.from_blob(both.to_blob()).columns == ["email", "old_attribute"]
+
+
+def test_a_writer_counts_the_entries_added_written_and_copied(azurite: Azurite) -> None:
+    """The count a diff records as its partition's profiles, and the manifest sums."""
+    _, store = _store(azurite)
+    writer = store.part_writer("e", "c", "run-count", 0)
+    writer.add(*_entry(IDS[0]))
+    writer.write(snapshot_line(json.dumps(IDS[1]), "", '{"email":"' + "1" * 16 + '"}'))
+    source = _packed_ids(IDS[2:7])
+    writer.copy(source, np.array([], dtype=np.int64))  # nothing taken
+    writer.copy(source, np.array([0, 3, 4]))
+    assert writer.profiles == 5
+    writer.close()
+    assert writer.profiles == 5
+    read = store.partition("e", "c", "run-count", 0, written=True)
+    assert read.ids == [json.dumps(c) for c in [*IDS[:2], IDS[2], IDS[5], IDS[6]]]
+
+
+def _packed_ids(customer_ids: list[str]) -> SnapshotPartition:
+    packer = EntryPacker()
+    for customer_id in customer_ids:
+        packer.add(*_entry(customer_id))
+    return assemble(packer, [])

@@ -133,14 +133,53 @@ def test_a_damaged_partition_is_refused_with_what_is_wrong() -> None:
     newer = blob.replace(b'"version": 1', b'"version": 2')
     with pytest.raises(SnapshotFormatError, match="newer version"):
         SnapshotPartition.from_blob(newer)
-    # The last: four values' digits in one, as many as a whole entry more (three values here).
-    bad = [("not hex", {}), ("", {"email": "f" * 15}), ("1" * 17, {}), ("1" * 64, {})]
-    for digest, prints in bad:
+    # The bad values, each after a good entry: the fourth holds four values' digits, a whole
+    # entry more (three values here); the fifth, hex digits but for one character; then values
+    # short and long that add up to as many digits as good ones (the first pair in digits, the
+    # second in bytes), 16 characters of which two are spaces, and 16 digits and spaces.
+    bad = [
+        [("not hex", {})],
+        [("", {"email": "f" * 15})],
+        [("1" * 17, {})],
+        [("1" * 64, {})],
+        [("1" * 15 + "z", {})],
+        [("1" * 15, {}), ("4" * 17, {})],
+        [("1" * 14, {}), ("4" * 18, {})],
+        [("111111  11111111", {})],
+        [("", {"email": "2" * 16 + "  "})],
+    ]
+    for entries in bad:
         packer = EntryPacker(["email"])
         packer.add('"fine"', "1" * 16, {"email": "2" * 16}, "3" * 16)
-        packer.add('"a"', digest, prints, "")
+        for n, (digest, prints) in enumerate(entries):
+            packer.add(f'"{n}"', digest, prints, "")
         with pytest.raises(SnapshotFormatError, match="16 hex digits"):
             assemble(packer, [])
+    packer = EntryPacker(["email"])  # a bad value packed before a column was added
+    packer.add('"a"', "1" * 15, {}, "")
+    packer.add('"b"', "", {"email": "2" * 16, "new": "3" * 16}, "")
+    with pytest.raises(SnapshotFormatError, match="16 hex digits"):
+        assemble(packer, [])
+
+
+def test_entries_packed_between_columns_added_keep_their_values_in_every_column() -> None:
+    """Three stretches of entries (two columns added on the way), assembled with a copy that
+    brings one more column: every entry keeps what it had and lacks the rest."""
+    other = _packed([('"z"', "9" * 16, {"copied": "8" * 16}, "")])
+    packer = EntryPacker(["email"])
+    entries = [
+        ('"a"', "1" * 16, {"email": "a" * 16}, "2" * 16),
+        ('"b"', "", {}, ""),
+        ('"c"', "3" * 16, {"email": "b" * 16, "x": "c" * 16}, ""),
+        ('"d"', "4" * 16, {"x": "d" * 16}, "5" * 16),
+        ('"e"', "", {"y": "e" * 16, "email": "f" * 16}, "6" * 16),
+    ]
+    for entry in entries:
+        packer.add(*entry)
+    written = assemble(packer, [(other, np.array([0]))])
+    assert written.columns == ["email", "x", "y", "copied"]
+    assert _entries(written) == [*entries, ('"z"', "9" * 16, {"copied": "8" * 16}, "")]
+    assert _entries(SnapshotPartition.from_blob(written.to_blob())) == _entries(written)
 
 
 def test_raw_digests_are_found_and_unknown_ones_never_match() -> None:
