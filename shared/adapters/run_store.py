@@ -42,6 +42,11 @@ _RUN_FIELDS = {f.name for f in fields(Run)} - {"run_id", "etag"}
 # The SDK's methods to send again after a dropped connection, and POST: for an insert, whose
 # repeat finds the entity existing if the first had landed (`_create_once`, `create`).
 RETRIED_METHODS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
+# And PATCH, for a merge that holds the same whoever repeats it: one with no ETag condition (a
+# conditional one sent again after it landed would find its own write and take it for
+# another's; its job is retried instead). Azurite closes an idle keep-alive connection as the
+# client reuses it now and then: a merge then failed its job (a test's run, once).
+MERGE_RETRIED_METHODS = RETRIED_METHODS | {"PATCH"}
 
 
 class SavedProgress(NamedTuple):
@@ -80,6 +85,8 @@ class RunStore:
         kwargs: dict[str, Any] = {"mode": UpdateMode.MERGE}
         if if_unchanged:
             kwargs.update(etag=run.etag, match_condition=MatchConditions.IfNotModified)
+        else:
+            kwargs.update(retry_on_methods=MERGE_RETRIED_METHODS)
         try:
             metadata = self._table.update_entity(self._entity(run), **kwargs)
         except HttpResponseError as error:
@@ -164,7 +171,11 @@ class RunStore:
 
     def mark_delivery_queued(self, run_id: str, partition: int) -> None:
         entity = {"PartitionKey": run_id, "RowKey": partition_row(partition)}
-        self._table.update_entity({**entity, "delivery_queued": True}, mode=UpdateMode.MERGE)
+        self._table.update_entity(
+            {**entity, "delivery_queued": True},
+            mode=UpdateMode.MERGE,
+            retry_on_methods=MERGE_RETRIED_METHODS,
+        )
 
     def _create_once(self, run_id: str, row: str, values: dict[str, Any]) -> bool:
         """Create the entity unless it exists; True for the writer that created it.
@@ -347,7 +358,8 @@ class RunStore:
 
     def set_last_slot(self, export_name: str, slot: datetime) -> None:
         self._table.upsert_entity(
-            {"PartitionKey": SCHEDULE_PARTITION, "RowKey": export_name, "slot": slot.isoformat()}
+            {"PartitionKey": SCHEDULE_PARTITION, "RowKey": export_name, "slot": slot.isoformat()},
+            retry_on_methods=MERGE_RETRIED_METHODS,
         )
 
     def _get(self, partition: str, row: str) -> Any:
