@@ -42,10 +42,13 @@ _RUN_FIELDS = {f.name for f in fields(Run)} - {"run_id", "etag"}
 # The SDK's methods to send again after a dropped connection, and POST: for an insert, whose
 # repeat finds the entity existing if the first had landed (`_create_once`, `create`).
 RETRIED_METHODS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
-# And PATCH, for a merge that holds the same whoever repeats it: one with no ETag condition (a
-# conditional one sent again after it landed would find its own write and take it for
-# another's; its job is retried instead). Azurite closes an idle keep-alive connection as the
-# client reuses it now and then: a merge then failed its job (a test's run, once).
+# And PATCH, for a merge of a value no other writer changes back, so that sending it again
+# after a dropped connection, whenever it lands, leaves what the first would have (a flag set
+# once, the schedule's own slot). Not for a run's fields: a repeat that landed after another
+# job's write (a finalizer's, once the release had queued the chunks) would put back this
+# job's older copy; and a merge conditional on the run's ETag would find its own write and take
+# it for another's. Their jobs are retried instead. Azurite closes an idle keep-alive
+# connection as the client reuses it now and then: such a merge failed its job in a test run.
 MERGE_RETRIED_METHODS = RETRIED_METHODS | {"PATCH"}
 
 
@@ -85,8 +88,6 @@ class RunStore:
         kwargs: dict[str, Any] = {"mode": UpdateMode.MERGE}
         if if_unchanged:
             kwargs.update(etag=run.etag, match_condition=MatchConditions.IfNotModified)
-        else:
-            kwargs.update(retry_on_methods=MERGE_RETRIED_METHODS)
         try:
             metadata = self._table.update_entity(self._entity(run), **kwargs)
         except HttpResponseError as error:

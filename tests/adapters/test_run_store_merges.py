@@ -1,8 +1,9 @@
-"""A merge whose connection drops is sent again at once when repeating it holds the same (no
-ETag condition), and not when it is conditional: a local Table endpoint closes the first
-merge's connection without an answer, having applied it or not (Azurite now and then closes
-an idle keep-alive connection as the client reuses it). The waits the client asks for are
-recorded instead of slept (no test waits on a clock)."""
+"""A merge whose connection drops is sent again at once when a repeat leaves what the first
+would have whenever it lands (a flag set once, the schedule's own slot), and a run's fields are
+not (their job is retried instead): a local Table endpoint closes the first merge's connection
+without an answer, having applied it or not (Azurite now and then closes an idle keep-alive
+connection as the client reuses it). The waits the client asks for are recorded instead of
+slept (no test waits on a clock)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,6 @@ def _run() -> Run:
 
 
 MERGES: dict[str, Callable[[RunStore], None]] = {
-    "the run's fields": lambda store: store.update(_run()),
     "a partition's delivery queued": lambda store: store.mark_delivery_queued("run-1", 3),
     "the last schedule slot": lambda store: store.set_last_slot("e", utcnow()),
 }
@@ -94,14 +94,17 @@ def test_a_merge_whose_connection_dropped_is_sent_again_once(
     assert server.entities == {first_path.split("?")[0]: first}
 
 
-def test_a_conditional_merge_whose_connection_dropped_is_not_sent_again(
-    server: DropsFirstMerge,
+@pytest.mark.parametrize("conditional", [False, True], ids=["as-is", "if-unchanged"])
+def test_a_runs_fields_whose_connection_dropped_are_not_sent_again(
+    server: DropsFirstMerge, conditional: bool
 ) -> None:
-    """Sent again after it landed, it would find its own write and take it for another's
-    (a RunConflict: another split went on, so none queues the partitions); its job is retried
-    instead, which reads the run again."""
+    """Sent again after it landed, a run's merge could put back this job's copy over another
+    job's write made meanwhile (a finalizer's, once the release had queued the chunks), or,
+    conditional, find its own write and take it for another's (a RunConflict: another split
+    went on, so none queues the partitions); its job is retried instead, which reads the run
+    again."""
     run = _run()
     run.etag = server.etag
     with pytest.raises(ServiceResponseError):
-        run_store_at(server).update(run, if_unchanged=True)
+        run_store_at(server).update(run, if_unchanged=conditional)
     assert len(server.merges) == 1
