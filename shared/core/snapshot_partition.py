@@ -107,13 +107,10 @@ class EntryPacker:
         """The entries packed so far, in `columns` (which start with this packer's)."""
         import numpy as np
 
-        width = _FIXED + len(columns)
-        blocks = []
-        for count, digits in [*self._narrower, (len(self.columns), self._digits)]:
-            rows = _hex_rows(digits, _FIXED + count)
-            if rows.shape[1] < width:
-                rows = np.hstack([rows, np.zeros((len(rows), width - rows.shape[1]), rows.dtype)])
-            blocks.append(rows)
+        blocks = [
+            _in_columns(_hex_rows(digits, _FIXED + count), self.columns[:count], columns)
+            for count, digits in [*self._narrower, (len(self.columns), self._digits)]
+        ]
         return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
 
 
