@@ -10,7 +10,6 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from azure.core.pipeline.transport import RequestsTransport
 
 from shared.core.runs import Run, RunConflict, SplitResult
 from tests.local_server import QuietHandler, run_store_at, serving
@@ -53,13 +52,6 @@ class DropsFirstInsert(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
 
 
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    asked: list[float] = []
-    monkeypatch.setattr(RequestsTransport, "sleep", lambda _, seconds: asked.append(seconds))
-    return asked
-
-
 @pytest.fixture(params=[False, True], ids=["lost-before-landing", "landed-answer-lost"])
 def server(request: pytest.FixtureRequest) -> Iterator[DropsFirstInsert]:
     with serving(DropsFirstInsert(lands=request.param)) as running:
@@ -67,20 +59,20 @@ def server(request: pytest.FixtureRequest) -> Iterator[DropsFirstInsert]:
 
 
 def test_an_insert_whose_connection_dropped_is_sent_again_once(
-    server: DropsFirstInsert, waits: list[float]
+    server: DropsFirstInsert, retry_waits: list[float]
 ) -> None:
     recorded = run_store_at(server).record_split("run-1", SplitResult(3, rows_read=7))
     first, again = server.inserts
     assert first == again and (first["RowKey"], first["rows_read"]) == ("split-0003", 7)
     # An insert that had landed is found there: a duplicate's answer (every caller handles
     # it), the entity the same either way.
-    assert waits == []  # the SDK sends its first retry at once
+    assert retry_waits == []  # the SDK sends its first retry at once
     assert server.stored == {("run-1", "split-0003")}
     assert recorded is not server.lands
 
 
 def test_a_runs_insert_sent_again_says_so_when_the_first_had_landed(
-    server: DropsFirstInsert, waits: list[float]
+    server: DropsFirstInsert, retry_waits: list[float]
 ) -> None:
     """`start_run` tells its own run from a duplicate trigger's by the run's creation time."""
     run = Run("run-2", "export", "segment", "sandbox", "segments/a.csv", "test")

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from azure.core.exceptions import ServiceResponseError
-from azure.core.pipeline.transport import RequestsTransport
 
 from shared.adapters.run_store import RunStore
 from shared.core.runs import Run, Status, utcnow
@@ -60,13 +59,6 @@ class DropsFirstMerge(http.server.ThreadingHTTPServer):
         self.version += 1
 
 
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    asked: list[float] = []
-    monkeypatch.setattr(RequestsTransport, "sleep", lambda _, seconds: asked.append(seconds))
-    return asked
-
-
 @pytest.fixture(params=[False, True], ids=["lost-before-landing", "landed-answer-lost"])
 def server(request: pytest.FixtureRequest) -> Iterator[DropsFirstMerge]:
     with serving(DropsFirstMerge(lands=request.param)) as running:
@@ -85,12 +77,12 @@ MERGES: dict[str, Callable[[RunStore], None]] = {
 
 @pytest.mark.parametrize("merge", MERGES.values(), ids=MERGES.keys())
 def test_a_merge_whose_connection_dropped_is_sent_again_once(
-    server: DropsFirstMerge, waits: list[float], merge: Callable[[RunStore], None]
+    server: DropsFirstMerge, retry_waits: list[float], merge: Callable[[RunStore], None]
 ) -> None:
     merge(run_store_at(server))
     (first_path, first), (again_path, again) = server.merges
     assert (first_path, first) == (again_path, again)
-    assert waits == []  # the SDK sends its first retry at once
+    assert retry_waits == []  # the SDK sends its first retry at once
     assert server.entities == {first_path.split("?")[0]: first}
 
 
