@@ -61,7 +61,9 @@ class Sandbox:
 
 # How every Azurite here runs (`make demo` too): on loopback, accepting the SDK's newest API
 # versions, and without the telemetry it sends Microsoft by default (it stayed running after
-# SIGTERM, waiting to send it).
+# SIGTERM, waiting to send it). Idle keep-alive connections are kept 10 minutes, not 5 s: at 5 s
+# Azurite closed one now and then as the client reused it, and a write the SDK does not send
+# again failed its step (three full test runs on 2026-12-07, each once, in a slow hour).
 AZURITE_OPTIONS = (
     "--disableTelemetry",
     "--skipApiVersionCheck",
@@ -69,6 +71,9 @@ AZURITE_OPTIONS = (
     "--blobHost=127.0.0.1",
     "--queueHost=127.0.0.1",
     "--tableHost=127.0.0.1",
+    "--blobKeepAliveTimeout=600",
+    "--queueKeepAliveTimeout=600",
+    "--tableKeepAliveTimeout=600",
 )
 
 
