@@ -1,5 +1,11 @@
 """Trigger adapters, one blueprint per concern (and `last_attempt`, which the queue triggers
-share); `function_app.py` registers the blueprints."""
+share); `function_app.py` registers the blueprints.
+
+Each handler imports the pipeline and the app's services when it runs, not at the top of its
+module: the host imports `function_app` to index the functions at every cold start, and those
+imports (pydantic's models, the Table and Queue SDKs, numpy) took about half a second of it.
+Tests patch them where they are defined (`shared.adapters.services.app_services`, ...);
+tests/test_cold_import.py keeps them out of the index's imports."""
 
 from functions.blob_drop import bp as blob_drop_bp
 from functions.dashboard import bp as dashboard_bp

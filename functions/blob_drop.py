@@ -7,9 +7,7 @@ plan_export streams it itself.
 import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob
 
-from shared.adapters.services import app_services
 from shared.core.resource_names import DROPS_CONTAINER, STORAGE_CONNECTION
-from shared.pipeline.start import blob_version, handle_drop
 
 bp = func.Blueprint()
 
@@ -23,6 +21,9 @@ bp = func.Blueprint()
 )
 def segment_dropped(client: blob.BlobClient) -> None:
     """Idempotent per blob content: a repeated event or an unchanged re-upload starts one run."""
+    from shared.adapters.services import app_services
+    from shared.pipeline.start import blob_version, handle_drop
+
     properties = client.get_blob_properties()
     version = blob_version(properties.content_settings.content_md5, properties.etag)
     handle_drop(app_services(), client.container_name, client.blob_name, properties.size, version)

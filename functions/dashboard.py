@@ -3,16 +3,27 @@
 The page is opened in a browser with `?code=<function key>`; its links carry the key on.
 """
 
+from collections.abc import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING
+
 import azure.functions as func
 
-from shared.adapters.services import app_services
-from shared.entrypoints import dashboard as page
+if TYPE_CHECKING:
+    from shared.adapters.services import Services
+    from shared.entrypoints.dashboard import WebResponse
 
 bp = func.Blueprint()
 
 
-def _respond(result: page.WebResponse) -> func.HttpResponse:
-    """The Content-Type is among the headers, so the worker sends it as it is."""
+def _respond(call: Callable[[ModuleType, "Services"], "WebResponse"]) -> func.HttpResponse:
+    """The answer of `call`, given the page's module (shared/entrypoints/dashboard.py) and the
+    app's services: both imported by the first request, not at indexing (functions/__init__).
+    The Content-Type is among the headers, so the worker sends it as it is."""
+    from shared.adapters.services import app_services
+    from shared.entrypoints import dashboard
+
+    result = call(dashboard, app_services())
     return func.HttpResponse(result.body, status_code=result.status, headers=result.headers)
 
 
@@ -20,7 +31,9 @@ def _respond(result: page.WebResponse) -> func.HttpResponse:
 @bp.route(route="dashboard", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def dashboard(req: func.HttpRequest) -> func.HttpResponse:
     """The status page: exports, schedules, last runs, and what failed first."""
-    return _respond(page.dashboard(app_services(), params=req.params, headers=req.headers))
+    return _respond(
+        lambda page, services: page.dashboard(services, params=req.params, headers=req.headers)
+    )
 
 
 @bp.function_name("get_run_report")
@@ -28,7 +41,9 @@ def dashboard(req: func.HttpRequest) -> func.HttpResponse:
 def get_run_report(req: func.HttpRequest) -> func.HttpResponse:
     """The run's report.json, shown in the browser."""
     return _respond(
-        page.run_file(app_services(), req.route_params["run_id"], page.REPORT, headers=req.headers)
+        lambda page, services: page.run_file(
+            services, req.route_params["run_id"], page.REPORT, headers=req.headers
+        )
     )
 
 
@@ -37,7 +52,7 @@ def get_run_report(req: func.HttpRequest) -> func.HttpResponse:
 def get_run_rejected_rows(req: func.HttpRequest) -> func.HttpResponse:
     """The run's rejected.jsonl, as a download (it holds personal data)."""
     return _respond(
-        page.run_file(
-            app_services(), req.route_params["run_id"], page.REJECTED_ROWS, headers=req.headers
+        lambda page, services: page.run_file(
+            services, req.route_params["run_id"], page.REJECTED_ROWS, headers=req.headers
         )
     )

@@ -4,15 +4,17 @@ queue (a run whose message is poisoned must not stay active for ever)."""
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import azure.functions as func
 
-from shared.adapters.services import Services
+if TYPE_CHECKING:  # not imported at indexing: see functions/__init__.py
+    from shared.adapters.services import Services
 
 
 @contextmanager
 def failing_the_run_on_last_attempt(
-    msg: func.QueueMessage, services: Services, fail: Callable[[BaseException], None]
+    msg: func.QueueMessage, services: "Services", fail: Callable[[BaseException], None]
 ) -> Iterator[None]:
     try:
         yield

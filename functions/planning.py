@@ -6,19 +6,17 @@ import gc
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 import azure.functions as func
 
 from functions.last_attempt import failing_the_run_on_last_attempt
-from shared.adapters.services import Services, app_services
 from shared.adapters.telemetry import job_context
 from shared.core.messages import ExportJob, PartitionJob, PlanningJob, SplitJob, planning_job
 from shared.core.resource_names import JOBS_QUEUE, STORAGE_CONNECTION
-from shared.pipeline.deliver_chunk import deliver_at_once
-from shared.pipeline.diff_partition import diff_partition, fail_partition
-from shared.pipeline.plan_export import fail_planning, plan_run
-from shared.pipeline.split_source import fail_split, split_source
+
+if TYPE_CHECKING:  # the pipeline is imported when a job runs, not at indexing: functions/__init__
+    from shared.adapters.services import Services
 
 bp = func.Blueprint()
 
@@ -28,6 +26,8 @@ bp = func.Blueprint()
 def plan_export(msg: func.QueueMessage) -> None:
     """One planning step of a run. Failures raise so the host retries; the last attempt also
     ends the run (nothing was sent, or what was is reported)."""
+    from shared.adapters.services import app_services
+
     services = app_services()
     job = planning_job(msg.get_body())
     step, fail = _step(job, services, msg.dequeue_count or 1)
@@ -36,10 +36,14 @@ def plan_export(msg: func.QueueMessage) -> None:
 
 
 def _step(
-    job: PlanningJob, services: Services, attempt: int
+    job: PlanningJob, services: "Services", attempt: int
 ) -> tuple[Callable[[], None], Callable[[BaseException], None]]:
     """The step the job asks for (on its `attempt`-th delivery), and what ends its run when its
     last attempt fails."""
+    from shared.pipeline.diff_partition import fail_partition
+    from shared.pipeline.plan_export import fail_planning, plan_run
+    from shared.pipeline.split_source import fail_split, split_source
+
     match job:
         case ExportJob():
             return (
@@ -60,9 +64,12 @@ def _step(
             assert_never(job)
 
 
-def _diff(job: PartitionJob, services: Services, attempt: int) -> None:
+def _diff(job: PartitionJob, services: "Services", attempt: int) -> None:
     """Diff with the cyclic collector paused; a run this diff released as a single chunk job
     is then delivered here and now (`deliver_at_once`), with the collector running again."""
+    from shared.pipeline.deliver_chunk import deliver_at_once
+    from shared.pipeline.diff_partition import diff_partition
+
     with cyclic_gc_paused():
         released = diff_partition(job, services, attempt)
     if released is not None:

@@ -4,10 +4,7 @@ import logging
 
 import azure.functions as func
 
-from shared.adapters.services import app_services
 from shared.core.runs import utcnow
-from shared.pipeline.stall_sweep import sweep_stalled
-from shared.pipeline.start import schedule_tick
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -17,6 +14,10 @@ log = logging.getLogger(__name__)
 @bp.timer_trigger(arg_name="timer", schedule="0 * * * * *", run_on_startup=False, use_monitor=True)
 def schedule_exports(timer: func.TimerRequest) -> None:
     """Idempotent per slot: a late, repeated or concurrent tick starts each slot's run once."""
+    from shared.adapters.services import app_services
+    from shared.pipeline.stall_sweep import sweep_stalled
+    from shared.pipeline.start import schedule_tick
+
     if timer.past_due:
         log.info("scheduler tick is late; missed slots run once now")
     services = app_services()

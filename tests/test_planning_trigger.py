@@ -33,10 +33,15 @@ def test_a_diff_runs_with_the_collector_paused_and_the_other_steps_without(
     class Services:
         settings = Settings()
 
-    monkeypatch.setattr(planning, "app_services", lambda: Services())
-    for name in ("plan_run", "split_source", "diff_partition"):
+    monkeypatch.setattr("shared.adapters.services.app_services", lambda: Services())
+    for module, name in (
+        ("plan_export", "plan_run"),
+        ("split_source", "split_source"),
+        ("diff_partition", "diff_partition"),
+    ):
         monkeypatch.setattr(
-            planning, name, lambda job, services, *_, name=name: seen.update({name: gc.isenabled()})
+            f"shared.pipeline.{module}.{name}",
+            lambda job, services, *_, name=name: seen.update({name: gc.isenabled()}),
         )
     jobs = [
         ExportJob("r", "e"),

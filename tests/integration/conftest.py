@@ -356,8 +356,7 @@ def plan_in_process(app: App, run: Run) -> list[ChunkJob]:
 @pytest.fixture
 def triggers_on(quiet_app: App, monkeypatch: pytest.MonkeyPatch) -> App:
     """The queue triggers, called as the host calls them, on the quiet app's services."""
-    for module in ("functions.planning", "functions.delivery"):
-        monkeypatch.setattr(f"{module}.app_services", lambda: quiet_app.services)
+    monkeypatch.setattr("shared.adapters.services.app_services", lambda: quiet_app.services)
     return quiet_app
 
 

@@ -200,7 +200,7 @@ def test_the_http_routes_pass_the_request_headers_on(
     quiet_app: App, entra: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through functions/http_api.py, as the host calls it (header names in any case)."""
-    monkeypatch.setattr(routes, "app_services", lambda: entra)
+    monkeypatch.setattr("shared.adapters.services.app_services", lambda: entra)
     _define(quiet_app, "acc-route", allowed_roles=["Braze.Sandbox"])
 
     def post(headers: dict[str, str]) -> Any:

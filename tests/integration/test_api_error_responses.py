@@ -238,7 +238,7 @@ def test_the_http_route_answers_the_500_as_json(
 ) -> None:
     """The host never sees the exception: functions/http_api.py gets a response to send."""
     broken = Services(load_settings({**hostile.env, "EXPORT_DEFINITIONS_PATH": "/nonexistent"}))
-    monkeypatch.setattr(routes, "app_services", lambda: broken)
+    monkeypatch.setattr("shared.adapters.services.app_services", lambda: broken)
     request = HttpRequest("GET", "http://localhost/api/exports", headers={}, body=b"")
 
     with caplog.at_level(logging.ERROR, logger=api.__name__):

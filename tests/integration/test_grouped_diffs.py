@@ -279,7 +279,7 @@ def test_a_job_of_several_delivered_again_queues_its_partitions_left_a_job_each(
     """Its earlier attempt did not finish (its host was killed, say, which raises nothing):
     whichever partition did that must not use up the others' attempts. The one the earlier
     attempt recorded stays recorded; the others each get a job, and the run ends as usual."""
-    monkeypatch.setattr("functions.planning.app_services", lambda: split_app.services)
+    monkeypatch.setattr("shared.adapters.services.app_services", lambda: split_app.services)
     run, jobs = _one_changed(split_app, "redelivered", 42, "Changed, again")
     job = jobs[0]
     assert job.count == 4

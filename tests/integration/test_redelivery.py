@@ -108,7 +108,7 @@ def test_a_chunk_that_fails_every_attempt_ends_the_run_with_its_rows_reported(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run, _ = _new_run(quiet_app, "poison", "redeliver/poison.csv", 150)
-    monkeypatch.setattr("functions.delivery.app_services", lambda: quiet_app.services)
+    monkeypatch.setattr("shared.adapters.services.app_services", lambda: quiet_app.services)
     good, bad = plan_in_process(quiet_app, run)
     deliver(queue_message(good, 1))
     requests_before = len(quiet_app.sandbox_requests())
@@ -136,12 +136,12 @@ def test_a_plan_that_fails_every_attempt_ends_the_run_saying_why(
     quiet_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run, _ = _new_run(quiet_app, "plandead", "redeliver/plandead.csv", 120)
-    monkeypatch.setattr("functions.planning.app_services", lambda: quiet_app.services)
+    monkeypatch.setattr("shared.adapters.services.app_services", lambda: quiet_app.services)
 
     def broken_plan(*args: object) -> None:
         raise ConnectionError("table storage unreachable")
 
-    monkeypatch.setattr("functions.planning.plan_run", broken_plan)
+    monkeypatch.setattr("shared.pipeline.plan_export.plan_run", broken_plan)
     attempts = quiet_app.services.settings.max_dequeue_count
     for attempt in range(1, attempts + 1):
         with pytest.raises(ConnectionError):
@@ -181,12 +181,12 @@ def test_a_planning_step_that_fails_every_attempt_ends_the_run_naming_its_job(
         if step == "split_source"
         else PartitionJob(run.run_id, name, 3, 4)
     )
-    monkeypatch.setattr("functions.planning.app_services", lambda: quiet_app.services)
+    monkeypatch.setattr("shared.adapters.services.app_services", lambda: quiet_app.services)
 
     def broken_step(*args: object) -> None:
         raise ConnectionError("table storage unreachable")
 
-    monkeypatch.setattr(f"functions.planning.{step}", broken_step)
+    monkeypatch.setattr(f"shared.pipeline.{step}.{step}", broken_step)
     attempts = quiet_app.services.settings.max_dequeue_count
     for attempt in range(1, attempts + 1):
         with pytest.raises(ConnectionError):
@@ -432,7 +432,7 @@ def test_a_chunk_held_by_an_attempt_still_saving_is_not_sent_and_its_message_is_
     run, job, _ = _one_chunk(quiet_app, "leaseheld", 400)
     _killed_holder(quiet_app, job, 0)
     monkeypatch.setattr(f"{LEASE}.HOLD_WAIT_SECONDS", 0.0)  # the holder saved just now
-    monkeypatch.setattr("functions.delivery.app_services", lambda: quiet_app.services)
+    monkeypatch.setattr("shared.adapters.services.app_services", lambda: quiet_app.services)
     with pytest.raises(ChunkHeld, match="still being delivered by another attempt"):
         deliver(queue_message(job, 1))
     # Even on its last attempt the duplicate reports no row as failed: the holder records them.
