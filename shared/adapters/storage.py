@@ -384,21 +384,43 @@ class Storage:
             content_settings=ContentSettings(content_type="application/x-ndjson")
         )
 
-    def append_block(self, container: str, name: str, text: str) -> None:
-        """Append lines to an append blob, in blocks under the service's 4 MiB limit."""
+    def append_block(self, container: str, name: str, text: str, at: int) -> int:
+        """Append lines to an append blob that this writer alone writes, `at` its length as
+        the writer left it, in blocks under the service's 4 MiB limit; the blob's new length.
+
+        Each block is appended on the condition that the blob ends where it should: the SDK
+        sends a block again after a dropped connection, and a repeat of one that had landed
+        is then refused (412) instead of writing its lines twice. The blob's length tells a
+        landed block from another writer's."""
         blob = self.container(container).get_blob_client(name)
         block = bytearray()
         for line in text.splitlines(keepends=True):
             data = line.encode("utf-8")
             if block and len(block) + len(data) > APPEND_BLOCK_BYTES:
-                blob.append_block(bytes(block))
+                at = _append_at(blob, bytes(block), at)
                 block.clear()
             block += data
         if block:
-            blob.append_block(bytes(block))
+            at = _append_at(blob, bytes(block), at)
+        return at
 
     def line_writer(self, container: str, name: str) -> BlobLineWriter:
         return BlobLineWriter(self.container(container), name)
+
+
+def _append_at(blob: Any, block: bytes, at: int) -> int:
+    """Append `block` at position `at` of `blob` (its BlobClient); the position after it."""
+    try:
+        blob.append_block(block, appendpos_condition=at)
+    except HttpResponseError as refused:
+        landed = (
+            refused.error_code == "AppendPositionConditionNotMet"
+            and blob.get_blob_properties().size == at + len(block)
+        )
+        if not landed:
+            raise
+        forget_traceback(refused)
+    return at + len(block)
 
 
 class BlobLineWriter:

@@ -386,6 +386,7 @@ class _Attempt:
             f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}-{uuid.uuid4().hex[:8]}.jsonl"
         )
         self._created = False
+        self._length = 0  # the blob's, as this attempt, its only writer, left it
 
     def write(self, progress: ChunkProgress, rejections: list[dict[str, Any]]) -> None:
         if not rejections:
@@ -396,7 +397,9 @@ class _Attempt:
             progress.rejected_until.append(progress.batches_done)
             self._created = True
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejections)
-        self._services.storage.append_block(RUNS_CONTAINER, self._name, text)
+        self._length = self._services.storage.append_block(
+            RUNS_CONTAINER, self._name, text, at=self._length
+        )
 
     def recorded(self, progress: ChunkProgress) -> None:
         """The batches up to `batches_done` are recorded, rejected rows included."""
