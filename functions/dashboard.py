@@ -1,10 +1,9 @@
 """HTTP routes for people: the status page and the run files it links to (auth level FUNCTION).
 
 The page is opened in a browser with `?code=<function key>`; its links carry the key on.
+Each route imports the page's module when called, not at indexing (functions/__init__.py).
 """
 
-from collections.abc import Callable
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 import azure.functions as func
@@ -16,14 +15,14 @@ if TYPE_CHECKING:
 bp = func.Blueprint()
 
 
-def _respond(call: Callable[[ModuleType, "Services"], "WebResponse"]) -> func.HttpResponse:
-    """The answer of `call`, given the page's module (shared/entrypoints/dashboard.py) and the
-    app's services: both imported by the first request, not at indexing (functions/__init__).
-    The Content-Type is among the headers, so the worker sends it as it is."""
+def _services() -> "Services":
     from shared.adapters.services import app_services
-    from shared.entrypoints import dashboard
 
-    result = call(dashboard, app_services())
+    return app_services()
+
+
+def _respond(result: "WebResponse") -> func.HttpResponse:
+    """The Content-Type is among the headers, so the worker sends it as it is."""
     return func.HttpResponse(result.body, status_code=result.status, headers=result.headers)
 
 
@@ -31,19 +30,19 @@ def _respond(call: Callable[[ModuleType, "Services"], "WebResponse"]) -> func.Ht
 @bp.route(route="dashboard", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def dashboard(req: func.HttpRequest) -> func.HttpResponse:
     """The status page: exports, schedules, last runs, and what failed first."""
-    return _respond(
-        lambda page, services: page.dashboard(services, params=req.params, headers=req.headers)
-    )
+    from shared.entrypoints import dashboard as page
+
+    return _respond(page.dashboard(_services(), params=req.params, headers=req.headers))
 
 
 @bp.function_name("get_run_report")
 @bp.route(route="runs/{run_id}/report", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def get_run_report(req: func.HttpRequest) -> func.HttpResponse:
     """The run's report.json, shown in the browser."""
+    from shared.entrypoints import dashboard as page
+
     return _respond(
-        lambda page, services: page.run_file(
-            services, req.route_params["run_id"], page.REPORT, headers=req.headers
-        )
+        page.run_file(_services(), req.route_params["run_id"], page.REPORT, headers=req.headers)
     )
 
 
@@ -51,8 +50,10 @@ def get_run_report(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="runs/{run_id}/rejected", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def get_run_rejected_rows(req: func.HttpRequest) -> func.HttpResponse:
     """The run's rejected.jsonl, as a download (it holds personal data)."""
+    from shared.entrypoints import dashboard as page
+
     return _respond(
-        lambda page, services: page.run_file(
-            services, req.route_params["run_id"], page.REJECTED_ROWS, headers=req.headers
+        page.run_file(
+            _services(), req.route_params["run_id"], page.REJECTED_ROWS, headers=req.headers
         )
     )

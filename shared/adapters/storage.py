@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import io
 import os
 import sys
 import threading
@@ -29,7 +30,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.data.tables import TableClient, TableServiceClient
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
 from azure.storage.blob import ExponentialRetry as BlobRetry
 from azure.storage.queue import ExponentialRetry as QueueRetry
 from azure.storage.queue import (
@@ -394,7 +395,7 @@ class Storage:
         landed block from another writer's."""
         blob = self.container(container).get_blob_client(name)
         block = bytearray()
-        for line in text.splitlines(keepends=True):
+        for line in io.StringIO(text):  # lines end at "\n" only: a value may hold U+2028
             data = line.encode("utf-8")
             if block and len(block) + len(data) > APPEND_BLOCK_BYTES:
                 at = _append_at(blob, bytes(block), at)
@@ -408,7 +409,7 @@ class Storage:
         return BlobLineWriter(self.container(container), name)
 
 
-def _append_at(blob: Any, block: bytes, at: int) -> int:
+def _append_at(blob: BlobClient, block: bytes, at: int) -> int:
     """Append `block` at position `at` of `blob` (its BlobClient); the position after it."""
     try:
         blob.append_block(block, appendpos_condition=at)

@@ -26,9 +26,10 @@ ETAG = '"0x8DD000000000001"'
 class DropsFirstAppend(http.server.ThreadingHTTPServer):
     """One append blob: `PUT ?comp=appendblock` appends (412 when
     x-ms-blob-condition-appendpos is not its length), HEAD gives its length. The connection of
-    the append numbered `drop` is closed unanswered, after applying it when `lands`."""
+    the append numbered `drop` is closed unanswered, after applying it when `lands` (or, with
+    `refuse`, answered 412 with that error code)."""
 
-    def __init__(self, *, lands: bool, drop: int = 1) -> None:
+    def __init__(self, *, lands: bool, drop: int = 1, refuse: str = "") -> None:
         self.content = b""
         self.appends: list[tuple[str | None, bytes]] = []
         server = self
@@ -47,6 +48,9 @@ class DropsFirstAppend(http.server.ThreadingHTTPServer):
                 if len(server.appends) == drop:
                     if lands:
                         server.content += body
+                    if refuse:  # applied, yet answered 412 with another condition's code
+                        self.reply(412, headers={"x-ms-error-code": refuse})
+                        return
                     self.close_connection = True  # no status line: the answer is lost
                     return
                 server.content += body
@@ -120,12 +124,38 @@ def test_blocks_after_the_first_go_at_the_positions_the_earlier_ones_left(
     ]
 
 
-def test_an_append_at_another_position_than_the_blobs_length_is_refused() -> None:
+@pytest.mark.parametrize("written", [b'{"row": 0}\n', LINES.encode() * 2], ids=["less", "more"])
+def test_an_append_at_another_position_than_the_blobs_length_is_refused(written: bytes) -> None:
     """A writer whose count is off (another wrote meanwhile, or the blob was cut) is told so,
-    and nothing is written."""
+    and nothing is written: only a blob that ends exactly where the block would shows that
+    the block landed."""
     with serving(DropsFirstAppend(lands=True, drop=0)) as server:
-        server.content = b'{"row": 0}\n'
+        server.content = written
         with pytest.raises(HttpResponseError) as refused:
             server.storage().append_block(CONTAINER, NAME, LINES, at=0)
     assert refused.value.error_code == "AppendPositionConditionNotMet"
-    assert server.content == b'{"row": 0}\n'
+    assert server.content == written
+
+
+def test_another_refused_condition_is_not_taken_for_a_landed_block() -> None:
+    """A 412 for another condition than the position, though the blob's length happens to fit,
+    is raised."""
+    with (
+        serving(DropsFirstAppend(lands=True, refuse="ConditionNotMet")) as server,
+        pytest.raises(HttpResponseError) as refused,
+    ):
+        server.storage().append_block(CONTAINER, NAME, LINES, at=0)
+    assert refused.value.error_code == "ConditionNotMet"
+    assert len(server.appends) == 1
+
+
+def test_blocks_end_at_line_ends_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rejected row's values may hold U+2028 or U+0085, which JSON keeps as they are: no
+    block ends there, so a block that never lands leaves no row cut in two."""
+    monkeypatch.setattr(storage_module, "APPEND_BLOCK_BYTES", 40)
+    lines = '{"note": "a\u2028b\u0085c"}\n' * 3
+    assert len(lines.splitlines()) == 9
+    with serving(DropsFirstAppend(lands=False, drop=0)) as server:
+        end = server.storage().append_block(CONTAINER, NAME, lines, at=0)
+    assert server.content == lines.encode() and end == len(lines.encode())
+    assert [body.decode() for _, body in server.appends] == ['{"note": "a\u2028b\u0085c"}\n'] * 3
