@@ -1,11 +1,13 @@
-"""A partition's chunk blob: the diff writes its lines as bytes, and they must be byte for byte
-the text lines the standard library writes, encoded (what delivery and earlier versions read),
-whatever the values hold (a lone surrogate never gets this far: every source reader rejects
-it)."""
+"""A partition's chunk blob: the diff writes its lines as bytes, gzipped, and they must be byte
+for byte the text lines the standard library writes, encoded (what delivery reads), whatever
+the values hold (a lone surrogate never gets this far: every source reader rejects it). A
+chunk an earlier version wrote as plain text is still read."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from typing import Any
 
 import pytest
@@ -32,14 +34,16 @@ def test_chunk_lines_written_as_bytes_are_the_text_lines_encoded(quiet_app: App)
         encoded_chunk_line(order, data_points(obj), dumpb(obj))
         for order, obj in enumerate(MESSY_OBJECTS, start=40)
     ]
-    name = "test-chunk-blobs/part-0000-chunk-0000.tsv"
+    name = "test-chunk-blobs/part-0000-chunk-0000.tsv.gz"
     write_chunk(services, name, lines)
 
     text = "".join(
         f"{order}\t{data_points(obj)}\t{_standard_json(obj)}\n"
         for order, obj in enumerate(MESSY_OBJECTS, start=40)
     )
-    assert services.storage.read_bytes(RUNS_CONTAINER, name) == text.encode("utf-8")
+    stored = services.storage.read_bytes(RUNS_CONTAINER, name)
+    assert gzip.decompress(stored) == text.encode("utf-8")
+    assert len(stored) < len(text.encode("utf-8")) // 10  # the huge field repeats one letter
     read = read_chunk(services, [name])
     assert [(order, points) for order, points, _ in read] == [
         (40 + n, data_points(obj)) for n, obj in enumerate(MESSY_OBJECTS)
@@ -58,7 +62,7 @@ def test_a_chunk_blob_that_is_not_utf8_is_refused_whole(quiet_app: App) -> None:
     """Delivery joins the objects' bytes into request bodies as they are; a blob damaged in
     storage must not reach Braze in part (a poisoned chunk then reports its rows unlisted)."""
     services = quiet_app.services
-    name = "test-chunk-blobs/damaged.tsv"
+    name = "test-chunk-blobs/damaged.tsv.gz"
     whole = encoded_chunk_line(1, 1, dumpb({"external_id": "fine 🎉"}))
     damaged = b'2\t1\t{"external_id":"cut \xf0\x9f"}'  # an emoji's first two bytes
     write_chunk(services, name, [whole, damaged])
@@ -81,10 +85,41 @@ def test_characters_cut_by_the_utf8_checks_slices_are_read_whole(quiet_app: App)
     """The check reads a blob in 64 KiB slices: a four-byte character across a slice's end is
     still valid, and the objects come back byte for byte."""
     services = quiet_app.services
-    name = "test-chunk-blobs/wide.tsv"
+    name = "test-chunk-blobs/wide.tsv.gz"
     wide = {"external_id": "wide 🎉", "value": "ab" + "🎉" * 50_000}
     line = encoded_chunk_line(1, 1, dumpb(wide))
     assert line.index("🎉🎉".encode()) % 4 != 0  # so each slice's end falls inside one
     write_chunk(services, name, [line])
     ((order, points, obj),) = read_chunk(services, [name])
     assert (order, points, obj) == (1, 1, dumpb(wide))
+
+
+def test_a_chunk_written_as_plain_text_by_an_earlier_version_is_read(quiet_app: App) -> None:
+    """A run planned before an upgrade and delivered after it."""
+    services = quiet_app.services
+    name = "test-chunk-blobs/earlier.tsv"
+    objects = MESSY_OBJECTS[:4]
+    lines = [encoded_chunk_line(n, data_points(o), dumpb(o)) for n, o in enumerate(objects)]
+    services.storage.write_bytes(
+        RUNS_CONTAINER, name, b"\n".join(lines) + b"\n", "text/tab-separated-values"
+    )
+    assert [obj for _, _, obj in read_chunk(services, [name])] == [dumpb(o) for o in objects]
+
+
+def test_a_gzipped_chunk_damaged_in_storage_is_refused_whole(quiet_app: App) -> None:
+    """A flipped byte fails gzip's checksum (or its stream) before anything is read out of it;
+    cut short, it fails too."""
+    services = quiet_app.services
+    objects = [{"external_id": f"c-{n}", "first_name": "Zoë 🎉", "points": n} for n in range(500)]
+    lines = [encoded_chunk_line(n, data_points(o), dumpb(o)) for n, o in enumerate(objects)]
+    write_chunk(services, "test-chunk-blobs/whole.tsv.gz", lines)
+    whole = services.storage.read_bytes(RUNS_CONTAINER, "test-chunk-blobs/whole.tsv.gz")
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0x01
+    for name, data in (("flipped", bytes(flipped)), ("cut", whole[: len(whole) - 9])):
+        services.storage.write_bytes(
+            RUNS_CONTAINER, f"test-chunk-blobs/{name}.tsv.gz", data, "application/gzip"
+        )
+        with pytest.raises(zlib.error):
+            read_chunk(services, [f"test-chunk-blobs/{name}.tsv.gz"])
+    assert len(read_chunk(services, ["test-chunk-blobs/whole.tsv.gz"])) == 500
