@@ -50,7 +50,8 @@ def splits_blob_name(run_id: str) -> str:
 
 def split_pieces_name(run_id: str, split: int, attempt: str) -> str:
     """One split's pieces, one per hash partition in partition order (`PieceLines.line` rows,
-    tab-separated), where its record (`SplitResult.piece_ends`) says each ends; a partition is
+    tab-separated), each gzipped on its own, where its record (`SplitResult.piece_ends`) says
+    each ends; a partition is
     its pieces in split order, which is source order. Each attempt of a split writes its own
     blob and the recorded one is read, so an attempt that lost the race (and may have read
     other bytes, if the source was written meanwhile) cannot change what the offsets point at.
@@ -108,7 +109,7 @@ def _cut_range(
     for partition in range(first, last + 1):
         end = split.piece_ends[partition]
         if partition in wanted and end > at:
-            cut.append((partition, data[at - start : end - start]))
+            cut.append((partition, gunzipped(data[at - start : end - start])))
         at = end
     return cut
 
@@ -350,9 +351,15 @@ def encoded_chunk_line(order: int, points: int, obj_json: bytes) -> bytes:
     return b"%d\t%d\t%s" % (order, points, obj_json)
 
 
-# gzip, so that an operator's tools open a chunk as they are (`gunzip`, `zcat`).
-_GZIP = 16 + zlib.MAX_WBITS
+# Chunks and pieces are gzipped, so that an operator's tools open them as they are (`zcat`).
+GZIP_WBITS = 16 + zlib.MAX_WBITS
 _GZIP_MAGIC = b"\x1f\x8b"
+
+
+def gunzipped(data: bytes) -> bytes:
+    """A chunk's or piece's bytes as written: gzipped ones decompressed (a damaged one fails
+    gzip's checksum: zlib.error), plain ones (an earlier version's) as they are."""
+    return zlib.decompress(data, wbits=GZIP_WBITS) if data[:2] == _GZIP_MAGIC else data
 
 
 def write_chunk(services: Services, blob_name: str, lines: list[bytes]) -> None:
@@ -364,7 +371,7 @@ def write_chunk(services: Services, blob_name: str, lines: list[bytes]) -> None:
     services.storage.write_bytes(
         RUNS_CONTAINER,
         blob_name,
-        zlib.compress(b"\n".join(lines) + b"\n", 1, wbits=_GZIP),
+        zlib.compress(b"\n".join(lines) + b"\n", 1, wbits=GZIP_WBITS),
         "application/gzip",
     )
 
@@ -383,8 +390,7 @@ def read_chunk(services: Services, blob_names: list[str]) -> list[tuple[int, int
     """
     items = []
     for data in services.storage.read_many(RUNS_CONTAINER, blob_names):
-        if data[:2] == _GZIP_MAGIC:  # else written by an earlier version, as plain text
-            data = zlib.decompress(data, wbits=_GZIP)  # a damaged blob fails its checksum
+        data = gunzipped(data)
         _check_utf8(data)
         for line in data.split(b"\n"):
             order, points, obj = line.split(b"\t", 2) if line.strip() else (b"", b"", b"")

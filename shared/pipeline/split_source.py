@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +26,7 @@ from shared.pipeline.finalize import finish_early
 from shared.pipeline.raw_source import raw_rows, reads_raw, record_index
 from shared.pipeline.release import delivers_while_diffing
 from shared.pipeline.run_files import (
+    GZIP_WBITS,
     MATCHED_MARK,
     mapped_values,
     plan_rejected_name,
@@ -287,21 +288,33 @@ def _split(
 def _join_pieces(pieces: list[tuple[Path, Path]], joined: Path) -> list[int]:
     """The split's pieces in partition order, in one file (one upload, where a blob per piece
     cost a request each: 32 a split); where each ends. A piece is its text rows, then its
-    matched records behind `MATCHED_MARK` (if any: a delta's pieces). Each file is deleted
-    once copied, so the disk holds the split's rows about once."""
+    matched records behind `MATCHED_MARK` (if any: a delta's pieces), gzipped at level 1 (an
+    empty one stays empty): every byte is uploaded and read again by a diff, which costs more
+    than compressing it (see `run_files.write_chunk`). Each file is deleted once copied, so
+    the disk holds the split's rows about once."""
     ends: list[int] = []
     with joined.open("wb") as out:
         for text, matched in pieces:
-            with text.open("rb") as rows:
-                shutil.copyfileobj(rows, out)
-            if matched.stat().st_size:
-                out.write(MATCHED_MARK)
-                with matched.open("rb") as records:
-                    shutil.copyfileobj(records, out)
+            if text.stat().st_size or matched.stat().st_size:
+                packer = zlib.compressobj(1, wbits=GZIP_WBITS)
+                _pack(text, packer, out)
+                if matched.stat().st_size:
+                    out.write(packer.compress(MATCHED_MARK))
+                    _pack(matched, packer, out)
+                out.write(packer.flush())
             text.unlink()
             matched.unlink()
             ends.append(out.tell())
     return ends
+
+
+def _pack(path: Path, packer: Any, out: IO[bytes]) -> None:
+    with path.open("rb") as data:
+        for block in iter(lambda: data.read(PACK_BYTES), b""):
+            out.write(packer.compress(block))
+
+
+PACK_BYTES = 1 << 20
 
 
 def fail_split(job: SplitJob, error: BaseException, services: Services) -> None:

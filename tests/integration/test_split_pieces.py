@@ -4,6 +4,7 @@ version before (a blob a piece) is still diffed. In process, on Azurite and the 
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 
@@ -19,6 +20,7 @@ from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.run_files import (
+    gunzipped,
     partition_piece_name,
     partition_pieces,
     piece_sections,
@@ -100,6 +102,13 @@ def test_each_split_uploads_its_pieces_as_one_blob_which_the_diffs_read_by_range
 
     assert _piece_blobs(split_app, run) == sorted(s.pieces_blob for s in splits)
     assert all(len(s.piece_ends) == run.partitions for s in splits)
+    # Each piece is gzipped on its own, so that the range read of it opens alone.
+    for split in splits:
+        joined = split_app.services.storage.read_bytes(RUNS_CONTAINER, split.pieces_blob)
+        starts = [0, *split.piece_ends[:-1]]
+        packed = [joined[a:b] for a, b in zip(starts, split.piece_ends, strict=True) if b > a]
+        assert packed and all(piece[:2] == b"\x1f\x8b" for piece in packed)
+        assert all(list(read_rows(gzip.decompress(piece).decode())) for piece in packed)
     # A job of several partitions reads one range of each split's blob for all of them.
     together = partition_pieces(split_app.services, run, range(run.partitions))
     assert sorted(together) == list(range(run.partitions))
@@ -173,7 +182,8 @@ def test_a_run_split_by_the_version_before_reads_a_blob_per_piece(split_app: App
         for partition, end in enumerate(split.piece_ends):
             start = split.piece_ends[partition - 1] if partition else 0
             name = partition_piece_name(run.run_id, partition, split.split)
-            storage.write_bytes(RUNS_CONTAINER, name, joined[start:end], "text/plain")
+            plain = gunzipped(joined[start:end])  # as the version before wrote a piece
+            storage.write_bytes(RUNS_CONTAINER, name, plain, "text/plain")
         storage.container(RUNS_CONTAINER).delete_blob(split.pieces_blob)
         entity = table.get_entity(run.run_id, split_row(split.split))
         del entity["pieces_blob"], entity["piece_ends"]
