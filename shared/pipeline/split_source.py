@@ -290,7 +290,7 @@ def _join_pieces(pieces: list[tuple[Path, Path]], joined: Path) -> list[int]:
     cost a request each: 32 a split); where each ends. A piece is its text rows, then its
     matched records behind `MATCHED_MARK` (if any: a delta's pieces), gzipped at level 1 (an
     empty one stays empty): every byte is uploaded and read again by a diff, which costs more
-    than compressing it (see `run_files.write_chunk`). Each file is deleted once copied, so
+    than compressing it (see `run_files.write_chunk`). Each file is deleted once packed, so
     the disk holds the split's rows about once."""
     ends: list[int] = []
     with joined.open("wb") as out:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -358,6 +360,18 @@ def triggers_on(quiet_app: App, monkeypatch: pytest.MonkeyPatch) -> App:
     """The queue triggers, called as the host calls them, on the quiet app's services."""
     monkeypatch.setattr("shared.adapters.services.app_services", lambda: quiet_app.services)
     return quiet_app
+
+
+def opened(data: bytes) -> bytes:
+    """A blob's bytes as its reader sees them: a gzipped chunk or pieces blob (several gzip
+    members, a piece each) decompressed, any other (or a damaged one, as a test may leave in
+    the shared storage) as it is."""
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error):
+        return data
 
 
 def queue_message(job: Any, dequeue_count: int = 1) -> QueueMessage:

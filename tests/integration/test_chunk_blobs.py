@@ -15,7 +15,7 @@ import pytest
 from shared.core.fingerprints import data_points
 from shared.core.jsonlines import dumpb
 from shared.core.resource_names import RUNS_CONTAINER
-from shared.pipeline.run_files import encoded_chunk_line, read_chunk, write_chunk
+from shared.pipeline.run_files import chunk_blob_name, encoded_chunk_line, read_chunk, write_chunk
 from tests.integration.conftest import App
 
 MESSY_OBJECTS: list[dict[str, Any]] = [
@@ -34,7 +34,7 @@ def test_chunk_lines_written_as_bytes_are_the_text_lines_encoded(quiet_app: App)
         encoded_chunk_line(order, data_points(obj), dumpb(obj))
         for order, obj in enumerate(MESSY_OBJECTS, start=40)
     ]
-    name = "test-chunk-blobs/part-0000-chunk-0000.tsv.gz"
+    name = "test-chunk-blobs/part-0000-chunk-0000.tsv"
     write_chunk(services, name, lines)
 
     text = "".join(
@@ -62,7 +62,7 @@ def test_a_chunk_blob_that_is_not_utf8_is_refused_whole(quiet_app: App) -> None:
     """Delivery joins the objects' bytes into request bodies as they are; a blob damaged in
     storage must not reach Braze in part (a poisoned chunk then reports its rows unlisted)."""
     services = quiet_app.services
-    name = "test-chunk-blobs/damaged.tsv.gz"
+    name = "test-chunk-blobs/damaged.tsv"
     whole = encoded_chunk_line(1, 1, dumpb({"external_id": "fine 🎉"}))
     damaged = b'2\t1\t{"external_id":"cut \xf0\x9f"}'  # an emoji's first two bytes
     write_chunk(services, name, [whole, damaged])
@@ -85,7 +85,7 @@ def test_characters_cut_by_the_utf8_checks_slices_are_read_whole(quiet_app: App)
     """The check reads a blob in 64 KiB slices: a four-byte character across a slice's end is
     still valid, and the objects come back byte for byte."""
     services = quiet_app.services
-    name = "test-chunk-blobs/wide.tsv.gz"
+    name = "test-chunk-blobs/wide.tsv"
     wide = {"external_id": "wide 🎉", "value": "ab" + "🎉" * 50_000}
     line = encoded_chunk_line(1, 1, dumpb(wide))
     assert line.index("🎉🎉".encode()) % 4 != 0  # so each slice's end falls inside one
@@ -95,9 +95,10 @@ def test_characters_cut_by_the_utf8_checks_slices_are_read_whole(quiet_app: App)
 
 
 def test_a_chunk_written_as_plain_text_by_an_earlier_version_is_read(quiet_app: App) -> None:
-    """A run planned before an upgrade and delivered after it."""
+    """A partition diffed before an upgrade and released or delivered after it: the release
+    rebuilds the chunk's name, which is the same."""
     services = quiet_app.services
-    name = "test-chunk-blobs/earlier.tsv"
+    name = chunk_blob_name("test-chunk-blobs-earlier", 3, 0)  # the name the release rebuilds
     objects = MESSY_OBJECTS[:4]
     lines = [encoded_chunk_line(n, data_points(o), dumpb(o)) for n, o in enumerate(objects)]
     services.storage.write_bytes(
@@ -112,14 +113,14 @@ def test_a_gzipped_chunk_damaged_in_storage_is_refused_whole(quiet_app: App) -> 
     services = quiet_app.services
     objects = [{"external_id": f"c-{n}", "first_name": "Zoë 🎉", "points": n} for n in range(500)]
     lines = [encoded_chunk_line(n, data_points(o), dumpb(o)) for n, o in enumerate(objects)]
-    write_chunk(services, "test-chunk-blobs/whole.tsv.gz", lines)
-    whole = services.storage.read_bytes(RUNS_CONTAINER, "test-chunk-blobs/whole.tsv.gz")
+    write_chunk(services, "test-chunk-blobs/whole.tsv", lines)
+    whole = services.storage.read_bytes(RUNS_CONTAINER, "test-chunk-blobs/whole.tsv")
     flipped = bytearray(whole)
     flipped[len(whole) // 2] ^= 0x01
     for name, data in (("flipped", bytes(flipped)), ("cut", whole[: len(whole) - 9])):
         services.storage.write_bytes(
-            RUNS_CONTAINER, f"test-chunk-blobs/{name}.tsv.gz", data, "application/gzip"
+            RUNS_CONTAINER, f"test-chunk-blobs/{name}.tsv", data, "application/gzip"
         )
         with pytest.raises(zlib.error):
-            read_chunk(services, [f"test-chunk-blobs/{name}.tsv.gz"])
-    assert len(read_chunk(services, ["test-chunk-blobs/whole.tsv.gz"])) == 500
+            read_chunk(services, [f"test-chunk-blobs/{name}.tsv"])
+    assert len(read_chunk(services, ["test-chunk-blobs/whole.tsv"])) == 500

@@ -22,6 +22,7 @@ from tests.integration.conftest import (
     SANDBOX_KEY,
     App,
     export_definition,
+    opened,
     run_in_process,
 )
 from tests.integration.test_key_vault_runs import SECRET, vault_secrets
@@ -46,7 +47,7 @@ def _blobs(storage: Storage) -> Iterable[tuple[str, bytes]]:
     for container in storage.blobs.list_containers():
         client = storage.container(container.name)
         for blob in client.list_blobs():
-            yield f"{container.name}/{blob.name}", client.download_blob(blob.name).readall()
+            yield f"{container.name}/{blob.name}", opened(client.download_blob(blob.name).readall())
 
 
 def test_an_export_leaks_no_key_and_logs_no_personal_data(

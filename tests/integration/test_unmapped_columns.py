@@ -14,7 +14,13 @@ import pytest
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run
 from shared.pipeline.run_files import run_prefix
-from tests.integration.conftest import App, csv_bytes, export_definition, run_in_process
+from tests.integration.conftest import (
+    App,
+    csv_bytes,
+    export_definition,
+    opened,
+    run_in_process,
+)
 
 MAPPED = ["CustomerId", "Email", "FirstName", "LoyaltyPoints", "IsVip", "BirthDate", "Note"]
 # Unmapped columns between and after the mapped ones, which are not in the mapping's order,
@@ -51,9 +57,10 @@ def _row(n: int, **changes: str) -> dict[str, str]:
 
 
 def _run_blobs(app: App, run_id: str) -> dict[str, bytes]:
+    """The run's working files as their readers see them: chunks and pieces gunzipped."""
     container = app.services.storage.container(RUNS_CONTAINER)
     names = [blob.name for blob in container.list_blobs(name_starts_with=run_prefix(run_id))]
-    return {name: app.services.storage.read_bytes(RUNS_CONTAINER, name) for name in names}
+    return {name: opened(app.services.storage.read_bytes(RUNS_CONTAINER, name)) for name in names}
 
 
 def _rejected(app: App, run: Run) -> dict[int, dict[str, Any]]:
@@ -78,7 +85,8 @@ def test_planning_keeps_only_the_mapped_columns_and_reports_rejected_rows_with_t
 
     assert run.splits > 1 and (run.profiles_accepted, run.rows_rejected) == (1_498, 3)
     blobs = _run_blobs(split_app, run.run_id)
-    assert any("/partitions/" in name for name in blobs)  # the pieces are there to look at
+    pieces = [data for name, data in blobs.items() if "/partitions/" in name]
+    assert pieces and all(b'"wide-' in data for data in pieces)  # opened: their ids show
     assert [name for name, data in blobs.items() if MARK.encode() in data] == []
     users = split_app.braze_users()
     assert users["wide-00002"]["first_name"] == "José, Jr."
@@ -141,5 +149,6 @@ def test_a_json_lines_record_keyed_in_another_case_is_reported_with_that_key(
         column: shouted[column] for column in shouted if column in MAPPED or column == "EMAIL"
     }
     blobs = _run_blobs(quiet_app, run.run_id)
-    assert any("/partitions/" in name for name in blobs)  # the pieces are there to look at
+    pieces = [data for name, data in blobs.items() if "/partitions/" in name]
+    assert pieces and all(b'"wide-' in data for data in pieces)  # opened: their ids show
     assert [name for name, data in blobs.items() if MARK.encode() in data] == []
