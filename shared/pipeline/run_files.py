@@ -50,9 +50,9 @@ def splits_blob_name(run_id: str) -> str:
 
 def split_pieces_name(run_id: str, split: int, attempt: str) -> str:
     """One split's pieces, one per hash partition in partition order (`PieceLines.line` rows,
-    tab-separated), each gzipped on its own, where its record (`SplitResult.piece_ends`) says
-    each ends; a partition is
-    its pieces in split order, which is source order. Each attempt of a split writes its own
+    tab-separated, gzipped each on its own), where its record (`SplitResult.piece_ends`) says
+    each ends; a partition is its pieces in split order, which is source order. Each attempt
+    of a split writes its own
     blob and the recorded one is read, so an attempt that lost the race (and may have read
     other bytes, if the source was written meanwhile) cannot change what the offsets point at.
     """
@@ -359,9 +359,17 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def gunzipped(data: bytes) -> bytes:
-    """A chunk's or piece's bytes as written: gzipped ones decompressed (a damaged one fails
-    gzip's checksum: zlib.error), plain ones (an earlier version's) as they are."""
-    return zlib.decompress(data, wbits=GZIP_WBITS) if data[:2] == _GZIP_MAGIC else data
+    """A chunk's or piece's bytes as written: what a gzip member at the start holds, then any
+    bytes after it as they are (a piece's matched records); plain ones (an earlier version's,
+    or a piece of matched records only) as they are. A damaged member fails gzip's checksum,
+    a cut one its end: zlib.error either way."""
+    if data[:2] != _GZIP_MAGIC:
+        return data
+    unpacker = zlib.decompressobj(wbits=GZIP_WBITS)
+    text = unpacker.decompress(data)
+    if not unpacker.eof:
+        raise zlib.error("the gzip stream ends before its end: the blob is cut short")
+    return text + unpacker.unused_data
 
 
 def write_chunk(services: Services, blob_name: str, lines: list[bytes]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import uuid
 import zlib
@@ -287,31 +288,29 @@ def _split(
 
 def _join_pieces(pieces: list[tuple[Path, Path]], joined: Path) -> list[int]:
     """The split's pieces in partition order, in one file (one upload, where a blob per piece
-    cost a request each: 32 a split); where each ends. A piece is its text rows, then its
-    matched records behind `MATCHED_MARK` (if any: a delta's pieces), gzipped at level 1 (an
-    empty one stays empty): every byte is uploaded and read again by a diff, which costs more
-    than compressing it (see `run_files.write_chunk`). Each file is deleted once packed, so
-    the disk holds the split's rows about once."""
+    cost a request each: 32 a split); where each ends. A piece is its text rows, gzipped at
+    level 1 (every byte is uploaded and read again by a diff, which costs more than
+    compressing it: see `run_files.write_chunk`), then its matched records behind
+    `MATCHED_MARK` as they are (if any: a delta's pieces; offsets and digests shrink little
+    and compress at a quarter of the text's speed). Each file is deleted once copied, so the
+    disk holds the split's rows about once."""
     ends: list[int] = []
     with joined.open("wb") as out:
         for text, matched in pieces:
-            if text.stat().st_size or matched.stat().st_size:
+            if text.stat().st_size:
                 packer = zlib.compressobj(1, wbits=GZIP_WBITS)
-                _pack(text, packer, out)
-                if matched.stat().st_size:
-                    out.write(packer.compress(MATCHED_MARK))
-                    _pack(matched, packer, out)
+                with text.open("rb") as rows:
+                    for block in iter(lambda: rows.read(PACK_BYTES), b""):
+                        out.write(packer.compress(block))
                 out.write(packer.flush())
+            if matched.stat().st_size:
+                out.write(MATCHED_MARK)
+                with matched.open("rb") as records:
+                    shutil.copyfileobj(records, out)
             text.unlink()
             matched.unlink()
             ends.append(out.tell())
     return ends
-
-
-def _pack(path: Path, packer: Any, out: IO[bytes]) -> None:
-    with path.open("rb") as data:
-        for block in iter(lambda: data.read(PACK_BYTES), b""):
-            out.write(packer.compress(block))
 
 
 PACK_BYTES = 1 << 20
