@@ -386,7 +386,7 @@ class _Attempt:
             f"{rejected_prefix(job.run_id)}chunk-{job.chunk_index:06d}-{uuid.uuid4().hex[:8]}.jsonl"
         )
         self._created = False
-        self._length = 0  # the blob's, as this attempt, its only writer, left it
+        self._length = 0  # the blob's length as this attempt, its only writer, left it
 
     def write(self, progress: ChunkProgress, rejections: list[dict[str, Any]]) -> None:
         if not rejections:

@@ -50,11 +50,11 @@ def splits_blob_name(run_id: str) -> str:
 
 def split_pieces_name(run_id: str, split: int, attempt: str) -> str:
     """One split's pieces, one per hash partition in partition order (`PieceLines.line` rows,
-    tab-separated, gzipped each on its own), where its record (`SplitResult.piece_ends`) says
-    each ends; a partition is its pieces in split order, which is source order. Each attempt
-    of a split writes its own
-    blob and the recorded one is read, so an attempt that lost the race (and may have read
-    other bytes, if the source was written meanwhile) cannot change what the offsets point at.
+    tab-separated, each piece's rows gzipped on its own: `gunzipped`), where its record
+    (`SplitResult.piece_ends`) says each ends; a partition is its pieces in split order, which
+    is source order. Each attempt of a split writes its own blob and the recorded one is read,
+    so an attempt that lost the race (and may have read other bytes, if the source was written
+    meanwhile) cannot change what the offsets point at.
     """
     return f"{run_prefix(run_id)}partitions/s{split:04d}-{attempt}.bin"
 
@@ -358,6 +358,11 @@ GZIP_WBITS = 16 + zlib.MAX_WBITS
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+def gzip_packer() -> Any:
+    """A gzip member's compressor, at level 1 (`write_chunk` says why)."""
+    return zlib.compressobj(1, wbits=GZIP_WBITS)
+
+
 def gunzipped(data: bytes) -> bytes:
     """A chunk's or piece's bytes as written: what a gzip member at the start holds, then any
     bytes after it as they are (a piece's matched records); plain ones (an earlier version's,
@@ -368,7 +373,7 @@ def gunzipped(data: bytes) -> bytes:
     unpacker = zlib.decompressobj(wbits=GZIP_WBITS)
     text = unpacker.decompress(data)
     if not unpacker.eof:
-        raise zlib.error("the gzip stream ends before its end: the blob is cut short")
+        raise zlib.error("the gzip member is cut short")
     return text + unpacker.unused_data
 
 
@@ -378,7 +383,7 @@ def write_chunk(services: Services, blob_name: str, lines: list[bytes]) -> None:
     addresses that vary more, less). Compressing costs about 6 ms a MB and decompressing 2
     (zlib lets go of the GIL meanwhile), against about 21 and 3-7 ms a MB of Azurite's CPU to
     write and read it here (bench/HISTORY.md, 2026-12-07 17:42)."""
-    packer = zlib.compressobj(1, wbits=GZIP_WBITS)
+    packer = gzip_packer()
     packed = packer.compress(b"\n".join(lines)) + packer.compress(b"\n") + packer.flush()
     services.storage.write_bytes(RUNS_CONTAINER, blob_name, packed, "application/gzip")
 

@@ -6,7 +6,6 @@ import logging
 import shutil
 import tempfile
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,8 +26,8 @@ from shared.pipeline.finalize import finish_early
 from shared.pipeline.raw_source import raw_rows, reads_raw, record_index
 from shared.pipeline.release import delivers_while_diffing
 from shared.pipeline.run_files import (
-    GZIP_WBITS,
     MATCHED_MARK,
+    gzip_packer,
     mapped_values,
     plan_rejected_name,
     rejection_line,
@@ -298,7 +297,7 @@ def _join_pieces(pieces: list[tuple[Path, Path]], joined: Path) -> list[int]:
     with joined.open("wb") as out:
         for text, matched in pieces:
             if text.stat().st_size:
-                packer = zlib.compressobj(1, wbits=GZIP_WBITS)
+                packer = gzip_packer()
                 with text.open("rb") as rows:
                     for block in iter(lambda: rows.read(PACK_BYTES), b""):
                         out.write(packer.compress(block))
