@@ -27,8 +27,8 @@ from shared.pipeline.raw_source import raw_rows, reads_raw, record_index
 from shared.pipeline.release import delivers_while_diffing
 from shared.pipeline.run_files import (
     MATCHED_MARK,
-    gzip_packer,
     mapped_values,
+    packer,
     plan_rejected_name,
     rejection_line,
     split_pieces_name,
@@ -287,21 +287,20 @@ def _split(
 
 def _join_pieces(pieces: list[tuple[Path, Path]], joined: Path) -> list[int]:
     """The split's pieces in partition order, in one file (one upload, where a blob per piece
-    cost a request each: 32 a split); where each ends. A piece is its text rows, gzipped at
-    level 1 (every byte is uploaded and read again by a diff, which costs more than
-    compressing it: see `run_files.write_chunk`), then its matched records behind
-    `MATCHED_MARK` as they are (if any: a delta's pieces; offsets and digests shrink little
-    and compress at a quarter of the text's speed). Each file is deleted once copied, so the
-    disk holds the split's rows about once."""
+    cost a request each: 32 a split); where each ends. A piece is its text rows as one
+    compressed frame (`run_files.packer`: every byte is uploaded and read again by a diff,
+    which costs more than compressing it), then its matched records behind `MATCHED_MARK` as
+    they are (if any: a delta's pieces; offsets and digests shrink little). Each file is
+    deleted once copied, so the disk holds the split's rows about once."""
     ends: list[int] = []
     with joined.open("wb") as out:
         for text, matched in pieces:
             if text.stat().st_size:
-                packer = gzip_packer()
+                frame = packer()
                 with text.open("rb") as rows:
                     for block in iter(lambda: rows.read(PACK_BYTES), b""):
-                        out.write(packer.compress(block))
-                out.write(packer.flush())
+                        out.write(frame.compress(block))
+                out.write(frame.flush())
             if matched.stat().st_size:
                 out.write(MATCHED_MARK)
                 with matched.open("rb") as records:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import gzip
 import io
 import json
 import os
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from typing import Any
 
 import pytest
 import requests
+import zstandard
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient
 from azure.functions.queue import QueueMessage
@@ -363,15 +362,23 @@ def triggers_on(quiet_app: App, monkeypatch: pytest.MonkeyPatch) -> App:
 
 
 def opened(data: bytes) -> bytes:
-    """A blob's bytes as its reader sees them: a gzipped chunk or pieces blob (several gzip
-    members, a piece each) decompressed, any other (or a damaged one, as a test may leave in
-    the shared storage) as it is."""
-    if data[:2] != b"\x1f\x8b":
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error):
-        return data
+    """A blob's bytes as its reader sees them, for a test that scans them: a chunk or a pieces
+    blob (a Zstandard frame a piece, a delta's matched records behind each) with its frames
+    decompressed, the bytes between them as they are; any other blob (or a damaged one, as a
+    test may leave in the shared storage) as it is."""
+    out, rest = [], data
+    while (at := rest.find(ZSTD_MAGIC)) >= 0:
+        unpacker = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            text = unpacker.decompress(rest[at:])
+        except zstandard.ZstdError:
+            return data
+        out += [rest[:at], text]
+        rest = unpacker.unused_data
+    return b"".join([*out, rest])
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def queue_message(job: Any, dequeue_count: int = 1) -> QueueMessage:

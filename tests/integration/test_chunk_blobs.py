@@ -1,21 +1,28 @@
-"""A partition's chunk blob: the diff writes its lines as bytes, gzipped, and they must be byte
-for byte the text lines the standard library writes, encoded (what delivery reads), whatever
-the values hold (a lone surrogate never gets this far: every source reader rejects it). A
-chunk an earlier version wrote as plain text is still read."""
+"""A partition's chunk blob: the diff writes its lines as bytes, compressed (one Zstandard
+frame), and they must be byte for byte the text lines the standard library writes, encoded
+(what delivery reads), whatever the values hold (a lone surrogate never gets this far: every
+source reader rejects it). A chunk an earlier version wrote as plain text or gzip is still
+read."""
 
 from __future__ import annotations
 
 import gzip
 import json
-import zlib
 from typing import Any
 
 import pytest
+import zstandard
 
 from shared.core.fingerprints import data_points
 from shared.core.jsonlines import dumpb
 from shared.core.resource_names import RUNS_CONTAINER
-from shared.pipeline.run_files import chunk_blob_name, encoded_chunk_line, read_chunk, write_chunk
+from shared.pipeline.run_files import (
+    DamagedRunFile,
+    chunk_blob_name,
+    encoded_chunk_line,
+    read_chunk,
+    write_chunk,
+)
 from tests.integration.conftest import App
 
 MESSY_OBJECTS: list[dict[str, Any]] = [
@@ -42,7 +49,7 @@ def test_chunk_lines_written_as_bytes_are_the_text_lines_encoded(quiet_app: App)
         for order, obj in enumerate(MESSY_OBJECTS, start=40)
     )
     stored = services.storage.read_bytes(RUNS_CONTAINER, name)
-    assert gzip.decompress(stored) == text.encode("utf-8")
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(stored) == text.encode("utf-8")
     assert len(stored) < len(text.encode("utf-8")) // 10  # the huge field repeats one letter
     read = read_chunk(services, [name])
     assert [(order, points) for order, points, _ in read] == [
@@ -107,9 +114,20 @@ def test_a_chunk_written_as_plain_text_by_an_earlier_version_is_read(quiet_app: 
     assert [obj for _, _, obj in read_chunk(services, [name])] == [dumpb(o) for o in objects]
 
 
-def test_a_gzipped_chunk_damaged_in_storage_is_refused_whole(quiet_app: App) -> None:
-    """A flipped byte fails gzip's checksum (or its stream) before anything is read out of it;
-    cut short, it fails too."""
+def test_a_chunk_gzipped_by_an_earlier_version_is_read(quiet_app: App) -> None:
+    """The version before wrote each chunk as one gzip member, under the same name."""
+    services = quiet_app.services
+    name = chunk_blob_name("test-chunk-blobs-gzip", 3, 0)
+    objects = MESSY_OBJECTS[:4]
+    lines = [encoded_chunk_line(n, data_points(o), dumpb(o)) for n, o in enumerate(objects)]
+    packed = gzip.compress(b"\n".join(lines) + b"\n", compresslevel=1)
+    services.storage.write_bytes(RUNS_CONTAINER, name, packed, "application/gzip")
+    assert [obj for _, _, obj in read_chunk(services, [name])] == [dumpb(o) for o in objects]
+
+
+def test_a_compressed_chunk_damaged_in_storage_is_refused_whole(quiet_app: App) -> None:
+    """A flipped byte fails the frame's checksum (or its decoding) before anything is read out
+    of it; cut short, it fails too; the error names the blob."""
     services = quiet_app.services
     objects = [{"external_id": f"c-{n}", "first_name": "Zoë 🎉", "points": n} for n in range(500)]
     lines = [encoded_chunk_line(n, data_points(o), dumpb(o)) for n, o in enumerate(objects)]
@@ -119,8 +137,8 @@ def test_a_gzipped_chunk_damaged_in_storage_is_refused_whole(quiet_app: App) -> 
     flipped[len(whole) // 2] ^= 0x01
     for name, data in (("flipped", bytes(flipped)), ("cut", whole[: len(whole) - 9])):
         services.storage.write_bytes(
-            RUNS_CONTAINER, f"test-chunk-blobs/{name}.tsv", data, "application/gzip"
+            RUNS_CONTAINER, f"test-chunk-blobs/{name}.tsv", data, "application/zstd"
         )
-        with pytest.raises(zlib.error):
+        with pytest.raises(DamagedRunFile, match=f"chunk blob test-chunk-blobs/{name}.tsv: "):
             read_chunk(services, [f"test-chunk-blobs/{name}.tsv"])
     assert len(read_chunk(services, ["test-chunk-blobs/whole.tsv"])) == 500

@@ -20,7 +20,7 @@ import pytest
 from shared.core.runs import Run, Status
 from shared.pipeline import diff_partition, run_source, split_source
 from shared.pipeline.raw_source import RawRange
-from shared.pipeline.run_files import gunzipped, matched_records, piece_sections
+from shared.pipeline.run_files import matched_records, piece_sections, unpacked
 from tests.integration.conftest import (
     SPLIT_MIB,
     App,
@@ -132,7 +132,7 @@ def _filed_by_bytes(app: App, run: Run) -> list[int]:
         starts = [0, *split.piece_ends[:-1]]
         count = 0
         for start, end in zip(starts, split.piece_ends, strict=True):
-            count += len(matched_records(piece_sections(gunzipped(pieces[start:end]))[1]))
+            count += len(matched_records(piece_sections(unpacked(pieces[start:end]))[1]))
         filed.append(count)
     return filed
 

@@ -4,11 +4,11 @@ version before (a blob a piece) is still diffed. In process, on Azurite and the 
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 
 import pytest
+import zstandard
 from azure.data.tables import UpdateMode
 
 from shared.adapters.run_store import split_row
@@ -20,13 +20,13 @@ from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.run_files import (
-    gunzipped,
     partition_piece_name,
     partition_pieces,
     piece_sections,
     read_rows,
     run_prefix,
     split_pieces_name,
+    unpacked,
 )
 from shared.pipeline.run_source import range_rows
 from shared.pipeline.split_source import split_and_record, split_source
@@ -102,13 +102,14 @@ def test_each_split_uploads_its_pieces_as_one_blob_which_the_diffs_read_by_range
 
     assert _piece_blobs(split_app, run) == sorted(s.pieces_blob for s in splits)
     assert all(len(s.piece_ends) == run.partitions for s in splits)
-    # Each piece is gzipped on its own, so that the range read of it opens alone.
+    # Each piece is a frame of its own, so that the range read of it opens alone.
     for split in splits:
         joined = split_app.services.storage.read_bytes(RUNS_CONTAINER, split.pieces_blob)
         starts = [0, *split.piece_ends[:-1]]
         packed = [joined[a:b] for a, b in zip(starts, split.piece_ends, strict=True) if b > a]
-        assert packed and all(piece[:2] == b"\x1f\x8b" for piece in packed)
-        assert all(list(read_rows(gzip.decompress(piece).decode())) for piece in packed)
+        assert packed and all(piece[:4] == b"\x28\xb5\x2f\xfd" for piece in packed)
+        frames = [zstandard.ZstdDecompressor().decompressobj().decompress(p) for p in packed]
+        assert all(list(read_rows(frame.decode())) for frame in frames)
     # A job of several partitions reads one range of each split's blob for all of them.
     together = partition_pieces(split_app.services, run, range(run.partitions))
     assert sorted(together) == list(range(run.partitions))
@@ -182,7 +183,7 @@ def test_a_run_split_by_the_version_before_reads_a_blob_per_piece(split_app: App
         for partition, end in enumerate(split.piece_ends):
             start = split.piece_ends[partition - 1] if partition else 0
             name = partition_piece_name(run.run_id, partition, split.split)
-            plain = gunzipped(joined[start:end])  # as the version before wrote a piece
+            plain = unpacked(joined[start:end])  # as the version before wrote a piece
             storage.write_bytes(RUNS_CONTAINER, name, plain, "text/plain")
         storage.container(RUNS_CONTAINER).delete_blob(split.pieces_blob)
         entity = table.get_entity(run.run_id, split_row(split.split))

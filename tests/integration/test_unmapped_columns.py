@@ -57,7 +57,7 @@ def _row(n: int, **changes: str) -> dict[str, str]:
 
 
 def _run_blobs(app: App, run_id: str) -> dict[str, bytes]:
-    """The run's working files as their readers see them: chunks and pieces gunzipped."""
+    """The run's working files as their readers see them: chunks and pieces decompressed."""
     container = app.services.storage.container(RUNS_CONTAINER)
     names = [blob.name for blob in container.list_blobs(name_starts_with=run_prefix(run_id))]
     return {name: opened(app.services.storage.read_bytes(RUNS_CONTAINER, name)) for name in names}
