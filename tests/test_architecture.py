@@ -3,7 +3,7 @@
     entry points (`functions/`, `shared/entrypoints/`) -> pipeline -> adapters -> core
 
 - `shared/core/` is pure: it imports only the standard library, pydantic, orjson, croniter,
-  numpy and xxhash, and no other layer; no Azure SDK, no HTTP.
+  numpy, xxhash and zstandard, and no other layer; no Azure SDK, no HTTP.
 - `shared/adapters/` import core and the adapters listed after them in ADAPTERS.
 - `shared/pipeline/` stages import adapters, core and the stages listed after them in STAGES.
 - Nothing under `shared/` imports `azure.functions` or `functions/`.
@@ -48,7 +48,7 @@ ADAPTERS = [
     "storage",
     "settings",
 ]
-CORE_THIRD_PARTY = {"pydantic", "orjson", "croniter", "numpy", "xxhash"}
+CORE_THIRD_PARTY = {"pydantic", "orjson", "croniter", "numpy", "xxhash", "zstandard"}
 # Standard-library modules that do I/O of their own: core takes streams and callbacks instead.
 CORE_DENIED = {"os", "socket", "subprocess", "urllib.request", "http", "shutil", "tempfile"}
 LAYERS = ("core", "adapters", "pipeline", "entrypoints")

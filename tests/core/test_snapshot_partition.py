@@ -1,7 +1,8 @@
 """A snapshot partition in columns: what is written reads back entry for entry (messy ids,
 unknown digests, absent attributes, columns added on the way, copies from partitions of
-other columns), earlier text formats are read, a damaged partition is refused with a reason,
-and lookups by raw digest find the right entry."""
+other columns), stored compressed a column after another; the version before's partitions and
+earlier text formats are read, a damaged partition is refused with a reason, and lookups by raw
+digest find the right entry."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+import zstandard
 
 from shared.core.snapshot_partition import (
     MAGIC,
@@ -19,6 +21,7 @@ from shared.core.snapshot_partition import (
     merged,
     parse_snapshot_line,
 )
+from tests.snapshot_formats import version_1
 
 MESSY_IDS = [
     json.dumps("Zoë 李 🎉", ensure_ascii=False),
@@ -124,13 +127,54 @@ def test_text_partitions_of_earlier_versions_are_read() -> None:
     ]
 
 
+def test_partitions_the_version_before_wrote_are_read() -> None:
+    entries = [
+        (id_json, f"{n + 1:016x}", {**PRINTS, "note": f"{n + 7:016x}"}, f"{n + 100:016x}")
+        for n, id_json in enumerate(MESSY_IDS)
+    ]
+    written = _packed(entries, ["email", "first_name"])
+    read = SnapshotPartition.from_blob(version_1(written))
+    assert _entries(read) == entries and read.columns == written.columns
+    assert len(SnapshotPartition.from_blob(version_1(_packed([])))) == 0
+    with pytest.raises(SnapshotFormatError, match="cut short or altered"):
+        SnapshotPartition.from_blob(version_1(written)[:-3])
+
+
+def test_ids_and_numbers_are_stored_compressed_a_column_after_another() -> None:
+    """A column of one value (the segment's membership) shrinks to almost nothing; digests
+    do not shrink."""
+    count = 2_000
+    rng = np.random.default_rng(5)
+    digests = [f"{value:016x}" for value in rng.integers(1, 2**63, size=2 * count).tolist()]
+    entries = [
+        (f'"customer-{n:06d}"', digests[2 * n], {"segments": "0" * 15 + "1"}, digests[2 * n + 1])
+        for n in range(count)
+    ]
+    written = _packed(entries)
+    blob = written.to_blob()
+    header = json.loads(blob[len(MAGIC) : blob.index(b"\n", len(MAGIC))])
+    frames = blob[blob.index(b"\n", len(MAGIC)) + 1 :]
+    ids_frame, numbers_frame = frames[: header["ids_bytes"]], frames[header["ids_bytes"] :]
+    unpack = zstandard.ZstdDecompressor().decompress
+    assert unpack(ids_frame) == "\n".join(written.ids).encode()
+    columns = np.frombuffer(unpack(numbers_frame), ">u8").reshape(3, count)
+    assert columns[0].tolist() == [int(d, 16) for d in digests[::2]]  # the row digests first
+    assert set(columns[2].tolist()) == {1}
+    assert len(numbers_frame) < 18 * count  # 24 bytes a profile as they are
+    assert _entries(SnapshotPartition.from_blob(blob)) == entries
+
+
 def test_a_damaged_partition_is_refused_with_what_is_wrong() -> None:
     blob = _packed([('"a"', "1" * 16, {"email": "2" * 16}, "3" * 16)]).to_blob()
-    with pytest.raises(SnapshotFormatError, match="cut short or altered"):
+    with pytest.raises(SnapshotFormatError, match="cut short"):
         SnapshotPartition.from_blob(blob[:-3])
+    flipped = bytearray(blob)
+    flipped[-6] ^= 0x01  # inside the numbers, which fail their checksum
+    with pytest.raises(SnapshotFormatError, match="damaged"):
+        SnapshotPartition.from_blob(bytes(flipped))
     with pytest.raises(SnapshotFormatError, match="header"):
         SnapshotPartition.from_blob(MAGIC + b"{not json\n")
-    newer = blob.replace(b'"version": 1', b'"version": 2')
+    newer = blob.replace(b'"version": 2', b'"version": 3')
     with pytest.raises(SnapshotFormatError, match="newer version"):
         SnapshotPartition.from_blob(newer)
     # The bad values, each after a good entry: the fourth holds four values' digits, a whole

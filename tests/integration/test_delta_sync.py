@@ -43,6 +43,7 @@ from tests.integration.conftest import (
     split_in_process,
     take,
 )
+from tests.snapshot_formats import version_1
 
 NOTES = ['says "hi", twice', "multi\nline, comma", "emoji 🎉", "  padded  ", "Zoë; José"]
 
@@ -760,13 +761,14 @@ def test_a_changed_profile_braze_rejected_is_compared_again_next_run(quiet_app: 
     assert (third.profiles_changed, third.status) == (1, Status.SUCCEEDED)
 
 
-@pytest.mark.parametrize("earlier", ["text lines", "before row digests"])
+@pytest.mark.parametrize("earlier", ["columns uncompressed", "text lines", "before row digests"])
 def test_a_snapshot_of_an_earlier_format_is_read_and_rewritten(
     quiet_app: App, earlier: str
 ) -> None:
-    """Snapshots the earlier versions wrote as text (`customer id, row digest, fingerprints,
-    raw digest` per line, and before that `[customer id, fingerprints]`) still diff: only what
-    changed is sent, and the new snapshot is in columns, with the digests."""
+    """Snapshots the earlier versions wrote (the version before: columns, uncompressed; before
+    it as text, `customer id, row digest, fingerprints, raw digest` per line, and before that
+    `[customer id, fingerprints]`) still diff: only what changed is sent, and the new snapshot
+    is in this version's columns, with the digests."""
     rows = _rows(200, "old")
     _export(quiet_app, "old", rows)
     first = run_in_process(quiet_app, "old")
@@ -776,12 +778,15 @@ def test_a_snapshot_of_an_earlier_format_is_read_and_rewritten(
         written = snapshots.partition("old", "sandbox", first.run_id, partition)
         lines = [written.line(at) for at in range(len(written))]
         assert all(len(written.digest(at)) == 16 for at in range(len(written)))
+        name = f"old/sandbox/{first.run_id}/part-{partition:04d}.jsonl"
+        if earlier == "columns uncompressed":
+            container.upload_blob(name, version_1(written), overwrite=True)
+            continue
         if earlier == "before row digests":
             lines = [
                 json.dumps([json.loads(id_json), json.loads(prints_json)])
                 for id_json, _, prints_json, _ in (line.split("\t") for line in lines)
             ]
-        name = f"old/sandbox/{first.run_id}/part-{partition:04d}.jsonl"
         container.upload_blob(name, "".join(f"{line}\n" for line in lines), overwrite=True)
 
     changed = {k: dict(v) for k, v in rows.items()}
@@ -797,7 +802,7 @@ def test_a_snapshot_of_an_earlier_format_is_read_and_rewritten(
         for b in container.list_blobs(name_starts_with=f"old/sandbox/{second.run_id}/")
         if b.name.endswith(".jsonl")
     ]
-    assert blobs and all(blob.startswith(MAGIC) for blob in blobs)
+    assert blobs and all(blob.startswith(MAGIC + b'{"version": 2,') for blob in blobs)
     now = [SnapshotPartition.from_blob(blob) for blob in blobs]
     assert sum(len(part) for part in now) == 200
     assert all(len(part.digest(at)) == 16 for part in now for at in range(len(part)))
