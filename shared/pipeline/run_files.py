@@ -200,6 +200,9 @@ def rejected_blob_name(run_id: str) -> str:
 # diff cannot take it as it is) and its raw digest. The diff takes these records in bulk.
 # (A piece written before that has the line `order, raw digest, offset:length` instead.)
 MATCHED_MARK = b"\x00"
+# Stored, the records are a frame of their own behind this mark instead (`unpacked` gives them
+# back behind MATCHED_MARK): 32 bytes a record shrink to about 13, for 2.6 ms of CPU a MB.
+PACKED_MATCHED_MARK = b"\x01"
 
 # A piece row: (order, customer id as JSON, row digest, the row's mapped values as JSON, raw
 # digest);
@@ -374,23 +377,36 @@ def packer() -> zstandard.ZstdCompressionObj:
 
 
 def unpacked(data: bytes) -> bytes:
-    """A chunk's or piece's bytes as written: what a frame at the start holds, then any bytes
-    after it as they are (a piece's matched records); plain ones (an earlier version's, or a
-    piece of matched records only) as they are, and a gzip member an earlier version wrote. A
-    damaged frame fails its checksum or its decoding, a cut one its end: DamagedRunFile."""
+    """A chunk's or piece's bytes as its reader takes them: the content of a frame at the start
+    (a gzip member, as the version before wrote them), then a piece's matched records behind
+    MATCHED_MARK, from the frame they are stored in (`PACKED_MATCHED_MARK`) or as they are.
+    Bytes with no frame (an earlier version's) are read as they are. A damaged frame fails its
+    checksum or its decoding, a cut one its end: DamagedRunFile."""
+    framed = data[:4] == _ZSTD_MAGIC or data[:2] == _GZIP_MAGIC
+    text, rest = _frame_content(data) if framed else (b"", data)
+    if rest[:1] != PACKED_MATCHED_MARK:
+        return text + rest
+    records, after = _frame_content(rest[1:])
+    if after:
+        raise DamagedRunFile("bytes follow its matched records")
+    return text + MATCHED_MARK + records
+
+
+def _frame_content(data: bytes) -> tuple[bytes, bytes]:
+    """What the frame (or gzip member) at the start of `data` holds, and the bytes after it."""
     try:
         if data[:4] == _ZSTD_MAGIC:
             unpacker: Any = zstandard.ZstdDecompressor().decompressobj()
         elif data[:2] == _GZIP_MAGIC:
             unpacker = zlib.decompressobj(wbits=_GZIP_WBITS)
         else:
-            return data
-        text = unpacker.decompress(data)
+            raise DamagedRunFile("its compressed bytes do not start as a frame does")
+        content = unpacker.decompress(data)
     except (zstandard.ZstdError, zlib.error) as error:
         raise DamagedRunFile(f"its compressed bytes are damaged ({error})") from None
     if not unpacker.eof:
         raise DamagedRunFile("its compressed bytes are cut short")
-    return text + unpacker.unused_data
+    return content, unpacker.unused_data
 
 
 def write_chunk(services: Services, blob_name: str, lines: list[bytes]) -> None:

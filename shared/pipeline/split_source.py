@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import uuid
 from collections import Counter
@@ -26,7 +25,7 @@ from shared.pipeline.finalize import finish_early
 from shared.pipeline.raw_source import raw_rows, reads_raw, record_index
 from shared.pipeline.release import delivers_while_diffing
 from shared.pipeline.run_files import (
-    MATCHED_MARK,
+    PACKED_MATCHED_MARK,
     mapped_values,
     packer,
     plan_rejected_name,
@@ -289,26 +288,30 @@ def _join_pieces(pieces: list[tuple[Path, Path]], joined: Path) -> list[int]:
     """The split's pieces in partition order, in one file (one upload, where a blob per piece
     cost a request each: 32 a split); where each ends. A piece is its text rows as one
     compressed frame (`run_files.packer`: every byte is uploaded and read again by a diff,
-    which costs more than compressing it), then its matched records behind `MATCHED_MARK` as
-    they are (if any: a delta's pieces; offsets and digests shrink little). Each file is
-    deleted once copied, so the disk holds the split's rows about once."""
+    which costs more than compressing it), then its matched records, if any (a delta's
+    pieces), as another behind `PACKED_MATCHED_MARK`. Each file is deleted once copied, so the
+    disk holds the split's rows about once."""
     ends: list[int] = []
     with joined.open("wb") as out:
         for text, matched in pieces:
             if text.stat().st_size:
-                frame = packer()
-                with text.open("rb") as rows:
-                    for block in iter(lambda: rows.read(PACK_BYTES), b""):
-                        out.write(frame.compress(block))
-                out.write(frame.flush())
+                _pack(text, out)
             if matched.stat().st_size:
-                out.write(MATCHED_MARK)
-                with matched.open("rb") as records:
-                    shutil.copyfileobj(records, out)
+                out.write(PACKED_MATCHED_MARK)
+                _pack(matched, out)
             text.unlink()
             matched.unlink()
             ends.append(out.tell())
     return ends
+
+
+def _pack(path: Path, out: IO[bytes]) -> None:
+    """The file's bytes as one compressed frame (`run_files.packer`), read a block at a time."""
+    frame = packer()
+    with path.open("rb") as data:
+        for block in iter(lambda: data.read(PACK_BYTES), b""):
+            out.write(frame.compress(block))
+    out.write(frame.flush())
 
 
 PACK_BYTES = 1 << 20

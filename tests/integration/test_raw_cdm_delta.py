@@ -16,11 +16,17 @@ import random
 from typing import Any
 
 import pytest
+import zstandard
 
 from shared.core.runs import Run, Status
 from shared.pipeline import diff_partition, run_source, split_source
 from shared.pipeline.raw_source import RawRange
-from shared.pipeline.run_files import matched_records, piece_sections, unpacked
+from shared.pipeline.run_files import (
+    PACKED_MATCHED_MARK,
+    matched_records,
+    piece_sections,
+    unpacked,
+)
 from tests.integration.conftest import (
     SPLIT_MIB,
     App,
@@ -125,14 +131,24 @@ def _sent(app: App) -> dict[str, dict[str, Any]]:
 
 
 def _filed_by_bytes(app: App, run: Run) -> list[int]:
-    """Rows filed by their raw digest (matched records), per split job (partition file)."""
+    """Rows filed by their raw digest (matched records), per split job (partition file);
+    stored, the records of a piece are a frame of their own behind the text rows' frame."""
     filed = []
     for split in app.services.runs.split_results(run.run_id):
         pieces = app.services.storage.read_bytes("export-runs", split.pieces_blob)
         starts = [0, *split.piece_ends[:-1]]
         count = 0
         for start, end in zip(starts, split.piece_ends, strict=True):
-            count += len(matched_records(piece_sections(unpacked(pieces[start:end]))[1]))
+            records = matched_records(piece_sections(unpacked(pieces[start:end]))[1])
+            count += len(records)
+            text = zstandard.ZstdDecompressor().decompressobj()
+            after_text = pieces[start:end]
+            if after_text[:4] == b"\x28\xb5\x2f\xfd":
+                text.decompress(after_text)
+                after_text = text.unused_data
+            assert after_text[:5] == (
+                PACKED_MATCHED_MARK + b"\x28\xb5\x2f\xfd" if len(records) else b""
+            )
         filed.append(count)
     return filed
 

@@ -1,6 +1,6 @@
 """A piece's bytes as a diff reads them (`run_files.unpacked`): its text rows as one Zstandard
-frame, then its matched records as they are; a chunk as one frame; an earlier version's gzip
-members and plain bytes."""
+frame, then its matched records as another; a chunk as one frame; an earlier version's gzip
+members, matched records as they are and plain bytes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import zstandard
 
 from shared.pipeline.run_files import (
     MATCHED_MARK,
+    PACKED_MATCHED_MARK,
     DamagedRunFile,
     matched_record_type,
     matched_records,
@@ -45,11 +46,31 @@ def test_the_frame_is_zstandard_with_its_checksum() -> None:
 
 
 @pytest.mark.parametrize("pack", [_frame, gzip.compress], ids=["zstandard", "earlier-gzip"])
-def test_text_compressed_then_matched_records_as_they_are(pack: object) -> None:
-    piece = pack(TEXT) + MATCHED_MARK + _records()  # type: ignore[operator]
-    text, matched = piece_sections(unpacked(piece))
+@pytest.mark.parametrize("records_packed", [True, False], ids=["records-packed", "earlier-plain"])
+def test_text_compressed_then_matched_records(pack: object, records_packed: bool) -> None:
+    records = (
+        PACKED_MATCHED_MARK + _frame(_records()) if records_packed else MATCHED_MARK + _records()
+    )
+    text, matched = piece_sections(unpacked(pack(TEXT) + records))  # type: ignore[operator]
     assert text == TEXT.decode()
     assert matched_records(matched).tolist() == matched_records(_records()).tolist()
+
+
+def test_matched_records_alone_are_read_packed_or_as_they_are() -> None:
+    for stored in (PACKED_MATCHED_MARK + _frame(_records()), MATCHED_MARK + _records()):
+        text, matched = piece_sections(unpacked(stored))
+        assert text == "" and matched == _records()
+
+
+def test_matched_records_packed_are_smaller() -> None:
+    """Orders, offsets and lengths shrink; the digests do not."""
+    import numpy as np
+
+    records = np.zeros(5_000, matched_record_type())
+    records["order"] = np.arange(5_000) * 32
+    records["offset"], records["length"] = records["order"] * 90, 90
+    records["raw"] = np.random.default_rng(2).integers(1, 2**63, size=5_000)
+    assert len(_frame(records.tobytes())) < 16 * len(records)  # 32 bytes a record as they are
 
 
 @pytest.mark.parametrize(
@@ -67,7 +88,19 @@ def test_a_cut_or_damaged_frame_is_refused(pack: object) -> None:
     whole = pack(TEXT * 50)  # type: ignore[operator]
     flipped = bytearray(whole)
     flipped[len(whole) // 2] ^= 0x01
+    records = PACKED_MATCHED_MARK + _frame(_records())
     for damaged in (whole[:-9], whole[: len(whole) // 2], bytes(flipped)):
-        for stored in (damaged, damaged + MATCHED_MARK + _records()):
+        for stored in (damaged, damaged + MATCHED_MARK + _records(), damaged + records):
+            with pytest.raises(DamagedRunFile):
+                unpacked(stored)
+
+
+def test_damaged_packed_records_are_refused() -> None:
+    """Cut, flipped, not a frame, or with bytes after them: nothing is taken from them."""
+    records = _frame(_records() * 40)
+    flipped = bytearray(records)
+    flipped[len(records) // 2] ^= 0x01
+    for damaged in (records[:-5], bytes(flipped), _records(), records + b"more"):
+        for stored in (_frame(TEXT) + PACKED_MATCHED_MARK + damaged, PACKED_MATCHED_MARK + damaged):
             with pytest.raises(DamagedRunFile):
                 unpacked(stored)
