@@ -187,7 +187,7 @@ class SnapshotPartition:
         start = end + 1
         ids_text, numbers = blob[start : start + ids_bytes], blob[start + ids_bytes :]
         if version == FORMAT_VERSION:
-            ids_text, numbers = _unpacked(ids_text), _unpacked(numbers)
+            ids_text, numbers = _unpacked(ids_text, "ids"), _unpacked(numbers, "numbers")
         ids = ids_text.decode().split("\n") if count else []
         width = _FIXED + len(columns)
         if len(ids) != count or len(numbers) != count * width * 8:
@@ -322,16 +322,24 @@ def _in_columns(numbers: np.ndarray, columns: Sequence[str], wanted: Sequence[st
     return out
 
 
-def _unpacked(frame: bytes) -> bytes:
-    """A frame's content; one that fails its checksum or its decoding is SnapshotFormatError."""
+def _unpacked(frame: bytes, holding: str) -> bytes:
+    """A frame's content, decoded as it comes (a size in its header, which its checksum does
+    not cover, is not trusted to allocate); one that fails its checksum or its decoding, is
+    cut short or has bytes after it is SnapshotFormatError, naming what the frame holds."""
     import zstandard
 
+    unpacker = zstandard.ZstdDecompressor().decompressobj()
     try:
-        return zstandard.ZstdDecompressor().decompress(frame)
+        content = unpacker.decompress(frame)
     except zstandard.ZstdError as error:
         raise SnapshotFormatError(
-            f"a snapshot partition's compressed bytes are damaged or cut short ({error})"
+            f"the {holding} of a snapshot partition are damaged ({error})"
         ) from None
+    if not unpacker.eof or unpacker.unused_data:
+        raise SnapshotFormatError(
+            f"the {holding} of a snapshot partition are cut short or followed by other bytes"
+        )
+    return content
 
 
 def _text_entries(text: str) -> Iterable[SnapshotEntry]:

@@ -347,7 +347,7 @@ def _diffed_partition(
     """The snapshot partition as the diff wrote it. The first rewrite keeps a copy in the run's
     folder, so a later one (after a replay round, or a finalizer that died) starts again from
     what the diff wrote, not from an earlier round's result (a copy an earlier version kept is
-    text, which `from_blob` reads too)."""
+    in an earlier format, columns uncompressed or text, which `from_blob` reads too)."""
     storage, copy = services.storage, diffed_snapshot_name(run.run_id, partition)
     if rewritten:
         return read_partition(storage.read_bytes(RUNS_CONTAINER, copy), copy)

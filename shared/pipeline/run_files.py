@@ -103,14 +103,23 @@ def _cut_range(
     start = at = split.piece_ends[first - 1] if first else 0
     if split.piece_ends[last] == start:
         return []
-    data = storage.read_bytes(
-        RUNS_CONTAINER, split.pieces_blob, start, split.piece_ends[last] - start
-    )
+    length = split.piece_ends[last] - start
+    data = storage.read_bytes(RUNS_CONTAINER, split.pieces_blob, start, length)
+    if len(data) != length:
+        raise DamagedRunFile(
+            f"pieces blob {split.pieces_blob}: {len(data)} bytes where its split's record "
+            f"says {length} from byte {start}"
+        )
     wanted, cut = set(partitions), []
     for partition in range(first, last + 1):
         end = split.piece_ends[partition]
         if partition in wanted and end > at:
-            cut.append((partition, unpacked(data[at - start : end - start])))
+            try:
+                cut.append((partition, unpacked(data[at - start : end - start])))
+            except DamagedRunFile as error:
+                raise DamagedRunFile(
+                    f"pieces blob {split.pieces_blob}, partition {partition}'s piece: {error}"
+                ) from None
         at = end
     return cut
 
@@ -358,8 +367,10 @@ def encoded_chunk_line(order: int, points: int, obj_json: bytes) -> bytes:
     return b"%d\t%d\t%s" % (order, points, obj_json)
 
 
-# Chunks and pieces are Zstandard frames at level 1, each with its content checksum (`zstd -dc`
-# opens them). Measured here on the benchmark's pieces (2026-12-07): 1.8 ms of CPU a MB to
+# Chunks and pieces are Zstandard frames at level 1, each with its content checksum: a chunk
+# is one frame (`zstd -dc` opens it); a piece is its text rows as one, then, in a delta, its
+# matched records as another behind PACKED_MATCHED_MARK, and a split's pieces follow each other
+# in its blob. Measured here on the benchmark's pieces (2026-12-07): 1.8 ms of CPU a MB to
 # compress and 0.7 to decompress, against 5.8 and 2.1 for gzip at level 1, and 4.9 times
 # smaller against 3.7. Every byte of them is written, stored and read again.
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -368,7 +379,7 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
 class DamagedRunFile(ValueError):
-    """A chunk or piece whose compressed bytes are cut short or altered in storage."""
+    """A chunk or piece whose bytes are cut short or altered in storage."""
 
 
 def packer() -> zstandard.ZstdCompressionObj:
@@ -377,19 +388,43 @@ def packer() -> zstandard.ZstdCompressionObj:
 
 
 def unpacked(data: bytes) -> bytes:
-    """A chunk's or piece's bytes as its reader takes them: the content of a frame at the start
-    (a gzip member, as the version before wrote them), then a piece's matched records behind
-    MATCHED_MARK, from the frame they are stored in (`PACKED_MATCHED_MARK`) or as they are.
-    Bytes with no frame (an earlier version's) are read as they are. A damaged frame fails its
-    checksum or its decoding, a cut one its end: DamagedRunFile."""
-    framed = data[:4] == _ZSTD_MAGIC or data[:2] == _GZIP_MAGIC
-    text, rest = _frame_content(data) if framed else (b"", data)
-    if rest[:1] != PACKED_MATCHED_MARK:
-        return text + rest
-    records, after = _frame_content(rest[1:])
-    if after:
-        raise DamagedRunFile("bytes follow its matched records")
+    """A piece's bytes as the diff takes them: the content of its text frame (a gzip member, as
+    the version before wrote them), then its matched records behind MATCHED_MARK, from the
+    frame they are stored in (`PACKED_MATCHED_MARK`) or as they are (as two versions before
+    wrote them). Bytes with no frame (an earlier version's) are read as they are. A damaged
+    frame fails its checksum or its decoding, a cut one its end, and anything else after the
+    text frame is damage too: DamagedRunFile."""
+    if not (data[:4] == _ZSTD_MAGIC or data[:2] == _GZIP_MAGIC):
+        if data[:1] != PACKED_MATCHED_MARK:
+            return data
+        text, rest = b"", data
+    else:
+        text, rest = _frame_content(data)
+    if not rest:
+        return text
+    if rest[:1] == MATCHED_MARK:
+        records = rest[1:]
+    elif rest[:1] == PACKED_MATCHED_MARK:
+        records, after = _frame_content(rest[1:])
+        if after:
+            raise DamagedRunFile("bytes follow its matched records")
+    else:
+        raise DamagedRunFile("bytes follow its text that are no matched records")
+    if len(records) % matched_record_type().itemsize:
+        raise DamagedRunFile(f"its matched records come to {len(records)} bytes")
     return text + MATCHED_MARK + records
+
+
+def unpacked_chunk(data: bytes) -> bytes:
+    """A chunk's lines as written: its frame's content (a gzip member, as the version before
+    wrote them), or the bytes as they are (an earlier version's). DamagedRunFile for a frame
+    damaged, cut, or followed by anything."""
+    if not (data[:4] == _ZSTD_MAGIC or data[:2] == _GZIP_MAGIC):
+        return data
+    text, rest = _frame_content(data)
+    if rest:
+        raise DamagedRunFile(f"{len(rest)} bytes follow its frame")
+    return text
 
 
 def _frame_content(data: bytes) -> tuple[bytes, bytes]:
@@ -412,9 +447,9 @@ def _frame_content(data: bytes) -> tuple[bytes, bytes]:
 def write_chunk(services: Services, blob_name: str, lines: list[bytes]) -> None:
     """Compressed (`packer`): every byte of a chunk is written, stored and read again by
     delivery, and Azurite spends about 21 ms of CPU a MB written here and 3-7 a MB read
-    (bench/HISTORY.md, 2026-12-07 17:42), against about 0.5 and 0.2 to compress and decompress
-    a chunk of the benchmark's profiles (real ones, with names and addresses that vary more,
-    compress less)."""
+    (bench/HISTORY.md, 2026-12-07 17:42), against about 0.5 ms a MB to compress and 0.2 to
+    decompress a chunk of the benchmark's profiles (an ad-hoc script, 2026-12-07; real ones,
+    with names and addresses that vary more, compress less)."""
     frame = packer()
     packed = frame.compress(b"\n".join(lines)) + frame.compress(b"\n") + frame.flush()
     services.storage.write_bytes(RUNS_CONTAINER, blob_name, packed, "application/zstd")
@@ -436,7 +471,7 @@ def read_chunk(services: Services, blob_names: list[str]) -> list[tuple[int, int
     blobs = services.storage.read_many(RUNS_CONTAINER, blob_names)
     for name, data in zip(blob_names, blobs, strict=True):
         try:
-            data = unpacked(data)
+            data = unpacked_chunk(data)
         except DamagedRunFile as error:
             raise DamagedRunFile(f"chunk blob {name}: {error}") from None
         _check_utf8(data)

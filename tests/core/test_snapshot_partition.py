@@ -166,12 +166,20 @@ def test_ids_and_numbers_are_stored_compressed_a_column_after_another() -> None:
 
 def test_a_damaged_partition_is_refused_with_what_is_wrong() -> None:
     blob = _packed([('"a"', "1" * 16, {"email": "2" * 16}, "3" * 16)]).to_blob()
-    with pytest.raises(SnapshotFormatError, match="cut short"):
+    with pytest.raises(SnapshotFormatError, match="the numbers of a snapshot partition are cut"):
         SnapshotPartition.from_blob(blob[:-3])
+    with pytest.raises(SnapshotFormatError, match=r"numbers .* followed by other bytes"):
+        SnapshotPartition.from_blob(blob + b"more")
     flipped = bytearray(blob)
     flipped[-6] ^= 0x01  # inside the numbers, which fail their checksum
-    with pytest.raises(SnapshotFormatError, match="damaged"):
+    with pytest.raises(SnapshotFormatError, match="the numbers of a snapshot partition are dam"):
         SnapshotPartition.from_blob(bytes(flipped))
+    ids_at = blob.index(b"\n", len(MAGIC)) + 1
+    for at in (ids_at + 5, ids_at + 8):  # the frame's declared size; its content
+        flipped = bytearray(blob)
+        flipped[at] ^= 0x40
+        with pytest.raises(SnapshotFormatError, match="the ids of a snapshot partition"):
+            SnapshotPartition.from_blob(bytes(flipped))
     with pytest.raises(SnapshotFormatError, match="header"):
         SnapshotPartition.from_blob(MAGIC + b"{not json\n")
     newer = blob.replace(b'"version": 2', b'"version": 3')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import io
 import json
 import os
@@ -362,17 +363,26 @@ def triggers_on(quiet_app: App, monkeypatch: pytest.MonkeyPatch) -> App:
 
 
 def opened(data: bytes) -> bytes:
-    """A blob's bytes as its reader sees them, for a test that scans them: a chunk or a pieces
-    blob (a Zstandard frame a piece, a delta's matched records behind each) with its frames
-    decompressed, the bytes between them as they are; any other blob (or a damaged one, as a
-    test may leave in the shared storage) as it is."""
+    """A blob's bytes as a test that scans them must see them: every Zstandard frame in it (a
+    chunk, a split's pieces and their matched records, a snapshot partition's ids and numbers)
+    decompressed in place, the bytes around them as they are; a gzip blob (as an earlier
+    version wrote chunks and pieces) decompressed. A frame that does not decode to its end (a
+    damaged blob a test left in the shared storage, or the magic bytes by chance inside a
+    digest) is kept as it is, and the search goes on after its first byte."""
+    if data[:2] == b"\x1f\x8b":
+        with contextlib.suppress(OSError, EOFError):
+            return gzip.decompress(data)
     out, rest = [], data
     while (at := rest.find(ZSTD_MAGIC)) >= 0:
         unpacker = zstandard.ZstdDecompressor().decompressobj()
         try:
             text = unpacker.decompress(rest[at:])
         except zstandard.ZstdError:
-            return data
+            text = b""
+        if not unpacker.eof:
+            out.append(rest[: at + 1])
+            rest = rest[at + 1 :]
+            continue
         out += [rest[:at], text]
         rest = unpacker.unused_data
     return b"".join([*out, rest])

@@ -20,6 +20,8 @@ from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.diff_partition import diff_partition
 from shared.pipeline.plan_export import plan_run
 from shared.pipeline.run_files import (
+    DamagedRunFile,
+    packer,
     partition_piece_name,
     partition_pieces,
     piece_sections,
@@ -231,3 +233,34 @@ def test_the_pieces_of_several_partitions_are_cut_from_one_range_of_each_split(
     for wrong in ([3, 1], [2, 2], []):
         with pytest.raises(ValueError, match="some, ascending"):
             partition_pieces(services, run, wrong)
+
+
+def test_a_damaged_or_short_pieces_blob_fails_naming_the_blob_and_the_piece(
+    split_app: App,
+) -> None:
+    """A flipped byte in one piece, and a blob shorter than its split's record says (which
+    could otherwise drop a piece's matched records unseen): the diff's read names them."""
+    services, storage = split_app.services, split_app.services.storage
+    split_app.define([export_definition("damaged", "pieces/damaged.csv", "Pieces damaged")])
+    run = start_run(services, "damaged", "test").run
+    take(split_app, JOBS_QUEUE, ExportJob, run.run_id)
+    run.splits = 1
+    services.runs.update(run)
+    pieces = []
+    for text in (b'0\t"p0"\n' * 50, b'1\t"p1"\n' * 50):
+        frame = packer()
+        pieces.append(frame.compress(text) + frame.flush())
+    flipped = bytearray(pieces[1])
+    flipped[len(flipped) // 2] ^= 0x01
+    blob = split_pieces_name(run.run_id, 0, "attempt")
+    ends = list(itertools.accumulate(len(piece) for piece in pieces))
+    services.runs.record_split(run.run_id, SplitResult(0, 2, pieces_blob=blob, piece_ends=ends))
+
+    storage.write_bytes(RUNS_CONTAINER, blob, pieces[0] + flipped, "application/octet-stream")
+    assert partition_pieces(services, run, [0]) == {0: [b'0\t"p0"\n' * 50]}
+    with pytest.raises(DamagedRunFile, match=f"pieces blob {blob}, partition 1's piece: "):
+        partition_pieces(services, run, [0, 1])
+
+    storage.write_bytes(RUNS_CONTAINER, blob, b"".join(pieces)[:-4], "application/octet-stream")
+    with pytest.raises(DamagedRunFile, match=f"pieces blob {blob}: {ends[1] - 4} bytes where"):
+        partition_pieces(services, run, [0, 1])

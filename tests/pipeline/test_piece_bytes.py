@@ -18,6 +18,7 @@ from shared.pipeline.run_files import (
     packer,
     piece_sections,
     unpacked,
+    unpacked_chunk,
 )
 
 TEXT = '3\t"c-Zoë 🎉"\t0123456789abcdef\t{"Note":"says \\"hi\\", twice\\nand\\ttabs"}\t\n'.encode()
@@ -93,6 +94,22 @@ def test_a_cut_or_damaged_frame_is_refused(pack: object) -> None:
         for stored in (damaged, damaged + MATCHED_MARK + _records(), damaged + records):
             with pytest.raises(DamagedRunFile):
                 unpacked(stored)
+
+
+def test_bytes_after_the_text_frame_must_be_matched_records() -> None:
+    """Anything else there (or records that do not come to whole ones) is damage, not text."""
+    for after in (b"junk", MATCHED_MARK + _records()[:-3], b"\x02" + _frame(_records())):
+        with pytest.raises(DamagedRunFile):
+            unpacked(_frame(TEXT) + after)
+
+
+def test_a_chunk_is_its_frame_and_nothing_after_it() -> None:
+    chunk = _frame(TEXT)
+    assert unpacked_chunk(chunk) == TEXT and unpacked_chunk(TEXT) == TEXT
+    assert unpacked_chunk(gzip.compress(TEXT)) == TEXT  # as the version before wrote it
+    for stored in (chunk + b"x", chunk + MATCHED_MARK + _records(), chunk[:-2]):
+        with pytest.raises(DamagedRunFile):
+            unpacked_chunk(stored)
 
 
 def test_damaged_packed_records_are_refused() -> None:
