@@ -199,6 +199,17 @@ def test_a_run_split_by_the_version_before_reads_a_blob_per_piece(split_app: App
     assert {i: users[i]["email"] for i in expected} == expected
 
 
+def _planned_by_hand(app: App, name: str, splits: int) -> Run:
+    """A run of its own export taken off the queue, as if planned into `splits` splits, whose
+    split records a test then writes itself."""
+    app.define([export_definition(name, f"pieces/{name}.csv", f"Pieces {name}")])
+    run = start_run(app.services, name, "test").run
+    take(app, JOBS_QUEUE, ExportJob, run.run_id)
+    run.splits = splits
+    app.services.runs.update(run)
+    return run
+
+
 def test_the_pieces_of_several_partitions_are_cut_from_one_range_of_each_split(
     split_app: App,
 ) -> None:
@@ -207,11 +218,7 @@ def test_the_pieces_of_several_partitions_are_cut_from_one_range_of_each_split(
     split 2 with empty pieces between full ones; asked for all, for some not adjacent, for
     the first and the last."""
     services, storage = split_app.services, split_app.services.storage
-    split_app.define([export_definition("layout", "pieces/layout.csv", "Pieces layout")])
-    run = start_run(services, "layout", "test").run
-    take(split_app, JOBS_QUEUE, ExportJob, run.run_id)
-    run.splits = 3
-    services.runs.update(run)
+    run = _planned_by_hand(split_app, "layout", splits=3)
     first = [b'0\t"p0"\n', b"", 'two\t"Zoë 🎉"\n'.encode(), b"", b"", b'5\t"p5"\n']
     last = [b"a\n", b"", b"", b"", b"", b"z\n"]
     for split, pieces in ((0, last), (2, first)):
@@ -241,11 +248,7 @@ def test_a_damaged_or_short_pieces_blob_fails_naming_the_blob_and_the_piece(
     """A flipped byte in one piece, and a blob shorter than its split's record says (which
     could otherwise drop a piece's matched records unseen): the diff's read names them."""
     services, storage = split_app.services, split_app.services.storage
-    split_app.define([export_definition("damaged", "pieces/damaged.csv", "Pieces damaged")])
-    run = start_run(services, "damaged", "test").run
-    take(split_app, JOBS_QUEUE, ExportJob, run.run_id)
-    run.splits = 1
-    services.runs.update(run)
+    run = _planned_by_hand(split_app, "damaged", splits=1)
     pieces = []
     for text in (b'0\t"p0"\n' * 50, b'1\t"p1"\n' * 50):
         frame = packer()
