@@ -209,14 +209,14 @@ class SnapshotPartition:
     def to_blob(self) -> bytes:
         """The partition as stored; a column no entry has (an attribute the mapping no longer
         sends, once no entry remembers it) is left out."""
-        import zstandard
+        from shared.core.zstd_frames import compressor
 
         used = self.numbers[:, _FIXED:].any(axis=0).tolist()
         columns = [column for column, kept in zip(self.columns, used, strict=True) if kept]
         numbers = self.numbers
         if len(columns) < len(self.columns):
             numbers = numbers[:, [0, 1, *(_FIXED + at for at, kept in enumerate(used) if kept)]]
-        packer = zstandard.ZstdCompressor(level=1, write_checksum=True)
+        packer = compressor()
         ids_frame = packer.compress("\n".join(self.ids).encode())
         header = {
             "version": FORMAT_VERSION,
@@ -323,21 +323,17 @@ def _in_columns(numbers: np.ndarray, columns: Sequence[str], wanted: Sequence[st
 
 
 def _unpacked(frame: bytes, holding: str) -> bytes:
-    """A frame's content, decoded as it comes (a size in its header, which its checksum does
-    not cover, is not trusted to allocate); one that fails its checksum or its decoding, is
-    cut short or has bytes after it is SnapshotFormatError, naming what the frame holds."""
-    import zstandard
+    """A frame's content; one that is damaged, cut short or followed by other bytes is
+    SnapshotFormatError, naming what the frame holds."""
+    from shared.core.zstd_frames import FrameError, frame_content
 
-    unpacker = zstandard.ZstdDecompressor().decompressobj()
     try:
-        content = unpacker.decompress(frame)
-    except zstandard.ZstdError as error:
+        content, after = frame_content(frame)
+    except FrameError as error:
+        raise SnapshotFormatError(f"the {holding} of a snapshot partition are {error}") from None
+    if after:
         raise SnapshotFormatError(
-            f"the {holding} of a snapshot partition are damaged ({error})"
-        ) from None
-    if not unpacker.eof or unpacker.unused_data:
-        raise SnapshotFormatError(
-            f"the {holding} of a snapshot partition are cut short or followed by other bytes"
+            f"the {holding} of a snapshot partition are followed by other bytes"
         )
     return content
 

@@ -14,7 +14,6 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import zstandard
 
 from shared.adapters.services import Services
 from shared.adapters.storage import Storage
@@ -24,9 +23,12 @@ from shared.core.jsonlines import has_non_finite
 from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, SplitPieces
 from shared.core.source_files import open_lines
+from shared.core.zstd_frames import MAGIC as _ZSTD_MAGIC
+from shared.core.zstd_frames import FrameError, compressor, frame_content
 
 if TYPE_CHECKING:
     import numpy as np
+    import zstandard
 
 # Where each file lives: every name is under the run's prefix.
 
@@ -163,8 +165,8 @@ def partition_rejected_name(run_id: str, partition: int) -> str:
 def chunk_blob_name(run_id: str, partition: int, index: int) -> str:
     """What to send: `order <TAB> data points <TAB> object` per line, compressed
     (`write_chunk`). Still named `.tsv`: the release rebuilds the names, and a partition diffed
-    by an earlier version wrote its chunk as plain text or gzip under this one (`unpacked` reads
-    each)."""
+    by an earlier version wrote its chunk as plain text or gzip under this one
+    (`unpacked_chunk` reads each)."""
     return f"{run_prefix(run_id)}chunks/p{partition:04d}-{index:04d}.tsv"
 
 
@@ -367,13 +369,12 @@ def encoded_chunk_line(order: int, points: int, obj_json: bytes) -> bytes:
     return b"%d\t%d\t%s" % (order, points, obj_json)
 
 
-# Chunks and pieces are Zstandard frames at level 1, each with its content checksum: a chunk
+# Chunks and pieces are Zstandard frames (`core.zstd_frames`: level 1, checksummed): a chunk
 # is one frame (`zstd -dc` opens it); a piece is its text rows as one, then, in a delta, its
 # matched records as another behind PACKED_MATCHED_MARK, and a split's pieces follow each other
 # in its blob. Measured here on the benchmark's pieces (2026-12-07): 1.8 ms of CPU a MB to
 # compress and 0.7 to decompress, against 5.8 and 2.1 for gzip at level 1, and 4.9 times
 # smaller against 3.7. Every byte of them is written, stored and read again.
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"  # as the version before wrote them
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
@@ -384,7 +385,7 @@ class DamagedRunFile(ValueError):
 
 def packer() -> zstandard.ZstdCompressionObj:
     """A compressor of one frame (a compressor is not shared: diffs write chunks in threads)."""
-    return zstandard.ZstdCompressor(level=1, write_checksum=True).compressobj()
+    return compressor().compressobj()
 
 
 def unpacked(data: bytes) -> bytes:
@@ -394,7 +395,7 @@ def unpacked(data: bytes) -> bytes:
     wrote them). Bytes with no frame (an earlier version's) are read as they are. A damaged
     frame fails its checksum or its decoding, a cut one its end, and anything else after the
     text frame is damage too: DamagedRunFile."""
-    if not (data[:4] == _ZSTD_MAGIC or data[:2] == _GZIP_MAGIC):
+    if not _framed(data):
         if data[:1] != PACKED_MATCHED_MARK:
             return data
         text, rest = b"", data
@@ -419,7 +420,7 @@ def unpacked_chunk(data: bytes) -> bytes:
     """A chunk's lines as written: its frame's content (a gzip member, as the version before
     wrote them), or the bytes as they are (an earlier version's). DamagedRunFile for a frame
     damaged, cut, or followed by anything."""
-    if not (data[:4] == _ZSTD_MAGIC or data[:2] == _GZIP_MAGIC):
+    if not _framed(data):
         return data
     text, rest = _frame_content(data)
     if rest:
@@ -427,17 +428,23 @@ def unpacked_chunk(data: bytes) -> bytes:
     return text
 
 
+def _framed(data: bytes) -> bool:
+    return data[:4] == _ZSTD_MAGIC or data[:2] == _GZIP_MAGIC
+
+
 def _frame_content(data: bytes) -> tuple[bytes, bytes]:
     """What the frame (or gzip member) at the start of `data` holds, and the bytes after it."""
+    if data[:4] == _ZSTD_MAGIC:
+        try:
+            return frame_content(data)
+        except FrameError as error:
+            raise DamagedRunFile(f"its compressed bytes are {error}") from None
+    if data[:2] != _GZIP_MAGIC:
+        raise DamagedRunFile("its compressed bytes do not start as a frame does")
+    unpacker = zlib.decompressobj(wbits=_GZIP_WBITS)
     try:
-        if data[:4] == _ZSTD_MAGIC:
-            unpacker: Any = zstandard.ZstdDecompressor().decompressobj()
-        elif data[:2] == _GZIP_MAGIC:
-            unpacker = zlib.decompressobj(wbits=_GZIP_WBITS)
-        else:
-            raise DamagedRunFile("its compressed bytes do not start as a frame does")
         content = unpacker.decompress(data)
-    except (zstandard.ZstdError, zlib.error) as error:
+    except zlib.error as error:
         raise DamagedRunFile(f"its compressed bytes are damaged ({error})") from None
     if not unpacker.eof:
         raise DamagedRunFile("its compressed bytes are cut short")
