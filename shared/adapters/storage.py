@@ -405,8 +405,14 @@ class Storage:
             at = _append_at(blob, bytes(block), at)
         return at
 
-    def line_writer(self, container: str, name: str) -> BlobLineWriter:
-        return BlobLineWriter(self.container(container), name)
+    def line_writer(
+        self,
+        container: str,
+        name: str,
+        encode: Callable[[bytes], bytes] | None = None,
+        content_type: str = "application/x-ndjson",
+    ) -> BlobLineWriter:
+        return BlobLineWriter(self.container(container), name, encode, content_type)
 
 
 def _append_at(blob: BlobClient, block: bytes, at: int) -> int:
@@ -430,11 +436,20 @@ class BlobLineWriter:
     A blob that fits in one block (most do: a partition's files are a few MiB) is uploaded in
     one request at `close()`; staging and committing blocks costs the storage service about
     three times as much per byte. Nothing is visible until `close()`; a writer abandoned by a
-    crash leaves no partial blob behind.
+    crash leaves no partial blob behind. With `encode`, each block's lines are stored as it
+    makes them (a compressed frame of each: the blob is those frames one after another).
     """
 
-    def __init__(self, container: ContainerClient, name: str) -> None:
+    def __init__(
+        self,
+        container: ContainerClient,
+        name: str,
+        encode: Callable[[bytes], bytes] | None = None,
+        content_type: str = "application/x-ndjson",
+    ) -> None:
         self._blob = container.get_blob_client(name)
+        self._encode = encode or bytes
+        self._content_type = content_type
         self._buffer = bytearray()
         self._blocks: list[str] = []
         self.lines = 0
@@ -458,16 +473,18 @@ class BlobLineWriter:
 
     def _stage(self) -> None:
         block_id = b64encode(uuid.uuid4().bytes).decode()
-        self._blob.stage_block(block_id, bytes(self._buffer))
+        self._blob.stage_block(block_id, self._encode(self._buffer))
         self._blocks.append(block_id)
         self._buffer.clear()
 
     def close(self) -> None:
         from azure.storage.blob import BlobBlock, ContentSettings
 
-        settings = ContentSettings(content_type="application/x-ndjson")
+        settings = ContentSettings(content_type=self._content_type)
         if not self._blocks:
-            self._blob.upload_blob(bytes(self._buffer), overwrite=True, content_settings=settings)
+            self._blob.upload_blob(
+                self._encode(self._buffer), overwrite=True, content_settings=settings
+            )
             return
         if self._buffer:
             self._stage()

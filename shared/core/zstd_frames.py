@@ -3,6 +3,8 @@ the checksum decided once, and a frame read back as it comes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import zstandard
 
 MAGIC = b"\x28\xb5\x2f\xfd"
@@ -30,3 +32,34 @@ def frame_content(data: bytes) -> tuple[bytes, bytes]:
     if not unpacker.eof:
         raise FrameError("cut short")
     return content, unpacker.unused_data
+
+
+def frames_content(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The content of the frames `chunks` (a download's pieces) hold one after another, as it
+    comes (a file written a block at a time, a frame a block); FrameError for a damaged frame,
+    bytes after one that start no frame, or a last frame cut short."""
+    decompressor = zstandard.ZstdDecompressor()
+    unpacker = None
+    head = b""  # the start of the next frame, until its magic number can be checked
+    for data in chunks:
+        while data:
+            if unpacker is None:
+                head += data
+                if len(head) < len(MAGIC):
+                    break
+                if not head.startswith(MAGIC):
+                    raise FrameError("followed by bytes that start no frame")
+                unpacker, data, head = decompressor.decompressobj(), head, b""
+            try:
+                content = unpacker.decompress(data)
+            except zstandard.ZstdError as error:
+                raise FrameError(f"damaged ({error})") from None
+            if content:
+                yield content
+            data = b""
+            if unpacker.eof:
+                data, unpacker = unpacker.unused_data, None
+    if head and not MAGIC.startswith(head):
+        raise FrameError("followed by bytes that start no frame")
+    if unpacker is not None or head:
+        raise FrameError("cut short")

@@ -74,6 +74,7 @@ from shared.pipeline.run_files import (
     mapped_values,
     matched_records,
     matched_rows,
+    packed_frame,
     partition_files_loader,
     partition_pieces,
     partition_rejected_name,
@@ -384,7 +385,10 @@ def _diff(
     columns.append(export.membership_attribute)
     lines = _SnapshotLines(
         services.storage.line_writer(
-            RUNS_CONTAINER, snapshot_fallbacks_name(run.run_id, job.partition)
+            RUNS_CONTAINER,
+            snapshot_fallbacks_name(run.run_id, job.partition),
+            packed_frame,
+            "application/zstd",
         ),
         services.snapshots.part_writer(
             export.name,

@@ -50,6 +50,7 @@ from shared.core.snapshot_partition import (
 )
 from shared.core.source_files import open_lines
 from shared.pipeline.run_files import (
+    DamagedRunFile,
     carried_rejected_name,
     diffed_snapshot_name,
     json_lines,
@@ -59,6 +60,7 @@ from shared.pipeline.run_files import (
     report_blob_name,
     snapshot_fallbacks_name,
     summary_blob_name,
+    unpacked_stream,
 )
 from shared.pipeline.start import start_pending
 
@@ -455,11 +457,13 @@ def _commit_partition(
         )
     diffed = _diffed_partition(run, partition, rewritten, services)
     writer = snapshots.part_writer(run.export_name, run.connection, run.run_id, partition)
-    _write_committed(
-        writer,
-        diffed,
-        _fallbacks(storage.read_chunks(RUNS_CONTAINER, fallbacks), rejected, untrusted),
-    )
+    try:
+        entries = _fallbacks(
+            unpacked_stream(storage.read_chunks(RUNS_CONTAINER, fallbacks)), rejected, untrusted
+        )
+    except DamagedRunFile as error:
+        raise DamagedRunFile(f"fallbacks blob {fallbacks}: {error}") from None
+    _write_committed(writer, diffed, entries)
     writer.close()
     return writer.profiles
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import codecs
 import functools
+import itertools
 import json
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from shared.core.resource_names import RUNS_CONTAINER
 from shared.core.runs import Run, SplitPieces
 from shared.core.source_files import open_lines
 from shared.core.zstd_frames import MAGIC as _ZSTD_MAGIC
-from shared.core.zstd_frames import FrameError, compressor, frame_content
+from shared.core.zstd_frames import FrameError, compressor, frame_content, frames_content
 
 if TYPE_CHECKING:
     import numpy as np
@@ -148,7 +149,9 @@ def legacy_pending_snapshot_name(run_id: str, partition: int) -> str:
 
 
 def snapshot_fallbacks_name(run_id: str, partition: int) -> str:
-    """Per profile a partition's diff sent, the snapshot line it had before (null prints: none)."""
+    """Per profile a partition's diff sent, the snapshot line it had before (null prints: none),
+    in frames (`packed_frame`; an earlier version wrote the lines as they are: `unpacked_stream`
+    reads both)."""
     return f"{run_prefix(run_id)}snapshot/p{partition:04d}.tsv"
 
 
@@ -386,6 +389,31 @@ class DamagedRunFile(ValueError):
 def packer() -> zstandard.ZstdCompressionObj:
     """A compressor of one frame (a compressor is not shared: diffs write chunks in threads)."""
     return compressor().compressobj()
+
+
+def packed_frame(data: bytes) -> bytes:
+    """A block of a file written line by line (the fallbacks) as a frame of its own: a first
+    export's fallbacks are a line per profile, 23 MB of a 1M run's, written and stored for
+    the few profiles Braze may reject."""
+    return compressor().compress(data)
+
+
+def unpacked_stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """A file written in frames (`packed_frame`) from a download's pieces, its content as it
+    comes; one that starts with no frame (an earlier version's lines) as it is. DamagedRunFile
+    for a frame damaged or cut, or bytes after one that start none."""
+    chunks = iter(chunks)
+    first = b""
+    while len(first) < len(_ZSTD_MAGIC) and (piece := next(chunks, None)) is not None:
+        first += piece
+    if not first.startswith(_ZSTD_MAGIC):
+        yield first
+        yield from chunks
+        return
+    try:
+        yield from frames_content(itertools.chain([first], chunks))
+    except FrameError as error:
+        raise DamagedRunFile(f"its compressed bytes are {error}") from None
 
 
 def unpacked(data: bytes) -> bytes:

@@ -23,14 +23,17 @@ from shared.core.partitioning import partition_count, partition_of
 from shared.core.resource_names import CHUNKS_QUEUE, JOBS_QUEUE
 from shared.core.runs import Status, utcnow
 from shared.core.snapshot_partition import MAGIC, SnapshotPartition
+from shared.core.zstd_frames import MAGIC as FRAME_MAGIC
 from shared.pipeline import diff_partition
 from shared.pipeline.deliver_chunk import deliver_chunk
 from shared.pipeline.release import RELEASE_LEASE, maybe_release
 from shared.pipeline.run_files import (
+    DamagedRunFile,
     dry_run_blob_name,
     json_lines,
     legacy_pending_snapshot_name,
     snapshot_fallbacks_name,
+    unpacked_stream,
 )
 from shared.pipeline.start import start_run
 from tests.integration.conftest import (
@@ -761,6 +764,88 @@ def test_a_changed_profile_braze_rejected_is_compared_again_next_run(quiet_app: 
     assert (third.profiles_changed, third.status) == (1, Status.SUCCEEDED)
 
 
+@pytest.mark.parametrize("fallbacks", ["frames", "earlier plain lines"])
+def test_a_rejected_change_falls_back_to_the_entry_kept_in_the_fallbacks(
+    quiet_app: App, fallbacks: str
+) -> None:
+    """The fallbacks a delta's diff writes (a frame a block; an earlier version wrote the lines
+    as they are, and a run diffed by it may be finalized by this one) hold the entry a changed
+    profile had: Braze rejecting the change puts it back, so the next run sends the change
+    again, and nothing else."""
+    name = "fall" if fallbacks == "frames" else "fallplain"  # the storage is shared
+    rows = _rows(5, name)
+    rows[BLOCKLISTED] = {**rows[f"{name}-00000"], "CustomerId": BLOCKLISTED}
+    _export(quiet_app, name, rows)
+    quiet_app.set_sandbox_limits(blocklist=[])
+    try:
+        assert run_in_process(quiet_app, name).profiles_accepted == 6
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+    changed = {k: dict(v) for k, v in rows.items()}
+    changed[BLOCKLISTED]["FirstName"] = "Renamed ✓"
+    _upload(quiet_app, name, changed)
+
+    run = start_run(quiet_app.services, name, "test").run
+    take(quiet_app, JOBS_QUEUE, ExportJob, run.run_id)
+    jobs = plan_in_process(quiet_app, run)
+    storage, container = quiet_app.services.storage, "export-runs"
+    planned = quiet_app.services.runs.get(run.run_id)
+    assert planned is not None
+    held = []
+    for partition in range(planned.partitions):
+        blob = snapshot_fallbacks_name(run.run_id, partition)
+        stored = storage.read_bytes(container, blob)
+        assert stored.startswith(FRAME_MAGIC)  # a frame, even for a partition that sent nothing
+        lines = b"".join(unpacked_stream(storage.read_chunks(container, blob)))
+        held += lines.decode().splitlines()
+        if fallbacks == "earlier plain lines":
+            storage.write_bytes(container, blob, lines, "application/x-ndjson")
+    assert [json.loads(line.split("\t")[0]) for line in held] == [BLOCKLISTED]
+    for job in jobs:
+        deliver_chunk(job, quiet_app.services)
+    second = quiet_app.services.runs.get(run.run_id)
+    assert second is not None and second.status == Status.FAILED  # all it sent was refused
+    assert (second.profiles_changed, second.profiles_rejected_by_braze) == (1, 1)
+
+    quiet_app.set_sandbox_limits(blocklist=[])
+    try:
+        quiet_app.mark_sandbox_requests()
+        third = run_in_process(quiet_app, name)
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+    sent = [o for b in quiet_app.sandbox_requests() for o in b["attributes"]]
+    assert sent == [{"external_id": BLOCKLISTED, "first_name": "Renamed ✓"}]
+    assert (third.profiles_changed, third.status) == (1, Status.SUCCEEDED)
+
+
+def test_damaged_fallbacks_fail_the_finalizing_naming_their_blob(quiet_app: App) -> None:
+    """Fallbacks damaged in storage are not taken for no entries (which would drop the profile
+    Braze rejected from the snapshot, and its change would never be sent again): finalizing
+    stops, naming the blob, and the chunk's message is retried."""
+    rows = _rows(3, "falldmg")
+    rows[BLOCKLISTED] = {**rows["falldmg-00000"], "CustomerId": BLOCKLISTED}
+    _export(quiet_app, "falldmg", rows)
+    quiet_app.set_sandbox_limits(blocklist=[])
+    try:
+        run_in_process(quiet_app, "falldmg")
+    finally:
+        quiet_app.set_sandbox_limits(blocklist=[BLOCKLISTED])
+    changed = {k: dict(v) for k, v in rows.items()}
+    changed[BLOCKLISTED]["FirstName"] = "Renamed"
+    _upload(quiet_app, "falldmg", changed)
+    run = start_run(quiet_app.services, "falldmg", "test").run
+    take(quiet_app, JOBS_QUEUE, ExportJob, run.run_id)
+    (job,) = plan_in_process(quiet_app, run)
+    storage, blob = quiet_app.services.storage, snapshot_fallbacks_name(run.run_id, 0)
+    damaged = bytearray(storage.read_bytes("export-runs", blob))
+    damaged[-6] ^= 0x01
+    storage.write_bytes("export-runs", blob, bytes(damaged), "application/zstd")
+    with pytest.raises(DamagedRunFile, match=rf"fallbacks blob {blob}: .*damaged"):
+        deliver_chunk(job, quiet_app.services)
+    after = quiet_app.services.runs.get(run.run_id)
+    assert after is not None and not after.is_final
+
+
 @pytest.mark.parametrize("earlier", ["columns uncompressed", "text lines", "before row digests"])
 def test_a_snapshot_of_an_earlier_format_is_read_and_rewritten(
     quiet_app: App, earlier: str
@@ -910,7 +995,8 @@ def test_a_run_diffed_before_an_upgrade_is_finalized_after_it(quiet_app: App) ->
         written = quiet_app.services.snapshots.partition("upg", "sandbox", run.run_id, partition)
         diffed = [written.line(at) for at in range(len(written))]
         name = snapshot_fallbacks_name(run.run_id, partition)
-        sent = storage.read_bytes(container, name).decode().split("\n")
+        sent = b"".join(unpacked_stream(storage.read_chunks(container, name))).decode()
+        sent = sent.split("\n")
         sent_ids = {line.split("\t")[0] for line in sent if line}
         pending = []  # what the earlier version wrote: every profile sent is new here
         for line in diffed:
