@@ -35,11 +35,13 @@ def frame_content(data: bytes) -> tuple[bytes, bytes]:
 
 
 def frames_content(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """The content of the frames `chunks` (a download's pieces) hold one after another, as it
-    comes (a file written a block at a time, a frame a block); FrameError for a damaged frame,
-    bytes after one that start no frame, or a last frame cut short."""
+    """The content of each frame `chunks` (a download's pieces) hold one after another, once
+    its checksum passed (a file written a block at a time, a frame a block: a block's worth
+    held at most); FrameError for a damaged frame, bytes after one that start no frame, or a
+    last frame cut short."""
     decompressor = zstandard.ZstdDecompressor()
     unpacker = None
+    content: list[bytes] = []  # the frame's so far: its checksum is at its end
     head = b""  # the start of the next frame, until its magic number can be checked
     for data in chunks:
         while data:
@@ -51,13 +53,14 @@ def frames_content(chunks: Iterable[bytes]) -> Iterator[bytes]:
                     raise FrameError("followed by bytes that start no frame")
                 unpacker, data, head = decompressor.decompressobj(), head, b""
             try:
-                content = unpacker.decompress(data)
+                content.append(unpacker.decompress(data))
             except zstandard.ZstdError as error:
                 raise FrameError(f"damaged ({error})") from None
-            if content:
-                yield content
             data = b""
             if unpacker.eof:
+                if frame := b"".join(content):
+                    yield frame
+                content.clear()
                 data, unpacker = unpacker.unused_data, None
     if head and not MAGIC.startswith(head):
         raise FrameError("followed by bytes that start no frame")

@@ -78,3 +78,17 @@ def test_a_blob_cut_inside_the_next_frames_magic_number_is_refused() -> None:
 def test_bytes_after_a_frame_that_start_none_are_refused(after: bytes) -> None:
     with pytest.raises(DamagedRunFile, match="start no frame"):
         _read(_frames(TEXT) + after)
+
+
+@pytest.mark.parametrize("frame", [0, 1], ids=["first-frame", "second-frame"])
+def test_nothing_of_a_damaged_frame_comes_out_though_it_spans_pieces(frame: int) -> None:
+    """A frame's checksum is at its end: what a download's earlier pieces held of it is held
+    back until it passes, so a reader never takes damaged lines for lines (only the frames
+    before the damaged one come out)."""
+    first, second = packed_frame(TEXT), packed_frame(TEXT[::-1])
+    stored = bytearray(first + second)
+    stored[(0 if frame == 0 else len(first)) + len(first) // 2] ^= 0x01
+    came: list[bytes] = []
+    with pytest.raises(DamagedRunFile):
+        came.extend(unpacked_stream(_pieces(bytes(stored), 7)))
+    assert b"".join(came) == (b"" if frame == 0 else TEXT)
