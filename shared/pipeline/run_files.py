@@ -399,9 +399,10 @@ def packed_frame(data: bytes) -> bytes:
 
 
 def unpacked_stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """A file written in frames (`packed_frame`) from a download's pieces, its content as it
-    comes; one that starts with no frame (an earlier version's lines) as it is. DamagedRunFile
-    for a frame damaged or cut, or bytes after one that start none."""
+    """A file written in frames (`packed_frame`) from a download's pieces, each frame's content
+    once its checksum passed (`frames_content`); one that starts with no frame (an earlier
+    version's lines) as it is. DamagedRunFile for a frame damaged or cut, or bytes after one
+    that start none."""
     chunks = iter(chunks)
     first = b""
     while len(first) < len(_ZSTD_MAGIC) and (piece := next(chunks, None)) is not None:
